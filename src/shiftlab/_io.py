@@ -1,0 +1,73 @@
+"""Writing outputs so that a failure never leaves a half-written file or folder behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from shiftlab.errors import fail
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "staged_directory"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder; on success move its files into ``out_dir``, on failure delete it.
+
+    The staging folder sits in the nearest existing parent of ``out_dir`` (same
+    file system, so the final moves are renames). ``out_dir`` and its missing
+    parents are created only when everything succeeded;
+    files already in it that the run does not produce are left alone.
+    """
+    target = Path(out_dir)
+    if target.exists() and not target.is_dir():
+        fail(f"output folder '{target}'", "exists and is not a folder")
+    anchor = target.absolute().parent
+    while not anchor.exists():  # stage in the nearest existing folder: nothing is created on failure
+        anchor = anchor.parent
+    try:
+        staging = Path(tempfile.mkdtemp(dir=anchor, prefix=f".{target.name or 'out'}.staging-"))
+    except OSError as error:
+        fail(f"output folder '{target}'", f"cannot be created ({error.strerror or error})")
+    try:
+        yield staging
+        target.mkdir(parents=True, exist_ok=True)
+        for item in sorted(staging.rglob("*")):
+            destination = target / item.relative_to(staging)
+            if item.is_dir():
+                destination.mkdir(exist_ok=True)
+            else:
+                os.replace(item, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

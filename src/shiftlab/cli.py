@@ -1,0 +1,221 @@
+"""The ``shiftlab`` command: parses arguments, calls the Python API, prints where the results are.
+
+Bad input of any kind ends with one line on stderr, ``shiftlab: error: ...``,
+and exit status 2; output is staged and moved into place only when a command
+succeeds, so a failed run leaves no half-written files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from shiftlab import __version__
+from shiftlab.errors import ShiftlabError
+
+EXIT_BAD_INPUT = 2
+
+
+def _progress(total: int, description: str):
+    """A tqdm progress bar on stderr, silent when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", file=sys.stderr, disable=None, leave=False)
+
+
+def _default_out(command: str) -> Path:
+    return Path("shiftlab-out") / command
+
+
+def _save_figure(figure, folder: Path, stem: str, fmt: str) -> Path:
+    path = folder / f"{stem}.{fmt}"
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _image_stem(source: str) -> str:
+    return Path(source).stem or "image"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_edges(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from shiftlab._io import staged_directory
+    from shiftlab.figures import show_feature_map
+    from shiftlab.images import load_image
+    from shiftlab.ops import convolve
+
+    image = load_image(args.image)
+    edges = convolve(image, args.kernel, padding=args.padding, relu=not args.no_relu)
+    stem = f"{_image_stem(args.image)}_edges"
+    with staged_directory(args.out) as staging:
+        figure = show_feature_map(image, edges, titles=(Path(args.image).name, f"{Path(str(args.kernel)).name}{'' if args.no_relu else ' + ReLU'}"))
+        written = [_save_figure(figure, staging, stem, args.format)]
+        np.save(staging / f"{stem}.npy", edges)
+        written.append(staging / f"{stem}.npy")
+    print(f"{args.image}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]} (min {edges.min():.4g}, max {edges.max():.4g})")
+    for path in written:
+        print(f"wrote {Path(args.out) / path.name}")
+    return 0
+
+
+def run_pool(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from shiftlab._io import staged_directory
+    from shiftlab.figures import show_pyramid
+    from shiftlab.images import load_image
+    from shiftlab.ops import convolve, pool_pyramid
+
+    image = load_image(args.image)
+    if args.edges:
+        image = convolve(image, args.edges)
+    levels = pool_pyramid(image, args.iterations, args.kernel_size)
+    stem = f"{_image_stem(args.image)}_pyramid"
+    with staged_directory(args.out) as staging:
+        figure = show_pyramid(levels, title=f"{Path(args.image).name}: {args.iterations} poolings of {args.kernel_size}x{args.kernel_size}")
+        written = [_save_figure(figure, staging, stem, args.format)]
+        np.savez(staging / f"{stem}.npz", **{f"level{index}": level for index, level in enumerate(levels)})
+        written.append(staging / f"{stem}.npz")
+    for index, level in enumerate(levels):
+        print(f"level {index}: {level.shape[0]} x {level.shape[1]}")
+    for path in written:
+        print(f"wrote {Path(args.out) / path.name}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from shiftlab._io import staged_directory
+    from shiftlab.experiments.article import article_sections, run_article
+    from shiftlab.report import write_report
+
+    with _progress(3, "demo") as bar:
+        bar.set_postfix_str("article experiments")
+        results = run_article()
+        bar.update()
+        bar.set_postfix_str("figures")
+        sections = article_sections(results)
+        bar.update()
+        bar.set_postfix_str("report")
+        with staged_directory(args.out) as staging:
+            html, _ = write_report(
+                sections,
+                staging,
+                title="shiftlab demo: translation, convolution and pooling",
+                summary=DEMO_SUMMARY,
+                protocol={"images": "bundled samples (no download)", "kernel": results.kernel},
+            )
+        bar.update()
+    report = Path(args.out) / html.name
+    failed = [finding for section in sections for finding in section.findings if finding.holds is False]
+    print(f"report: {report.resolve()}")
+    print(f"numbers: {(Path(args.out) / 'results.json').resolve()}")
+    if failed:
+        print(f"{len(failed)} finding(s) did not hold; see the report.")
+    return 0
+
+
+DEMO_SUMMARY = (
+    "Convolution commutes with translation; pooling is said to make features invariant to it. "
+    "This report reruns every experiment of the classic tutorial on these ideas, on images bundled with shiftlab, and measures what its pictures only suggest. "
+    "Each claim is checked against a number: a green mark means it holds, a red one that it does not."
+)
+
+
+def run_samples(args: argparse.Namespace) -> int:
+    from shiftlab.images import SAMPLES
+
+    width = max(len(name) for name in SAMPLES)
+    for name, sample in SAMPLES.items():
+        print(f"{name:<{width}}  {sample.description}")
+    return 0
+
+
+def run_kernels(args: argparse.Namespace) -> int:
+    from shiftlab.kernels import KERNEL_NAMES, describe_kernel, get_kernel
+
+    width = max(len(name) for name in KERNEL_NAMES)
+    for name in KERNEL_NAMES:
+        values = get_kernel(name, dtype=None).tolist()
+        print(f"{name:<{width}}  {describe_kernel(name)}")
+        if len(values) <= 3:
+            print(f"{'':<{width}}  {[[round(v, 4) for v in row] for row in values]}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_out(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--out", type=Path, default=_default_out(command), help=f"output folder (default: {_default_out(command)}); created only when the command succeeds")
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("png", "svg", "pdf"), default="png", help="figure format (default: png)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shiftlab",
+        description="See and measure how convolutional networks respond to translation.",
+        epilog="IMAGE is a file path or a bundled sample name (see `shiftlab samples`).",
+    )
+    parser.add_argument("--version", action="version", version=f"shiftlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser("demo", help="rerun the reference article's experiments on bundled images and write an HTML report", description="Rerun every experiment of the reference article on bundled images (no download) and write report.html and results.json.")
+    _add_out(demo, "demo")
+    demo.set_defaults(handler=run_demo)
+
+    edges = commands.add_parser("edges", help="convolve an image with a kernel (+ ReLU) and show it beside its edge map", description="Cross-correlate IMAGE (as grayscale) with a kernel, apply ReLU, and save the figure and the map (.npy).")
+    edges.add_argument("image", metavar="IMAGE", help="image file or sample name")
+    edges.add_argument("--kernel", default="sobel_y", help="kernel name (see `shiftlab kernels`), literal such as '[[1,0],[0,-1]]' or '1 0; 0 -1', or a .npy file (default: sobel_y)")
+    edges.add_argument("--padding", choices=("valid", "same", "circular"), default="valid", help="border handling (default: valid, as in the article)")
+    edges.add_argument("--no-relu", action="store_true", help="keep negative responses")
+    _add_format(edges)
+    _add_out(edges, "edges")
+    edges.set_defaults(handler=run_edges)
+
+    pool = commands.add_parser("pool", help="max-pool an image repeatedly and show every level with its shape", description="Max-pool IMAGE (as grayscale) repeatedly, as the article's visualize_pooling does, and save the figure and the levels (.npz).")
+    pool.add_argument("image", metavar="IMAGE", help="image file or sample name")
+    pool.add_argument("--iterations", type=int, default=3, help="number of poolings (default: 3)")
+    pool.add_argument("--kernel-size", type=int, default=2, help="pooling window and stride (default: 2)")
+    pool.add_argument("--edges", metavar="KERNEL", default=None, help="first convolve with this kernel (+ ReLU), as the article does for photos")
+    _add_format(pool)
+    _add_out(pool, "pool")
+    pool.set_defaults(handler=run_pool)
+
+    samples = commands.add_parser("samples", help="list the bundled sample images", description="List the images bundled with shiftlab; their names work wherever an IMAGE is expected.")
+    samples.set_defaults(handler=run_samples)
+
+    kernels = commands.add_parser("kernels", help="list the named kernels", description="List the named kernels and what they respond to.")
+    kernels.set_defaults(handler=run_kernels)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shiftlab`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ShiftlabError as error:
+        print(f"shiftlab: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        where = f" '{error.filename}'" if getattr(error, "filename", None) else ""
+        print(f"shiftlab: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("shiftlab: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

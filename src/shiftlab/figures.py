@@ -1,0 +1,248 @@
+"""Matplotlib figures. Every function returns a :class:`matplotlib.figure.Figure` and draws nothing on screen.
+
+Figures are built with ``Figure()`` rather than ``pyplot``, so they are not
+kept alive by pyplot's global state (no leak in a loop) and they show once in
+Jupyter when returned from a cell. Save them with ``fig.savefig("x.png")`` or
+``"x.svg"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from shiftlab.errors import check, describe
+
+__all__ = [
+    "show_convergence",
+    "show_feature_map",
+    "show_pyramid",
+    "show_shift_table",
+]
+
+FEATURE_CMAP = "magma"
+
+
+def _display_array(value: Any, name: str) -> np.ndarray:
+    """A 2-D map or a channels-last RGB image, as float numpy, for ``imshow``."""
+    array = value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float32)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[0] == 3:
+        array = np.clip(np.moveaxis(array, 0, -1), 0.0, 1.0)
+    check(
+        array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3),
+        name,
+        f"expected a 2-D map (H, W) or an RGB image (3, H, W), got {describe(value)}",
+    )
+    return array
+
+
+def _display_range(array: np.ndarray) -> tuple[float, float]:
+    """Colour limits: from min(0, min) to the 99.5th percentile, so that a few strong edges do not leave the rest black."""
+    low = min(0.0, float(array.min()))
+    high = float(np.percentile(array, 99.5))
+    if high <= low:
+        high = float(array.max())
+    return low, high if high > low else low + 1.0
+
+
+def _imshow(axes, array: np.ndarray, cmap: str) -> None:
+    if array.ndim == 3:
+        axes.imshow(array, interpolation="nearest")
+    else:
+        low, high = _display_range(array)
+        axes.imshow(array, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _shape_title(array: np.ndarray) -> str:
+    return f"{array.shape[0]} x {array.shape[1]}"
+
+
+def show_feature_map(
+    image: Any,
+    feature_map: Any,
+    *,
+    titles: Sequence[str] = ("input", "feature map"),
+    cmap: str = FEATURE_CMAP,
+    dpi: int = 100,
+) -> Figure:
+    """The input beside its feature map (the article's first figure), each titled with its shape.
+
+    Args:
+        image: ``(H, W)`` gray or ``(3, H, W)`` RGB.
+        feature_map: ``(H', W')`` map, e.g. ``convolve(image, "sobel_y")``.
+        titles: titles of the two panels; the shape is appended.
+        cmap: colour map of the feature map (the input is shown in gray).
+        dpi: resolution of the figure.
+
+    Example:
+        >>> from shiftlab import convolve, sample_image
+        >>> image = sample_image("chelsea")
+        >>> fig = show_feature_map(image, convolve(image, "sobel_y"))
+        >>> [axes.get_title() for axes in fig.axes]
+        ['input (300 x 451)', 'feature map (298 x 449)']
+    """
+    first, second = _display_array(image, "image"), _display_array(feature_map, "feature_map")
+    figure = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
+    left, right = figure.subplots(1, 2)
+    _imshow(left, first, "gray")
+    _imshow(right, second, cmap)
+    left.set_title(f"{titles[0]} ({_shape_title(first)})")
+    right.set_title(f"{titles[1]} ({_shape_title(second)})")
+    return figure
+
+
+def show_pyramid(
+    levels: Sequence[Any],
+    *,
+    title: str | None = None,
+    cmap: str = FEATURE_CMAP,
+    dpi: int = 100,
+    panel_size: float = 2.4,
+) -> Figure:
+    """One panel per pooling level, titled with the level's shape (the article's ``visualize_pooling``).
+
+    Args:
+        levels: maps as returned by :func:`shiftlab.pool_pyramid` (level 0 first).
+        title: an optional title over all panels.
+        cmap: colour map.
+        dpi: resolution.
+        panel_size: width of one panel in inches.
+
+    Example:
+        >>> import numpy as np
+        >>> from shiftlab import pool_pyramid
+        >>> fig = show_pyramid(pool_pyramid(np.eye(8), 3))
+        >>> [axes.get_title() for axes in fig.axes]
+        ['level 0: 8 x 8', 'level 1: 4 x 4', 'level 2: 2 x 2', 'level 3: 1 x 1']
+    """
+    check(len(levels) > 0, "levels", "is empty: pass at least one map")
+    arrays = [_display_array(level, f"levels[{index}]") for index, level in enumerate(levels)]
+    aspect = arrays[0].shape[0] / arrays[0].shape[1]
+    figure = Figure(
+        figsize=(panel_size * len(arrays), panel_size * aspect + (0.9 if title else 0.6)),
+        dpi=dpi,
+        layout="constrained",
+    )
+    for index, (axes, array) in enumerate(zip(np.atleast_1d(figure.subplots(1, len(arrays))), arrays)):
+        _imshow(axes, array, cmap)
+        axes.set_title(f"level {index}: {_shape_title(array)}", fontsize=9)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _peak(array: np.ndarray) -> tuple[int, int]:
+    row, col = np.unravel_index(int(np.argmax(array)), array.shape)
+    return int(row), int(col)
+
+
+def _normalised(array: np.ndarray) -> np.ndarray:
+    low, high = _display_range(array)
+    return (array - low) / (high - low)
+
+
+def show_convergence(
+    levels_a: Sequence[Any],
+    levels_b: Sequence[Any],
+    *,
+    labels: Sequence[str] = ("A", "B"),
+    dpi: int = 100,
+    panel_size: float = 2.4,
+) -> Figure:
+    """Track, level by level, where the strongest responses of two pyramids land.
+
+    Top row: each level as a colour overlay, ``A`` in magenta and ``B`` in
+    green (white where both respond), with the strongest response of each
+    marked (a cross for A, a plus for B). Bottom: the distance between the two
+    strongest responses, in pixels of the level and of the input, per level.
+
+    Args:
+        levels_a: pyramid of the first image (from :func:`shiftlab.pool_pyramid`).
+        levels_b: pyramid of the second image, same number of levels and shapes.
+        labels: names of the two images.
+
+    Example:
+        >>> from shiftlab import pool_pyramid, sample_image
+        >>> a, b = (pool_pyramid(sample_image(name), 3) for name in ("pixel_a", "pixel_b"))
+        >>> len(show_convergence(a, b).axes)
+        5
+    """
+    check(len(levels_a) == len(levels_b) > 0, "levels", f"the two pyramids need the same number of levels, got {len(levels_a)} and {len(levels_b)}")
+    arrays_a = [_display_array(level, "levels_a") for level in levels_a]
+    arrays_b = [_display_array(level, "levels_b") for level in levels_b]
+    for index, (a, b) in enumerate(zip(arrays_a, arrays_b)):
+        check(a.shape == b.shape and a.ndim == 2, "levels", f"level {index} has shapes {a.shape} and {b.shape}; expected equal 2-D maps")
+    count = len(arrays_a)
+    aspect = arrays_a[0].shape[0] / arrays_a[0].shape[1]
+    figure = Figure(figsize=(panel_size * count, panel_size * aspect + 2.8), dpi=dpi, layout="constrained")
+    grid = figure.add_gridspec(2, count, height_ratios=[panel_size * aspect, 2.0])
+    level_px, input_px = [], []
+    for index, (a, b) in enumerate(zip(arrays_a, arrays_b)):
+        axes = figure.add_subplot(grid[0, index])
+        na, nb = _normalised(a), _normalised(b)
+        axes.imshow(np.stack([na, nb, na], axis=-1).clip(0, 1), interpolation="nearest")
+        peak_a, peak_b = _peak(a), _peak(b)
+        for peak, marker, colour in ((peak_a, "X", "#ff4fd8"), (peak_b, "P", "#5dff5d")):
+            axes.plot(peak[1], peak[0], marker, color=colour, markersize=11, markeredgecolor="white", markeredgewidth=1.2)
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_title(f"level {index}: {_shape_title(a)}", fontsize=9)
+        distance = float(np.hypot(peak_a[0] - peak_b[0], peak_a[1] - peak_b[1]))
+        level_px.append(distance)
+        input_px.append(distance * 2**index)
+    chart = figure.add_subplot(grid[1, :])
+    chart.plot(range(count), level_px, "o-", label="in pixels of the level")
+    chart.plot(range(count), input_px, "s--", label="in pixels of the input (x 2^level)")
+    chart.set_xlabel("pooling level")
+    chart.set_ylabel("distance between peaks")
+    chart.set_xticks(range(count))
+    chart.grid(alpha=0.3)
+    chart.legend(title=f"{labels[0]} (X, magenta) vs {labels[1]} (+, green)", fontsize=8, title_fontsize=8)
+    return figure
+
+
+def show_shift_table(
+    table: np.ndarray,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    dpi: int = 100,
+    fmt: str = "{:.3f}",
+) -> Figure:
+    """A heat map of a small table of errors, with each value written in its cell.
+
+    Zeros are written as ``0`` so that exact results stand out.
+
+    Example:
+        >>> import numpy as np
+        >>> fig = show_shift_table(np.array([[0.0, 0.5]]), ["shift 1"], ["level 0", "level 1"])
+        >>> fig.axes[0].get_yticklabels()[0].get_text()
+        'shift 1'
+    """
+    values = np.asarray(table, dtype=np.float64)
+    check(values.shape == (len(row_labels), len(col_labels)), "table", f"shape {values.shape} does not match {len(row_labels)} row and {len(col_labels)} column labels")
+    figure = Figure(figsize=(1.0 + 0.9 * len(col_labels), 0.9 + 0.5 * len(row_labels)), dpi=dpi, layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(values, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(np.nanmax(values)), 1e-12))
+    for (row, col), value in np.ndenumerate(values):
+        text = "0" if value == 0 else fmt.format(value)
+        axes.text(col, row, text, ha="center", va="center", fontsize=8, color="white" if value < 0.6 * image.get_clim()[1] else "black")
+    axes.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
+    axes.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if title:
+        axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    return figure

@@ -1,0 +1,282 @@
+"""Translations of ``(..., H, W)`` maps, and which output pixels each mode makes valid.
+
+Convention: ``shift(x, dy, dx)`` moves the content *down* by ``dy`` and *right*
+by ``dx``: ``out[..., y, x] = in[..., y - dy, x - dx]``.
+
+Modes:
+
+``circular``
+    ``torch.roll``/``np.roll``: content that leaves one side enters the other.
+    Every pixel is valid. A circularly padded convolution commutes with it exactly.
+``zero``
+    Content moves, the uncovered band is filled with zeros and marked invalid;
+    what leaves the frame is lost.
+``crop``
+    A window of a larger image at an offset, as in Zhang (2019)'s evaluation:
+    the output is the input minus a ``margin`` on every side, read at offset
+    ``(margin_y - dy, margin_x - dx)``. ``shift(x, 0, 0, mode="crop", margin=m)``
+    is the reference window. Every output pixel is real image content, so all
+    are valid; the output is smaller than the input by ``2 * margin``.
+``fourier``
+    Band-limited sub-pixel shift through the FFT: multiplies the spectrum by
+    ``exp(-2 pi i (ky dy / H + kx dx / W))``. Accepts fractional ``dy``, ``dx``;
+    circular (wraps around) and equal to ``circular`` for integer shifts up to
+    float error. Every pixel is valid.
+
+Every mode is available through :func:`shift` (the shifted map) and
+:func:`shift_with_mask` (the map and a boolean ``(H', W')`` mask of valid
+output pixels), so that borders never count as errors by accident.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from shiftlab._tensors import as_float_tensor, like_input, require_spatial
+from shiftlab.errors import check, fail
+
+__all__ = [
+    "SHIFT_MODES",
+    "ShiftMode",
+    "crop_margin",
+    "parse_shifts",
+    "shift",
+    "shift_grid",
+    "shift_range",
+    "shift_with_mask",
+]
+
+ShiftMode = Literal["circular", "zero", "crop", "fourier"]
+SHIFT_MODES: tuple[str, ...] = ("circular", "zero", "crop", "fourier")
+
+
+def shift(x: Any, dy: float, dx: float, *, mode: ShiftMode = "circular", margin: int | tuple[int, int] | None = None) -> Any:
+    """Translate the last two axes by ``(dy, dx)`` pixels (down, right).
+
+    Args:
+        x: ``(..., H, W)`` numpy array or torch tensor.
+        dy: rows to move down (negative: up). Integer except in ``"fourier"`` mode.
+        dx: columns to move right (negative: left).
+        mode: ``"circular"``, ``"zero"``, ``"crop"`` or ``"fourier"`` (see the module docstring).
+        margin: ``"crop"`` only: pixels dropped on each side, an int or ``(my, mx)``;
+            default ``(|dy|, |dx|)``. Use the same margin for every shift you compare.
+
+    Returns:
+        The shifted map, of the input's type (float), device and dtype.
+
+    Shape:
+        - x: :math:`(*, H, W)`
+        - output: :math:`(*, H, W)`; for ``"crop"`` :math:`(*, H - 2 m_y, W - 2 m_x)`
+
+    Example:
+        >>> import numpy as np
+        >>> shift(np.array([[1.0, 2.0, 3.0]]), 0, 1)
+        array([[3., 1., 2.]])
+        >>> shift(np.array([[1.0, 2.0, 3.0]]), 0, 1, mode="zero")
+        array([[0., 1., 2.]])
+        >>> shift(np.array([[1.0, 2.0, 3.0, 4.0, 5.0]]), 0, 1, mode="crop", margin=(0, 1))
+        array([[1., 2., 3.]])
+    """
+    return shift_with_mask(x, dy, dx, mode=mode, margin=margin)[0]
+
+
+def shift_with_mask(
+    x: Any,
+    dy: float,
+    dx: float,
+    *,
+    mode: ShiftMode = "circular",
+    margin: int | tuple[int, int] | None = None,
+) -> tuple[Any, Any]:
+    """Like :func:`shift`, and also return the ``(H', W')`` boolean mask of valid output pixels.
+
+    The mask is a numpy array for numpy input, a tensor on the input's device otherwise.
+
+    Example:
+        >>> import numpy as np
+        >>> image, valid = shift_with_mask(np.ones((2, 3)), 0, -1, mode="zero")
+        >>> valid
+        array([[ True,  True, False],
+               [ True,  True, False]])
+    """
+    check(mode in SHIFT_MODES, "mode", f"must be one of {', '.join(SHIFT_MODES)}, got {mode!r}")
+    tensor, from_numpy = as_float_tensor(x, "x")
+    height, width = require_spatial(tensor, "x")
+    if mode == "fourier":
+        dy, dx = _real(dy, "dy"), _real(dx, "dx")
+        out = fourier_shift(tensor, dy, dx)
+        valid = torch.ones((height, width), dtype=torch.bool, device=tensor.device)
+    else:
+        dy, dx = _integer(dy, "dy", mode), _integer(dx, "dx", mode)
+        if mode == "circular":
+            out = torch.roll(tensor, shifts=(dy, dx), dims=(-2, -1))
+            valid = torch.ones((height, width), dtype=torch.bool, device=tensor.device)
+        elif mode == "zero":
+            out, valid = _zero_shift(tensor, dy, dx)
+        else:
+            out = _crop_shift(tensor, dy, dx, _margin(margin, dy, dx))
+            valid = torch.ones(out.shape[-2:], dtype=torch.bool, device=tensor.device)
+    return like_input(out, from_numpy), like_input(valid, from_numpy)
+
+
+def _real(value: Any, name: str) -> float:
+    check(
+        isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value),
+        name,
+        f"must be a finite number, got {value!r}",
+    )
+    return float(value)
+
+
+def _integer(value: Any, name: str, mode: str) -> int:
+    number = _real(value, name)
+    check(number == int(number), name, f"must be a whole number of pixels in {mode!r} mode, got {value!r}; use mode='fourier' for sub-pixel shifts")
+    return int(number)
+
+
+def _zero_shift(tensor: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    height, width = tensor.shape[-2:]
+    out = torch.zeros_like(tensor)
+    valid = torch.zeros((height, width), dtype=torch.bool, device=tensor.device)
+    if abs(dy) < height and abs(dx) < width:
+        target = (..., _span(dy, height), _span(dx, width))
+        source = (..., _span(-dy, height), _span(-dx, width))
+        out[target] = tensor[source]
+        valid[target[1:]] = True
+    return out, valid
+
+
+def _span(offset: int, length: int) -> slice:
+    """Where content lands along an axis of ``length`` when moved by ``offset``."""
+    return slice(max(0, offset), length + min(0, offset))
+
+
+def crop_margin(shifts: Iterable[tuple[float, float]]) -> tuple[int, int]:
+    """The smallest ``crop`` margin that fits every shift of a list: ``(max |dy|, max |dx|)``.
+
+    Example:
+        >>> crop_margin([(0, 0), (1, -3), (-2, 2)])
+        (2, 3)
+    """
+    pairs = list(shifts)
+    return (max((abs(int(dy)) for dy, _ in pairs), default=0), max((abs(int(dx)) for _, dx in pairs), default=0))
+
+
+def _margin(margin: int | tuple[int, int] | None, dy: int, dx: int) -> tuple[int, int]:
+    if margin is None:
+        return abs(dy), abs(dx)
+    pair = (margin, margin) if isinstance(margin, (int, np.integer)) else tuple(margin)
+    check(
+        len(pair) == 2 and all(isinstance(m, (int, np.integer)) and m >= 0 for m in pair),
+        "margin",
+        f"must be a non-negative int or a pair of them, got {margin!r}",
+    )
+    check(abs(dy) <= pair[0] and abs(dx) <= pair[1], "margin", f"{tuple(pair)} is smaller than the shift ({dy}, {dx}); a crop window cannot move beyond its margin")
+    return int(pair[0]), int(pair[1])
+
+
+def _crop_shift(tensor: torch.Tensor, dy: int, dx: int, margin: tuple[int, int]) -> torch.Tensor:
+    height, width = tensor.shape[-2:]
+    margin_y, margin_x = margin
+    out_height, out_width = height - 2 * margin_y, width - 2 * margin_x
+    check(out_height > 0 and out_width > 0, "margin", f"{margin} leaves nothing of a {height}x{width} map")
+    top, left = margin_y - dy, margin_x - dx
+    return tensor[..., top : top + out_height, left : left + out_width].clone()
+
+
+def fourier_shift(tensor: torch.Tensor, dy: float, dx: float) -> torch.Tensor:
+    """Band-limited circular shift by any real ``(dy, dx)`` through the 2-D FFT (float tensors)."""
+    height, width = tensor.shape[-2:]
+    work = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+    freq_y = torch.fft.fftfreq(height, device=tensor.device, dtype=work.dtype)
+    freq_x = torch.fft.rfftfreq(width, device=tensor.device, dtype=work.dtype)
+    phase = torch.exp(-2j * math.pi * (freq_y[:, None] * dy + freq_x[None, :] * dx))
+    shifted = torch.fft.irfft2(torch.fft.rfft2(work) * phase, s=(height, width))
+    return shifted.to(tensor.dtype)
+
+
+# --------------------------------------------------------------------------- lists of shifts
+
+
+def shift_range(spec: str | Sequence[int] | range) -> list[int]:
+    """Offsets from a ``start:stop[:step]`` string (stop excluded, like Python), a single number, or a sequence.
+
+    Example:
+        >>> shift_range("0:4")
+        [0, 1, 2, 3]
+        >>> shift_range("-3:3:2")
+        [-3, -1, 1]
+        >>> shift_range("5")
+        [5]
+    """
+    if not isinstance(spec, str):
+        values = list(spec)
+        check(all(isinstance(v, (int, np.integer)) for v in values), "shifts", f"expected whole numbers, got {spec!r}")
+        return [int(v) for v in values]
+    text = spec.strip()
+    try:
+        parts = [int(part) for part in text.split(":")]
+    except ValueError:
+        fail("shifts", f"cannot read {spec!r}: expected start:stop[:step] or a whole number, e.g. 0:8 or -2:3")
+    if len(parts) == 1:
+        return parts
+    check(len(parts) in (2, 3), "shifts", f"cannot read {spec!r}: expected start:stop[:step]")
+    step = parts[2] if len(parts) == 3 else 1
+    check(step != 0, "shifts", f"step of {spec!r} must not be 0")
+    values = list(range(parts[0], parts[1], step))
+    check(len(values) > 0, "shifts", f"{spec!r} is empty (stop is excluded, as in Python: 0:8 gives 0..7)")
+    return values
+
+
+def shift_grid(ys: str | Sequence[int], xs: str | Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Every ``(dy, dx)`` of a grid: all pairs of ``ys`` x ``xs`` (``xs`` defaults to ``ys``).
+
+    Example:
+        >>> shift_grid("0:2")
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    """
+    rows = shift_range(ys)
+    cols = rows if xs is None else shift_range(xs)
+    return [(dy, dx) for dy in rows for dx in cols]
+
+
+def parse_shifts(spec: str) -> list[tuple[int, int]]:
+    """Read the command line's ``--shifts``.
+
+    Accepted forms:
+
+    * ``0:8`` — horizontal shifts ``(0, 0) ... (0, 7)`` (the classic one-axis sweep);
+    * ``diag:0:8`` — diagonal shifts ``(0, 0) ... (7, 7)`` (Azulay & Weiss's protocol);
+    * ``grid:-2:3`` or ``grid:-2:3,0:4`` — every pair of a grid (rows, then columns);
+    * ``1,2;0,-3`` — explicit ``dy,dx`` pairs separated by ``;``.
+
+    Example:
+        >>> parse_shifts("0:3")
+        [(0, 0), (0, 1), (0, 2)]
+        >>> parse_shifts("diag:0:2")
+        [(0, 0), (1, 1)]
+        >>> parse_shifts("1,2; 0,-3")
+        [(1, 2), (0, -3)]
+    """
+    text = spec.strip()
+    if text.startswith("grid:"):
+        body = text[len("grid:") :]
+        ys, _, xs = body.partition(",")
+        return shift_grid(ys, xs or None)
+    if text.startswith("diag:"):
+        return [(value, value) for value in shift_range(text[len("diag:") :])]
+    if "," in text:
+        pairs = []
+        for item in text.split(";"):
+            numbers = [number.strip() for number in item.split(",")]
+            if len(numbers) != 2 or not all(re.fullmatch(r"[+-]?\d+", number) for number in numbers):
+                fail("shifts", f"cannot read {item.strip()!r} in {spec!r}: expected dy,dx pairs separated by ';', e.g. '1,2;0,-3'")
+            pairs.append((int(numbers[0]), int(numbers[1])))
+        return pairs
+    return [(0, value) for value in shift_range(text)]
