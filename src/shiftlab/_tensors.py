@@ -21,7 +21,8 @@ def as_float_tensor(value: Any, name: str) -> tuple[torch.Tensor, bool]:
     """Return ``(tensor, came_from_numpy)`` for an array-like of real numbers.
 
     Floating tensors and arrays keep their dtype (and device); booleans and
-    integers become float32. Numpy arrays share memory with the tensor.
+    integers become float32. Numpy arrays share memory with the tensor, except
+    read-only, byte-swapped or negatively strided ones, which are copied.
     """
     if isinstance(value, torch.Tensor):
         tensor, from_numpy = value, False
@@ -32,8 +33,9 @@ def as_float_tensor(value: Any, name: str) -> tuple[torch.Tensor, bool]:
             fail(name, f"expected an array or tensor, got {describe(value)} ({error})")
         if array.dtype == object or array.dtype.kind not in "biuf":
             fail(name, f"expected real numbers, got {describe(value)}")
-        if any(stride < 0 for stride in array.strides):
-            array = np.ascontiguousarray(array)  # torch cannot view negative strides
+        if any(stride < 0 for stride in array.strides) or not array.flags.writeable or not array.dtype.isnative:
+            # torch cannot view negative strides or swapped bytes, and warns on read-only memory.
+            array = np.array(array, dtype=array.dtype.newbyteorder("="), order="C")
         tensor, from_numpy = torch.from_numpy(array), True
     if tensor.is_complex():
         fail(name, f"expected real numbers, got {describe(value)}")

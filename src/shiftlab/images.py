@@ -85,7 +85,10 @@ def load_image(source: Any, *, grayscale: bool = True, max_pixels: int = MAX_PIX
         channels_last = _from_pil(source, subject, max_pixels)
     elif isinstance(source, torch.Tensor):
         subject = f"image ({describe(source)})"
-        channels_last = _channels_last(source.detach().cpu().numpy(), subject, channels_first_hint=True)
+        values = source.detach().cpu()
+        if values.is_floating_point() and values.dtype != torch.float64:
+            values = values.float()  # numpy has no bfloat16
+        channels_last = _channels_last(values.numpy(), subject, channels_first_hint=True)
     elif isinstance(source, np.ndarray):
         subject = f"image ({describe(source)})"
         channels_last = _channels_last(source, subject, channels_first_hint=False)
@@ -107,15 +110,16 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
     check(size > 0, subject, "is an empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # max_pixels is checked in _from_pil; Pillow's own warning (89 MP) would override it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 return _from_pil(image, subject, max_pixels)
     except ShiftlabError:
         raise
     except UnidentifiedImageError:
         fail(subject, "is not an image Pillow can read (unknown or corrupt format)")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        fail(subject, f"has too many pixels to decode safely (limit {max_pixels:,}): a decompression bomb?")
+    except Image.DecompressionBombError as error:
+        fail(subject, f"has too many pixels to decode safely, a decompression bomb? ({_first_line(error)})")
     except PermissionError:
         fail(subject, "cannot be read: permission denied")
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as error:
@@ -172,12 +176,12 @@ def _channels_last(array: np.ndarray, subject: str, channels_first_hint: bool) -
             array = np.moveaxis(array, 0, -1)
         elif not last:
             fail(subject, "has no channel axis of length 1, 3 or 4 (expected (H, W, C) or (C, H, W))")
-    kind = array.dtype.kind
+    kind, native = array.dtype.kind, array.dtype.newbyteorder("=")  # big-endian uint16 is still uint16
     if kind == "b":
         return array.astype(np.float32)
-    if array.dtype == np.uint8:
+    if native == np.uint8:
         return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
+    if native == np.uint16:
         return array.astype(np.float32) / 65535.0
     check(kind in "iuf", subject, "expected real numbers")
     values = array.astype(np.float32)

@@ -131,7 +131,7 @@ def gaussian_kernel(
             size, ``0.3 * ((size - 1) / 2 - 1) + 0.8``.
 
     Example:
-        >>> float(gaussian_kernel(5).sum())
+        >>> round(float(gaussian_kernel(5).sum()), 6)
         1.0
     """
     _check_size(size, "gaussian")
@@ -198,8 +198,11 @@ def get_kernel(
     elif isinstance(spec, (str, Path)):
         kernel, label = _parse_text_spec(spec)
     else:
+        if isinstance(spec, (np.ndarray, np.generic)) and spec.dtype.kind == "c":
+            fail("kernel", f"expected real numbers, got {describe(spec)}")
         try:
-            kernel = torch.as_tensor(np.asarray(spec, dtype=np.float64))
+            # A copy: never a view of the caller's array (which may have negative strides).
+            kernel = torch.from_numpy(np.array(spec, dtype=np.float64))
         except (TypeError, ValueError) as error:
             fail("kernel", f"expected a 2-D array of numbers, got {describe(spec)} ({error})")
         label = "kernel"

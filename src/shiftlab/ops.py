@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,9 +168,8 @@ def max_pool(image: Any, kernel_size: int = 2, stride: int | None = None) -> Any
     """
     tensor, from_numpy = as_float_tensor(image, "image")
     height, width = require_spatial(tensor, "image")
-    _check_window(kernel_size, "kernel_size")
-    stride = kernel_size if stride is None else stride
-    _check_window(stride, "stride")
+    kernel_size = _check_window(kernel_size, "kernel_size")
+    stride = kernel_size if stride is None else _check_window(stride, "stride")
     check(
         kernel_size <= height and kernel_size <= width,
         "image",
@@ -194,12 +194,13 @@ def _running_max(tensor: torch.Tensor, kernel_size: int, stride: int, dim: int) 
     return result
 
 
-def _check_window(value: Any, name: str) -> None:
+def _check_window(value: Any, name: str) -> int:
     check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
         name,
         f"must be a positive integer, got {value!r}",
     )
+    return int(value)
 
 
 def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]:
@@ -226,11 +227,11 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
         [(10, 10), (5, 5), (2, 2), (1, 1)]
     """
     check(
-        isinstance(iterations, int) and not isinstance(iterations, bool) and iterations >= 0,
+        isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool) and iterations >= 0,
         "iterations",
         f"must be a non-negative integer, got {iterations!r}",
     )
-    _check_window(kernel_size, "kernel_size")
+    iterations, kernel_size = int(iterations), _check_window(kernel_size, "kernel_size")
     tensor, from_numpy = as_float_tensor(image, "image")
     height, width = require_spatial(tensor, "image")
     possible = max_pyramid_depth(height, width, kernel_size) if kernel_size > 1 else iterations
@@ -240,7 +241,7 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
             f"{iterations} poolings with a {kernel_size}x{kernel_size} window do not fit a "
             f"{height}x{width} map: at most {possible} do",
         )
-    levels = [tensor]
+    levels = [tensor.clone()]  # level 0 is a copy: never an alias of the caller's array
     for _ in range(iterations):
         levels.append(max_pool(levels[-1], kernel_size))
     return [like_input(level, from_numpy) for level in levels]
@@ -306,11 +307,8 @@ class MaxPool(nn.Module):
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None) -> None:
         super().__init__()
-        _check_window(kernel_size, "kernel_size")
-        if stride is not None:
-            _check_window(stride, "stride")
-        self.kernel_size = kernel_size
-        self.stride = kernel_size if stride is None else stride
+        self.kernel_size = _check_window(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _check_window(stride, "stride")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return max_pool(x, self.kernel_size, self.stride)
