@@ -1,0 +1,288 @@
+"""Models from a spec string, weights loaded safely, and small reference networks that ship with shiftlab.
+
+A model spec is one of:
+
+* the name of a bundled network (:data:`BUNDLED_MODELS`: ``article``, ``simple_cnn``, ``circular_cnn``);
+* a torchvision architecture name (``resnet18``, ``vgg11``, ``mobilenet_v3_small``,
+  ``convnext_tiny``, ...), when torchvision is installed; built with random weights
+  (``weights=None``: nothing is ever downloaded);
+* ``package.module:callable`` (or ``path/to/file.py:callable``): a function or class
+  returning an ``nn.Module``, called with no arguments, or an ``nn.Module`` object.
+
+Random initialisation is seeded (``seed=0`` by default) without touching the
+caller's global random state, so the same spec gives the same network every time.
+
+Weights come from a ``state_dict`` saved with ``torch.save`` (``.pt``, ``.pth``,
+``.bin``), read with ``torch.load(weights_only=True)`` so that no arbitrary
+object is ever unpickled, or from a ``.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pickle
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shiftlab.errors import ShiftlabError, check, fail
+from shiftlab.ops import Convolve, MaxPool
+
+__all__ = [
+    "BUNDLED_MODELS",
+    "ArticleNet",
+    "ModelInfo",
+    "SimpleCNN",
+    "load_model",
+    "load_weights",
+    "torchvision_models",
+]
+
+
+class ArticleNet(nn.Module):
+    """The reference article's pipeline as a network: Sobel (valid) + ReLU, then ``poolings`` 2x2 max poolings.
+
+    Shape:
+        - input: :math:`(N, 1, H, W)` grayscale
+        - output: :math:`(N, 1, (H - 2) / 2^p, (W - 2) / 2^p)`
+
+    Example:
+        >>> ArticleNet()(torch.zeros(1, 1, 34, 34)).shape
+        torch.Size([1, 1, 4, 4])
+    """
+
+    def __init__(self, poolings: int = 3) -> None:
+        super().__init__()
+        self.edges = Convolve("sobel_y", padding="valid", relu=True)
+        self.pools = nn.Sequential(*[MaxPool(2) for _ in range(poolings)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pools(self.edges(x))
+
+
+class SimpleCNN(nn.Module):
+    """A small image classifier of the usual kind: 3x3 convolutions, batch norm, ReLU, max pooling, a strided convolution, global average pooling and a linear head.
+
+    With ``padding_mode="circular"`` and ``strided=False`` it has no stride and
+    circular padding everywhere: every spatial layer is then exactly
+    equivariant to circular shifts (a known answer for tests and demos).
+
+    Shape:
+        - input: :math:`(N, C_{in}, H, W)`
+        - output: :math:`(N, classes)`
+
+    Example:
+        >>> SimpleCNN()(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, in_channels: int = 3, classes: int = 10, width: int = 16, padding_mode: str = "zeros", strided: bool = True) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+            return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, padding_mode=padding_mode, bias=False)
+
+        self.features = nn.Sequential(
+            conv(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2) if strided else nn.Identity(),
+            conv(width, 2 * width), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            conv(2 * width, 2 * width, stride=2 if strided else 1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            conv(2 * width, 4 * width), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a model came from and what input it expects."""
+
+    spec: str
+    source: str  # "bundled", "torchvision" or "import"
+    in_channels: int
+    normalize: str  # "imagenet" or "none": what the CLI applies to images for this model
+    description: str = ""
+
+
+#: The networks that ship with shiftlab: name -> (factory, in_channels, description).
+BUNDLED_MODELS: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
+    "article": (ArticleNet, 1, "the article's pipeline: Sobel (valid) + ReLU, then three 2x2 max poolings"),
+    "simple_cnn": (SimpleCNN, 3, "small classifier: conv-BN-ReLU, max pool, strided conv, global average pool, linear (zero padding)"),
+    "circular_cnn": (lambda: SimpleCNN(padding_mode="circular", strided=False), 3, "the same with circular padding and no stride: exactly equivariant to circular shifts"),
+}
+
+
+def torchvision_models() -> list[str]:
+    """The classification architectures torchvision offers (empty when torchvision is not installed)."""
+    try:
+        import torchvision
+    except ImportError:
+        return []
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _first_conv_channels(model: nn.Module, default: int = 3) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return default
+
+
+def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, ModelInfo]:
+    """Build a model from a spec (see the module docstring) and optionally load its weights.
+
+    Args:
+        spec: bundled name, torchvision name, or ``module:callable``.
+        weights: optional ``.pt``/``.pth``/``.bin`` state_dict or ``.safetensors`` file.
+        seed: seed of the random initialisation.
+
+    Returns:
+        ``(model, info)``; the model is on the CPU in eval mode.
+
+    Raises:
+        ShiftlabError: unknown spec, torchvision missing, an import that fails
+            or does not give an ``nn.Module``, weights that do not fit.
+
+    Example:
+        >>> model, info = load_model("simple_cnn")
+        >>> info.source, info.in_channels
+        ('bundled', 3)
+    """
+    check(isinstance(spec, str) and spec.strip(), "model", f"expected a non-empty spec string, got {spec!r}")
+    spec = spec.strip()
+    if spec in BUNDLED_MODELS:
+        factory, channels, description = BUNDLED_MODELS[spec]
+        model = _seeded(seed, factory)
+        info = ModelInfo(spec, "bundled", channels, "none", description)
+    elif ":" in spec:
+        model = _seeded(seed, lambda: _import_model(spec))
+        info = ModelInfo(spec, "import", _first_conv_channels(model), "none", f"imported from {spec}")
+    else:
+        model = _seeded(seed, lambda: _torchvision_model(spec))
+        info = ModelInfo(spec, "torchvision", _first_conv_channels(model), "imagenet", f"torchvision {spec}, random weights (seed {seed})" if weights is None else f"torchvision {spec}")
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval(), info
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError:
+        fail("model", f"{name!r} is not a bundled model ({', '.join(BUNDLED_MODELS)}), and torchvision, needed for its architectures, is not installed: pip install 'shiftlab[models]'")
+    names = torchvision_models()
+    if name not in names:
+        close = [candidate for candidate in names if candidate.startswith(name[:3])][:6]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        fail("model", f"unknown model {name!r}: not bundled ({', '.join(BUNDLED_MODELS)}) nor a torchvision architecture{hint}; or give package.module:callable")
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _import_model(spec: str) -> nn.Module:
+    location, _, attribute = spec.rpartition(":")
+    check(location and attribute, "model", f"{spec!r}: expected package.module:callable or path/to/file.py:callable")
+    try:
+        if location.endswith(".py"):
+            path = Path(location)
+            check(path.is_file(), "model", f"{spec!r}: file '{location}' not found")
+            module_name = f"_shiftlab_user_{path.stem}"
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(location)
+    except ShiftlabError:
+        raise
+    except Exception as error:  # the user's module may raise anything while importing
+        fail("model", f"{spec!r}: importing '{location}' failed: {type(error).__name__}: {_first_line(error)}")
+    target = module
+    for part in attribute.split("."):
+        check(hasattr(target, part), "model", f"{spec!r}: '{location}' has no attribute '{attribute}'")
+        target = getattr(target, part)
+    if isinstance(target, nn.Module):
+        return target
+    check(callable(target), "model", f"{spec!r}: '{attribute}' is neither an nn.Module nor callable")
+    try:
+        model = target()
+    except Exception as error:  # user code
+        fail("model", f"{spec!r}: calling '{attribute}()' failed: {type(error).__name__}: {_first_line(error)}")
+    check(isinstance(model, nn.Module), "model", f"{spec!r}: '{attribute}()' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    subject = f"weights '{path}'"
+    check(path.exists(), subject, "no such file")
+    check(path.is_file(), subject, "is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            fail(subject, f"is not a readable .safetensors file ({_first_line(error)})")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        fail(subject, f"holds more than plain tensors, and weights_only loading refuses arbitrary objects: save model.state_dict() instead ({_first_line(error)})")
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError) as error:
+        fail(subject, f"is not a torch.save file ({_first_line(error)})")
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    check(
+        isinstance(loaded, dict) and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()),
+        subject,
+        "is not a state_dict (a dict of names to tensors); save model.state_dict()",
+    )
+    return loaded
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state_dict into ``model``, refusing anything but plain tensors; every key must match.
+
+    Raises:
+        ShiftlabError: unreadable file, not a state_dict, missing or unexpected
+            keys, or tensors of the wrong shape (the message names a few).
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    state = {key.removeprefix("module."): value for key, value in state.items()}  # saved from DataParallel
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    wrong = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in own if key in state and state[key].shape != own[key].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    if wrong:
+        problems.append(f"{len(wrong)} of the wrong shape ({'; '.join(wrong[:2])}{'; ...' if len(wrong) > 2 else ''})")
+    check(not problems, f"weights '{path}'", "do not fit the model: " + ", ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,193 @@
+"""Assertions for users' own test suites: keep an equivariant model equivariant, an invariant one invariant.
+
+Both assertions pass when, for every shift, the largest absolute difference
+is at most ``atol + rtol * max|f(x)|``: the tolerance scales with the map, so
+rounding noise on values near zero does not fail a test. Defaults depend on
+the dtype of ``f(x)`` (see :data:`DEFAULT_TOLERANCES`).
+
+A failure raises ``AssertionError`` whose message names the worst shift, the
+position of the worst difference, and, for an ``nn.Module`` that is not
+equivariant, the first layer where equivariance breaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from shiftlab._tensors import as_float_tensor
+from shiftlab.equivariance import EquivarianceResult, ShiftError, _call, _check_shifts, equivariance_error, shifted_inputs
+from shiftlab.shifts import shift_with_mask
+
+__all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
+
+#: dtype -> (atol, rtol) used when none is given.
+DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-12, 1e-10),
+    torch.float32: (1e-6, 1e-5),
+    torch.float16: (1e-3, 1e-2),
+    torch.bfloat16: (1e-2, 5e-2),
+}
+
+
+def _tolerances(dtype: torch.dtype, atol: float | None, rtol: float | None) -> tuple[float, float]:
+    default_atol, default_rtol = DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES[torch.float32])
+    return (default_atol if atol is None else atol), (default_rtol if rtol is None else rtol)
+
+
+def _worst_position(difference: torch.Tensor) -> tuple[int, ...]:
+    flat = int(difference.abs().flatten().argmax())
+    return tuple(int(index) for index in torch.unravel_index(torch.tensor(flat), difference.shape))
+
+
+def assert_shift_equivariant(
+    fn: Callable[[Any], Any],
+    x: Any,
+    shifts: Iterable[tuple[float, float]],
+    *,
+    mode: str = "circular",
+    stride: int | tuple[int, int] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> EquivarianceResult:
+    """Assert that ``fn`` commutes with every shift: ``fn(T_t x) == T_{t/s} fn(x)`` within tolerance.
+
+    Shifts that are not a multiple of the stride can never pass exactly; they
+    are checked like the others (after the best whole-pixel alignment), so
+    choose shifts that are multiples of the stride for models that downsample.
+
+    Args:
+        fn: function or ``nn.Module`` of tensors.
+        x: input, ``(..., H, W)``.
+        shifts: ``(dy, dx)`` pairs.
+        mode: shift mode (see :mod:`shiftlab.shifts`).
+        stride: cumulative stride of the output (found from the sizes by default).
+        atol, rtol: tolerances; defaults from :data:`DEFAULT_TOLERANCES`.
+
+    Returns:
+        The :class:`~shiftlab.equivariance.EquivarianceResult`, when it passes.
+
+    Raises:
+        AssertionError: naming the worst shift, position and (for modules) layer.
+
+    Example:
+        >>> conv = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular")
+        >>> x = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+        >>> _ = assert_shift_equivariant(conv, x, [(0, 1), (3, -2)])
+        >>> assert_shift_equivariant(nn.MaxPool2d(2), x, [(0, 1)])
+        Traceback (most recent call last):
+        ...
+        AssertionError: not shift-equivariant under mode='circular': shift (0, 1) gives max abs error ...
+    """
+    tensor, _ = as_float_tensor(x, "x")
+    result = equivariance_error(fn, tensor, shifts, mode=mode, stride=stride)
+    reference_dtype = tensor.dtype
+    if isinstance(fn, nn.Module):
+        parameters = [p for p in fn.parameters() if p.is_floating_point()]
+        reference_dtype = parameters[0].dtype if parameters else tensor.dtype
+    atol, rtol = _tolerances(reference_dtype, atol, rtol)
+    limit = atol + rtol * result.reference_scale
+    failures = [error for error in result.errors if not error.max_abs <= limit]
+    if not failures:
+        return result
+    worst = max(failures, key=lambda error: error.max_abs)
+    message = (
+        f"not shift-equivariant under mode={mode!r}: shift ({worst.dy:g}, {worst.dx:g}) gives max abs error {worst.max_abs:.3g} "
+        f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {result.reference_scale:.3g}); relative L2 error {worst.rel_l2:.3g}"
+    )
+    message += _position_clause(fn, tensor, result, worst, mode)
+    if not worst.multiple:
+        message += f"; the shift is not a multiple of the stride {worst.stride}, so no whole-pixel alignment can match"
+    message += f"; {len(failures)} of {len(result.errors)} shifts fail"
+    if isinstance(fn, nn.Module) and tensor.ndim == 4:
+        message += _layer_clause(fn, tensor, [(worst.dy, worst.dx)], mode, rtol)
+    raise AssertionError(message)
+
+
+def _position_clause(fn: Callable[[Any], Any], tensor: torch.Tensor, result: EquivarianceResult, worst: ShiftError, mode: str) -> str:
+    """Where the worst difference is, recomputed for the worst shift only."""
+    if worst.stride is None:
+        return ""
+    reference_input, moved = shifted_inputs(tensor, [(worst.dy, worst.dx)], mode)
+    reference, output = _call(fn, reference_input), _call(fn, moved[0])
+    circular = mode in ("circular", "fourier")
+    aligned, valid = shift_with_mask(reference, worst.aligned_dy, worst.aligned_dx, mode="circular" if circular else "zero")
+    if result.core is not None and bool(result.core.any()):
+        core = result.core.to(valid.device)
+        moved_core = shift_with_mask(core.float(), worst.aligned_dy, worst.aligned_dx, mode="zero")[0] > 0.5
+        valid = valid & core & moved_core
+    difference = (output.float() - aligned.float()) * valid
+    position = _worst_position(difference)
+    return f", worst at output index {position} (got {float(output[position]):.4g}, expected {float(aligned[position]):.4g})"
+
+
+def _layer_clause(model: nn.Module, tensor: torch.Tensor, shifts: list[tuple[float, float]], mode: str, rtol: float) -> str:
+    from shiftlab.probe import probe
+
+    try:
+        summary = probe(model, tensor, shifts=shifts, mode=mode).summary()
+    except (ValueError, RuntimeError):
+        return ""
+    threshold = max(rtol, 1e-6)
+    spatial = [row for row in summary if row["layer"] != "output"]
+    failing = [row for row in spatial if row["max_rel_l2"] > threshold]
+    if not failing:
+        return ""
+    first = failing[0]
+    worst = max(failing, key=lambda row: row["max_rel_l2"])
+    clause = f"; equivariance first breaks at layer '{first['layer']}' ({first['type']}, stride {first['stride']}, relative L2 error {first['max_rel_l2']:.3g})"
+    if worst["layer"] != first["layer"]:
+        clause += f", worst layer '{worst['layer']}' ({worst['max_rel_l2']:.3g})"
+    return clause
+
+
+def assert_shift_invariant(
+    fn: Callable[[Any], Any],
+    x: Any,
+    shifts: Iterable[tuple[float, float]],
+    *,
+    mode: str = "circular",
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> None:
+    """Assert that ``fn`` ignores every shift: ``fn(T_t x) == fn(x)`` within tolerance (for logits, embeddings, pooled features).
+
+    Example:
+        >>> pool = lambda t: t.mean(dim=(-2, -1))
+        >>> assert_shift_invariant(pool, torch.rand(2, 3, 8, 8), [(1, 2), (-3, 0)])
+        >>> assert_shift_invariant(lambda t: t[..., 0, 0], torch.arange(16.0).reshape(1, 4, 4), [(0, 1)])
+        Traceback (most recent call last):
+        ...
+        AssertionError: not shift-invariant under mode='circular': shift (0, 1) changes the output by up to 3 ...
+    """
+    tensor, _ = as_float_tensor(x, "x")
+    pairs = _check_shifts(shifts, mode)
+    reference_input, moved = shifted_inputs(tensor, pairs, mode)
+    reference = _call(fn, reference_input)
+    atol, rtol = _tolerances(reference.dtype, atol, rtol)
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    limit = atol + rtol * scale
+    worst: tuple[float, tuple[float, float], torch.Tensor] | None = None
+    failing = 0
+    for pair, moved_input in zip(pairs, moved):
+        output = _call(fn, moved_input)
+        if output.shape != reference.shape:
+            raise AssertionError(f"not shift-invariant: shift {pair} changes the output shape from {tuple(reference.shape)} to {tuple(output.shape)}")
+        difference = output.float() - reference.float()
+        largest = float(difference.abs().max()) if difference.numel() else 0.0
+        if not largest <= limit:
+            failing += 1
+            if worst is None or largest > worst[0]:
+                worst = (largest, pair, difference)
+    if worst is None:
+        return
+    largest, pair, difference = worst
+    position = _worst_position(difference)
+    raise AssertionError(
+        f"not shift-invariant under mode={mode!r}: shift ({pair[0]:g}, {pair[1]:g}) changes the output by up to {largest:.4g} "
+        f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {scale:.3g}), at output index {position}; "
+        f"{failing} of {len(pairs)} shifts fail"
+    )
