@@ -6,10 +6,20 @@ The public API, re-exported from the modules that define it (nothing is defined 
 from shiftlab.errors import ShiftlabError
 from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
 from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
-from shiftlab.metrics import MapError, compare_maps
-from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
 from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask
-from shiftlab.figures import show_convergence, show_feature_map, show_pyramid, show_shift_table
+from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
+from shiftlab.metrics import MapError, compare_maps
+from shiftlab.equivariance import EquivarianceResult, ShiftError, equivariance_error, feature_stride
+from shiftlab.probe import ProbeResult, probe, select_layers
+from shiftlab.models import load_model, load_weights
+from shiftlab.figures import (
+    show_convergence,
+    show_error_vs_depth,
+    show_feature_map,
+    show_pyramid,
+    show_shift_heatmaps,
+    show_shift_table,
+)
 
 __version__ = "0.1.0"
 
@@ -18,28 +28,39 @@ __all__ = [
     "SAMPLES",
     "SHIFT_MODES",
     "Convolve",
+    "EquivarianceResult",
     "MapError",
     "MaxPool",
+    "ProbeResult",
+    "ShiftError",
     "ShiftlabError",
     "binomial_kernel",
     "box_kernel",
     "compare_maps",
     "convolve",
+    "equivariance_error",
+    "feature_stride",
     "gaussian_kernel",
     "get_kernel",
     "load_image",
+    "load_model",
+    "load_weights",
     "max_pool",
     "max_pyramid_depth",
     "parse_shifts",
     "pool_pyramid",
+    "probe",
     "sample_image",
+    "select_layers",
     "shift",
     "shift_grid",
     "shift_range",
     "shift_with_mask",
     "show_convergence",
+    "show_error_vs_depth",
     "show_feature_map",
     "show_pyramid",
+    "show_shift_heatmaps",
     "show_shift_table",
     "single_pixel_image",
 ]

@@ -92,14 +92,18 @@ def run_pool(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
     from shiftlab.experiments.article import article_sections, run_article
+    from shiftlab.experiments.probing import demo_probe_sections
     from shiftlab.report import write_report
 
-    with _progress(3, "demo") as bar:
+    with _progress(4, "demo") as bar:
         bar.set_postfix_str("article experiments")
         results = run_article()
         bar.update()
         bar.set_postfix_str("figures")
         sections = article_sections(results)
+        bar.update()
+        bar.set_postfix_str("probing bundled networks")
+        sections += demo_probe_sections()
         bar.update()
         bar.set_postfix_str("report")
         with staged_directory(args.out) as staging:
@@ -125,6 +129,64 @@ DEMO_SUMMARY = (
     "This report reruns every experiment of the classic tutorial on these ideas, on images bundled with shiftlab, and measures what its pictures only suggest. "
     "Each claim is checked against a number: a green mark means it holds, a red one that it does not."
 )
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from shiftlab._io import staged_directory
+    from shiftlab.experiments.probing import probe_section, run_probe as probe_model
+    from shiftlab.report import write_report
+    from shiftlab.shifts import parse_shifts
+
+    shifts = parse_shifts(args.shifts)
+    with _progress(1, "probe") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        result, info = probe_model(
+            args.model,
+            args.images,
+            shifts=shifts,
+            mode=args.mode,
+            weights=args.weights,
+            layers=args.layers,
+            size=args.size,
+            normalize=args.normalize,
+            device=args.device,
+            dtype=args.dtype,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+        section = probe_section(
+            result,
+            key="probe",
+            title=f"Translation equivariance of {args.model}, layer by layer",
+            intro=f"{info.description}. Each watched layer's output for every shifted input is compared with its output for the original input, moved by the shift divided by the layer's cumulative stride.",
+            heatmap_layers=[name.strip() for name in args.heatmap_layers.split(",")] if args.heatmap_layers else None,
+        )
+        with staged_directory(args.out) as staging:
+            write_report([section], staging, title=f"shiftlab probe: {args.model}", protocol=result.protocol)
+            result.to_csv(staging / "probe.csv")
+            result.to_json(staging / "probe.json")
+    _print_summary(result)
+    out = Path(args.out)
+    print(f"report: {(out / 'report.html').resolve()}")
+    print(f"table: {(out / 'probe.csv').resolve()} (one row per layer and shift); {(out / 'probe.json').resolve()}")
+    return 0
+
+
+def _print_summary(result) -> None:
+    from shiftlab.sections import format_number
+
+    rows = result.summary()
+    width = min(40, max(len(row["layer"]) for row in rows))
+    print(f"{'layer':<{width}}  {'type':<18} {'stride':>7}  {'mean rel L2':>11}  {'max rel L2':>10}  exact")
+    for row in rows:
+        stride = "global" if not row["stride"] else "x".join(map(str, row["stride"]))
+        print(f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {stride:>7}  {format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}")
 
 
 def run_samples(args: argparse.Namespace) -> int:
@@ -189,6 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(pool)
     _add_out(pool, "pool")
     pool.set_defaults(handler=run_pool)
+
+    probe = commands.add_parser(
+        "probe",
+        help="measure the translation equivariance of a model, layer by layer, and write a report",
+        description="Shift the images, run the model with hooks on its layers, and measure per layer and shift how far its output is from the shifted output of the original image.",
+        epilog="SPEC: a bundled network (article, simple_cnn, circular_cnn), a torchvision architecture (resnet18, vgg11, ...; random weights unless --weights), or package.module:callable / file.py:callable.",
+    )
+    probe.add_argument("--model", required=True, metavar="SPEC", help="the model (see below)")
+    probe.add_argument("--weights", metavar="FILE", default=None, help="state_dict as .pt/.pth (loaded with weights_only=True) or .safetensors")
+    probe.add_argument("--images", nargs="+", metavar="IMAGE", default=["chelsea"], help="image files or sample names (default: chelsea)")
+    probe.add_argument("--shifts", default="0:8", help="shifts in input pixels: 0:8 (horizontal 0..7), diag:0:8, grid:-2:3 or grid:0:4,0:8, or explicit '1,2;0,-3' (default: 0:8)")
+    probe.add_argument("--mode", choices=("circular", "zero", "crop", "fourier"), default="circular", help="how images are shifted (default: circular)")
+    probe.add_argument("--layers", default=None, help="comma-separated layer names or glob patterns (default: every conv, pooling, normalisation, activation, linear layer and residual block)")
+    probe.add_argument("--size", type=int, default=None, help="resize the shorter side to SIZE and centre-crop SIZExSIZE (default: images as they are)")
+    probe.add_argument("--normalize", choices=("auto", "imagenet", "none"), default="auto", help="input normalisation (default: auto = ImageNet statistics for torchvision models)")
+    probe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    probe.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32", help="model and input precision (default: float32)")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the random initialisation when no weights are given (default: 0)")
+    probe.add_argument("--batch-size", type=int, default=64, help="most inputs per forward pass (default: 64)")
+    probe.add_argument("--heatmap-layers", default=None, help="comma-separated layers for the shift heat maps (default: a few representative ones)")
+    _add_out(probe, "probe")
+    probe.set_defaults(handler=run_probe)
 
     samples = commands.add_parser("samples", help="list the bundled sample images", description="List the images bundled with shiftlab; their names work wherever an IMAGE is expected.")
     samples.set_defaults(handler=run_samples)

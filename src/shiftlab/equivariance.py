@@ -37,6 +37,7 @@ import torch
 
 from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.errors import ShiftlabError, check, describe, fail
+from shiftlab._compare import Scratch, compare_shifts, compare_whole
 from shiftlab.metrics import ErrorSums
 from shiftlab.shifts import SHIFT_MODES, crop_margin, shift
 
@@ -44,6 +45,7 @@ __all__ = [
     "EquivarianceResult",
     "ShiftError",
     "ShiftStats",
+    "accumulate_map",
     "border_core",
     "equivariance_error",
     "feature_stride",
@@ -58,15 +60,34 @@ NOTE_GLOBAL = "not a spatial map: compared as a whole (invariance)"
 
 
 def feature_stride(input_size: Sequence[int], output_size: Sequence[int]) -> tuple[int, int]:
-    """Cumulative stride of a map, from the input and output sizes: ``max(1, round(H / h))`` per axis.
+    """Cumulative stride of a map, from the input and output sizes, per axis.
+
+    Padding and dropped border pixels make ``H / h`` inexact (a 114-pixel input
+    gives 8 pixels after a stride of 16; a valid 3x3 convolution turns 6 pixels
+    into 4), so: more than half the pixels left means stride 1; otherwise a
+    power of two ``p`` with ``|H / p - h| < 1`` is preferred, else ``round(H / h)``.
+    Pass the stride explicitly where this guess cannot know better.
 
     Example:
         >>> feature_stride((224, 224), (56, 56))
         (4, 4)
-        >>> feature_stride((225, 99), (113, 99))
-        (2, 1)
+        >>> feature_stride((114, 99), (8, 99))
+        (16, 1)
+        >>> feature_stride((90, 6), (30, 4))
+        (3, 1)
     """
-    return tuple(max(1, round(size_in / size_out)) for size_in, size_out in zip(input_size[-2:], output_size[-2:]))  # type: ignore[return-value]
+    return tuple(_axis_stride(size_in, size_out) for size_in, size_out in zip(input_size[-2:], output_size[-2:]))  # type: ignore[return-value]
+
+
+def _axis_stride(size_in: int, size_out: int) -> int:
+    if size_out > size_in / 2 + 0.5:
+        return 1
+    power = 2
+    while power <= size_in:
+        if abs(size_in / power - size_out) < 1:
+            return power
+        power *= 2
+    return max(1, round(size_in / size_out))
 
 
 @dataclass(frozen=True)
@@ -88,114 +109,20 @@ class ShiftError:
     note: str = ""
 
 
-def _candidates(value: float) -> list[int]:
-    low, high = math.floor(value), math.ceil(value)
-    return [low] if low == high else [low, high]
-
-
-def _region(offset: int, length: int) -> tuple[slice, slice]:
-    """Slices (in the shifted map, in the reference) of the overlap after moving the reference by ``offset``."""
-    return slice(max(0, offset), length + min(0, offset)), slice(max(0, -offset), length - max(0, offset))
-
-
-def _circular_blocks(offset: int, length: int) -> list[tuple[slice, slice]]:
-    """Pairs of slices covering a circular move by ``offset`` without copying: out[a] = ref[b]."""
-    offset %= length
-    if offset == 0:
-        return [(slice(0, length), slice(0, length))]
-    return [(slice(offset, length), slice(0, length - offset)), (slice(0, offset), slice(length - offset, length))]
-
-
-def _view_sums(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None) -> ErrorSums:
-    """Sums over two same-shape views; ``weight`` is an optional 0/1 ``(h, w)`` mask."""
-    if a.numel() == 0:
-        return ErrorSums()
-    if a.dtype not in (torch.float32, torch.float64):
-        a, b = a.float(), b.float()
-    difference = a - b
-    compared = a.numel()
-    if weight is not None:
-        difference.mul_(weight)
-        a, b = a * weight, b * weight
-        compared = int(weight.sum()) * (a.numel() // weight.numel())
-    low, high = torch.aminmax(difference)
-    return ErrorSums(
-        squared_difference=float(torch.linalg.vector_norm(difference)) ** 2,
-        squared_reference=float(torch.linalg.vector_norm(b)) ** 2,
-        squared_output=float(torch.linalg.vector_norm(a)) ** 2,
-        dot=math.nan,  # filled in by the caller from the other sums
-        max_abs=max(-float(low), float(high)),
-        compared=compared,
-        total=0,
-    )
-
-
-def _with_dot(sums: ErrorSums) -> ErrorSums:
-    # <a, b> = (|a|^2 + |b|^2 - |a - b|^2) / 2: cancellation only blurs the cosine, never the L2 error.
-    sums.dot = 0.5 * (sums.squared_output + sums.squared_reference - sums.squared_difference)
-    return sums
-
-
-def aligned_sums(
-    shifted: torch.Tensor,
-    reference: torch.Tensor,
-    offset: tuple[int, int],
-    circular: bool,
-    core: torch.Tensor | None = None,
-) -> ErrorSums:
-    """Compare ``shifted`` with ``reference`` moved by a whole-pixel ``offset`` (down, right).
-
-    ``circular`` moves the reference around the torus (every pixel compared);
-    otherwise only the overlap is compared. ``core`` (optional ``(h, w)`` bool)
-    marks pixels far enough from the border: a pixel counts when it is in the
-    core of ``shifted`` and its source is in the core of ``reference``.
-    """
-    height, width = shifted.shape[-2:]
-    oy, ox = offset
-    if circular:
-        blocks = [(ys, xs) for ys in _circular_blocks(oy, height) for xs in _circular_blocks(ox, width)]
-    else:
-        blocks = [(_region(oy, height), _region(ox, width))]
-    total = ErrorSums(total=shifted.numel())
-    for (out_y, ref_y), (out_x, ref_x) in blocks:
-        weight = None
-        if core is not None:
-            both = core[out_y, out_x] & core[ref_y, ref_x]
-            weight = both.to(shifted.dtype if shifted.dtype in (torch.float32, torch.float64) else torch.float32)
-        part = _view_sums(shifted[..., out_y, out_x], reference[..., ref_y, ref_x], weight)
-        total = total + ErrorSums(part.squared_difference, part.squared_reference, part.squared_output, 0.0, part.max_abs, part.compared, 0)
-    return _with_dot(total)
-
-
 @dataclass
 class ShiftStats:
     """Streaming statistics of one map under one shift: sums per whole-pixel alignment, added batch by batch."""
 
     dy: float
     dx: float
-    circular: bool
     stride: tuple[int, int] | None = None
     sums: dict[tuple[int, int], ErrorSums] = field(default_factory=dict)
     whole_map: bool = False
 
-    def add(self, reference: torch.Tensor, shifted: torch.Tensor, *, spatial: bool, core: torch.Tensor | None = None, input_size: Sequence[int] = ()) -> None:
-        """Accumulate one batch: ``reference = f(x)``, ``shifted = f(T_t x)``, same shape."""
-        if not spatial:
-            self.stride = None
-            whole = _view_sums(shifted, reference, None)
-            whole.total = whole.compared
-            self._accumulate((0, 0), _with_dot(whole))
-            return
-        if self.stride is None:
-            self.stride = feature_stride(input_size, shifted.shape)
-        if core is not None and not bool(core.any()):
-            core, self.whole_map = None, True
-        fy, fx = self.dy / self.stride[0], self.dx / self.stride[1]
-        for offset in ((oy, ox) for oy in _candidates(fy) for ox in _candidates(fx)):
-            self._accumulate(offset, aligned_sums(shifted, reference, offset, self.circular, core))
-
-    def _accumulate(self, offset: tuple[int, int], sums: ErrorSums) -> None:
-        self.sums[offset] = self.sums[offset] + sums if offset in self.sums else sums
+    def add(self, sums: dict[tuple[int, int], ErrorSums]) -> None:
+        """Add one batch's sums (from :func:`shiftlab._compare.compare_shifts`, or ``{(0, 0): ...}`` for a whole-map comparison)."""
+        for offset, part in sums.items():
+            self.sums[offset] = self.sums[offset] + part if offset in self.sums else part
 
     def result(self) -> ShiftError:
         """The row for this shift: the best alignment and its metrics."""
@@ -210,6 +137,40 @@ class ShiftStats:
         error = results[offset]
         notes = ([] if multiple else [NOTE_NOT_MULTIPLE]) + ([NOTE_WHOLE_MAP] if self.whole_map else [])
         return ShiftError(self.dy, self.dx, self.stride, fy, fx, multiple, offset[0], offset[1], error.rel_l2, error.max_abs, error.cosine, error.valid_fraction, "; ".join(notes))
+
+
+def accumulate_map(
+    stats: Sequence[ShiftStats],
+    reference: torch.Tensor,
+    shifted: torch.Tensor,
+    *,
+    spatial: bool,
+    circular: bool,
+    input_size: Sequence[int],
+    core: torch.Tensor | None = None,
+    stride: tuple[int, int] | None = None,
+    scratch: Scratch | None = None,
+) -> None:
+    """Compare ``shifted[i]`` (``f(T_{t_i} x)``) with ``reference`` (``f(x)``) and add the sums to ``stats[i]``.
+
+    The stride is fixed by the first batch (given, or found from ``input_size``).
+    A ``core`` with no pixel left means the whole map is compared.
+    """
+    if not spatial:
+        for entry, sums in zip(stats, compare_whole(reference, shifted, scratch)):
+            entry.stride = None
+            entry.add({(0, 0): sums})
+        return
+    for entry in stats:
+        if entry.stride is None:
+            entry.stride = stride or feature_stride(input_size, reference.shape)
+    whole_map = core is not None and not bool(core.any())
+    if whole_map:
+        core = None
+    shifts = [(entry.dy, entry.dx) for entry in stats]
+    for entry, sums in zip(stats, compare_shifts(reference, shifted, shifts, stride=stats[0].stride, circular=circular, core=core, scratch=scratch)):
+        entry.whole_map = entry.whole_map or whole_map
+        entry.add(sums)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -311,7 +272,7 @@ def equivariance_error(
     Args:
         fn: maps a ``(..., H, W)`` tensor to a ``(..., h, w)`` tensor (an
             ``nn.Module``, a shiftlab operator, any function of torch tensors).
-            An output of another rank is compared as a whole (invariance).
+            An output of another rank, or a 1x1 map, is compared as a whole (invariance).
         x: the input, ``(..., H, W)`` array or tensor; ``fn`` gets it as a tensor.
         shifts: ``(dy, dx)`` pairs in input pixels (down, right).
         mode: ``"circular"`` (default), ``"zero"``, ``"crop"`` or ``"fourier"`` (see :mod:`shiftlab.shifts`).
@@ -339,7 +300,7 @@ def equivariance_error(
     pairs = _check_shifts(shifts, mode)
     reference_input, moved = shifted_inputs(tensor, pairs, mode)
     reference = _call(fn, reference_input)
-    spatial = reference.ndim == reference_input.ndim and reference.ndim >= 2
+    spatial = reference.ndim == reference_input.ndim and reference.ndim >= 2 and reference.shape[-2] * reference.shape[-1] > 1
     if stride is not None:
         stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
         check(len(stride) == 2 and all(isinstance(s, int) and s >= 1 for s in stride), "stride", f"must be a positive int or a pair of them, got {stride!r}")
@@ -349,13 +310,14 @@ def equivariance_error(
         outputs: list[torch.Tensor] = []
         border_core(reference_input, band, lambda tainted: outputs.append(_call(fn, tainted[0])))
         core = torch.isfinite(outputs[0]).reshape(-1, *reference.shape[-2:]).all(dim=0)
-    errors = []
-    for (dy, dx), moved_input in zip(pairs, moved):
+    outputs = []
+    for moved_input in moved:
         output = _call(fn, moved_input)
         check(output.shape == reference.shape, "fn", f"gave shape {tuple(output.shape)} for a shifted input but {tuple(reference.shape)} for the reference")
-        stats = ShiftStats(dy, dx, circular=mode in ("circular", "fourier"), stride=stride if spatial else None)
-        stats.add(reference, output, spatial=spatial, core=core, input_size=reference_input.shape)
-        errors.append(stats.result())
+        outputs.append(output)
+    stats = [ShiftStats(dy, dx) for dy, dx in pairs]
+    accumulate_map(stats, reference, torch.stack(outputs), spatial=spatial, circular=mode in ("circular", "fourier"), input_size=reference_input.shape, core=core, stride=stride if spatial else None)
+    errors = [entry.result() for entry in stats]
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return EquivarianceResult(errors, mode, tuple(reference_input.shape), tuple(reference.shape), scale, core)
 

@@ -19,6 +19,8 @@ from shiftlab.errors import check, describe
 
 __all__ = [
     "show_convergence",
+    "show_error_vs_depth",
+    "show_shift_heatmaps",
     "show_feature_map",
     "show_pyramid",
     "show_shift_table",
@@ -245,4 +247,124 @@ def show_shift_table(
     if title:
         axes.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axes, shrink=0.8)
+    return figure
+
+
+# --------------------------------------------------------------------------- probe results
+
+
+def _layer_table(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Per layer, in forward order: name, stride, and the metric aggregated over the (non-zero) shifts."""
+    layers: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        layers.setdefault(row["layer"], []).append(row)
+    table = []
+    for name, items in sorted(layers.items(), key=lambda item: item[1][0]["depth"]):
+        moved = [row for row in items if (row["dy"], row["dx"]) != (0, 0)] or items
+        values = np.array([row[metric] for row in moved], dtype=np.float64)
+        multiple = np.array([bool(row["multiple"]) for row in moved])
+        table.append({
+            "layer": name,
+            "stride": items[0]["stride"],
+            "max": np.nanmax(values) if np.isfinite(values).any() else np.nan,
+            "multiple": np.nanmean(values[multiple]) if multiple.any() else np.nan,
+            "other": np.nanmean(values[~multiple]) if (~multiple).any() else np.nan,
+        })
+    return table
+
+
+_METRIC_LABELS = {"rel_l2": "relative L2 error", "max_abs": "max abs error", "cosine": "cosine similarity"}
+
+
+def show_error_vs_depth(
+    rows: Sequence[dict[str, Any]],
+    *,
+    metric: str = "rel_l2",
+    title: str | None = None,
+    dpi: int = 100,
+) -> Figure:
+    """Equivariance error of every probed layer, in forward order, split by whether the shift is a multiple of the layer's stride.
+
+    Shaded bands mark the cumulative stride. Where equivariance holds, the
+    "multiple of the stride" points sit at zero; aliasing lifts the others.
+
+    Args:
+        rows: :attr:`shiftlab.probe.ProbeResult.rows` (or any rows with the same keys).
+        metric: ``"rel_l2"`` (default), ``"max_abs"`` or ``"cosine"``.
+        title: optional title.
+    """
+    check(len(rows) > 0, "rows", "is empty: nothing was probed")
+    check(metric in _METRIC_LABELS, "metric", f"must be one of {', '.join(_METRIC_LABELS)}, got {metric!r}")
+    table = _layer_table(rows, metric)
+    count = len(table)
+    figure = Figure(figsize=(min(18.0, max(7.0, 0.16 * count + 3)), 4.6), dpi=dpi, layout="constrained")
+    axes = figure.subplots()
+    positions = np.arange(count)
+    strides = [f"{row['stride'][0]}" if row["stride"] and row["stride"][0] == row["stride"][1] else (str(tuple(row["stride"])) if row["stride"] else "global") for row in table]
+    start, band = 0, 0
+    for index in range(1, count + 1):
+        if index == count or strides[index] != strides[start]:
+            if band % 2 == 0:
+                axes.axvspan(start - 0.5, index - 0.5, color="#e9edf5", zorder=0)
+            axes.text((start + index - 1) / 2, 1.01, strides[start], transform=axes.get_xaxis_transform(), ha="center", va="bottom", fontsize=7, color="#4a5468")
+            start, band = index, band + 1
+    axes.plot(positions, [row["max"] for row in table], "-", color="#9aa3b5", linewidth=1, label="max over shifts", zorder=2)
+    axes.plot(positions, [row["other"] for row in table], "o", color="#d1495b", markersize=4, label="shifts NOT a multiple of the stride (mean)", zorder=3)
+    axes.plot(positions, [row["multiple"] for row in table], "s", color="#2e86ab", markersize=4, label="shifts that are a multiple of the stride (mean)", zorder=4)
+    step = max(1, count // 60)
+    axes.set_xticks(positions[::step], [row["layer"] for row in table][::step], rotation=90, fontsize=7)
+    axes.set_xlim(-0.6, count - 0.4)
+    axes.set_ylabel(_METRIC_LABELS[metric])
+    axes.set_xlabel("layer, in forward order (cumulative stride above the plot)")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def show_shift_heatmaps(
+    rows_by_layer: dict[str, Sequence[dict[str, Any]]],
+    *,
+    metric: str = "rel_l2",
+    dpi: int = 100,
+    panel_size: float = 3.0,
+) -> Figure:
+    """The error of chosen layers over the ``(dy, dx)`` grid of shifts, one panel per layer.
+
+    Cells are annotated when the grid is small; white means the shift was not probed.
+
+    Args:
+        rows_by_layer: layer name -> its rows (:meth:`shiftlab.probe.ProbeResult.layer_rows`).
+        metric: the value shown.
+    """
+    check(len(rows_by_layer) > 0, "layers", "give at least one layer")
+    check(metric in _METRIC_LABELS, "metric", f"must be one of {', '.join(_METRIC_LABELS)}, got {metric!r}")
+    first = next(iter(rows_by_layer.values()))
+    ys = sorted({row["dy"] for row in first})
+    xs = sorted({row["dx"] for row in first})
+    count = len(rows_by_layer)
+    aspect = len(ys) / len(xs)
+    figure = Figure(figsize=(panel_size * count + 0.8, max(1.6, panel_size * aspect) + 0.9), dpi=dpi, layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, count))
+    values_all = [row[metric] for rows in rows_by_layer.values() for row in rows if np.isfinite(row[metric])]
+    high = max(values_all) if values_all else 1.0
+    image = None
+    for axes, (name, rows) in zip(panels, rows_by_layer.items()):
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for row in rows:
+            grid[ys.index(row["dy"]), xs.index(row["dx"])] = row[metric]
+        image = axes.imshow(grid, cmap="viridis", vmin=0.0, vmax=high if high > 0 else 1.0, aspect="auto")
+        if grid.size <= 100:
+            for (r, c), value in np.ndenumerate(grid):
+                if np.isfinite(value):
+                    axes.text(c, r, "0" if value == 0 else f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 * high else "black")
+        axes.set_xticks(range(len(xs)), [f"{x:g}" for x in xs], fontsize=7)
+        axes.set_yticks(range(len(ys)), [f"{y:g}" for y in ys], fontsize=7)
+        axes.set_xlabel("dx (input px)", fontsize=8)
+        axes.set_ylabel("dy (input px)", fontsize=8)
+        stride = rows[0]["stride"]
+        axes.set_title(f"{name}\nstride {tuple(stride) if stride else 'global'}", fontsize=9)
+    if image is not None:
+        figure.colorbar(image, ax=list(panels), shrink=0.85, label=_METRIC_LABELS[metric])
     return figure

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from shiftlab._io import atomic_write_text
-from shiftlab.equivariance import ShiftStats, _check_shifts, border_core, shifted_inputs
+from shiftlab._compare import Scratch
+from shiftlab.equivariance import ShiftStats, _check_shifts, accumulate_map, border_core, shifted_inputs
 from shiftlab.errors import ShiftlabError, check, describe, fail
 from shiftlab.shifts import SHIFT_MODES, crop_margin
 
@@ -239,7 +240,7 @@ def probe(
     chunk = min(len(pairs), batch_size - 1)
     shift_chunks = [list(range(start, min(start + chunk, len(pairs)))) for start in range(0, len(pairs), chunk)]
     states: dict[str, _LayerState] = {}
-    context: dict[str, Any] = {}
+    context: dict[str, Any] = {"scratch": Scratch()}
 
     def on_output(label: str, module: nn.Module, output: torch.Tensor) -> None:
         if context["phase"] == "core":
@@ -315,26 +316,34 @@ def _accumulate(
         return  # not batch-first (e.g. a sequence layer): nothing to compare
     state = states.get(label)
     if state is None:
-        spatial = output.ndim == 4
+        spatial = output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1  # a 1x1 map is global
         state = _LayerState(
             label=label,
             kind=type(module).__name__,
             depth=len(states) + 1,
             shape=tuple(output.shape[1:]),
             spatial=spatial,
-            stats=[ShiftStats(dy, dx, circular=mode in ("circular", "fourier")) for dy, dx in pairs],
+            stats=[ShiftStats(dy, dx) for dy, dx in pairs],
             agreement=[[0, 0] for _ in pairs],
         )
         states[label] = state
     grouped = output.reshape(variants, images, *output.shape[1:])
-    reference = grouped[0]
-    core = context["cores"].get(label)
-    logits = output.ndim == 2
-    for position, index in enumerate(context["shift_indices"], start=1):
-        state.stats[index].add(reference, grouped[position], spatial=state.spatial, core=core, input_size=context["input_size"])
-        if logits:
-            agree = int((grouped[position].argmax(dim=1) == reference.argmax(dim=1)).sum())
-            state.agreement[index][0] += agree
+    reference, shifted = grouped[0], grouped[1:]
+    indices = context["shift_indices"]
+    accumulate_map(
+        [state.stats[index] for index in indices],
+        reference,
+        shifted,
+        spatial=state.spatial,
+        circular=mode in ("circular", "fourier"),
+        input_size=context["input_size"],
+        core=context["cores"].get(label),
+        scratch=context["scratch"],
+    )
+    if output.ndim == 2:  # logits: does the top-1 class survive the shift?
+        same = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1).tolist()
+        for index, agreeing in zip(indices, same):
+            state.agreement[index][0] += agreeing
             state.agreement[index][1] += images
 
 

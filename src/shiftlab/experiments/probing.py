@@ -1,0 +1,267 @@
+"""Probing a model on images: prepare the inputs, run :func:`shiftlab.probe`, and turn the result into a report section.
+
+Used by ``shiftlab probe`` and by the demo (which probes bundled networks on
+the bundled photos).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from shiftlab.errors import check, fail
+from shiftlab.images import load_image
+from shiftlab.models import ModelInfo, load_model
+from shiftlab.probe import ProbeResult, probe
+from shiftlab.sections import Finding, Section, Table, format_number
+
+__all__ = ["DEMO_IMAGES", "IMAGENET_MEAN", "IMAGENET_STD", "demo_probe_sections", "prepare_images", "probe_findings", "probe_section", "representative_layers", "run_probe"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EXACT = 1e-5  # relative L2 error below which a layer counts as exactly equivariant (float32 rounding)
+
+
+def prepare_images(sources: Sequence[Any], *, channels: int, size: int | None = None, normalize: str = "none") -> list[torch.Tensor]:
+    """Load images as ``(C, H, W)`` float32 tensors for a model with ``channels`` input channels.
+
+    Args:
+        sources: paths, sample names, arrays (anything :func:`shiftlab.load_image` takes).
+        channels: 1 (grayscale) or 3 (RGB).
+        size: when given, resize so the shorter side is ``size`` (bicubic,
+            antialiased) and take the centre ``size x size`` crop, the usual
+            ``Resize + CenterCrop`` protocol.
+        normalize: ``"imagenet"`` (subtract ImageNet's mean, divide by its std) or ``"none"``.
+
+    Example:
+        >>> [tuple(image.shape) for image in prepare_images(["chelsea"], channels=3, size=64)]
+        [(3, 64, 64)]
+    """
+    check(channels in (1, 3), "model", f"expects {channels} input channels; shiftlab feeds it grayscale (1) or RGB (3) images")
+    check(normalize in ("imagenet", "none"), "normalize", f"must be 'imagenet' or 'none', got {normalize!r}")
+    check(size is None or (isinstance(size, int) and size >= 1), "size", f"must be a positive integer, got {size!r}")
+    check(len(sources) > 0, "images", "give at least one image")
+    images = []
+    for source in sources:
+        array = load_image(source, grayscale=channels == 1)
+        image = torch.from_numpy(array)
+        if image.ndim == 2:
+            image = image[None]
+        if size is not None:
+            image = _resize_center_crop(image, size)
+        if normalize == "imagenet":
+            check(channels == 3, "normalize", "'imagenet' needs RGB images (a 3-channel model)")
+            mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+            std = torch.tensor(IMAGENET_STD)[:, None, None]
+            image = (image - mean) / std
+        images.append(image.contiguous())
+    return images
+
+
+def _resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    scale = size / min(height, width)
+    new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
+    resized = F.interpolate(image[None], size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    return resized[..., top : top + size, left : left + size]
+
+
+def run_probe(
+    spec: str,
+    images: Sequence[Any],
+    *,
+    shifts: Sequence[tuple[float, float]],
+    mode: str = "circular",
+    weights: str | None = None,
+    layers: Any = None,
+    size: int | None = None,
+    normalize: str = "auto",
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ProbeResult, ModelInfo]:
+    """Load a model from its spec, prepare the images for it, and probe it.
+
+    ``normalize="auto"`` applies ImageNet normalisation to torchvision models
+    and nothing to the others.
+    """
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+    check(dtype in dtypes, "dtype", f"must be one of {', '.join(dtypes)}, got {dtype!r}")
+    target = _device(device)
+    model, info = load_model(spec, weights=weights, seed=seed)
+    model = model.to(device=target, dtype=dtypes[dtype])
+    chosen = info.normalize if normalize == "auto" else normalize
+    inputs = prepare_images(images, channels=info.in_channels, size=size, normalize=chosen)
+    result = probe(model, inputs, shifts=shifts, mode=mode, layers=layers, batch_size=batch_size, progress=progress)
+    result.protocol.update({
+        "model": spec,
+        "model_source": info.source,
+        "weights": str(weights) if weights else f"random initialisation, seed {seed}",
+        "images_used": [str(source) for source in images],
+        "resize": f"shorter side {size}, centre crop {size}x{size}" if size else "none",
+        "normalize": chosen,
+    })
+    return result, info
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        fail("device", f"{name!r} is not a device name (try cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("device", "CUDA was asked for, but torch sees no CUDA device here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        fail("device", "MPS was asked for, but it is not available here")
+    return device
+
+
+def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
+    """A few layers worth a heat map: the first, the first with a stride, one in the middle, and the output.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1))
+        >>> representative_layers(probe(net, torch.rand(1, 1, 8, 8), shifts=[(0, 1)]))
+        ['0', '1', '2', 'output']
+    """
+    summary = result.summary()
+    names = [row["layer"] for row in summary]
+    chosen = [names[0]]
+    strided = [row["layer"] for row in summary if row["stride"] and max(row["stride"]) > 1]
+    if strided:
+        chosen.append(strided[0])
+    chosen.append(names[len(names) // 2])
+    chosen.append(names[-1])
+    return list(dict.fromkeys(chosen))[:count]
+
+
+def _stride_text(stride: list[int] | None) -> str:
+    if not stride:
+        return "global"
+    return str(stride[0]) if stride[0] == stride[1] else f"{stride[0]}x{stride[1]}"
+
+
+def probe_findings(result: ProbeResult) -> list[Finding]:
+    """What a probe says, in sentences with their numbers."""
+    summary = result.summary()
+    spatial = [row for row in summary if row["stride"]]
+    findings = []
+    inexact = result.first_inexact_layer(EXACT)
+    if inexact is None:
+        findings.append(Finding("Every probed layer is equivariant to every shift, to float precision", f"largest relative L2 error {format_number(max(row['max_rel_l2'] for row in summary))}", True))
+    else:
+        row = next(item for item in summary if item["layer"] == inexact)
+        exact_before = [item["layer"] for item in summary[: summary.index(row)]]
+        hint = ""
+        if result.protocol.get("mode") in ("circular", "fourier") and row["stride"] and max(row["stride"]) == 1:
+            hint = " (a circular shift wraps the image around, and a zero-padded layer sees the seam at the border: --mode crop or zero leaves border effects out)"
+        findings.append(
+            Finding(
+                f"Equivariance is first lost at layer '{inexact}' ({row['type']}, stride {_stride_text(row['stride'])})",
+                f"{len(exact_before)} layer(s) before it are exact; its relative L2 error: mean {format_number(row['mean_rel_l2'])}, max {format_number(row['max_rel_l2'])}{hint}",
+            )
+        )
+    before = _layers_before_first_stride(summary)
+    if before and inexact is not None:
+        exact = all(row["max_rel_l2"] <= EXACT for row in before)
+        findings.append(
+            Finding(
+                "Every layer before the first downsampling is exactly equivariant (stride 1: any shift is a multiple)",
+                f"{len(before)} layer(s), largest relative L2 error {format_number(max(row['max_rel_l2'] for row in before))}",
+                exact,
+            )
+        )
+    multiple = [r for r in result.rows if r["stride"] and max(r["stride"]) > 1 and r["multiple"] and (r["dy"], r["dx"]) != (0, 0)]
+    other = [r for r in result.rows if r["stride"] and not r["multiple"]]
+    if multiple and other:
+        exact_multiple = sum(1 for r in multiple if r["rel_l2"] <= EXACT)
+        exact_other = sum(1 for r in other if r["rel_l2"] <= EXACT)
+        findings.append(
+            Finding(
+                "After downsampling, shifts that are a multiple of the layer's cumulative stride stay exact, and the others do not (aliasing)",
+                f"exact: {exact_multiple} of {len(multiple)} multiples, {exact_other} of {len(other)} others; mean relative L2 error {format_number(_mean(r['rel_l2'] for r in multiple))} vs {format_number(_mean(r['rel_l2'] for r in other))}",
+                exact_multiple == len(multiple) and exact_other == 0,
+            )
+        )
+    output = [r for r in result.rows if r["layer"] == "output" and (r["dy"], r["dx"]) != (0, 0)]
+    if output:
+        agreement = [r["top1_agreement"] for r in output if r["top1_agreement"] is not None]
+        text = f"relative L2 error of the output: mean {format_number(_mean(r['rel_l2'] for r in output))}, max {format_number(max(r['rel_l2'] for r in output))}"
+        if agreement:
+            text += f"; top-1 class unchanged for {_mean(agreement):.1%} of image-shift pairs"
+        findings.append(Finding("The model's output under the shifts", text))
+    if spatial and inexact is not None:
+        worst = max(spatial, key=lambda row: row["max_rel_l2"])
+        findings.append(Finding(f"Worst spatial layer: '{worst['layer']}' ({worst['type']}, stride {_stride_text(worst['stride'])})", f"max relative L2 error {format_number(worst['max_rel_l2'])}"))
+    return findings
+
+
+def _layers_before_first_stride(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    layers = []
+    for row in summary:
+        if not row["stride"] or max(row["stride"]) > 1:
+            break
+        layers.append(row)
+    return layers
+
+
+def _mean(values: Any) -> float:
+    items = [value for value in values if value is not None and not math.isnan(value)]
+    return sum(items) / len(items) if items else math.nan
+
+
+def probe_section(result: ProbeResult, *, key: str, title: str, intro: str, heatmap_layers: Sequence[str] | None = None) -> Section:
+    """A report section for one probe: findings, error versus depth, heat maps, per-layer table."""
+    layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
+    protocol = result.protocol
+    summary_rows = [
+        [row["depth"], row["layer"], row["type"], "x".join(map(str, row["shape"])), _stride_text(row["stride"]), format_number(row["mean_rel_l2"]), format_number(row["max_rel_l2"]), f"{row['exact_shifts']} / {row['shifts']}"]
+        for row in result.summary()
+    ]
+    shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (" ..." if len(protocol["shifts"]) > 12 else "")
+    figures = [
+        ("Relative L2 error of every probed layer, in forward order: mean over shifts that are a multiple of the layer's cumulative stride (blue) and over the others (red), and the maximum (line).", result.plot_depth()),
+        ("The error of a few layers for every shift (dy down, dx right, in input pixels).", result.plot_heatmap(layers)),
+    ]
+    return Section(
+        key,
+        title,
+        intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size {', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on {protocol['device']}; {protocol['layers_watched']} layers watched.",
+        figures=figures,
+        tables=[Table("Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are exact (error <= 1e-5)", ["depth", "layer", "type", "output shape", "stride", "mean", "max", "exact shifts"], summary_rows)],
+        findings=probe_findings(result),
+        data={"protocol": protocol, "summary": result.summary(), "rows": result.rows},
+    )
+
+
+DEMO_IMAGES = ("chelsea", "coffee")
+
+
+def demo_probe_sections() -> list[Section]:
+    """The demo's probing sections: a typical small CNN, then one built to be exactly equivariant."""
+    typical, _ = run_probe("simple_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="crop")
+    exact, _ = run_probe("circular_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="circular")
+    return [
+        probe_section(
+            typical,
+            key="probe-simple-cnn",
+            title="Probing a small CNN layer by layer",
+            intro="The article's ideas, measured inside a network: shiftlab's bundled simple_cnn (3x3 convolutions with zero padding, batch norm, ReLU, a 2x2 max pooling, a stride-2 convolution, global average pooling and a linear head; seeded random weights) on the bundled photos. "
+            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is real image content, and pixels whose receptive field reaches the border are left out. "
+            "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a multiple of the cumulative stride still line up; the others alias.",
+        ),
+        probe_section(
+            exact,
+            key="probe-circular-cnn",
+            title="A CNN that is exactly equivariant: circular padding, no stride",
+            intro="The same network with circular padding and without its pooling and stride (circular_cnn), under circular shifts. Every spatial layer commutes with every shift, to float precision, and the global average pooling makes the output invariant: the known answer that the measurement must reproduce.",
+        ),
+    ]
