@@ -1,0 +1,243 @@
+"""The `shiftlab` command: outputs, messages, exit status 2 on bad input, and no partial output."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shiftlab import cli
+from shiftlab.models import SimpleCNN
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("shiftlab: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+@pytest.fixture
+def bad_images(tmp_path: Path) -> dict[str, Path]:
+    """One file per kind of bad image input."""
+    good = tmp_path / "good.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 255).astype(np.uint8)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    bomb = tmp_path / "bomb.png"
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _png_chunk(b"IEND", b""))
+    nan = tmp_path / "nan.tiff"
+    values = np.full((8, 8), 0.5, dtype=np.float32)
+    values[3, 3] = np.nan
+    Image.fromarray(values, mode="F").save(nan)
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    return {"missing": tmp_path / "missing.png", "folder": folder, "text": text, "truncated": truncated, "empty": empty, "bomb": bomb, "nan": nan}
+
+
+EXPECTED = {
+    "missing": "no such file",
+    "folder": "is a directory",
+    "text": "is not an image",
+    "truncated": "truncated or corrupt",
+    "empty": "empty file",
+    "bomb": "decompression bomb",
+    "nan": "NaN or Inf",
+}
+
+
+class TestBadImages:
+    @pytest.mark.parametrize("kind", sorted(EXPECTED))
+    @pytest.mark.parametrize("command", ["edges", "pool"])
+    def test_one_line_exit_2_and_no_output(self, capsys, tmp_path, bad_images, kind, command):
+        out = tmp_path / "out"
+        status, stdout, err = run(capsys, command, str(bad_images[kind]), "--out", str(out))
+        assert_one_line_error(status, err, str(bad_images[kind]), EXPECTED[kind])
+        assert stdout == ""
+        assert not out.exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.staging")]
+
+    @pytest.mark.parametrize("kind", ["missing", "text", "truncated"])
+    def test_probe_images_too(self, capsys, tmp_path, bad_images, kind):
+        out = tmp_path / "probe"
+        status, _, err = run(capsys, "probe", "--model", "simple_cnn", "--images", str(bad_images[kind]), "--out", str(out))
+        assert_one_line_error(status, err, EXPECTED[kind])
+        assert not out.exists()
+
+
+class TestEdges:
+    def test_sample_writes_figure_and_map(self, capsys, tmp_path):
+        status, stdout, err = run(capsys, "edges", "chelsea", "--out", str(tmp_path / "e"))
+        assert status == 0, err
+        assert "300x451 -> edge map 298x449" in stdout
+        edges = np.load(tmp_path / "e" / "chelsea_edges.npy")
+        assert edges.shape == (298, 449) and edges.min() >= 0
+        with Image.open(tmp_path / "e" / "chelsea_edges.png") as figure:
+            assert figure.size[0] > 500
+
+    def test_kernel_literal_npy_and_svg(self, capsys, tmp_path):
+        kernel = tmp_path / "k.npy"
+        np.save(kernel, np.array([[1.0, -1.0]]))
+        for spec in ("[[1, -1]]", "1 -1", str(kernel)):
+            status, _, err = run(capsys, "edges", "pixel_a", "--kernel", spec, "--no-relu", "--format", "svg", "--out", str(tmp_path / "k"))
+            assert status == 0, err
+            edges = np.load(tmp_path / "k" / "pixel_a_edges.npy")
+            assert edges.shape == (10, 9)
+            assert edges[2, 1] == -1.0 and edges[2, 2] == 1.0  # [1, -1] . [x, y] = x - y
+        assert (tmp_path / "k" / "pixel_a_edges.svg").read_text().lstrip().startswith("<?xml")
+
+    @pytest.mark.parametrize(
+        ("kernel", "fragment"),
+        [("sobel_q", "unknown name 'sobel_q'"), ("[[1, 2], [3]]", "rows of equal length"), ("missing.npy", "not found")],
+    )
+    def test_bad_kernel(self, capsys, tmp_path, kernel, fragment):
+        status, _, err = run(capsys, "edges", "chelsea", "--kernel", kernel, "--out", str(tmp_path / "x"))
+        assert_one_line_error(status, err, fragment)
+        assert not (tmp_path / "x").exists()
+
+    def test_image_smaller_than_kernel(self, capsys, tmp_path):
+        small = tmp_path / "small.png"
+        Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(small)
+        status, _, err = run(capsys, "edges", str(small), "--out", str(tmp_path / "x"))
+        assert_one_line_error(status, err, "smaller than the 3x3 kernel")
+
+
+class TestPool:
+    def test_levels_and_npz(self, capsys, tmp_path):
+        status, stdout, _ = run(capsys, "pool", "pixel_b", "--iterations", "3", "--out", str(tmp_path / "p"))
+        assert status == 0
+        assert stdout.splitlines()[:4] == ["level 0: 10 x 10", "level 1: 5 x 5", "level 2: 2 x 2", "level 3: 1 x 1"]
+        levels = np.load(tmp_path / "p" / "pixel_b_pyramid.npz")
+        assert np.argwhere(levels["level2"]).tolist() == [[1, 1]]
+
+    def test_edges_first(self, capsys, tmp_path):
+        status, stdout, _ = run(capsys, "pool", "coffee", "--edges", "sobel_y", "--iterations", "6", "--out", str(tmp_path / "p"))
+        assert status == 0
+        assert "level 6: 6 x 9" in stdout  # the article's last map
+
+    def test_too_many_iterations(self, capsys, tmp_path):
+        status, _, err = run(capsys, "pool", "pixel_a", "--iterations", "4", "--out", str(tmp_path / "p"))
+        assert_one_line_error(status, err, "at most 3 do")
+        assert not (tmp_path / "p").exists()
+
+
+class TestProbe:
+    def test_bundled_model_writes_report_csv_json(self, capsys, tmp_path):
+        out = tmp_path / "probe"
+        status, stdout, err = run(capsys, "probe", "--model", "simple_cnn", "--images", "pixel_a", "chelsea", "--size", "32", "--shifts", "0:4", "--out", str(out))
+        assert status == 0, err
+        assert {p.name for p in out.iterdir()} == {"report.html", "results.json", "probe.csv", "probe.json"}
+        table = json.loads((out / "probe.json").read_text())
+        assert table["protocol"]["model"] == "simple_cnn" and table["protocol"]["images"] == 2
+        assert len(table["rows"]) == 4 * len(table["summary"])
+        assert "features.0" in stdout and "output" in stdout
+
+    def test_user_module_and_weights(self, capsys, tmp_path, monkeypatch):
+        module = tmp_path / "mynets.py"
+        module.write_text("from shiftlab.models import SimpleCNN\n\ndef build():\n    return SimpleCNN(in_channels=1, classes=3)\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        weights = tmp_path / "w.pt"
+        torch.save(SimpleCNN(in_channels=1, classes=3).state_dict(), weights)
+        status, stdout, err = run(capsys, "probe", "--model", "mynets:build", "--weights", str(weights), "--images", "pixel_a", "--shifts", "grid:0:2", "--out", str(tmp_path / "o"))
+        assert status == 0, err
+        assert "output" in stdout
+
+    @pytest.mark.parametrize(
+        ("argv", "fragment"),
+        [
+            (["--model", "no_such_net"], "unknown model 'no_such_net'"),
+            (["--model", "simple_cnn", "--shifts", "3:1"], "is empty"),
+            (["--model", "simple_cnn", "--layers", "nothing*"], "matches no module"),
+            (["--model", "simple_cnn", "--device", "cuda:7"] if not torch.cuda.is_available() else ["--model", "simple_cnn", "--device", "tpu"], "device"),
+            (["--model", "simple_cnn", "--mode", "zero", "--shifts", "0,40", "--images", "pixel_a"], "out of the frame"),
+            (["--model", "vgg11", "--images", "pixel_a"], "rejected an input of shape"),
+        ],
+    )
+    def test_bad_input(self, capsys, tmp_path, argv, fragment):
+        status, _, err = run(capsys, "probe", *argv, "--out", str(tmp_path / "o"))
+        assert_one_line_error(status, err, fragment)
+        assert not (tmp_path / "o").exists()
+
+    def test_mismatched_weights(self, capsys, tmp_path):
+        weights = tmp_path / "other.pt"
+        torch.save(SimpleCNN(classes=7).state_dict(), weights)
+        status, _, err = run(capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o"))
+        assert_one_line_error(status, err, "do not fit the model", "wrong shape")
+
+    def test_pickled_object_refused(self, capsys, tmp_path):
+        weights = tmp_path / "model.pt"
+        torch.save(SimpleCNN(), weights)  # a whole pickled module, not a state_dict
+        status, _, err = run(capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o"))
+        assert_one_line_error(status, err, "weights_only")
+
+
+class TestAtomicOutput:
+    def test_failure_while_writing_leaves_nothing(self, capsys, tmp_path, monkeypatch):
+        from shiftlab.figures import show_feature_map  # noqa: F401  (imported so the patch below hits the loaded module)
+
+        def explode(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(np, "save", explode)
+        out = tmp_path / "nested" / "out"
+        status, _, err = run(capsys, "edges", "chelsea", "--out", str(out))
+        assert_one_line_error(status, err, "No space left on device")
+        assert not (tmp_path / "nested").exists()
+
+    def test_existing_files_kept_and_replaced(self, capsys, tmp_path):
+        out = tmp_path / "o"
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me")
+        assert run(capsys, "edges", "pixel_a", "--out", str(out))[0] == 0
+        assert (out / "mine.txt").read_text() == "keep me"
+        assert (out / "pixel_a_edges.npy").exists()
+
+    def test_out_is_a_file(self, capsys, tmp_path):
+        target = tmp_path / "file"
+        target.write_text("x")
+        status, _, err = run(capsys, "edges", "pixel_a", "--out", str(target))
+        assert_one_line_error(status, err, "exists and is not a folder")
+
+
+class TestEntryPoint:
+    def test_console_script_help_everywhere(self):
+        for argv in ([], ["demo"], ["edges"], ["pool"], ["probe"], ["samples"], ["kernels"]):
+            result = subprocess.run([sys.executable, "-m", "shiftlab.cli", *argv, "--help"], capture_output=True, text=True, check=False)
+            assert result.returncode == 0, result.stderr
+            assert "usage: shiftlab" in result.stdout
+
+    def test_usage_error_is_exit_2(self):
+        result = subprocess.run([sys.executable, "-m", "shiftlab.cli", "pool"], capture_output=True, text=True, check=False)
+        assert result.returncode == 2
+        assert "IMAGE" in result.stderr
+
+    def test_samples_and_kernels_listed(self, capsys):
+        status, stdout, _ = run(capsys, "samples")
+        assert status == 0 and "chelsea_right" in stdout and "pixel_b" in stdout
+        status, stdout, _ = run(capsys, "kernels")
+        assert status == 0 and "sobel_y" in stdout and "vertical edges" in stdout

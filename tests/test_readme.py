@@ -1,0 +1,42 @@
+"""The README's two commands are the project's contract: check they say what CI runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```sh", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.strip().splitlines() if line.strip()]
+
+
+def test_readme_opens_with_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert text.index("```sh") < 40, "the two commands must come first"
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert commands[0].endswith("shiftlab demo")
+    assert commands[1].endswith("python -m pytest")
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _readme_commands()[1] in [line.strip() for line in ci]
+
+
+def test_install_script_is_there():
+    assert (ROOT / "scripts" / "install-chromium.sh").is_file()
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    code = text.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    result = namespace["result"]
+    assert result.summary()[0]["layer"] == "conv1"
+    assert (tmp_path / "probe.csv").exists()
