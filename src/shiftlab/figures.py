@@ -253,6 +253,11 @@ def show_shift_table(
 # --------------------------------------------------------------------------- probe results
 
 
+def _finite_reduce(values: np.ndarray, reduce: Any) -> float:
+    finite = values[np.isfinite(values)]
+    return float(reduce(finite)) if finite.size else float("nan")
+
+
 def _layer_table(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Per layer, in forward order: name, stride, and the metric aggregated over the (non-zero) shifts."""
     layers: dict[str, list[dict[str, Any]]] = {}
@@ -266,9 +271,9 @@ def _layer_table(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, 
         table.append({
             "layer": name,
             "stride": items[0]["stride"],
-            "max": np.nanmax(values) if np.isfinite(values).any() else np.nan,
-            "multiple": np.nanmean(values[multiple]) if multiple.any() else np.nan,
-            "other": np.nanmean(values[~multiple]) if (~multiple).any() else np.nan,
+            "max": _finite_reduce(values, np.max),
+            "multiple": _finite_reduce(values[multiple], np.mean),
+            "other": _finite_reduce(values[~multiple], np.mean),
         })
     return table
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pickle
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
         model = _seeded(seed, factory)
         info = ModelInfo(spec, "bundled", channels, "none", description)
     elif ":" in spec:
-        model = _seeded(seed, lambda: _import_model(spec))
+        model = _seeded(seed, lambda: _import_model(spec, seed))
         info = ModelInfo(spec, "import", _first_conv_channels(model), "none", f"imported from {spec}")
     else:
         model = _seeded(seed, lambda: _torchvision_model(spec))
@@ -193,7 +194,7 @@ def _torchvision_model(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None)
 
 
-def _import_model(spec: str) -> nn.Module:
+def _import_model(spec: str, seed: int = 0) -> nn.Module:
     location, _, attribute = spec.rpartition(":")
     check(location and attribute, "model", f"{spec!r}: expected package.module:callable or path/to/file.py:callable")
     try:
@@ -219,6 +220,7 @@ def _import_model(spec: str) -> nn.Module:
         return target
     check(callable(target), "model", f"{spec!r}: '{attribute}' is neither an nn.Module nor callable")
     try:
+        torch.manual_seed(seed)  # again: a first import may have drawn random numbers (module-level layers)
         model = target()
     except Exception as error:  # user code
         fail("model", f"{spec!r}: calling '{attribute}()' failed: {type(error).__name__}: {_first_line(error)}")
@@ -246,8 +248,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        fail(subject, f"holds more than plain tensors, and weights_only loading refuses arbitrary objects: save model.state_dict() instead ({_first_line(error)})")
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError) as error:
+        text = str(error)
+        if "Unsupported operand" in text:  # bytes that are not a pickle at all: a damaged or foreign file
+            fail(subject, "is not a torch.save file (unreadable pickle data)")
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global|Unsupported class (\S+)|whose module (\S+) is blocked", text)
+        detail = f"it references {next(group for group in refused.groups() if group)}" if refused else _first_line(error)
+        fail(subject, f"holds more than plain tensors, and weights_only loading refuses arbitrary objects: save model.state_dict() instead ({detail})")
+    except Exception as error:  # a damaged file makes the unpickler raise almost anything (IndexError, EOFError, RuntimeError, ...)
         fail(subject, f"is not a torch.save file ({_first_line(error)})")
     if isinstance(loaded, dict):
         for key in ("state_dict", "model_state_dict", "model"):

@@ -11,9 +11,11 @@ eval mode under ``torch.no_grad``).
 
 A module called several times in one forward pass (torchvision's ResNet
 blocks reuse one ``ReLU``) gets one row per call: ``layer1.0.relu`` then
-``layer1.0.relu:2``. The model's final output is the row ``output``; for
-``(N, classes)`` logits it also carries ``top1_agreement``, the share of
-images whose top-1 class is unchanged by the shift.
+``layer1.0.relu:2``. Channels-last maps ``(N, H, W, C)`` (the LayerNorm and
+Linear layers inside ConvNeXt blocks) are recognised by their size and
+compared, and listed, as ``(C, H, W)``. The model's final output is the row
+``output``; for ``(N, classes)`` logits it also carries ``top1_agreement``,
+the share of images whose top-1 class is unchanged by the shift.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
 )  # fmt: skip
 _BLOCK_WORDS = ("block", "bottleneck", "residual")
+#: Layers whose 4-D output is always ``(N, C, H, W)``: they tell the size of the maps around them.
+_CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
+    nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.LPPool2d, nn.FractionalMaxPool2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d,
+)  # fmt: skip
 
 LayerSpec = Union[None, str, Sequence[Union[str, type]], Callable[[str, nn.Module], bool]]
 
@@ -128,6 +135,7 @@ class _Watcher:
         self.on_output = on_output
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.calls: dict[str, int] = {}
+        self.spatial: tuple[int, ...] = ()
 
     def __enter__(self) -> "_Watcher":
         for name, module in self.layers:
@@ -141,12 +149,30 @@ class _Watcher:
             self.calls[name] = count
             label = (name or "output") if count == 1 else f"{name or 'output'}:{count}"
             if isinstance(output, torch.Tensor) and output.is_floating_point():
-                self.on_output(label, module, output)
+                self.on_output(label, module, self._channels_first(module, output))
 
         return hook
 
+    def _channels_first(self, module: nn.Module, output: torch.Tensor) -> torch.Tensor:
+        """``output``, permuted to ``(N, C, H, W)`` when it is a channels-last map.
+
+        A 4-D output is taken for ``(N, H, W, C)`` (ConvNeXt's LayerNorm and
+        Linear layers, Swin) when its axes 1 and 2, and not 2 and 3, have the
+        size of the last ``(N, C, H, W)`` map seen in this pass.
+        """
+        from shiftlab.ops import Convolve, MaxPool
+
+        if output.ndim != 4:
+            return output
+        if isinstance(module, _CHANNELS_FIRST + (Convolve, MaxPool)):
+            self.spatial = tuple(output.shape[-2:])
+        elif tuple(output.shape[1:3]) == self.spatial and tuple(output.shape[2:]) != self.spatial:
+            return output.permute(0, 3, 1, 2)
+        return output
+
     def forward(self, batch: torch.Tensor) -> Any:
         self.calls = {}
+        self.spatial = tuple(batch.shape[-2:])
         return self.model(batch)
 
     def __exit__(self, *exc_info: Any) -> None:

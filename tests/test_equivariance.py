@@ -1,0 +1,601 @@
+"""Tests for shiftlab.equivariance (equivariance_error, feature_stride) and its hot path, shiftlab._compare.
+
+Known answers: circularly padded stride-1 convolutions commute with every
+circular shift; stride-2 max pooling commutes with even shifts only; a zero
+padded network of total stride s commutes with multiples of s away from the
+border. The sums of :mod:`shiftlab._compare` are checked against a slow,
+obvious numpy reference (``np.roll`` or a pixel-by-pixel zero fill, masked).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from shiftlab import convolve, max_pool
+from shiftlab._compare import Scratch, alignment_candidates, compare_shifts, compare_whole
+from shiftlab.equivariance import (
+    NOTE_GLOBAL,
+    NOTE_NOT_MULTIPLE,
+    NOTE_WHOLE_MAP,
+    EquivarianceResult,
+    equivariance_error,
+    feature_stride,
+)
+from shiftlab.errors import ShiftlabError
+
+EXACT = 1e-6
+
+ALL_SHIFTS = [(0, 0), (1, 0), (0, 1), (-1, -1), (3, -5), (-7, 6), (15, 16), (-17, 33), (100, -41)]
+EVEN_SHIFTS = [(0, 0), (2, 0), (0, -2), (4, 6), (-10, 18)]
+ODD_SHIFTS = [(1, 0), (0, 1), (1, 1), (-3, 2), (17, 0)]
+
+
+def circular_conv_net(channels: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 5, padding=2, padding_mode="circular"),
+    ).eval()
+
+
+def zero_padded_fcn(seed: int = 0) -> nn.Module:
+    """conv3x3 - ReLU - maxpool(2) - conv3x3 stride 2, zero padding: total stride 4."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+    ).eval()
+
+
+# --------------------------------------------------------------------------- _compare: reference
+
+
+def reference_sums(reference: np.ndarray, output: np.ndarray, offset: tuple[int, int], circular: bool, core: np.ndarray | None = None) -> dict[str, float]:
+    """The sums for one shifted map and one whole-pixel move, from their definitions, in float64.
+
+    Circular: ``output`` against ``np.roll(reference, offset)``, every pixel.
+    Otherwise: ``output[y, x]`` against ``reference[y - oy, x - ox]`` where that
+    source exists and (with a core) both pixels are in the core.
+    """
+    reference, output = reference.astype(np.float64), output.astype(np.float64)
+    height, width = reference.shape[-2:]
+    oy, ox = offset
+    if circular:
+        moved = np.roll(reference, (oy, ox), axis=(-2, -1))
+        valid = np.ones((height, width), dtype=bool)
+    else:
+        moved = np.zeros_like(reference)
+        valid = np.zeros((height, width), dtype=bool)
+        for y in range(height):
+            for x in range(width):
+                sy, sx = y - oy, x - ox
+                if 0 <= sy < height and 0 <= sx < width and (core is None or (core[y, x] and core[sy, sx])):
+                    valid[y, x] = True
+                    moved[..., y, x] = reference[..., sy, sx]
+    keep = np.broadcast_to(valid, reference.shape)
+    a, b = output[keep], moved[keep]
+    return {
+        "squared_difference": float(((a - b) ** 2).sum()),
+        "squared_reference": float((b**2).sum()),
+        "squared_output": float((a**2).sum()),
+        "dot": float((a * b).sum()),
+        "max_abs": float(np.abs(a - b).max()) if a.size else 0.0,
+        "compared": int(keep.sum()),
+        "total": int(reference.size),
+    }
+
+
+def candidates(dy: int, dx: int, stride: tuple[int, int]) -> set[tuple[int, int]]:
+    """Floor and ceiling of shift / stride per axis, with integer arithmetic."""
+    def axis(value: int, step: int) -> set[int]:
+        return {value // step, -((-value) // step)}
+
+    return {(oy, ox) for oy in axis(dy, stride[0]) for ox in axis(dx, stride[1])}
+
+
+def assert_sums_close(sums, expected: dict[str, float], rel: float = 1e-6) -> None:
+    assert sums.compared == expected["compared"]
+    assert sums.total == expected["total"]
+    for name in ("squared_difference", "squared_reference", "squared_output", "max_abs"):
+        assert getattr(sums, name) == pytest.approx(expected[name], rel=rel, abs=1e-12), name
+    # The dot product is derived from the three squared norms, so its error scales with them.
+    scale = expected["squared_reference"] + expected["squared_output"]
+    assert sums.dot == pytest.approx(expected["dot"], abs=rel * scale + 1e-12)
+
+
+def run_compare(reference: torch.Tensor, shifted: torch.Tensor, shifts, stride, circular, core=None, scratch=None):
+    results = compare_shifts(reference, shifted, shifts, stride=stride, circular=circular, core=core, scratch=scratch)
+    assert len(results) == len(shifts)
+    ref_np = reference.double().numpy()
+    core_np = None if core is None else core.numpy()
+    for index, ((dy, dx), found) in enumerate(zip(shifts, results)):
+        assert set(found) == candidates(dy, dx, stride)
+        for offset, sums in found.items():
+            assert_sums_close(sums, reference_sums(ref_np, shifted[index].double().numpy(), offset, circular, core_np))
+    return results
+
+
+# --------------------------------------------------------------------------- _compare
+
+
+class TestAlignmentCandidates:
+    @pytest.mark.parametrize(
+        "dy, dx, stride, expected",
+        [
+            (0, 3, (2, 2), [(0, 1), (0, 2)]),
+            (4, 4, (2, 2), [(2, 2)]),
+            (-3, 0, (2, 1), [(-2, 0), (-1, 0)]),
+            (5, 7, (4, 8), [(1, 0), (1, 1), (2, 0), (2, 1)]),
+            (0.5, 0, (1, 1), [(0, 0), (1, 0)]),
+        ],
+    )
+    def test_floor_and_ceiling(self, dy, dx, stride, expected):
+        assert alignment_candidates(dy, dx, stride) == expected
+
+
+class TestCompareShifts:
+    @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (5, 6), (1, 11, 4)])
+    @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (2, 3)])
+    def test_circular(self, generator, shape, stride):
+        shifts = [(0, 0), (1, 2), (-3, 1), (4, -5), (9, -13), (-20, 31)]  # incl. larger than half the size
+        reference = torch.randn(shape, generator=generator)
+        shifted = torch.randn((len(shifts), *shape), generator=generator)
+        run_compare(reference, shifted, shifts, stride, circular=True)
+
+    @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (5, 6), (1, 11, 4)])
+    @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (3, 2)])
+    def test_zero_fill(self, generator, shape, stride):
+        shifts = [(0, 0), (1, 2), (-3, 1), (4, -5), (-2, -2)]
+        reference = torch.randn(shape, generator=generator)
+        shifted = torch.randn((len(shifts), *shape), generator=generator)
+        run_compare(reference, shifted, shifts, stride, circular=False)
+
+    @pytest.mark.parametrize("box", [(1, 6, 2, 7), (0, 9, 0, 8), (3, 4, 3, 4), (2, 9, 0, 5)])
+    def test_rectangular_core(self, generator, box):
+        shape = (2, 3, 9, 8)
+        core = torch.zeros(9, 8, dtype=torch.bool)
+        top, bottom, left, right = box
+        core[top:bottom, left:right] = True
+        shifts = [(0, 0), (1, -1), (-2, 3), (3, 0), (0, -7)]
+        reference = torch.randn(shape, generator=generator)
+        shifted = torch.randn((len(shifts), *shape), generator=generator)
+        run_compare(reference, shifted, shifts, (1, 1), circular=False, core=core)
+        run_compare(reference, shifted, shifts, (2, 2), circular=False, core=core)
+
+    @pytest.mark.parametrize("kind", ["disc", "L", "random", "two_boxes"])
+    def test_non_rectangular_core(self, generator, kind):
+        height, width = 11, 9
+        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        if kind == "disc":
+            core = (ys - 5) ** 2 + (xs - 4) ** 2 <= 12
+        elif kind == "L":
+            core = ((ys >= 2) & (xs <= 3)) | ((ys >= 8) & (xs <= 7))
+        elif kind == "two_boxes":
+            core = ((ys < 3) & (xs < 3)) | ((ys > 6) & (xs > 5))
+        else:
+            core = torch.rand(height, width, generator=generator) < 0.6
+        shape = (2, 2, height, width)
+        shifts = [(0, 0), (1, 1), (-2, 3), (4, -1), (0, 6)]
+        reference = torch.randn(shape, generator=generator)
+        shifted = torch.randn((len(shifts), *shape), generator=generator)
+        run_compare(reference, shifted, shifts, (1, 1), circular=False, core=core)
+        run_compare(reference, shifted, shifts, (2, 1), circular=False, core=core)
+
+    def test_moved_out_of_the_frame_compares_nothing(self, generator):
+        reference = torch.randn(2, 5, 6, generator=generator)
+        shifted = torch.randn(1, 2, 5, 6, generator=generator)
+        (found,) = compare_shifts(reference, shifted, [(0, 6)], stride=(1, 1), circular=False)
+        sums = found[(0, 6)]
+        assert (sums.compared, sums.total) == (0, 60)
+        assert math.isnan(sums.result().rel_l2)
+
+    def test_equal_maps_give_zero(self, generator):
+        image = torch.randn(2, 3, 8, 10, generator=generator)
+        shifts = [(2, -4), (-6, 10), (3, 3)]
+        shifted = torch.stack([torch.roll(image, (dy // 2, dx // 2), (-2, -1)) for dy, dx in shifts])
+        for found, (dy, dx) in zip(compare_shifts(image, shifted, shifts, stride=(2, 2), circular=True), shifts):
+            assert found[(dy // 2, dx // 2)].result().rel_l2 == 0.0
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("circular", [True, False])
+    def test_half_precision_is_computed_in_float32(self, generator, dtype, circular):
+        shape = (2, 3, 9, 7)
+        shifts = [(0, 0), (1, -2), (-3, 5)]
+        reference = torch.randn(shape, generator=generator).to(dtype)
+        shifted = torch.randn((len(shifts), *shape), generator=generator).to(dtype)
+        # The half-precision values are exact in float32 and their differences too: the reference is exact.
+        run_compare(reference, shifted, shifts, (1, 1), circular=circular)
+
+    def test_float64_inputs(self, generator):
+        shape = (2, 8, 8)
+        shifts = [(1, 1), (-2, 5)]
+        reference = torch.randn(shape, generator=generator, dtype=torch.float64)
+        shifted = torch.randn((2, *shape), generator=generator, dtype=torch.float64)
+        results = compare_shifts(reference, shifted, shifts, stride=(1, 1), circular=True)
+        expected = reference_sums(reference.numpy(), shifted[1].numpy(), (-2, 5), True)
+        assert results[1][(-2, 5)].squared_difference == pytest.approx(expected["squared_difference"], rel=1e-13)
+
+    def test_scratch_reuse_across_shapes_and_dtypes(self, generator):
+        scratch = Scratch()
+        for shape, dtype in [((2, 8, 8), torch.float32), ((3, 12, 5), torch.float32), ((1, 4, 4), torch.float64), ((2, 8, 8), torch.float16)]:
+            reference = torch.randn(shape, generator=generator).to(dtype)
+            shifted = torch.randn((3, *shape), generator=generator).to(dtype)
+            shifts = [(0, 1), (2, -1), (1, 0)]
+            run_compare(reference, shifted, shifts, (1, 1), circular=True, scratch=scratch)
+            run_compare(reference, shifted, shifts, (1, 1), circular=False, scratch=scratch)
+
+    @pytest.mark.parametrize("circular", [True, False])
+    def test_accuracy_on_a_million_values(self, circular):
+        # Relative error of the sums against float64 numpy below 1e-6 on ~10^6 values,
+        # for maps that are close (a small difference) and maps that are not.
+        generator = torch.Generator().manual_seed(7)
+        reference = torch.randn(4, 16, 128, 128, generator=generator)  # 1,048,576 values
+        close = torch.roll(reference, (1, -2), (-2, -1)) + 1e-3 * torch.randn(reference.shape, generator=generator)
+        far = torch.randn(reference.shape, generator=generator) + 3.0
+        shifted = torch.stack([close, far])
+        results = compare_shifts(reference, shifted, [(1, -2), (1, -2)], stride=(1, 1), circular=circular)
+        ref_np = reference.double().numpy()
+        for index in range(2):
+            output = shifted[index].double().numpy()
+            if circular:
+                moved, out = np.roll(ref_np, (1, -2), axis=(-2, -1)), output
+            else:
+                moved, out = ref_np[..., :-1, 2:], output[..., 1:, :-2]
+            sums = results[index][(1, -2)]
+            difference = ((out - moved) ** 2).sum()
+            assert abs(sums.squared_difference - difference) / difference < 1e-6
+            assert abs(sums.squared_reference - (moved**2).sum()) / (moved**2).sum() < 1e-6
+            assert abs(sums.squared_output - (out**2).sum()) / (out**2).sum() < 1e-6
+            assert sums.compared == out.size
+
+
+class TestCompareWhole:
+    @pytest.mark.parametrize("shape", [(3, 10), (10,), (2, 4, 1, 1), (1,)])
+    def test_matches_numpy(self, generator, shape):
+        reference = torch.randn(shape, generator=generator)
+        shifted = torch.randn((4, *shape), generator=generator)
+        shifted[0] = reference
+        results = compare_whole(reference, shifted)
+        assert len(results) == 4
+        assert results[0].result().rel_l2 == 0.0
+        for index, sums in enumerate(results):
+            a, b = shifted[index].double().numpy().ravel(), reference.double().numpy().ravel()
+            expected = {
+                "squared_difference": float(((a - b) ** 2).sum()),
+                "squared_reference": float((b**2).sum()),
+                "squared_output": float((a**2).sum()),
+                "dot": float((a * b).sum()),
+                "max_abs": float(np.abs(a - b).max()),
+                "compared": a.size,
+                "total": a.size,
+            }
+            assert_sums_close(sums, expected, rel=1e-12)
+
+    def test_half_precision(self, generator):
+        reference = torch.randn(2, 10, generator=generator).to(torch.bfloat16)
+        shifted = torch.randn(3, 2, 10, generator=generator).to(torch.bfloat16)
+        sums = compare_whole(reference, shifted)[2]
+        a, b = shifted[2].double().numpy(), reference.double().numpy()
+        assert sums.squared_difference == pytest.approx(((a - b) ** 2).sum(), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- feature_stride
+
+
+class TestFeatureStride:
+    @pytest.mark.parametrize(
+        "input_size, output_size, expected",
+        [
+            ((224, 224), (56, 56), (4, 4)),
+            ((224, 224), (7, 7), (32, 32)),
+            ((224, 224), (112, 112), (2, 2)),
+            ((114, 99), (8, 99), (16, 1)),
+            ((90, 6), (30, 4), (3, 1)),
+            ((32, 32), (32, 32), (1, 1)),
+            ((6, 6), (4, 4), (1, 1)),  # a valid 3x3 convolution: no stride
+            ((225, 225), (113, 113), (2, 2)),  # odd size, padded stride 2
+            ((64, 64), (1, 1), (64, 64)),
+            ((224, 224), (55, 55), (4, 4)),  # AlexNet's first convolution: round(224 / 55)
+            ((1, 3, 40, 40), (1, 8, 10, 10), (4, 4)),  # only the last two axes count
+            ((30, 30), (10, 10), (3, 3)),
+        ],
+    )
+    def test_examples(self, input_size, output_size, expected):
+        assert feature_stride(input_size, output_size) == expected
+
+
+# --------------------------------------------------------------------------- equivariance_error: known answers
+
+
+class TestCircularConvolutionIsExact:
+    @pytest.mark.parametrize("kernel", ["sobel_y", "sobel_x", "laplacian", [[1, 2, 0], [0, -1, 3]]])
+    def test_shiftlab_convolve(self, generator, kernel):
+        x = torch.rand(2, 16, 16, generator=generator)
+        result = equivariance_error(lambda t: convolve(t, kernel, padding="circular"), x, ALL_SHIFTS)
+        assert result.stride == (1, 1)
+        for error in result.errors:
+            assert error.rel_l2 <= EXACT, (error.dy, error.dx)
+            assert error.multiple and (error.aligned_dy, error.aligned_dx) == (error.dy, error.dx)
+            assert error.note == "" and error.valid_fraction == 1.0
+
+    def test_nn_conv2d_circular(self, generator):
+        net = circular_conv_net()
+        x = torch.rand(2, 3, 15, 17, generator=generator)  # odd sizes
+        result = equivariance_error(net, x, ALL_SHIFTS)
+        assert result.max_rel_l2 <= EXACT
+        assert all(error.cosine == pytest.approx(1.0, abs=1e-6) for error in result.errors)
+
+    def test_numpy_input(self, rng):
+        x = rng.random((12, 12))
+        result = equivariance_error(lambda t: convolve(t, "sobel_y", padding="circular"), x, [(1, 2), (-5, 7)])
+        assert result.max_rel_l2 <= EXACT
+
+    def test_fourier_mode_integer_shifts(self, generator):
+        x = torch.rand(1, 3, 16, 16, generator=generator)
+        result = equivariance_error(circular_conv_net(), x, [(1, 0), (-3, 5), (8, 8)], mode="fourier")
+        assert result.max_rel_l2 <= 1e-5
+
+    def test_float64(self, generator):
+        net = circular_conv_net().double()
+        x = torch.rand(1, 3, 12, 12, generator=generator, dtype=torch.float64)
+        assert equivariance_error(net, x, ALL_SHIFTS).max_rel_l2 <= 1e-14
+
+    def test_same_padding_is_not_circularly_equivariant(self, generator):
+        # The negative control: zero padding breaks the commutation at the border.
+        x = torch.rand(1, 16, 16, generator=generator) + 1.0
+        result = equivariance_error(lambda t: convolve(t, "sobel_y", padding="same", relu=False), x, [(3, 0)])
+        assert result.errors[0].rel_l2 > 1e-2
+
+
+class TestZeroPaddedConvolution:
+    @pytest.mark.parametrize("kernel", ["sobel_y", "sobel_x", "laplacian", [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]])
+    @pytest.mark.parametrize("mode", ["zero", "crop"])
+    def test_exact_away_from_the_border(self, generator, kernel, mode):
+        # Kernels with zero taps included: a pixel that does not depend on the border band is kept.
+        x = torch.rand(2, 32, 32, generator=generator)
+        result = equivariance_error(lambda t: convolve(t, kernel, padding="same"), x, [(0, 1), (-3, 2), (4, -4)], mode=mode)
+        for error in result.errors:
+            assert error.rel_l2 <= EXACT, (error.dy, error.dx)
+            assert 0 < error.valid_fraction < 1
+
+    def test_circular_mode_sees_the_border(self, generator):
+        x = torch.rand(2, 20, 20, generator=generator) + 1.0
+        result = equivariance_error(lambda t: convolve(t, "laplacian", padding="same", relu=False), x, [(0, 1)])
+        assert result.errors[0].rel_l2 > 1e-2
+
+
+class TestMaxPoolStrideTwo:
+    @pytest.mark.parametrize("pool", [nn.MaxPool2d(2), max_pool], ids=["nn.MaxPool2d", "shiftlab.max_pool"])
+    def test_even_shifts_are_exact(self, generator, pool):
+        x = torch.rand(2, 3, 16, 16, generator=generator)
+        result = equivariance_error(pool, x, EVEN_SHIFTS)
+        assert result.stride == (2, 2)
+        for error, (dy, dx) in zip(result.errors, EVEN_SHIFTS):
+            assert error.multiple
+            assert (error.feature_dy, error.feature_dx) == (dy / 2, dx / 2)
+            assert (error.aligned_dy, error.aligned_dx) == (dy // 2, dx // 2)
+            assert error.rel_l2 <= EXACT and error.note == ""
+
+    @pytest.mark.parametrize("pool", [nn.MaxPool2d(2), max_pool], ids=["nn.MaxPool2d", "shiftlab.max_pool"])
+    def test_odd_shifts_alias(self, generator, pool):
+        x = torch.rand(2, 3, 16, 16, generator=generator)
+        result = equivariance_error(pool, x, ODD_SHIFTS)
+        for error, (dy, dx) in zip(result.errors, ODD_SHIFTS):
+            assert not error.multiple
+            assert error.rel_l2 > 1e-2, (dy, dx)
+            assert error.note == NOTE_NOT_MULTIPLE
+            # the best whole-pixel alignment is the floor or the ceiling of t / 2
+            assert error.aligned_dy in (math.floor(dy / 2), math.ceil(dy / 2))
+            assert error.aligned_dx in (math.floor(dx / 2), math.ceil(dx / 2))
+
+    def test_constant_input_is_trivially_equivariant(self):
+        result = equivariance_error(nn.MaxPool2d(2), torch.ones(1, 8, 8), [(0, 1)])
+        assert result.errors[0].rel_l2 == 0.0 and not result.errors[0].multiple
+
+
+class TestZeroPaddedNetworkOfStrideFour:
+    MULTIPLES = [(0, 0), (0, 4), (4, -4), (-8, 8), (8, 0)]
+    OTHERS = [(0, 1), (0, 2), (1, 3), (2, 2), (3, 0), (-6, 0)]
+
+    @pytest.mark.parametrize("mode, size", [("zero", 48), ("crop", 64)])
+    def test_multiples_of_the_stride_are_exact_on_the_valid_region(self, generator, mode, size):
+        x = torch.rand(1, 3, size, size, generator=generator)
+        result = equivariance_error(zero_padded_fcn(), x, self.MULTIPLES + self.OTHERS, mode=mode)
+        assert result.stride == (4, 4)
+        assert result.core is not None and result.core.any() and not result.core.all()
+        for error in result.errors:
+            if (error.dy, error.dx) in self.MULTIPLES:
+                assert error.multiple and error.rel_l2 <= 1e-5, (error.dy, error.dx)
+                assert 0 < error.valid_fraction < 1
+            else:
+                assert not error.multiple and error.rel_l2 > 1e-2, (error.dy, error.dx)
+
+    def test_crop_reference_is_the_centre_window(self, generator):
+        x = torch.rand(1, 3, 64, 64, generator=generator)
+        result = equivariance_error(zero_padded_fcn(), x, [(0, 4), (-8, 0)], mode="crop")
+        assert result.input_shape == (1, 3, 48, 56)
+        assert result.output_shape == (1, 8, 12, 14)
+
+    def test_circular_mode_on_zero_padded_net_is_not_exact_because_of_border_effects(self, generator):
+        # Under circular shifts the content wraps around, but zero padding does not:
+        # even multiples of the stride give errors at the border, and circular mode
+        # compares every pixel.
+        x = torch.rand(1, 3, 48, 48, generator=generator)
+        result = equivariance_error(zero_padded_fcn(), x, [(0, 4), (4, -4), (-8, 8)], mode="circular")
+        assert result.core is None
+        for error in result.errors:
+            assert error.multiple and error.valid_fraction == 1.0
+            assert error.rel_l2 > 1e-2
+
+
+class TestInvariance:
+    def test_global_average_pooling_of_a_circular_net(self, generator):
+        net = circular_conv_net()
+        x = torch.rand(2, 3, 16, 16, generator=generator)
+        result = equivariance_error(lambda t: net(t).mean(dim=(-2, -1)), x, ALL_SHIFTS)
+        assert result.output_shape == (2, 4)
+        assert result.stride is None
+        for error in result.errors:
+            assert error.rel_l2 <= EXACT
+            assert error.stride is None and error.note == NOTE_GLOBAL
+            assert not error.multiple and error.valid_fraction == 1.0
+
+    def test_one_by_one_map_is_compared_as_a_whole(self, generator):
+        net = circular_conv_net()
+        x = torch.rand(1, 3, 16, 16, generator=generator)
+        result = equivariance_error(lambda t: net(t).amax(dim=(-2, -1), keepdim=True), x, [(3, 5)])
+        assert result.output_shape == (1, 4, 1, 1)
+        assert result.errors[0].note == NOTE_GLOBAL and result.errors[0].rel_l2 <= EXACT
+
+    def test_not_invariant_output(self):
+        x = torch.arange(16.0).reshape(1, 4, 4)
+        result = equivariance_error(lambda t: t[..., 0, :], x, [(1, 0)])
+        # rank 2 output of a rank 3 input: whole comparison; row 0 becomes the old row 3
+        assert result.errors[0].note == NOTE_GLOBAL
+        expected = np.linalg.norm(np.arange(12.0, 16.0) - np.arange(4.0)) / np.linalg.norm(np.arange(4.0))
+        assert result.errors[0].rel_l2 == pytest.approx(expected)
+
+    def test_whole_map_when_every_pixel_sees_the_border(self, generator):
+        x = torch.rand(1, 8, 8, generator=generator)
+        result = equivariance_error(lambda t: t.mean(dim=(-2, -1), keepdim=True).expand_as(t).clone(), x, [(0, 1)], mode="zero")
+        assert not result.core.any()
+        assert NOTE_WHOLE_MAP in result.errors[0].note
+
+
+class TestStrideOverride:
+    def test_given_stride_is_used(self, generator):
+        x = torch.rand(1, 30, 30, generator=generator)
+        result = equivariance_error(lambda t: t[..., ::3, ::3], x, [(3, -6), (0, 1)], stride=3)
+        assert result.stride == (3, 3)
+        first, second = result.errors
+        assert (first.feature_dy, first.feature_dx, first.multiple) == (1.0, -2.0, True)
+        assert first.rel_l2 <= EXACT
+        assert not second.multiple
+
+    def test_wrong_stride_shows_as_an_error(self, generator):
+        x = torch.rand(1, 16, 16, generator=generator)
+        right = equivariance_error(nn.MaxPool2d(2), x, [(0, 2)])
+        wrong = equivariance_error(nn.MaxPool2d(2), x, [(0, 2)], stride=(1, 1))
+        assert right.errors[0].rel_l2 <= EXACT
+        assert wrong.stride == (1, 1) and wrong.errors[0].rel_l2 > 1e-2
+
+    def test_per_axis_stride(self, generator):
+        x = torch.rand(1, 16, 16, generator=generator)
+        result = equivariance_error(lambda t: t[..., ::2, :], x, [(2, 1)], stride=(2, 1))
+        assert result.stride == (2, 1) and result.errors[0].rel_l2 <= EXACT
+
+    @pytest.mark.parametrize("stride, shown", [(0, (0, 0)), ((1, 2, 3), (1, 2, 3)), ((2, 0), (2, 0)), ((1.5, 1), (1.5, 1))])
+    def test_bad_stride(self, stride, shown):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 1)], stride=stride)
+        assert str(info.value) == f"stride: must be a positive int or a pair of them, got {shown!r}"
+
+
+class TestEquivarianceResult:
+    def test_fields_and_helpers(self, generator):
+        x = torch.rand(1, 3, 16, 16, generator=generator)
+        result = equivariance_error(nn.MaxPool2d(2), x, [(0, 2), (0, 1), (1, 1)])
+        assert isinstance(result, EquivarianceResult)
+        assert result.mode == "circular"
+        assert result.input_shape == (1, 3, 16, 16) and result.output_shape == (1, 3, 8, 8)
+        assert result.reference_scale == pytest.approx(float(nn.MaxPool2d(2)(x).abs().max()))
+        assert result.max_rel_l2 == max(error.rel_l2 for error in result.errors)
+        assert result.worst().rel_l2 == result.max_rel_l2
+        rows = result.rows()
+        assert len(rows) == 3 and all(row["mode"] == "circular" for row in rows)
+        assert rows[0]["dx"] == 2 and rows[0]["stride"] == (2, 2)
+
+    def test_zero_mode_keeps_the_core(self, generator):
+        x = torch.rand(1, 16, 16, generator=generator)
+        box = [[1.0, 1.0, 1.0]] * 3
+        result = equivariance_error(lambda t: convolve(t, box, padding="same"), x, [(2, -1)], mode="zero")
+        # a 3x3 box: the core excludes the 2-pixel band and one more pixel, vertically; 1 + 1 horizontally
+        expected = torch.zeros(16, 16, dtype=torch.bool)
+        expected[3:13, 2:14] = True
+        assert torch.equal(result.core, expected)
+        assert result.errors[0].rel_l2 <= EXACT
+
+
+class TestEquivarianceErrors:
+    def test_empty_shifts(self):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [])
+        assert str(info.value) == "shifts: is empty: give at least one (dy, dx) pair"
+
+    def test_bad_mode(self):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 1)], mode="reflect")
+        assert str(info.value) == "mode: must be one of circular, zero, crop, fourier, got 'reflect'"
+
+    def test_input_too_small_for_the_crop_margin(self):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 4)], mode="crop")
+        assert str(info.value) == "shifts: crop windows for shifts up to (0, 4) need an input larger than 0x8, got 8x8"
+
+    def test_zero_shift_out_of_the_frame(self):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 8)], mode="zero")
+        assert str(info.value) == "shifts: shifts up to (0, 8) move a 8x8 input out of the frame"
+
+    def test_fn_raising_runtime_error(self):
+        def broken(tensor):
+            raise RuntimeError("kernel size can't be greater than actual input size\nmore detail")
+
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(broken, torch.zeros(1, 8, 8), [(0, 1)])
+        assert str(info.value) == "fn: failed on an input of shape (1, 8, 8): kernel size can't be greater than actual input size"
+
+    def test_module_rejecting_the_input(self):
+        with pytest.raises(ShiftlabError, match=r"^fn: failed on an input of shape \(1, 8, 8\): "):
+            equivariance_error(nn.Conv2d(3, 4, 3), torch.zeros(1, 8, 8), [(0, 1)])
+
+    def test_fn_raising_other_errors_propagate(self):
+        def broken(tensor):
+            raise KeyError("not an input problem")
+
+        with pytest.raises(KeyError):
+            equivariance_error(broken, torch.zeros(1, 8, 8), [(0, 1)])
+
+    def test_fn_changing_the_shape(self):
+        calls = []
+
+        def unstable(tensor):
+            calls.append(1)
+            return tensor if len(calls) == 1 else tensor[..., 1:]
+
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(unstable, torch.zeros(1, 8, 8), [(0, 1)])
+        assert str(info.value) == "fn: gave shape (1, 8, 7) for a shifted input but (1, 8, 8) for the reference"
+
+    def test_fn_returning_booleans(self):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t > 0.5, torch.zeros(1, 8, 8), [(0, 1)])
+        assert str(info.value) == "fn: must return floating-point values, got tensor of shape (1, 8, 8) and dtype bool"
+
+    def test_fn_returning_numpy_is_accepted(self, rng):
+        result = equivariance_error(lambda t: t.numpy() * 2.0, rng.random((8, 8)), [(1, 1)])
+        assert result.max_rel_l2 == 0.0
+
+    @pytest.mark.parametrize("shifts, message", [
+        ([(0, 0.5)], "shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need mode='fourier'"),
+        ([3], "shifts: expected (dy, dx) pairs, got 3"),
+        ([(1, 2, 3)], "shifts: expected (dy, dx) pairs, got (1, 2, 3)"),
+        ([(0, math.nan)], "shifts: dx must be a finite number, got nan"),
+        ([("1", 0)], "shifts: dy must be a finite number, got '1'"),
+    ])
+    def test_bad_shifts(self, shifts, message):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), shifts)
+        assert str(info.value) == message
+
+    def test_input_needs_two_axes(self):
+        with pytest.raises(ShiftlabError, match=r"^x: expected an image or feature map of shape"):
+            equivariance_error(lambda t: t, torch.zeros(8), [(0, 1)])
