@@ -31,9 +31,12 @@ __all__ = ["Convolve", "MaxPool", "convolve", "max_pool", "max_pyramid_depth", "
 Padding = Literal["valid", "same", "circular"]
 _PADDINGS = ("valid", "same", "circular")
 
-# Elements per row block of the shift-and-add path: 2**16 float32 values are
-# 256 KiB, so a block of the output and the input rows it reads stay in L2.
-_BLOCK_ELEMENTS = 1 << 16
+# Elements per row block of the shift-and-add path. Each block costs one torch
+# call (and a thread-pool round trip) per tap, which dominates for small blocks:
+# on a 2-core EPYC, 2**20 (4 MiB of float32 output, plus the input rows it
+# reads, within L3) beat 2**14..2**18 on 512x512 and 2048x2048 maps and on
+# batches; see benchmarks/RESULTS.md.
+_BLOCK_ELEMENTS = 1 << 20
 # Above this many taps a direct convolution (or an FFT) beats shift-and-add.
 _MAX_SHIFT_ADD_TAPS = 81
 
@@ -175,8 +178,12 @@ def max_pool(image: Any, kernel_size: int = 2, stride: int | None = None) -> Any
         "image",
         f"map of size {height}x{width} is smaller than the {kernel_size}x{kernel_size} pooling window",
     )
-    rows = _running_max(tensor, kernel_size, stride, dim=-2)
-    return like_input(_running_max(rows, kernel_size, stride, dim=-1), from_numpy)
+    return like_input(_pool(tensor, kernel_size, stride), from_numpy)
+
+
+def _pool(tensor: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """Max pooling of a validated tensor: a row pass, then a column pass."""
+    return _running_max(_running_max(tensor, kernel_size, stride, dim=-2), kernel_size, stride, dim=-1)
 
 
 def _running_max(tensor: torch.Tensor, kernel_size: int, stride: int, dim: int) -> torch.Tensor:
@@ -188,8 +195,10 @@ def _running_max(tensor: torch.Tensor, kernel_size: int, stride: int, dim: int) 
         window = tensor.narrow(dim, offset, span)
         return window[..., ::stride] if dim == -1 else window[..., ::stride, :]
 
-    result = view(0).clone()
-    for offset in range(1, kernel_size):
+    if kernel_size == 1:
+        return view(0).clone()
+    result = torch.maximum(view(0), view(1))
+    for offset in range(2, kernel_size):
         result = torch.maximum(result, view(offset))
     return result
 
@@ -242,8 +251,8 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
             f"{height}x{width} map: at most {possible} do",
         )
     levels = [tensor.clone()]  # level 0 is a copy: never an alias of the caller's array
-    for _ in range(iterations):
-        levels.append(max_pool(levels[-1], kernel_size))
+    for _ in range(iterations):  # sizes were checked above: skip max_pool's checks on every level
+        levels.append(_pool(levels[-1], kernel_size, kernel_size))
     return [like_input(level, from_numpy) for level in levels]
 
 
