@@ -161,9 +161,9 @@ def accumulate_map(
             entry.stride = None
             entry.add({(0, 0): sums})
         return
+    stride = stats[0].stride or stride or feature_stride(input_size, reference.shape)
     for entry in stats:
-        if entry.stride is None:
-            entry.stride = stride or feature_stride(input_size, reference.shape)
+        entry.stride = entry.stride or stride
     whole_map = core is not None and not bool(core.any())
     if whole_map:
         core = None

@@ -263,8 +263,11 @@ def probe(
     watched = select_layers(model, layers)
     device, dtype = _model_device_dtype(model)
     groups = [group.to(device=device or group.device, dtype=dtype or group.dtype) for group in _as_batches(inputs)]
-    chunk = min(len(pairs), batch_size - 1)
-    shift_chunks = [list(range(start, min(start + chunk, len(pairs)))) for start in range(0, len(pairs), chunk)]
+    # The zero shift is the identity: its row compares f(x) with itself, and costs no forward pass.
+    identity = [index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0]
+    active = [index for index in range(len(pairs)) if index not in identity]
+    chunk = max(1, min(len(active), batch_size - 1))
+    shift_chunks = [active[start : start + chunk] for start in range(0, len(active), chunk)] or [[]]
     states: dict[str, _LayerState] = {}
     context: dict[str, Any] = {"scratch": Scratch()}
 
@@ -291,9 +294,10 @@ def probe(
                 images_per_pass = max(1, batch_size // (1 + chunk))
                 for start in range(0, group.shape[0], images_per_pass):
                     stop = min(start + images_per_pass, group.shape[0])
-                    for indices in shift_chunks:
+                    for position, indices in enumerate(shift_chunks):
                         batch = torch.cat([reference_input[start:stop][None], moved[indices, start:stop]])
                         context["variants"], context["images"], context["shift_indices"] = 1 + len(indices), stop - start, indices
+                        context["identity"] = identity if position == 0 else []
                         _run(watcher, batch.flatten(0, 1), model)
                         done += 1
                         if progress is not None:
@@ -354,29 +358,38 @@ def _accumulate(
         )
         states[label] = state
     grouped = output.reshape(variants, images, *output.shape[1:])
-    reference, shifted = grouped[0], grouped[1:]
-    indices = context["shift_indices"]
-    accumulate_map(
-        [state.stats[index] for index in indices],
-        reference,
-        shifted,
-        spatial=state.spatial,
-        circular=mode in ("circular", "fourier"),
-        input_size=context["input_size"],
-        core=context["cores"].get(label),
-        scratch=context["scratch"],
-    )
-    if output.ndim == 2:  # logits: does the top-1 class survive the shift?
-        same = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1).tolist()
-        for index, agreeing in zip(indices, same):
-            state.agreement[index][0] += agreeing
-            state.agreement[index][1] += images
+    reference = grouped[0]
+    # (shift indices, their outputs): this pass's shifted copies, and the identity shifts, whose output is the reference.
+    parts = [(context["shift_indices"], grouped[1:])]
+    if context["identity"]:
+        parts.append((context["identity"], reference[None].expand(len(context["identity"]), *reference.shape)))
+    for indices, shifted in parts:
+        if not indices:
+            continue
+        accumulate_map(
+            [state.stats[index] for index in indices],
+            reference,
+            shifted,
+            spatial=state.spatial,
+            circular=mode in ("circular", "fourier"),
+            input_size=context["input_size"],
+            core=context["cores"].get(label),
+            scratch=context["scratch"],
+        )
+        if output.ndim == 2:  # logits: does the top-1 class survive the shift?
+            same = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1).tolist()
+            for index, agreeing in zip(indices, same):
+                state.agreement[index][0] += agreeing
+                state.agreement[index][1] += images
 
 
 COLUMNS = (
     "layer", "type", "depth", "shape", "stride", "dy", "dx", "feature_dy", "feature_dx", "multiple",
     "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction", "top1_agreement", "note",
 )  # fmt: skip
+
+
+_ERROR_COLUMNS = ("dy", "dx", "feature_dy", "feature_dx", "multiple", "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction", "note")
 
 
 @dataclass
@@ -398,17 +411,15 @@ class ProbeResult:
             for stats, (agree, total) in zip(state.stats, state.agreement):
                 if not stats.sums:
                     continue
-                error = asdict(stats.result())
+                error = stats.result()
                 rows.append({
                     "layer": state.label,
                     "type": state.kind,
                     "depth": state.depth,
                     "shape": list(state.shape),
-                    **{key: error[key] for key in ("dy", "dx")},
-                    "stride": list(error["stride"]) if error["stride"] else None,
-                    **{key: error[key] for key in ("feature_dy", "feature_dx", "multiple", "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction")},
+                    "stride": list(error.stride) if error.stride else None,
+                    **{key: getattr(error, key) for key in _ERROR_COLUMNS},
                     "top1_agreement": agree / total if total else None,
-                    "note": error["note"],
                 })
         return cls([{key: row[key] for key in COLUMNS} for row in rows], protocol)
 

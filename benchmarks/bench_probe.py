@@ -1,0 +1,254 @@
+"""What does probing cost? shiftlab.probe against a bare forward pass and against the naive way, in one run.
+
+Compared, for one model, one image and a list of shifts (default: torchvision's
+resnet18 at 224x224, random weights, horizontal shifts 1..8, circular mode):
+
+* bare forward: the model on the batch that probing needs (the image and its
+  8 shifted copies: 9 inputs), with no hooks: the floor;
+* shiftlab.probe: hooks on every default layer (convolutions, pooling,
+  normalisation, activations, linear layers, residual blocks) computing every
+  metric inside the hooks;
+* the naive way: for each shift, two single-image forward passes (original and
+  shifted), every activation of the same layers stored, then compared with the
+  same metrics and the same alignments (16 single-image passes for 8 shifts).
+
+Reported, as medians over repeats: probe time / bare time (target <= 1.25 on a
+CPU), naive time / probe time (target >= 1.7 at 8 shifts on a CPU), and peak
+memory / peak memory of the bare forward (target <= 1.5). Peak memory is measured
+in a fresh process per variant: the rise of the resident set (CPU) or of
+torch.cuda.max_memory_allocated (GPU) above what the model and inputs hold.
+
+    python benchmarks/bench_probe.py                 # CPU, resnet18, 224, shifts 1..8
+    python benchmarks/bench_probe.py --device cuda   # same on a GPU
+    python benchmarks/bench_probe.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from shiftlab._compare import alignment_candidates
+from shiftlab.equivariance import feature_stride, shifted_inputs
+from shiftlab.metrics import ErrorSums
+from shiftlab.probe import probe, select_layers
+
+
+def build(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[tuple[int, int]]]:
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(args.model, weights=None).eval().to(args.device)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, args.size, args.size, generator=generator).to(args.device)
+    shifts = [(0, dx) for dx in range(1, args.shifts + 1)]  # no zero shift: probe would skip its pass, the bare batch would not
+    return model, image, shifts
+
+
+def probe_batch(image: torch.Tensor, shifts: list[tuple[int, int]], mode: str) -> torch.Tensor:
+    reference, moved = shifted_inputs(image, shifts, mode)
+    return torch.cat([reference[None], moved]).flatten(0, 1)
+
+
+def naive(model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], mode: str) -> dict[str, list[ErrorSums]]:
+    """The straightforward way: per shift, two passes, keep every activation, compare afterwards."""
+    layers = select_layers(model)
+    results: dict[str, list[ErrorSums]] = {}
+    for dy, dx in shifts:
+        reference_input, moved = shifted_inputs(image, [(dy, dx)], mode)
+        stored: list[dict[str, torch.Tensor]] = []
+        for batch in (reference_input, moved[0]):
+            activations: dict[str, torch.Tensor] = {}
+
+            def keep(module: nn.Module, inputs: Any, output: torch.Tensor, name: str) -> None:
+                label = name if name not in activations else next(f"{name}:{k}" for k in range(2, 1000) if f"{name}:{k}" not in activations)
+                activations[label] = output.detach().clone()  # clone: in-place ReLUs would change it later
+
+            handles = [module.register_forward_hook(lambda m, i, o, name=name: keep(m, i, o, name)) for name, module in layers]
+            try:
+                with torch.no_grad():
+                    activations["output"] = model(batch).detach().clone()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            stored.append(activations)
+        for name, reference in stored[0].items():
+            output = stored[1][name]
+            if reference.ndim == 4 and reference.shape[-1] * reference.shape[-2] > 1:
+                stride = feature_stride(image.shape[-2:], reference.shape)
+                best = None
+                for oy, ox in alignment_candidates(dy, dx, stride):
+                    moved_reference = torch.roll(reference, shifts=(oy, ox), dims=(-2, -1))
+                    difference = (output - moved_reference).double()
+                    sums = ErrorSums(
+                        float((difference**2).sum()),
+                        float((moved_reference.double() ** 2).sum()),
+                        float((output.double() ** 2).sum()),
+                        float((output.double() * moved_reference.double()).sum()),
+                        float(difference.abs().max()),
+                        difference.numel(),
+                        difference.numel(),
+                    )
+                    if best is None or sums.result().rel_l2 < best.result().rel_l2:
+                        best = sums
+            else:
+                difference = (output - reference).double()
+                best = ErrorSums(float((difference**2).sum()), float((reference.double() ** 2).sum()), float((output.double() ** 2).sum()), float((output.double() * reference.double()).sum()), float(difference.abs().max()), difference.numel(), difference.numel())
+            results.setdefault(name, []).append(best)
+    return results
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(function: Callable[[], Any], device: str, repeats: int, warmup: int = 2) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure_memory(args: argparse.Namespace) -> None:
+    """Child process: run one variant once and print its peak memory above the baseline."""
+    model, image, shifts = build(args)
+    batch = probe_batch(image, shifts, args.mode)
+    variants = {
+        "bare": lambda: model(batch),
+        "probe": lambda: probe(model, image, shifts=shifts, mode=args.mode),
+        "naive": lambda: naive(model, image, shifts, args.mode),
+    }
+    run = variants[args.memory_child]
+    if args.device.startswith("cuda"):
+        with torch.no_grad():
+            run()  # warm up cuDNN
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            run()
+        torch.cuda.synchronize()
+        print(json.dumps({"peak": torch.cuda.max_memory_allocated() - baseline}))
+        return
+    # On the CPU, VmHWM only grows: measure the first run above the resident set after set-up.
+    baseline = rss_bytes()
+    with torch.no_grad():
+        run()
+    print(json.dumps({"peak": peak_rss_bytes() - baseline}))
+
+
+def child_memory(args: argparse.Namespace, variant: str) -> int:
+    command = [sys.executable, __file__, "--memory-child", variant, "--model", args.model, "--size", str(args.size), "--shifts", str(args.shifts), "--mode", args.mode, "--device", args.device, "--threads", str(args.threads)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak"]
+
+
+def machine(device: str) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--shifts", type=int, default=8, help="horizontal shifts 1..N (default 8)")
+    parser.add_argument("--mode", default="circular")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken over all of them")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        measure_memory(args)
+        return
+
+    model, image, shifts = build(args)
+    batch = probe_batch(image, shifts, args.mode)
+    times: dict[str, list[float]] = {"bare": [], "probe": [], "naive": []}
+    with torch.no_grad():
+        for _ in range(args.rounds):  # interleave, so that a noisy moment hits every variant
+            times["bare"] += median_time(lambda: model(batch), args.device, args.repeats)[1]
+            times["probe"] += median_time(lambda: probe(model, image, shifts=shifts, mode=args.mode), args.device, args.repeats)[1]
+            times["naive"] += median_time(lambda: naive(model, image, shifts, args.mode), args.device, max(3, args.repeats // 2))[1]
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    memory = {name: child_memory(args, name) for name in ("bare", "probe", "naive")}
+
+    # The two ways must agree before their times mean anything.
+    fast = probe(model, image, shifts=shifts, mode=args.mode)
+    slow = naive(model, image, shifts, args.mode)
+    worst = 0.0
+    for row in fast.rows:
+        expected = slow[row["layer"]][shifts.index((row["dy"], row["dx"]))].result().rel_l2
+        if math.isfinite(expected) and math.isfinite(row["rel_l2"]):
+            worst = max(worst, abs(row["rel_l2"] - expected) / max(expected, 1e-6))
+
+    result = {
+        "machine": machine(args.device),
+        "protocol": {"model": args.model, "size": args.size, "shifts": f"(0, 1)..(0, {args.shifts})", "mode": args.mode, "device": args.device, "layers_watched": fast.protocol["layers_watched"], "rows": len(fast.rows)},
+        "median_seconds": medians,
+        "probe_over_bare": medians["probe"] / medians["bare"],
+        "naive_over_probe": medians["naive"] / medians["probe"],
+        "peak_memory_bytes": memory,
+        "probe_memory_over_bare": memory["probe"] / memory["bare"] if memory["bare"] > 0 else math.nan,
+        "largest_relative_disagreement_probe_vs_naive": worst,
+    }
+    print(f"machine: {result['machine']}")
+    print(f"protocol: {result['protocol']}")
+    print(f"{'variant':<8} {'median s':>10} {'peak MiB':>10}")
+    for name in ("bare", "probe", "naive"):
+        print(f"{name:<8} {medians[name]:>10.4f} {memory[name] / 2**20:>10.1f}")
+    print(f"probe / bare time   {result['probe_over_bare']:.3f}   (target <= 1.25 on CPU)")
+    print(f"naive / probe time  {result['naive_over_probe']:.3f}   (target >= 1.7 at 8 shifts on CPU)")
+    print(f"probe / bare memory {result['probe_memory_over_bare']:.3f}   (target <= 1.5)")
+    print(f"probe vs naive rel_l2, largest relative disagreement: {worst:.2e}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
