@@ -358,6 +358,35 @@ class TestModelIsLeftUnchanged:
 # --------------------------------------------------------------------------- batching
 
 
+class CountingNet(nn.Sequential):
+    """pooled_net that counts the images it is run on."""
+
+    def __init__(self) -> None:
+        super().__init__(*pooled_net())
+        self.images_seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images_seen += x.shape[0]
+        return super().forward(x)
+
+
+class TestZeroShift:
+    def test_costs_no_forward_pass_and_is_exact(self):
+        model = CountingNet()
+        result = probe(model, images(count=2), shifts=[(0, 0), (0, 1), (0, 2)])
+        assert model.images_seen == 2 * 3  # each image with its two non-zero shifts, no copy for (0, 0)
+        zero = [row for row in result.rows if (row["dy"], row["dx"]) == (0, 0)]
+        assert len(zero) == len(result.layers)
+        assert all(row["rel_l2"] == 0 and row["max_abs"] == 0 and row["cosine"] == pytest.approx(1.0) for row in zero)
+        assert all(row["top1_agreement"] in (None, 1.0) for row in zero)
+
+    def test_only_the_zero_shift(self):
+        model = CountingNet()
+        result = probe(model, images(count=1), shifts=[(0, 0)])
+        assert model.images_seen == 1
+        assert {row["rel_l2"] for row in result.rows} == {0.0}
+
+
 def assert_same_results(first: ProbeResult, second: ProbeResult) -> None:
     assert [row["layer"] for row in first.rows] == [row["layer"] for row in second.rows]
     for a, b in zip(first.rows, second.rows):
