@@ -28,6 +28,8 @@ from shiftlab.equivariance import (
 )
 from shiftlab.errors import ShiftlabError
 
+from nets import fcn_stride_four
+
 EXACT = 1e-6
 
 ALL_SHIFTS = [(0, 0), (1, 0), (0, 1), (-1, -1), (3, -5), (-7, 6), (15, 16), (-17, 33), (100, -41)]
@@ -41,17 +43,6 @@ def circular_conv_net(channels: int = 3, seed: int = 0) -> nn.Module:
         nn.Conv2d(channels, 6, 3, padding=1, padding_mode="circular"),
         nn.ReLU(),
         nn.Conv2d(6, 4, 5, padding=2, padding_mode="circular"),
-    ).eval()
-
-
-def zero_padded_fcn(seed: int = 0) -> nn.Module:
-    """conv3x3 - ReLU - maxpool(2) - conv3x3 stride 2, zero padding: total stride 4."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1),
     ).eval()
 
 
@@ -408,7 +399,7 @@ class TestZeroPaddedNetworkOfStrideFour:
     @pytest.mark.parametrize("mode, size", [("zero", 48), ("crop", 64)])
     def test_multiples_of_the_stride_are_exact_on_the_valid_region(self, generator, mode, size):
         x = torch.rand(1, 3, size, size, generator=generator)
-        result = equivariance_error(zero_padded_fcn(), x, self.MULTIPLES + self.OTHERS, mode=mode)
+        result = equivariance_error(fcn_stride_four(), x, self.MULTIPLES + self.OTHERS, mode=mode)
         assert result.stride == (4, 4)
         assert result.core is not None and result.core.any() and not result.core.all()
         for error in result.errors:
@@ -420,16 +411,16 @@ class TestZeroPaddedNetworkOfStrideFour:
 
     def test_crop_reference_is_the_centre_window(self, generator):
         x = torch.rand(1, 3, 64, 64, generator=generator)
-        result = equivariance_error(zero_padded_fcn(), x, [(0, 4), (-8, 0)], mode="crop")
+        result = equivariance_error(fcn_stride_four(), x, [(0, 4), (-8, 0)], mode="crop")
         assert result.input_shape == (1, 3, 48, 56)
-        assert result.output_shape == (1, 8, 12, 14)
+        assert result.output_shape == (1, 6, 12, 14)
 
     def test_circular_mode_on_zero_padded_net_is_not_exact_because_of_border_effects(self, generator):
         # Under circular shifts the content wraps around, but zero padding does not:
         # even multiples of the stride give errors at the border, and circular mode
         # compares every pixel.
         x = torch.rand(1, 3, 48, 48, generator=generator)
-        result = equivariance_error(zero_padded_fcn(), x, [(0, 4), (4, -4), (-8, 8)], mode="circular")
+        result = equivariance_error(fcn_stride_four(), x, [(0, 4), (4, -4), (-8, 8)], mode="circular")
         assert result.core is None
         for error in result.errors:
             assert error.multiple and error.valid_fraction == 1.0

@@ -28,6 +28,8 @@ from shiftlab.models import SimpleCNN, load_model
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.probe import COLUMNS, ProbeResult, probe, select_layers
 
+from nets import fcn_stride_four, pooled_net
+
 EXACT = 1e-6
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -48,28 +50,6 @@ def circular_net(seed: int = 0) -> nn.Sequential:
     )
     _randomise_batch_norm(net)
     return net.eval()
-
-
-def pooled_net(seed: int = 0) -> nn.Sequential:
-    """Circular conv, ReLU, 2x2 max pooling, circular conv: exact for even shifts only from layer '2' on."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
-    ).eval()
-
-
-def fcn_stride_four(seed: int = 0) -> nn.Sequential:
-    """Zero padding; conv - ReLU - maxpool(2) - conv stride 2: total stride 4."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 6, 3, stride=2, padding=1),
-    ).eval()
 
 
 def _randomise_batch_norm(model: nn.Module) -> None:

@@ -13,21 +13,12 @@ from shiftlab.equivariance import EquivarianceResult
 from shiftlab.errors import ShiftlabError
 from shiftlab.testing import DEFAULT_TOLERANCES, assert_shift_equivariant, assert_shift_invariant
 
+from nets import pooled_net
+
 
 def circular_conv(channels_in: int = 3, channels_out: int = 4, seed: int = 0) -> nn.Conv2d:
     torch.manual_seed(seed)
     return nn.Conv2d(channels_in, channels_out, 3, padding=1, padding_mode="circular").eval()
-
-
-def aliasing_net(seed: int = 0) -> nn.Sequential:
-    """Circular conv, ReLU, 2x2 max pooling, circular conv: equivariance breaks at layer '2' for odd shifts."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"),
-    ).eval()
 
 
 def images(count: int = 1, channels: int = 3, size: int = 16, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -86,7 +77,7 @@ class TestAssertShiftEquivariant:
 
     def test_message_names_the_first_layer_that_breaks(self):
         with pytest.raises(AssertionError) as info:
-            assert_shift_equivariant(aliasing_net(), images(), [(0, 1)])
+            assert_shift_equivariant(pooled_net(), images(), [(0, 1)])
         message = str(info.value)
         assert "shift (0, 1)" in message
         assert "; equivariance first breaks at layer '2' (MaxPool2d, stride [2, 2], relative L2 error " in message
