@@ -62,9 +62,17 @@ def probe_batch(image: torch.Tensor, shifts: list[tuple[int, int]], mode: str) -
     return torch.cat([reference[None], moved]).flatten(0, 1)
 
 
-def naive(model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], mode: str) -> dict[str, list[ErrorSums]]:
+def layer_spec(types: str | None) -> Any:
+    """``None`` (probe's default layers) or a predicate keeping the modules whose class name is listed."""
+    if not types:
+        return None
+    names = {name.strip() for name in types.split(",")}
+    return lambda name, module: type(module).__name__ in names
+
+
+def naive(model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], mode: str, layers_spec: Any = None) -> dict[str, list[ErrorSums]]:
     """The straightforward way: per shift, two passes, keep every activation, compare afterwards."""
-    layers = select_layers(model)
+    layers = select_layers(model, layers_spec)
     results: dict[str, list[ErrorSums]] = {}
     for dy, dx in shifts:
         reference_input, moved = shifted_inputs(image, [(dy, dx)], mode)
@@ -147,8 +155,8 @@ def measure_memory(args: argparse.Namespace) -> None:
     batch = probe_batch(image, shifts, args.mode)
     variants = {
         "bare": lambda: model(batch),
-        "probe": lambda: probe(model, image, shifts=shifts, mode=args.mode),
-        "naive": lambda: naive(model, image, shifts, args.mode),
+        "probe": lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)),
+        "naive": lambda: naive(model, image, shifts, args.mode, layer_spec(args.layer_types)),
     }
     run = variants[args.memory_child]
     if args.device.startswith("cuda"):
@@ -171,6 +179,8 @@ def measure_memory(args: argparse.Namespace) -> None:
 
 def child_memory(args: argparse.Namespace, variant: str) -> int:
     command = [sys.executable, __file__, "--memory-child", variant, "--model", args.model, "--size", str(args.size), "--shifts", str(args.shifts), "--mode", args.mode, "--device", args.device, "--threads", str(args.threads)]
+    if args.layer_types:
+        command += ["--layer-types", args.layer_types]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])["peak"]
 
@@ -198,6 +208,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken over all of them")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--layer-types", default=None, help="watch only modules of these class names (comma-separated, e.g. Conv2d,BasicBlock); default: probe's default layers")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,18 +219,19 @@ def main() -> None:
 
     model, image, shifts = build(args)
     batch = probe_batch(image, shifts, args.mode)
+    watched = layer_spec(args.layer_types)
     times: dict[str, list[float]] = {"bare": [], "probe": [], "naive": []}
     with torch.no_grad():
         for _ in range(args.rounds):  # interleave, so that a noisy moment hits every variant
             times["bare"] += median_time(lambda: model(batch), args.device, args.repeats)[1]
-            times["probe"] += median_time(lambda: probe(model, image, shifts=shifts, mode=args.mode), args.device, args.repeats)[1]
-            times["naive"] += median_time(lambda: naive(model, image, shifts, args.mode), args.device, max(3, args.repeats // 2))[1]
+            times["probe"] += median_time(lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=watched), args.device, args.repeats)[1]
+            times["naive"] += median_time(lambda: naive(model, image, shifts, args.mode, watched), args.device, max(3, args.repeats // 2))[1]
     medians = {name: statistics.median(values) for name, values in times.items()}
     memory = {name: child_memory(args, name) for name in ("bare", "probe", "naive")}
 
     # The two ways must agree before their times mean anything.
-    fast = probe(model, image, shifts=shifts, mode=args.mode)
-    slow = naive(model, image, shifts, args.mode)
+    fast = probe(model, image, shifts=shifts, mode=args.mode, layers=watched)
+    slow = naive(model, image, shifts, args.mode, watched)
     worst = 0.0
     for row in fast.rows:
         expected = slow[row["layer"]][shifts.index((row["dy"], row["dx"]))].result().rel_l2
@@ -228,7 +240,7 @@ def main() -> None:
 
     result = {
         "machine": machine(args.device),
-        "protocol": {"model": args.model, "size": args.size, "shifts": f"(0, 1)..(0, {args.shifts})", "mode": args.mode, "device": args.device, "layers_watched": fast.protocol["layers_watched"], "rows": len(fast.rows)},
+        "protocol": {"model": args.model, "size": args.size, "shifts": f"(0, 1)..(0, {args.shifts})", "mode": args.mode, "device": args.device, "layers_watched": fast.protocol["layers_watched"], "layer_types": args.layer_types or "default", "rows": len(fast.rows)},
         "median_seconds": medians,
         "probe_over_bare": medians["probe"] / medians["bare"],
         "naive_over_probe": medians["naive"] / medians["probe"],

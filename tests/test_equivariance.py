@@ -224,6 +224,15 @@ class TestCompareShifts:
             run_compare(reference, shifted, shifts, (1, 1), circular=False, scratch=scratch)
 
     @pytest.mark.parametrize("circular", [True, False])
+    def test_groups_larger_than_the_scratch_limit(self, generator, monkeypatch, circular):
+        # With a scratch limit of two maps, a group of five maps is compared in three pieces: same sums.
+        reference = torch.randn(2, 6, 10, generator=generator)
+        shifted = torch.randn(5, 2, 6, 10, generator=generator)
+        shifts = [(0, 1), (0, 2), (1, 0), (0, 2), (0, 3)]
+        monkeypatch.setattr("shiftlab._compare.SCRATCH_ELEMENTS", 2 * reference.numel())
+        run_compare(reference, shifted, shifts, (1, 2), circular=circular)
+
+    @pytest.mark.parametrize("circular", [True, False])
     def test_accuracy_on_a_million_values(self, circular):
         # Relative error of the sums against float64 numpy below 1e-6 on ~10^6 values,
         # for maps that are close (a small difference) and maps that are not.

@@ -31,6 +31,9 @@ __all__ = ["Scratch", "alignment_candidates", "compare_shifts", "compare_whole"]
 
 Offset = tuple[int, int]
 
+#: Largest scratch buffer, in elements (2**21 float32 = 8 MiB): bigger groups of maps are compared a few at a time.
+SCRATCH_ELEMENTS = 1 << 21
+
 
 class Scratch:
     """A growing buffer reused for the differences of every comparison of a run."""
@@ -199,7 +202,15 @@ def compare_shifts(
 
 
 def _difference_sums(output: torch.Tensor, moved: torch.Tensor, scratch: Scratch) -> list[tuple[float, float]]:
-    """For each of the ``k`` maps of ``output`` (``(k, *B, h, w)``): sum of squared differences with ``moved``, and the largest absolute difference."""
+    """For each of the ``k`` maps of ``output`` (``(k, *B, h, w)``): sum of squared differences with ``moved``, and the largest absolute difference.
+
+    Maps are taken a few at a time so that the scratch buffer stays under
+    :data:`SCRATCH_ELEMENTS` (probing must not need much more memory than the forward pass).
+    """
+    per_map = max(1, output[0].numel())
+    step = max(1, SCRATCH_ELEMENTS // per_map)
+    if output.shape[0] > step:
+        return [pair for start in range(0, output.shape[0], step) for pair in _difference_sums(output[start : start + step], moved, scratch)]
     count = output.shape[0]
     difference = torch.sub(output, moved, out=scratch.take(output.shape, output))
     squares = _plane_squares(difference, 1).tolist()
