@@ -3,7 +3,10 @@
 What is compared, and why
 -------------------------
 shiftlab reimplements the reference tutorial article's three operations,
-``convolve`` (3x3 Sobel, valid region, then ReLU), ``max_pool`` (2x2, stride 2)
+``convolve`` (3x3 Sobel, valid region, then ReLU; ``--kernel`` picks another
+kernel, e.g. ``laplacian``: the Sobel is separable, so shiftlab applies it as a
+row pass and a column pass, while a Laplacian takes the general shift-and-add
+path), ``max_pool`` (2x2, stride 2)
 and ``pool_pyramid`` (repeated 2x2 max pooling), without Python loops over pixels.
 This script times, in one run and on the same seeded random float32 grayscale
 images (512x512 and 2048x2048 by default):
@@ -44,6 +47,7 @@ Usage (from the repository root, with shiftlab installed)::
 
     python benchmarks/bench_ops.py
     python benchmarks/bench_ops.py --sizes 512 2048 --repeats 7 --json out/bench_ops.json
+    python benchmarks/bench_ops.py --kernel laplacian
     python benchmarks/bench_ops.py --block-elements 16384 65536 262144
 """
 
@@ -69,7 +73,7 @@ import torch.nn.functional as F
 
 import shiftlab
 import shiftlab.ops as ops
-from shiftlab import convolve, max_pool, max_pyramid_depth, pool_pyramid
+from shiftlab import convolve, get_kernel, max_pool, max_pyramid_depth, pool_pyramid
 
 try:
     import scipy
@@ -87,6 +91,7 @@ except ImportError:  # pragma: no cover - optional peer
     skimage = block_reduce = None
 
 SOBEL = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float32)
+KERNEL = SOBEL  # the kernel ``convolve`` is timed with; ``--kernel`` replaces it
 POOL = 2
 PYRAMID_LEVELS = 6
 RTOL = ATOL = 1e-5
@@ -134,15 +139,15 @@ def loop_pyramid(image: np.ndarray, iterations: int, k: int = POOL) -> list[np.n
 
 
 def convolve_impls() -> tuple[dict[str, Impl], dict[str, str]]:
-    kh, kw = SOBEL.shape
+    kh, kw = KERNEL.shape
     crop = (slice(kh // 2, kh // 2 - kh + 1 or None), slice(kw // 2, kw // 2 - kw + 1 or None))
-    impls: dict[str, Impl] = {SHIFTLAB: lambda x: convolve(x, SOBEL)}
+    impls: dict[str, Impl] = {SHIFTLAB: lambda x: convolve(x, KERNEL)}
     skipped: dict[str, str] = {}
 
     if ndimage is not None:
 
         def scipy_correlate(x: np.ndarray) -> np.ndarray:
-            out = ndimage.correlate(x, SOBEL, mode="constant")
+            out = ndimage.correlate(x, KERNEL, mode="constant")
             np.maximum(out, 0, out=out)
             return out[crop]
 
@@ -153,7 +158,7 @@ def convolve_impls() -> tuple[dict[str, Impl], dict[str, str]]:
     if cv2 is not None:
 
         def cv2_filter2d(x: np.ndarray) -> np.ndarray:
-            out = cv2.filter2D(x, cv2.CV_32F, SOBEL, borderType=cv2.BORDER_CONSTANT)
+            out = cv2.filter2D(x, cv2.CV_32F, KERNEL, borderType=cv2.BORDER_CONSTANT)
             cv2.threshold(out, 0, 0, cv2.THRESH_TOZERO, dst=out)  # ReLU in place
             return out[crop]
 
@@ -161,14 +166,14 @@ def convolve_impls() -> tuple[dict[str, Impl], dict[str, str]]:
     else:
         skipped["cv2.filter2D"] = "opencv-python(-headless) not installed"
 
-    weight = torch.from_numpy(SOBEL)[None, None]
+    weight = torch.from_numpy(KERNEL)[None, None]
 
     def torch_conv2d(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return torch.relu(F.conv2d(torch.from_numpy(x)[None, None], weight))[0, 0].numpy()
 
     impls["torch F.conv2d"] = torch_conv2d
-    impls[LOOPS] = lambda x: loop_convolve(x, SOBEL)
+    impls[LOOPS] = lambda x: loop_convolve(x, KERNEL)
     return impls, skipped
 
 
@@ -289,7 +294,7 @@ class LoopPlan:
     def strip(self, image: np.ndarray, operator: str) -> np.ndarray:
         if self.strip_rows is None:
             return image
-        extra = SOBEL.shape[0] - 1 if operator == "convolve" else 0
+        extra = KERNEL.shape[0] - 1 if operator == "convolve" else 0
         return image[: self.strip_rows + extra]
 
     def scale(self, height: int, operator: str) -> float:
@@ -297,7 +302,7 @@ class LoopPlan:
         if self.strip_rows is None:
             return 1.0
         if operator == "convolve":
-            return (height - SOBEL.shape[0] + 1) / self.strip_rows
+            return (height - KERNEL.shape[0] + 1) / self.strip_rows
         return height / self.strip_rows  # every pyramid level shrinks by the same factor
 
 
@@ -307,7 +312,7 @@ def plan_loops(image: np.ndarray, iterations: int, repeats: int, strip_rows: int
     calls = repeats + 3  # warm-up, autorange (about one call when a call > 0.2 s), repeats
     projected = 0.0
     for operator, fn in (
-        ("convolve", lambda x: loop_convolve(x, SOBEL)),
+        ("convolve", lambda x: loop_convolve(x, KERNEL)),
         ("max_pool", loop_max_pool),
         ("pool_pyramid", lambda x: loop_pyramid(x, iterations)),
     ):
@@ -459,7 +464,7 @@ def sweep_block_elements(images: dict[int, np.ndarray], values: list[int], repea
     def with_block(value: int, image: np.ndarray) -> Callable[[], Any]:
         def run() -> Any:
             ops._BLOCK_ELEMENTS = value
-            return convolve(image, SOBEL)
+            return convolve(image, KERNEL)
 
         return run
 
@@ -509,6 +514,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds the loops may take at one size before a strip is used (default 120)")
     parser.add_argument("--threads", type=int,
                         help="set torch's (and OpenCV's) thread count; default: leave the libraries' defaults")
+    parser.add_argument("--kernel", default="sobel_y",
+                        help="shiftlab kernel name (odd size) that convolve is timed with, default sobel_y; "
+                             "e.g. laplacian for a kernel that is not separable")
     parser.add_argument("--block-elements", type=int, nargs="+",
                         help="instead: sweep shiftlab.ops._BLOCK_ELEMENTS over these values")
     args = parser.parse_args(argv)
@@ -525,8 +533,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         if cv2 is not None:
             cv2.setNumThreads(args.threads)
+    global KERNEL
+    KERNEL = get_kernel(args.kernel, dtype=torch.float32).numpy()
+    if KERNEL.shape[0] % 2 == 0 or KERNEL.shape[1] % 2 == 0:
+        raise SystemExit(f"--kernel {args.kernel}: the peers' crops assume an odd-sized kernel, got {KERNEL.shape}")
     started = datetime.datetime.now(datetime.timezone.utc)
     info = machine()
+    info["kernel"] = f"{args.kernel} {KERNEL.tolist()}"
     print(f"shiftlab operator benchmark, {started:%Y-%m-%d %H:%M UTC}")
     print("command: python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]))
     for key, value in info.items():

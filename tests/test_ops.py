@@ -613,6 +613,232 @@ class TestConvolveModule:
         np.testing.assert_array_equal(result, [[4.0, 4.0]])
 
 
+# --------------------------------------------------------------------------- separable path
+
+
+def rank_one_kernel(rng: np.random.Generator, shape: tuple[int, int], zero_taps: bool) -> np.ndarray:
+    """``outer(column, row)`` of random factors with mixed signs.
+
+    With ``zero_taps``, one tap of the row, and of the column too where the factored
+    kernel still takes fewer passes than taps (the separable path's condition), is
+    zero, so whole columns and rows of the kernel are zero (as in a Sobel kernel).
+    """
+    column, row = (rng.normal(size=length) for length in shape)
+    for factor in (column, row):
+        factor[rng.permutation(len(factor))[:2]] *= -1  # negative entries whatever the draw
+    if zero_taps:
+        for factor, other in ((row, column), (column, row)):
+            left, other_left = len(factor) - 1, np.count_nonzero(other)
+            if left >= 2 and left * other_left > left + other_left:
+                factor[rng.integers(len(factor))] = 0.0
+    return np.outer(column, row)
+
+
+@pytest.fixture
+def paths_taken(monkeypatch):
+    """Names of the CPU shift-and-add paths that ``convolve`` ran, in call order."""
+    calls = []
+    for name in ("_separable_shift_and_add", "_shift_and_add"):
+        real = getattr(ops, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name.strip("_"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ops, name, spy)
+    return calls
+
+
+SEPARABLE_SHAPES = [(3, 3), (2, 3), (3, 2), (4, 4), (5, 3), (3, 7), (6, 5), (2, 5)]
+
+
+class TestSeparablePath:
+    """Rank-1 kernels run as a row pass then a column pass; everything else as before."""
+
+    @pytest.mark.parametrize("kernel_shape", SEPARABLE_SHAPES, ids=str)
+    @pytest.mark.parametrize("zero_taps", [False, True], ids=["dense", "zero-taps"])
+    @pytest.mark.parametrize("padding", PADDINGS)
+    @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+    @pytest.mark.parametrize("dtype", ["float32", "float64"])
+    def test_matches_scipy(self, rng, paths_taken, kernel_shape, zero_taps, padding, relu, dtype):
+        image = rng.normal(size=(13, 11)).astype(dtype)
+        kernel = rank_one_kernel(rng, kernel_shape, zero_taps).astype(dtype)
+        result = convolve(image, kernel, padding=padding, relu=relu)
+        assert paths_taken == ["separable_shift_and_add"]
+        assert isinstance(result, np.ndarray) and result.dtype == np.dtype(dtype)
+        expected = reference_correlate(image, kernel, padding, relu)
+        tolerance = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance)
+
+    @pytest.mark.parametrize("padding", PADDINGS)
+    @pytest.mark.parametrize("shape", [(2, 3, 12, 10), (4, 9, 14), (1, 1, 8, 8), (2, 1, 2, 9, 10)], ids=str)
+    @pytest.mark.parametrize("backend", ["numpy", "torch"])
+    def test_batches(self, rng, paths_taken, padding, shape, backend):
+        stack = rng.normal(size=shape)
+        kernel = rank_one_kernel(rng, (3, 4), zero_taps=True)
+        source = stack if backend == "numpy" else torch.from_numpy(stack)
+        result = convolve(source, kernel, padding=padding, relu=False)
+        assert set(paths_taken) == {"separable_shift_and_add"}
+        assert isinstance(result, np.ndarray if backend == "numpy" else torch.Tensor)
+        expected = per_map(reference_correlate, stack, kernel, padding, False)
+        np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-12, atol=1e-12)
+
+    @pytest.mark.parametrize("block_elements", [1, 7, 40, 200, 500, 1000])
+    @pytest.mark.parametrize("padding", PADDINGS)
+    def test_row_blocks_and_map_chunks(self, rng, monkeypatch, block_elements, padding):
+        # Results must not depend on the block size, including blocks of fewer maps than
+        # the batch (with 500 elements: 4 + 1 maps valid, 2 + 2 + 1 padded; 1 map each below).
+        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", block_elements)
+        stack = rng.normal(size=(5, 13, 12))
+        kernel = rank_one_kernel(rng, (5, 3), zero_taps=True)
+        result = convolve(stack, kernel, padding=padding)
+        np.testing.assert_allclose(result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-12, atol=1e-12)
+
+    def test_blocks_split_the_batch_when_rows_are_few(self, monkeypatch):
+        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 200)
+        # 5 maps x 12 columns leave 3 rows per block, fewer than 4 x 2 extra intermediate rows.
+        assert ops._blocks(5, 12, 11, 2) == (2, 8)
+        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 1 << 20)
+        assert ops._blocks(5, 12, 11, 2) == (5, (1 << 20) // 60)
+
+    @pytest.mark.parametrize("name", ["sobel_y", "sobel_x", "box3", "box5", "gaussian3", "gaussian7", "binomial5"])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_named_rank_one_kernels_are_separable(self, generator, paths_taken, name, dtype):
+        # Gaussians included in float32, where rounding leaves them rank 1 only to about 3e-8.
+        image = torch.rand(2, 15, 16, generator=generator, dtype=dtype)
+        result = convolve(image, name, padding="circular", relu=False)
+        assert paths_taken == ["separable_shift_and_add"]
+        kernel = get_kernel(name, dtype=dtype).double().numpy()
+        expected = per_map(reference_correlate, image.double().numpy(), kernel, "circular", False)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+        np.testing.assert_allclose(result.numpy(), expected, rtol=tolerance, atol=tolerance)
+
+    @pytest.mark.parametrize(
+        "kernel",
+        ["laplacian", "identity", "box2", "[[1, 2, 3]]", "1; 2; 3; 4", "0 0 0; 1 2 1; 0 0 0", "[[0, 0], [0, 0]]"],
+        ids=["laplacian", "one-tap", "2x2", "one-row", "one-column", "one-non-zero-row", "zeros"],
+    )
+    def test_other_kernels_take_the_general_path(self, rng, paths_taken, kernel):
+        # Not rank 1, or rank 1 without fewer passes when factored (a single row, column or 2x2).
+        image = rng.normal(size=(9, 10))
+        result = convolve(image, kernel, padding="same", relu=False)
+        assert paths_taken == ([] if kernel == "[[0, 0], [0, 0]]" else ["shift_and_add"])  # no taps: zeros
+        expected = reference_correlate(image, get_kernel(kernel, dtype=torch.float64).numpy(), "same", False)
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+
+    def test_sobel_factors(self):
+        column, row = ops._separable_factors(get_kernel("sobel_y"))
+        # The column and the row through the first entry equal to 1 ([0, 2]), zero taps dropped.
+        assert column == [(0, 1.0), (1, 2.0), (2, 1.0)]
+        assert row == [(0, -1.0), (2, 1.0)]
+        # Without an entry equal to 1, through the largest one: [1, 1] of the binomial.
+        column, row = ops._separable_factors(get_kernel("binomial3", dtype=torch.float64))
+        assert column == [(0, 0.5), (1, 1.0), (2, 0.5)]
+        assert row == [(0, 0.125), (1, 0.25), (2, 0.125)]
+        assert ops._separable_factors(get_kernel("laplacian")) is None
+
+    @pytest.mark.parametrize(
+        ("dtype", "relative"),
+        [("float64", 1e-13), ("float64", 1e-6), ("float32", 1e-5), ("float32", 1e-2)],
+    )
+    @pytest.mark.parametrize("padding", PADDINGS)
+    def test_near_rank_one_takes_the_general_path(self, rng, paths_taken, dtype, relative, padding):
+        # A rank-1 kernel plus a perturbation above 8 eps of the dtype is not rank 1: factoring
+        # it would drop the perturbation, so it must go the general way and still be right.
+        kernel = rank_one_kernel(rng, (3, 4), zero_taps=False)
+        kernel[1, 2] += relative * np.abs(kernel).max()
+        kernel = kernel.astype(dtype)
+        assert ops._separable_factors(torch.from_numpy(kernel)) is None
+        image = rng.normal(size=(2, 10, 12)).astype(dtype)
+        result = convolve(image, kernel, padding=padding, relu=False)
+        assert set(paths_taken) == {"shift_and_add"}
+        tolerance = 1e-5 if dtype == "float32" else 1e-12
+        expected = per_map(reference_correlate, image, kernel, padding, False)
+        np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance)
+
+    @pytest.mark.parametrize("kernel_shape", [(3, 3), (2, 4), (5, 3), (4, 6)], ids=str)
+    @pytest.mark.parametrize("dtype", ["float32", "float64"])
+    @pytest.mark.parametrize("block_elements", [1 << 20, 30])
+    @pytest.mark.parametrize("trial", range(3))
+    def test_circular_is_exactly_shift_equivariant(self, rng, monkeypatch, paths_taken, kernel_shape, dtype, block_elements, trial):
+        # Every output pixel goes through the same float operations in the same order,
+        # wherever it lies in its row or block: rolling commutes with filtering bit for bit.
+        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", block_elements)
+        image = rng.random((2, 19, 23)).astype(dtype)
+        kernel = rank_one_kernel(rng, kernel_shape, zero_taps=bool(trial % 2)).astype(dtype)
+        shift = (int(rng.integers(-19, 19)), int(rng.integers(-23, 23)))
+        for relu in (False, True):
+            shifted_then_filtered = convolve(np.roll(image, shift, axis=(-2, -1)), kernel, padding="circular", relu=relu)
+            filtered_then_shifted = np.roll(convolve(image, kernel, padding="circular", relu=relu), shift, axis=(-2, -1))
+            np.testing.assert_array_equal(shifted_then_filtered, filtered_then_shifted)
+        assert set(paths_taken) == {"separable_shift_and_add"}
+
+    @pytest.mark.parametrize("kernel", ["sobel_y", "laplacian"])
+    def test_output_memory(self, rng, kernel):
+        # Numpy callers may get numpy-allocated memory, torch callers a plain (resizable) torch tensor;
+        # neither aliases the input nor the intermediate.
+        image = rng.normal(size=(2, 9, 9)).astype(np.float32)
+        first = convolve(image, kernel, relu=False)
+        second = convolve(image, kernel, relu=False)
+        assert first.flags.writeable and not np.shares_memory(first, second) and not np.shares_memory(first, image)
+        first[...] = 7
+        np.testing.assert_array_equal(second, convolve(image, kernel, relu=False))
+        tensor = convolve(torch.from_numpy(image), kernel, relu=False)
+        tensor.resize_(3, 3)  # a numpy-backed tensor would refuse: "storage that is not resizable"
+
+    @pytest.mark.parametrize("padding", PADDINGS)
+    def test_gradients_still_use_conv2d(self, generator, paths_taken, padding):
+        image = torch.rand(2, 8, 9, generator=generator, dtype=torch.float64, requires_grad=True)
+        result = convolve(image, "sobel_y", padding=padding, relu=False)
+        assert paths_taken == [] and result.requires_grad
+        with torch.no_grad():
+            fast = convolve(image, "sobel_y", padding=padding, relu=False)
+        assert paths_taken == ["separable_shift_and_add"]
+        torch.testing.assert_close(result.detach(), fast, rtol=1e-12, atol=1e-12)
+
+
+
+class TestPaddedRows:
+    """The shift-and-add paths pad block by block into a reused slab, not with F.pad up front."""
+
+    @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (2, 1, 0, 3), (3, 2, 3, 2), (0, 1, 2, 0)], ids=str)
+    @pytest.mark.parametrize("circular", [True, False], ids=["circular", "zeros"])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+    def test_rows_equal_f_pad(self, generator, pads, circular, dtype):
+        maps = torch.randn(3, 4, 6, generator=generator).to(dtype)
+        for view in (maps, maps.transpose(-1, -2)[..., :4, :], maps[:, 1:, ::2]):
+            expected = F.pad(view.unsqueeze(1), pads, mode="circular" if circular else "constant").squeeze(1)
+            source = ops._PaddedRows(view, pads, circular)
+            assert source.shape == expected.shape
+            source.reserve(3, expected.shape[1])
+            rows = expected.shape[1]
+            for first, last in ((0, 3), (1, 2), (2, 3)):
+                for start, stop in ((0, rows), (0, 1), (1, rows - 1), (rows - 2, rows), (2, 3)):
+                    result = source.rows(first, last, start, stop)
+                    torch.testing.assert_close(result, expected[first:last, start:stop], rtol=0, atol=0)
+
+    def test_valid_rows_are_views(self, generator):
+        maps = torch.randn(2, 5, 6, generator=generator)
+        source = ops._PaddedRows(maps, None, circular=False)
+        source.reserve(2, 5)
+        assert source.shape == (2, 5, 6)
+        assert source.rows(0, 2, 0, 5) is maps
+        assert source.rows(1, 2, 1, 3).data_ptr() == maps[1, 1].data_ptr()
+
+    @pytest.mark.parametrize("padding", ["same", "circular"])
+    def test_f_pad_only_on_the_conv2d_path(self, monkeypatch, generator, padding):
+        calls = []
+        real = F.pad
+        monkeypatch.setattr(ops.F, "pad", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+        image = torch.rand(7, 8, generator=generator, requires_grad=True)
+        with torch.no_grad():
+            convolve(image, "laplacian", padding=padding)
+            convolve(image, "sobel_y", padding=padding)
+        assert calls == []
+        convolve(image, "sobel_y", padding=padding)
+        assert calls == [1]
+
+
 # --------------------------------------------------------------------------- equivariance
 
 
