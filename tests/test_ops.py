@@ -1108,6 +1108,19 @@ class TestPoolingShiftProperties:
 
 
 class TestPoolPyramid:
+    def test_level_zero_is_a_read_only_view_of_numpy_input(self):
+        image = np.arange(16, dtype=np.float32).reshape(4, 4)
+        level0 = pool_pyramid(image, 1)[0]
+        np.testing.assert_array_equal(level0, image)
+        assert np.shares_memory(level0, image) and not level0.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            level0[0, 0] = 99.0
+        assert image.flags.writeable and image[0, 0] == 0.0
+
+    def test_level_zero_of_integer_input_is_converted(self):
+        levels = pool_pyramid(np.eye(4, dtype=np.uint8), 1)
+        assert levels[0].dtype == np.float32 and levels[1].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
     def test_shapes_10x10(self):
         levels = pool_pyramid(np.zeros((10, 10)), 3)
         assert [level.shape for level in levels] == [(10, 10), (5, 5), (2, 2), (1, 1)]

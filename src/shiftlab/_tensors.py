@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shiftlab.errors import check, describe, fail
+from shiftlab.errors import describe, fail
 
 __all__ = ["as_float_tensor", "like_input", "require_spatial"]
 
@@ -51,11 +51,10 @@ def like_input(result: torch.Tensor, from_numpy: bool) -> Any:
 
 def require_spatial(tensor: torch.Tensor, name: str) -> tuple[int, int]:
     """Check that ``tensor`` is ``(..., H, W)`` with a non-empty map; return ``(H, W)``."""
-    check(
-        tensor.ndim >= 2,
-        name,
-        f"expected an image or feature map of shape (..., H, W), got {describe(tensor)}",
-    )
+    # Plain ifs, not check(): this runs on every operator call, and describe() is not free.
+    if tensor.ndim < 2:
+        fail(name, f"expected an image or feature map of shape (..., H, W), got {describe(tensor)}")
+    if tensor.numel() == 0:
+        fail(name, f"is empty: {describe(tensor)}")
     height, width = tensor.shape[-2:]
-    check(tensor.numel() > 0, name, f"is empty: {describe(tensor)}")
     return int(height), int(width)

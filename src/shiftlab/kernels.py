@@ -188,15 +188,16 @@ def get_kernel(
         tensor([[ 1.,  0.],
                 [ 0., -1.]], dtype=torch.float64)
     """
+    trusted = False  # named kernels are built from finite constants: no need to scan them for NaN
     if isinstance(spec, torch.Tensor):
         kernel = spec
         if dtype is None and kernel.is_floating_point():
             dtype = kernel.dtype
         if device is None:
             device = kernel.device
-        label = f"kernel ({describe(spec)})"
+        label = None  # described only if something is wrong: describe() costs more than the checks
     elif isinstance(spec, (str, Path)):
-        kernel, label = _parse_text_spec(spec)
+        kernel, label, trusted = _parse_text_spec(spec)
     else:
         if isinstance(spec, (np.ndarray, np.generic)) and spec.dtype.kind == "c":
             fail("kernel", f"expected real numbers, got {describe(spec)}")
@@ -206,25 +207,31 @@ def get_kernel(
         except (TypeError, ValueError) as error:
             fail("kernel", f"expected a 2-D array of numbers, got {describe(spec)} ({error})")
         label = "kernel"
-    check(kernel.ndim == 2, label, f"expected a 2-D kernel (kh, kw), got shape {tuple(kernel.shape)}")
-    check(kernel.numel() > 0, label, f"is empty (shape {tuple(kernel.shape)})")
-    check(not kernel.is_complex(), label, "expected real numbers, got complex")
+    # Plain ifs, not check(): these run on every convolve() call, and check() would format every message.
+    if kernel.ndim != 2:
+        fail(label or f"kernel ({describe(spec)})", f"expected a 2-D kernel (kh, kw), got shape {tuple(kernel.shape)}")
+    if kernel.numel() == 0:
+        fail(label or f"kernel ({describe(spec)})", f"is empty (shape {tuple(kernel.shape)})")
+    if kernel.is_complex():
+        fail(label or f"kernel ({describe(spec)})", "expected real numbers, got complex")
     kernel = kernel.to(device=device, dtype=dtype or torch.float32)
-    check(bool(torch.isfinite(kernel).all()), label, "holds NaN or Inf")
+    if not trusted and not bool(torch.isfinite(kernel).all()):
+        fail(label or f"kernel ({describe(spec)})", "holds NaN or Inf")
     return kernel
 
 
-def _parse_text_spec(spec: str | Path) -> tuple[torch.Tensor, str]:
+def _parse_text_spec(spec: str | Path) -> tuple[torch.Tensor, str, bool]:
+    """``(kernel, label for messages, trusted)``: names are trusted to be finite, files and literals are not."""
     text = str(spec).strip()
     if text in _FIXED:
-        return torch.tensor(_FIXED[text][0], dtype=torch.float64), f"kernel {text!r}"
+        return torch.tensor(_FIXED[text][0], dtype=torch.float64), f"kernel {text!r}", True
     match = _SIZED.match(text)
     if match:
-        return _SIZED_FACTORIES[match.group(1)](int(match.group(2)), dtype=torch.float64), f"kernel {text!r}"
+        return _SIZED_FACTORIES[match.group(1)](int(match.group(2)), dtype=torch.float64), f"kernel {text!r}", True
     if text.lower().endswith(".npy") or Path(text).is_file():
-        return _load_npy(Path(text)), f"kernel file '{text}'"
+        return _load_npy(Path(text)), f"kernel file '{text}'", False
     if any(char.isdigit() for char in text) and re.fullmatch(r"[\s\d.,;:+\-eE\[\]()]+", text):
-        return _parse_literal(text), f"kernel literal {text!r}"
+        return _parse_literal(text), f"kernel literal {text!r}", False
     fail("kernel", f"unknown name {text!r}; known names: {', '.join(KERNEL_NAMES)} (box, gaussian and binomial take any size: box5, gaussian7), or give a literal such as '[[1,0],[0,-1]]' or a .npy file")
 
 

@@ -500,8 +500,9 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
         kernel_size: window and stride of each pooling.
 
     Returns:
-        ``iterations + 1`` maps: level 0 is the input (as an array or tensor of
-        the output type), level ``i`` has been pooled ``i`` times.
+        ``iterations + 1`` maps: level 0 is the input itself (for numpy input a
+        read-only view of it, converted to float when it was not), level ``i``
+        has been pooled ``i`` times.
 
     Raises:
         ShiftlabError: when a level would be smaller than the window; the
@@ -527,10 +528,15 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
             f"{iterations} poolings with a {kernel_size}x{kernel_size} window do not fit a "
             f"{height}x{width} map: at most {possible} do",
         )
-    levels = [tensor.clone()]  # level 0 is a copy: never an alias of the caller's array
+    levels = [tensor]
     for _ in range(iterations):  # sizes were checked above: skip max_pool's checks on every level
         levels.append(_pool(levels[-1], kernel_size, kernel_size))
-    return [like_input(level, from_numpy) for level in levels]
+    result = [like_input(level, from_numpy) for level in levels]
+    if from_numpy:
+        # Level 0 is the caller's own data (no copy: it would cost a third of the pyramid on
+        # a 512x512 image); read-only, so that writing to it cannot change their array.
+        result[0].flags.writeable = False
+    return result
 
 
 def max_pyramid_depth(height: int, width: int, kernel_size: int = 2) -> int:
