@@ -31,8 +31,8 @@ __all__ = ["Scratch", "alignment_candidates", "compare_shifts", "compare_whole"]
 
 Offset = tuple[int, int]
 
-#: Largest scratch buffer, in elements (2**21 float32 = 8 MiB): bigger groups of maps are compared a few at a time.
-SCRATCH_ELEMENTS = 1 << 21
+#: Largest scratch buffer, in elements (2**20 float32 = 4 MiB): bigger groups of maps are compared a few at a time.
+SCRATCH_ELEMENTS = 1 << 20
 
 
 class Scratch:

@@ -49,6 +49,8 @@ __all__ = [
     "border_core",
     "equivariance_error",
     "feature_stride",
+    "reference_input",
+    "shifted_input",
     "shifted_inputs",
 ]
 
@@ -191,26 +193,32 @@ def _check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
     return pairs
 
 
-def shifted_inputs(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference input and the stack of shifted inputs, shape ``(len(shifts), *reference.shape)``.
+def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """The unshifted input that every shift is compared with, and the crop margin (``crop`` mode only).
 
     For ``crop`` the reference is the centre window, smaller than ``x`` by the
-    largest shift on each side; every shifted input is a window of ``x`` too.
+    largest shift on each side, and every shifted input is a window of ``x`` too.
     """
     check(mode in SHIFT_MODES, "mode", f"must be one of {', '.join(SHIFT_MODES)}, got {mode!r}")
     height, width = x.shape[-2:]
+    largest = crop_margin(shifts)
     if mode == "crop":
-        margin = crop_margin(shifts)
-        check(height > 2 * margin[0] and width > 2 * margin[1], "shifts", f"crop windows for shifts up to {margin} need an input larger than {2 * margin[0]}x{2 * margin[1]}, got {height}x{width}")
-        reference = shift(x, 0, 0, mode="crop", margin=margin)
-        moved = [shift(x, dy, dx, mode="crop", margin=margin) for dy, dx in shifts]
-    else:
-        if mode == "zero":
-            largest = crop_margin(shifts)
-            check(largest[0] < height and largest[1] < width, "shifts", f"shifts up to {largest} move a {height}x{width} input out of the frame")
-        reference = x
-        moved = [shift(x, dy, dx, mode=mode) for dy, dx in shifts]
-    return reference, torch.stack(moved)
+        check(height > 2 * largest[0] and width > 2 * largest[1], "shifts", f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, got {height}x{width}")
+        return shift(x, 0, 0, mode="crop", margin=largest), largest
+    if mode == "zero":
+        check(largest[0] < height and largest[1] < width, "shifts", f"shifts up to {largest} move a {height}x{width} input out of the frame")
+    return x, None
+
+
+def shifted_input(x: torch.Tensor, dy: float, dx: float, mode: str, margin: tuple[int, int] | None) -> torch.Tensor:
+    """``x`` shifted by ``(dy, dx)``, shaped like the :func:`reference_input` (``margin`` from it)."""
+    return shift(x, dy, dx, mode=mode, margin=margin) if mode == "crop" else shift(x, dy, dx, mode=mode)
+
+
+def shifted_inputs(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference input and the stack of shifted inputs, shape ``(len(shifts), *reference.shape)``."""
+    reference, margin = reference_input(x, shifts, mode)
+    return reference, torch.stack([shifted_input(x, dy, dx, mode, margin) for dy, dx in shifts])
 
 
 def border_core(reference_input: torch.Tensor, band: tuple[int, int], run: Callable[[torch.Tensor], Any]) -> None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from shiftlab._io import atomic_write_text
 from shiftlab._compare import Scratch
-from shiftlab.equivariance import ShiftStats, _check_shifts, accumulate_map, border_core, shifted_inputs
+from shiftlab.equivariance import ShiftStats, _check_shifts, accumulate_map, border_core, reference_input, shifted_input
 from shiftlab.errors import ShiftlabError, check, describe, fail
 from shiftlab.shifts import SHIFT_MODES, crop_margin
 
@@ -284,18 +284,22 @@ def probe(
         model.eval()
         with _Watcher(model, watched, on_output) as watcher, torch.no_grad():
             for group in groups:
-                reference_input, moved = shifted_inputs(group, pairs, mode)
-                context["input_size"] = tuple(reference_input.shape[-2:])
+                reference, margin = reference_input(group, pairs, mode)
+                context["input_size"] = tuple(reference.shape[-2:])
                 context["cores"] = {}
                 if mode in ("zero", "crop"):
                     context["phase"] = "core"
-                    border_core(reference_input[0], crop_margin(pairs), lambda batch: _run(watcher, batch, model))
+                    border_core(reference[0], crop_margin(pairs), lambda batch: _run(watcher, batch, model))
                 context["phase"] = "measure"
                 images_per_pass = max(1, batch_size // (1 + chunk))
                 for start in range(0, group.shape[0], images_per_pass):
                     stop = min(start + images_per_pass, group.shape[0])
                     for position, indices in enumerate(shift_chunks):
-                        batch = torch.cat([reference_input[start:stop][None], moved[indices, start:stop]])
+                        # Built pass by pass: the shifted copies of all shifts never coexist.
+                        batch = reference.new_empty((1 + len(indices), stop - start, *reference.shape[1:]))
+                        batch[0] = reference[start:stop]
+                        for slot, index in enumerate(indices, start=1):
+                            batch[slot] = shifted_input(group[start:stop], *pairs[index], mode, margin)
                         context["variants"], context["images"], context["shift_indices"] = 1 + len(indices), stop - start, indices
                         context["identity"] = identity if position == 0 else []
                         _run(watcher, batch.flatten(0, 1), model)
