@@ -350,6 +350,50 @@ class CountingNet(nn.Sequential):
         return super().forward(x)
 
 
+class TestSameTensorMeasuredOnce:
+    """A tensor reaching two hooks unchanged is measured once; an in-place change is measured again."""
+
+    def test_block_output_equals_its_last_relu(self):
+        result = probe(_resnet_like(), images(count=1, size=16), shifts=[(0, 1), (0, 2)])
+        measured = ("stride", "multiple", "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction")
+        block, last_relu = rows_of(result, "block"), rows_of(result, "block.relu:2")
+        assert block.keys() == last_relu.keys()
+        for shift, row in block.items():
+            assert {key: row[key] for key in measured} == {key: last_relu[shift][key] for key in measured}
+            assert row["rel_l2"] > 0.01  # the stem (zero padding, stride 2) makes both shifts inexact: real numbers, not defaults
+
+    def test_inplace_relu_after_batch_norm_is_measured_again(self):
+        def net(inplace: bool) -> nn.Sequential:
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.BatchNorm2d(4), nn.ReLU(inplace=inplace), nn.MaxPool2d(2))
+            _randomise_batch_norm(model)
+            return model.eval()
+
+        shifts = [(0, 1), (1, 2)]
+        in_place, out_of_place = probe(net(True), images(count=2), shifts=shifts), probe(net(False), images(count=2), shifts=shifts)
+        assert_same_results(in_place, out_of_place)
+        assert rows_of(in_place, "1") != rows_of(in_place, "2")
+
+
+class _Block(nn.Module):
+    """conv - relu - conv, plus the input, then the same ReLU again (as torchvision's BasicBlock reuses its ReLU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+
+
+def _resnet_like() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 4, 3, stride=2, padding=1), block=_Block()))
+    return model.eval()
+
+
 class TestZeroShift:
     def test_costs_no_forward_pass_and_is_exact(self):
         model = CountingNet()

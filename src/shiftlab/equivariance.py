@@ -44,8 +44,9 @@ from shiftlab.shifts import SHIFT_MODES, crop_margin, shift
 __all__ = [
     "EquivarianceResult",
     "ShiftError",
+    "MapSums",
     "ShiftStats",
-    "accumulate_map",
+    "measure_map",
     "border_core",
     "equivariance_error",
     "feature_stride",
@@ -141,38 +142,44 @@ class ShiftStats:
         return ShiftError(self.dy, self.dx, self.stride, fy, fx, multiple, offset[0], offset[1], error.rel_l2, error.max_abs, error.cosine, error.valid_fraction, "; ".join(notes))
 
 
-def accumulate_map(
-    stats: Sequence[ShiftStats],
+@dataclass
+class MapSums:
+    """One batch's comparison of one map: its stride, whether the whole map was compared, and the sums per shift."""
+
+    stride: tuple[int, int] | None
+    whole_map: bool
+    sums: list[dict[tuple[int, int], ErrorSums]]
+
+    def add_to(self, stats: Sequence[ShiftStats]) -> None:
+        for entry, sums in zip(stats, self.sums):
+            entry.stride = entry.stride or self.stride
+            entry.whole_map = entry.whole_map or self.whole_map
+            entry.add(sums)
+
+
+def measure_map(
     reference: torch.Tensor,
     shifted: torch.Tensor,
+    shifts: Sequence[Shift],
     *,
     spatial: bool,
     circular: bool,
+    stride: tuple[int, int] | None,
     input_size: Sequence[int],
     core: torch.Tensor | None = None,
-    stride: tuple[int, int] | None = None,
     scratch: Scratch | None = None,
-) -> None:
-    """Compare ``shifted[i]`` (``f(T_{t_i} x)``) with ``reference`` (``f(x)``) and add the sums to ``stats[i]``.
+) -> MapSums:
+    """Compare ``shifted[i]`` (``f(T_{t_i} x)``) with ``reference`` (``f(x)``) for every shift.
 
-    The stride is fixed by the first batch (given, or found from ``input_size``).
-    A ``core`` with no pixel left means the whole map is compared.
+    ``stride`` is the map's stride when already known (found from ``input_size``
+    otherwise). A ``core`` with no pixel left means the whole map is compared.
     """
     if not spatial:
-        for entry, sums in zip(stats, compare_whole(reference, shifted, scratch)):
-            entry.stride = None
-            entry.add({(0, 0): sums})
-        return
-    stride = stats[0].stride or stride or feature_stride(input_size, reference.shape)
-    for entry in stats:
-        entry.stride = entry.stride or stride
+        return MapSums(None, False, [{(0, 0): sums} for sums in compare_whole(reference, shifted, scratch)])
+    stride = stride or feature_stride(input_size, reference.shape)
     whole_map = core is not None and not bool(core.any())
-    if whole_map:
-        core = None
-    shifts = [(entry.dy, entry.dx) for entry in stats]
-    for entry, sums in zip(stats, compare_shifts(reference, shifted, shifts, stride=stats[0].stride, circular=circular, core=core, scratch=scratch)):
-        entry.whole_map = entry.whole_map or whole_map
-        entry.add(sums)
+    sums = compare_shifts(reference, shifted, shifts, stride=stride, circular=circular, core=None if whole_map else core, scratch=scratch)
+    return MapSums(stride, whole_map, sums)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -324,7 +331,8 @@ def equivariance_error(
         check(output.shape == reference.shape, "fn", f"gave shape {tuple(output.shape)} for a shifted input but {tuple(reference.shape)} for the reference")
         outputs.append(output)
     stats = [ShiftStats(dy, dx) for dy, dx in pairs]
-    accumulate_map(stats, reference, torch.stack(outputs), spatial=spatial, circular=mode in ("circular", "fourier"), input_size=reference_input.shape, core=core, stride=stride if spatial else None)
+    measured = measure_map(reference, torch.stack(outputs), pairs, spatial=spatial, circular=mode in ("circular", "fourier"), stride=stride if spatial else None, input_size=reference_input.shape, core=core)
+    measured.add_to(stats)
     errors = [entry.result() for entry in stats]
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return EquivarianceResult(errors, mode, tuple(reference_input.shape), tuple(reference.shape), scale, core)

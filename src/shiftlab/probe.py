@@ -35,7 +35,7 @@ from torch import nn
 
 from shiftlab._io import atomic_write_text
 from shiftlab._compare import Scratch
-from shiftlab.equivariance import ShiftStats, _check_shifts, accumulate_map, border_core, reference_input, shifted_input
+from shiftlab.equivariance import MapSums, ShiftStats, _check_shifts, border_core, measure_map, reference_input, shifted_input
 from shiftlab.errors import ShiftlabError, check, describe, fail
 from shiftlab.shifts import SHIFT_MODES, crop_margin
 
@@ -302,6 +302,7 @@ def probe(
                             batch[slot] = shifted_input(group[start:stop], *pairs[index], mode, margin)
                         context["variants"], context["images"], context["shift_indices"] = 1 + len(indices), stop - start, indices
                         context["identity"] = identity if position == 0 else []
+                        context["previous"] = None
                         _run(watcher, batch.flatten(0, 1), model)
                         done += 1
                         if progress is not None:
@@ -361,30 +362,52 @@ def _accumulate(
             agreement=[[0, 0] for _ in pairs],
         )
         states[label] = state
-    grouped = output.reshape(variants, images, *output.shape[1:])
+    # The same tensor, unchanged, seen by a second hook (a residual block returns its last ReLU's output,
+    # a classifier its head's): measure it once. The previous output is held until the next hook, so its
+    # memory cannot be reused by another tensor meanwhile.
+    previous = context.get("previous")
+    if previous is not None and previous[0] is output and previous[1] == output._version:
+        measurements = previous[2]
+    else:
+        measurements = _measure(context, state, label, output, pairs, mode)
+        context["previous"] = (output, output._version, measurements)
+    for indices, measured, agreeing in measurements:
+        measured.add_to([state.stats[index] for index in indices])
+        for index, count in zip(indices, agreeing):
+            state.agreement[index][0] += count
+            state.agreement[index][1] += context["images"]
+
+
+def _measure(
+    context: dict[str, Any], state: _LayerState, label: str, output: torch.Tensor, pairs: list[tuple[float, float]], mode: str
+) -> list[tuple[list[int], MapSums, list[int]]]:
+    """This batch's sums for one layer output: ``(shift indices, sums, top-1 agreements)`` per part."""
+    grouped = output.reshape(context["variants"], context["images"], *output.shape[1:])
     reference = grouped[0]
     # (shift indices, their outputs): this pass's shifted copies, and the identity shifts, whose output is the reference.
     parts = [(context["shift_indices"], grouped[1:])]
     if context["identity"]:
         parts.append((context["identity"], reference[None].expand(len(context["identity"]), *reference.shape)))
+    measurements = []
     for indices, shifted in parts:
         if not indices:
             continue
-        accumulate_map(
-            [state.stats[index] for index in indices],
+        measured = measure_map(
             reference,
             shifted,
+            [pairs[index] for index in indices],
             spatial=state.spatial,
             circular=mode in ("circular", "fourier"),
+            stride=state.stats[indices[0]].stride,
             input_size=context["input_size"],
             core=context["cores"].get(label),
             scratch=context["scratch"],
         )
+        agreeing = []
         if output.ndim == 2:  # logits: does the top-1 class survive the shift?
-            same = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1).tolist()
-            for index, agreeing in zip(indices, same):
-                state.agreement[index][0] += agreeing
-                state.agreement[index][1] += images
+            agreeing = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1).tolist()
+        measurements.append((indices, measured, agreeing))
+    return measurements
 
 
 COLUMNS = (
