@@ -320,6 +320,10 @@ def show_error_vs_depth(
     axes.set_xticks(positions[::step], [row["layer"] for row in table][::step], rotation=90, fontsize=7)
     axes.set_xlim(-0.6, count - 0.4)
     axes.set_ylabel(_METRIC_LABELS[metric])
+    if metric != "cosine":
+        # At least 0 to 1e-3: an exactly equivariant network's float rounding (1e-8) should look like the zero it is.
+        bottom, top = axes.get_ylim()
+        axes.set_ylim(min(0.0, bottom), max(top, 1e-3))
     axes.set_xlabel("layer, in forward order (cumulative stride above the plot)")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
