@@ -198,8 +198,6 @@ class TestProbe:
 
 class TestAtomicOutput:
     def test_failure_while_writing_leaves_nothing(self, capsys, tmp_path, monkeypatch):
-        from shiftlab.figures import show_feature_map  # noqa: F401  (imported so the patch below hits the loaded module)
-
         def explode(*args, **kwargs):
             raise OSError(28, "No space left on device")
 

@@ -143,7 +143,6 @@ def compare_shifts(
     reference, shifted = _as_float(reference), _as_float(shifted)
     scratch = scratch or Scratch()
     height, width = reference.shape[-2:]
-    leading = reference.ndim - 2
     per_plane = height * width
     planes = reference.numel() // per_plane if per_plane else 0
     groups: dict[Offset, list[int]] = {}

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from shiftlab._tensors import as_float_tensor, require_spatial
-from shiftlab.errors import ShiftlabError, check, describe, fail
+from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
 from shiftlab._compare import Scratch, compare_shifts, compare_whole
 from shiftlab.metrics import ErrorSums
 from shiftlab.shifts import SHIFT_MODES, crop_margin, shift
@@ -345,7 +345,7 @@ def _call(fn: Callable[[Any], Any], tensor: torch.Tensor) -> torch.Tensor:
         except ShiftlabError:
             raise
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            fail("fn", f"failed on an input of shape {tuple(tensor.shape)}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+            fail("fn", f"failed on an input of shape {tuple(tensor.shape)}: {first_line(error)}")
     if not isinstance(output, torch.Tensor):
         output, _ = as_float_tensor(output, "output of fn")
     check(output.is_floating_point(), "fn", f"must return floating-point values, got {describe(output)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-__all__ = ["ShiftlabError", "check", "fail", "describe"]
+__all__ = ["ShiftlabError", "check", "describe", "fail", "first_line"]
 
 
 class ShiftlabError(ValueError):
@@ -70,3 +70,16 @@ def describe(value: object) -> str:
         return f"{kind} of shape {tuple(shape)} and dtype {str(dtype).replace('torch.', '')}"
     text = repr(value)
     return text if len(text) <= 60 else f"{type(value).__name__} {text[:57]}..."
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for quoting a library's error.
+
+    Example:
+        >>> first_line(RuntimeError("shape mismatch" + chr(10) + "a long explanation"))
+        'shape mismatch'
+        >>> first_line(EOFError())
+        'EOFError'
+    """
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shiftlab.errors import ShiftlabError, check, describe, fail
+from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
 
 __all__ = [
     "MAX_PIXELS",
@@ -119,16 +119,11 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
     except UnidentifiedImageError:
         fail(subject, "is not an image Pillow can read (unknown or corrupt format)")
     except Image.DecompressionBombError as error:
-        fail(subject, f"has too many pixels to decode safely, a decompression bomb? ({_first_line(error)})")
+        fail(subject, f"has too many pixels to decode safely, a decompression bomb? ({first_line(error)})")
     except PermissionError:
         fail(subject, "cannot be read: permission denied")
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as error:
-        fail(subject, f"is truncated or corrupt ({_first_line(error)})")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+        fail(subject, f"is truncated or corrupt ({first_line(error)})")
 
 
 def _from_pil(image: Image.Image, subject: str, max_pixels: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab.errors import ShiftlabError, check, fail
+from shiftlab.errors import ShiftlabError, check, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
 
 __all__ = [
@@ -211,7 +211,7 @@ def _import_model(spec: str, seed: int = 0) -> nn.Module:
     except ShiftlabError:
         raise
     except Exception as error:  # the user's module may raise anything while importing
-        fail("model", f"{spec!r}: importing '{location}' failed: {type(error).__name__}: {_first_line(error)}")
+        fail("model", f"{spec!r}: importing '{location}' failed: {type(error).__name__}: {first_line(error)}")
     target = module
     for part in attribute.split("."):
         check(hasattr(target, part), "model", f"{spec!r}: '{location}' has no attribute '{attribute}'")
@@ -223,14 +223,9 @@ def _import_model(spec: str, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)  # again: a first import may have drawn random numbers (module-level layers)
         model = target()
     except Exception as error:  # user code
-        fail("model", f"{spec!r}: calling '{attribute}()' failed: {type(error).__name__}: {_first_line(error)}")
+        fail("model", f"{spec!r}: calling '{attribute}()' failed: {type(error).__name__}: {first_line(error)}")
     check(isinstance(model, nn.Module), "model", f"{spec!r}: '{attribute}()' returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -244,7 +239,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            fail(subject, f"is not a readable .safetensors file ({_first_line(error)})")
+            fail(subject, f"is not a readable .safetensors file ({first_line(error)})")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -252,10 +247,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if "Unsupported operand" in text:  # bytes that are not a pickle at all: a damaged or foreign file
             fail(subject, "is not a torch.save file (unreadable pickle data)")
         refused = re.search(r"GLOBAL (\S+) was not an allowed global|Unsupported class (\S+)|whose module (\S+) is blocked", text)
-        detail = f"it references {next(group for group in refused.groups() if group)}" if refused else _first_line(error)
+        detail = f"it references {next(group for group in refused.groups() if group)}" if refused else first_line(error)
         fail(subject, f"holds more than plain tensors, and weights_only loading refuses arbitrary objects: save model.state_dict() instead ({detail})")
     except Exception as error:  # a damaged file makes the unpickler raise almost anything (IndexError, EOFError, RuntimeError, ...)
-        fail(subject, f"is not a torch.save file ({_first_line(error)})")
+        fail(subject, f"is not a torch.save file ({first_line(error)})")
     if isinstance(loaded, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(loaded.get(key), dict):

@@ -26,7 +26,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
@@ -36,7 +36,7 @@ from torch import nn
 from shiftlab._io import atomic_write_text
 from shiftlab._compare import Scratch
 from shiftlab.equivariance import MapSums, ShiftStats, _check_shifts, border_core, measure_map, reference_input, shifted_input
-from shiftlab.errors import ShiftlabError, check, describe, fail
+from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
 from shiftlab.shifts import SHIFT_MODES, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
@@ -122,7 +122,6 @@ class _LayerState:
     shape: tuple[int, ...]
     spatial: bool
     stats: list[ShiftStats]
-    core: torch.Tensor | None = None
     agreement: list[list[int]] = field(default_factory=list)  # per shift: [agreeing, total]
 
 
@@ -179,11 +178,6 @@ class _Watcher:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -329,7 +323,7 @@ def _run(watcher: _Watcher, batch: torch.Tensor, model: nn.Module) -> None:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
         name = type(model).__name__
-        fail(f"model {name}", f"rejected an input of shape {tuple(batch.shape)}: {_first_line(error)}")
+        fail(f"model {name}", f"rejected an input of shape {tuple(batch.shape)}: {first_line(error)}")
 
 
 def _record_core(states: dict[str, _LayerState], context: dict[str, Any], label: str, output: torch.Tensor) -> None:
