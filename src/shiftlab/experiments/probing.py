@@ -153,6 +153,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
     """What a probe says, in sentences with their numbers."""
     summary = result.summary()
     spatial = [row for row in summary if row["stride"]]
+    circular = result.protocol.get("mode") in ("circular", "fourier")
     findings = []
     inexact = result.first_inexact_layer(EXACT)
     if inexact is None:
@@ -160,9 +161,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
     else:
         row = next(item for item in summary if item["layer"] == inexact)
         exact_before = [item["layer"] for item in summary[: summary.index(row)]]
-        hint = ""
-        if result.protocol.get("mode") in ("circular", "fourier") and row["stride"] and max(row["stride"]) == 1:
-            hint = " (a circular shift wraps the image around, and a zero-padded layer sees the seam at the border: --mode crop or zero leaves border effects out)"
+        hint = _CIRCULAR_HINT if circular and row["stride"] and max(row["stride"]) == 1 else ""
         findings.append(
             Finding(
                 f"Equivariance is first lost at layer '{inexact}' ({row['type']}, stride {_stride_text(row['stride'])})",
@@ -187,7 +186,8 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         findings.append(
             Finding(
                 "After downsampling, shifts that are a multiple of the layer's cumulative stride stay exact, and the others do not (aliasing)",
-                f"exact: {exact_multiple} of {len(multiple)} multiples, {exact_other} of {len(other)} others; mean relative L2 error {format_number(_mean(r['rel_l2'] for r in multiple))} vs {format_number(_mean(r['rel_l2'] for r in other))}",
+                f"exact: {exact_multiple} of {len(multiple)} multiples, {exact_other} of {len(other)} others; mean relative L2 error {format_number(_mean(r['rel_l2'] for r in multiple))} vs {format_number(_mean(r['rel_l2'] for r in other))}"
+                + (_CIRCULAR_HINT if circular and exact_multiple < len(multiple) else ""),
                 exact_multiple == len(multiple) and exact_other == 0,
             )
         )
@@ -202,6 +202,12 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         worst = max(spatial, key=lambda row: row["max_rel_l2"])
         findings.append(Finding(f"Worst spatial layer: '{worst['layer']}' ({worst['type']}, stride {_stride_text(worst['stride'])})", f"max relative L2 error {format_number(worst['max_rel_l2'])}"))
     return findings
+
+
+_CIRCULAR_HINT = (
+    " (a circular shift wraps the image around, and a zero-padded layer sees the seam at the border:"
+    " --mode crop or zero leaves border effects out)"
+)
 
 
 def _layers_before_first_stride(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
