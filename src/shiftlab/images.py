@@ -3,7 +3,9 @@
 The convention, everywhere in shiftlab:
 
 * values are float32 in ``[0, 1]``: 8-bit data is divided by 255, 16-bit data
-  by 65535, 1-bit data gives 0 and 1; float data must already lie in ``[0, 1]``;
+  by 65535, 1-bit data gives 0 and 1; float data must already lie in ``[0, 1]``
+  (Pillow decodes 16-bit *colour* PNGs to 8 bits per channel: 16-bit precision
+  survives for grayscale files and for arrays);
 * a grayscale image is ``(H, W)``; a colour image is channels-first
   ``(3, H, W)`` (RGB), the layout CNNs and :func:`shiftlab.convolve` expect;
 * grayscale is the ITU-R BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, computed

@@ -21,7 +21,10 @@ Modes:
     Band-limited sub-pixel shift through the FFT: multiplies the spectrum by
     ``exp(-2 pi i (ky dy / H + kx dx / W))``. Accepts fractional ``dy``, ``dx``;
     circular (wraps around) and equal to ``circular`` for integer shifts up to
-    float error. Every pixel is valid.
+    float error. Every pixel is valid. On an even size the Nyquist frequency
+    cannot move by a fraction of a pixel and stay real: its real part is kept,
+    so two half-pixel shifts equal a one-pixel shift only for content without
+    a Nyquist component (odd sizes are not affected).
 
 Every mode is available through :func:`shift` (the shifted map) and
 :func:`shift_with_mask` (the map and a boolean ``(H', W')`` mask of valid
