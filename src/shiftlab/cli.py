@@ -35,6 +35,12 @@ def _save_figure(figure, folder: Path, stem: str, fmt: str) -> Path:
     return path
 
 
+def _print_written(out: Path, staged: list[Path]) -> None:
+    """Where each staged file ended up (staged files are moved into ``out`` under the same name)."""
+    for path in staged:
+        print(f"wrote {Path(out) / path.name}")
+
+
 def _image_stem(source: str) -> str:
     return Path(source).stem or "image"
 
@@ -59,8 +65,7 @@ def run_edges(args: argparse.Namespace) -> int:
         np.save(staging / f"{stem}.npy", edges)
         written.append(staging / f"{stem}.npy")
     print(f"{args.image}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]} (min {edges.min():.4g}, max {edges.max():.4g})")
-    for path in written:
-        print(f"wrote {Path(args.out) / path.name}")
+    _print_written(args.out, written)
     return 0
 
 
@@ -84,8 +89,7 @@ def run_pool(args: argparse.Namespace) -> int:
         written.append(staging / f"{stem}.npz")
     for index, level in enumerate(levels):
         print(f"level {index}: {level.shape[0]} x {level.shape[1]}")
-    for path in written:
-        print(f"wrote {Path(args.out) / path.name}")
+    _print_written(args.out, written)
     return 0
 
 

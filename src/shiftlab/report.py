@@ -81,7 +81,14 @@ def _paragraphs(text: str) -> list[str]:
     return [" ".join(part.split()) for part in text.split("\n\n") if part.strip()]
 
 
-def render_report(sections: Sequence[Section], *, title: str, summary: str = "", protocol: dict[str, Any] | None = None) -> str:
+def render_report(
+    sections: Sequence[Section],
+    *,
+    title: str,
+    summary: str = "",
+    protocol: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Render the sections as one self-contained HTML page.
 
     Args:
@@ -89,6 +96,7 @@ def render_report(sections: Sequence[Section], *, title: str, summary: str = "",
         title: page title and heading.
         summary: a paragraph under the heading.
         protocol: how the numbers were measured, shown in a table at the end.
+        env: versions and time to show (default: :func:`environment` now).
     """
     template_text = resources.files("shiftlab").joinpath("templates", "report.html.j2").read_text(encoding="utf-8")
     style = resources.files("shiftlab").joinpath("templates", "report.css").read_text(encoding="utf-8")
@@ -104,7 +112,7 @@ def render_report(sections: Sequence[Section], *, title: str, summary: str = "",
         }
         for section in sections
     ]
-    details = {**environment(), **(protocol or {})}
+    details = {**(env or environment()), **(protocol or {})}
     return template.render(title=title, summary=_paragraphs(summary), sections=rendered_sections, style=style, details=to_jsonable(details))
 
 
@@ -125,10 +133,11 @@ def write_report(
     """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    html = render_report(sections, title=title, summary=summary, protocol=protocol)
+    env = environment()  # once: the HTML and the JSON carry the same time stamp
+    html = render_report(sections, title=title, summary=summary, protocol=protocol, env=env)
     payload = {
         "title": title,
-        "environment": environment(),
+        "environment": env,
         "protocol": protocol or {},
         "sections": {section.key: section.to_dict() for section in sections},
     }
