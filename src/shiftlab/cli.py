@@ -183,14 +183,13 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
-    from shiftlab.sections import format_number
+    from shiftlab.sections import format_number, format_stride
 
     rows = result.summary()
     width = min(40, max(len(row["layer"]) for row in rows))
     print(f"{'layer':<{width}}  {'type':<18} {'stride':>7}  {'mean rel L2':>11}  {'max rel L2':>10}  exact")
     for row in rows:
-        stride = "global" if not row["stride"] else "x".join(map(str, row["stride"]))
-        print(f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {stride:>7}  {format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}")
+        print(f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {format_stride(row['stride']):>7}  {format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}")
 
 
 def run_samples(args: argparse.Namespace) -> int:

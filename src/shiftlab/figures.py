@@ -16,6 +16,8 @@ import torch
 from matplotlib.figure import Figure
 
 from shiftlab.errors import check, describe
+from shiftlab.metrics import peak_position
+from shiftlab.sections import format_stride
 
 __all__ = [
     "show_convergence",
@@ -141,11 +143,6 @@ def show_pyramid(
     return figure
 
 
-def _peak(array: np.ndarray) -> tuple[int, int]:
-    row, col = np.unravel_index(int(np.argmax(array)), array.shape)
-    return int(row), int(col)
-
-
 def _normalised(array: np.ndarray) -> np.ndarray:
     low, high = _display_range(array)
     return (array - low) / (high - low)
@@ -191,7 +188,7 @@ def show_convergence(
         axes = figure.add_subplot(grid[0, index])
         na, nb = _normalised(a), _normalised(b)
         axes.imshow(np.stack([na, nb, na], axis=-1).clip(0, 1), interpolation="nearest")
-        peak_a, peak_b = _peak(a), _peak(b)
+        peak_a, peak_b = peak_position(a), peak_position(b)
         for peak, marker, colour in ((peak_a, "X", "#ff4fd8"), (peak_b, "P", "#5dff5d")):
             axes.plot(peak[1], peak[0], marker, color=colour, markersize=11, markeredgecolor="white", markeredgewidth=1.2)
         axes.set_xticks([])
@@ -305,7 +302,7 @@ def show_error_vs_depth(
     figure = Figure(figsize=(min(18.0, max(7.0, 0.16 * count + 3)), 4.6), dpi=dpi, layout="constrained")
     axes = figure.subplots()
     positions = np.arange(count)
-    strides = [f"{row['stride'][0]}" if row["stride"] and row["stride"][0] == row["stride"][1] else (str(tuple(row["stride"])) if row["stride"] else "global") for row in table]
+    strides = [format_stride(row["stride"]) for row in table]
     start, band = 0, 0
     for index in range(1, count + 1):
         if index == count or strides[index] != strides[start]:
@@ -373,7 +370,7 @@ def show_shift_heatmaps(
         axes.set_xlabel("dx (input px)", fontsize=8)
         axes.set_ylabel("dy (input px)", fontsize=8)
         stride = rows[0]["stride"]
-        axes.set_title(f"{name}\nstride {tuple(stride) if stride else 'global'}", fontsize=9)
+        axes.set_title(f"{name}\nstride {format_stride(stride)}", fontsize=9)
     if image is not None:
         figure.colorbar(image, ax=list(panels), shrink=0.85, label=_METRIC_LABELS[metric])
     return figure

@@ -17,12 +17,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from shiftlab._tensors import as_float_tensor
 from shiftlab.errors import check
 
-__all__ = ["ErrorSums", "MapError", "compare_maps"]
+__all__ = ["ErrorSums", "MapError", "compare_maps", "peak_position"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,16 @@ def compare_maps(output: Any, reference: Any, mask: Any = None) -> MapError:
     if mask is not None:
         keep = torch.as_tensor(mask, device=a.device).bool()
     return ErrorSums.of(a, b.to(a.device), keep).result()
+
+
+def peak_position(array: Any) -> tuple[int, int]:
+    """``(row, column)`` of the largest value of a 2-D map (the first one in reading order on ties).
+
+    Example:
+        >>> import numpy as np
+        >>> peak_position(np.array([[0.0, 3.0], [3.0, 1.0]]))
+        (0, 1)
+    """
+    values = np.asarray(array)
+    row, col = np.unravel_index(int(np.argmax(values)), values.shape)
+    return int(row), int(col)

@@ -12,7 +12,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["Finding", "Section", "Table", "format_number"]
+__all__ = ["Finding", "Section", "Table", "format_number", "format_stride"]
 
 
 def format_number(value: Any, digits: int = 4) -> str:
@@ -37,6 +37,18 @@ def format_number(value: Any, digits: int = 4) -> str:
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(format_number(item, digits) for item in value) + ")"
     return str(value)
+
+
+def format_stride(stride: Any) -> str:
+    """A layer's cumulative stride for tables and plots: ``"4"`` when square, ``"4x2"`` otherwise, ``"global"`` for none.
+
+    Example:
+        >>> [format_stride(s) for s in ([4, 4], (4, 2), None)]
+        ['4', '4x2', 'global']
+    """
+    if not stride:
+        return "global"
+    return str(stride[0]) if stride[0] == stride[1] else f"{stride[0]}x{stride[1]}"
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 from shiftlab.figures import show_convergence, show_feature_map, show_pyramid, show_shift_table
 from shiftlab.images import SCENE_SHIFT, sample_image, single_pixel_image
 from shiftlab.kernels import KernelSpec
-from shiftlab.metrics import compare_maps
+from shiftlab.metrics import compare_maps, peak_position
 from shiftlab.ops import convolve, max_pyramid_depth, pool_pyramid
 from shiftlab.sections import Finding, Section, Table, format_number
 from shiftlab.shifts import shift_with_mask
@@ -46,11 +46,6 @@ __all__ = [
 #: The article's filter and its number of poolings of a photo's edge map.
 ARTICLE_KERNEL = "sobel_y"
 PHOTO_POOLINGS = 6
-
-
-def _peak(array: np.ndarray) -> tuple[int, int]:
-    row, col = np.unravel_index(int(np.argmax(array)), array.shape)
-    return int(row), int(col)
 
 
 def _maxima(array: np.ndarray) -> list[tuple[int, int]]:
@@ -187,7 +182,7 @@ def compare_pyramids(
     """
     rows = []
     for index, (a, b) in enumerate(zip(levels_a, levels_b)):
-        peak_a, peak_b = _peak(a), _peak(b)
+        peak_a, peak_b = peak_position(a), peak_position(b)
         distance = float(np.hypot(peak_a[0] - peak_b[0], peak_a[1] - peak_b[1]))
         row = PairLevel(index, tuple(a.shape), normalised_distance(a, b), peak_a, peak_b, distance, distance * kernel_size**index)
         stride = kernel_size**index

@@ -17,7 +17,7 @@ from shiftlab.errors import check, fail
 from shiftlab.images import load_image
 from shiftlab.models import ModelInfo, load_model
 from shiftlab.probe import ProbeResult, probe
-from shiftlab.sections import Finding, Section, Table, format_number
+from shiftlab.sections import Finding, Section, Table, format_number, format_stride
 
 __all__ = ["DEMO_IMAGES", "IMAGENET_MEAN", "IMAGENET_STD", "demo_probe_sections", "prepare_images", "probe_findings", "probe_section", "representative_layers", "run_probe"]
 
@@ -143,12 +143,6 @@ def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
     return list(dict.fromkeys(chosen))[:count]
 
 
-def _stride_text(stride: list[int] | None) -> str:
-    if not stride:
-        return "global"
-    return str(stride[0]) if stride[0] == stride[1] else f"{stride[0]}x{stride[1]}"
-
-
 def probe_findings(result: ProbeResult) -> list[Finding]:
     """What a probe says, in sentences with their numbers."""
     summary = result.summary()
@@ -164,7 +158,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         hint = _CIRCULAR_HINT if circular and row["stride"] and max(row["stride"]) == 1 else ""
         findings.append(
             Finding(
-                f"Equivariance is first lost at layer '{inexact}' ({row['type']}, stride {_stride_text(row['stride'])})",
+                f"Equivariance is first lost at layer '{inexact}' ({row['type']}, stride {format_stride(row['stride'])})",
                 f"{len(exact_before)} layer(s) before it are exact; its relative L2 error: mean {format_number(row['mean_rel_l2'])}, max {format_number(row['max_rel_l2'])}{hint}",
             )
         )
@@ -200,7 +194,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         findings.append(Finding("The model's output under the shifts", text))
     if spatial and inexact is not None:
         worst = max(spatial, key=lambda row: row["max_rel_l2"])
-        findings.append(Finding(f"Worst spatial layer: '{worst['layer']}' ({worst['type']}, stride {_stride_text(worst['stride'])})", f"max relative L2 error {format_number(worst['max_rel_l2'])}"))
+        findings.append(Finding(f"Worst spatial layer: '{worst['layer']}' ({worst['type']}, stride {format_stride(worst['stride'])})", f"max relative L2 error {format_number(worst['max_rel_l2'])}"))
     return findings
 
 
@@ -229,7 +223,7 @@ def probe_section(result: ProbeResult, *, key: str, title: str, intro: str, heat
     layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
     protocol = result.protocol
     summary_rows = [
-        [row["depth"], row["layer"], row["type"], "x".join(map(str, row["shape"])), _stride_text(row["stride"]), format_number(row["mean_rel_l2"]), format_number(row["max_rel_l2"]), f"{row['exact_shifts']} / {row['shifts']}"]
+        [row["depth"], row["layer"], row["type"], "x".join(map(str, row["shape"])), format_stride(row["stride"]), format_number(row["mean_rel_l2"]), format_number(row["max_rel_l2"]), f"{row['exact_shifts']} / {row['shifts']}"]
         for row in result.summary()
     ]
     shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (" ..." if len(protocol["shifts"]) > 12 else "")
