@@ -37,6 +37,7 @@ from shiftlab._io import atomic_write_text
 from shiftlab._compare import Scratch
 from shiftlab.equivariance import MapSums, ShiftStats, _check_shifts, border_core, measure_map, reference_input, shifted_input
 from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
+from shiftlab.ops import Convolve, MaxPool
 from shiftlab.shifts import SHIFT_MODES, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
@@ -50,11 +51,12 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
     nn.Linear,
 )  # fmt: skip
+_DEFAULT_TYPES = DEFAULT_LAYER_TYPES + (Convolve, MaxPool)  # shiftlab's own operator modules too
 _BLOCK_WORDS = ("block", "bottleneck", "residual")
 #: Layers whose 4-D output is always ``(N, C, H, W)``: they tell the size of the maps around them.
 _CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
     nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-    nn.LPPool2d, nn.FractionalMaxPool2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d,
+    nn.LPPool2d, nn.FractionalMaxPool2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d, Convolve, MaxPool,
 )  # fmt: skip
 
 LayerSpec = Union[None, str, Sequence[Union[str, type]], Callable[[str, nn.Module], bool]]
@@ -66,9 +68,7 @@ def _is_block(module: nn.Module) -> bool:
 
 
 def _is_default(module: nn.Module) -> bool:
-    from shiftlab.ops import Convolve, MaxPool
-
-    return isinstance(module, DEFAULT_LAYER_TYPES + (Convolve, MaxPool)) or _is_block(module)
+    return isinstance(module, _DEFAULT_TYPES) or _is_block(module)
 
 
 def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str, nn.Module]]:
@@ -159,11 +159,9 @@ class _Watcher:
         Linear layers, Swin) when its axes 1 and 2, and not 2 and 3, have the
         size of the last ``(N, C, H, W)`` map seen in this pass.
         """
-        from shiftlab.ops import Convolve, MaxPool
-
         if output.ndim != 4:
             return output
-        if isinstance(module, _CHANNELS_FIRST + (Convolve, MaxPool)):
+        if isinstance(module, _CHANNELS_FIRST):
             self.spatial = tuple(output.shape[-2:])
         elif tuple(output.shape[1:3]) == self.spatial and tuple(output.shape[2:]) != self.spatial:
             return output.permute(0, 3, 1, 2)
