@@ -5,14 +5,16 @@ For every shift ``t`` and every whole-pixel alignment ``o`` worth trying
 :class:`~shiftlab.metrics.ErrorSums` are computed over the compared pixels.
 Cost is what matters here, because this runs inside every hook:
 
-* shifts sharing an alignment are compared in one broadcast subtraction, so
-  the number of torch calls grows with the distinct alignments, not with the
-  shifts;
+* the sums stay on the maps' device as tensors (:class:`PairSums`), added
+  batch after batch; nothing is read back to Python until the end, so a
+  hook never waits for the device;
 * the reference is never rolled or copied per shift: a circular move is a
   view into a reference padded once with its own wrapped border, a zero-fill
   move is a view of the overlap;
-* differences go into one reusable scratch buffer (a fresh allocation would
-  cost more than the subtraction: page faults);
+* the differences of many (shift, alignment) pairs are written side by side
+  into one reusable scratch buffer and reduced together, a few torch calls
+  per buffer instead of a few per pair (a fresh allocation would cost more
+  than the subtraction: page faults);
 * squared norms are reduced per ``(H, W)`` plane in float32 and summed in
   float64, which keeps the relative error near 1e-7 where one float32
   reduction over millions of values drifts to 1e-4.
@@ -20,16 +22,23 @@ Cost is what matters here, because this runs inside every hook:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from shiftlab.metrics import ErrorSums
 
-__all__ = ["Scratch", "alignment_candidates", "compare_shifts", "compare_whole"]
+__all__ = ["PairSums", "Scratch", "alignment_candidates", "compare_shifts", "compare_whole", "pair_sums", "whole_sums"]
 
 Offset = tuple[int, int]
+Pair = tuple[int, Offset]  # (shift index, alignment)
 
 #: Largest scratch buffer, in elements (2**20 float32 = 4 MiB): bigger groups of maps are compared a few at a time.
 SCRATCH_ELEMENTS = 1 << 20
@@ -48,6 +57,61 @@ class Scratch:
             buffer = torch.empty(max(count, buffer.numel() if buffer is not None and buffer.dtype == like.dtype else 0), dtype=like.dtype, device=like.device)
             self._buffer = buffer
         return buffer[:count].view(*shape)
+
+
+@dataclass
+class PairSums:
+    """The sums of one or more batches for a fixed list of (shift index, alignment) pairs, kept as tensors.
+
+    ``squares[p]`` holds the squared difference, squared reference and squared
+    output of pair ``p`` (float64), ``largest[p]`` its largest absolute
+    difference; ``compared`` and ``total`` count pixels. Add two with ``+``
+    (same pairs: the next batch); read them with :meth:`per_shift`.
+    """
+
+    pairs: list[Pair]
+    squares: torch.Tensor
+    largest: torch.Tensor
+    compared: list[int]
+    total: list[int]
+
+    def __add__(self, other: "PairSums") -> "PairSums":
+        if other.pairs != self.pairs:  # the same pairs in another order (another code path): align them first
+            if sorted(other.pairs) != sorted(self.pairs):
+                raise ValueError("PairSums of different pairs cannot be added")
+            other = other.take([other.pairs.index(pair) for pair in self.pairs])
+        return PairSums(
+            self.pairs,
+            self.squares + other.squares.to(self.squares.device),
+            torch.maximum(self.largest, other.largest.to(self.largest.device)),
+            [a + b for a, b in zip(self.compared, other.compared)],
+            [a + b for a, b in zip(self.total, other.total)],
+        )
+
+    def take(self, positions: list[int]) -> "PairSums":
+        """The pairs at ``positions``, in that order."""
+        index = torch.tensor(positions, dtype=torch.long, device=self.squares.device)
+        return PairSums(
+            [self.pairs[position] for position in positions],
+            self.squares[index],
+            self.largest[index],
+            [self.compared[position] for position in positions],
+            [self.total[position] for position in positions],
+        )
+
+    def per_shift(self, count: int) -> list[dict[Offset, ErrorSums]]:
+        """``{alignment: ErrorSums}`` for each of ``count`` shifts (read back from the device once)."""
+        results: list[dict[Offset, ErrorSums]] = [{} for _ in range(count)]
+        squares, largest = self.squares.tolist(), self.largest.tolist()
+        for (index, offset), (difference, reference, output), peak, compared, total in zip(self.pairs, squares, largest, self.compared, self.total):
+            results[index][offset] = _finish(difference, reference, output, peak, compared, total)
+        return results
+
+
+def _finish(squared_difference: float, squared_reference: float, squared_output: float, largest: float, compared: int, total: int) -> ErrorSums:
+    # <a, b> = (|a|^2 + |b|^2 - |a - b|^2) / 2: cancellation blurs only the cosine, never the L2 error.
+    dot = 0.5 * (squared_output + squared_reference - squared_difference)
+    return ErrorSums(squared_difference, squared_reference, squared_output, dot, largest, compared, total)
 
 
 def alignment_candidates(dy: float, dx: float, stride: tuple[int, int]) -> list[Offset]:
@@ -78,6 +142,15 @@ def _plane_squares(tensor: torch.Tensor, leading: int) -> torch.Tensor:
     return norms.sum(dim=tuple(range(leading, norms.ndim))) if norms.ndim > leading else norms
 
 
+def _largest(differences: torch.Tensor) -> torch.Tensor:
+    """Largest absolute value of each of the ``k`` maps of ``differences``, as float64 ``(k,)``."""
+    flat = differences.reshape(differences.shape[0], -1)
+    if flat.shape[1] == 0:
+        return torch.zeros(flat.shape[0], dtype=torch.float64, device=flat.device)
+    # amax and amin along dim 1 are each ~20x faster than aminmax(dim=1) on the CPU (torch 2.x).
+    return torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg_()).double()
+
+
 def _reduce(offset: int, length: int) -> int:
     """A circular move expressed in ``(-length / 2, length / 2]``."""
     offset %= length
@@ -98,11 +171,15 @@ def _wrap_pad(reference: torch.Tensor, before: int, after: int, dim: int) -> tor
     return torch.cat(parts, dim=dim)
 
 
-def _indexed(shifted: torch.Tensor, indices: list[int]) -> torch.Tensor:
-    """``shifted[indices]``, as a view when the indices are a contiguous run."""
-    if indices == list(range(indices[0], indices[0] + len(indices))):
-        return shifted[indices[0] : indices[0] + len(indices)]
-    return shifted[torch.tensor(indices, device=shifted.device)]
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """``indices`` as runs of consecutive values ``[start, stop)``: each is a view of the stack, never a gather."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
 
 
 def _core_box(core: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -115,6 +192,316 @@ def _core_box(core: torch.Tensor) -> tuple[int, int, int, int] | None:
     return None
 
 
+class _Differences:
+    """Writes differences of equally shaped maps into the scratch buffer side by side, and reduces them a buffer at a time."""
+
+    def __init__(self, map_shape: Sequence[int], count: int, like: torch.Tensor, scratch: Scratch) -> None:
+        per_map = max(1, math.prod(map_shape))
+        self.capacity = max(1, min(count, SCRATCH_ELEMENTS // per_map))
+        self.buffer = scratch.take((self.capacity, *map_shape), like)
+        self.filled = 0
+        self.squares: list[torch.Tensor] = []
+        self.largest: list[torch.Tensor] = []
+
+    def subtract(self, maps: torch.Tensor, moved: torch.Tensor) -> None:
+        """Queue ``maps[i] - moved`` for every ``i``."""
+        start = 0
+        while start < maps.shape[0]:
+            count = min(maps.shape[0] - start, self.capacity - self.filled)
+            torch.sub(maps[start : start + count], moved, out=self.buffer[self.filled : self.filled + count])
+            self.filled += count
+            start += count
+            if self.filled == self.capacity:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.filled:
+            differences = self.buffer[: self.filled]
+            self.squares.append(_plane_squares(differences, 1))
+            self.largest.append(_largest(differences))
+            self.filled = 0
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared norms and largest absolute values of every queued difference, in order."""
+        self.flush()
+        if len(self.squares) == 1:
+            return self.squares[0], self.largest[0]
+        return torch.cat(self.squares), torch.cat(self.largest)
+
+
+def _groups(shifts: Sequence[tuple[float, float]], stride: tuple[int, int]) -> dict[Offset, list[int]]:
+    """The shift indices that try each alignment, alignments in order of first use."""
+    groups: dict[Offset, list[int]] = {}
+    for index, (dy, dx) in enumerate(shifts):
+        for offset in alignment_candidates(dy, dx, stride):
+            groups.setdefault(offset, []).append(index)
+    return groups
+
+
+def pair_sums(
+    maps: torch.Tensor,
+    shifts: Sequence[tuple[float, float]],
+    *,
+    stride: tuple[int, int],
+    circular: bool,
+    core: torch.Tensor | None = None,
+    scratch: Scratch | None = None,
+) -> PairSums:
+    """Sums for every shift and every alignment candidate, as tensors on the maps' device.
+
+    Args:
+        maps: ``f(x)`` then ``f(T_t x)`` for every shift, shape ``(1 + n, *B, h, w)``.
+        shifts: the ``n`` input shifts ``(dy, dx)``.
+        stride: the map's cumulative stride.
+        circular: move the reference around the torus (else: zero fill, overlap only).
+        core: optional non-empty ``(h, w)`` bool mask of pixels far enough from the border
+            (only without ``circular``): a pixel counts when it and its source are in the core.
+        scratch: a reusable buffer.
+
+    Returns:
+        :class:`PairSums` for the pairs (shift index, alignment), grouped by alignment.
+        Contiguous float32 maps on the CPU go through the fused kernels of
+        :mod:`shiftlab._fused` when numba is installed, anything else through torch.
+    """
+    maps = _as_float(maps)
+    scratch = scratch or Scratch()
+    groups = _groups(shifts, stride)
+    height, width = maps.shape[-2:]
+    box = (0, height, 0, width)
+    if core is not None and not circular:
+        found = _core_box(core)
+        if found is None:  # a core of another shape: weigh every pixel (torch only)
+            return _overlap_sums(maps[0], maps[1:], groups, box, core, scratch)
+        box = found
+    fused = _fused_kernels(maps)
+    if circular:
+        if fused is not None:
+            return _fused_circular_sums(fused, maps, shifts, stride)
+        return _circular_sums(maps[0], maps[1:], groups, scratch)
+    if fused is not None:
+        return _fused_overlap_sums(fused, maps, groups, box)
+    return _overlap_sums(maps[0], maps[1:], groups, box, None, scratch)
+
+
+def _circular_frame(groups: dict[Offset, list[int]], height: int, width: int) -> tuple[dict[Offset, Offset], tuple[int, int, int, int]]:
+    """Each alignment as a move in ``(-size / 2, size / 2]``, and the wrapped border ``(top, bottom, left, right)`` they need."""
+    moves = {offset: (_reduce(offset[0], height), _reduce(offset[1], width)) for offset in groups}
+    top = max(0, *(oy for oy, _ in moves.values()))
+    bottom = max(0, *(-oy for oy, _ in moves.values()))
+    left = max(0, *(ox for _, ox in moves.values()))
+    right = max(0, *(-ox for _, ox in moves.values()))
+    return moves, (top, bottom, left, right)
+
+
+def _circular_sums(reference: torch.Tensor, shifted: torch.Tensor, groups: dict[Offset, list[int]], scratch: Scratch) -> PairSums:
+    height, width = reference.shape[-2:]
+    moves, (top, bottom, left, right) = _circular_frame(groups, height, width)
+    padded = _wrap_pad(_wrap_pad(reference, top, bottom, -2), left, right, -1)
+    pairs = [(index, offset) for offset, indices in groups.items() for index in indices]
+    differences = _Differences(reference.shape, len(pairs), reference, scratch)
+    for offset, indices in groups.items():
+        oy, ox = moves[offset]
+        moved = padded[..., top - oy : top - oy + height, left - ox : left - ox + width]
+        for start, stop in _runs(indices):
+            differences.subtract(shifted[start:stop], moved)
+    squared_difference, largest = differences.result()
+    squared_output = _plane_squares(shifted, 1)[torch.tensor([index for index, _ in pairs], device=shifted.device)]
+    squared_reference = _plane_squares(reference, 0).expand(len(pairs))
+    size = reference.numel()
+    squares = torch.stack([squared_difference, squared_reference, squared_output], dim=1)
+    return PairSums(pairs, squares, largest, [size] * len(pairs), [size] * len(pairs))
+
+
+def _overlap(offset: Offset, box: tuple[int, int, int, int]) -> tuple[slice, slice, slice, slice] | None:
+    """For a zero-fill move inside ``box``: the compared rows and columns of the shifted map, then of the reference; None when nothing overlaps."""
+    y0, y1, x0, x1 = box
+    oy, ox = offset
+    ys = slice(max(y0, y0 + oy), min(y1, y1 + oy))
+    xs = slice(max(x0, x0 + ox), min(x1, x1 + ox))
+    if ys.stop <= ys.start or xs.stop <= xs.start:
+        return None
+    return ys, xs, slice(ys.start - oy, ys.stop - oy), slice(xs.start - ox, xs.stop - ox)
+
+
+def _overlap_sums(
+    reference: torch.Tensor, shifted: torch.Tensor, groups: dict[Offset, list[int]], box: tuple[int, int, int, int], core: torch.Tensor | None, scratch: Scratch
+) -> PairSums:
+    """Zero-fill moves: each alignment compares its own overlap (and core), so each is reduced on its own."""
+    size = reference.numel()
+    planes = size // (reference.shape[-2] * reference.shape[-1]) if size else 0
+    weights = None if core is None else core.to(reference.dtype)
+    pairs: list[Pair] = []
+    parts: list[torch.Tensor] = []
+    largest: list[torch.Tensor] = []
+    compared: list[int] = []
+    for offset, indices in groups.items():
+        pairs += [(index, offset) for index in indices]
+        overlap = _overlap(offset, box)
+        if overlap is None:  # moved out of the frame: nothing to compare
+            parts.append(torch.zeros(len(indices), 3, dtype=torch.float64, device=reference.device))
+            largest.append(torch.zeros(len(indices), dtype=torch.float64, device=reference.device))
+            compared += [0] * len(indices)
+            continue
+        ys, xs, source_ys, source_xs = overlap
+        moved = reference[..., source_ys, source_xs]
+        outputs = [shifted[start:stop, ..., ys, xs] for start, stop in _runs(indices)]
+        if weights is not None:
+            mask = weights[ys, xs] * weights[source_ys, source_xs]
+            outputs, moved = [output * mask for output in outputs], moved * mask
+            compared += [int(mask.sum()) * planes] * len(indices)
+        else:
+            compared += [planes * (ys.stop - ys.start) * (xs.stop - xs.start)] * len(indices)
+        differences = _Differences(moved.shape, len(indices), moved, scratch)
+        for output in outputs:
+            differences.subtract(output, moved)
+        squared_difference, peak = differences.result()
+        squared_output = torch.cat([_plane_squares(output, 1) for output in outputs]) if len(outputs) > 1 else _plane_squares(outputs[0], 1)
+        squared_reference = _plane_squares(moved, 0).expand(len(indices))
+        parts.append(torch.stack([squared_difference, squared_reference, squared_output], dim=1))
+        largest.append(peak)
+    return PairSums(pairs, torch.cat(parts), torch.cat(largest), compared, [size] * len(pairs))
+
+
+# --------------------------------------------------------------------------- fused kernels (CPU, numba)
+
+#: Set SHIFTLAB_FUSED=0 to compare with torch operations only (the fused kernels are used where they apply otherwise).
+_FUSED_SETTING = "SHIFTLAB_FUSED"
+#: Fewest values a thread gets: below this, starting a thread costs more than it saves.
+_VALUES_PER_THREAD = 1 << 20
+
+_fused_module: Any = None
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = -1
+_pool_size = 0
+
+
+def _fused_kernels(maps: torch.Tensor) -> Any:
+    """The :mod:`shiftlab._fused` module when it applies to ``maps`` (contiguous float32 on the CPU, numba installed), else None."""
+    global _fused_module
+    if maps.device.type != "cpu" or maps.dtype != torch.float32 or not maps.is_contiguous() or maps.numel() == 0:
+        return None
+    if os.environ.get(_FUSED_SETTING, "1") == "0":
+        return None
+    if _fused_module is None:
+        try:
+            from shiftlab import _fused
+        except ImportError:  # numba missing or broken on this platform: torch operations do the work
+            _fused_module = False
+        else:
+            _fused_module = _fused
+    return _fused_module or None
+
+
+def _threads(tasks: int, values: int) -> int:
+    """How many threads share ``tasks`` that touch ``values`` values: one unless there is enough work for more."""
+    return max(1, min(torch.get_num_threads(), tasks, values // _VALUES_PER_THREAD))
+
+
+def _in_parallel(threads: int, tasks: int, run: Callable[[int, int, int], None]) -> None:
+    """Call ``run(part, start, stop)`` for ``threads`` contiguous parts of ``range(tasks)``, in parallel (``run`` releases the GIL)."""
+    global _pool, _pool_pid, _pool_size
+    if threads == 1:
+        run(0, 0, tasks)
+        return
+    if _pool is None or _pool_pid != os.getpid() or _pool_size < threads - 1:
+        # A forked child inherits the pool object but not its threads: make a new one there.
+        _pool, _pool_pid, _pool_size = ThreadPoolExecutor(threads - 1, thread_name_prefix="shiftlab"), os.getpid(), threads - 1
+    cuts = [tasks * part // threads for part in range(threads + 1)]
+    futures = [_pool.submit(run, part, cuts[part], cuts[part + 1]) for part in range(1, threads)]
+    run(0, cuts[0], cuts[1])
+    for future in futures:
+        future.result()
+
+
+def _pairs_by_map(groups: dict[Offset, list[int]]) -> list[Pair]:
+    """The (shift index, alignment) pairs sorted by shift, the order in which the fused kernels walk them."""
+    per_shift: dict[int, list[Offset]] = {}
+    for offset, indices in groups.items():
+        for index in indices:
+            per_shift.setdefault(index, []).append(offset)
+    return [(index, offset) for index in sorted(per_shift) for offset in per_shift[index]]
+
+
+def _first_pairs(pairs: list[Pair], count: int) -> np.ndarray:
+    """``first[m]``: where the pairs of map ``m`` (shift ``m - 1``; map 0 is the reference) start in ``pairs``; ``first[count]`` ends them."""
+    first = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(np.bincount([index + 1 for index, _ in pairs], minlength=count), out=first[1:])
+    return first
+
+
+@functools.lru_cache(maxsize=256)
+def _circular_plan(shifts: tuple[tuple[float, float], ...], stride: tuple[int, int], shape: tuple[int, ...]) -> tuple[list[Pair], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`shiftlab._fused.circular_kernel` needs besides the maps, for one layer's shifts, stride and
+    ``(maps, height, width)`` (the same for every batch, so made once): the pairs, the moves, where each map's pairs
+    start, each pair's move, and each pair's map."""
+    count, height, width = shape
+    groups = _groups(shifts, stride)
+    pairs = _pairs_by_map(groups)
+    offsets = list(groups)
+    moves = np.array([(oy % height, ox % width) for oy, ox in offsets], dtype=np.int64).reshape(len(offsets), 2)
+    targets = np.array([offsets.index(offset) for _, offset in pairs], dtype=np.int64)
+    maps_of_pairs = np.array([index + 1 for index, _ in pairs], dtype=np.int64)
+    return pairs, moves, _first_pairs(pairs, count), targets, maps_of_pairs
+
+
+def _fused_circular_sums(fused: Any, maps: torch.Tensor, shifts: Sequence[tuple[float, float]], stride: tuple[int, int]) -> PairSums:
+    count = maps.shape[0]
+    height, width = maps.shape[-2:]
+    size = maps[0].numel()
+    planes = size // (height * width)
+    pairs, moves, first, targets, maps_of_pairs = _circular_plan(tuple(shifts), stride, (count, height, width))
+    block_planes = max(1, min(planes, fused.BLOCK // (height * width)))
+    blocks = -(-planes // block_planes)
+    threads = _threads(blocks, (count + len(pairs)) * size)
+    outputs = np.zeros((threads, count))
+    differences = np.zeros((threads, len(pairs)))
+    peaks = np.zeros((threads, len(pairs)), dtype=np.uint32)
+    arrays = (maps.view(count, planes, height, width).numpy(), maps.view(count, size).numpy(), moves, first, targets, block_planes)
+    _in_parallel(threads, blocks, lambda part, start, stop: fused.circular_kernel(*arrays, outputs[part], differences[part], peaks[part], start, stop))
+    map_squares = outputs.sum(axis=0)
+    squares = np.empty((len(pairs), 3))
+    squares[:, 0] = differences.sum(axis=0)
+    squares[:, 1] = map_squares[0]  # every moved copy holds the reference's values
+    squares[:, 2] = map_squares[maps_of_pairs]
+    largest = peaks.max(axis=0).view(np.float32).astype(np.float64)
+    return PairSums(pairs, torch.from_numpy(squares), torch.from_numpy(largest), [size] * len(pairs), [size] * len(pairs))
+
+
+def _fused_boxes(fused: Any, maps: torch.Tensor, source: torch.Tensor, pairs: list[Pair], boxes: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of :func:`shiftlab._fused.box_kernel` for the ``pairs`` (sorted by shift) and their ``boxes``, summed over the planes:
+    ``(len(pairs), 3)`` squares and ``(len(pairs),)`` largest values."""
+    count, planes = maps.shape[:2]
+    squares = np.zeros((len(pairs), planes, 3))
+    peaks = np.zeros((len(pairs), planes), dtype=np.uint32)
+    table = np.array(boxes, dtype=np.int64).reshape(len(boxes), 6)
+    values = sum((box[1] - box[0]) * (box[3] - box[2]) for box in boxes) * planes
+    arrays = (maps.numpy(), source.numpy(), _first_pairs(pairs, count), table, squares, peaks)
+    _in_parallel(_threads(count * planes, values), count * planes, lambda part, start, stop: fused.box_kernel(*arrays, start, stop))
+    return torch.from_numpy(squares.sum(axis=1)), torch.from_numpy(peaks.max(axis=1, initial=0).view(np.float32).astype(np.float64))
+
+
+def _fused_overlap_sums(fused: Any, maps: torch.Tensor, groups: dict[Offset, list[int]], box: tuple[int, int, int, int]) -> PairSums:
+    count = maps.shape[0]
+    height, width = maps.shape[-2:]
+    size = maps[0].numel()
+    planes = size // (height * width)
+    pairs = _pairs_by_map(groups)
+    boxes: list[tuple[int, ...]] = []
+    compared: list[int] = []
+    for _, offset in pairs:
+        overlap = _overlap(offset, box)
+        if overlap is None:  # moved out of the frame: an empty box compares nothing
+            boxes.append((0, 0, 0, 0, 0, 0))
+            compared.append(0)
+        else:
+            ys, xs, _, _ = overlap
+            boxes.append((ys.start, ys.stop, xs.start, xs.stop, -offset[0], -offset[1]))
+            compared.append(planes * (ys.stop - ys.start) * (xs.stop - xs.start))
+    maps = maps.view(count, planes, height, width)
+    squares, largest = _fused_boxes(fused, maps, maps[0], pairs, boxes)
+    return PairSums(pairs, squares, largest, compared, [size] * len(pairs))
+
+
 def compare_shifts(
     reference: torch.Tensor,
     shifted: torch.Tensor,
@@ -125,108 +512,13 @@ def compare_shifts(
     core: torch.Tensor | None = None,
     scratch: Scratch | None = None,
 ) -> list[dict[Offset, ErrorSums]]:
-    """Sums for every shift and every alignment candidate.
-
-    Args:
-        reference: ``f(x)``, shape ``(*B, h, w)``.
-        shifted: ``f(T_t x)`` for every shift, shape ``(n, *B, h, w)``.
-        shifts: the ``n`` input shifts ``(dy, dx)``.
-        stride: the map's cumulative stride.
-        circular: move the reference around the torus (else: zero fill, overlap only).
-        core: optional non-empty ``(h, w)`` bool mask of pixels far enough from the border
-            (only without ``circular``): a pixel counts when it and its source are in the core.
-        scratch: a reusable buffer.
-
-    Returns:
-        One dict per shift, ``{(oy, ox): ErrorSums}``.
-    """
-    reference, shifted = _as_float(reference), _as_float(shifted)
-    scratch = scratch or Scratch()
-    height, width = reference.shape[-2:]
-    per_plane = height * width
-    planes = reference.numel() // per_plane if per_plane else 0
-    groups: dict[Offset, list[int]] = {}
-    for index, (dy, dx) in enumerate(shifts):
-        for offset in alignment_candidates(dy, dx, stride):
-            groups.setdefault(offset, []).append(index)
-    results: list[dict[Offset, ErrorSums]] = [{} for _ in shifts]
-    if circular:
-        moves = {offset: (_reduce(offset[0], height), _reduce(offset[1], width)) for offset in groups}
-        top = max(0, *(oy for oy, _ in moves.values()))
-        bottom = max(0, *(-oy for oy, _ in moves.values()))
-        left = max(0, *(ox for _, ox in moves.values()))
-        right = max(0, *(-ox for _, ox in moves.values()))
-        padded = _wrap_pad(_wrap_pad(reference, top, bottom, -2), left, right, -1)
-        reference_squares = float(_plane_squares(reference, 0))
-        shifted_squares = _plane_squares(shifted, 1).tolist()
-        for offset, indices in groups.items():
-            oy, ox = moves[offset]
-            moved = padded[..., top - oy : top - oy + height, left - ox : left - ox + width]
-            sums = _difference_sums(_indexed(shifted, indices), moved, scratch)
-            for index, (squared, largest) in zip(indices, sums):
-                results[index][offset] = _finish(squared, reference_squares, shifted_squares[index], largest, planes * per_plane, planes * per_plane)
-        return results
-    box = (0, height, 0, width)
-    weights = None
-    if core is not None:
-        found = _core_box(core)
-        if found is None:
-            weights = core.to(reference.dtype)
-        else:
-            box = found
-    y0, y1, x0, x1 = box
-    for offset, indices in groups.items():
-        oy, ox = offset
-        ys = slice(max(y0, y0 + oy), min(y1, y1 + oy))
-        xs = slice(max(x0, x0 + ox), min(x1, x1 + ox))
-        source_ys, source_xs = slice(ys.start - oy, ys.stop - oy), slice(xs.start - ox, xs.stop - ox)
-        if ys.stop <= ys.start or xs.stop <= xs.start:
-            for index in indices:
-                results[index][offset] = ErrorSums(total=planes * per_plane)
-            continue
-        output = _indexed(shifted, indices)[..., ys, xs]
-        moved = reference[..., source_ys, source_xs]
-        if weights is not None:
-            mask = weights[ys, xs] * weights[source_ys, source_xs]
-            output, moved = output * mask, moved * mask
-            compared = int(mask.sum()) * planes
-        else:
-            compared = planes * (ys.stop - ys.start) * (xs.stop - xs.start)
-        sums = _difference_sums(output, moved, scratch)
-        output_squares = _plane_squares(output, 1).tolist()
-        moved_squares = float(_plane_squares(moved, 0))
-        for position, (index, (squared, largest)) in enumerate(zip(indices, sums)):
-            results[index][offset] = _finish(squared, moved_squares, output_squares[position], largest, compared, planes * per_plane)
-    return results
+    """:func:`pair_sums` of ``reference`` (``(*B, h, w)``) and ``shifted`` (``(n, *B, h, w)``), read back: one dict ``{(oy, ox): ErrorSums}`` per shift."""
+    maps = torch.cat([reference[None], shifted.to(reference.dtype)])
+    return pair_sums(maps, shifts, stride=stride, circular=circular, core=core, scratch=scratch).per_shift(len(shifts))
 
 
-def _difference_sums(output: torch.Tensor, moved: torch.Tensor, scratch: Scratch) -> list[tuple[float, float]]:
-    """For each of the ``k`` maps of ``output`` (``(k, *B, h, w)``): sum of squared differences with ``moved``, and the largest absolute difference.
-
-    Maps are taken a few at a time so that the scratch buffer stays under
-    :data:`SCRATCH_ELEMENTS` (probing must not need much more memory than the forward pass).
-    """
-    per_map = max(1, output[0].numel())
-    step = max(1, SCRATCH_ELEMENTS // per_map)
-    if output.shape[0] > step:
-        return [pair for start in range(0, output.shape[0], step) for pair in _difference_sums(output[start : start + step], moved, scratch)]
-    count = output.shape[0]
-    difference = torch.sub(output, moved, out=scratch.take(output.shape, output))
-    squares = _plane_squares(difference, 1).tolist()
-    flat = difference.view(count, -1)
-    # amax and amin along dim 1 are each ~20x faster than aminmax(dim=1) on the CPU (torch 2.x).
-    largest = torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg_()).tolist()
-    return list(zip(squares, largest))
-
-
-def _finish(squared_difference: float, squared_reference: float, squared_output: float, largest: float, compared: int, total: int) -> ErrorSums:
-    # <a, b> = (|a|^2 + |b|^2 - |a - b|^2) / 2: cancellation blurs only the cosine, never the L2 error.
-    dot = 0.5 * (squared_output + squared_reference - squared_difference)
-    return ErrorSums(squared_difference, squared_reference, squared_output, dot, largest, compared, total)
-
-
-def compare_whole(reference: torch.Tensor, shifted: torch.Tensor, scratch: Scratch | None = None) -> list[ErrorSums]:
-    """Sums comparing each ``shifted[i]`` with ``reference`` as a whole (invariance), for any shape.
+def whole_sums(reference: torch.Tensor, shifted: torch.Tensor) -> PairSums:
+    """Sums comparing each ``shifted[i]`` with ``reference`` as a whole (invariance), for any shape, as tensors.
 
     Used for logits, pooled vectors and other small outputs: float64 throughout.
     """
@@ -234,9 +526,12 @@ def compare_whole(reference: torch.Tensor, shifted: torch.Tensor, scratch: Scrat
     reference = reference.reshape(1, -1).double()
     shifted = shifted.reshape(count, -1).double()
     difference = shifted - reference
-    squares = difference.square().sum(dim=1).tolist()
-    largest = difference.abs().amax(dim=1).tolist() if difference.shape[1] else [0.0] * count
-    shifted_squares = shifted.square().sum(dim=1).tolist()
-    reference_squares = float(reference.square().sum())
     size = reference.numel()
-    return [_finish(squares[i], reference_squares, shifted_squares[i], largest[i], size, size) for i in range(count)]
+    squares = torch.stack([difference.square().sum(dim=1), reference.square().sum().expand(count), shifted.square().sum(dim=1)], dim=1)
+    largest = difference.abs().amax(dim=1) if size else torch.zeros(count, dtype=torch.float64, device=shifted.device)
+    return PairSums([(index, (0, 0)) for index in range(count)], squares, largest, [size] * count, [size] * count)
+
+
+def compare_whole(reference: torch.Tensor, shifted: torch.Tensor) -> list[ErrorSums]:
+    """:func:`whole_sums`, read back: one :class:`~shiftlab.metrics.ErrorSums` per shifted map."""
+    return [found[(0, 0)] for found in whole_sums(reference, shifted).per_shift(shifted.shape[0])]

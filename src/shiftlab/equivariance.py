@@ -37,7 +37,7 @@ import torch
 
 from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
-from shiftlab._compare import Scratch, compare_shifts, compare_whole
+from shiftlab._compare import PairSums, Scratch, pair_sums, whole_sums
 from shiftlab.metrics import ErrorSums
 from shiftlab.shifts import SHIFT_MODES, crop_margin, shift
 
@@ -135,31 +135,43 @@ class ShiftStats:
             return ShiftError(self.dy, self.dx, None, 0.0, 0.0, False, 0, 0, error.rel_l2, error.max_abs, error.cosine, error.valid_fraction, NOTE_GLOBAL)
         fy, fx = self.dy / self.stride[0], self.dx / self.stride[1]
         multiple = fy == int(fy) and fx == int(fx)
-        results = {offset: sums.result() for offset, sums in self.sums.items()}
-        offset = min(results, key=lambda key: (math.inf if math.isnan(results[key].rel_l2) else results[key].rel_l2, abs(key[0] - fy) + abs(key[1] - fx)))
-        error = results[offset]
+        offset = next(iter(self.sums))
+        if len(self.sums) > 1:  # the best alignment; on a tie, the one nearest t / s
+            offset = min(self.sums, key=lambda key: (_rank(self.sums[key].rel_l2), abs(key[0] - fy) + abs(key[1] - fx)))
+        error = self.sums[offset].result()
         notes = ([] if multiple else [NOTE_NOT_MULTIPLE]) + ([NOTE_WHOLE_MAP] if self.whole_map else [])
         return ShiftError(self.dy, self.dx, self.stride, fy, fx, multiple, offset[0], offset[1], error.rel_l2, error.max_abs, error.cosine, error.valid_fraction, "; ".join(notes))
 
 
+def _rank(rel_l2: float) -> float:
+    return math.inf if math.isnan(rel_l2) else rel_l2
+
+
 @dataclass
 class MapSums:
-    """One batch's comparison of one map: its stride, whether the whole map was compared, and the sums per shift."""
+    """The comparison of one map, batch after batch: its stride, whether the whole map was compared, and the sums per (shift, alignment).
+
+    The sums stay tensors on the map's device until :meth:`add_to` reads them back.
+    """
 
     stride: tuple[int, int] | None
     whole_map: bool
-    sums: list[dict[tuple[int, int], ErrorSums]]
+    sums: PairSums
+
+    def __add__(self, other: "MapSums") -> "MapSums":
+        return MapSums(self.stride or other.stride, self.whole_map or other.whole_map, self.sums + other.sums)
 
     def add_to(self, stats: Sequence[ShiftStats]) -> None:
-        for entry, sums in zip(stats, self.sums):
-            entry.stride = entry.stride or self.stride
-            entry.whole_map = entry.whole_map or self.whole_map
-            entry.add(sums)
+        """Add these sums to the statistics of the shifts they were measured for (``stats[i]`` for shift index ``i``)."""
+        for entry, sums in zip(stats, self.sums.per_shift(len(stats))):
+            if sums:
+                entry.stride = entry.stride or self.stride
+                entry.whole_map = entry.whole_map or self.whole_map
+                entry.add(sums)
 
 
 def measure_map(
-    reference: torch.Tensor,
-    shifted: torch.Tensor,
+    maps: torch.Tensor,
     shifts: Sequence[Shift],
     *,
     spatial: bool,
@@ -169,16 +181,16 @@ def measure_map(
     core: torch.Tensor | None = None,
     scratch: Scratch | None = None,
 ) -> MapSums:
-    """Compare ``shifted[i]`` (``f(T_{t_i} x)``) with ``reference`` (``f(x)``) for every shift.
+    """Compare ``maps[1 + i]`` (``f(T_{t_i} x)``) with ``maps[0]`` (``f(x)``) for every shift.
 
     ``stride`` is the map's stride when already known (found from ``input_size``
     otherwise). A ``core`` with no pixel left means the whole map is compared.
     """
     if not spatial:
-        return MapSums(None, False, [{(0, 0): sums} for sums in compare_whole(reference, shifted, scratch)])
-    stride = stride or feature_stride(input_size, reference.shape)
+        return MapSums(None, False, whole_sums(maps[0], maps[1:]))
+    stride = stride or feature_stride(input_size, maps.shape[1:])
     whole_map = core is not None and not bool(core.any())
-    sums = compare_shifts(reference, shifted, shifts, stride=stride, circular=circular, core=None if whole_map else core, scratch=scratch)
+    sums = pair_sums(maps, shifts, stride=stride, circular=circular, core=None if whole_map else core, scratch=scratch)
     return MapSums(stride, whole_map, sums)
 
 
@@ -331,7 +343,7 @@ def equivariance_error(
         check(output.shape == reference.shape, "fn", f"gave shape {tuple(output.shape)} for a shifted input but {tuple(reference.shape)} for the reference")
         outputs.append(output)
     stats = [ShiftStats(dy, dx) for dy, dx in pairs]
-    measured = measure_map(reference, torch.stack(outputs), pairs, spatial=spatial, circular=mode in ("circular", "fourier"), stride=stride if spatial else None, input_size=reference_input.shape, core=core)
+    measured = measure_map(torch.stack([reference, *outputs]), pairs, spatial=spatial, circular=mode in ("circular", "fourier"), stride=stride if spatial else None, input_size=reference_input.shape, core=core)
     measured.add_to(stats)
     errors = [entry.result() for entry in stats]
     scale = float(reference.abs().max()) if reference.numel() else 0.0

@@ -78,14 +78,20 @@ class ErrorSums:
             self.total + other.total,
         )
 
+    @property
+    def rel_l2(self) -> float:
+        """``||a - b|| / ||b||`` (0 when both are 0, NaN when no pixel was compared)."""
+        if self.compared == 0:
+            return math.nan
+        if self.squared_reference > 0:
+            return math.sqrt(self.squared_difference / self.squared_reference)
+        return 0.0 if self.squared_difference == 0 else math.inf
+
     def result(self) -> MapError:
         """The metrics; NaN everywhere when no pixel was compared."""
         if self.compared == 0:
             return MapError(math.nan, math.nan, math.nan, 0.0)
-        if self.squared_reference > 0:
-            rel_l2 = math.sqrt(self.squared_difference / self.squared_reference)
-        else:
-            rel_l2 = 0.0 if self.squared_difference == 0 else math.inf
+        rel_l2 = self.rel_l2
         norms = math.sqrt(self.squared_output * self.squared_reference)
         if norms > 0:
             cosine = max(-1.0, min(1.0, self.dot / norms))

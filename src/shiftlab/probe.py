@@ -122,7 +122,21 @@ class _LayerState:
     shape: tuple[int, ...]
     spatial: bool
     stats: list[ShiftStats]
+    stride: tuple[int, int] | None = None  # the map's cumulative stride, once found
     agreement: list[list[int]] = field(default_factory=list)  # per shift: [agreeing, total]
+    # Sums not yet read back from the device, per tuple of shift indices measured together:
+    # (the map's sums, the count of images whose top-1 class agreed per shift, or None, and the images seen).
+    pending: dict[tuple[int, ...], tuple[MapSums, torch.Tensor | None, int]] = field(default_factory=dict)
+
+    def settle(self) -> None:
+        """Read the pending sums back (once per probe) into the per-shift statistics."""
+        for indices, (measured, agreeing, images) in self.pending.items():
+            measured.add_to([self.stats[index] for index in indices])
+            counts = agreeing.tolist() if agreeing is not None else [0] * len(indices)
+            for index, count in zip(indices, counts):
+                self.agreement[index][0] += count
+                self.agreement[index][1] += images if agreeing is not None else 0
+        self.pending.clear()
 
 
 class _Watcher:
@@ -363,41 +377,48 @@ def _accumulate(
     else:
         measurements = _measure(context, state, label, output, pairs, mode)
         context["previous"] = (output, output._version, measurements)
+    state.stride = state.stride or next((measured.stride for _, measured, _ in measurements), None)
     for indices, measured, agreeing in measurements:
-        measured.add_to([state.stats[index] for index in indices])
-        for index, count in zip(indices, agreeing):
-            state.agreement[index][0] += count
-            state.agreement[index][1] += context["images"]
+        key = tuple(indices)
+        if key in state.pending:
+            previous_sums, previous_agreeing, seen = state.pending[key]
+            measured = previous_sums + measured
+            agreeing = previous_agreeing + agreeing if agreeing is not None else None
+            images = seen + context["images"]
+        else:
+            images = context["images"]
+        state.pending[key] = (measured, agreeing, images)
 
 
 def _measure(
     context: dict[str, Any], state: _LayerState, label: str, output: torch.Tensor, pairs: list[tuple[float, float]], mode: str
-) -> list[tuple[list[int], MapSums, list[int]]]:
+) -> list[tuple[list[int], MapSums, torch.Tensor | None]]:
     """This batch's sums for one layer output: ``(shift indices, sums, top-1 agreements)`` per part."""
     grouped = output.reshape(context["variants"], context["images"], *output.shape[1:])
     reference = grouped[0]
-    # (shift indices, their outputs): this pass's shifted copies, and the identity shifts, whose output is the reference.
-    parts = [(context["shift_indices"], grouped[1:])]
+    # (shift indices, the reference then their outputs): this pass's shifted copies, and the identity shifts,
+    # whose output is the reference.
+    parts = [(context["shift_indices"], grouped)]
     if context["identity"]:
-        parts.append((context["identity"], reference[None].expand(len(context["identity"]), *reference.shape)))
+        parts.append((context["identity"], reference[None].expand(1 + len(context["identity"]), *reference.shape)))
     measurements = []
-    for indices, shifted in parts:
+    for indices, maps in parts:
         if not indices:
             continue
+        shifted = maps[1:]
         measured = measure_map(
-            reference,
-            shifted,
+            maps,
             [pairs[index] for index in indices],
             spatial=state.spatial,
             circular=mode in ("circular", "fourier"),
-            stride=state.stats[indices[0]].stride,
+            stride=state.stride,
             input_size=context["input_size"],
             core=context["cores"].get(label),
             scratch=context["scratch"],
         )
-        agreeing = []
+        agreeing = None
         if output.ndim == 2:  # logits: does the top-1 class survive the shift?
-            agreeing = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1).tolist()
+            agreeing = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1)
         measurements.append((indices, measured, agreeing))
     return measurements
 
@@ -406,9 +427,6 @@ COLUMNS = (
     "layer", "type", "depth", "shape", "stride", "dy", "dx", "feature_dy", "feature_dx", "multiple",
     "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction", "top1_agreement", "note",
 )  # fmt: skip
-
-
-_ERROR_COLUMNS = ("dy", "dx", "feature_dy", "feature_dx", "multiple", "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction", "note")
 
 
 @dataclass
@@ -427,6 +445,7 @@ class ProbeResult:
     def from_states(cls, states: Iterable[_LayerState], protocol: dict[str, Any]) -> "ProbeResult":
         rows = []
         for state in sorted(states, key=lambda item: item.depth):
+            state.settle()
             for stats, (agree, total) in zip(state.stats, state.agreement):
                 if not stats.sums:
                     continue
@@ -437,10 +456,21 @@ class ProbeResult:
                     "depth": state.depth,
                     "shape": list(state.shape),
                     "stride": list(error.stride) if error.stride else None,
-                    **{key: getattr(error, key) for key in _ERROR_COLUMNS},
+                    "dy": error.dy,
+                    "dx": error.dx,
+                    "feature_dy": error.feature_dy,
+                    "feature_dx": error.feature_dx,
+                    "multiple": error.multiple,
+                    "aligned_dy": error.aligned_dy,
+                    "aligned_dx": error.aligned_dx,
+                    "rel_l2": error.rel_l2,
+                    "max_abs": error.max_abs,
+                    "cosine": error.cosine,
+                    "valid_fraction": error.valid_fraction,
                     "top1_agreement": agree / total if total else None,
-                })
-        return cls([{key: row[key] for key in COLUMNS} for row in rows], protocol)
+                    "note": error.note,
+                })  # in the order of COLUMNS
+        return cls(rows, protocol)
 
     @property
     def layers(self) -> list[str]:
