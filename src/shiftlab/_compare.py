@@ -25,8 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,20 +263,20 @@ def pair_sums(
         :mod:`shiftlab._fused` when numba is installed, anything else through torch.
     """
     maps = _as_float(maps)
+    fused = _fused_kernels(maps)
+    if circular and fused is not None:
+        return _fused_circular_sums(fused, maps, shifts, stride)
     scratch = scratch or Scratch()
     groups = _groups(shifts, stride)
+    if circular:
+        return _circular_sums(maps[0], maps[1:], groups, scratch)
     height, width = maps.shape[-2:]
     box = (0, height, 0, width)
-    if core is not None and not circular:
+    if core is not None:
         found = _core_box(core)
         if found is None:  # a core of another shape: weigh every pixel (torch only)
             return _overlap_sums(maps[0], maps[1:], groups, box, core, scratch)
         box = found
-    fused = _fused_kernels(maps)
-    if circular:
-        if fused is not None:
-            return _fused_circular_sums(fused, maps, shifts, stride)
-        return _circular_sums(maps[0], maps[1:], groups, scratch)
     if fused is not None:
         return _fused_overlap_sums(fused, maps, groups, box)
     return _overlap_sums(maps[0], maps[1:], groups, box, None, scratch)
@@ -367,12 +366,9 @@ def _overlap_sums(
 #: Set SHIFTLAB_FUSED=0 to compare with torch operations only (the fused kernels are used where they apply otherwise).
 _FUSED_SETTING = "SHIFTLAB_FUSED"
 #: Fewest values a thread gets: below this, starting a thread costs more than it saves.
-_VALUES_PER_THREAD = 1 << 20
+_VALUES_PER_THREAD = 1 << 16
 
 _fused_module: Any = None
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1
-_pool_size = 0
 
 
 def _fused_kernels(maps: torch.Tensor) -> Any:
@@ -392,25 +388,9 @@ def _fused_kernels(maps: torch.Tensor) -> Any:
     return _fused_module or None
 
 
-def _threads(tasks: int, values: int) -> int:
-    """How many threads share ``tasks`` that touch ``values`` values: one unless there is enough work for more."""
-    return max(1, min(torch.get_num_threads(), tasks, values // _VALUES_PER_THREAD))
-
-
-def _in_parallel(threads: int, tasks: int, run: Callable[[int, int, int], None]) -> None:
-    """Call ``run(part, start, stop)`` for ``threads`` contiguous parts of ``range(tasks)``, in parallel (``run`` releases the GIL)."""
-    global _pool, _pool_pid, _pool_size
-    if threads == 1:
-        run(0, 0, tasks)
-        return
-    if _pool is None or _pool_pid != os.getpid() or _pool_size < threads - 1:
-        # A forked child inherits the pool object but not its threads: make a new one there.
-        _pool, _pool_pid, _pool_size = ThreadPoolExecutor(threads - 1, thread_name_prefix="shiftlab"), os.getpid(), threads - 1
-    cuts = [tasks * part // threads for part in range(threads + 1)]
-    futures = [_pool.submit(run, part, cuts[part], cuts[part + 1]) for part in range(1, threads)]
-    run(0, cuts[0], cuts[1])
-    for future in futures:
-        future.result()
+def _threads(values: int) -> int:
+    """How many of torch's threads share a comparison touching ``values`` values: one unless there is enough work for more."""
+    return max(1, min(torch.get_num_threads(), values // _VALUES_PER_THREAD))
 
 
 def _pairs_by_map(groups: dict[Offset, list[int]]) -> list[Pair]:
@@ -451,19 +431,13 @@ def _fused_circular_sums(fused: Any, maps: torch.Tensor, shifts: Sequence[tuple[
     planes = size // (height * width)
     pairs, moves, first, targets, maps_of_pairs = _circular_plan(tuple(shifts), stride, (count, height, width))
     block_planes = max(1, min(planes, fused.BLOCK // (height * width)))
-    blocks = -(-planes // block_planes)
-    threads = _threads(blocks, (count + len(pairs)) * size)
-    outputs = np.zeros((threads, count))
-    differences = np.zeros((threads, len(pairs)))
-    peaks = np.zeros((threads, len(pairs)), dtype=np.uint32)
-    arrays = (maps.view(count, planes, height, width).numpy(), maps.view(count, size).numpy(), moves, first, targets, block_planes)
-    _in_parallel(threads, blocks, lambda part, start, stop: fused.circular_kernel(*arrays, outputs[part], differences[part], peaks[part], start, stop))
-    map_squares = outputs.sum(axis=0)
+    threads = _threads((count + len(pairs)) * size)
+    map_squares, differences, peaks = fused.circular_sums(maps.view(count, planes, height, width).numpy(), moves, first, targets, block_planes, threads)
     squares = np.empty((len(pairs), 3))
-    squares[:, 0] = differences.sum(axis=0)
+    squares[:, 0] = differences
     squares[:, 1] = map_squares[0]  # every moved copy holds the reference's values
     squares[:, 2] = map_squares[maps_of_pairs]
-    largest = peaks.max(axis=0).view(np.float32).astype(np.float64)
+    largest = peaks.view(np.float32).astype(np.float64)
     return PairSums(pairs, torch.from_numpy(squares), torch.from_numpy(largest), [size] * len(pairs), [size] * len(pairs))
 
 
@@ -471,13 +445,10 @@ def _fused_boxes(fused: Any, maps: torch.Tensor, source: torch.Tensor, pairs: li
     """Sums of :func:`shiftlab._fused.box_kernel` for the ``pairs`` (sorted by shift) and their ``boxes``, summed over the planes:
     ``(len(pairs), 3)`` squares and ``(len(pairs),)`` largest values."""
     count, planes = maps.shape[:2]
-    squares = np.zeros((len(pairs), planes, 3))
-    peaks = np.zeros((len(pairs), planes), dtype=np.uint32)
     table = np.array(boxes, dtype=np.int64).reshape(len(boxes), 6)
     values = sum((box[1] - box[0]) * (box[3] - box[2]) for box in boxes) * planes
-    arrays = (maps.numpy(), source.numpy(), _first_pairs(pairs, count), table, squares, peaks)
-    _in_parallel(_threads(count * planes, values), count * planes, lambda part, start, stop: fused.box_kernel(*arrays, start, stop))
-    return torch.from_numpy(squares.sum(axis=1)), torch.from_numpy(peaks.max(axis=1, initial=0).view(np.float32).astype(np.float64))
+    squares, peaks = fused.box_sums(maps.numpy(), source.numpy(), _first_pairs(pairs, count), table, _threads(values))
+    return torch.from_numpy(squares), torch.from_numpy(peaks.view(np.float32).astype(np.float64))
 
 
 def _fused_overlap_sums(fused: Any, maps: torch.Tensor, groups: dict[Offset, list[int]], box: tuple[int, int, int, int]) -> PairSums:

@@ -6,13 +6,21 @@ operations that is a subtraction written to memory and three reductions that
 read it back, for every (shift, alignment) pair. These kernels read ``a`` and
 ``b`` once and keep everything else in registers or in a row-sized buffer that
 stays in the L1 cache. They are compiled on first use (``cache=True`` keeps
-the machine code between runs) and release the GIL, so that a few Python
-threads share the work.
+the machine code between runs).
+
+Threads: the kernels run on torch's own OpenMP team (:func:`run`), through
+the runtime's ``GOMP_parallel`` entry point, with each thread claiming chunks
+of work from an atomic counter. A second thread pool would fight torch's
+OpenMP workers, which spin for a while after every parallel region of the
+forward pass; on torch's team, those workers do the work instead, and they
+are awake for the next layer. Where that runtime cannot be found (another
+platform, another OpenMP), the kernels run on the calling thread.
 
 The largest absolute difference is found on the bit patterns: for IEEE floats
 with the sign bit cleared, integer order is magnitude order, and an integer
 maximum is vectorised by LLVM where a floating-point one (with its NaN rules)
-is not. NaN never reaches these kernels (the probe never compares NaN maps:
+is not. :func:`_bits` reinterprets a float32 in a register (an LLVM bitcast),
+so the difference, its square and its magnitude come out of one loop. NaN never reaches these kernels (the probe never compares NaN maps:
 the border pass only reads which outputs stay finite).
 
 Accuracy: sums of squares are accumulated in float32 along one row (or one
@@ -22,12 +30,58 @@ keeps their relative error near 1e-7 on maps of millions of values.
 
 from __future__ import annotations
 
+import ctypes
+import os
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import carray, types
+from numba.extending import intrinsic
 
 #: About how many values a block of :func:`circular_kernel` holds (whole planes): its moved copies stay in the L2 cache.
 BLOCK = 8192
 _MAGNITUDE = np.uint32(0x7FFFFFFF)
+
+
+@intrinsic
+def _bits(typingctx, value):  # pragma: no cover - compiled
+    """The IEEE bit pattern of a float32, as a uint32 (no memory round trip)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _address(typingctx, value):  # pragma: no cover - compiled
+    """An int64 address as a pointer (the arguments of a team task travel as a table of int64)."""
+    if value != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(ir.IntType(8)))
+
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
+def _claim(typingctx, table, index):  # pragma: no cover - compiled
+    """Atomically add 1 to the int64 at ``table[index]`` and return its previous value: how team threads share work."""
+    if table != types.voidptr:
+        return None
+
+    def codegen(context, builder, signature, args):
+        entries = builder.bitcast(args[0], ir.PointerType(ir.IntType(64)))
+        pointer = builder.gep(entries, [args[1]])
+        return builder.atomic_rmw("add", pointer, context.get_constant(types.int64, 1), "monotonic")
+
+    return types.int64(types.voidptr, types.intp), codegen
 
 
 @numba.njit(nogil=True, fastmath=True, cache=True)
@@ -45,8 +99,6 @@ def box_kernel(maps, source, first, boxes, squares, peaks, start, stop):  # prag
     sum a^2)`` and ``peaks[q, p]``, the bit pattern of ``max |a - b|``.
     """
     count = maps.shape[0]
-    buffer = np.empty(maps.shape[3], np.float32)
-    bits = buffer.view(np.uint32)
     for task in range(start, stop):
         p = task // count
         m = task - p * count
@@ -65,15 +117,13 @@ def box_kernel(maps, source, first, boxes, squares, peaks, start, stop):  # prag
                 row_output = np.float32(0.0)
                 for x in range(width):
                     d = a[x] - b[x]
-                    buffer[x] = d
                     row_difference += d * d
                     row_reference += b[x] * b[x]
                     row_output += a[x] * a[x]
+                    peak = max(peak, _bits(d) & _MAGNITUDE)
                 difference += row_difference
                 reference += row_reference
                 output += row_output
-                for x in range(width):
-                    peak = max(peak, bits[x] & _MAGNITUDE)
             squares[q, p, 0] = difference
             squares[q, p, 1] = reference
             squares[q, p, 2] = output
@@ -90,7 +140,8 @@ def circular_kernel(maps, flat, offsets, first, targets, block_planes, outputs, 
     ``first[m + 1]``; pair ``q`` compares ``maps[m]`` with the reference rolled
     by ``offsets[targets[q]]``. Block ``k`` holds planes ``k * block_planes``
     onwards: its moved copies are built once, in a buffer that stays in the
-    cache, and every map is then compared with them as one flat run of values.
+    cache (the move ``(0, 0)`` needs none), and every map is then compared
+    with them as one flat run of values, read once from memory.
     Blocks ``start`` to ``stop`` are done here, adding ``sum a^2`` to
     ``outputs[m]`` and ``sum (a - b)^2`` to ``squares[q]``, and raising
     ``peaks[q]``, the bit pattern of ``max |a - b|``.
@@ -98,41 +149,158 @@ def circular_kernel(maps, flat, offsets, first, targets, block_planes, outputs, 
     count, planes, height, width = maps.shape
     plane = height * width
     moved = np.empty((offsets.shape[0], block_planes * plane), np.float32)
-    buffer = np.empty(block_planes * plane, np.float32)
-    bits = buffer.view(np.uint32)
     for block in range(start, stop):
         p0 = block * block_planes
         p1 = min(planes, p0 + block_planes)
         size = (p1 - p0) * plane
+        begin = p0 * plane
+        reference = flat[0, begin : begin + size]
         for o in range(offsets.shape[0]):
             oy, ox = offsets[o, 0], offsets[o, 1]
-            for p in range(p0, p1):
-                for y in range(height):
-                    source_y = y - oy if y >= oy else y - oy + height
-                    source = maps[0, p, source_y]
-                    begin = (p - p0) * plane + y * width
-                    head = moved[o, begin : begin + ox]
-                    tail = moved[o, begin + ox : begin + width]
-                    for x in range(width - ox):
-                        tail[x] = source[x]
-                    for x in range(ox):
-                        head[x] = source[width - ox + x]
-        begin = p0 * plane
+            if oy == 0 and ox == 0:
+                continue
+            for row in range((p1 - p0) * height):
+                y = row % height
+                source = (row - y + (y - oy if y >= oy else y - oy + height)) * width
+                # Row views: short loops on 1-D views vectorise, index arithmetic on the block does not.
+                head = moved[o, row * width : row * width + ox]
+                tail = moved[o, row * width + ox : (row + 1) * width]
+                source_head = reference[source : source + width - ox]
+                source_tail = reference[source + width - ox : source + width]
+                for x in range(width - ox):
+                    tail[x] = source_head[x]
+                for x in range(ox):
+                    head[x] = source_tail[x]
         for m in range(count):
             a = flat[m, begin : begin + size]
-            total = np.float32(0.0)
-            for x in range(size):
-                total += a[x] * a[x]
-            outputs[m] += total
-            for q in range(first[m], first[m + 1]):
-                b = moved[targets[q], :size]
+            if first[m] == first[m + 1]:
                 total = np.float32(0.0)
                 for x in range(size):
-                    d = a[x] - b[x]
-                    buffer[x] = d
-                    total += d * d
-                peak = peaks[q]
-                for x in range(size):
-                    peak = max(peak, bits[x] & _MAGNITUDE)
+                    total += a[x] * a[x]
+                outputs[m] += total
+            for q in range(first[m], first[m + 1]):
+                o = targets[q]
+                b = reference if offsets[o, 0] == 0 and offsets[o, 1] == 0 else moved[o, :size]
+                total = np.float32(0.0)
+                peak = np.uint32(0)
+                if q == first[m]:  # the first pair also sums a^2: the map is read from memory once
+                    own = np.float32(0.0)
+                    for x in range(size):
+                        d = a[x] - b[x]
+                        total += d * d
+                        own += a[x] * a[x]
+                        peak = max(peak, _bits(d) & _MAGNITUDE)
+                    outputs[m] += own
+                else:
+                    for x in range(size):
+                        d = a[x] - b[x]
+                        total += d * d
+                        peak = max(peak, _bits(d) & _MAGNITUDE)
                 squares[q] += total
-                peaks[q] = peak
+                peaks[q] = max(peaks[q], peak)
+
+
+# --------------------------------------------------------------------------- on torch's OpenMP team
+
+# A team task gets one pointer: a table of int64 holding two counters (the next chunk of tasks to claim,
+# the next output slot), the chunk count and size, then the kernel's sizes and its arrays' addresses.
+# Each thread claims a slot (its own row of the outputs, where a kernel accumulates) and then chunks
+# until none is left, so all the work is done whatever number of threads the runtime starts.
+_CHUNK, _SLOT, _CHUNKS, _PER_CHUNK = 0, 1, 2, 3
+
+
+@numba.cfunc(types.void(types.voidptr), cache=True)
+def _circular_task(data):  # pragma: no cover - compiled
+    table = carray(data, 20, np.int64)
+    count, planes, height, width = table[4], table[5], table[6], table[7]
+    moves, pairs, block_planes, blocks, slots = table[8], table[9], table[10], table[11], table[12]
+    maps = carray(_address(table[13]), (count, planes, height, width), np.float32)
+    flat = carray(_address(table[13]), (count, planes * height * width), np.float32)
+    offsets = carray(_address(table[14]), (moves, 2), np.int64)
+    first = carray(_address(table[15]), count + 1, np.int64)
+    targets = carray(_address(table[16]), pairs, np.int64)
+    outputs = carray(_address(table[17]), (slots, count), np.float64)
+    squares = carray(_address(table[18]), (slots, pairs), np.float64)
+    peaks = carray(_address(table[19]), (slots, pairs), np.uint32)
+    slot = _claim(data, _SLOT)
+    while True:
+        chunk = _claim(data, _CHUNK)
+        if chunk >= table[_CHUNKS]:
+            break
+        start = chunk * table[_PER_CHUNK]
+        stop = min(blocks, start + table[_PER_CHUNK])
+        circular_kernel(maps, flat, offsets, first, targets, block_planes, outputs[slot], squares[slot], peaks[slot], start, stop)
+
+
+@numba.cfunc(types.void(types.voidptr), cache=True)
+def _box_task(data):  # pragma: no cover - compiled
+    table = carray(data, 18, np.int64)
+    count, planes, height, width = table[4], table[5], table[6], table[7]
+    source_height, source_width, pairs, tasks = table[8], table[9], table[10], table[11]
+    maps = carray(_address(table[12]), (count, planes, height, width), np.float32)
+    source = carray(_address(table[13]), (planes, source_height, source_width), np.float32)
+    first = carray(_address(table[14]), count + 1, np.int64)
+    boxes = carray(_address(table[15]), (pairs, 6), np.int64)
+    squares = carray(_address(table[16]), (pairs, planes, 3), np.float64)
+    peaks = carray(_address(table[17]), (pairs, planes), np.uint32)
+    while True:
+        chunk = _claim(data, _CHUNK)
+        if chunk >= table[_CHUNKS]:
+            break
+        start = chunk * table[_PER_CHUNK]
+        box_kernel(maps, source, first, boxes, squares, peaks, start, min(tasks, start + table[_PER_CHUNK]))
+
+
+def _team_entry() -> Any:
+    """``GOMP_parallel`` of the OpenMP runtime that torch's CPU kernels use, or None where it cannot be found."""
+    import torch
+
+    try:
+        # dlsym on torch's own library finds the symbol the way torch's kernels do: in torch's runtime.
+        entry = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")).GOMP_parallel
+    except (OSError, AttributeError):
+        return None
+    entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    entry.restype = None
+    return entry
+
+
+_TEAM = _team_entry()
+
+
+def _on_team(task: Any, threads: int, tasks: int, entries: list[Any]) -> None:
+    """Run a team task on ``threads`` threads over ``tasks`` tasks; ``entries`` fill its table from index 4 (arrays as addresses)."""
+    per_chunk = max(1, tasks // (4 * threads))  # a few chunks per thread, so that a thread that starts late still helps
+    table = np.array([0, 0, -(-tasks // per_chunk), per_chunk] + [entry.ctypes.data if isinstance(entry, np.ndarray) else entry for entry in entries], dtype=np.int64)
+    _TEAM(task.address, table.ctypes.data, threads, 0)
+
+
+def circular_sums(maps: np.ndarray, offsets: np.ndarray, first: np.ndarray, targets: np.ndarray, block_planes: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`circular_kernel` over all blocks: ``sum a^2`` per map, ``sum (a - b)^2`` and the bits of ``max |a - b|`` per pair."""
+    count, planes, height, width = maps.shape
+    blocks = -(-planes // block_planes)
+    threads = min(threads, blocks) if _TEAM is not None else 1
+    outputs = np.zeros((threads, count))
+    squares = np.zeros((threads, len(targets)))
+    peaks = np.zeros((threads, len(targets)), dtype=np.uint32)
+    if threads == 1:
+        circular_kernel(maps, maps.reshape(count, -1), offsets, first, targets, block_planes, outputs[0], squares[0], peaks[0], 0, blocks)
+    else:
+        sizes = [count, planes, height, width, len(offsets), len(targets), block_planes, blocks, threads]
+        _on_team(_circular_task, threads, blocks, sizes + [maps, offsets, first, targets, outputs, squares, peaks])
+    return outputs.sum(axis=0), squares.sum(axis=0), peaks.max(axis=0)
+
+
+def box_sums(maps: np.ndarray, source: np.ndarray, first: np.ndarray, boxes: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`box_kernel` over all tasks: per pair, the three sums of squares and the bits of ``max |a - b|``, over all planes."""
+    count, planes, height, width = maps.shape
+    pairs = len(boxes)
+    squares = np.zeros((pairs, planes, 3))
+    peaks = np.zeros((pairs, planes), dtype=np.uint32)
+    threads = min(threads, count * planes) if _TEAM is not None else 1
+    if threads == 1:
+        box_kernel(maps, source, first, boxes, squares, peaks, 0, count * planes)
+    else:
+        sizes = [count, planes, height, width, source.shape[1], source.shape[2], pairs, count * planes]
+        _on_team(_box_task, threads, count * planes, sizes + [maps, source, first, boxes, squares, peaks])
+    return squares.sum(axis=1), peaks.max(axis=1, initial=0)
