@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from shiftlab import convolve, max_pool
+from shiftlab import _fused, convolve, max_pool
 from shiftlab._compare import Scratch, alignment_candidates, compare_shifts, compare_whole
 from shiftlab.equivariance import (
     NOTE_GLOBAL,
@@ -116,6 +116,30 @@ def run_compare(reference: torch.Tensor, shifted: torch.Tensor, shifts, stride, 
 
 # --------------------------------------------------------------------------- _compare
 
+# The comparison has three code paths that must agree with the numpy reference: torch operations
+# (CUDA, half precision, no numba), the fused kernels on the calling thread, and the fused kernels
+# on torch's OpenMP team (two threads, whatever the machine).
+BACKENDS = ["torch", "fused", "fused_team"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    if request.param == "torch":
+        monkeypatch.setenv("SHIFTLAB_FUSED", "0")
+    else:
+        monkeypatch.delenv("SHIFTLAB_FUSED", raising=False)
+        threads = torch.get_num_threads()
+        if request.param == "fused_team":
+            if _fused._TEAM is None:
+                pytest.skip("torch's OpenMP runtime was not found: the fused kernels run on the calling thread")
+            monkeypatch.setattr("shiftlab._compare._VALUES_PER_THREAD", 1)
+            monkeypatch.setattr("shiftlab._fused.BLOCK", 1)  # a block per plane: many chunks to share out
+            torch.set_num_threads(2)
+        else:
+            monkeypatch.setattr("shiftlab._compare._VALUES_PER_THREAD", 1 << 62)
+        request.addfinalizer(lambda: torch.set_num_threads(threads))
+    return request.param
+
 
 class TestAlignmentCandidates:
     @pytest.mark.parametrize(
@@ -132,6 +156,7 @@ class TestAlignmentCandidates:
         assert alignment_candidates(dy, dx, stride) == expected
 
 
+@pytest.mark.usefixtures("backend")
 class TestCompareShifts:
     @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (5, 6), (1, 11, 4)])
     @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (2, 3)])
@@ -179,6 +204,18 @@ class TestCompareShifts:
         shifted = torch.randn((len(shifts), *shape), generator=generator)
         run_compare(reference, shifted, shifts, (1, 1), circular=False, core=core)
         run_compare(reference, shifted, shifts, (2, 1), circular=False, core=core)
+
+    def test_the_chosen_path_runs(self, generator, backend, monkeypatch):
+        calls = []
+        for name in ("circular_sums", "box_sums"):
+            original = getattr(_fused, name)
+            monkeypatch.setattr(_fused, name, lambda *args, original=original, name=name: calls.append(name) or original(*args))
+        reference = torch.randn(2, 6, 10, generator=generator)
+        shifted = torch.randn(2, 2, 6, 10, generator=generator)
+        for circular in (True, False):
+            run_compare(reference, shifted, [(0, 1), (1, -1)], (1, 1), circular=circular)
+        run_compare(reference.double(), shifted.double(), [(0, 1)], (1, 1), circular=True)  # float64: torch operations
+        assert calls == ([] if backend == "torch" else ["circular_sums", "box_sums"])
 
     def test_moved_out_of_the_frame_compares_nothing(self, generator):
         reference = torch.randn(2, 5, 6, generator=generator)

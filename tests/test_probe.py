@@ -436,6 +436,20 @@ class TestBatching:
         assert_same_results(small, large)
         assert small.protocol["batch_size"] == batch_size
 
+    @pytest.mark.parametrize("mode", ["circular", "crop", "zero"])
+    def test_fused_kernels_agree_with_torch_operations(self, mode, monkeypatch):
+        # The fused CPU kernels (on torch's team and on one thread) and torch operations: the same rows.
+        torch.manual_seed(0)
+        model = SimpleCNN(width=4).eval()
+        _randomise_batch_norm(model)
+        x = images(count=2, size=20, seed=3)
+        monkeypatch.setenv("SHIFTLAB_FUSED", "0")
+        reference = probe(model, x, shifts=self.SHIFTS, mode=mode)
+        monkeypatch.delenv("SHIFTLAB_FUSED")
+        assert_same_results(probe(model, x, shifts=self.SHIFTS, mode=mode), reference)
+        monkeypatch.setattr("shiftlab._compare._VALUES_PER_THREAD", 1 << 62)
+        assert_same_results(probe(model, x, shifts=self.SHIFTS, mode=mode), reference)
+
     def test_progress_counts_every_pass(self):
         calls = []
         # batch_size 3: two shifts per pass, one image per pass. The zero shift costs no pass (its output is the

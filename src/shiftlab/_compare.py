@@ -366,7 +366,7 @@ def _overlap_sums(
 #: Set SHIFTLAB_FUSED=0 to compare with torch operations only (the fused kernels are used where they apply otherwise).
 _FUSED_SETTING = "SHIFTLAB_FUSED"
 #: Fewest values a thread gets: below this, starting a thread costs more than it saves.
-_VALUES_PER_THREAD = 1 << 16
+_VALUES_PER_THREAD = 1 << 18
 
 _fused_module: Any = None
 

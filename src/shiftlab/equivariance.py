@@ -60,6 +60,13 @@ Shift = tuple[float, float]
 NOTE_NOT_MULTIPLE = "shift is not a multiple of the stride: error after the best whole-pixel alignment"
 NOTE_WHOLE_MAP = "every pixel sees the border: whole map compared"
 NOTE_GLOBAL = "not a spatial map: compared as a whole (invariance)"
+# The note of a row, by (multiple, whole map).
+_NOTES = {
+    (True, False): "",
+    (False, False): NOTE_NOT_MULTIPLE,
+    (True, True): NOTE_WHOLE_MAP,
+    (False, True): f"{NOTE_NOT_MULTIPLE}; {NOTE_WHOLE_MAP}",
+}
 
 
 def feature_stride(input_size: Sequence[int], output_size: Sequence[int]) -> tuple[int, int]:
@@ -129,18 +136,21 @@ class ShiftStats:
 
     def result(self) -> ShiftError:
         """The row for this shift: the best alignment and its metrics."""
-        check(bool(self.sums), "statistics", "no batch was added")
+        if not self.sums:
+            fail("statistics", "no batch was added")
         if self.stride is None:
-            error = self.sums[(0, 0)].result()
-            return ShiftError(self.dy, self.dx, None, 0.0, 0.0, False, 0, 0, error.rel_l2, error.max_abs, error.cosine, error.valid_fraction, NOTE_GLOBAL)
+            sums = self.sums[(0, 0)]
+            max_abs = sums.max_abs if sums.compared else math.nan
+            return ShiftError(self.dy, self.dx, None, 0.0, 0.0, False, 0, 0, sums.rel_l2, max_abs, sums.cosine, sums.valid_fraction, NOTE_GLOBAL)
         fy, fx = self.dy / self.stride[0], self.dx / self.stride[1]
         multiple = fy == int(fy) and fx == int(fx)
         offset = next(iter(self.sums))
         if len(self.sums) > 1:  # the best alignment; on a tie, the one nearest t / s
             offset = min(self.sums, key=lambda key: (_rank(self.sums[key].rel_l2), abs(key[0] - fy) + abs(key[1] - fx)))
-        error = self.sums[offset].result()
-        notes = ([] if multiple else [NOTE_NOT_MULTIPLE]) + ([NOTE_WHOLE_MAP] if self.whole_map else [])
-        return ShiftError(self.dy, self.dx, self.stride, fy, fx, multiple, offset[0], offset[1], error.rel_l2, error.max_abs, error.cosine, error.valid_fraction, "; ".join(notes))
+        sums = self.sums[offset]
+        max_abs = sums.max_abs if sums.compared else math.nan
+        note = _NOTES[multiple, self.whole_map]
+        return ShiftError(self.dy, self.dx, self.stride, fy, fx, multiple, offset[0], offset[1], sums.rel_l2, max_abs, sums.cosine, sums.valid_fraction, note)
 
 
 def _rank(rel_l2: float) -> float:

@@ -87,17 +87,26 @@ class ErrorSums:
             return math.sqrt(self.squared_difference / self.squared_reference)
         return 0.0 if self.squared_difference == 0 else math.inf
 
+    @property
+    def cosine(self) -> float:
+        """``<a, b> / (||a|| ||b||)`` (1 when both are 0, NaN when no pixel was compared)."""
+        if self.compared == 0:
+            return math.nan
+        norms = math.sqrt(self.squared_output * self.squared_reference)
+        if norms > 0:
+            return max(-1.0, min(1.0, self.dot / norms))
+        return 1.0 if self.squared_output == self.squared_reference else 0.0
+
+    @property
+    def valid_fraction(self) -> float:
+        """The share of the pixels that were compared."""
+        return self.compared / self.total if self.total else 0.0
+
     def result(self) -> MapError:
         """The metrics; NaN everywhere when no pixel was compared."""
         if self.compared == 0:
             return MapError(math.nan, math.nan, math.nan, 0.0)
-        rel_l2 = self.rel_l2
-        norms = math.sqrt(self.squared_output * self.squared_reference)
-        if norms > 0:
-            cosine = max(-1.0, min(1.0, self.dot / norms))
-        else:
-            cosine = 1.0 if self.squared_output == self.squared_reference else 0.0
-        return MapError(rel_l2, self.max_abs, cosine, self.compared / self.total if self.total else 0.0)
+        return MapError(self.rel_l2, self.max_abs, self.cosine, self.valid_fraction)
 
 
 def compare_maps(output: Any, reference: Any, mask: Any = None) -> MapError:
