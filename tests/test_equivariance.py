@@ -217,6 +217,25 @@ class TestCompareShifts:
         run_compare(reference.double(), shifted.double(), [(0, 1)], (1, 1), circular=True)  # float64: torch operations
         assert calls == ([] if backend == "torch" else ["circular_sums", "box_sums"])
 
+    @pytest.mark.parametrize("circular", [True, False])
+    def test_infinity_and_nan_come_out_as_torch_gives_them(self, generator, circular):
+        reference = torch.randn(2, 6, 10, generator=generator)
+        shifted = torch.randn(2, 2, 6, 10, generator=generator)
+        shifted[0, 1, 2, 3] = math.inf  # an overflow: infinite error, finite elsewhere
+        shifted[1, 0, 4, 4] = math.nan  # a NaN: NaN error
+        first, second = compare_shifts(reference, shifted, [(0, 0), (0, 0)], stride=(1, 1), circular=circular)
+        assert first[(0, 0)].squared_difference == math.inf and first[(0, 0)].max_abs == math.inf
+        assert first[(0, 0)].rel_l2 == math.inf
+        assert math.isnan(second[(0, 0)].squared_difference) and math.isnan(second[(0, 0)].max_abs)
+        assert math.isnan(second[(0, 0)].rel_l2)
+
+    def test_maps_that_require_grad(self, generator):
+        reference = torch.randn(2, 6, 10, generator=generator, requires_grad=True)
+        shifted = torch.randn(1, 2, 6, 10, generator=generator) * 2
+        (found,) = compare_shifts(reference, shifted.requires_grad_(), [(0, 1)], stride=(1, 1), circular=True)
+        expected = reference_sums(reference.detach().numpy(), shifted[0].detach().numpy(), (0, 1), True)
+        assert_sums_close(found[(0, 1)], expected)
+
     def test_moved_out_of_the_frame_compares_nothing(self, generator):
         reference = torch.randn(2, 5, 6, generator=generator)
         shifted = torch.randn(1, 2, 5, 6, generator=generator)

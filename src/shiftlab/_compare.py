@@ -262,7 +262,7 @@ def pair_sums(
         Contiguous float32 maps on the CPU go through the fused kernels of
         :mod:`shiftlab._fused` when numba is installed, anything else through torch.
     """
-    maps = _as_float(maps)
+    maps = _as_float(maps.detach())
     fused = _fused_kernels(maps)
     if circular and fused is not None:
         return _fused_circular_sums(fused, maps, shifts, stride)

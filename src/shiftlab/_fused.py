@@ -3,29 +3,32 @@
 Comparing a shifted map ``a`` with the moved reference ``b`` needs, per
 alignment, ``sum (a - b)^2``, ``max |a - b|`` and the squared norms. With torch
 operations that is a subtraction written to memory and three reductions that
-read it back, for every (shift, alignment) pair. These kernels read ``a`` and
-``b`` once and keep everything else in registers or in a row-sized buffer that
-stays in the L1 cache. They are compiled on first use (``cache=True`` keeps
-the machine code between runs).
+read it back, for every (shift, alignment) pair. These kernels read each map
+once and keep everything else in registers, or in moved copies of the
+reference that stay in the cache. They are compiled on first use
+(``cache=True`` keeps the machine code between runs).
 
-Threads: the kernels run on torch's own OpenMP team (:func:`run`), through
-the runtime's ``GOMP_parallel`` entry point, with each thread claiming chunks
-of work from an atomic counter. A second thread pool would fight torch's
-OpenMP workers, which spin for a while after every parallel region of the
-forward pass; on torch's team, those workers do the work instead, and they
-are awake for the next layer. Where that runtime cannot be found (another
-platform, another OpenMP), the kernels run on the calling thread.
+Threads: :func:`circular_sums` and :func:`box_sums` run the kernels on torch's
+own OpenMP team, through the runtime's ``GOMP_parallel`` entry point, each
+thread claiming chunks of work from an atomic counter. A second thread pool
+would fight torch's OpenMP workers, which spin for a while after every
+parallel region of the forward pass; on torch's team those workers do the
+work instead, and are awake for the next layer. Where that runtime cannot be
+found (another platform, another OpenMP), the kernels run on the calling
+thread.
 
 The largest absolute difference is found on the bit patterns: for IEEE floats
-with the sign bit cleared, integer order is magnitude order, and an integer
-maximum is vectorised by LLVM where a floating-point one (with its NaN rules)
-is not. :func:`_bits` reinterprets a float32 in a register (an LLVM bitcast),
-so the difference, its square and its magnitude come out of one loop. NaN never reaches these kernels (the probe never compares NaN maps:
-the border pass only reads which outputs stay finite).
+with the sign bit cleared, integer order is magnitude order (NaN above
+infinity, as ``torch.amax`` has it), and an integer maximum is vectorised by
+LLVM where a floating-point one is not. :func:`_bits` reinterprets a float32
+in a register (an LLVM bitcast), so the difference, its square and its
+magnitude come out of one loop. The floating-point flags allow reassociation
+(vectorised sums) but not the assumption that values are finite: NaN and
+infinity come out as torch would give them.
 
-Accuracy: sums of squares are accumulated in float32 along one row (or one
-block of :data:`BLOCK` values) and in float64 across rows and blocks, which
-keeps their relative error near 1e-7 on maps of millions of values.
+Accuracy: sums of squares are accumulated in float32 over at most
+:data:`RUN` values (one row, or one run of a block) and in float64 beyond,
+which keeps their relative error near 1e-7 on maps of millions of values.
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ from numba.extending import intrinsic
 
 #: About how many values a block of :func:`circular_kernel` holds (whole planes): its moved copies stay in the L2 cache.
 BLOCK = 8192
+#: Most values summed in float32 before the sum moves to float64.
+RUN = 4096
 _MAGNITUDE = np.uint32(0x7FFFFFFF)
+#: Reassociation (vectorised sums) and contraction (fused multiply-add), without assuming finite values.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @intrinsic
@@ -84,7 +91,7 @@ def _claim(typingctx, table, index):  # pragma: no cover - compiled
     return types.int64(types.voidptr, types.intp), codegen
 
 
-@numba.njit(nogil=True, fastmath=True, cache=True)
+@numba.njit(nogil=True, fastmath=_FAST, cache=True)
 def box_kernel(maps, source, first, boxes, squares, peaks, start, stop):  # pragma: no cover - compiled
     """Compare boxes of ``maps`` with boxes of ``source``, plane by plane.
 
@@ -130,7 +137,7 @@ def box_kernel(maps, source, first, boxes, squares, peaks, start, stop):  # prag
             peaks[q, p] = peak
 
 
-@numba.njit(nogil=True, fastmath=True, cache=True)
+@numba.njit(nogil=True, fastmath=_FAST, cache=True)
 def circular_kernel(maps, flat, offsets, first, targets, block_planes, outputs, squares, peaks, start, stop):  # pragma: no cover - compiled
     """Compare maps with circularly moved copies of the reference ``maps[0]``, a block of planes at a time.
 
@@ -172,32 +179,43 @@ def circular_kernel(maps, flat, offsets, first, targets, block_planes, outputs, 
                 for x in range(ox):
                     head[x] = source_tail[x]
         for m in range(count):
-            a = flat[m, begin : begin + size]
             if first[m] == first[m + 1]:
-                total = np.float32(0.0)
-                for x in range(size):
-                    total += a[x] * a[x]
-                outputs[m] += total
+                outputs[m] += _squares(flat[m, begin : begin + size])
             for q in range(first[m], first[m + 1]):
                 o = targets[q]
                 b = reference if offsets[o, 0] == 0 and offsets[o, 1] == 0 else moved[o, :size]
-                total = np.float32(0.0)
-                peak = np.uint32(0)
-                if q == first[m]:  # the first pair also sums a^2: the map is read from memory once
-                    own = np.float32(0.0)
-                    for x in range(size):
-                        d = a[x] - b[x]
-                        total += d * d
-                        own += a[x] * a[x]
-                        peak = max(peak, _bits(d) & _MAGNITUDE)
-                    outputs[m] += own
-                else:
-                    for x in range(size):
-                        d = a[x] - b[x]
-                        total += d * d
-                        peak = max(peak, _bits(d) & _MAGNITUDE)
-                squares[q] += total
-                peaks[q] = max(peaks[q], peak)
+                for run in range(0, size, RUN):
+                    a = flat[m, begin + run : begin + min(size, run + RUN)]
+                    c = b[run : run + a.size]
+                    total = np.float32(0.0)
+                    peak = np.uint32(0)
+                    if q == first[m]:  # the first pair also sums a^2: the map is read from memory once
+                        own = np.float32(0.0)
+                        for x in range(a.size):
+                            d = a[x] - c[x]
+                            total += d * d
+                            own += a[x] * a[x]
+                            peak = max(peak, _bits(d) & _MAGNITUDE)
+                        outputs[m] += own
+                    else:
+                        for x in range(a.size):
+                            d = a[x] - c[x]
+                            total += d * d
+                            peak = max(peak, _bits(d) & _MAGNITUDE)
+                    squares[q] += total
+                    peaks[q] = max(peaks[q], peak)
+
+
+@numba.njit(nogil=True, fastmath=_FAST, cache=True)
+def _squares(values):  # pragma: no cover - compiled
+    """``sum values^2``, in float32 runs of :data:`RUN` values added in float64."""
+    total = 0.0
+    for run in range(0, values.size, RUN):
+        part = np.float32(0.0)
+        for x in range(run, min(values.size, run + RUN)):
+            part += values[x] * values[x]
+        total += part
+    return total
 
 
 # --------------------------------------------------------------------------- on torch's OpenMP team
