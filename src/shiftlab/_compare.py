@@ -8,16 +8,21 @@ Cost is what matters here, because this runs inside every hook:
 * the sums stay on the maps' device as tensors (:class:`PairSums`), added
   batch after batch; nothing is read back to Python until the end, so a
   hook never waits for the device;
-* the reference is never rolled or copied per shift: a circular move is a
-  view into a reference padded once with its own wrapped border, a zero-fill
-  move is a view of the overlap;
-* the differences of many (shift, alignment) pairs are written side by side
-  into one reusable scratch buffer and reduced together, a few torch calls
-  per buffer instead of a few per pair (a fresh allocation would cost more
-  than the subtraction: page faults);
-* squared norms are reduced per ``(H, W)`` plane in float32 and summed in
-  float64, which keeps the relative error near 1e-7 where one float32
-  reduction over millions of values drifts to 1e-4.
+* on the CPU, contiguous float32 maps go through the fused kernels of
+  :mod:`shiftlab._fused` (numba): each map is read once for all its
+  alignments, on torch's own threads;
+* elsewhere (CUDA, half precision, other layouts, no numba, or
+  ``SHIFTLAB_FUSED=0``) torch operations do it. The reference is never
+  rolled or copied per shift there: a circular move is a view into a
+  reference padded once with its own wrapped border, a zero-fill move is a
+  view of the overlap. The differences of many (shift, alignment) pairs are
+  written side by side into one reusable scratch buffer and reduced
+  together, and squared norms are reduced per ``(H, W)`` plane in float32
+  and summed in float64, which keeps the relative error near 1e-7 where one
+  float32 reduction over millions of values drifts to 1e-4.
+
+Both ways give the same sums to float rounding; the tests run every
+comparison through each of them.
 """
 
 from __future__ import annotations
@@ -282,19 +287,13 @@ def pair_sums(
     return _overlap_sums(maps[0], maps[1:], groups, box, None, scratch)
 
 
-def _circular_frame(groups: dict[Offset, list[int]], height: int, width: int) -> tuple[dict[Offset, Offset], tuple[int, int, int, int]]:
-    """Each alignment as a move in ``(-size / 2, size / 2]``, and the wrapped border ``(top, bottom, left, right)`` they need."""
+def _circular_sums(reference: torch.Tensor, shifted: torch.Tensor, groups: dict[Offset, list[int]], scratch: Scratch) -> PairSums:
+    height, width = reference.shape[-2:]
     moves = {offset: (_reduce(offset[0], height), _reduce(offset[1], width)) for offset in groups}
     top = max(0, *(oy for oy, _ in moves.values()))
     bottom = max(0, *(-oy for oy, _ in moves.values()))
     left = max(0, *(ox for _, ox in moves.values()))
     right = max(0, *(-ox for _, ox in moves.values()))
-    return moves, (top, bottom, left, right)
-
-
-def _circular_sums(reference: torch.Tensor, shifted: torch.Tensor, groups: dict[Offset, list[int]], scratch: Scratch) -> PairSums:
-    height, width = reference.shape[-2:]
-    moves, (top, bottom, left, right) = _circular_frame(groups, height, width)
     padded = _wrap_pad(_wrap_pad(reference, top, bottom, -2), left, right, -1)
     pairs = [(index, offset) for offset, indices in groups.items() for index in indices]
     differences = _Differences(reference.shape, len(pairs), reference, scratch)
