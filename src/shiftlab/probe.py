@@ -25,6 +25,7 @@ import fnmatch
 import io
 import json
 import math
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,14 +370,15 @@ def _accumulate(
         )
         states[label] = state
     # The same tensor, unchanged, seen by a second hook (a residual block returns its last ReLU's output,
-    # a classifier its head's): measure it once. The previous output is held until the next hook, so its
-    # memory cannot be reused by another tensor meanwhile.
+    # a classifier its head's): measure it once. Only a weak reference is kept, so that the output is
+    # freed when the model drops it (a strong one would keep a whole activation alive until the next
+    # watched layer); a freed tensor's reference is dead, so memory reused cannot be mistaken for it.
     previous = context.get("previous")
-    if previous is not None and previous[0] is output and previous[1] == output._version:
+    if previous is not None and previous[0]() is output and previous[1] == output._version:
         measurements = previous[2]
     else:
         measurements = _measure(context, state, label, output, pairs, mode)
-        context["previous"] = (output, output._version, measurements)
+        context["previous"] = (weakref.ref(output), output._version, measurements)
     state.stride = state.stride or next((measured.stride for _, measured, _ in measurements), None)
     for indices, measured, agreeing in measurements:
         key = tuple(indices)
