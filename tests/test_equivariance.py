@@ -10,6 +10,7 @@ obvious numpy reference (``np.roll`` or a pixel-by-pixel zero fill, masked).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -311,6 +312,29 @@ class TestCompareShifts:
             assert abs(sums.squared_reference - (moved**2).sum()) / (moved**2).sum() < 1e-6
             assert abs(sums.squared_output - (out**2).sum()) / (out**2).sum() < 1e-6
             assert sums.compared == out.size
+
+
+def test_without_the_fused_kernels(generator, monkeypatch):
+    # numba missing (or failing to compile): one warning, then torch operations, with the same sums.
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "shiftlab" and args[2] and "_fused" in args[2]:
+            raise ImportError("No module named 'numba'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delenv("SHIFTLAB_FUSED", raising=False)
+    monkeypatch.setattr("shiftlab._compare._fused_module", None)
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    reference = torch.randn(2, 6, 10, generator=generator)
+    shifted = torch.randn(2, 2, 6, 10, generator=generator)
+    with pytest.warns(RuntimeWarning, match="fused CPU kernels are unavailable .ImportError: No module named 'numba'"):
+        run_compare(reference, shifted, [(0, 1), (1, -1)], (1, 1), circular=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process
+        run_compare(reference, shifted, [(0, 1), (1, -1)], (1, 1), circular=False)
 
 
 class TestCompareWhole:

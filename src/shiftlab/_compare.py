@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shiftlab.errors import first_line
 from shiftlab.metrics import ErrorSums
 
 __all__ = ["PairSums", "Scratch", "alignment_candidates", "compare_shifts", "compare_whole", "pair_sums", "whole_sums"]
@@ -380,7 +382,8 @@ def _fused_kernels(maps: torch.Tensor) -> Any:
     if _fused_module is None:
         try:
             from shiftlab import _fused
-        except ImportError:  # numba missing or broken on this platform: torch operations do the work
+        except Exception as error:  # numba missing, or unable to compile or cache here: torch operations do the work
+            warnings.warn(f"shiftlab: comparing with torch operations, the fused CPU kernels are unavailable ({type(error).__name__}: {first_line(error)})", RuntimeWarning, stacklevel=2)
             _fused_module = False
         else:
             _fused_module = _fused
