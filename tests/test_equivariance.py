@@ -679,3 +679,11 @@ class TestEquivarianceErrors:
     def test_input_needs_two_axes(self):
         with pytest.raises(ShiftlabError, match=r"^x: expected an image or feature map of shape"):
             equivariance_error(lambda t: t, torch.zeros(8), [(0, 1)])
+
+
+def test_team_task_tables_are_checked_before_the_team_starts():
+    # A table shorter than its task reads would send the compiled task past its end: refused instead.
+    with pytest.raises(ValueError, match="expected 18 entries"):
+        _fused._on_team(_fused._box_task, _fused._BOX_TABLE, 2, 4, [1, 2, 3])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _fused._on_team(_fused._box_task, _fused._BOX_TABLE, 2, 4, [0] * 8 + [np.zeros((4, 4))[:, ::2]] * 6)

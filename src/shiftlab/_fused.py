@@ -224,11 +224,13 @@ def _squares(values):  # pragma: no cover - compiled
 # Each thread claims a slot (its own row of the outputs, where a kernel accumulates) and then chunks
 # until none is left, so all the work is done whatever number of threads the runtime starts.
 _CHUNK, _SLOT, _CHUNKS, _PER_CHUNK = 0, 1, 2, 3
+# Entries each task reads: a table of another length would send it reading beyond its end.
+_CIRCULAR_TABLE, _BOX_TABLE = 20, 18
 
 
 @numba.cfunc(types.void(types.voidptr), cache=True)
 def _circular_task(data):  # pragma: no cover - compiled
-    table = carray(data, 20, np.int64)
+    table = carray(data, _CIRCULAR_TABLE, np.int64)
     count, planes, height, width = table[4], table[5], table[6], table[7]
     moves, pairs, block_planes, blocks, slots = table[8], table[9], table[10], table[11], table[12]
     maps = carray(_address(table[13]), (count, planes, height, width), np.float32)
@@ -251,7 +253,7 @@ def _circular_task(data):  # pragma: no cover - compiled
 
 @numba.cfunc(types.void(types.voidptr), cache=True)
 def _box_task(data):  # pragma: no cover - compiled
-    table = carray(data, 18, np.int64)
+    table = carray(data, _BOX_TABLE, np.int64)
     count, planes, height, width = table[4], table[5], table[6], table[7]
     source_height, source_width, pairs, tasks = table[8], table[9], table[10], table[11]
     maps = carray(_address(table[12]), (count, planes, height, width), np.float32)
@@ -285,10 +287,12 @@ def _team_entry() -> Any:
 _TEAM = _team_entry()
 
 
-def _on_team(task: Any, threads: int, tasks: int, entries: list[Any]) -> None:
-    """Run a team task on ``threads`` threads over ``tasks`` tasks; ``entries`` fill its table from index 4 (arrays as addresses)."""
+def _on_team(task: Any, length: int, threads: int, tasks: int, entries: list[Any]) -> None:
+    """Run a team task on ``threads`` threads over ``tasks`` tasks; ``entries`` fill its table of ``length`` from index 4 (arrays as addresses)."""
     per_chunk = max(1, tasks // (4 * threads))  # a few chunks per thread, so that a thread that starts late still helps
     table = np.array([0, 0, -(-tasks // per_chunk), per_chunk] + [entry.ctypes.data if isinstance(entry, np.ndarray) else entry for entry in entries], dtype=np.int64)
+    if len(table) != length or not all(entry.flags.c_contiguous for entry in entries if isinstance(entry, np.ndarray)):
+        raise ValueError(f"team task table: expected {length} entries and C-contiguous arrays, got {len(table)}")
     _TEAM(task.address, table.ctypes.data, threads, 0)
 
 
@@ -304,7 +308,7 @@ def circular_sums(maps: np.ndarray, offsets: np.ndarray, first: np.ndarray, targ
         circular_kernel(maps, maps.reshape(count, -1), offsets, first, targets, block_planes, outputs[0], squares[0], peaks[0], 0, blocks)
     else:
         sizes = [count, planes, height, width, len(offsets), len(targets), block_planes, blocks, threads]
-        _on_team(_circular_task, threads, blocks, sizes + [maps, offsets, first, targets, outputs, squares, peaks])
+        _on_team(_circular_task, _CIRCULAR_TABLE, threads, blocks, sizes + [maps, offsets, first, targets, outputs, squares, peaks])
     return outputs.sum(axis=0), squares.sum(axis=0), peaks.max(axis=0)
 
 
@@ -319,5 +323,5 @@ def box_sums(maps: np.ndarray, source: np.ndarray, first: np.ndarray, boxes: np.
         box_kernel(maps, source, first, boxes, squares, peaks, 0, count * planes)
     else:
         sizes = [count, planes, height, width, source.shape[1], source.shape[2], pairs, count * planes]
-        _on_team(_box_task, threads, count * planes, sizes + [maps, source, first, boxes, squares, peaks])
+        _on_team(_box_task, _BOX_TABLE, threads, count * planes, sizes + [maps, source, first, boxes, squares, peaks])
     return squares.sum(axis=1), peaks.max(axis=1, initial=0)
