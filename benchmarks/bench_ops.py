@@ -426,8 +426,10 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
 
 def print_report(results: list[Result], summary: list[dict[str, Any]]) -> None:
     print("\nMedian time per call (ms); 'x shiftlab' = this implementation's time / shiftlab's time")
-    header = (f"{'size':>5}  {'operator':<12} {'implementation':<28} "
-              f"{'median ms':>12} {'best ms':>10} {'x shiftlab':>11}  note")
+    header = (
+        f"{'size':>5}  {'operator':<12} {'implementation':<28} "
+        f"{'median ms':>12} {'best ms':>10} {'x shiftlab':>11}  note"
+    )
     print(header)
     print("-" * len(header))
     ours = {(r.size, r.operator): r.median_ms for r in results if r.implementation == SHIFTLAB}
@@ -440,8 +442,10 @@ def print_report(results: list[Result], summary: list[dict[str, Any]]) -> None:
 
     print("\nHeadline ratios (same run)")
     for row in summary:
-        parts = [f"{row['size']:>5} {row['operator']:<12} shiftlab {row['shiftlab_ms']:.3f} ms",
-                 f"{row['speedup_vs_loops']:.0f}x faster than the article's loops"]
+        parts = [
+            f"{row['size']:>5} {row['operator']:<12} shiftlab {row['shiftlab_ms']:.3f} ms",
+            f"{row['speedup_vs_loops']:.0f}x faster than the article's loops",
+        ]
         if "speedup_vs_scipy" in row:
             scipy_ratio, cv2_ratio = row["speedup_vs_scipy"], row["shiftlab_over_cv2"]
             parts.append(f"{scipy_ratio:.2f}x faster than scipy" if scipy_ratio == scipy_ratio else "no scipy")
@@ -510,15 +514,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="repeats per measurement, >= 5 (default 7)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--strip-rows", type=int, default=64, help="strip height for the loops on big images")
-    parser.add_argument("--loop-budget", type=float, default=120.0,
-                        help="seconds the loops may take at one size before a strip is used (default 120)")
-    parser.add_argument("--threads", type=int,
-                        help="set torch's (and OpenCV's) thread count; default: leave the libraries' defaults")
-    parser.add_argument("--kernel", default="sobel_y",
-                        help="shiftlab kernel name (odd size) that convolve is timed with, default sobel_y; "
-                             "e.g. laplacian for a kernel that is not separable")
-    parser.add_argument("--block-elements", type=int, nargs="+",
-                        help="instead: sweep shiftlab.ops._BLOCK_ELEMENTS over these values")
+    parser.add_argument(
+        "--loop-budget",
+        type=float,
+        default=120.0,
+        help="seconds the loops may take at one size before a strip is used (default 120)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="set torch's (and OpenCV's) thread count; default: leave the libraries' defaults"
+    )
+    parser.add_argument(
+        "--kernel",
+        default="sobel_y",
+        help="shiftlab kernel name (odd size) that convolve is timed with, default sobel_y; "
+        "e.g. laplacian for a kernel that is not separable",
+    )
+    parser.add_argument(
+        "--block-elements", type=int, nargs="+", help="instead: sweep shiftlab.ops._BLOCK_ELEMENTS over these values"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be at least 5")
@@ -557,9 +570,11 @@ def main(argv: list[str] | None = None) -> int:
             iterations = min(PYRAMID_LEVELS, max_pyramid_depth(size, size, POOL))
             plan = plan_loops(image, iterations, args.repeats, args.strip_rows, args.loop_budget)
             output["loop_plans"][size] = asdict(plan)
-            print(f"\n{size}x{size}: pyramid of {iterations} poolings; article loops on the "
-                  f"{plan.describe(size)} (projected full-image loop timing {plan.projected_full_s:.0f} s); "
-                  f"load average {_loadavg()}")
+            print(
+                f"\n{size}x{size}: pyramid of {iterations} poolings; article loops on the "
+                f"{plan.describe(size)} (projected full-image loop timing {plan.projected_full_s:.0f} s); "
+                f"load average {_loadavg()}"
+            )
             for operator, (impls, skipped) in (
                 ("convolve", convolve_impls()),
                 ("max_pool", max_pool_impls()),
@@ -572,8 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         output["ratios"] = summary
 
     output["loadavg_at_end"] = _loadavg()
-    print(f"\nload average at start {info['loadavg_at_start']}, at end {output['loadavg_at_end']} "
-          f"({info['cores']} cores; this benchmark itself adds up to about {info['torch_threads']})")
+    print(
+        f"\nload average at start {info['loadavg_at_start']}, at end {output['loadavg_at_end']} "
+        f"({info['cores']} cores; this benchmark itself adds up to about {info['torch_threads']})"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(_finite(output), indent=2, default=str) + "\n")

@@ -38,7 +38,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,9 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[tuple
         model = torchvision.models.get_model(args.model, weights=None).eval().to(args.device)
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, args.size, args.size, generator=generator).to(args.device)
-    shifts = [(0, dx) for dx in range(1, args.shifts + 1)]  # no zero shift: probe would skip its pass, the bare batch would not
+    shifts = [
+        (0, dx) for dx in range(1, args.shifts + 1)
+    ]  # no zero shift: probe would skip its pass, the bare batch would not
     return model, image, shifts
 
 
@@ -74,7 +77,9 @@ def layer_spec(types: str | None) -> Any:
     return lambda name, module: type(module).__name__ in names
 
 
-def naive(model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], mode: str, layers_spec: Any = None) -> dict[str, list[ErrorSums]]:
+def naive(
+    model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], mode: str, layers_spec: Any = None
+) -> dict[str, list[ErrorSums]]:
     """The straightforward way: per shift, two passes, keep every activation, compare afterwards."""
     layers = select_layers(model, layers_spec)
     results: dict[str, list[ErrorSums]] = {}
@@ -85,10 +90,16 @@ def naive(model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], 
             activations: dict[str, torch.Tensor] = {}
 
             def keep(module: nn.Module, inputs: Any, output: torch.Tensor, name: str) -> None:
-                label = name if name not in activations else next(f"{name}:{k}" for k in range(2, 1000) if f"{name}:{k}" not in activations)
+                label = (
+                    name
+                    if name not in activations
+                    else next(f"{name}:{k}" for k in range(2, 1000) if f"{name}:{k}" not in activations)
+                )
                 activations[label] = output.detach().clone()  # clone: in-place ReLUs would change it later
 
-            handles = [module.register_forward_hook(lambda m, i, o, name=name: keep(m, i, o, name)) for name, module in layers]
+            handles = [
+                module.register_forward_hook(lambda m, i, o, name=name: keep(m, i, o, name)) for name, module in layers
+            ]
             try:
                 with torch.no_grad():
                     activations["output"] = model(batch).detach().clone()
@@ -117,14 +128,25 @@ def naive(model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], 
                         best = sums
             else:
                 difference = (output - reference).double()
-                best = ErrorSums(float((difference**2).sum()), float((reference.double() ** 2).sum()), float((output.double() ** 2).sum()), float((output.double() * reference.double()).sum()), float(difference.abs().max()), difference.numel(), difference.numel())
+                best = ErrorSums(
+                    float((difference**2).sum()),
+                    float((reference.double() ** 2).sum()),
+                    float((output.double() ** 2).sum()),
+                    float((output.double() * reference.double()).sum()),
+                    float(difference.abs().max()),
+                    difference.numel(),
+                    difference.numel(),
+                )
             results.setdefault(name, []).append(best)
     return results
 
 
 def read_once(model: nn.Module, batch: torch.Tensor, layers_spec: Any = None) -> None:
     """A floor for any hook-based probe: the same hooks, each reading its layer's output once (one reduction)."""
-    handles = [module.register_forward_hook(lambda m, i, o: None if torch.linalg.vector_norm(o) is None else None) for _, module in select_layers(model, layers_spec)]
+    handles = [
+        module.register_forward_hook(lambda m, i, o: None if torch.linalg.vector_norm(o) is None else None)
+        for _, module in select_layers(model, layers_spec)
+    ]
     try:
         with torch.no_grad():
             model(batch)
@@ -206,7 +228,24 @@ def measure_memory(args: argparse.Namespace) -> None:
 
 
 def child_memory(args: argparse.Namespace, variant: str) -> dict[str, int]:
-    command = [sys.executable, __file__, "--memory-child", variant, "--model", args.model, "--size", str(args.size), "--shifts", str(args.shifts), "--mode", args.mode, "--device", args.device, "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-child",
+        variant,
+        "--model",
+        args.model,
+        "--size",
+        str(args.size),
+        "--shifts",
+        str(args.shifts),
+        "--mode",
+        args.mode,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     if args.layer_types:
         command += ["--layer-types", args.layer_types]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -220,7 +259,13 @@ def machine(device: str) -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -236,7 +281,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken over all of them")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--layer-types", default=None, help="watch only modules of these class names (comma-separated, e.g. Conv2d,BasicBlock); default: probe's default layers")
+    parser.add_argument(
+        "--layer-types",
+        default=None,
+        help="watch only modules of these class names (comma-separated, e.g. Conv2d,BasicBlock); default: probe's default layers",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,8 +302,12 @@ def main() -> None:
         for _ in range(args.rounds):  # interleave, so that a noisy moment hits every variant
             times["bare"] += median_time(lambda: model(batch), args.device, args.repeats)[1]
             times["read_once"] += median_time(lambda: read_once(model, batch, watched), args.device, args.repeats)[1]
-            times["probe"] += median_time(lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=watched), args.device, args.repeats)[1]
-            times["naive"] += median_time(lambda: naive(model, image, shifts, args.mode, watched), args.device, max(3, args.repeats // 2))[1]
+            times["probe"] += median_time(
+                lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=watched), args.device, args.repeats
+            )[1]
+            times["naive"] += median_time(
+                lambda: naive(model, image, shifts, args.mode, watched), args.device, max(3, args.repeats // 2)
+            )[1]
     medians = {name: statistics.median(values) for name, values in times.items()}
     # The resident set's high-water mark moves with the allocator's choices (heap or fresh pages) from one
     # process to the next: the median of three fresh processes per variant.
@@ -274,13 +327,24 @@ def main() -> None:
 
     result = {
         "machine": machine(args.device),
-        "protocol": {"model": args.model, "size": args.size, "shifts": f"(0, 1)..(0, {args.shifts})", "mode": args.mode, "device": args.device, "layers_watched": fast.protocol["layers_watched"], "layer_types": args.layer_types or "default", "rows": len(fast.rows)},
+        "protocol": {
+            "model": args.model,
+            "size": args.size,
+            "shifts": f"(0, 1)..(0, {args.shifts})",
+            "mode": args.mode,
+            "device": args.device,
+            "layers_watched": fast.protocol["layers_watched"],
+            "layer_types": args.layer_types or "default",
+            "rows": len(fast.rows),
+        },
         "median_seconds": medians,
         "probe_over_bare": medians["probe"] / medians["bare"],
         "read_once_over_bare": medians["read_once"] / medians["bare"],
         "naive_over_probe": medians["naive"] / medians["probe"],
         "peak_memory_bytes": memory,
-        "peak_memory_bytes_each_process": {name: [values["peak"] for values in runs] for name, runs in measured.items()},
+        "peak_memory_bytes_each_process": {
+            name: [values["peak"] for values in runs] for name, runs in measured.items()
+        },
         "probe_memory_over_bare": memory["probe"] / memory["bare"] if memory["bare"] > 0 else math.nan,
         "one_time_memory_bytes": one_time,
         "largest_relative_disagreement_probe_vs_naive": worst,
@@ -291,11 +355,19 @@ def main() -> None:
     for name in ("bare", "probe", "naive"):
         print(f"{name:<8} {medians[name]:>10.4f} {memory[name] / 2**20:>10.1f}")
     print(f"read_once {medians['read_once']:>9.4f}          (floor: the same hooks, each reading its output once)")
-    print(f"probe / bare time   {result['probe_over_bare']:.3f}   (target <= 1.25 on CPU; floor read_once / bare {result['read_once_over_bare']:.3f})")
+    print(
+        f"probe / bare time   {result['probe_over_bare']:.3f}   (target <= 1.25 on CPU; floor read_once / bare {result['read_once_over_bare']:.3f})"
+    )
     print(f"naive / probe time  {result['naive_over_probe']:.3f}   (target >= 1.7 at 8 shifts on CPU)")
     print(f"probe / bare memory {result['probe_memory_over_bare']:.3f}   (target <= 1.5)")
-    print(f"once per process, before any of these: numba and the probe's compiled kernels, {one_time / 2**20:.0f} MiB resident")
-    print(f"probe vs naive rel_l2, largest relative disagreement: {worst:.2e}" if not math.isnan(worst) else "probe vs naive: not compared (the naive comparator implements circular moves only)")
+    print(
+        f"once per process, before any of these: numba and the probe's compiled kernels, {one_time / 2**20:.0f} MiB resident"
+    )
+    print(
+        f"probe vs naive rel_l2, largest relative disagreement: {worst:.2e}"
+        if not math.isnan(worst)
+        else "probe vs naive: not compared (the naive comparator implements circular moves only)"
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

@@ -50,14 +50,27 @@ def bad_images(tmp_path: Path) -> dict[str, Path]:
     empty.write_bytes(b"")
     bomb = tmp_path / "bomb.png"
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _png_chunk(b"IEND", b""))
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
     nan = tmp_path / "nan.tiff"
     values = np.full((8, 8), 0.5, dtype=np.float32)
     values[3, 3] = np.nan
     Image.fromarray(values, mode="F").save(nan)
     folder = tmp_path / "folder.png"
     folder.mkdir()
-    return {"missing": tmp_path / "missing.png", "folder": folder, "text": text, "truncated": truncated, "empty": empty, "bomb": bomb, "nan": nan}
+    return {
+        "missing": tmp_path / "missing.png",
+        "folder": folder,
+        "text": text,
+        "truncated": truncated,
+        "empty": empty,
+        "bomb": bomb,
+        "nan": nan,
+    }
 
 
 EXPECTED = {
@@ -85,7 +98,9 @@ class TestBadImages:
     @pytest.mark.parametrize("kind", ["missing", "text", "truncated"])
     def test_probe_images_too(self, capsys, tmp_path, bad_images, kind):
         out = tmp_path / "probe"
-        status, _, err = run(capsys, "probe", "--model", "simple_cnn", "--images", str(bad_images[kind]), "--out", str(out))
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", str(bad_images[kind]), "--out", str(out)
+        )
         assert_one_line_error(status, err, EXPECTED[kind])
         assert not out.exists()
 
@@ -104,7 +119,18 @@ class TestEdges:
         kernel = tmp_path / "k.npy"
         np.save(kernel, np.array([[1.0, -1.0]]))
         for spec in ("[[1, -1]]", "1 -1", str(kernel)):
-            status, _, err = run(capsys, "edges", "pixel_a", "--kernel", spec, "--no-relu", "--format", "svg", "--out", str(tmp_path / "k"))
+            status, _, err = run(
+                capsys,
+                "edges",
+                "pixel_a",
+                "--kernel",
+                spec,
+                "--no-relu",
+                "--format",
+                "svg",
+                "--out",
+                str(tmp_path / "k"),
+            )
             assert status == 0, err
             edges = np.load(tmp_path / "k" / "pixel_a_edges.npy")
             assert edges.shape == (10, 9)
@@ -113,7 +139,11 @@ class TestEdges:
 
     @pytest.mark.parametrize(
         ("kernel", "fragment"),
-        [("sobel_q", "unknown name 'sobel_q'"), ("[[1, 2], [3]]", "rows of equal length"), ("missing.npy", "not found")],
+        [
+            ("sobel_q", "unknown name 'sobel_q'"),
+            ("[[1, 2], [3]]", "rows of equal length"),
+            ("missing.npy", "not found"),
+        ],
     )
     def test_bad_kernel(self, capsys, tmp_path, kernel, fragment):
         status, _, err = run(capsys, "edges", "chelsea", "--kernel", kernel, "--out", str(tmp_path / "x"))
@@ -136,7 +166,9 @@ class TestPool:
         assert np.argwhere(levels["level2"]).tolist() == [[1, 1]]
 
     def test_edges_first(self, capsys, tmp_path):
-        status, stdout, _ = run(capsys, "pool", "coffee", "--edges", "sobel_y", "--iterations", "6", "--out", str(tmp_path / "p"))
+        status, stdout, _ = run(
+            capsys, "pool", "coffee", "--edges", "sobel_y", "--iterations", "6", "--out", str(tmp_path / "p")
+        )
         assert status == 0
         assert "level 6: 6 x 9" in stdout  # the article's last map
 
@@ -149,7 +181,21 @@ class TestPool:
 class TestProbe:
     def test_bundled_model_writes_report_csv_json(self, capsys, tmp_path):
         out = tmp_path / "probe"
-        status, stdout, err = run(capsys, "probe", "--model", "simple_cnn", "--images", "pixel_a", "chelsea", "--size", "32", "--shifts", "0:4", "--out", str(out))
+        status, stdout, err = run(
+            capsys,
+            "probe",
+            "--model",
+            "simple_cnn",
+            "--images",
+            "pixel_a",
+            "chelsea",
+            "--size",
+            "32",
+            "--shifts",
+            "0:4",
+            "--out",
+            str(out),
+        )
         assert status == 0, err
         assert {p.name for p in out.iterdir()} == {"report.html", "results.json", "probe.csv", "probe.json"}
         table = json.loads((out / "probe.json").read_text())
@@ -159,11 +205,26 @@ class TestProbe:
 
     def test_user_module_and_weights(self, capsys, tmp_path, monkeypatch):
         module = tmp_path / "mynets.py"
-        module.write_text("from shiftlab.models import SimpleCNN\n\ndef build():\n    return SimpleCNN(in_channels=1, classes=3)\n")
+        module.write_text(
+            "from shiftlab.models import SimpleCNN\n\ndef build():\n    return SimpleCNN(in_channels=1, classes=3)\n"
+        )
         monkeypatch.syspath_prepend(str(tmp_path))
         weights = tmp_path / "w.pt"
         torch.save(SimpleCNN(in_channels=1, classes=3).state_dict(), weights)
-        status, stdout, err = run(capsys, "probe", "--model", "mynets:build", "--weights", str(weights), "--images", "pixel_a", "--shifts", "grid:0:2", "--out", str(tmp_path / "o"))
+        status, stdout, err = run(
+            capsys,
+            "probe",
+            "--model",
+            "mynets:build",
+            "--weights",
+            str(weights),
+            "--images",
+            "pixel_a",
+            "--shifts",
+            "grid:0:2",
+            "--out",
+            str(tmp_path / "o"),
+        )
         assert status == 0, err
         assert "output" in stdout
 
@@ -173,8 +234,16 @@ class TestProbe:
             (["--model", "no_such_net"], "unknown model 'no_such_net'"),
             (["--model", "simple_cnn", "--shifts", "3:1"], "is empty"),
             (["--model", "simple_cnn", "--layers", "nothing*"], "matches no module"),
-            (["--model", "simple_cnn", "--device", "cuda:7"] if not torch.cuda.is_available() else ["--model", "simple_cnn", "--device", "tpu"], "device"),
-            (["--model", "simple_cnn", "--mode", "zero", "--shifts", "0,40", "--images", "pixel_a"], "out of the frame"),
+            (
+                ["--model", "simple_cnn", "--device", "cuda:7"]
+                if not torch.cuda.is_available()
+                else ["--model", "simple_cnn", "--device", "tpu"],
+                "device",
+            ),
+            (
+                ["--model", "simple_cnn", "--mode", "zero", "--shifts", "0,40", "--images", "pixel_a"],
+                "out of the frame",
+            ),
             (["--model", "vgg11", "--images", "pixel_a"], "rejected an input of shape"),
         ],
     )
@@ -186,13 +255,17 @@ class TestProbe:
     def test_mismatched_weights(self, capsys, tmp_path):
         weights = tmp_path / "other.pt"
         torch.save(SimpleCNN(classes=7).state_dict(), weights)
-        status, _, err = run(capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o"))
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o")
+        )
         assert_one_line_error(status, err, "do not fit the model", "wrong shape")
 
     def test_pickled_object_refused(self, capsys, tmp_path):
         weights = tmp_path / "model.pt"
         torch.save(SimpleCNN(), weights)  # a whole pickled module, not a state_dict
-        status, _, err = run(capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o"))
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o")
+        )
         assert_one_line_error(status, err, "weights_only")
 
 
@@ -225,12 +298,16 @@ class TestAtomicOutput:
 class TestEntryPoint:
     def test_console_script_help_everywhere(self):
         for argv in ([], ["demo"], ["edges"], ["pool"], ["probe"], ["samples"], ["kernels"]):
-            result = subprocess.run([sys.executable, "-m", "shiftlab.cli", *argv, "--help"], capture_output=True, text=True, check=False)
+            result = subprocess.run(
+                [sys.executable, "-m", "shiftlab.cli", *argv, "--help"], capture_output=True, text=True, check=False
+            )
             assert result.returncode == 0, result.stderr
             assert "usage: shiftlab" in result.stdout
 
     def test_usage_error_is_exit_2(self):
-        result = subprocess.run([sys.executable, "-m", "shiftlab.cli", "pool"], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "shiftlab.cli", "pool"], capture_output=True, text=True, check=False
+        )
         assert result.returncode == 2
         assert "IMAGE" in result.stderr
 

@@ -29,7 +29,13 @@ def demo_output(tmp_path_factory) -> Path:
     """Run the demo once, with no network at all when the machine allows it (unshare -n), else with sockets blocked."""
     out = tmp_path_factory.mktemp("demo") / "report"
     if _unshare_works():
-        result = subprocess.run(["unshare", "-n", sys.executable, "-m", "shiftlab.cli", "demo", "--out", str(out)], capture_output=True, text=True, check=False, timeout=900)
+        result = subprocess.run(
+            ["unshare", "-n", sys.executable, "-m", "shiftlab.cli", "demo", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=900,
+        )
         assert result.returncode == 0, result.stderr
         assert "report: " in result.stdout
     else:
@@ -53,7 +59,15 @@ def test_outputs_written(demo_output):
 def test_every_finding_holds(demo_output):
     results = json.loads((demo_output / "results.json").read_text())
     sections = results["sections"]
-    assert {"edges", "single-pixel", "translation", "mirror", "stride", "probe-simple-cnn", "probe-circular-cnn"} <= set(sections)
+    assert {
+        "edges",
+        "single-pixel",
+        "translation",
+        "mirror",
+        "stride",
+        "probe-simple-cnn",
+        "probe-circular-cnn",
+    } <= set(sections)
     findings = [finding for section in sections.values() for finding in section["findings"]]
     assert findings
     failed = [finding["statement"] for finding in findings if finding["holds"] is False]
@@ -76,7 +90,9 @@ def test_numbers_reproduce_the_article(demo_output):
 
 
 def test_circular_cnn_is_exact_at_every_spatial_layer(demo_output):
-    summary = json.loads((demo_output / "results.json").read_text())["sections"]["probe-circular-cnn"]["data"]["summary"]
+    summary = json.loads((demo_output / "results.json").read_text())["sections"]["probe-circular-cnn"]["data"][
+        "summary"
+    ]
     spatial = [row for row in summary if row["stride"]]
     assert spatial and all(row["max_rel_l2"] < 1e-5 for row in spatial)
 
@@ -86,7 +102,9 @@ def test_report_is_self_contained(demo_output):
     assert "<img" in html
     sources = re.findall(r'\b(?:src|href)\s*=\s*"([^"]*)"', html)
     assert sources
-    assert all(source.startswith(("data:image/png;base64,", "#")) for source in sources), [s[:40] for s in sources if not s.startswith(("data:", "#"))]
+    assert all(source.startswith(("data:image/png;base64,", "#")) for source in sources), [
+        s[:40] for s in sources if not s.startswith(("data:", "#"))
+    ]
     assert "http://" not in html and "https://" not in html
     assert "@import" not in html and "url(" not in html
 
@@ -103,7 +121,9 @@ def _chromium() -> str | None:
 def test_report_in_headless_chromium(demo_output):
     browser_path = _chromium()
     if browser_path is None:
-        pytest.skip("Chromium is not installed (scripts/install-chromium.sh installs it; the README's test command runs it)")
+        pytest.skip(
+            "Chromium is not installed (scripts/install-chromium.sh installs it; the README's test command runs it)"
+        )
     playwright_api = pytest.importorskip("playwright.sync_api")
     requested: list[str] = []
     console_errors: list[str] = []
@@ -111,7 +131,14 @@ def test_report_in_headless_chromium(demo_output):
         browser = playwright.chromium.launch(
             executable_path=browser_path,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -126,7 +153,9 @@ def test_report_in_headless_chromium(demo_output):
             page.route("**/*", record)
             page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
             page.goto((demo_output / "report.html").resolve().as_uri(), wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(image => [image.complete, image.naturalWidth, image.naturalHeight])")
+            images = page.evaluate(
+                "Array.from(document.images).map(image => [image.complete, image.naturalWidth, image.naturalHeight])"
+            )
             sections = page.evaluate("Array.from(document.querySelectorAll('main section h2')).map(h => h.textContent)")
             shot = Path(os.environ.get("SHIFTLAB_SCREENSHOT_DIR", str(demo_output))) / "report.png"
             shot.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from nets import fcn_stride_four
 from torch import nn
 
 from shiftlab import _fused, convolve, max_pool
@@ -28,8 +29,6 @@ from shiftlab.equivariance import (
     feature_stride,
 )
 from shiftlab.errors import ShiftlabError
-
-from nets import fcn_stride_four
 
 EXACT = 1e-6
 
@@ -50,7 +49,9 @@ def circular_conv_net(channels: int = 3, seed: int = 0) -> nn.Module:
 # --------------------------------------------------------------------------- _compare: reference
 
 
-def reference_sums(reference: np.ndarray, output: np.ndarray, offset: tuple[int, int], circular: bool, core: np.ndarray | None = None) -> dict[str, float]:
+def reference_sums(
+    reference: np.ndarray, output: np.ndarray, offset: tuple[int, int], circular: bool, core: np.ndarray | None = None
+) -> dict[str, float]:
     """The sums for one shifted map and one whole-pixel move, from their definitions, in float64.
 
     Circular: ``output`` against ``np.roll(reference, offset)``, every pixel.
@@ -87,6 +88,7 @@ def reference_sums(reference: np.ndarray, output: np.ndarray, offset: tuple[int,
 
 def candidates(dy: int, dx: int, stride: tuple[int, int]) -> set[tuple[int, int]]:
     """Floor and ceiling of shift / stride per axis, with integer arithmetic."""
+
     def axis(value: int, step: int) -> set[int]:
         return {value // step, -((-value) // step)}
 
@@ -210,7 +212,9 @@ class TestCompareShifts:
         calls = []
         for name in ("circular_sums", "box_sums"):
             original = getattr(_fused, name)
-            monkeypatch.setattr(_fused, name, lambda *args, original=original, name=name: calls.append(name) or original(*args))
+            monkeypatch.setattr(
+                _fused, name, lambda *args, original=original, name=name: calls.append(name) or original(*args)
+            )
         reference = torch.randn(2, 6, 10, generator=generator)
         shifted = torch.randn(2, 2, 6, 10, generator=generator)
         for circular in (True, False):
@@ -273,7 +277,12 @@ class TestCompareShifts:
 
     def test_scratch_reuse_across_shapes_and_dtypes(self, generator):
         scratch = Scratch()
-        for shape, dtype in [((2, 8, 8), torch.float32), ((3, 12, 5), torch.float32), ((1, 4, 4), torch.float64), ((2, 8, 8), torch.float16)]:
+        for shape, dtype in [
+            ((2, 8, 8), torch.float32),
+            ((3, 12, 5), torch.float32),
+            ((1, 4, 4), torch.float64),
+            ((2, 8, 8), torch.float16),
+        ]:
             reference = torch.randn(shape, generator=generator).to(dtype)
             shifted = torch.randn((3, *shape), generator=generator).to(dtype)
             shifts = [(0, 1), (2, -1), (1, 0)]
@@ -436,12 +445,16 @@ class TestCircularConvolutionIsExact:
 
 
 class TestZeroPaddedConvolution:
-    @pytest.mark.parametrize("kernel", ["sobel_y", "sobel_x", "laplacian", [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]])
+    @pytest.mark.parametrize(
+        "kernel", ["sobel_y", "sobel_x", "laplacian", [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]]
+    )
     @pytest.mark.parametrize("mode", ["zero", "crop"])
     def test_exact_away_from_the_border(self, generator, kernel, mode):
         # Kernels with zero taps included: a pixel that does not depend on the border band is kept.
         x = torch.rand(2, 32, 32, generator=generator)
-        result = equivariance_error(lambda t: convolve(t, kernel, padding="same"), x, [(0, 1), (-3, 2), (4, -4)], mode=mode)
+        result = equivariance_error(
+            lambda t: convolve(t, kernel, padding="same"), x, [(0, 1), (-3, 2), (4, -4)], mode=mode
+        )
         for error in result.errors:
             assert error.rel_l2 <= EXACT, (error.dy, error.dx)
             assert 0 < error.valid_fraction < 1
@@ -545,7 +558,9 @@ class TestInvariance:
 
     def test_whole_map_when_every_pixel_sees_the_border(self, generator):
         x = torch.rand(1, 8, 8, generator=generator)
-        result = equivariance_error(lambda t: t.mean(dim=(-2, -1), keepdim=True).expand_as(t).clone(), x, [(0, 1)], mode="zero")
+        result = equivariance_error(
+            lambda t: t.mean(dim=(-2, -1), keepdim=True).expand_as(t).clone(), x, [(0, 1)], mode="zero"
+        )
         assert not result.core.any()
         assert NOTE_WHOLE_MAP in result.errors[0].note
 
@@ -572,7 +587,9 @@ class TestStrideOverride:
         result = equivariance_error(lambda t: t[..., ::2, :], x, [(2, 1)], stride=(2, 1))
         assert result.stride == (2, 1) and result.errors[0].rel_l2 <= EXACT
 
-    @pytest.mark.parametrize("stride, shown", [(0, (0, 0)), ((1, 2, 3), (1, 2, 3)), ((2, 0), (2, 0)), ((1.5, 1), (1.5, 1))])
+    @pytest.mark.parametrize(
+        "stride, shown", [(0, (0, 0)), ((1, 2, 3), (1, 2, 3)), ((2, 0), (2, 0)), ((1.5, 1), (1.5, 1))]
+    )
     def test_bad_stride(self, stride, shown):
         with pytest.raises(ShiftlabError) as info:
             equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 1)], stride=stride)
@@ -631,7 +648,10 @@ class TestEquivarianceErrors:
 
         with pytest.raises(ShiftlabError) as info:
             equivariance_error(broken, torch.zeros(1, 8, 8), [(0, 1)])
-        assert str(info.value) == "fn: failed on an input of shape (1, 8, 8): kernel size can't be greater than actual input size"
+        assert (
+            str(info.value)
+            == "fn: failed on an input of shape (1, 8, 8): kernel size can't be greater than actual input size"
+        )
 
     def test_module_rejecting_the_input(self):
         with pytest.raises(ShiftlabError, match=r"^fn: failed on an input of shape \(1, 8, 8\): "):
@@ -664,13 +684,16 @@ class TestEquivarianceErrors:
         result = equivariance_error(lambda t: t.numpy() * 2.0, rng.random((8, 8)), [(1, 1)])
         assert result.max_rel_l2 == 0.0
 
-    @pytest.mark.parametrize("shifts, message", [
-        ([(0, 0.5)], "shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need mode='fourier'"),
-        ([3], "shifts: expected (dy, dx) pairs, got 3"),
-        ([(1, 2, 3)], "shifts: expected (dy, dx) pairs, got (1, 2, 3)"),
-        ([(0, math.nan)], "shifts: dx must be a finite number, got nan"),
-        ([("1", 0)], "shifts: dy must be a finite number, got '1'"),
-    ])
+    @pytest.mark.parametrize(
+        "shifts, message",
+        [
+            ([(0, 0.5)], "shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need mode='fourier'"),
+            ([3], "shifts: expected (dy, dx) pairs, got 3"),
+            ([(1, 2, 3)], "shifts: expected (dy, dx) pairs, got (1, 2, 3)"),
+            ([(0, math.nan)], "shifts: dx must be a finite number, got nan"),
+            ([("1", 0)], "shifts: dy must be a finite number, got '1'"),
+        ],
+    )
     def test_bad_shifts(self, shifts, message):
         with pytest.raises(ShiftlabError) as info:
             equivariance_error(lambda t: t, torch.zeros(1, 8, 8), shifts)

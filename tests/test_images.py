@@ -289,7 +289,9 @@ class TestLoadOtherFormats:
         with pytest.raises(ShiftlabError) as info:
             load_image(path)
         assert_one_line_error(
-            info, f"image '{path}'", "holds 32-bit integers outside 0..65535; only 8- and 16-bit integer images are supported"
+            info,
+            f"image '{path}'",
+            "holds 32-bit integers outside 0..65535; only 8- and 16-bit integer images are supported",
         )
 
     def test_tiff_float(self, rng, tmp_path):
@@ -302,7 +304,9 @@ class TestLoadOtherFormats:
         np.testing.assert_array_equal(result, values)
         np.testing.assert_array_equal(load_image(path, grayscale=False), np.stack([values] * 3))
 
-    @pytest.mark.parametrize(("bad", "problem"), [(1.5, "has values in [0, 1.5], outside [0, 1]"), (np.nan, "holds NaN or Inf values")])
+    @pytest.mark.parametrize(
+        ("bad", "problem"), [(1.5, "has values in [0, 1.5], outside [0, 1]"), (np.nan, "holds NaN or Inf values")]
+    )
     def test_tiff_float_out_of_range(self, tmp_path, bad, problem):
         values = np.array([[0.0, 0.5, bad]], dtype=np.float32)
         path = save(Image.fromarray(values, mode="F"), tmp_path / "bad_float.tif")
@@ -505,7 +509,9 @@ class TestLoadTensors:
         np.testing.assert_allclose(load_image(hwc, grayscale=False), chw(hwc.numpy()), atol=1e-7)
 
     def test_uint8_and_bool_tensors(self):
-        np.testing.assert_allclose(load_image(torch.tensor([[0, 51, 255]], dtype=torch.uint8)), [[0.0, 0.2, 1.0]], atol=1e-7)
+        np.testing.assert_allclose(
+            load_image(torch.tensor([[0, 51, 255]], dtype=torch.uint8)), [[0.0, 0.2, 1.0]], atol=1e-7
+        )
         np.testing.assert_array_equal(load_image(torch.tensor([[True, False]])), [[1.0, 0.0]])
 
     def test_requires_grad_and_non_contiguous(self, generator):
@@ -560,7 +566,9 @@ class TestLoadPil:
         with pytest.raises(ShiftlabError) as info:
             load_image(Image.new("L", (10, 10)), max_pixels=99)
         assert_one_line_error(
-            info, "image (PIL)", "has 100 pixels, more than the limit of 99 (a decompression bomb?); pass max_pixels= to allow it"
+            info,
+            "image (PIL)",
+            "has 100 pixels, more than the limit of 99 (a decompression bomb?); pass max_pixels= to allow it",
         )
         assert load_image(Image.new("L", (10, 10)), max_pixels=100).shape == (10, 10)
 
@@ -681,7 +689,9 @@ class TestFileErrors:
         with pytest.raises(ShiftlabError) as info:
             load_image(path, max_pixels=599)
         assert_one_line_error(
-            info, f"image '{path}'", "has 600 pixels, more than the limit of 599 (a decompression bomb?); pass max_pixels= to allow it"
+            info,
+            f"image '{path}'",
+            "has 600 pixels, more than the limit of 599 (a decompression bomb?); pass max_pixels= to allow it",
         )
         assert load_image(path, max_pixels=600).shape == (20, 30)
 
@@ -703,15 +713,30 @@ ARRAY_ERRORS = [
     (np.zeros(5, dtype=np.float32), "expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4"),
     (np.zeros((2, 3, 4, 5), dtype=np.float32), "expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4"),
     (np.zeros((1, 1, 4, 4, 3), dtype=np.uint8), "expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4"),
-    (np.zeros((5, 6, 7), dtype=np.float32), "has no channel axis of length 1, 3 or 4 (expected (H, W, C) or (C, H, W))"),
-    (np.zeros((2, 5, 5), dtype=np.float32), "has no channel axis of length 1, 3 or 4 (expected (H, W, C) or (C, H, W))"),
+    (
+        np.zeros((5, 6, 7), dtype=np.float32),
+        "has no channel axis of length 1, 3 or 4 (expected (H, W, C) or (C, H, W))",
+    ),
+    (
+        np.zeros((2, 5, 5), dtype=np.float32),
+        "has no channel axis of length 1, 3 or 4 (expected (H, W, C) or (C, H, W))",
+    ),
     (np.zeros((5, 5, 2), dtype=np.uint8), "has no channel axis of length 1, 3 or 4 (expected (H, W, C) or (C, H, W))"),
     (np.array([[0.0, np.nan]]), "holds NaN or Inf values"),
     (np.array([[0.0, np.inf]], dtype=np.float32), "holds NaN or Inf values"),
     (np.array([[-np.inf, 0.5]]), "holds NaN or Inf values"),
-    (np.array([[-0.5, 1.0]]), "has values in [-0.5, 1], outside [0, 1]; scale it first (for 0..255 data, divide by 255)"),
-    (np.array([[0.0, 1.0001]]), "has values in [0, 1.0001], outside [0, 1]; scale it first (for 0..255 data, divide by 255)"),
-    (np.array([[0, 255]], dtype=np.int64), "has values in [0, 255], outside [0, 1]; scale it first (for 0..255 data, divide by 255)"),
+    (
+        np.array([[-0.5, 1.0]]),
+        "has values in [-0.5, 1], outside [0, 1]; scale it first (for 0..255 data, divide by 255)",
+    ),
+    (
+        np.array([[0.0, 1.0001]]),
+        "has values in [0, 1.0001], outside [0, 1]; scale it first (for 0..255 data, divide by 255)",
+    ),
+    (
+        np.array([[0, 255]], dtype=np.int64),
+        "has values in [0, 255], outside [0, 1]; scale it first (for 0..255 data, divide by 255)",
+    ),
     (np.zeros((3, 3), dtype=np.complex64), "expected real numbers"),
     (np.array([[None, 1]], dtype=object), "expected real numbers"),
     (np.array([["a", "b"]]), "expected real numbers"),
@@ -719,7 +744,9 @@ ARRAY_ERRORS = [
 
 
 class TestArrayErrors:
-    @pytest.mark.parametrize(("array", "problem"), ARRAY_ERRORS, ids=lambda value: str(getattr(value, "shape", value))[:30])
+    @pytest.mark.parametrize(
+        ("array", "problem"), ARRAY_ERRORS, ids=lambda value: str(getattr(value, "shape", value))[:30]
+    )
     def test_numpy(self, array, problem):
         with pytest.raises(ShiftlabError) as info:
             load_image(array)
@@ -728,7 +755,11 @@ class TestArrayErrors:
 
     @pytest.mark.parametrize(
         ("array", "problem"),
-        [(array, problem) for array, problem in ARRAY_ERRORS if array.dtype.kind in "biufc" and array.dtype != np.complex64],
+        [
+            (array, problem)
+            for array, problem in ARRAY_ERRORS
+            if array.dtype.kind in "biufc" and array.dtype != np.complex64
+        ],
         ids=lambda value: str(getattr(value, "shape", value))[:30],
     )
     def test_tensors(self, array, problem):
@@ -747,13 +778,17 @@ class TestArrayErrors:
         assert_one_line_error(info, "image (tensor of shape (3, 3) and dtype complex64)", "expected real numbers")
 
     @pytest.mark.parametrize(
-        "source", [[[0.0, 1.0]], b"\x89PNG", 3, None, np.float32(0.5)], ids=["list", "bytes", "int", "none", "numpy-scalar"]
+        "source",
+        [[[0.0, 1.0]], b"\x89PNG", 3, None, np.float32(0.5)],
+        ids=["list", "bytes", "int", "none", "numpy-scalar"],
     )
     def test_unsupported_types(self, source):
         with pytest.raises(ShiftlabError) as info:
             load_image(source)
         assert_one_line_error(
-            info, "image", f"expected a path, sample name, numpy array, PIL image or torch tensor, got {type(source).__name__}"
+            info,
+            "image",
+            f"expected a path, sample name, numpy array, PIL image or torch tensor, got {type(source).__name__}",
         )
 
 
@@ -815,7 +850,9 @@ class TestSamples:
         assert SCENE_SHIFT == 256
         np.testing.assert_array_equal(np.roll(left, SCENE_SHIFT, axis=-1), right)
         assert not np.array_equal(left, right)
-        np.testing.assert_allclose(np.roll(sample_image("chelsea_left"), SCENE_SHIFT, axis=-1), sample_image("chelsea_right"), atol=1e-6)
+        np.testing.assert_allclose(
+            np.roll(sample_image("chelsea_left"), SCENE_SHIFT, axis=-1), sample_image("chelsea_right"), atol=1e-6
+        )
 
     def test_scene_layout(self):
         left, right = scene_pair()

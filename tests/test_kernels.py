@@ -224,7 +224,9 @@ class TestSizeErrors:
     def test_bad_sizes_by_name(self, name):
         family = name.rstrip("0123456789")
         size = int(name[len(family) :])
-        with pytest.raises(ShiftlabError, match=rf"^{family} kernel size: must be an integer from 1 to 255, got {size}$"):
+        with pytest.raises(
+            ShiftlabError, match=rf"^{family} kernel size: must be an integer from 1 to 255, got {size}$"
+        ):
             get_kernel(name)
 
     @pytest.mark.parametrize("size", [1, 255])
@@ -467,7 +469,10 @@ class TestArraysAndTensors:
     def test_not_2d_tensor(self):
         with pytest.raises(ShiftlabError) as info:
             get_kernel(torch.ones(3))
-        assert str(info.value) == "kernel (tensor of shape (3,) and dtype float32): expected a 2-D kernel (kh, kw), got shape (3,)"
+        assert (
+            str(info.value)
+            == "kernel (tensor of shape (3,) and dtype float32): expected a 2-D kernel (kh, kw), got shape (3,)"
+        )
 
     @pytest.mark.parametrize(("spec", "shape"), [(np.zeros((0, 3)), "(0, 3)"), ([[]], "(1, 0)")])
     def test_empty(self, spec, shape):
@@ -485,7 +490,9 @@ class TestArraysAndTensors:
         with pytest.raises(ShiftlabError) as info:
             get_kernel(np.array([[1.0, bad], [0.0, 0.0]]))
         assert str(info.value) == "kernel: holds NaN or Inf"
-        with pytest.raises(ShiftlabError, match=r"^kernel \(tensor of shape \(2, 2\) and dtype float64\): holds NaN or Inf$"):
+        with pytest.raises(
+            ShiftlabError, match=r"^kernel \(tensor of shape \(2, 2\) and dtype float64\): holds NaN or Inf$"
+        ):
             get_kernel(torch.tensor([[1.0, bad], [0.0, 0.0]], dtype=torch.float64))
 
     def test_value_overflowing_float32_is_refused(self):
@@ -504,7 +511,9 @@ class TestArraysAndTensors:
     def test_complex_tensor(self):
         with pytest.raises(ShiftlabError) as info:
             get_kernel(torch.ones(2, 2, dtype=torch.complex64))
-        assert str(info.value) == "kernel (tensor of shape (2, 2) and dtype complex64): expected real numbers, got complex"
+        assert (
+            str(info.value) == "kernel (tensor of shape (2, 2) and dtype complex64): expected real numbers, got complex"
+        )
 
     def test_complex_numpy_is_refused_not_truncated(self):
         # Casting complex to float would silently drop the imaginary part.

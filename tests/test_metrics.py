@@ -148,5 +148,7 @@ class TestErrorSums:
 
     def test_cosine_is_clamped(self):
         # Rounding can push <a, b> / (|a| |b|) slightly beyond 1.
-        sums = ErrorSums(squared_difference=0.0, squared_reference=1.0, squared_output=1.0, dot=1.0 + 1e-12, compared=1, total=1)
+        sums = ErrorSums(
+            squared_difference=0.0, squared_reference=1.0, squared_output=1.0, dot=1.0 + 1e-12, compared=1, total=1
+        )
         assert sums.result().cosine == 1.0

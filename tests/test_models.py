@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.models import BUNDLED_MODELS, ArticleNet, ModelInfo, SimpleCNN, load_model, load_weights, torchvision_models
+from shiftlab.models import (
+    BUNDLED_MODELS,
+    ArticleNet,
+    ModelInfo,
+    SimpleCNN,
+    load_model,
+    load_weights,
+    torchvision_models,
+)
 
 
 class Opaque:
@@ -156,7 +164,13 @@ class TestTorchvisionModels:
         other, _ = load_model("mobilenet_v3_small", seed=1)
         assert states_equal(first.state_dict(), second.state_dict())
         assert not states_equal(first.state_dict(), other.state_dict())
-        assert info == ModelInfo("mobilenet_v3_small", "torchvision", 3, "imagenet", "torchvision mobilenet_v3_small, random weights (seed 0)")
+        assert info == ModelInfo(
+            "mobilenet_v3_small",
+            "torchvision",
+            3,
+            "imagenet",
+            "torchvision mobilenet_v3_small, random weights (seed 0)",
+        )
         assert not first.training
 
     def test_never_touches_the_network(self, tmp_path, monkeypatch):
@@ -195,7 +209,10 @@ class TestTorchvisionModels:
         )
 
     def test_unknown_name_suggests_similar(self):
-        with pytest.raises(ShiftlabError, match=r"^model: unknown model 'resnet19': not bundled \(article, simple_cnn, circular_cnn\) nor a torchvision architecture; similar: resnet101, "):
+        with pytest.raises(
+            ShiftlabError,
+            match=r"^model: unknown model 'resnet19': not bundled \(article, simple_cnn, circular_cnn\) nor a torchvision architecture; similar: resnet101, ",
+        ):
             load_model("resnet19")
 
 
@@ -279,7 +296,10 @@ class TestImportSpecs:
         name = user_module("raise ImportError('needs a package that is not installed')\n")
         with pytest.raises(ShiftlabError) as info:
             load_model(f"{name}:build")
-        assert str(info.value) == f"model: '{name}:build': importing '{name}' failed: ImportError: needs a package that is not installed"
+        assert (
+            str(info.value)
+            == f"model: '{name}:build': importing '{name}' failed: ImportError: needs a package that is not installed"
+        )
 
     def test_import_with_a_syntax_error(self, user_module):
         name = user_module("def broken(:\n")
@@ -297,7 +317,10 @@ class TestImportSpecs:
     def test_missing_module(self):
         with pytest.raises(ShiftlabError) as info:
             load_model("shiftlab_no_such_module_xyz:build")
-        assert str(info.value) == "model: 'shiftlab_no_such_module_xyz:build': importing 'shiftlab_no_such_module_xyz' failed: ModuleNotFoundError: No module named 'shiftlab_no_such_module_xyz'"
+        assert (
+            str(info.value)
+            == "model: 'shiftlab_no_such_module_xyz:build': importing 'shiftlab_no_such_module_xyz' failed: ModuleNotFoundError: No module named 'shiftlab_no_such_module_xyz'"
+        )
 
     def test_missing_attribute(self, user_module):
         name = user_module(MODULE_SOURCE)
@@ -440,7 +463,9 @@ class TestLoadWeights:
     def test_whole_pickled_module_is_refused(self, tmp_path):
         path = tmp_path / "module.pt"
         torch.save(small_model(0), path)
-        with pytest.raises(ShiftlabError, match=r"weights_only loading refuses arbitrary objects: save model\.state_dict\(\) instead"):
+        with pytest.raises(
+            ShiftlabError, match=r"weights_only loading refuses arbitrary objects: save model\.state_dict\(\) instead"
+        ):
             load_weights(small_model(0), path)
 
     def test_not_a_state_dict(self, tmp_path):
@@ -448,7 +473,10 @@ class TestLoadWeights:
         torch.save([torch.zeros(1)], path)
         with pytest.raises(ShiftlabError) as info:
             load_weights(small_model(0), path)
-        assert str(info.value) == f"weights '{path}': is not a state_dict (a dict of names to tensors); save model.state_dict()"
+        assert (
+            str(info.value)
+            == f"weights '{path}': is not a state_dict (a dict of names to tensors); save model.state_dict()"
+        )
 
     def test_dict_with_non_tensor_values(self, tmp_path):
         path = tmp_path / "mixed.pt"
@@ -475,7 +503,7 @@ class TestLoadWeights:
         with pytest.raises(ShiftlabError, match=rf"^weights '{path}': is not a torch\.save file \("):
             load_weights(small_model(0), path)
 
-    @pytest.mark.parametrize("content", [b"", b"garbage" * 5, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"])
+    @pytest.mark.parametrize("content", [b"", b"garbage" * 5, b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}'])
     def test_corrupt_safetensors(self, tmp_path, content):
         path = tmp_path / "corrupt.safetensors"
         path.write_bytes(content)

@@ -154,7 +154,10 @@ class TestAsFloatTensor:
         assert require_spatial(torch.zeros(2, 3, 4, 5), "x") == (4, 5)
         with pytest.raises(ShiftlabError) as info:
             require_spatial(torch.zeros(5), "x")
-        assert str(info.value) == "x: expected an image or feature map of shape (..., H, W), got tensor of shape (5,) and dtype float32"
+        assert (
+            str(info.value)
+            == "x: expected an image or feature map of shape (..., H, W), got tensor of shape (5,) and dtype float32"
+        )
         with pytest.raises(ShiftlabError) as info:
             require_spatial(torch.zeros(0, 3, 3), "x")
         assert str(info.value) == "x: is empty: tensor of shape (0, 3, 3) and dtype float32"
@@ -219,7 +222,9 @@ class TestConvolve:
         stack = rng.random((3, 13, 9))
         kernel = rng.normal(size=(3, 2))
         result = convolve(stack, kernel, padding=padding)
-        np.testing.assert_allclose(result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-12, atol=1e-12
+        )
 
     @pytest.mark.parametrize("padding", PADDINGS)
     @pytest.mark.parametrize("shape", [(2, 3, 9, 10), (3, 9, 10), (1, 1, 9, 10), (2, 1, 3, 9, 10)], ids=str)
@@ -231,7 +236,9 @@ class TestConvolve:
         singles = np.stack([convolve(one, kernel, padding=padding) for one in maps])
         assert result.shape == (*shape[:-2], *singles.shape[-2:])
         np.testing.assert_allclose(result.reshape(singles.shape), singles, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-5, atol=1e-5
+        )
 
     @pytest.mark.parametrize("padding", PADDINGS)
     def test_torch_batches(self, generator, conv_path, padding):
@@ -239,7 +246,9 @@ class TestConvolve:
         result = convolve(stack, "laplacian", padding=padding, relu=False)
         for n in range(2):
             for c in range(3):
-                torch.testing.assert_close(result[n, c], convolve(stack[n, c], "laplacian", padding=padding, relu=False))
+                torch.testing.assert_close(
+                    result[n, c], convolve(stack[n, c], "laplacian", padding=padding, relu=False)
+                )
 
     @pytest.mark.parametrize("shape", [(7, 7), (2, 7, 7)])
     def test_output_shapes(self, shape):
@@ -253,7 +262,9 @@ class TestConvolve:
         image = (np.arange(30).reshape(5, 6) % 2).astype(dtype)
         result = convolve(image, "box3", relu=False)
         assert isinstance(result, np.ndarray) and result.dtype == np.float32
-        np.testing.assert_allclose(result, reference_correlate(image, np.full((3, 3), 1 / 9), "valid", False), rtol=1e-6)
+        np.testing.assert_allclose(
+            result, reference_correlate(image, np.full((3, 3), 1 / 9), "valid", False), rtol=1e-6
+        )
 
     @pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64])
     def test_integer_and_bool_tensors_give_float32(self, dtype):
@@ -278,14 +289,19 @@ class TestConvolve:
         }[view]
         kernel = rng.normal(size=(2, 3)).astype(np.float32)
         result = convolve(image, kernel, padding=padding)
-        np.testing.assert_allclose(result, reference_correlate(image.copy(), kernel, padding, True), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            result, reference_correlate(image.copy(), kernel, padding, True), rtol=1e-5, atol=1e-5
+        )
 
     def test_negative_stride_kernel(self, rng):
         image = rng.random((8, 8))
         kernel = rng.normal(size=(3, 3))
         flipped = kernel[::-1, ::-1]
         np.testing.assert_allclose(
-            convolve(image, flipped, relu=False), reference_correlate(image, flipped.copy(), "valid", False), rtol=1e-5, atol=1e-5
+            convolve(image, flipped, relu=False),
+            reference_correlate(image, flipped.copy(), "valid", False),
+            rtol=1e-5,
+            atol=1e-5,
         )
 
     @pytest.mark.parametrize("padding", PADDINGS)
@@ -327,13 +343,17 @@ class TestConvolve:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             result = convolve(image, "sobel_y", padding="same")
-        np.testing.assert_allclose(result, reference_correlate(image, get_kernel("sobel_y").numpy(), "same", True), atol=1e-5)
+        np.testing.assert_allclose(
+            result, reference_correlate(image, get_kernel("sobel_y").numpy(), "same", True), atol=1e-5
+        )
 
     def test_big_endian_numpy(self, rng):
         image = rng.random((6, 7))
         swapped = image.astype(">f8")
         result = convolve(swapped, "sobel_y", relu=False)
-        np.testing.assert_allclose(result, reference_correlate(image, get_kernel("sobel_y").numpy(), "valid", False), atol=1e-12)
+        np.testing.assert_allclose(
+            result, reference_correlate(image, get_kernel("sobel_y").numpy(), "valid", False), atol=1e-12
+        )
 
     @pytest.mark.parametrize("relu", [True, False])
     def test_relu(self, rng, relu):
@@ -402,7 +422,9 @@ class TestConvolve:
         path = tmp_path / "k.npy"
         np.save(path, kernel)
         image = rng.random((6, 6))
-        np.testing.assert_allclose(convolve(image, str(path), relu=False), reference_correlate(image, kernel, "valid", False), atol=1e-12)
+        np.testing.assert_allclose(
+            convolve(image, str(path), relu=False), reference_correlate(image, kernel, "valid", False), atol=1e-12
+        )
 
     def test_kernel_takes_the_image_dtype(self, rng):
         image = rng.random((6, 6))  # float64
@@ -519,11 +541,20 @@ class TestConvolveErrors:
     @pytest.mark.parametrize(
         ("image", "message"),
         [
-            (np.zeros(5), r"image: expected an image or feature map of shape \(\.\.\., H, W\), got {} of shape \(5,\) and dtype float64"),
+            (
+                np.zeros(5),
+                r"image: expected an image or feature map of shape \(\.\.\., H, W\), got {} of shape \(5,\) and dtype float64",
+            ),
             (np.zeros((0, 5)), r"image: is empty: {} of shape \(0, 5\) and dtype float64"),
             (np.zeros((2, 0, 5)), r"image: is empty: {} of shape \(2, 0, 5\) and dtype float64"),
-            (np.zeros((4, 4), dtype=complex), r"image: expected real numbers, got {} of shape \(4, 4\) and dtype complex128"),
-            (np.array([["a", "b"], ["c", "d"]]), r"image: expected real numbers, got {} of shape \(2, 2\) and dtype <U1"),
+            (
+                np.zeros((4, 4), dtype=complex),
+                r"image: expected real numbers, got {} of shape \(4, 4\) and dtype complex128",
+            ),
+            (
+                np.array([["a", "b"], ["c", "d"]]),
+                r"image: expected real numbers, got {} of shape \(2, 2\) and dtype <U1",
+            ),
         ],
     )
     def test_bad_images(self, image, message):
@@ -584,7 +615,9 @@ class TestConvolveModule:
         layer = Convolve("sobel_y")
         assert layer.padding == "valid" and layer.relu is True
         assert repr(layer) == "Convolve(kernel_size=(3, 3), padding='valid', relu=True)"
-        assert "kernel_size=(2, 5), padding='circular', relu=False" in repr(Convolve(np.ones((2, 5)), padding="circular", relu=False))
+        assert "kernel_size=(2, 5), padding='circular', relu=False" in repr(
+            Convolve(np.ones((2, 5)), padding="circular", relu=False)
+        )
 
     @pytest.mark.usefixtures("single_thread")
     def test_gradient_flows_to_input(self, generator):
@@ -692,7 +725,9 @@ class TestSeparablePath:
         stack = rng.normal(size=(5, 13, 12))
         kernel = rank_one_kernel(rng, (5, 3), zero_taps=True)
         result = convolve(stack, kernel, padding=padding)
-        np.testing.assert_allclose(result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-12, atol=1e-12
+        )
 
     def test_blocks_split_the_batch_when_rows_are_few(self, monkeypatch):
         monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 200)
@@ -760,7 +795,9 @@ class TestSeparablePath:
     @pytest.mark.parametrize("dtype", ["float32", "float64"])
     @pytest.mark.parametrize("block_elements", [1 << 20, 30])
     @pytest.mark.parametrize("trial", range(3))
-    def test_circular_is_exactly_shift_equivariant(self, rng, monkeypatch, paths_taken, kernel_shape, dtype, block_elements, trial):
+    def test_circular_is_exactly_shift_equivariant(
+        self, rng, monkeypatch, paths_taken, kernel_shape, dtype, block_elements, trial
+    ):
         # Every output pixel goes through the same float operations in the same order,
         # wherever it lies in its row or block: rolling commutes with filtering bit for bit.
         monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", block_elements)
@@ -768,8 +805,12 @@ class TestSeparablePath:
         kernel = rank_one_kernel(rng, kernel_shape, zero_taps=bool(trial % 2)).astype(dtype)
         shift = (int(rng.integers(-19, 19)), int(rng.integers(-23, 23)))
         for relu in (False, True):
-            shifted_then_filtered = convolve(np.roll(image, shift, axis=(-2, -1)), kernel, padding="circular", relu=relu)
-            filtered_then_shifted = np.roll(convolve(image, kernel, padding="circular", relu=relu), shift, axis=(-2, -1))
+            shifted_then_filtered = convolve(
+                np.roll(image, shift, axis=(-2, -1)), kernel, padding="circular", relu=relu
+            )
+            filtered_then_shifted = np.roll(
+                convolve(image, kernel, padding="circular", relu=relu), shift, axis=(-2, -1)
+            )
             np.testing.assert_array_equal(shifted_then_filtered, filtered_then_shifted)
         assert set(paths_taken) == {"separable_shift_and_add"}
 
@@ -795,7 +836,6 @@ class TestSeparablePath:
             fast = convolve(image, "sobel_y", padding=padding, relu=False)
         assert paths_taken == ["separable_shift_and_add"]
         torch.testing.assert_close(result.detach(), fast, rtol=1e-12, atol=1e-12)
-
 
 
 class TestPaddedRows:
@@ -850,8 +890,12 @@ class TestConvolutionShiftProperties:
         kernel = rng.normal(size=kernel_shape).astype(np.float32)
         shift = (int(rng.integers(-12, 12)), int(rng.integers(-17, 17)))
         for relu in (False, True):
-            shifted_then_filtered = convolve(np.roll(image, shift, axis=(-2, -1)), kernel, padding="circular", relu=relu)
-            filtered_then_shifted = np.roll(convolve(image, kernel, padding="circular", relu=relu), shift, axis=(-2, -1))
+            shifted_then_filtered = convolve(
+                np.roll(image, shift, axis=(-2, -1)), kernel, padding="circular", relu=relu
+            )
+            filtered_then_shifted = np.roll(
+                convolve(image, kernel, padding="circular", relu=relu), shift, axis=(-2, -1)
+            )
             np.testing.assert_allclose(shifted_then_filtered, filtered_then_shifted, rtol=1e-5, atol=1e-5)
 
     @pytest.mark.parametrize("kernel_shape", [(3, 3), (2, 4), (5, 1)], ids=str)
@@ -994,7 +1038,10 @@ class TestMaxPoolErrors:
     def test_map_smaller_than_window(self, shape, kernel_size, size):
         with pytest.raises(ShiftlabError) as info:
             max_pool(np.zeros(shape), kernel_size)
-        assert str(info.value) == f"image: map of size {size} is smaller than the {kernel_size}x{kernel_size} pooling window"
+        assert (
+            str(info.value)
+            == f"image: map of size {size} is smaller than the {kernel_size}x{kernel_size} pooling window"
+        )
 
     @pytest.mark.parametrize("kernel_size", [0, -1, 2.0, True, "2", None])
     def test_bad_kernel_size(self, kernel_size):
@@ -1057,7 +1104,7 @@ class TestPoolingShiftProperties:
         height, width = 20, 22
         crop = scene[:, 2 * ty : 2 * ty + height, 2 * tx : 2 * tx + width]
         pooled_crop = max_pool(crop, 2)
-        pooled_scene = max_pool(scene[:, :height + 2 * ty, : width + 2 * tx], 2)
+        pooled_scene = max_pool(scene[:, : height + 2 * ty, : width + 2 * tx], 2)
         np.testing.assert_array_equal(pooled_crop, pooled_scene[:, ty : ty + height // 2, tx : tx + width // 2])
 
     @pytest.mark.parametrize("kernel_size", [2, 3])
@@ -1065,7 +1112,9 @@ class TestPoolingShiftProperties:
         scene = rng.normal(size=(25, 25))
         pooled_scene = max_pool(scene, kernel_size, 2)
         pooled_crop = max_pool(scene[4:, 6:], kernel_size, 2)
-        np.testing.assert_array_equal(pooled_crop, pooled_scene[2 : 2 + pooled_crop.shape[0], 3 : 3 + pooled_crop.shape[1]])
+        np.testing.assert_array_equal(
+            pooled_crop, pooled_scene[2 : 2 + pooled_crop.shape[0], 3 : 3 + pooled_crop.shape[1]]
+        )
 
     def test_odd_shift_counterexample(self):
         # A 2x2 block of ones straddling all four pooling windows lights all of them;
@@ -1125,11 +1174,14 @@ class TestPoolPyramid:
         levels = pool_pyramid(np.zeros((10, 10)), 3)
         assert [level.shape for level in levels] == [(10, 10), (5, 5), (2, 2), (1, 1)]
 
-    @pytest.mark.parametrize(("shape", "kernel_size", "iterations", "shapes"), [
-        ((16, 9), 2, 3, [(16, 9), (8, 4), (4, 2), (2, 1)]),
-        ((27, 28), 3, 3, [(27, 28), (9, 9), (3, 3), (1, 1)]),
-        ((2, 3, 8, 8), 2, 2, [(2, 3, 8, 8), (2, 3, 4, 4), (2, 3, 2, 2)]),
-    ])
+    @pytest.mark.parametrize(
+        ("shape", "kernel_size", "iterations", "shapes"),
+        [
+            ((16, 9), 2, 3, [(16, 9), (8, 4), (4, 2), (2, 1)]),
+            ((27, 28), 3, 3, [(27, 28), (9, 9), (3, 3), (1, 1)]),
+            ((2, 3, 8, 8), 2, 2, [(2, 3, 8, 8), (2, 3, 4, 4), (2, 3, 2, 2)]),
+        ],
+    )
     def test_shapes(self, shape, kernel_size, iterations, shapes):
         levels = pool_pyramid(np.zeros(shape), iterations, kernel_size)
         assert [level.shape for level in levels] == shapes
@@ -1224,7 +1276,16 @@ class TestPoolPyramid:
 class TestDepthAndSizes:
     @pytest.mark.parametrize(
         ("height", "width", "kernel_size", "depth"),
-        [(10, 10, 2, 3), (1, 1, 2, 0), (2, 2, 2, 1), (16, 9, 2, 3), (256, 256, 2, 8), (27, 27, 3, 3), (8, 8, 3, 1), (5, 100, 2, 2)],
+        [
+            (10, 10, 2, 3),
+            (1, 1, 2, 0),
+            (2, 2, 2, 1),
+            (16, 9, 2, 3),
+            (256, 256, 2, 8),
+            (27, 27, 3, 3),
+            (8, 8, 3, 1),
+            (5, 100, 2, 2),
+        ],
     )
     def test_max_pyramid_depth(self, height, width, kernel_size, depth):
         assert max_pyramid_depth(height, width, kernel_size) == depth

@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from nets import fcn_stride_four, pooled_net
 from torch import nn
 
 from shiftlab.equivariance import NOTE_GLOBAL, NOTE_NOT_MULTIPLE
@@ -27,8 +28,6 @@ from shiftlab.errors import ShiftlabError
 from shiftlab.models import SimpleCNN, load_model
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.probe import COLUMNS, ProbeResult, probe, select_layers
-
-from nets import fcn_stride_four, pooled_net
 
 EXACT = 1e-6
 
@@ -94,7 +93,14 @@ class TestCircularNetworkIsExact:
     def test_types_depths_and_shapes(self):
         result = probe(circular_net(), images(size=12), shifts=[(0, 1)])
         summary = {row["layer"]: row for row in result.summary()}
-        assert [summary[name]["type"] for name in result.layers] == ["Conv2d", "ReLU", "Conv2d", "BatchNorm2d", "GELU", "Sequential"]
+        assert [summary[name]["type"] for name in result.layers] == [
+            "Conv2d",
+            "ReLU",
+            "Conv2d",
+            "BatchNorm2d",
+            "GELU",
+            "Sequential",
+        ]
         assert [summary[name]["depth"] for name in result.layers] == [1, 2, 3, 4, 5, 6]
         assert summary["0"]["shape"] == [6, 12, 12]
 
@@ -161,7 +167,9 @@ class TestZeroPaddedNetworkOfStrideFour:
 
     @pytest.mark.parametrize("mode, size", [("zero", 48), ("crop", 64)])
     def test_exact_for_multiples_of_each_layers_stride(self, mode, size):
-        result = probe(fcn_stride_four(), images(count=2, size=size), shifts=[(0, 0)] + self.MULTIPLES + self.OTHERS, mode=mode)
+        result = probe(
+            fcn_stride_four(), images(count=2, size=size), shifts=[(0, 0)] + self.MULTIPLES + self.OTHERS, mode=mode
+        )
         expected_strides = {"0": [1, 1], "1": [1, 1], "2": [2, 2], "3": [4, 4], "output": [4, 4]}
         assert result.layers == list(expected_strides)
         for row in result.rows:
@@ -198,7 +206,9 @@ class TestOutputRow:
         for row in rows:
             assert 0.0 <= row["top1_agreement"] <= 1.0
             assert row["top1_agreement"] * 3 == pytest.approx(round(row["top1_agreement"] * 3))
-        assert all(row["top1_agreement"] is None for row in result.rows if row["layer"] != "output" and row["layer"] != "head")
+        assert all(
+            row["top1_agreement"] is None for row in result.rows if row["layer"] != "output" and row["layer"] != "head"
+        )
 
     def test_top1_agreement_is_one_for_a_circular_invariant_classifier(self):
         model, _ = load_model("circular_cnn")
@@ -268,7 +278,10 @@ class TestModelIsLeftUnchanged:
         handle.remove()
         assert no_hooks_left(model)
 
-    @pytest.mark.parametrize("mode, fail_on, shape", [("circular", 1, (4, 3, 16, 16)), ("zero", 1, (1, 3, 16, 16)), ("zero", 2, (4, 3, 16, 16))])
+    @pytest.mark.parametrize(
+        "mode, fail_on, shape",
+        [("circular", 1, (4, 3, 16, 16)), ("zero", 1, (1, 3, 16, 16)), ("zero", 2, (4, 3, 16, 16))],
+    )
     def test_model_raising(self, mode, fail_on, shape):
         model = Flaky(fail_on)
         model.train()
@@ -360,17 +373,27 @@ class TestSameTensorMeasuredOnce:
         assert block.keys() == last_relu.keys()
         for shift, row in block.items():
             assert {key: row[key] for key in measured} == {key: last_relu[shift][key] for key in measured}
-            assert row["rel_l2"] > 0.01  # the stem (zero padding, stride 2) makes both shifts inexact: real numbers, not defaults
+            assert (
+                row["rel_l2"] > 0.01
+            )  # the stem (zero padding, stride 2) makes both shifts inexact: real numbers, not defaults
 
     def test_inplace_relu_after_batch_norm_is_measured_again(self):
         def net(inplace: bool) -> nn.Sequential:
             torch.manual_seed(0)
-            model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.BatchNorm2d(4), nn.ReLU(inplace=inplace), nn.MaxPool2d(2))
+            model = nn.Sequential(
+                nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+                nn.BatchNorm2d(4),
+                nn.ReLU(inplace=inplace),
+                nn.MaxPool2d(2),
+            )
             _randomise_batch_norm(model)
             return model.eval()
 
         shifts = [(0, 1), (1, 2)]
-        in_place, out_of_place = probe(net(True), images(count=2), shifts=shifts), probe(net(False), images(count=2), shifts=shifts)
+        in_place, out_of_place = (
+            probe(net(True), images(count=2), shifts=shifts),
+            probe(net(False), images(count=2), shifts=shifts),
+        )
         assert_same_results(in_place, out_of_place)
         assert rows_of(in_place, "1") != rows_of(in_place, "2")
 
@@ -414,7 +437,20 @@ class TestZeroShift:
 def assert_same_results(first: ProbeResult, second: ProbeResult) -> None:
     assert [row["layer"] for row in first.rows] == [row["layer"] for row in second.rows]
     for a, b in zip(first.rows, second.rows):
-        for key in ("type", "depth", "shape", "stride", "dy", "dx", "multiple", "aligned_dy", "aligned_dx", "valid_fraction", "top1_agreement", "note"):
+        for key in (
+            "type",
+            "depth",
+            "shape",
+            "stride",
+            "dy",
+            "dx",
+            "multiple",
+            "aligned_dy",
+            "aligned_dx",
+            "valid_fraction",
+            "top1_agreement",
+            "note",
+        ):
             assert a[key] == b[key], (a["layer"], key)
         for key in ("rel_l2", "max_abs", "cosine"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6, nan_ok=True), (a["layer"], a["dy"], a["dx"], key)
@@ -455,12 +491,20 @@ class TestBatching:
         # batch_size 3: two shifts per pass, one image per pass. The zero shift costs no pass (its output is the
         # reference's), so the 4 others make 2 chunks: 3 images x 2 chunks of shifts.
         assert self.SHIFTS[:5].count((0, 0)) == 1
-        probe(pooled_net(), images(count=3), shifts=self.SHIFTS[:5], batch_size=3, progress=lambda done, total: calls.append((done, total)))
+        probe(
+            pooled_net(),
+            images(count=3),
+            shifts=self.SHIFTS[:5],
+            batch_size=3,
+            progress=lambda done, total: calls.append((done, total)),
+        )
         assert calls == [(done, 6) for done in range(1, 7)]
 
     def test_progress_one_pass(self):
         calls = []
-        probe(pooled_net(), images(count=3), shifts=self.SHIFTS, progress=lambda done, total: calls.append((done, total)))
+        probe(
+            pooled_net(), images(count=3), shifts=self.SHIFTS, progress=lambda done, total: calls.append((done, total))
+        )
         assert calls == [(1, 1)]
 
     def test_one_image_without_batch_axis(self):
@@ -481,7 +525,11 @@ class TestBatching:
         alone_large = probe(fcn_stride_four(), large, shifts=shifts)
         for layer in result.layers:
             for shift in shifts:
-                row, first, second = rows_of(result, layer)[shift], rows_of(alone_small, layer)[shift], rows_of(alone_large, layer)[shift]
+                row, first, second = (
+                    rows_of(result, layer)[shift],
+                    rows_of(alone_small, layer)[shift],
+                    rows_of(alone_large, layer)[shift],
+                )
                 assert row["stride"] == first["stride"] == second["stride"]
                 assert row["max_abs"] == pytest.approx(max(first["max_abs"], second["max_abs"]), rel=1e-6)
                 low, high = sorted([first["rel_l2"], second["rel_l2"]])
@@ -510,11 +558,13 @@ class ResidualUnit(nn.Module):
 
 def nested_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(
-        stem=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.ReLU()),
-        body=nn.Sequential(ResidualUnit(), nn.Identity(), nn.Conv2d(4, 4, 1)),
-        head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)),
-    )).eval()
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"), nn.ReLU()),
+            body=nn.Sequential(ResidualUnit(), nn.Identity(), nn.Conv2d(4, 4, 1)),
+            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)),
+        )
+    ).eval()
 
 
 class ReusedRelu(nn.Module):
@@ -551,7 +601,9 @@ class TestSelectLayers:
         assert [name for name, _ in select_layers(nested_net(), layers)] == expected
 
     def test_by_predicate(self):
-        chosen = select_layers(nested_net(), lambda name, module: isinstance(module, nn.Conv2d) and name.startswith("body"))
+        chosen = select_layers(
+            nested_net(), lambda name, module: isinstance(module, nn.Conv2d) and name.startswith("body")
+        )
         assert [name for name, _ in chosen] == ["body.0.conv", "body.2"]
 
     def test_forward_order_not_argument_order(self):
@@ -560,10 +612,15 @@ class TestSelectLayers:
     def test_unknown_pattern(self):
         with pytest.raises(ShiftlabError) as info:
             select_layers(nested_net(), "layer9.*")
-        assert str(info.value) == "layers: 'layer9.*' matches no module of the model (names look like: stem, stem.0, stem.1, body, body.0, body.0.conv, body.0.act, body.1, ...)"
+        assert (
+            str(info.value)
+            == "layers: 'layer9.*' matches no module of the model (names look like: stem, stem.0, stem.1, body, body.0, body.0.conv, body.0.act, body.1, ...)"
+        )
 
     def test_unknown_type(self):
-        with pytest.raises(ShiftlabError, match=r"^layers: type LSTM matches no module of the model \(names look like: stem, "):
+        with pytest.raises(
+            ShiftlabError, match=r"^layers: type LSTM matches no module of the model \(names look like: stem, "
+        ):
             select_layers(nested_net(), [nn.LSTM])
 
     def test_probe_with_layers(self):
@@ -658,7 +715,10 @@ class TestProbeErrors:
     def test_input_rank(self):
         with pytest.raises(ShiftlabError) as info:
             probe(pooled_net(), torch.zeros(3, 8), shifts=[(0, 1)])
-        assert str(info.value) == "inputs: expected (N, C, H, W) or (C, H, W), got tensor of shape (3, 8) and dtype float32"
+        assert (
+            str(info.value)
+            == "inputs: expected (N, C, H, W) or (C, H, W), got tensor of shape (3, 8) and dtype float32"
+        )
 
     def test_bad_item_of_a_list(self):
         with pytest.raises(ShiftlabError, match=r"^inputs\[1\]: expected \(C, H, W\) or \(N, C, H, W\), got"):
@@ -670,7 +730,10 @@ class TestProbeErrors:
         assert str(info.value) == "inputs: is empty"
 
     def test_integer_images(self):
-        with pytest.raises(ShiftlabError, match=r"^inputs: expected floating-point images, got tensor of shape \(1, 3, 8, 8\) and dtype uint8"):
+        with pytest.raises(
+            ShiftlabError,
+            match=r"^inputs: expected floating-point images, got tensor of shape \(1, 3, 8, 8\) and dtype uint8",
+        ):
             probe(pooled_net(), torch.zeros(1, 3, 8, 8, dtype=torch.uint8), shifts=[(0, 1)])
 
     def test_wrong_channel_count(self):
@@ -678,7 +741,10 @@ class TestProbeErrors:
             probe(pooled_net(), torch.zeros(1, 1, 8, 8), shifts=[(0, 1)])
 
     def test_crop_margin_too_large(self):
-        with pytest.raises(ShiftlabError, match=r"^shifts: crop windows for shifts up to \(0, 8\) need an input larger than 0x16, got 16x16"):
+        with pytest.raises(
+            ShiftlabError,
+            match=r"^shifts: crop windows for shifts up to \(0, 8\) need an input larger than 0x16, got 16x16",
+        ):
             probe(pooled_net(), images(), shifts=[(0, 8)], mode="crop")
 
     def test_unknown_layer_of_a_result(self):
@@ -739,7 +805,7 @@ class TestDtypes:
 # --------------------------------------------------------------------------- torchvision end to end
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torchvision_model(name: str) -> nn.Module:
     """A torchvision network with random weights, built once per session (probing never changes it)."""
     return load_model(name)[0]
@@ -774,7 +840,16 @@ class TestTorchvision:
         assert "layer1.0.relu:2" in summary and "layer4.1.relu:2" in summary
         assert "relu" in summary and "relu:2" not in summary
         kinds = {row["type"] for row in summary.values()}
-        assert {"Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "BasicBlock", "AdaptiveAvgPool2d", "Linear", "ResNet"} <= kinds
+        assert {
+            "Conv2d",
+            "BatchNorm2d",
+            "ReLU",
+            "MaxPool2d",
+            "BasicBlock",
+            "AdaptiveAvgPool2d",
+            "Linear",
+            "ResNet",
+        } <= kinds
         assert 0 <= result.layer_rows("output")[1]["top1_agreement"] <= 1
 
     def test_vgg11(self):
@@ -795,7 +870,11 @@ class TestTorchvision:
     def test_convnext_tiny(self):
         _, summary = summary_of("convnext_tiny", shifts=((0, 1),))
         assert summary["features.0.0"]["stride"] == [4, 4]
-        channels_last = [row for row in summary.values() if row["type"] in ("LayerNorm", "Linear", "GELU") and row["stride"] is not None]
+        channels_last = [
+            row
+            for row in summary.values()
+            if row["type"] in ("LayerNorm", "Linear", "GELU") and row["stride"] is not None
+        ]
         assert len(channels_last) == 4 * 18  # four per CNBlock
         assert all(row["stride"][0] == row["stride"][1] >= 4 for row in channels_last)
         assert summary["features.0.1"]["type"] == "LayerNorm2d" and summary["features.0.1"]["stride"] == [4, 4]
@@ -809,9 +888,16 @@ class TestTorchvision:
         # exact for shifts that are a multiple of it, like the convolutions around them.
         model = torchvision_model("convnext_tiny")
         shifts = [(0, 4), (4, -4), (0, 2)]
-        result = probe(model, images(count=1, size=64), shifts=shifts, mode="crop", layers="features.0.*, features.1.0.*")
+        result = probe(
+            model, images(count=1, size=64), shifts=shifts, mode="crop", layers="features.0.*, features.1.0.*"
+        )
         summary = {row["layer"]: row for row in result.summary()}
-        for name, kind, channels in [("features.1.0.block.2", "LayerNorm", 96), ("features.1.0.block.3", "Linear", 384), ("features.1.0.block.4", "GELU", 384), ("features.1.0.block.5", "Linear", 96)]:
+        for name, kind, channels in [
+            ("features.1.0.block.2", "LayerNorm", 96),
+            ("features.1.0.block.3", "Linear", 384),
+            ("features.1.0.block.4", "GELU", 384),
+            ("features.1.0.block.5", "Linear", 96),
+        ]:
             assert summary[name]["type"] == kind
             assert summary[name]["stride"] == [4, 4], name
             assert summary[name]["shape"] == [channels, 14, 14], name  # listed channels first
@@ -825,7 +911,12 @@ class TestTorchvision:
 
 def nan_result() -> ProbeResult:
     """A probe with a NaN row: in zero mode the core of a stride-8 map is one column, and a move of one column leaves no pixel to compare."""
-    return probe(nn.Sequential(nn.MaxPool2d(8)), torch.rand(1, 1, 8, 24, generator=torch.Generator().manual_seed(0)), shifts=[(0, 0), (0, 8)], mode="zero")
+    return probe(
+        nn.Sequential(nn.MaxPool2d(8)),
+        torch.rand(1, 1, 8, 24, generator=torch.Generator().manual_seed(0)),
+        shifts=[(0, 0), (0, 8)],
+        mode="zero",
+    )
 
 
 class TestTables:
@@ -942,8 +1033,8 @@ class TestPrepareImages:
     def test_rgb_and_gray(self):
         from shiftlab.experiments.probing import prepare_images
 
-        rgb, = prepare_images(["chelsea"], channels=3)
-        gray, = prepare_images(["chelsea"], channels=1)
+        (rgb,) = prepare_images(["chelsea"], channels=3)
+        (gray,) = prepare_images(["chelsea"], channels=1)
         assert rgb.dtype == torch.float32 and rgb.ndim == 3 and rgb.shape[0] == 3
         assert gray.shape == (1, *rgb.shape[1:])
         assert 0.0 <= float(rgb.min()) and float(rgb.max()) <= 1.0
@@ -956,7 +1047,7 @@ class TestPrepareImages:
         # 20 x 40: left half black, right half white; the centre 20 x 20 crop straddles the edge
         array = np.zeros((20, 40), dtype=np.float32)
         array[:, 20:] = 1.0
-        image, = prepare_images([array], channels=1, size=10)
+        (image,) = prepare_images([array], channels=1, size=10)
         assert image.shape == (1, 10, 10)
         # shorter side 20 -> 10: the whole is 10 x 20, the crop is its columns 5..14 and the edge sits in the middle
         assert float(image[0, :, 0].max()) < 0.05 and float(image[0, :, -1].min()) > 0.95
@@ -967,7 +1058,7 @@ class TestPrepareImages:
 
         from shiftlab.experiments.probing import prepare_images
 
-        image, = prepare_images([np.full((30, 45, 3), 0.25, dtype=np.float32)], channels=3, size=16)
+        (image,) = prepare_images([np.full((30, 45, 3), 0.25, dtype=np.float32)], channels=3, size=16)
         assert image.shape == (3, 16, 16)
         assert torch.allclose(image, torch.full_like(image, 0.25), atol=1e-6)
 
@@ -976,7 +1067,7 @@ class TestPrepareImages:
 
         from shiftlab.experiments.probing import prepare_images
 
-        image, = prepare_images([np.full((20, 30, 3), 0.5, dtype=np.float32)], channels=3, normalize="imagenet")
+        (image,) = prepare_images([np.full((20, 30, 3), 0.5, dtype=np.float32)], channels=3, normalize="imagenet")
         # (0.5 - mean) / std with ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225)
         expected = [0.0655022, 0.1964286, 0.4177778]
         assert image.mean(dim=(1, 2)).tolist() == pytest.approx(expected, abs=1e-6)
@@ -1099,7 +1190,9 @@ class TestRunProbe:
         model, _ = load_model("circular_cnn", seed=4)
         path = tmp_path / "w.pt"
         torch.save(model.state_dict(), path)
-        result, _ = run_probe("circular_cnn", ["chelsea"], shifts=[(0, 1)], size=16, weights=str(path), normalize="imagenet")
+        result, _ = run_probe(
+            "circular_cnn", ["chelsea"], shifts=[(0, 1)], size=16, weights=str(path), normalize="imagenet"
+        )
         assert result.protocol["weights"] == str(path)
         assert result.protocol["normalize"] == "imagenet"
 
@@ -1132,7 +1225,9 @@ class TestRunProbe:
 
         result = probe(pooled_net(), images(), shifts=[(0, 0), (0, 1), (0, 2)])
         section = probe_section(result, key="k", title="T", intro="Intro.")
-        assert section.key == "k" and section.intro.startswith("Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2); 2 image(s) of size 16x16; float32 on cpu; 4 layers watched.")
+        assert section.key == "k" and section.intro.startswith(
+            "Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2); 2 image(s) of size 16x16; float32 on cpu; 4 layers watched."
+        )
         assert len(section.figures) == 2 and all(isinstance(figure, Figure) for _, figure in section.figures)
         assert [row[1] for row in section.tables[0].rows] == result.layers
         assert section.findings[0].statement.startswith("Equivariance is first lost at layer '2'")

@@ -36,7 +36,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     code = text.split("```python", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, "README.md", "exec"), namespace)
     result = namespace["result"]
     assert result.summary()[0]["layer"] == "conv1"
     assert (tmp_path / "probe.csv").exists()

@@ -129,7 +129,17 @@ class TestZero:
 class TestCrop:
     @pytest.mark.parametrize(
         "margin, dy, dx",
-        [((2, 3), 0, 0), ((2, 3), 1, -1), ((2, 3), -2, 0), ((2, 3), 2, 3), ((2, 3), -2, -3), ((0, 1), 0, 1), ((0, 1), 0, -1), ((3, 0), -2, 0), ((3, 0), 3, 0)],
+        [
+            ((2, 3), 0, 0),
+            ((2, 3), 1, -1),
+            ((2, 3), -2, 0),
+            ((2, 3), 2, 3),
+            ((2, 3), -2, -3),
+            ((0, 1), 0, 1),
+            ((0, 1), 0, -1),
+            ((3, 0), -2, 0),
+            ((3, 0), 3, 0),
+        ],
     )
     def test_window_of_the_larger_image(self, rng, margin, dy, dx):
         image = rng.standard_normal((2, 11, 13))
@@ -172,7 +182,10 @@ class TestCropErrors:
     def test_margin_smaller_than_shift(self):
         with pytest.raises(ShiftlabError) as info:
             shift(np.zeros((9, 9)), 2, 0, mode="crop", margin=1)
-        assert str(info.value) == "margin: (1, 1) is smaller than the shift (2, 0); a crop window cannot move beyond its margin"
+        assert (
+            str(info.value)
+            == "margin: (1, 1) is smaller than the shift (2, 0); a crop window cannot move beyond its margin"
+        )
 
     def test_margin_leaves_nothing(self):
         with pytest.raises(ShiftlabError) as info:
@@ -247,7 +260,9 @@ class TestFourier:
     @pytest.mark.parametrize("value", [np.float32(0.5), np.int64(2), 1])
     def test_accepts_numpy_scalars(self, rng, value):
         image = rng.random((6, 6))
-        np.testing.assert_allclose(shift(image, value, 0, mode="fourier"), shift(image, float(value), 0, mode="fourier"), atol=1e-12)
+        np.testing.assert_allclose(
+            shift(image, value, 0, mode="fourier"), shift(image, float(value), 0, mode="fourier"), atol=1e-12
+        )
 
 
 # --------------------------------------------------------------------------- types and errors
@@ -294,7 +309,10 @@ class TestShiftErrors:
     def test_fractional_shift_refused_outside_fourier(self, mode):
         with pytest.raises(ShiftlabError) as info:
             shift(np.zeros((8, 8)), 0.5, 0, mode=mode)
-        assert str(info.value) == f"dy: must be a whole number of pixels in {mode!r} mode, got 0.5; use mode='fourier' for sub-pixel shifts"
+        assert (
+            str(info.value)
+            == f"dy: must be a whole number of pixels in {mode!r} mode, got 0.5; use mode='fourier' for sub-pixel shifts"
+        )
 
     def test_fractional_dx(self):
         with pytest.raises(ShiftlabError, match=r"^dx: must be a whole number of pixels in 'zero' mode, got 1.25;"):
@@ -366,7 +384,10 @@ class TestShiftRange:
     def test_not_numbers(self, spec):
         with pytest.raises(ShiftlabError) as info:
             shift_range(spec)
-        assert str(info.value) == f"shifts: cannot read {spec!r}: expected start:stop[:step] or a whole number, e.g. 0:8 or -2:3"
+        assert (
+            str(info.value)
+            == f"shifts: cannot read {spec!r}: expected start:stop[:step] or a whole number, e.g. 0:8 or -2:3"
+        )
 
     def test_step_zero(self):
         with pytest.raises(ShiftlabError) as info:
@@ -424,13 +445,19 @@ class TestParseShifts:
     def test_not_numbers(self):
         with pytest.raises(ShiftlabError) as info:
             parse_shifts("a:b")
-        assert str(info.value) == "shifts: cannot read 'a:b': expected start:stop[:step] or a whole number, e.g. 0:8 or -2:3"
+        assert (
+            str(info.value)
+            == "shifts: cannot read 'a:b': expected start:stop[:step] or a whole number, e.g. 0:8 or -2:3"
+        )
 
     @pytest.mark.parametrize("spec, item", [("1,2;3", "3"), ("1,2;3,4,5", "3,4,5"), ("1,x", "1,x"), ("1.5,2", "1.5,2")])
     def test_bad_pair(self, spec, item):
         with pytest.raises(ShiftlabError) as info:
             parse_shifts(spec)
-        assert str(info.value) == f"shifts: cannot read {item!r} in {spec!r}: expected dy,dx pairs separated by ';', e.g. '1,2;0,-3'"
+        assert (
+            str(info.value)
+            == f"shifts: cannot read {item!r} in {spec!r}: expected dy,dx pairs separated by ';', e.g. '1,2;0,-3'"
+        )
 
     @pytest.mark.parametrize("spec", ["0:4:0", "diag:0:4:0", "grid:0:4:0"])
     def test_step_zero(self, spec):

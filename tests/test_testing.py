@@ -6,14 +6,13 @@ import re
 
 import pytest
 import torch
+from nets import pooled_net
 from torch import nn
 
 from shiftlab import convolve, max_pool
 from shiftlab.equivariance import EquivarianceResult
 from shiftlab.errors import ShiftlabError
 from shiftlab.testing import DEFAULT_TOLERANCES, assert_shift_equivariant, assert_shift_invariant
-
-from nets import pooled_net
 
 
 def circular_conv(channels_in: int = 3, channels_out: int = 4, seed: int = 0) -> nn.Conv2d:
@@ -47,7 +46,9 @@ class TestAssertShiftEquivariant:
         assert len(result.errors) == 4 and result.max_rel_l2 <= 1e-6
 
     def test_passes_on_shiftlab_convolve(self):
-        assert_shift_equivariant(lambda t: convolve(t, "sobel_y", padding="circular"), torch.rand(2, 12, 12), [(1, 1), (-4, 5)])
+        assert_shift_equivariant(
+            lambda t: convolve(t, "sobel_y", padding="circular"), torch.rand(2, 12, 12), [(1, 1), (-4, 5)]
+        )
 
     def test_passes_on_even_shifts_of_a_pooling(self):
         assert_shift_equivariant(nn.MaxPool2d(2), images(), [(0, 2), (4, -6)])
@@ -61,7 +62,9 @@ class TestAssertShiftEquivariant:
             assert_shift_equivariant(nn.MaxPool2d(2), x, [(0, 2), (0, 1)])
         message = str(info.value)
         assert message.startswith("not shift-equivariant under mode='circular': shift (0, 1) gives max abs error ")
-        position = re.search(r"worst at output index \((\d+), (\d+), (\d+), (\d+)\) \(got (\S+), expected (\S+)\)", message)
+        position = re.search(
+            r"worst at output index \((\d+), (\d+), (\d+), (\d+)\) \(got (\S+), expected (\S+)\)", message
+        )
         assert position is not None, message
         index = tuple(int(value) for value in position.groups()[:4])
         # check the reported position independently: the pooled shifted image against the pooled image,
@@ -70,8 +73,13 @@ class TestAssertShiftEquivariant:
         reference = nn.MaxPool2d(2)(x)
         candidates = [torch.roll(reference, offset, -1) for offset in (0, 1)]
         assert float(output[index]) == pytest.approx(float(position.group(5)), rel=1e-3)
-        assert any(float(candidate[index]) == pytest.approx(float(position.group(6)), rel=1e-3) for candidate in candidates)
-        assert "; the shift is not a multiple of the stride (2, 2), so no whole-pixel alignment can match; 1 of 2 shifts fail" in message
+        assert any(
+            float(candidate[index]) == pytest.approx(float(position.group(6)), rel=1e-3) for candidate in candidates
+        )
+        assert (
+            "; the shift is not a multiple of the stride (2, 2), so no whole-pixel alignment can match; 1 of 2 shifts fail"
+            in message
+        )
         # a single module has no sub-layers to blame
         assert "first breaks at layer" not in message
 
@@ -168,7 +176,9 @@ class TestTolerances:
     def test_explicit_atol(self):
         x = torch.zeros(1, 8, 8, dtype=torch.float64)  # max|f(x)| = 0.25, the marker itself
         assert_shift_equivariant(Marked(0.25), x, [(0, 1)], atol=0.2501, rtol=0.0)
-        with pytest.raises(AssertionError, match=r"gives max abs error 0\.25 > tolerance 0\.249 \(atol 0\.249 \+ rtol 0 "):
+        with pytest.raises(
+            AssertionError, match=r"gives max abs error 0\.25 > tolerance 0\.249 \(atol 0\.249 \+ rtol 0 "
+        ):
             assert_shift_equivariant(Marked(0.25), x, [(0, 1)], atol=0.249, rtol=0.0)
 
     def test_explicit_rtol(self):
@@ -187,7 +197,7 @@ class TestTolerances:
 
 class TestAssertShiftInvariant:
     def test_global_mean_pooling_passes(self):
-        pool = lambda t: t.mean(dim=(-2, -1))  # noqa: E731
+        pool = lambda t: t.mean(dim=(-2, -1))
         assert assert_shift_invariant(pool, images(count=2), [(1, 2), (-3, 0), (15, 17)]) is None
 
     def test_circular_network_with_global_pooling(self):
@@ -200,7 +210,9 @@ class TestAssertShiftInvariant:
             assert_shift_invariant(lambda t: t[..., 0, :], x, [(0, 0), (1, 0)])
         message = str(info.value)
         # row 0 becomes the old row 3: [12, 13, 14, 15] instead of [0, 1, 2, 3]; every entry changes by 12
-        assert message.startswith("not shift-invariant under mode='circular': shift (1, 0) changes the output by up to 12 > tolerance ")
+        assert message.startswith(
+            "not shift-invariant under mode='circular': shift (1, 0) changes the output by up to 12 > tolerance "
+        )
         assert ", at output index (0, 0); 1 of 2 shifts fail" in message
 
     def test_worst_shift_and_position(self):
@@ -235,10 +247,12 @@ class TestAssertShiftInvariant:
     def test_tolerances(self):
         x = torch.zeros(1, 8, 8, dtype=torch.float64)
         x[0, 0, 0] = 0.25
-        fn = lambda t: t[..., 0, :]  # noqa: E731  (the first row: moving the pixel changes it by 0.25)
+        fn = lambda t: t[..., 0, :]
         assert_shift_invariant(fn, x, [(0, 1)], atol=0.2501, rtol=0.0)
         assert_shift_invariant(fn, x, [(0, 1)], atol=0.0, rtol=1.0001)  # rtol x max|f(x)| = 0.25
-        with pytest.raises(AssertionError, match=r"changes the output by up to 0\.25 > tolerance 0\.249 \(atol 0\.249 \+ rtol 0 "):
+        with pytest.raises(
+            AssertionError, match=r"changes the output by up to 0\.25 > tolerance 0\.249 \(atol 0\.249 \+ rtol 0 "
+        ):
             assert_shift_invariant(fn, x, [(0, 1)], atol=0.249, rtol=0.0)
 
     def test_zero_mode(self):

@@ -60,7 +60,11 @@ class Scratch:
         count = math.prod(shape)
         buffer = self._buffer
         if buffer is None or buffer.numel() < count or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = torch.empty(max(count, buffer.numel() if buffer is not None and buffer.dtype == like.dtype else 0), dtype=like.dtype, device=like.device)
+            buffer = torch.empty(
+                max(count, buffer.numel() if buffer is not None and buffer.dtype == like.dtype else 0),
+                dtype=like.dtype,
+                device=like.device,
+            )
             self._buffer = buffer
         return buffer[:count].view(*shape)
 
@@ -81,7 +85,7 @@ class PairSums:
     compared: list[int]
     total: list[int]
 
-    def __add__(self, other: "PairSums") -> "PairSums":
+    def __add__(self, other: PairSums) -> PairSums:
         if other.pairs != self.pairs:  # the same pairs in another order (another code path): align them first
             if sorted(other.pairs) != sorted(self.pairs):
                 raise ValueError("PairSums of different pairs cannot be added")
@@ -94,7 +98,7 @@ class PairSums:
             [a + b for a, b in zip(self.total, other.total)],
         )
 
-    def take(self, positions: list[int]) -> "PairSums":
+    def take(self, positions: list[int]) -> PairSums:
         """The pairs at ``positions``, in that order."""
         index = torch.tensor(positions, dtype=torch.long, device=self.squares.device)
         return PairSums(
@@ -109,12 +113,21 @@ class PairSums:
         """``{alignment: ErrorSums}`` for each of ``count`` shifts (read back from the device once)."""
         results: list[dict[Offset, ErrorSums]] = [{} for _ in range(count)]
         squares, largest = self.squares.tolist(), self.largest.tolist()
-        for (index, offset), (difference, reference, output), peak, compared, total in zip(self.pairs, squares, largest, self.compared, self.total):
+        for (index, offset), (difference, reference, output), peak, compared, total in zip(
+            self.pairs, squares, largest, self.compared, self.total
+        ):
             results[index][offset] = _finish(difference, reference, output, peak, compared, total)
         return results
 
 
-def _finish(squared_difference: float, squared_reference: float, squared_output: float, largest: float, compared: int, total: int) -> ErrorSums:
+def _finish(
+    squared_difference: float,
+    squared_reference: float,
+    squared_output: float,
+    largest: float,
+    compared: int,
+    total: int,
+) -> ErrorSums:
     # <a, b> = (|a|^2 + |b|^2 - |a - b|^2) / 2: cancellation blurs only the cosine, never the L2 error.
     dot = 0.5 * (squared_output + squared_reference - squared_difference)
     return ErrorSums(squared_difference, squared_reference, squared_output, dot, largest, compared, total)
@@ -129,6 +142,7 @@ def alignment_candidates(dy: float, dx: float, stride: tuple[int, int]) -> list[
         >>> alignment_candidates(4, 4, (2, 2))
         [(2, 2)]
     """
+
     def axis(value: float) -> list[int]:
         low, high = math.floor(value), math.ceil(value)
         return [low] if low == high else [low, high]
@@ -289,7 +303,9 @@ def pair_sums(
     return _overlap_sums(maps[0], maps[1:], groups, box, None, scratch)
 
 
-def _circular_sums(reference: torch.Tensor, shifted: torch.Tensor, groups: dict[Offset, list[int]], scratch: Scratch) -> PairSums:
+def _circular_sums(
+    reference: torch.Tensor, shifted: torch.Tensor, groups: dict[Offset, list[int]], scratch: Scratch
+) -> PairSums:
     height, width = reference.shape[-2:]
     moves = {offset: (_reduce(offset[0], height), _reduce(offset[1], width)) for offset in groups}
     top = max(0, *(oy for oy, _ in moves.values()))
@@ -324,7 +340,12 @@ def _overlap(offset: Offset, box: tuple[int, int, int, int]) -> tuple[slice, sli
 
 
 def _overlap_sums(
-    reference: torch.Tensor, shifted: torch.Tensor, groups: dict[Offset, list[int]], box: tuple[int, int, int, int], core: torch.Tensor | None, scratch: Scratch
+    reference: torch.Tensor,
+    shifted: torch.Tensor,
+    groups: dict[Offset, list[int]],
+    box: tuple[int, int, int, int],
+    core: torch.Tensor | None,
+    scratch: Scratch,
 ) -> PairSums:
     """Zero-fill moves: each alignment compares its own overlap (and core), so each is reduced on its own."""
     size = reference.numel()
@@ -355,7 +376,11 @@ def _overlap_sums(
         for output in outputs:
             differences.subtract(output, moved)
         squared_difference, peak = differences.result()
-        squared_output = torch.cat([_plane_squares(output, 1) for output in outputs]) if len(outputs) > 1 else _plane_squares(outputs[0], 1)
+        squared_output = (
+            torch.cat([_plane_squares(output, 1) for output in outputs])
+            if len(outputs) > 1
+            else _plane_squares(outputs[0], 1)
+        )
         squared_reference = _plane_squares(moved, 0).expand(len(indices))
         parts.append(torch.stack([squared_difference, squared_reference, squared_output], dim=1))
         largest.append(peak)
@@ -383,7 +408,11 @@ def _fused_kernels(maps: torch.Tensor) -> Any:
         try:
             from shiftlab import _fused
         except Exception as error:  # numba missing, or unable to compile or cache here: torch operations do the work
-            warnings.warn(f"shiftlab: comparing with torch operations, the fused CPU kernels are unavailable ({type(error).__name__}: {first_line(error)})", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"shiftlab: comparing with torch operations, the fused CPU kernels are unavailable ({type(error).__name__}: {first_line(error)})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             _fused_module = False
         else:
             _fused_module = _fused
@@ -412,7 +441,9 @@ def _first_pairs(pairs: list[Pair], count: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _circular_plan(shifts: tuple[tuple[float, float], ...], stride: tuple[int, int], shape: tuple[int, ...]) -> tuple[list[Pair], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _circular_plan(
+    shifts: tuple[tuple[float, float], ...], stride: tuple[int, int], shape: tuple[int, ...]
+) -> tuple[list[Pair], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What :func:`shiftlab._fused.circular_kernel` needs besides the maps, for one layer's shifts, stride and
     ``(maps, height, width)`` (the same for every batch, so made once): the pairs, the moves, where each map's pairs
     start, each pair's move, and each pair's map."""
@@ -426,7 +457,9 @@ def _circular_plan(shifts: tuple[tuple[float, float], ...], stride: tuple[int, i
     return pairs, moves, _first_pairs(pairs, count), targets, maps_of_pairs
 
 
-def _fused_circular_sums(fused: Any, maps: torch.Tensor, shifts: Sequence[tuple[float, float]], stride: tuple[int, int]) -> PairSums:
+def _fused_circular_sums(
+    fused: Any, maps: torch.Tensor, shifts: Sequence[tuple[float, float]], stride: tuple[int, int]
+) -> PairSums:
     count = maps.shape[0]
     height, width = maps.shape[-2:]
     size = maps[0].numel()
@@ -434,16 +467,22 @@ def _fused_circular_sums(fused: Any, maps: torch.Tensor, shifts: Sequence[tuple[
     pairs, moves, first, targets, maps_of_pairs = _circular_plan(tuple(shifts), stride, (count, height, width))
     block_planes = max(1, min(planes, fused.BLOCK // (height * width)))
     threads = _threads((count + len(pairs)) * size)
-    map_squares, differences, peaks = fused.circular_sums(maps.view(count, planes, height, width).numpy(), moves, first, targets, block_planes, threads)
+    map_squares, differences, peaks = fused.circular_sums(
+        maps.view(count, planes, height, width).numpy(), moves, first, targets, block_planes, threads
+    )
     squares = np.empty((len(pairs), 3))
     squares[:, 0] = differences
     squares[:, 1] = map_squares[0]  # every moved copy holds the reference's values
     squares[:, 2] = map_squares[maps_of_pairs]
     largest = peaks.view(np.float32).astype(np.float64)
-    return PairSums(pairs, torch.from_numpy(squares), torch.from_numpy(largest), [size] * len(pairs), [size] * len(pairs))
+    return PairSums(
+        pairs, torch.from_numpy(squares), torch.from_numpy(largest), [size] * len(pairs), [size] * len(pairs)
+    )
 
 
-def _fused_boxes(fused: Any, maps: torch.Tensor, source: torch.Tensor, pairs: list[Pair], boxes: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _fused_boxes(
+    fused: Any, maps: torch.Tensor, source: torch.Tensor, pairs: list[Pair], boxes: list[tuple[int, ...]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of :func:`shiftlab._fused.box_kernel` for the ``pairs`` (sorted by shift) and their ``boxes``, summed over the planes:
     ``(len(pairs), 3)`` squares and ``(len(pairs),)`` largest values."""
     count, planes = maps.shape[:2]
@@ -453,7 +492,9 @@ def _fused_boxes(fused: Any, maps: torch.Tensor, source: torch.Tensor, pairs: li
     return torch.from_numpy(squares), torch.from_numpy(peaks.view(np.float32).astype(np.float64))
 
 
-def _fused_overlap_sums(fused: Any, maps: torch.Tensor, groups: dict[Offset, list[int]], box: tuple[int, int, int, int]) -> PairSums:
+def _fused_overlap_sums(
+    fused: Any, maps: torch.Tensor, groups: dict[Offset, list[int]], box: tuple[int, int, int, int]
+) -> PairSums:
     count = maps.shape[0]
     height, width = maps.shape[-2:]
     size = maps[0].numel()
@@ -500,7 +541,9 @@ def whole_sums(reference: torch.Tensor, shifted: torch.Tensor) -> PairSums:
     shifted = shifted.reshape(count, -1).double()
     difference = shifted - reference
     size = reference.numel()
-    squares = torch.stack([difference.square().sum(dim=1), reference.square().sum().expand(count), shifted.square().sum(dim=1)], dim=1)
+    squares = torch.stack(
+        [difference.square().sum(dim=1), reference.square().sum().expand(count), shifted.square().sum(dim=1)], dim=1
+    )
     largest = difference.abs().amax(dim=1) if size else torch.zeros(count, dtype=torch.float64, device=shifted.device)
     return PairSums([(index, (0, 0)) for index in range(count)], squares, largest, [size] * count, [size] * count)
 

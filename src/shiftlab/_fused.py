@@ -137,7 +137,9 @@ def box_kernel(maps, source, first, boxes, squares, peaks, start, stop):  # prag
 
 
 @numba.njit(nogil=True, fastmath=_FAST, cache=True)
-def circular_kernel(maps, flat, offsets, first, targets, block_planes, outputs, squares, peaks, start, stop):  # pragma: no cover - compiled
+def circular_kernel(
+    maps, flat, offsets, first, targets, block_planes, outputs, squares, peaks, start, stop
+):  # pragma: no cover - compiled
     """Compare maps with circularly moved copies of the reference ``maps[0]``, a block of planes at a time.
 
     ``maps`` is ``(M, P, H, W)`` float32, C-contiguous, and ``flat`` the same
@@ -248,7 +250,9 @@ def _circular_task(data):  # pragma: no cover - compiled
             break
         start = chunk * table[_PER_CHUNK]
         stop = min(blocks, start + table[_PER_CHUNK])
-        circular_kernel(maps, flat, offsets, first, targets, block_planes, outputs[slot], squares[slot], peaks[slot], start, stop)
+        circular_kernel(
+            maps, flat, offsets, first, targets, block_planes, outputs[slot], squares[slot], peaks[slot], start, stop
+        )
 
 
 @numba.cfunc(types.void(types.voidptr), cache=True)
@@ -290,13 +294,19 @@ _TEAM = _team_entry()
 def _on_team(task: Any, length: int, threads: int, tasks: int, entries: list[Any]) -> None:
     """Run a team task on ``threads`` threads over ``tasks`` tasks; ``entries`` fill its table of ``length`` from index 4 (arrays as addresses)."""
     per_chunk = max(1, tasks // (4 * threads))  # a few chunks per thread, so that a thread that starts late still helps
-    table = np.array([0, 0, -(-tasks // per_chunk), per_chunk] + [entry.ctypes.data if isinstance(entry, np.ndarray) else entry for entry in entries], dtype=np.int64)
+    table = np.array(
+        [0, 0, -(-tasks // per_chunk), per_chunk]
+        + [entry.ctypes.data if isinstance(entry, np.ndarray) else entry for entry in entries],
+        dtype=np.int64,
+    )
     if len(table) != length or not all(entry.flags.c_contiguous for entry in entries if isinstance(entry, np.ndarray)):
         raise ValueError(f"team task table: expected {length} entries and C-contiguous arrays, got {len(table)}")
     _TEAM(task.address, table.ctypes.data, threads, 0)
 
 
-def circular_sums(maps: np.ndarray, offsets: np.ndarray, first: np.ndarray, targets: np.ndarray, block_planes: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def circular_sums(
+    maps: np.ndarray, offsets: np.ndarray, first: np.ndarray, targets: np.ndarray, block_planes: int, threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`circular_kernel` over all blocks: ``sum a^2`` per map, ``sum (a - b)^2`` and the bits of ``max |a - b|`` per pair."""
     count, planes, height, width = maps.shape
     blocks = -(-planes // block_planes)
@@ -305,14 +315,34 @@ def circular_sums(maps: np.ndarray, offsets: np.ndarray, first: np.ndarray, targ
     squares = np.zeros((threads, len(targets)))
     peaks = np.zeros((threads, len(targets)), dtype=np.uint32)
     if threads == 1:
-        circular_kernel(maps, maps.reshape(count, -1), offsets, first, targets, block_planes, outputs[0], squares[0], peaks[0], 0, blocks)
+        circular_kernel(
+            maps,
+            maps.reshape(count, -1),
+            offsets,
+            first,
+            targets,
+            block_planes,
+            outputs[0],
+            squares[0],
+            peaks[0],
+            0,
+            blocks,
+        )
     else:
         sizes = [count, planes, height, width, len(offsets), len(targets), block_planes, blocks, threads]
-        _on_team(_circular_task, _CIRCULAR_TABLE, threads, blocks, sizes + [maps, offsets, first, targets, outputs, squares, peaks])
+        _on_team(
+            _circular_task,
+            _CIRCULAR_TABLE,
+            threads,
+            blocks,
+            sizes + [maps, offsets, first, targets, outputs, squares, peaks],
+        )
     return outputs.sum(axis=0), squares.sum(axis=0), peaks.max(axis=0)
 
 
-def box_sums(maps: np.ndarray, source: np.ndarray, first: np.ndarray, boxes: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
+def box_sums(
+    maps: np.ndarray, source: np.ndarray, first: np.ndarray, boxes: np.ndarray, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`box_kernel` over all tasks: per pair, the three sums of squares and the bits of ``max |a - b|``, over all planes."""
     count, planes, height, width = maps.shape
     pairs = len(boxes)

@@ -60,11 +60,17 @@ def run_edges(args: argparse.Namespace) -> int:
     edges = convolve(image, args.kernel, padding=args.padding, relu=not args.no_relu)
     stem = f"{_image_stem(args.image)}_edges"
     with staged_directory(args.out) as staging:
-        figure = show_feature_map(image, edges, titles=(Path(args.image).name, f"{Path(str(args.kernel)).name}{'' if args.no_relu else ' + ReLU'}"))
+        figure = show_feature_map(
+            image,
+            edges,
+            titles=(Path(args.image).name, f"{Path(str(args.kernel)).name}{'' if args.no_relu else ' + ReLU'}"),
+        )
         written = [_save_figure(figure, staging, stem, args.format)]
         np.save(staging / f"{stem}.npy", edges)
         written.append(staging / f"{stem}.npy")
-    print(f"{args.image}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]} (min {edges.min():.4g}, max {edges.max():.4g})")
+    print(
+        f"{args.image}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]} (min {edges.min():.4g}, max {edges.max():.4g})"
+    )
     _print_written(args.out, written)
     return 0
 
@@ -83,7 +89,10 @@ def run_pool(args: argparse.Namespace) -> int:
     levels = pool_pyramid(image, args.iterations, args.kernel_size)
     stem = f"{_image_stem(args.image)}_pyramid"
     with staged_directory(args.out) as staging:
-        figure = show_pyramid(levels, title=f"{Path(args.image).name}: {args.iterations} poolings of {args.kernel_size}x{args.kernel_size}")
+        figure = show_pyramid(
+            levels,
+            title=f"{Path(args.image).name}: {args.iterations} poolings of {args.kernel_size}x{args.kernel_size}",
+        )
         written = [_save_figure(figure, staging, stem, args.format)]
         np.savez(staging / f"{stem}.npz", **{f"level{index}": level for index, level in enumerate(levels)})
         written.append(staging / f"{stem}.npz")
@@ -137,7 +146,8 @@ DEMO_SUMMARY = (
 
 def run_probe(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
-    from shiftlab.experiments.probing import probe_section, run_probe as probe_model
+    from shiftlab.experiments.probing import probe_section
+    from shiftlab.experiments.probing import run_probe as probe_model
     from shiftlab.report import write_report
     from shiftlab.shifts import parse_shifts
 
@@ -189,7 +199,9 @@ def _print_summary(result) -> None:
     width = min(40, max(len(row["layer"]) for row in rows))
     print(f"{'layer':<{width}}  {'type':<18} {'stride':>7}  {'mean rel L2':>11}  {'max rel L2':>10}  exact")
     for row in rows:
-        print(f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {format_stride(row['stride']):>7}  {format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}")
+        print(
+            f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {format_stride(row['stride']):>7}  {format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
+        )
 
 
 def run_samples(args: argparse.Namespace) -> int:
@@ -217,7 +229,12 @@ def run_kernels(args: argparse.Namespace) -> int:
 
 
 def _add_out(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--out", type=Path, default=_default_out(command), help=f"output folder (default: {_default_out(command)}); created only when the command succeeds")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=_default_out(command),
+        help=f"output folder (default: {_default_out(command)}); created only when the command succeeds",
+    )
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
@@ -233,24 +250,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shiftlab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = commands.add_parser("demo", help="rerun the reference article's experiments on bundled images and write an HTML report", description="Rerun every experiment of the reference article on bundled images (no download) and write report.html and results.json.")
+    demo = commands.add_parser(
+        "demo",
+        help="rerun the reference article's experiments on bundled images and write an HTML report",
+        description="Rerun every experiment of the reference article on bundled images (no download) and write report.html and results.json.",
+    )
     _add_out(demo, "demo")
     demo.set_defaults(handler=run_demo)
 
-    edges = commands.add_parser("edges", help="convolve an image with a kernel (+ ReLU) and show it beside its edge map", description="Cross-correlate IMAGE (as grayscale) with a kernel, apply ReLU, and save the figure and the map (.npy).")
+    edges = commands.add_parser(
+        "edges",
+        help="convolve an image with a kernel (+ ReLU) and show it beside its edge map",
+        description="Cross-correlate IMAGE (as grayscale) with a kernel, apply ReLU, and save the figure and the map (.npy).",
+    )
     edges.add_argument("image", metavar="IMAGE", help="image file or sample name")
-    edges.add_argument("--kernel", default="sobel_y", help="kernel name (see `shiftlab kernels`), literal such as '[[1,0],[0,-1]]' or '1 0; 0 -1', or a .npy file (default: sobel_y)")
-    edges.add_argument("--padding", choices=("valid", "same", "circular"), default="valid", help="border handling (default: valid, as in the article)")
+    edges.add_argument(
+        "--kernel",
+        default="sobel_y",
+        help="kernel name (see `shiftlab kernels`), literal such as '[[1,0],[0,-1]]' or '1 0; 0 -1', or a .npy file (default: sobel_y)",
+    )
+    edges.add_argument(
+        "--padding",
+        choices=("valid", "same", "circular"),
+        default="valid",
+        help="border handling (default: valid, as in the article)",
+    )
     edges.add_argument("--no-relu", action="store_true", help="keep negative responses")
     _add_format(edges)
     _add_out(edges, "edges")
     edges.set_defaults(handler=run_edges)
 
-    pool = commands.add_parser("pool", help="max-pool an image repeatedly and show every level with its shape", description="Max-pool IMAGE (as grayscale) repeatedly, as the article's visualize_pooling does, and save the figure and the levels (.npz).")
+    pool = commands.add_parser(
+        "pool",
+        help="max-pool an image repeatedly and show every level with its shape",
+        description="Max-pool IMAGE (as grayscale) repeatedly, as the article's visualize_pooling does, and save the figure and the levels (.npz).",
+    )
     pool.add_argument("image", metavar="IMAGE", help="image file or sample name")
     pool.add_argument("--iterations", type=int, default=3, help="number of poolings (default: 3)")
     pool.add_argument("--kernel-size", type=int, default=2, help="pooling window and stride (default: 2)")
-    pool.add_argument("--edges", metavar="KERNEL", default=None, help="first convolve with this kernel (+ ReLU), as the article does for photos")
+    pool.add_argument(
+        "--edges",
+        metavar="KERNEL",
+        default=None,
+        help="first convolve with this kernel (+ ReLU), as the article does for photos",
+    )
     _add_format(pool)
     _add_out(pool, "pool")
     pool.set_defaults(handler=run_pool)
@@ -262,25 +305,76 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="SPEC: a bundled network (article, simple_cnn, circular_cnn), a torchvision architecture (resnet18, vgg11, ...; random weights unless --weights), or package.module:callable / file.py:callable.",
     )
     probe.add_argument("--model", required=True, metavar="SPEC", help="the model (see below)")
-    probe.add_argument("--weights", metavar="FILE", default=None, help="state_dict as .pt/.pth (loaded with weights_only=True) or .safetensors")
-    probe.add_argument("--images", nargs="+", metavar="IMAGE", default=["chelsea"], help="image files or sample names (default: chelsea)")
-    probe.add_argument("--shifts", default="0:8", help="shifts in input pixels: 0:8 (horizontal 0..7), diag:0:8, grid:-2:3 or grid:0:4,0:8, or explicit '1,2;0,-3' (default: 0:8)")
-    probe.add_argument("--mode", choices=("circular", "zero", "crop", "fourier"), default="circular", help="how images are shifted (default: circular)")
-    probe.add_argument("--layers", default=None, help="comma-separated layer names or glob patterns (default: every conv, pooling, normalisation, activation, linear layer and residual block)")
-    probe.add_argument("--size", type=int, default=None, help="resize the shorter side to SIZE and centre-crop SIZExSIZE (default: images as they are)")
-    probe.add_argument("--normalize", choices=("auto", "imagenet", "none"), default="auto", help="input normalisation (default: auto = ImageNet statistics for torchvision models)")
+    probe.add_argument(
+        "--weights",
+        metavar="FILE",
+        default=None,
+        help="state_dict as .pt/.pth (loaded with weights_only=True) or .safetensors",
+    )
+    probe.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGE",
+        default=["chelsea"],
+        help="image files or sample names (default: chelsea)",
+    )
+    probe.add_argument(
+        "--shifts",
+        default="0:8",
+        help="shifts in input pixels: 0:8 (horizontal 0..7), diag:0:8, grid:-2:3 or grid:0:4,0:8, or explicit '1,2;0,-3' (default: 0:8)",
+    )
+    probe.add_argument(
+        "--mode",
+        choices=("circular", "zero", "crop", "fourier"),
+        default="circular",
+        help="how images are shifted (default: circular)",
+    )
+    probe.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layer names or glob patterns (default: every conv, pooling, normalisation, activation, linear layer and residual block)",
+    )
+    probe.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="resize the shorter side to SIZE and centre-crop SIZExSIZE (default: images as they are)",
+    )
+    probe.add_argument(
+        "--normalize",
+        choices=("auto", "imagenet", "none"),
+        default="auto",
+        help="input normalisation (default: auto = ImageNet statistics for torchvision models)",
+    )
     probe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    probe.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32", help="model and input precision (default: float32)")
-    probe.add_argument("--seed", type=int, default=0, help="seed of the random initialisation when no weights are given (default: 0)")
+    probe.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16", "float64"),
+        default="float32",
+        help="model and input precision (default: float32)",
+    )
+    probe.add_argument(
+        "--seed", type=int, default=0, help="seed of the random initialisation when no weights are given (default: 0)"
+    )
     probe.add_argument("--batch-size", type=int, default=64, help="most inputs per forward pass (default: 64)")
-    probe.add_argument("--heatmap-layers", default=None, help="comma-separated layers for the shift heat maps (default: a few representative ones)")
+    probe.add_argument(
+        "--heatmap-layers",
+        default=None,
+        help="comma-separated layers for the shift heat maps (default: a few representative ones)",
+    )
     _add_out(probe, "probe")
     probe.set_defaults(handler=run_probe)
 
-    samples = commands.add_parser("samples", help="list the bundled sample images", description="List the images bundled with shiftlab; their names work wherever an IMAGE is expected.")
+    samples = commands.add_parser(
+        "samples",
+        help="list the bundled sample images",
+        description="List the images bundled with shiftlab; their names work wherever an IMAGE is expected.",
+    )
     samples.set_defaults(handler=run_samples)
 
-    kernels = commands.add_parser("kernels", help="list the named kernels", description="List the named kernels and what they respond to.")
+    kernels = commands.add_parser(
+        "kernels", help="list the named kernels", description="List the named kernels and what they respond to."
+    )
     kernels.set_defaults(handler=run_kernels)
     return parser
 

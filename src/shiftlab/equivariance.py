@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
+from shiftlab._compare import PairSums, Scratch, pair_sums, whole_sums
 from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
-from shiftlab._compare import PairSums, Scratch, pair_sums, whole_sums
 from shiftlab.metrics import ErrorSums
 from shiftlab.shifts import SHIFT_MODES, crop_margin, shift
 
@@ -141,7 +141,21 @@ class ShiftStats:
         if self.stride is None:
             sums = self.sums[(0, 0)]
             max_abs = sums.max_abs if sums.compared else math.nan
-            return ShiftError(self.dy, self.dx, None, 0.0, 0.0, False, 0, 0, sums.rel_l2, max_abs, sums.cosine, sums.valid_fraction, NOTE_GLOBAL)
+            return ShiftError(
+                self.dy,
+                self.dx,
+                None,
+                0.0,
+                0.0,
+                False,
+                0,
+                0,
+                sums.rel_l2,
+                max_abs,
+                sums.cosine,
+                sums.valid_fraction,
+                NOTE_GLOBAL,
+            )
         fy, fx = self.dy / self.stride[0], self.dx / self.stride[1]
         multiple = fy == int(fy) and fx == int(fx)
         offset = next(iter(self.sums))
@@ -150,7 +164,21 @@ class ShiftStats:
         sums = self.sums[offset]
         max_abs = sums.max_abs if sums.compared else math.nan
         note = _NOTES[multiple, self.whole_map]
-        return ShiftError(self.dy, self.dx, self.stride, fy, fx, multiple, offset[0], offset[1], sums.rel_l2, max_abs, sums.cosine, sums.valid_fraction, note)
+        return ShiftError(
+            self.dy,
+            self.dx,
+            self.stride,
+            fy,
+            fx,
+            multiple,
+            offset[0],
+            offset[1],
+            sums.rel_l2,
+            max_abs,
+            sums.cosine,
+            sums.valid_fraction,
+            note,
+        )
 
 
 def _rank(rel_l2: float) -> float:
@@ -168,7 +196,7 @@ class MapSums:
     whole_map: bool
     sums: PairSums
 
-    def __add__(self, other: "MapSums") -> "MapSums":
+    def __add__(self, other: MapSums) -> MapSums:
         return MapSums(self.stride or other.stride, self.whole_map or other.whole_map, self.sums + other.sums)
 
     def add_to(self, stats: Sequence[ShiftStats]) -> None:
@@ -215,8 +243,16 @@ def _check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
         except (TypeError, ValueError):
             fail("shifts", f"expected (dy, dx) pairs, got {item!r}")
         for value, name in ((dy, "dy"), (dx, "dx")):
-            check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), "shifts", f"{name} must be a finite number, got {value!r}")
-            check(mode == "fourier" or float(value) == int(value), "shifts", f"({dy}, {dx}) is not a whole number of pixels; sub-pixel shifts need mode='fourier'")
+            check(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                "shifts",
+                f"{name} must be a finite number, got {value!r}",
+            )
+            check(
+                mode == "fourier" or float(value) == int(value),
+                "shifts",
+                f"({dy}, {dx}) is not a whole number of pixels; sub-pixel shifts need mode='fourier'",
+            )
         pairs.append((dy, dx) if mode == "fourier" else (int(dy), int(dx)))
     check(len(pairs) > 0, "shifts", "is empty: give at least one (dy, dx) pair")
     return pairs
@@ -232,10 +268,18 @@ def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tupl
     height, width = x.shape[-2:]
     largest = crop_margin(shifts)
     if mode == "crop":
-        check(height > 2 * largest[0] and width > 2 * largest[1], "shifts", f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, got {height}x{width}")
+        check(
+            height > 2 * largest[0] and width > 2 * largest[1],
+            "shifts",
+            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, got {height}x{width}",
+        )
         return shift(x, 0, 0, mode="crop", margin=largest), largest
     if mode == "zero":
-        check(largest[0] < height and largest[1] < width, "shifts", f"shifts up to {largest} move a {height}x{width} input out of the frame")
+        check(
+            largest[0] < height and largest[1] < width,
+            "shifts",
+            f"shifts up to {largest} move a {height}x{width} input out of the frame",
+        )
     return x, None
 
 
@@ -337,10 +381,16 @@ def equivariance_error(
     pairs = _check_shifts(shifts, mode)
     reference_input, moved = shifted_inputs(tensor, pairs, mode)
     reference = _call(fn, reference_input)
-    spatial = reference.ndim == reference_input.ndim and reference.ndim >= 2 and reference.shape[-2] * reference.shape[-1] > 1
+    spatial = (
+        reference.ndim == reference_input.ndim and reference.ndim >= 2 and reference.shape[-2] * reference.shape[-1] > 1
+    )
     if stride is not None:
         stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-        check(len(stride) == 2 and all(isinstance(s, int) and s >= 1 for s in stride), "stride", f"must be a positive int or a pair of them, got {stride!r}")
+        check(
+            len(stride) == 2 and all(isinstance(s, int) and s >= 1 for s in stride),
+            "stride",
+            f"must be a positive int or a pair of them, got {stride!r}",
+        )
     core = None
     if spatial and mode in ("zero", "crop"):
         band = crop_margin(pairs)
@@ -350,10 +400,22 @@ def equivariance_error(
     outputs = []
     for moved_input in moved:
         output = _call(fn, moved_input)
-        check(output.shape == reference.shape, "fn", f"gave shape {tuple(output.shape)} for a shifted input but {tuple(reference.shape)} for the reference")
+        check(
+            output.shape == reference.shape,
+            "fn",
+            f"gave shape {tuple(output.shape)} for a shifted input but {tuple(reference.shape)} for the reference",
+        )
         outputs.append(output)
     stats = [ShiftStats(dy, dx) for dy, dx in pairs]
-    measured = measure_map(torch.stack([reference, *outputs]), pairs, spatial=spatial, circular=mode in ("circular", "fourier"), stride=stride if spatial else None, input_size=reference_input.shape, core=core)
+    measured = measure_map(
+        torch.stack([reference, *outputs]),
+        pairs,
+        spatial=spatial,
+        circular=mode in ("circular", "fourier"),
+        stride=stride if spatial else None,
+        input_size=reference_input.shape,
+        core=core,
+    )
     measured.add_to(stats)
     errors = [entry.result() for entry in stats]
     scale = float(reference.abs().max()) if reference.numel() else 0.0

@@ -33,7 +33,9 @@ FEATURE_CMAP = "magma"
 
 def _display_array(value: Any, name: str) -> np.ndarray:
     """A 2-D map or a channels-last RGB image, as float numpy, for ``imshow``."""
-    array = value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float32)
+    array = (
+        value.detach().cpu().float().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float32)
+    )
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 3 and array.shape[0] == 3:
@@ -174,11 +176,19 @@ def show_convergence(
         >>> len(show_convergence(a, b).axes)
         5
     """
-    check(len(levels_a) == len(levels_b) > 0, "levels", f"the two pyramids need the same number of levels, got {len(levels_a)} and {len(levels_b)}")
+    check(
+        len(levels_a) == len(levels_b) > 0,
+        "levels",
+        f"the two pyramids need the same number of levels, got {len(levels_a)} and {len(levels_b)}",
+    )
     arrays_a = [_display_array(level, "levels_a") for level in levels_a]
     arrays_b = [_display_array(level, "levels_b") for level in levels_b]
     for index, (a, b) in enumerate(zip(arrays_a, arrays_b)):
-        check(a.shape == b.shape and a.ndim == 2, "levels", f"level {index} has shapes {a.shape} and {b.shape}; expected equal 2-D maps")
+        check(
+            a.shape == b.shape and a.ndim == 2,
+            "levels",
+            f"level {index} has shapes {a.shape} and {b.shape}; expected equal 2-D maps",
+        )
     count = len(arrays_a)
     aspect = arrays_a[0].shape[0] / arrays_a[0].shape[1]
     figure = Figure(figsize=(panel_size * count, panel_size * aspect + 2.8), dpi=dpi, layout="constrained")
@@ -190,7 +200,9 @@ def show_convergence(
         axes.imshow(np.stack([na, nb, na], axis=-1).clip(0, 1), interpolation="nearest")
         peak_a, peak_b = peak_position(a), peak_position(b)
         for peak, marker, colour in ((peak_a, "X", "#ff4fd8"), (peak_b, "P", "#5dff5d")):
-            axes.plot(peak[1], peak[0], marker, color=colour, markersize=11, markeredgecolor="white", markeredgewidth=1.2)
+            axes.plot(
+                peak[1], peak[0], marker, color=colour, markersize=11, markeredgecolor="white", markeredgewidth=1.2
+            )
         axes.set_xticks([])
         axes.set_yticks([])
         axes.set_title(f"level {index}: {_shape_title(a)}", fontsize=9)
@@ -230,13 +242,25 @@ def show_shift_table(
         'shift 1'
     """
     values = np.asarray(table, dtype=np.float64)
-    check(values.shape == (len(row_labels), len(col_labels)), "table", f"shape {values.shape} does not match {len(row_labels)} row and {len(col_labels)} column labels")
+    check(
+        values.shape == (len(row_labels), len(col_labels)),
+        "table",
+        f"shape {values.shape} does not match {len(row_labels)} row and {len(col_labels)} column labels",
+    )
     figure = Figure(figsize=(1.0 + 0.9 * len(col_labels), 0.9 + 0.5 * len(row_labels)), dpi=dpi, layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(values, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(np.nanmax(values)), 1e-12))
     for (row, col), value in np.ndenumerate(values):
         text = "0" if value == 0 else fmt.format(value)
-        axes.text(col, row, text, ha="center", va="center", fontsize=8, color="white" if value < 0.6 * image.get_clim()[1] else "black")
+        axes.text(
+            col,
+            row,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if value < 0.6 * image.get_clim()[1] else "black",
+        )
     axes.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
     axes.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
     axes.set_xlabel(xlabel)
@@ -265,13 +289,15 @@ def _layer_table(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, 
         moved = [row for row in items if (row["dy"], row["dx"]) != (0, 0)] or items
         values = np.array([row[metric] for row in moved], dtype=np.float64)
         multiple = np.array([bool(row["multiple"]) for row in moved])
-        table.append({
-            "layer": name,
-            "stride": items[0]["stride"],
-            "max": _finite_reduce(values, np.max),
-            "multiple": _finite_reduce(values[multiple], np.mean),
-            "other": _finite_reduce(values[~multiple], np.mean),
-        })
+        table.append(
+            {
+                "layer": name,
+                "stride": items[0]["stride"],
+                "max": _finite_reduce(values, np.max),
+                "multiple": _finite_reduce(values[multiple], np.mean),
+                "other": _finite_reduce(values[~multiple], np.mean),
+            }
+        )
     return table
 
 
@@ -308,11 +334,38 @@ def show_error_vs_depth(
         if index == count or strides[index] != strides[start]:
             if band % 2 == 0:
                 axes.axvspan(start - 0.5, index - 0.5, color="#e9edf5", zorder=0)
-            axes.text((start + index - 1) / 2, 1.01, strides[start], transform=axes.get_xaxis_transform(), ha="center", va="bottom", fontsize=7, color="#4a5468")
+            axes.text(
+                (start + index - 1) / 2,
+                1.01,
+                strides[start],
+                transform=axes.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#4a5468",
+            )
             start, band = index, band + 1
-    axes.plot(positions, [row["max"] for row in table], "-", color="#9aa3b5", linewidth=1, label="max over shifts", zorder=2)
-    axes.plot(positions, [row["other"] for row in table], "o", color="#d1495b", markersize=4, label="shifts NOT a multiple of the stride (mean)", zorder=3)
-    axes.plot(positions, [row["multiple"] for row in table], "s", color="#2e86ab", markersize=4, label="shifts that are a multiple of the stride (mean)", zorder=4)
+    axes.plot(
+        positions, [row["max"] for row in table], "-", color="#9aa3b5", linewidth=1, label="max over shifts", zorder=2
+    )
+    axes.plot(
+        positions,
+        [row["other"] for row in table],
+        "o",
+        color="#d1495b",
+        markersize=4,
+        label="shifts NOT a multiple of the stride (mean)",
+        zorder=3,
+    )
+    axes.plot(
+        positions,
+        [row["multiple"] for row in table],
+        "s",
+        color="#2e86ab",
+        markersize=4,
+        label="shifts that are a multiple of the stride (mean)",
+        zorder=4,
+    )
     step = max(1, count // 60)
     axes.set_xticks(positions[::step], [row["layer"] for row in table][::step], rotation=90, fontsize=7)
     axes.set_xlim(-0.6, count - 0.4)
@@ -351,7 +404,9 @@ def show_shift_heatmaps(
     xs = sorted({row["dx"] for row in first})
     count = len(rows_by_layer)
     aspect = len(ys) / len(xs)
-    figure = Figure(figsize=(panel_size * count + 0.8, max(1.6, panel_size * aspect) + 0.9), dpi=dpi, layout="constrained")
+    figure = Figure(
+        figsize=(panel_size * count + 0.8, max(1.6, panel_size * aspect) + 0.9), dpi=dpi, layout="constrained"
+    )
     panels = np.atleast_1d(figure.subplots(1, count))
     values_all = [row[metric] for rows in rows_by_layer.values() for row in rows if np.isfinite(row[metric])]
     high = max(values_all) if values_all else 1.0
@@ -364,7 +419,15 @@ def show_shift_heatmaps(
         if grid.size <= 100:
             for (r, c), value in np.ndenumerate(grid):
                 if np.isfinite(value):
-                    axes.text(c, r, "0" if value == 0 else f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 * high else "black")
+                    axes.text(
+                        c,
+                        r,
+                        "0" if value == 0 else f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value < 0.6 * high else "black",
+                    )
         axes.set_xticks(range(len(xs)), [f"{x:g}" for x in xs], fontsize=7)
         axes.set_yticks(range(len(ys)), [f"{y:g}" for y in ys], fontsize=7)
         axes.set_xlabel("dx (input px)", fontsize=8)

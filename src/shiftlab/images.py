@@ -21,11 +21,12 @@ Bad input never gives a traceback from deep inside Pillow: it raises
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,10 @@ def load_image(source: Any, *, grayscale: bool = True, max_pixels: int = MAX_PIX
         subject = f"image ({describe(source)})"
         channels_last = _channels_last(source, subject, channels_first_hint=False)
     else:
-        fail("image", f"expected a path, sample name, numpy array, PIL image or torch tensor, got {type(source).__name__}")
+        fail(
+            "image",
+            f"expected a path, sample name, numpy array, PIL image or torch tensor, got {type(source).__name__}",
+        )
     return _finish(channels_last, subject, grayscale, max_pixels)
 
 
@@ -234,7 +238,7 @@ def single_pixel_image(row: int, col: int, size: int = 10) -> np.ndarray:
     return image
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bundled_rgb(filename: str) -> np.ndarray:
     with resources.files("shiftlab").joinpath("data", filename).open("rb") as handle:
         with Image.open(handle) as image:
@@ -276,14 +280,36 @@ def scene_pair() -> tuple[np.ndarray, np.ndarray]:
 SAMPLES: dict[str, Sample] = {
     sample.name: sample
     for sample in (
-        Sample("pixel_a", "10x10 zeros with a single 1 at [2, 2] (the article's first test image)", lambda: single_pixel_image(2, 2)[..., None]),
-        Sample("pixel_b", "10x10 zeros with a single 1 at [-3, -3], i.e. [7, 7] (the article's second)", lambda: single_pixel_image(-3, -3)[..., None]),
+        Sample(
+            "pixel_a",
+            "10x10 zeros with a single 1 at [2, 2] (the article's first test image)",
+            lambda: single_pixel_image(2, 2)[..., None],
+        ),
+        Sample(
+            "pixel_b",
+            "10x10 zeros with a single 1 at [-3, -3], i.e. [7, 7] (the article's second)",
+            lambda: single_pixel_image(-3, -3)[..., None],
+        ),
         Sample("chelsea", "photo of a cat, 300x451 (scikit-image, CC0)", lambda: _bundled_rgb("chelsea.png")),
-        Sample("chelsea_mirror", "the cat photo mirrored left-right: a reflection, not a translation", lambda: _bundled_rgb("chelsea.png")[:, ::-1]),
-        Sample("chelsea_left", "the cat, resized to 192x288, on the left of a flat 256x640 canvas", lambda: scene_pair()[0]),
-        Sample("chelsea_right", "chelsea_left translated 256 pixels to the right: the object on the other side", lambda: scene_pair()[1]),
+        Sample(
+            "chelsea_mirror",
+            "the cat photo mirrored left-right: a reflection, not a translation",
+            lambda: _bundled_rgb("chelsea.png")[:, ::-1],
+        ),
+        Sample(
+            "chelsea_left", "the cat, resized to 192x288, on the left of a flat 256x640 canvas", lambda: scene_pair()[0]
+        ),
+        Sample(
+            "chelsea_right",
+            "chelsea_left translated 256 pixels to the right: the object on the other side",
+            lambda: scene_pair()[1],
+        ),
         Sample("coffee", "photo of a cup of coffee, 400x600 (scikit-image, CC0)", lambda: _bundled_rgb("coffee.png")),
-        Sample("astronaut", "photo of astronaut Eileen Collins, 512x512 (NASA, public domain)", lambda: _bundled_rgb("astronaut.png")),
+        Sample(
+            "astronaut",
+            "photo of astronaut Eileen Collins, 512x512 (NASA, public domain)",
+            lambda: _bundled_rgb("astronaut.png"),
+        ),
     )
 }
 

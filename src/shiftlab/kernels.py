@@ -49,7 +49,10 @@ _LAPLACIAN = [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]
 
 # name -> (values, what it responds to). Sized families (box, gaussian, binomial) are parsed below.
 _FIXED: dict[str, tuple[list[list[float]], str]] = {
-    "sobel_y": (_SOBEL_Y, "left-to-right intensity change: vertical edges (the article's name; 'Sobel x' in scipy/OpenCV)"),
+    "sobel_y": (
+        _SOBEL_Y,
+        "left-to-right intensity change: vertical edges (the article's name; 'Sobel x' in scipy/OpenCV)",
+    ),
     "sobel_x": ([list(row) for row in zip(*_SOBEL_Y)], "top-to-bottom intensity change: horizontal edges"),
     "vertical_edges": (_SOBEL_Y, "alias of sobel_y"),
     "horizontal_edges": ([list(row) for row in zip(*_SOBEL_Y)], "alias of sobel_x"),
@@ -86,7 +89,9 @@ def _factory_tensor(values: Any, device: torch.device | str | None, dtype: torch
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).to(device=device, dtype=dtype or torch.float32)
 
 
-def box_kernel(size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def box_kernel(
+    size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """A ``size x size`` mean filter.
 
     Example:
@@ -98,7 +103,9 @@ def box_kernel(size: int, *, device: torch.device | str | None = None, dtype: to
     return _factory_tensor(np.full((size, size), 1.0 / size**2), device, dtype)
 
 
-def binomial_kernel(size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def binomial_kernel(
+    size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """The normalised 2-D binomial filter used by BlurPool (Zhang 2019).
 
     The 1-D filter is row ``size`` of Pascal's triangle (``[1, 2, 1]`` for 3,
@@ -232,7 +239,10 @@ def _parse_text_spec(spec: str | Path) -> tuple[torch.Tensor, str, bool]:
         return _load_npy(Path(text)), f"kernel file '{text}'", False
     if any(char.isdigit() for char in text) and re.fullmatch(r"[\s\d.,;:+\-eE\[\]()]+", text):
         return _parse_literal(text), f"kernel literal {text!r}", False
-    fail("kernel", f"unknown name {text!r}; known names: {', '.join(KERNEL_NAMES)} (box, gaussian and binomial take any size: box5, gaussian7), or give a literal such as '[[1,0],[0,-1]]' or a .npy file")
+    fail(
+        "kernel",
+        f"unknown name {text!r}; known names: {', '.join(KERNEL_NAMES)} (box, gaussian and binomial take any size: box5, gaussian7), or give a literal such as '[[1,0],[0,-1]]' or a .npy file",
+    )
 
 
 def _parse_literal(text: str) -> torch.Tensor:

@@ -49,7 +49,7 @@ class ErrorSums:
     total: int = 0
 
     @classmethod
-    def of(cls, output: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> "ErrorSums":
+    def of(cls, output: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> ErrorSums:
         """Sums over the pixels where ``mask`` (broadcast over leading axes) is true, in float64."""
         a, b = output.double(), reference.double()
         total = a.numel()
@@ -67,7 +67,7 @@ class ErrorSums:
             total=total,
         )
 
-    def __add__(self, other: "ErrorSums") -> "ErrorSums":
+    def __add__(self, other: ErrorSums) -> ErrorSums:
         return ErrorSums(
             self.squared_difference + other.squared_difference,
             self.squared_reference + other.squared_reference,

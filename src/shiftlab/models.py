@@ -83,7 +83,14 @@ class SimpleCNN(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, in_channels: int = 3, classes: int = 10, width: int = 16, padding_mode: str = "zeros", strided: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        classes: int = 10,
+        width: int = 16,
+        padding_mode: str = "zeros",
+        strided: bool = True,
+    ) -> None:
         super().__init__()
 
         def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -117,8 +124,16 @@ class ModelInfo:
 #: The networks that ship with shiftlab: name -> (factory, in_channels, description).
 BUNDLED_MODELS: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
     "article": (ArticleNet, 1, "the article's pipeline: Sobel (valid) + ReLU, then three 2x2 max poolings"),
-    "simple_cnn": (SimpleCNN, 3, "small classifier: conv-BN-ReLU, max pool, strided conv, global average pool, linear (zero padding)"),
-    "circular_cnn": (lambda: SimpleCNN(padding_mode="circular", strided=False), 3, "the same with circular padding and no stride: exactly equivariant to circular shifts"),
+    "simple_cnn": (
+        SimpleCNN,
+        3,
+        "small classifier: conv-BN-ReLU, max pool, strided conv, global average pool, linear (zero padding)",
+    ),
+    "circular_cnn": (
+        lambda: SimpleCNN(padding_mode="circular", strided=False),
+        3,
+        "the same with circular padding and no stride: exactly equivariant to circular shifts",
+    ),
 }
 
 
@@ -175,7 +190,13 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
         info = ModelInfo(spec, "import", _first_conv_channels(model), "none", f"imported from {spec}")
     else:
         model = _seeded(seed, lambda: _torchvision_model(spec))
-        info = ModelInfo(spec, "torchvision", _first_conv_channels(model), "imagenet", f"torchvision {spec}, random weights (seed {seed})" if weights is None else f"torchvision {spec}")
+        info = ModelInfo(
+            spec,
+            "torchvision",
+            _first_conv_channels(model),
+            "imagenet",
+            f"torchvision {spec}, random weights (seed {seed})" if weights is None else f"torchvision {spec}",
+        )
     if weights is not None:
         load_weights(model, weights)
     return model.eval(), info
@@ -185,12 +206,18 @@ def _torchvision_model(name: str) -> nn.Module:
     try:
         import torchvision
     except ImportError:
-        fail("model", f"{name!r} is not a bundled model ({', '.join(BUNDLED_MODELS)}), and torchvision, needed for its architectures, is not installed: pip install 'shiftlab[models]'")
+        fail(
+            "model",
+            f"{name!r} is not a bundled model ({', '.join(BUNDLED_MODELS)}), and torchvision, needed for its architectures, is not installed: pip install 'shiftlab[models]'",
+        )
     names = torchvision_models()
     if name not in names:
         close = [candidate for candidate in names if candidate.startswith(name[:3])][:6]
         hint = f"; similar: {', '.join(close)}" if close else ""
-        fail("model", f"unknown model {name!r}: not bundled ({', '.join(BUNDLED_MODELS)}) nor a torchvision architecture{hint}; or give package.module:callable")
+        fail(
+            "model",
+            f"unknown model {name!r}: not bundled ({', '.join(BUNDLED_MODELS)}) nor a torchvision architecture{hint}; or give package.module:callable",
+        )
     return torchvision.models.get_model(name, weights=None)
 
 
@@ -224,7 +251,11 @@ def _import_model(spec: str, seed: int = 0) -> nn.Module:
         model = target()
     except Exception as error:  # user code
         fail("model", f"{spec!r}: calling '{attribute}()' failed: {type(error).__name__}: {first_line(error)}")
-    check(isinstance(model, nn.Module), "model", f"{spec!r}: '{attribute}()' returned {type(model).__name__}, not a torch.nn.Module")
+    check(
+        isinstance(model, nn.Module),
+        "model",
+        f"{spec!r}: '{attribute}()' returned {type(model).__name__}, not a torch.nn.Module",
+    )
     return model
 
 
@@ -246,10 +277,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         text = str(error)
         if "Unsupported operand" in text:  # bytes that are not a pickle at all: a damaged or foreign file
             fail(subject, "is not a torch.save file (unreadable pickle data)")
-        refused = re.search(r"GLOBAL (\S+) was not an allowed global|Unsupported class (\S+)|whose module (\S+) is blocked", text)
+        refused = re.search(
+            r"GLOBAL (\S+) was not an allowed global|Unsupported class (\S+)|whose module (\S+) is blocked", text
+        )
         detail = f"it references {next(group for group in refused.groups() if group)}" if refused else first_line(error)
-        fail(subject, f"holds more than plain tensors, and weights_only loading refuses arbitrary objects: save model.state_dict() instead ({detail})")
-    except Exception as error:  # a damaged file makes the unpickler raise almost anything (IndexError, EOFError, RuntimeError, ...)
+        fail(
+            subject,
+            f"holds more than plain tensors, and weights_only loading refuses arbitrary objects: save model.state_dict() instead ({detail})",
+        )
+    except (
+        Exception
+    ) as error:  # a damaged file makes the unpickler raise almost anything (IndexError, EOFError, RuntimeError, ...)
         fail(subject, f"is not a torch.save file ({first_line(error)})")
     if isinstance(loaded, dict):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -257,7 +295,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 loaded = loaded[key]
                 break
     check(
-        isinstance(loaded, dict) and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()),
+        isinstance(loaded, dict)
+        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()),
         subject,
         "is not a state_dict (a dict of names to tensors); save model.state_dict()",
     )
@@ -277,12 +316,18 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     own = model.state_dict()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]
-    wrong = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in own if key in state and state[key].shape != own[key].shape]
+    wrong = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        for key in own
+        if key in state and state[key].shape != own[key].shape
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+        problems.append(
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+        )
     if wrong:
         problems.append(f"{len(wrong)} of the wrong shape ({'; '.join(wrong[:2])}{'; ...' if len(wrong) > 2 else ''})")
     check(not problems, f"weights '{path}'", "do not fit the model: " + ", ".join(problems))

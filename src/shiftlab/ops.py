@@ -137,7 +137,11 @@ def _correlate_cpu(source: _PaddedRows, weight: torch.Tensor, relu: bool, numpy_
 
 
 def _shift_and_add(
-    source: _PaddedRows, out_shape: tuple[int, int, int], taps: list[tuple[int, int, float]], relu: bool, numpy_out: bool
+    source: _PaddedRows,
+    out_shape: tuple[int, int, int],
+    taps: list[tuple[int, int, float]],
+    relu: bool,
+    numpy_out: bool,
 ) -> torch.Tensor:
     """``out = sum(w * shifted view)`` over the non-zero taps ``(a, b, w)``, one row block at a time."""
     batch, out_height, out_width = out_shape
@@ -154,7 +158,9 @@ def _shift_and_add(
             rows = min(rows_per_block, out_height - top)
             inputs = source.rows(start, stop, top + first_row, top + last_row + rows)
             block = out_group if rows == out_height else out_group[:, top : top + rows]
-            _apply_taps(block, [(inputs[:, a - first_row : a - first_row + rows, b : b + out_width], w) for a, b, w in taps])
+            _apply_taps(
+                block, [(inputs[:, a - first_row : a - first_row + rows, b : b + out_width], w) for a, b, w in taps]
+            )
             if relu:
                 block.clamp_(min=0)
     return out
@@ -248,7 +254,9 @@ class _PaddedRows:
         assert self.slab is not None, "reserve() first"
         left, right, top, _ = self.pads
         height, width = group.shape[1:]
-        slab = self.slab[: (last - first) * (stop - start) * self.shape[2]].view(last - first, stop - start, self.shape[2])
+        slab = self.slab[: (last - first) * (stop - start) * self.shape[2]].view(
+            last - first, stop - start, self.shape[2]
+        )
         row = start
         while row < stop:  # one run of consecutive input rows (or of zero rows) at a time
             index = row - top

@@ -34,9 +34,17 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from shiftlab._io import atomic_write_text
 from shiftlab._compare import Scratch
-from shiftlab.equivariance import MapSums, ShiftStats, _check_shifts, border_core, measure_map, reference_input, shifted_input
+from shiftlab._io import atomic_write_text
+from shiftlab.equivariance import (
+    MapSums,
+    ShiftStats,
+    _check_shifts,
+    border_core,
+    measure_map,
+    reference_input,
+    shifted_input,
+)
 from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.shifts import SHIFT_MODES, crop_margin
@@ -60,12 +68,14 @@ _CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
     nn.LPPool2d, nn.FractionalMaxPool2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d, Convolve, MaxPool,
 )  # fmt: skip
 
-LayerSpec = Union[None, str, Sequence[Union[str, type]], Callable[[str, nn.Module], bool]]
+LayerSpec = Union[None, str, Sequence[str | type], Callable[[str, nn.Module], bool]]
 
 
 def _is_block(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
-    return any(word in name for word in _BLOCK_WORDS) and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+    return any(word in name for word in _BLOCK_WORDS) and not isinstance(
+        module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    )
 
 
 def _is_default(module: nn.Module) -> bool:
@@ -143,7 +153,12 @@ class _LayerState:
 class _Watcher:
     """Forward hooks on the watched layers; removed on exit, even after an exception (torchcam style)."""
 
-    def __init__(self, model: nn.Module, layers: list[tuple[str, nn.Module]], on_output: Callable[[str, nn.Module, torch.Tensor], None]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[tuple[str, nn.Module]],
+        on_output: Callable[[str, nn.Module, torch.Tensor], None],
+    ) -> None:
         self.model = model
         self.layers = layers
         self.on_output = on_output
@@ -151,7 +166,7 @@ class _Watcher:
         self.calls: dict[str, int] = {}
         self.spatial: tuple[int, ...] = ()
 
-    def __enter__(self) -> "_Watcher":
+    def __enter__(self) -> _Watcher:
         for name, module in self.layers:
             self.handles.append(module.register_forward_hook(self._hook(name)))
         self.handles.append(self.model.register_forward_hook(self._hook("")))
@@ -211,7 +226,9 @@ def _as_batches(inputs: Any) -> list[torch.Tensor]:
         tensors = []
         for index, item in enumerate(items):
             tensor = item if isinstance(item, torch.Tensor) else torch.as_tensor(item)
-            check(tensor.ndim in (3, 4), f"inputs[{index}]", f"expected (C, H, W) or (N, C, H, W), got {describe(item)}")
+            check(
+                tensor.ndim in (3, 4), f"inputs[{index}]", f"expected (C, H, W) or (N, C, H, W), got {describe(item)}"
+            )
             tensors.append(tensor if tensor.ndim == 4 else tensor[None])
     groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for tensor in tensors:
@@ -230,7 +247,7 @@ def probe(
     layers: LayerSpec = None,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
-) -> "ProbeResult":
+) -> ProbeResult:
     """Measure the translation equivariance of every watched layer of ``model``.
 
     Args:
@@ -285,7 +302,9 @@ def probe(
             _accumulate(states, context, label, module, output, pairs, mode)
 
     modes = {name: module.training for name, module in model.named_modules()}
-    total_passes = sum(len(shift_chunks) * math.ceil(group.shape[0] / max(1, batch_size // (1 + chunk))) for group in groups)
+    total_passes = sum(
+        len(shift_chunks) * math.ceil(group.shape[0] / max(1, batch_size // (1 + chunk))) for group in groups
+    )
     done = 0
     try:
         model.eval()
@@ -307,7 +326,11 @@ def probe(
                         batch[0] = reference[start:stop]
                         for slot, index in enumerate(indices, start=1):
                             batch[slot] = shifted_input(group[start:stop], *pairs[index], mode, margin)
-                        context["variants"], context["images"], context["shift_indices"] = 1 + len(indices), stop - start, indices
+                        context["variants"], context["images"], context["shift_indices"] = (
+                            1 + len(indices),
+                            stop - start,
+                            indices,
+                        )
                         context["identity"] = identity if position == 0 else []
                         context["previous"] = None
                         _run(watcher, batch.flatten(0, 1), model)
@@ -317,16 +340,19 @@ def probe(
     finally:
         for name, module in model.named_modules():
             module.training = modes[name]
-    return ProbeResult.from_states(states.values(), protocol={
-        "mode": mode,
-        "shifts": [list(pair) for pair in pairs],
-        "images": sum(group.shape[0] for group in groups),
-        "input_shapes": [list(group.shape[1:]) for group in groups],
-        "dtype": str(dtype or groups[0].dtype).replace("torch.", ""),
-        "device": str(device or groups[0].device),
-        "layers_watched": len(watched),
-        "batch_size": batch_size,
-    })
+    return ProbeResult.from_states(
+        states.values(),
+        protocol={
+            "mode": mode,
+            "shifts": [list(pair) for pair in pairs],
+            "images": sum(group.shape[0] for group in groups),
+            "input_shapes": [list(group.shape[1:]) for group in groups],
+            "dtype": str(dtype or groups[0].dtype).replace("torch.", ""),
+            "device": str(device or groups[0].device),
+            "layers_watched": len(watched),
+            "batch_size": batch_size,
+        },
+    )
 
 
 def _run(watcher: _Watcher, batch: torch.Tensor, model: nn.Module) -> None:
@@ -393,7 +419,12 @@ def _accumulate(
 
 
 def _measure(
-    context: dict[str, Any], state: _LayerState, label: str, output: torch.Tensor, pairs: list[tuple[float, float]], mode: str
+    context: dict[str, Any],
+    state: _LayerState,
+    label: str,
+    output: torch.Tensor,
+    pairs: list[tuple[float, float]],
+    mode: str,
 ) -> list[tuple[list[int], MapSums, torch.Tensor | None]]:
     """This batch's sums for one layer output: ``(shift indices, sums, top-1 agreements)`` per part."""
     grouped = output.reshape(context["variants"], context["images"], *output.shape[1:])
@@ -444,7 +475,7 @@ class ProbeResult:
     protocol: dict[str, Any]
 
     @classmethod
-    def from_states(cls, states: Iterable[_LayerState], protocol: dict[str, Any]) -> "ProbeResult":
+    def from_states(cls, states: Iterable[_LayerState], protocol: dict[str, Any]) -> ProbeResult:
         rows = []
         for state in sorted(states, key=lambda item: item.depth):
             state.settle()
@@ -452,26 +483,28 @@ class ProbeResult:
                 if not stats.sums:
                     continue
                 error = stats.result()
-                rows.append({
-                    "layer": state.label,
-                    "type": state.kind,
-                    "depth": state.depth,
-                    "shape": list(state.shape),
-                    "stride": list(error.stride) if error.stride else None,
-                    "dy": error.dy,
-                    "dx": error.dx,
-                    "feature_dy": error.feature_dy,
-                    "feature_dx": error.feature_dx,
-                    "multiple": error.multiple,
-                    "aligned_dy": error.aligned_dy,
-                    "aligned_dx": error.aligned_dx,
-                    "rel_l2": error.rel_l2,
-                    "max_abs": error.max_abs,
-                    "cosine": error.cosine,
-                    "valid_fraction": error.valid_fraction,
-                    "top1_agreement": agree / total if total else None,
-                    "note": error.note,
-                })  # in the order of COLUMNS
+                rows.append(
+                    {
+                        "layer": state.label,
+                        "type": state.kind,
+                        "depth": state.depth,
+                        "shape": list(state.shape),
+                        "stride": list(error.stride) if error.stride else None,
+                        "dy": error.dy,
+                        "dx": error.dx,
+                        "feature_dy": error.feature_dy,
+                        "feature_dx": error.feature_dx,
+                        "multiple": error.multiple,
+                        "aligned_dy": error.aligned_dy,
+                        "aligned_dx": error.aligned_dx,
+                        "rel_l2": error.rel_l2,
+                        "max_abs": error.max_abs,
+                        "cosine": error.cosine,
+                        "valid_fraction": error.valid_fraction,
+                        "top1_agreement": agree / total if total else None,
+                        "note": error.note,
+                    }
+                )  # in the order of COLUMNS
         return cls(rows, protocol)
 
     @property
@@ -482,7 +515,11 @@ class ProbeResult:
     def layer_rows(self, layer: str) -> list[dict[str, Any]]:
         """The rows of one layer (one per shift)."""
         rows = [row for row in self.rows if row["layer"] == layer]
-        check(bool(rows), "layer", f"{layer!r} was not probed; probed layers: {', '.join(self.layers[:12])}{' ...' if len(self.layers) > 12 else ''}")
+        check(
+            bool(rows),
+            "layer",
+            f"{layer!r} was not probed; probed layers: {', '.join(self.layers[:12])}{' ...' if len(self.layers) > 12 else ''}",
+        )
         return rows
 
     def summary(self) -> list[dict[str, Any]]:
@@ -492,17 +529,19 @@ class ProbeResult:
             rows = self.layer_rows(layer)
             moved = [row for row in rows if (row["dy"], row["dx"]) != (0, 0)] or rows
             errors = [row["rel_l2"] for row in moved if not math.isnan(row["rel_l2"])]
-            table.append({
-                "layer": layer,
-                "type": rows[0]["type"],
-                "depth": rows[0]["depth"],
-                "shape": rows[0]["shape"],
-                "stride": rows[0]["stride"],
-                "mean_rel_l2": sum(errors) / len(errors) if errors else math.nan,
-                "max_rel_l2": max(errors) if errors else math.nan,
-                "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= 1e-5),
-                "shifts": len(moved),
-            })
+            table.append(
+                {
+                    "layer": layer,
+                    "type": rows[0]["type"],
+                    "depth": rows[0]["depth"],
+                    "shape": rows[0]["shape"],
+                    "stride": rows[0]["stride"],
+                    "mean_rel_l2": sum(errors) / len(errors) if errors else math.nan,
+                    "max_rel_l2": max(errors) if errors else math.nan,
+                    "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= 1e-5),
+                    "shifts": len(moved),
+                }
+            )
         return table
 
     def first_inexact_layer(self, tolerance: float = 1e-5) -> str | None:
@@ -518,7 +557,9 @@ class ProbeResult:
         writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({key: "x".join(map(str, value)) if isinstance(value, list) else value for key, value in row.items()})
+            writer.writerow(
+                {key: "x".join(map(str, value)) if isinstance(value, list) else value for key, value in row.items()}
+            )
         text = buffer.getvalue()
         if path is not None:
             atomic_write_text(path, text)
@@ -528,7 +569,14 @@ class ProbeResult:
         """Protocol, per-layer summary and rows as JSON (NaN as null); written to ``path`` when given."""
         from shiftlab.report import to_jsonable
 
-        text = json.dumps(to_jsonable({"protocol": self.protocol, "summary": self.summary(), "rows": self.rows}), indent=2, allow_nan=False) + "\n"
+        text = (
+            json.dumps(
+                to_jsonable({"protocol": self.protocol, "summary": self.summary(), "rows": self.rows}),
+                indent=2,
+                allow_nan=False,
+            )
+            + "\n"
+        )
         if path is not None:
             atomic_write_text(path, text)
         return text

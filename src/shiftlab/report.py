@@ -107,13 +107,18 @@ def render_report(
             "title": section.title,
             "paragraphs": _paragraphs(section.intro),
             "findings": section.findings,
-            "figures": [{"caption": caption, "uri": figure_data_uri(figure), "alt": caption} for caption, figure in section.figures],
+            "figures": [
+                {"caption": caption, "uri": figure_data_uri(figure), "alt": caption}
+                for caption, figure in section.figures
+            ],
             "tables": section.tables,
         }
         for section in sections
     ]
     details = {**(env or environment()), **(protocol or {})}
-    return template.render(title=title, summary=_paragraphs(summary), sections=rendered_sections, style=style, details=to_jsonable(details))
+    return template.render(
+        title=title, summary=_paragraphs(summary), sections=rendered_sections, style=style, details=to_jsonable(details)
+    )
 
 
 def write_report(
@@ -142,5 +147,7 @@ def write_report(
         "sections": {section.key: section.to_dict() for section in sections},
     }
     html_path = atomic_write_text(folder / html_name, html)
-    json_path = atomic_write_text(folder / json_name, json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    json_path = atomic_write_text(
+        folder / json_name, json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n"
+    )
     return html_path, json_path

@@ -59,7 +59,9 @@ ShiftMode = Literal["circular", "zero", "crop", "fourier"]
 SHIFT_MODES: tuple[str, ...] = ("circular", "zero", "crop", "fourier")
 
 
-def shift(x: Any, dy: float, dx: float, *, mode: ShiftMode = "circular", margin: int | tuple[int, int] | None = None) -> Any:
+def shift(
+    x: Any, dy: float, dx: float, *, mode: ShiftMode = "circular", margin: int | tuple[int, int] | None = None
+) -> Any:
     """Translate the last two axes by ``(dy, dx)`` pixels (down, right).
 
     Args:
@@ -130,7 +132,9 @@ def shift_with_mask(
 
 def _real(value: Any, name: str) -> float:
     check(
-        isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value),
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value),
         name,
         f"must be a finite number, got {value!r}",
     )
@@ -139,7 +143,11 @@ def _real(value: Any, name: str) -> float:
 
 def _integer(value: Any, name: str, mode: str) -> int:
     number = _real(value, name)
-    check(number == int(number), name, f"must be a whole number of pixels in {mode!r} mode, got {value!r}; use mode='fourier' for sub-pixel shifts")
+    check(
+        number == int(number),
+        name,
+        f"must be a whole number of pixels in {mode!r} mode, got {value!r}; use mode='fourier' for sub-pixel shifts",
+    )
     return int(number)
 
 
@@ -180,7 +188,11 @@ def _margin(margin: int | tuple[int, int] | None, dy: int, dx: int) -> tuple[int
         "margin",
         f"must be a non-negative int or a pair of them, got {margin!r}",
     )
-    check(abs(dy) <= pair[0] and abs(dx) <= pair[1], "margin", f"{tuple(pair)} is smaller than the shift ({dy}, {dx}); a crop window cannot move beyond its margin")
+    check(
+        abs(dy) <= pair[0] and abs(dx) <= pair[1],
+        "margin",
+        f"{tuple(pair)} is smaller than the shift ({dy}, {dx}); a crop window cannot move beyond its margin",
+    )
     return int(pair[0]), int(pair[1])
 
 
@@ -279,7 +291,10 @@ def parse_shifts(spec: str) -> list[tuple[int, int]]:
         for item in text.split(";"):
             numbers = [number.strip() for number in item.split(",")]
             if len(numbers) != 2 or not all(re.fullmatch(r"[+-]?\d+", number) for number in numbers):
-                fail("shifts", f"cannot read {item.strip()!r} in {spec!r}: expected dy,dx pairs separated by ';', e.g. '1,2;0,-3'")
+                fail(
+                    "shifts",
+                    f"cannot read {item.strip()!r} in {spec!r}: expected dy,dx pairs separated by ';', e.g. '1,2;0,-3'",
+                )
             pairs.append((int(numbers[0]), int(numbers[1])))
         return pairs
     return [(0, value) for value in shift_range(text)]

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor
-from shiftlab.equivariance import EquivarianceResult, ShiftError, _call, _check_shifts, equivariance_error, shifted_inputs
+from shiftlab.equivariance import (
+    EquivarianceResult,
+    ShiftError,
+    _call,
+    _check_shifts,
+    equivariance_error,
+    shifted_inputs,
+)
 from shiftlab.shifts import shift_with_mask
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
@@ -107,14 +114,18 @@ def assert_shift_equivariant(
     raise AssertionError(message)
 
 
-def _position_clause(fn: Callable[[Any], Any], tensor: torch.Tensor, result: EquivarianceResult, worst: ShiftError, mode: str) -> str:
+def _position_clause(
+    fn: Callable[[Any], Any], tensor: torch.Tensor, result: EquivarianceResult, worst: ShiftError, mode: str
+) -> str:
     """Where the worst difference is, recomputed for the worst shift only."""
     if worst.stride is None:
         return ""
     reference_input, moved = shifted_inputs(tensor, [(worst.dy, worst.dx)], mode)
     reference, output = _call(fn, reference_input), _call(fn, moved[0])
     circular = mode in ("circular", "fourier")
-    aligned, valid = shift_with_mask(reference, worst.aligned_dy, worst.aligned_dx, mode="circular" if circular else "zero")
+    aligned, valid = shift_with_mask(
+        reference, worst.aligned_dy, worst.aligned_dx, mode="circular" if circular else "zero"
+    )
     if result.core is not None and bool(result.core.any()):
         core = result.core.to(valid.device)
         moved_core = shift_with_mask(core.float(), worst.aligned_dy, worst.aligned_dx, mode="zero")[0] > 0.5
@@ -124,7 +135,9 @@ def _position_clause(fn: Callable[[Any], Any], tensor: torch.Tensor, result: Equ
     return f", worst at output index {position} (got {float(output[position]):.4g}, expected {float(aligned[position]):.4g})"
 
 
-def _layer_clause(model: nn.Module, tensor: torch.Tensor, shifts: list[tuple[float, float]], mode: str, rtol: float) -> str:
+def _layer_clause(
+    model: nn.Module, tensor: torch.Tensor, shifts: list[tuple[float, float]], mode: str, rtol: float
+) -> str:
     from shiftlab.probe import probe
 
     try:
@@ -175,7 +188,9 @@ def assert_shift_invariant(
     for pair, moved_input in zip(pairs, moved):
         output = _call(fn, moved_input)
         if output.shape != reference.shape:
-            raise AssertionError(f"not shift-invariant: shift {pair} changes the output shape from {tuple(reference.shape)} to {tuple(output.shape)}")
+            raise AssertionError(
+                f"not shift-invariant: shift {pair} changes the output shape from {tuple(reference.shape)} to {tuple(output.shape)}"
+            )
         difference = output.float() - reference.float()
         largest = float(difference.abs().max()) if difference.numel() else 0.0
         if not largest <= limit:

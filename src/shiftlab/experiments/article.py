@@ -92,7 +92,13 @@ class SinglePixelResult:
         return {
             "protocol": {"images": ["pixel_a: 1 at [2, 2]", "pixel_b: 1 at [-3, -3]"], "size": 10, "kernel_size": 2},
             "levels": [
-                {"level": lv.level, "shape": list(lv.shape), "positions_a": lv.positions_a, "positions_b": lv.positions_b, "identical": lv.identical}
+                {
+                    "level": lv.level,
+                    "shape": list(lv.shape),
+                    "positions_a": lv.positions_a,
+                    "positions_b": lv.positions_b,
+                    "identical": lv.identical,
+                }
                 for lv in self.levels
             ],
             "findings": [finding.to_dict() for finding in self.findings],
@@ -123,12 +129,26 @@ def single_pixel_experiment(iterations: int = 3) -> SinglePixelResult:
     if iterations >= 2:
         two = levels[2]
         findings += [
-            Finding("After two 2x2 poolings, the first pixel is at [0, 0] of a 2x2 map (article)", f"shape {two.shape}, at {two.positions_a}", two.shape == (2, 2) and two.positions_a == [(0, 0)]),
-            Finding("After two 2x2 poolings, the second pixel is at [1, 1] of a 2x2 map (article)", f"shape {two.shape}, at {two.positions_b}", two.shape == (2, 2) and two.positions_b == [(1, 1)]),
+            Finding(
+                "After two 2x2 poolings, the first pixel is at [0, 0] of a 2x2 map (article)",
+                f"shape {two.shape}, at {two.positions_a}",
+                two.shape == (2, 2) and two.positions_a == [(0, 0)],
+            ),
+            Finding(
+                "After two 2x2 poolings, the second pixel is at [1, 1] of a 2x2 map (article)",
+                f"shape {two.shape}, at {two.positions_b}",
+                two.shape == (2, 2) and two.positions_b == [(1, 1)],
+            ),
         ]
     if iterations >= 3:
         three = levels[3]
-        findings.append(Finding("A third pooling makes both maps identical (article)", f"shape {three.shape}, identical: {three.identical}", three.identical))
+        findings.append(
+            Finding(
+                "A third pooling makes both maps identical (article)",
+                f"shape {three.shape}, identical: {three.identical}",
+                three.identical,
+            )
+        )
         findings.append(
             Finding(
                 "Why: the 10x10 map has shrunk to one pixel, so no position can be told apart any more. The pixels never moved closer; the grid got coarser.",
@@ -184,7 +204,9 @@ def compare_pyramids(
     for index, (a, b) in enumerate(zip(levels_a, levels_b)):
         peak_a, peak_b = peak_position(a), peak_position(b)
         distance = float(np.hypot(peak_a[0] - peak_b[0], peak_a[1] - peak_b[1]))
-        row = PairLevel(index, tuple(a.shape), normalised_distance(a, b), peak_a, peak_b, distance, distance * kernel_size**index)
+        row = PairLevel(
+            index, tuple(a.shape), normalised_distance(a, b), peak_a, peak_b, distance, distance * kernel_size**index
+        )
         stride = kernel_size**index
         if shift is not None and shift[0] % stride == 0 and shift[1] % stride == 0:
             moved, valid = shift_with_mask(a, shift[0] // stride, shift[1] // stride, mode="zero")
@@ -210,7 +232,15 @@ class PairResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "protocol": {"images": list(self.names), "relation": self.relation, "kernel": self.kernel, "padding": "valid", "relu": True, "poolings": len(self.levels) - 1, "shift": list(self.shift) if self.shift else None},
+            "protocol": {
+                "images": list(self.names),
+                "relation": self.relation,
+                "kernel": self.kernel,
+                "padding": "valid",
+                "relu": True,
+                "poolings": len(self.levels) - 1,
+                "shift": list(self.shift) if self.shift else None,
+            },
             "levels": [
                 {
                     "level": lv.level,
@@ -264,7 +294,17 @@ def translation_experiment(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = 
             last.map_distance > 0.5,
         ),
     ]
-    return PairResult("translation", ("chelsea_left", "chelsea_right"), "translation", str(kernel), levels, findings, (left, right), (pyramid_a, pyramid_b), shift)
+    return PairResult(
+        "translation",
+        ("chelsea_left", "chelsea_right"),
+        "translation",
+        str(kernel),
+        levels,
+        findings,
+        (left, right),
+        (pyramid_a, pyramid_b),
+        shift,
+    )
 
 
 def mirror_experiment(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = PHOTO_POOLINGS) -> PairResult:
@@ -306,7 +346,16 @@ def mirror_experiment(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = PHOTO
             f"level {last.level} ({last.shape[0]}x{last.shape[1]}): normalised distance {format_number(last.map_distance)}; peaks {format_number(last.peak_distance_input)} input px apart",
         ),
     ]
-    return PairResult("mirror", ("chelsea", "chelsea_mirror"), "reflection", str(kernel), levels, findings, (photo, mirror), (pyramid_a, pyramid_b))
+    return PairResult(
+        "mirror",
+        ("chelsea", "chelsea_mirror"),
+        "reflection",
+        str(kernel),
+        levels,
+        findings,
+        (photo, mirror),
+        (pyramid_a, pyramid_b),
+    )
 
 
 # --------------------------------------------------------------------------- stride table
@@ -323,7 +372,12 @@ class StrideResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "protocol": {"image": "chelsea", "kernel": ARTICLE_KERNEL, "shift": "horizontal, crop windows of the photo", "metric": "relative L2 after the best whole-pixel alignment (floor or ceil of shift / stride)"},
+            "protocol": {
+                "image": "chelsea",
+                "kernel": ARTICLE_KERNEL,
+                "shift": "horizontal, crop windows of the photo",
+                "metric": "relative L2 after the best whole-pixel alignment (floor or ceil of shift / stride)",
+            },
             "shifts": self.shifts,
             "levels": list(range(self.errors.shape[1])),
             "errors": self.errors.tolist(),
@@ -361,7 +415,9 @@ def stride_experiment(shifts: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 16), poolings
             stride = 2**level
             exact[row, level] = amount % stride == 0
             candidates = {amount // stride, -(-amount // stride)}
-            errors[row, level] = min(compare_maps(b, *shift_with_mask(a, 0, -offset, mode="zero")).rel_l2 for offset in candidates)
+            errors[row, level] = min(
+                compare_maps(b, *shift_with_mask(a, 0, -offset, mode="zero")).rel_l2 for offset in candidates
+            )
     findings = [
         Finding(
             "Stride-2 max pooling commutes with shifts that are a multiple of its stride: zero error after alignment",
@@ -411,12 +467,28 @@ def run_article(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = PHOTO_POOLI
 
 
 def _pair_table(result: PairResult) -> Table:
-    columns = ["level", "shape", "normalised distance", "peak A", "peak B", "peak distance (level px)", "peak distance (input px)"]
+    columns = [
+        "level",
+        "shape",
+        "normalised distance",
+        "peak A",
+        "peak B",
+        "peak distance (level px)",
+        "peak distance (input px)",
+    ]
     if result.shift is not None:
         columns += ["error after undoing the shift (rel. L2)", "max abs"]
     rows = []
     for lv in result.levels:
-        row = [lv.level, f"{lv.shape[0]} x {lv.shape[1]}", format_number(lv.map_distance), _positions([lv.peak_a]), _positions([lv.peak_b]), format_number(lv.peak_distance), format_number(lv.peak_distance_input)]
+        row = [
+            lv.level,
+            f"{lv.shape[0]} x {lv.shape[1]}",
+            format_number(lv.map_distance),
+            _positions([lv.peak_a]),
+            _positions([lv.peak_b]),
+            format_number(lv.peak_distance),
+            format_number(lv.peak_distance_input),
+        ]
         if result.shift is not None:
             row += [format_number(lv.aligned_rel_l2), format_number(lv.aligned_max_abs)]
         rows.append([format_number(value) for value in row])
@@ -434,7 +506,13 @@ def article_sections(results: ArticleResults) -> list[Section]:
     pixel = results.single_pixel
     translation, mirror, stride = results.translation, results.mirror, results.stride
     pixel_rows = [
-        [lv.level, f"{lv.shape[0]} x {lv.shape[1]}", _positions(lv.positions_a), _positions(lv.positions_b), format_number(lv.identical)]
+        [
+            lv.level,
+            f"{lv.shape[0]} x {lv.shape[1]}",
+            _positions(lv.positions_a),
+            _positions(lv.positions_b),
+            format_number(lv.identical),
+        ]
         for lv in pixel.levels
     ]
     return [
@@ -444,7 +522,12 @@ def article_sections(results: ArticleResults) -> list[Section]:
             f"The article filters a photo with sobel_y = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] (cross-correlation, as CNN layers compute it, with no padding) and applies ReLU. "
             "Despite its name in the article, this filter differentiates along the columns: it responds to left-to-right intensity change, that is to vertical edges, and ReLU keeps only the edges where the image gets brighter to the right. "
             f"The output loses one pixel on every side: {photo.shape[0]} x {photo.shape[1]} becomes {edges.shape[0]} x {edges.shape[1]}.",
-            figures=[("The photo (left) and its edge map after ReLU (right).", show_feature_map(photo, edges, titles=("chelsea", "sobel_y + ReLU")))],
+            figures=[
+                (
+                    "The photo (left) and its edge map after ReLU (right).",
+                    show_feature_map(photo, edges, titles=("chelsea", "sobel_y + ReLU")),
+                )
+            ],
         ),
         Section(
             "single-pixel",
@@ -452,10 +535,22 @@ def article_sections(results: ArticleResults) -> list[Section]:
             "The article pools two 10 x 10 images, one with a bright pixel at [2, 2] and one at [-3, -3] (that is [7, 7]), and observes that the pixels end up in the same place. "
             "Here the position of the bright pixel is computed at every level, and each of the article's statements is checked.",
             figures=[
-                ("Where the two pixels land, level by level (magenta X: first image, green +: second).", show_convergence(pixel.pyramid_a, pixel.pyramid_b, labels=("pixel at [2, 2]", "pixel at [-3, -3]"))),
-                ("The first image's pyramid: each panel titled with its shape, as in the article's visualize_pooling.", show_pyramid(pixel.pyramid_a)),
+                (
+                    "Where the two pixels land, level by level (magenta X: first image, green +: second).",
+                    show_convergence(pixel.pyramid_a, pixel.pyramid_b, labels=("pixel at [2, 2]", "pixel at [-3, -3]")),
+                ),
+                (
+                    "The first image's pyramid: each panel titled with its shape, as in the article's visualize_pooling.",
+                    show_pyramid(pixel.pyramid_a),
+                ),
             ],
-            tables=[Table("Position of the maximum at each level", ["level", "shape", "pixel A", "pixel B", "maps identical"], [[format_number(v) for v in row] for row in pixel_rows])],
+            tables=[
+                Table(
+                    "Position of the maximum at each level",
+                    ["level", "shape", "pixel A", "pixel B", "maps identical"],
+                    [[format_number(v) for v in row] for row in pixel_rows],
+                )
+            ],
             findings=pixel.findings,
             data=pixel.to_dict(),
         ),
@@ -465,10 +560,21 @@ def article_sections(results: ArticleResults) -> list[Section]:
             f"The article compares a photo with one in which the object sits on the other side of the frame. Here that pair is exact: the cat on a flat gray canvas, once on the left and once {SCENE_SHIFT} pixels further right, so the second image is precisely a translation of the first. "
             "That makes the equivariance of convolution measurable directly, and shows what pooling does and does not do with a translation.",
             figures=[
-                (f"The two images: the second is the first moved {SCENE_SHIFT} pixels to the right.", show_feature_map(translation.images[0], translation.images[1], titles=("chelsea_left", "chelsea_right"), cmap="gray")),
+                (
+                    f"The two images: the second is the first moved {SCENE_SHIFT} pixels to the right.",
+                    show_feature_map(
+                        translation.images[0],
+                        translation.images[1],
+                        titles=("chelsea_left", "chelsea_right"),
+                        cmap="gray",
+                    ),
+                ),
                 ("Edge map of the left image, pooled six times.", show_pyramid(translation.pyramids[0])),
                 ("Edge map of the right image, pooled six times.", show_pyramid(translation.pyramids[1])),
-                ("Where the strongest edge of each image lands, level by level.", show_convergence(*translation.pyramids, labels=("left", "right"))),
+                (
+                    "Where the strongest edge of each image lands, level by level.",
+                    show_convergence(*translation.pyramids, labels=("left", "right")),
+                ),
             ],
             tables=[_pair_table(translation)],
             findings=translation.findings,
@@ -481,7 +587,10 @@ def article_sections(results: ArticleResults) -> list[Section]:
             "The article's filter is antisymmetric left-right, so its response to the mirror is exactly the mirrored response to the photo with the sign flipped, and ReLU then keeps the other half of the edges. The numbers below show this exactly.",
             figures=[
                 ("The mirror image's edge map, pooled six times.", show_pyramid(mirror.pyramids[1])),
-                ("Strongest responses of photo and mirror, level by level.", show_convergence(*mirror.pyramids, labels=("photo", "mirror"))),
+                (
+                    "Strongest responses of photo and mirror, level by level.",
+                    show_convergence(*mirror.pyramids, labels=("photo", "mirror")),
+                ),
             ],
             tables=[_pair_table(mirror)],
             findings=mirror.findings,
@@ -496,7 +605,13 @@ def article_sections(results: ArticleResults) -> list[Section]:
             figures=[
                 (
                     "Relative L2 error after the best whole-pixel alignment, per shift (rows) and pooling level (columns). Exact zeros where the shift is a multiple of 2^level.",
-                    show_shift_table(stride.errors, [f"shift {s}" for s in stride.shifts], [f"level {l}" for l in range(stride.errors.shape[1])], xlabel="pooling level (stride 2^level)", ylabel="horizontal shift (input px)"),
+                    show_shift_table(
+                        stride.errors,
+                        [f"shift {s}" for s in stride.shifts],
+                        [f"level {l}" for l in range(stride.errors.shape[1])],
+                        xlabel="pooling level (stride 2^level)",
+                        ylabel="horizontal shift (input px)",
+                    ),
                 )
             ],
             findings=stride.findings,

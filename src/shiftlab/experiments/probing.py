@@ -19,14 +19,26 @@ from shiftlab.models import ModelInfo, load_model
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import Finding, Section, Table, format_number, format_stride
 
-__all__ = ["DEMO_IMAGES", "IMAGENET_MEAN", "IMAGENET_STD", "demo_probe_sections", "prepare_images", "probe_findings", "probe_section", "representative_layers", "run_probe"]
+__all__ = [
+    "DEMO_IMAGES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "demo_probe_sections",
+    "prepare_images",
+    "probe_findings",
+    "probe_section",
+    "representative_layers",
+    "run_probe",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EXACT = 1e-5  # relative L2 error below which a layer counts as exactly equivariant (float32 rounding)
 
 
-def prepare_images(sources: Sequence[Any], *, channels: int, size: int | None = None, normalize: str = "none") -> list[torch.Tensor]:
+def prepare_images(
+    sources: Sequence[Any], *, channels: int, size: int | None = None, normalize: str = "none"
+) -> list[torch.Tensor]:
     """Load images as ``(C, H, W)`` float32 tensors for a model with ``channels`` input channels.
 
     Args:
@@ -41,7 +53,11 @@ def prepare_images(sources: Sequence[Any], *, channels: int, size: int | None = 
         >>> [tuple(image.shape) for image in prepare_images(["chelsea"], channels=3, size=64)]
         [(3, 64, 64)]
     """
-    check(channels in (1, 3), "model", f"expects {channels} input channels; shiftlab feeds it grayscale (1) or RGB (3) images")
+    check(
+        channels in (1, 3),
+        "model",
+        f"expects {channels} input channels; shiftlab feeds it grayscale (1) or RGB (3) images",
+    )
     check(normalize in ("imagenet", "none"), "normalize", f"must be 'imagenet' or 'none', got {normalize!r}")
     check(size is None or (isinstance(size, int) and size >= 1), "size", f"must be a positive integer, got {size!r}")
     check(len(sources) > 0, "images", "give at least one image")
@@ -66,7 +82,9 @@ def _resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     height, width = image.shape[-2:]
     scale = size / min(height, width)
     new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
-    resized = F.interpolate(image[None], size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
+    resized = F.interpolate(
+        image[None], size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False
+    )[0].clamp(0, 1)
     top, left = (new_height - size) // 2, (new_width - size) // 2
     return resized[..., top : top + size, left : left + size]
 
@@ -100,14 +118,16 @@ def run_probe(
     chosen = info.normalize if normalize == "auto" else normalize
     inputs = prepare_images(images, channels=info.in_channels, size=size, normalize=chosen)
     result = probe(model, inputs, shifts=shifts, mode=mode, layers=layers, batch_size=batch_size, progress=progress)
-    result.protocol.update({
-        "model": spec,
-        "model_source": info.source,
-        "weights": str(weights) if weights else f"random initialisation, seed {seed}",
-        "images_used": [str(source) for source in images],
-        "resize": f"shorter side {size}, centre crop {size}x{size}" if size else "none",
-        "normalize": chosen,
-    })
+    result.protocol.update(
+        {
+            "model": spec,
+            "model_source": info.source,
+            "weights": str(weights) if weights else f"random initialisation, seed {seed}",
+            "images_used": [str(source) for source in images],
+            "resize": f"shorter side {size}, centre crop {size}x{size}" if size else "none",
+            "normalize": chosen,
+        }
+    )
     return result, info
 
 
@@ -151,7 +171,13 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
     findings = []
     inexact = result.first_inexact_layer(EXACT)
     if inexact is None:
-        findings.append(Finding("Every probed layer is equivariant to every shift, to float precision", f"largest relative L2 error {format_number(max(row['max_rel_l2'] for row in summary))}", True))
+        findings.append(
+            Finding(
+                "Every probed layer is equivariant to every shift, to float precision",
+                f"largest relative L2 error {format_number(max(row['max_rel_l2'] for row in summary))}",
+                True,
+            )
+        )
     else:
         row = next(item for item in summary if item["layer"] == inexact)
         exact_before = [item["layer"] for item in summary[: summary.index(row)]]
@@ -172,7 +198,11 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
                 exact,
             )
         )
-    multiple = [r for r in result.rows if r["stride"] and max(r["stride"]) > 1 and r["multiple"] and (r["dy"], r["dx"]) != (0, 0)]
+    multiple = [
+        r
+        for r in result.rows
+        if r["stride"] and max(r["stride"]) > 1 and r["multiple"] and (r["dy"], r["dx"]) != (0, 0)
+    ]
     other = [r for r in result.rows if r["stride"] and not r["multiple"]]
     if multiple and other:
         exact_multiple = sum(1 for r in multiple if r["rel_l2"] <= EXACT)
@@ -194,7 +224,12 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         findings.append(Finding("The model's output under the shifts", text))
     if spatial and inexact is not None:
         worst = max(spatial, key=lambda row: row["max_rel_l2"])
-        findings.append(Finding(f"Worst spatial layer: '{worst['layer']}' ({worst['type']}, stride {format_stride(worst['stride'])})", f"max relative L2 error {format_number(worst['max_rel_l2'])}"))
+        findings.append(
+            Finding(
+                f"Worst spatial layer: '{worst['layer']}' ({worst['type']}, stride {format_stride(worst['stride'])})",
+                f"max relative L2 error {format_number(worst['max_rel_l2'])}",
+            )
+        )
     return findings
 
 
@@ -218,25 +253,51 @@ def _mean(values: Any) -> float:
     return sum(items) / len(items) if items else math.nan
 
 
-def probe_section(result: ProbeResult, *, key: str, title: str, intro: str, heatmap_layers: Sequence[str] | None = None) -> Section:
+def probe_section(
+    result: ProbeResult, *, key: str, title: str, intro: str, heatmap_layers: Sequence[str] | None = None
+) -> Section:
     """A report section for one probe: findings, error versus depth, heat maps, per-layer table."""
     layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
     protocol = result.protocol
     summary_rows = [
-        [row["depth"], row["layer"], row["type"], "x".join(map(str, row["shape"])), format_stride(row["stride"]), format_number(row["mean_rel_l2"]), format_number(row["max_rel_l2"]), f"{row['exact_shifts']} / {row['shifts']}"]
+        [
+            row["depth"],
+            row["layer"],
+            row["type"],
+            "x".join(map(str, row["shape"])),
+            format_stride(row["stride"]),
+            format_number(row["mean_rel_l2"]),
+            format_number(row["max_rel_l2"]),
+            f"{row['exact_shifts']} / {row['shifts']}",
+        ]
         for row in result.summary()
     ]
-    shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (" ..." if len(protocol["shifts"]) > 12 else "")
+    shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (
+        " ..." if len(protocol["shifts"]) > 12 else ""
+    )
     figures = [
-        ("Relative L2 error of every probed layer, in forward order: mean over shifts that are a multiple of the layer's cumulative stride (blue) and over the others (red), and the maximum (line).", result.plot_depth()),
-        ("The error of a few layers for every shift (dy down, dx right, in input pixels).", result.plot_heatmap(layers)),
+        (
+            "Relative L2 error of every probed layer, in forward order: mean over shifts that are a multiple of the layer's cumulative stride (blue) and over the others (red), and the maximum (line).",
+            result.plot_depth(),
+        ),
+        (
+            "The error of a few layers for every shift (dy down, dx right, in input pixels).",
+            result.plot_heatmap(layers),
+        ),
     ]
     return Section(
         key,
         title,
-        intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size {', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on {protocol['device']}; {protocol['layers_watched']} layers watched.",
+        intro
+        + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size {', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on {protocol['device']}; {protocol['layers_watched']} layers watched.",
         figures=figures,
-        tables=[Table("Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are exact (error <= 1e-5)", ["depth", "layer", "type", "output shape", "stride", "mean", "max", "exact shifts"], summary_rows)],
+        tables=[
+            Table(
+                "Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are exact (error <= 1e-5)",
+                ["depth", "layer", "type", "output shape", "stride", "mean", "max", "exact shifts"],
+                summary_rows,
+            )
+        ],
         findings=probe_findings(result),
         data={"protocol": protocol, "summary": result.summary(), "rows": result.rows},
     )
@@ -247,8 +308,12 @@ DEMO_IMAGES = ("chelsea", "coffee")
 
 def demo_probe_sections() -> list[Section]:
     """The demo's probing sections: a typical small CNN, then one built to be exactly equivariant."""
-    typical, _ = run_probe("simple_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="crop")
-    exact, _ = run_probe("circular_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="circular")
+    typical, _ = run_probe(
+        "simple_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="crop"
+    )
+    exact, _ = run_probe(
+        "circular_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="circular"
+    )
     return [
         probe_section(
             typical,
