@@ -7,7 +7,17 @@ import pytest
 import torch
 
 import shiftlab
-from shiftlab.errors import ShiftlabError, check, describe, fail
+from shiftlab.errors import (
+    ShiftlabError,
+    check,
+    check_choice,
+    check_int,
+    check_pair,
+    check_real,
+    check_shape,
+    describe,
+    fail,
+)
 
 
 class TestShiftlabError:
@@ -91,3 +101,80 @@ class TestDescribe:
     def test_sixty_characters_are_kept_whole(self):
         value = "x" * 58  # repr adds two quotes: exactly 60 characters
         assert describe(value) == repr(value)
+
+
+class TestValidationVocabulary:
+    """The recurring checks: every accepted form, and the exact message for each refusal."""
+
+    @pytest.mark.parametrize("value", [3, np.int64(3), np.int8(3), 3.0, np.float32(3.0), torch.tensor(3)])
+    def test_check_int_accepts_python_numpy_and_scalar_tensors(self, value):
+        result = check_int(value, "size")
+        assert result == 3 and type(result) is int
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            (True, "size: must be an integer, got True"),
+            (2.5, "size: must be an integer, got 2.5"),
+            ("3", "size: must be an integer, got '3'"),
+            (float("inf"), "size: must be an integer, got inf"),
+            (None, "size: must be an integer, got None"),
+        ],
+    )
+    def test_check_int_refuses(self, value, message):
+        with pytest.raises(ShiftlabError) as caught:
+            check_int(value, "size")
+        assert str(caught.value) == message
+
+    def test_check_int_bounds(self):
+        assert check_int(5, "n", minimum=1, maximum=5) == 5
+        with pytest.raises(ShiftlabError, match=r"^n: must be an integer >= 1 and <= 5, got 6$"):
+            check_int(6, "n", minimum=1, maximum=5)
+        with pytest.raises(ShiftlabError, match=r"^n: must be an integer <= 5, got 6$"):
+            check_int(6, "n", maximum=5)
+
+    @pytest.mark.parametrize("value", [0.5, np.float64(0.5), np.float16(0.5), torch.tensor(0.5)])
+    def test_check_real_accepts(self, value):
+        result = check_real(value, "sigma")
+        assert result == 0.5 and type(result) is float
+
+    @pytest.mark.parametrize(
+        ("value", "kwargs", "message"),
+        [
+            (False, {}, "sigma: must be a finite number, got False"),
+            (float("nan"), {}, "sigma: must be a finite number, got nan"),
+            ("x", {}, "sigma: must be a finite number, got 'x'"),
+            (0.0, {"positive": True}, "sigma: must be a positive number, got 0.0"),
+            (-1, {"minimum": 0}, "sigma: must be >= 0, got -1"),
+        ],
+    )
+    def test_check_real_refuses(self, value, kwargs, message):
+        with pytest.raises(ShiftlabError) as caught:
+            check_real(value, "sigma", **kwargs)
+        assert str(caught.value) == message
+
+    def test_check_pair(self):
+        assert check_pair(np.int64(2), "stride") == (2, 2)
+        assert check_pair([4, np.int32(1)], "stride", minimum=1) == (4, 1)
+        for bad in ((1, 2, 3), "ab", None):
+            with pytest.raises(ShiftlabError, match=r"^stride: must be an integer or a pair of integers, got"):
+                check_pair(bad, "stride")
+        with pytest.raises(ShiftlabError, match=r"^stride: must be an integer >= 1, got 0$"):
+            check_pair((0, 1), "stride", minimum=1)
+
+    def test_check_choice(self):
+        assert check_choice("crop", "mode", ("circular", "crop")) == "crop"
+        with pytest.raises(ShiftlabError) as caught:
+            check_choice("roll", "mode", ("circular", "crop"))
+        assert str(caught.value) == "mode: must be one of circular, crop, got 'roll'"
+
+    def test_check_shape(self):
+        assert check_shape(torch.zeros(2, 3, 4, 5), "x", "N C H W") == {"N": 2, "C": 3, "H": 4, "W": 5}
+        assert check_shape(np.zeros((4, 5)), "x", "* H W") == {"H": 4, "W": 5}
+        assert check_shape(torch.zeros(7, 2, 4, 5), "x", "* H W") == {"H": 4, "W": 5}
+        with pytest.raises(ShiftlabError) as caught:
+            check_shape(torch.zeros(2, 1, 4, 5), "images", "N 3 H W")
+        expected = "images: expected shape (N, 3, H, W), got tensor of shape (2, 1, 4, 5) and dtype float32"
+        assert str(caught.value) == expected
+        with pytest.raises(ShiftlabError, match=r"^x: expected shape \(\*, H, W\), got numpy array of shape \(4,\)"):
+            check_shape(np.zeros(4), "x", "* H W")

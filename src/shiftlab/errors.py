@@ -7,9 +7,25 @@ The command line prints that line to stderr and exits with status 2.
 
 from __future__ import annotations
 
-from typing import NoReturn
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any, NoReturn, TypeVar
 
-__all__ = ["ShiftlabError", "check", "describe", "fail", "first_line"]
+__all__ = [
+    "ShiftlabError",
+    "check",
+    "check_choice",
+    "check_int",
+    "check_pair",
+    "check_real",
+    "check_shape",
+    "describe",
+    "fail",
+    "first_line",
+]
+
+T = TypeVar("T")
 
 
 class ShiftlabError(ValueError):
@@ -83,3 +99,139 @@ def first_line(error: BaseException) -> str:
     """
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+# --------------------------------------------------------------------------- the checks that recur
+#
+# Each returns the value in its canonical Python type, so a caller writes ``size = check_int(size, "size", minimum=1)``
+# and never deals with numpy scalars or 0-d tensors again. Messages follow "<subject>: must be ..., got <value>".
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d tensor or array as a Python number (anything else unchanged)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def check_real(value: Any, subject: str, *, minimum: float | None = None, positive: bool = False) -> float:
+    """A finite real number (Python, numpy or a 0-d tensor; not a bool), as a ``float``.
+
+    Example:
+        >>> import numpy as np
+        >>> check_real(np.float32(0.5), "sigma")
+        0.5
+        >>> check_real(float("nan"), "dy")
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: dy: must be a finite number, got nan
+    """
+    value = _scalar(value)
+    if not _is_number(value) or not math.isfinite(value):
+        fail(subject, f"must be a finite number, got {value!r}")
+    number = float(value)
+    if positive and number <= 0:
+        fail(subject, f"must be a positive number, got {value!r}")
+    if minimum is not None and number < minimum:
+        fail(subject, f"must be >= {minimum:g}, got {value!r}")
+    return number
+
+
+def check_int(value: Any, subject: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole number (Python or numpy integer, an integral float, a 0-d tensor; not a bool), as an ``int``.
+
+    Example:
+        >>> import numpy as np
+        >>> check_int(np.int64(3), "size", minimum=1)
+        3
+        >>> check_int(2.5, "size")
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: size: must be an integer, got 2.5
+        >>> check_int(0, "stride", minimum=1)
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: stride: must be an integer >= 1, got 0
+    """
+    value = _scalar(value)
+    whole = isinstance(value, numbers.Integral) or (_is_number(value) and math.isfinite(value) and value == int(value))
+    if isinstance(value, bool) or not whole:
+        fail(subject, f"must be an integer, got {value!r}")
+    number = int(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        limits = [f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else ""]
+        bounds = " and ".join(limit for limit in limits if limit)
+        fail(subject, f"must be an integer {bounds}, got {value!r}")
+    return number
+
+
+def check_pair(value: Any, subject: str, *, minimum: int | None = None) -> tuple[int, int]:
+    """An integer or a pair of integers (``stride=2`` or ``stride=(2, 1)``), as an ``(int, int)`` tuple.
+
+    Example:
+        >>> check_pair(2, "stride"), check_pair((4, 1), "stride")
+        ((2, 2), (4, 1))
+    """
+    value = _scalar(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = check_int(value, subject, minimum=minimum)
+        return number, number
+    items = list(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else None
+    if items is None or len(items) != 2:
+        fail(subject, f"must be an integer or a pair of integers, got {value!r}")
+    first, second = (check_int(item, subject, minimum=minimum) for item in items)
+    return first, second
+
+
+def check_choice(value: Any, subject: str, choices: Iterable[T]) -> T:
+    """One of ``choices`` (compared with ``==``).
+
+    Example:
+        >>> check_choice("zero", "mode", ("circular", "zero"))
+        'zero'
+        >>> check_choice("wrap", "mode", ("circular", "zero"))
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: mode: must be one of circular, zero, got 'wrap'
+    """
+    options = list(choices)
+    for option in options:
+        if value == option:
+            return option
+    fail(subject, f"must be one of {', '.join(map(str, options))}, got {value!r}")
+
+
+def check_shape(value: Any, subject: str, shape: str) -> dict[str, int]:
+    """Check the shape of a tensor or array against a pattern such as ``"N C H W"``, ``"* H W"`` or ``"N 3 H W"``.
+
+    Each name stands for any size, a number for exactly that size, a leading ``*`` for any number of
+    leading axes (none included). Returns the size of each named axis.
+
+    Example:
+        >>> import torch
+        >>> check_shape(torch.zeros(2, 3, 8, 8), "images", "N 3 H W")
+        {'N': 2, 'H': 8, 'W': 8}
+        >>> check_shape(torch.zeros(8, 8), "images", "N C H W")
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: images: expected shape (N, C, H, W), got tensor of shape (8, 8) and dtype float32
+    """
+    names = shape.split()
+    leading = bool(names) and names[0] == "*"
+    names = names[1:] if leading else names
+    actual = tuple(getattr(value, "shape", ()))
+    pattern = "(" + ", ".join((["*"] if leading else []) + names) + ")"
+    if len(actual) < len(names) if leading else len(actual) != len(names):
+        fail(subject, f"expected shape {pattern}, got {describe(value)}")
+    sizes: dict[str, int] = {}
+    for name, size in zip(names, actual[len(actual) - len(names) :]):
+        if name.isdigit():
+            if int(name) != size:
+                fail(subject, f"expected shape {pattern}, got {describe(value)}")
+        else:
+            sizes[name] = int(size)
+    return sizes
