@@ -830,7 +830,7 @@ class TestSamples:
 
     @pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut"])
     def test_photos_match_an_independent_decoder(self, name):
-        with resources.as_file(resources.files("shiftlab").joinpath("data", f"{name}.png")) as path:
+        with resources.as_file(resources.files("shiftlab").joinpath("assets", f"{name}.png")) as path:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             from_file = load_image(path, grayscale=False)
         expected = chw(bgr[..., ::-1] / 255.0)

@@ -240,7 +240,7 @@ def single_pixel_image(row: int, col: int, size: int = 10) -> np.ndarray:
 
 @cache
 def _bundled_rgb(filename: str) -> np.ndarray:
-    with resources.files("shiftlab").joinpath("data", filename).open("rb") as handle:
+    with resources.files("shiftlab").joinpath("assets", filename).open("rb") as handle:
         with Image.open(handle) as image:
             return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
