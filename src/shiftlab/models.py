@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab.errors import ShiftlabError, check, fail, first_line
+from shiftlab.errors import ShiftlabError, check, check_choice, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
 
 __all__ = [
@@ -40,8 +40,11 @@ __all__ = [
     "ArticleNet",
     "ModelInfo",
     "SimpleCNN",
+    "DTYPES",
     "load_model",
     "load_weights",
+    "resolve_device",
+    "resolve_dtype",
     "torchvision_models",
 ]
 
@@ -333,3 +336,42 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     check(not problems, f"weights '{path}'", "do not fit the model: " + ", ".join(problems))
     model.load_state_dict(state, strict=True)
     return model
+
+
+#: Precisions a model can run in, by name.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The torch dtype called ``name`` (see :data:`DTYPES`).
+
+    Example:
+        >>> resolve_dtype("bfloat16")
+        torch.bfloat16
+    """
+    return DTYPES[check_choice(name, "dtype", DTYPES)]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device called ``name`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``), refused when it is not available here.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        fail("device", f"{name!r} is not a device name (try cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("device", "CUDA was asked for, but torch sees no CUDA device here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        fail("device", f"{name!r} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        fail("device", "MPS was asked for, but it is not available here")
+    return device

@@ -10,83 +10,21 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from shiftlab.errors import check, fail
-from shiftlab.images import load_image
-from shiftlab.models import ModelInfo, load_model
+from shiftlab.data import prepare_images
+from shiftlab.models import ModelInfo, load_model, resolve_device, resolve_dtype
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import Finding, Section, Table, format_number, format_stride
 
 __all__ = [
     "DEMO_IMAGES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "demo_probe_sections",
-    "prepare_images",
     "probe_findings",
     "probe_section",
     "representative_layers",
     "run_probe",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EXACT = 1e-5  # relative L2 error below which a layer counts as exactly equivariant (float32 rounding)
-
-
-def prepare_images(
-    sources: Sequence[Any], *, channels: int, size: int | None = None, normalize: str = "none"
-) -> list[torch.Tensor]:
-    """Load images as ``(C, H, W)`` float32 tensors for a model with ``channels`` input channels.
-
-    Args:
-        sources: paths, sample names, arrays (anything :func:`shiftlab.load_image` takes).
-        channels: 1 (grayscale) or 3 (RGB).
-        size: when given, resize so the shorter side is ``size`` (bicubic,
-            antialiased) and take the centre ``size x size`` crop, the usual
-            ``Resize + CenterCrop`` protocol.
-        normalize: ``"imagenet"`` (subtract ImageNet's mean, divide by its std) or ``"none"``.
-
-    Example:
-        >>> [tuple(image.shape) for image in prepare_images(["chelsea"], channels=3, size=64)]
-        [(3, 64, 64)]
-    """
-    check(
-        channels in (1, 3),
-        "model",
-        f"expects {channels} input channels; shiftlab feeds it grayscale (1) or RGB (3) images",
-    )
-    check(normalize in ("imagenet", "none"), "normalize", f"must be 'imagenet' or 'none', got {normalize!r}")
-    check(size is None or (isinstance(size, int) and size >= 1), "size", f"must be a positive integer, got {size!r}")
-    check(len(sources) > 0, "images", "give at least one image")
-    images = []
-    for source in sources:
-        array = load_image(source, grayscale=channels == 1)
-        image = torch.from_numpy(array)
-        if image.ndim == 2:
-            image = image[None]
-        if size is not None:
-            image = _resize_center_crop(image, size)
-        if normalize == "imagenet":
-            check(channels == 3, "normalize", "'imagenet' needs RGB images (a 3-channel model)")
-            mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-            std = torch.tensor(IMAGENET_STD)[:, None, None]
-            image = (image - mean) / std
-        images.append(image.contiguous())
-    return images
-
-
-def _resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    height, width = image.shape[-2:]
-    scale = size / min(height, width)
-    new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
-    resized = F.interpolate(
-        image[None], size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False
-    )[0].clamp(0, 1)
-    top, left = (new_height - size) // 2, (new_width - size) // 2
-    return resized[..., top : top + size, left : left + size]
 
 
 def run_probe(
@@ -110,11 +48,9 @@ def run_probe(
     ``normalize="auto"`` applies ImageNet normalisation to torchvision models
     and nothing to the others.
     """
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-    check(dtype in dtypes, "dtype", f"must be one of {', '.join(dtypes)}, got {dtype!r}")
-    target = _device(device)
+    target, precision = resolve_device(device), resolve_dtype(dtype)
     model, info = load_model(spec, weights=weights, seed=seed)
-    model = model.to(device=target, dtype=dtypes[dtype])
+    model = model.to(device=target, dtype=precision)
     chosen = info.normalize if normalize == "auto" else normalize
     inputs = prepare_images(images, channels=info.in_channels, size=size, normalize=chosen)
     result = probe(model, inputs, shifts=shifts, mode=mode, layers=layers, batch_size=batch_size, progress=progress)
@@ -129,18 +65,6 @@ def run_probe(
         }
     )
     return result, info
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        fail("device", f"{name!r} is not a device name (try cpu or cuda)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail("device", "CUDA was asked for, but torch sees no CUDA device here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        fail("device", "MPS was asked for, but it is not available here")
-    return device
 
 
 def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
