@@ -2,20 +2,24 @@
 
 Bad input of any kind ends with one line on stderr, ``shiftlab: error: ...``,
 and exit status 2; output is staged and moved into place only when a command
-succeeds, so a failed run leaves no half-written files.
+succeeds, so a failed run leaves no half-written files. Anything else is a bug
+in shiftlab: its traceback is printed with a line that says so, and the exit
+status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shiftlab import __version__
-from shiftlab.errors import ShiftlabError
+from shiftlab.errors import InternalError, ShiftlabError, first_line
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 1
 
 
 def _progress(total: int, description: str):
@@ -396,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shiftlab: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as error:  # not bad input: a bug in shiftlab, reported as one, with its traceback
+        traceback.print_exc()
+        if not isinstance(error, InternalError):
+            error = InternalError(f"{type(error).__name__}: {first_line(error)}")
+        print(f"shiftlab: {error}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -19,15 +19,8 @@ import torch
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor
-from shiftlab.equivariance import (
-    EquivarianceResult,
-    ShiftError,
-    _call,
-    _check_shifts,
-    equivariance_error,
-    shifted_inputs,
-)
-from shiftlab.shifts import shift_with_mask
+from shiftlab.equivariance import EquivarianceResult, ShiftError, call_fn, equivariance_error, shifted_inputs
+from shiftlab.shifts import check_shifts, shift_with_mask
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
 
@@ -121,7 +114,7 @@ def _position_clause(
     if worst.stride is None:
         return ""
     reference_input, moved = shifted_inputs(tensor, [(worst.dy, worst.dx)], mode)
-    reference, output = _call(fn, reference_input), _call(fn, moved[0])
+    reference, output = call_fn(fn, reference_input), call_fn(fn, moved[0])
     circular = mode in ("circular", "fourier")
     aligned, valid = shift_with_mask(
         reference, worst.aligned_dy, worst.aligned_dx, mode="circular" if circular else "zero"
@@ -177,16 +170,16 @@ def assert_shift_invariant(
         AssertionError: not shift-invariant under mode='circular': shift (0, 1) changes the output by up to 3 ...
     """
     tensor, _ = as_float_tensor(x, "x")
-    pairs = _check_shifts(shifts, mode)
+    pairs = check_shifts(shifts, mode)
     reference_input, moved = shifted_inputs(tensor, pairs, mode)
-    reference = _call(fn, reference_input)
+    reference = call_fn(fn, reference_input)
     atol, rtol = _tolerances(reference.dtype, atol, rtol)
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     limit = atol + rtol * scale
     worst: tuple[float, tuple[float, float], torch.Tensor] | None = None
     failing = 0
     for pair, moved_input in zip(pairs, moved):
-        output = _call(fn, moved_input)
+        output = call_fn(fn, moved_input)
         if output.shape != reference.shape:
             raise AssertionError(
                 f"not shift-invariant: shift {pair} changes the output shape from {tuple(reference.shape)} to {tuple(output.shape)}"

@@ -71,6 +71,7 @@ def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
     """A few layers worth a heat map: the first, the first with a stride, one in the middle, and the output.
 
     Example:
+        >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1))
         >>> representative_layers(probe(net, torch.rand(1, 1, 8, 8), shifts=[(0, 1)]))
