@@ -94,7 +94,13 @@ def naive(
         for batch in (reference_input, moved[0]):
             activations: dict[str, torch.Tensor] = {}
 
-            def keep(module: nn.Module, inputs: Any, output: torch.Tensor, name: str) -> None:
+            def keep(
+                module: nn.Module,
+                inputs: Any,
+                output: torch.Tensor,
+                name: str,
+                activations: dict[str, torch.Tensor] = activations,
+            ) -> None:
                 label = (
                     name
                     if name not in activations
@@ -195,6 +201,7 @@ def measure_memory(args: argparse.Namespace) -> None:
     """Child process: run one variant once and print its peak memory above the baseline."""
     model, image, shifts = build(args)
     batch = probe_batch(image, shifts, args.mode)
+
     def stream(count: int):
         for index in range(count):  # one image at a time, made from its own seed: never all of them at once
             yield torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(index)).to(args.device)
@@ -204,7 +211,9 @@ def measure_memory(args: argparse.Namespace) -> None:
         "probe": lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)),
         "naive": lambda: naive(model, image, shifts, args.mode, layer_spec(args.layer_types)),
         "stream8": lambda: probe(model, stream(8), shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)),
-        "stream64": lambda: probe(model, stream(64), shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)),
+        "stream64": lambda: probe(
+            model, stream(64), shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)
+        ),
     }
     run = variants[args.memory_child]
     if args.device.startswith("cuda"):
@@ -295,7 +304,8 @@ def main() -> None:
     parser.add_argument(
         "--layer-types",
         default=None,
-        help="watch only modules of these class names (comma-separated, e.g. Conv2d,BasicBlock); default: probe's default layers",
+        help="watch only modules of these class names (comma-separated, e.g. Conv2d,BasicBlock); default: probe's "
+        "default layers",
     )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(

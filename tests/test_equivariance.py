@@ -29,8 +29,8 @@ from shiftlab.equivariance import (
     equivariance_error,
     feature_stride,
 )
-from shiftlab.metrics import map_error
 from shiftlab.errors import ShiftlabError
+from shiftlab.metrics import map_error
 
 EXACT = 1e-6
 
@@ -376,7 +376,11 @@ class TestShiftComparison:
         merged = parts[2].merge(parts[0]).merge(parts[1])
         for mine, theirs in zip(merged.compute(), whole.compute()):
             assert mine is not None and theirs is not None
-            assert (mine.aligned_dy, mine.aligned_dx, mine.multiple) == (theirs.aligned_dy, theirs.aligned_dx, theirs.multiple)
+            assert (mine.aligned_dy, mine.aligned_dx, mine.multiple) == (
+                theirs.aligned_dy,
+                theirs.aligned_dx,
+                theirs.multiple,
+            )
             assert mine.rel_l2 == pytest.approx(theirs.rel_l2, rel=1e-12)
             assert mine.max_abs == theirs.max_abs and mine.valid_fraction == theirs.valid_fraction
 

@@ -211,7 +211,8 @@ class TestTorchvisionModels:
     def test_unknown_name_suggests_similar(self):
         with pytest.raises(
             ShiftlabError,
-            match=r"^model: unknown model 'resnet19': not bundled \(article, simple_cnn, circular_cnn\) nor a torchvision architecture; similar: resnet101, ",
+            match=r"^model: unknown model 'resnet19': not bundled \(article, simple_cnn, circular_cnn\) nor a "
+            r"torchvision architecture; similar: resnet101, ",
         ):
             load_model("resnet19")
 
@@ -319,7 +320,8 @@ class TestImportSpecs:
             load_model("shiftlab_no_such_module_xyz:build")
         assert (
             str(info.value)
-            == "model: 'shiftlab_no_such_module_xyz:build': importing 'shiftlab_no_such_module_xyz' failed: ModuleNotFoundError: No module named 'shiftlab_no_such_module_xyz'"
+            == "model: 'shiftlab_no_such_module_xyz:build': importing 'shiftlab_no_such_module_xyz' failed: "
+            "ModuleNotFoundError: No module named 'shiftlab_no_such_module_xyz'"
         )
 
     def test_missing_attribute(self, user_module):

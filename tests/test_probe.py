@@ -290,7 +290,10 @@ class TestModelIsLeftUnchanged:
         flags = training_flags(model)
         with pytest.raises(ShiftlabError) as info:
             probe(model, images(), shifts=[(0, 1)], mode=mode)
-        assert str(info.value) == f"model Flaky: rejected an input of shape {shape}: RuntimeError: flaky failure on call {fail_on}"
+        assert (
+            str(info.value)
+            == f"model Flaky: rejected an input of shape {shape}: RuntimeError: flaky failure on call {fail_on}"
+        )
         assert no_hooks_left(model)
         assert training_flags(model) == flags
 
@@ -654,7 +657,8 @@ class TestSelectLayers:
             select_layers(nested_net(), "layer9.*")
         assert (
             str(info.value)
-            == "layers: 'layer9.*' matches no module of the model (names look like: stem, stem.0, stem.1, body, body.0, body.0.conv, body.0.act, body.1, ...)"
+            == "layers: 'layer9.*' matches no module of the model (names look like: stem, stem.0, stem.1, body, "
+            "body.0, body.0.conv, body.0.act, body.1, ...)"
         )
 
     def test_unknown_type(self):
@@ -951,7 +955,7 @@ class TestTorchvision:
 
 
 def nan_result() -> ProbeResult:
-    """A probe with a NaN row: in zero mode the core of a stride-8 map is one column, and a move of one column leaves no pixel to compare."""
+    """A probe with a NaN row: in zero mode the core of a stride-8 map is one column; a move of one leaves nothing."""
     return probe(
         nn.Sequential(nn.MaxPool2d(8)),
         torch.rand(1, 1, 8, 24, generator=torch.Generator().manual_seed(0)),
@@ -1192,7 +1196,8 @@ class TestRunProbe:
         result = probe(pooled_net(), images(), shifts=[(0, 0), (0, 1), (0, 2)])
         section = probe_section(result, key="k", title="T", intro="Intro.")
         assert section.key == "k" and section.intro.startswith(
-            "Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2); 2 image(s) of size 16x16; float32 on cpu; 4 layers watched."
+            "Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2); 2 image(s) of size 16x16; float32 on cpu; 4 "
+            "layers watched."
         )
         assert len(section.figures) == 2 and all(isinstance(figure, Figure) for _, figure in section.figures)
         assert [row[1] for row in section.tables[0].rows] == result.layers

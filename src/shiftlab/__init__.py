@@ -3,16 +3,9 @@
 The public API, re-exported from the modules that define it (nothing is defined here).
 """
 
-from shiftlab.errors import InternalError, ShiftlabError
-from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
-from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
-from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask
-from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
-from shiftlab.metrics import MapError, compare_maps
 from shiftlab.data import Preprocess, prepare_images
 from shiftlab.equivariance import EquivarianceResult, ShiftComparison, ShiftError, equivariance_error, feature_stride
-from shiftlab.probe import ProbeResult, probe, select_layers
-from shiftlab.models import load_model, load_weights
+from shiftlab.errors import InternalError, ShiftlabError
 from shiftlab.figures import (
     show_convergence,
     show_error_vs_depth,
@@ -21,6 +14,13 @@ from shiftlab.figures import (
     show_shift_heatmaps,
     show_shift_table,
 )
+from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
+from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
+from shiftlab.metrics import MapError, compare_maps
+from shiftlab.models import load_model, load_weights
+from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
+from shiftlab.probe import ProbeResult, probe, select_layers
+from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask
 
 __version__ = "0.1.0"
 

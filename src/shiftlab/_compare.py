@@ -114,7 +114,10 @@ def _as_float(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _plane_squares(tensor: torch.Tensor, leading: int) -> torch.Tensor:
-    """Sum of squares over all but the first ``leading`` axes: per-plane norms in the maps' precision, summed in float64."""
+    """Sum of squares over all but the first ``leading`` axes.
+
+    Per-plane norms in the maps' precision, summed in float64.
+    """
     if tensor.numel() == 0:
         return torch.zeros(tensor.shape[:leading], dtype=torch.float64, device=tensor.device)
     norms = torch.linalg.vector_norm(tensor, dim=(-2, -1)).double().square()
@@ -179,7 +182,7 @@ def _core_box(core: torch.Tensor) -> tuple[int, int, int, int] | None:
 
 
 class _Differences:
-    """Writes differences of equally shaped maps into the scratch buffer side by side, and reduces them a block at a time."""
+    """Writes differences of equally shaped maps side by side into the scratch buffer; reduces a block at a time."""
 
     def __init__(self, map_shape: Sequence[int], count: int, like: torch.Tensor, scratch: Scratch) -> None:
         per_map = max(1, math.prod(map_shape))

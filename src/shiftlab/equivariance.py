@@ -270,7 +270,8 @@ class ShiftComparison(Accumulator):
         candidates: dict[int, list[tuple[tuple[int, int], Any]]] = {}
         for position, (index, offset) in enumerate(self.pairs):
             if total[position]:
-                error = map_error(*squares[position], largest[position], compared[position], total[position])
+                difference, reference, output = squares[position]
+                error = map_error(difference, reference, output, largest[position], compared[position], total[position])
                 candidates.setdefault(index, []).append((offset, error))
         return [
             self._row(index, candidates[index], whole_map) if index in candidates else None
@@ -324,7 +325,8 @@ def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tupl
         check(
             height > 2 * largest[0] and width > 2 * largest[1],
             "shifts",
-            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, got {height}x{width}",
+            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, "
+            f"got {height}x{width}",
         )
         return shift(x, 0, 0, mode="crop", margin=largest), largest
     if mode == "zero":

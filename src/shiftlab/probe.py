@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,7 +73,7 @@ _CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
     nn.LPPool2d, nn.FractionalMaxPool2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d, Convolve, MaxPool,
 )  # fmt: skip
 
-LayerSpec = Union[None, str, Sequence[str | type], Callable[[str, nn.Module], bool]]
+LayerSpec = None | str | Sequence[str | type] | Callable[[str, nn.Module], bool]
 
 
 def _is_block(module: nn.Module) -> bool:
@@ -112,11 +112,16 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
         return [(name, module) for name, module in named if _is_default(module)]
     if callable(layers) and not isinstance(layers, type):
         return [(name, module) for name, module in named if layers(name, module)]
-    items = [part.strip() for part in layers.split(",") if part.strip()] if isinstance(layers, str) else list(layers)
+    items: list[str | type]
+    if isinstance(layers, str):
+        items = [part.strip() for part in layers.split(",") if part.strip()]
+    else:
+        items = [layers] if isinstance(layers, type) else list(layers)
     chosen: dict[str, nn.Module] = {}
     for item in items:
+        matches: list[tuple[str, nn.Module]]
         if isinstance(item, type):
-            matches = [(name, module) for name, module in named if isinstance(module, item)]
+            matches = [pair for pair in named if isinstance(pair[1], item)]
             label = f"type {item.__name__}"
         else:
             matches = [(name, module) for name, module in named if name == item or fnmatch.fnmatchcase(name, str(item))]
@@ -359,7 +364,7 @@ def _image_stream(inputs: Any) -> Iterator[torch.Tensor]:
 
 
 def _groups(stream: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
-    """Consecutive images of one shape, ``size`` at a time: a pass never mixes shapes, and single images share passes."""
+    """Consecutive images of one shape, ``size`` at a time: passes never mix shapes, and single images share them."""
     pending: list[torch.Tensor] = []
     count = 0
     for batch in stream:
@@ -570,7 +575,8 @@ class ProbeResult:
         check(
             bool(rows),
             "layer",
-            f"{layer!r} was not probed; probed layers: {', '.join(self.layers[:12])}{' ...' if len(self.layers) > 12 else ''}",
+            f"{layer!r} was not probed; probed layers: "
+            f"{', '.join(self.layers[:12])}{' ...' if len(self.layers) > 12 else ''}",
         )
         return rows
 

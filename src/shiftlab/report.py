@@ -71,8 +71,8 @@ def render_report(
         protocol: how the numbers were measured, shown in a table at the end.
         env: versions and time to show (default: :func:`environment` now).
     """
-    template_text = resources.files("shiftlab").joinpath("templates", "report.html.j2").read_text(encoding="utf-8")
-    style = resources.files("shiftlab").joinpath("templates", "report.css").read_text(encoding="utf-8")
+    template_text = (resources.files("shiftlab") / "templates" / "report.html.j2").read_text(encoding="utf-8")
+    style = (resources.files("shiftlab") / "templates" / "report.css").read_text(encoding="utf-8")
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(template_text)
     rendered_sections = [
         {

@@ -71,10 +71,10 @@ def check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
         >>> import numpy as np
         >>> check_shifts([(np.int64(1), 2.0)], "circular")
         [(1, 2)]
-        >>> check_shifts([(0, 0.5)], "circular")
+        >>> check_shifts([(0, 0.5)], "circular")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        shiftlab.errors.ShiftlabError: shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need mode='fourier'
+        shiftlab.errors.ShiftlabError: shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need ...
     """
     check_choice(mode, "mode", SHIFT_MODES)
     pairs: list[Shift] = []
@@ -98,7 +98,7 @@ def check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
 
 
 def shift(
-    x: Any, dy: float, dx: float, *, mode: ShiftMode = "circular", margin: int | tuple[int, int] | None = None
+    x: Any, dy: float, dx: float, *, mode: ShiftMode | str = "circular", margin: int | tuple[int, int] | None = None
 ) -> Any:
     """Translate the last two axes by ``(dy, dx)`` pixels (down, right).
 
@@ -134,7 +134,7 @@ def shift_with_mask(
     dy: float,
     dx: float,
     *,
-    mode: ShiftMode = "circular",
+    mode: ShiftMode | str = "circular",
     margin: int | tuple[int, int] | None = None,
 ) -> tuple[Any, Any]:
     """Like :func:`shift`, and also return the ``(H', W')`` boolean mask of valid output pixels.
