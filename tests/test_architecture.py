@@ -17,7 +17,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "shiftlab"
 LAYERS: list[set[str]] = [
     {"errors", "_format"},  # vocabulary
     {"_tensors", "_io", "accumulate"},  # plumbing
-    {"images", "kernels", "shifts", "metrics"},  # inputs and formulas
+    {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
     {"data", "ops", "_compare"},  # preparing inputs, operators, the comparison hot path
     {"equivariance", "models"},  # one map's equivariance; networks
     {"probe", "testing"},  # measuring models
