@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"_tensors", "_io", "accumulate"},  # plumbing
     {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
     {"data", "ops", "_compare"},  # preparing inputs, operators, the comparison hot path
-    {"equivariance", "models"},  # one map's equivariance; networks
+    {"equivariance", "models", "layouts"},  # one map's equivariance; networks; where their maps' axes are
     {"probe", "testing"},  # measuring models
     {"figures", "sections"},  # presentation: matplotlib figures, report sections
     {"report", "experiments"},  # the HTML report; experiments made of all the above

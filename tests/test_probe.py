@@ -31,6 +31,7 @@ from shiftlab.ops import Convolve, MaxPool
 from shiftlab.probe import COLUMNS, ProbeResult, probe, select_layers
 
 EXACT = 1e-6
+LAYOUT_IMAGES = 2  # the layouts are planned on one image at two sizes
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -279,9 +280,16 @@ class TestModelIsLeftUnchanged:
         handle.remove()
         assert no_hooks_left(model)
 
+    # Calls 1 and 2 plan the layouts (one image at two sizes; a failure of the second only means the model takes
+    # one size), call 3 is the border pass in zero mode, the rest measure.
     @pytest.mark.parametrize(
         "mode, fail_on, shape",
-        [("circular", 1, (4, 3, 16, 16)), ("zero", 1, (1, 3, 16, 16)), ("zero", 2, (4, 3, 16, 16))],
+        [
+            ("circular", 1, (1, 3, 16, 16)),
+            ("circular", 3, (4, 3, 16, 16)),
+            ("zero", 3, (1, 3, 16, 16)),
+            ("zero", 4, (4, 3, 16, 16)),
+        ],
     )
     def test_model_raising(self, mode, fail_on, shape):
         model = Flaky(fail_on)
@@ -304,7 +312,7 @@ class TestModelIsLeftUnchanged:
         flags = training_flags(model)
         with pytest.raises(ShiftlabError) as info:
             probe(model, images(), shifts=[(0, 1)])
-        assert str(info.value).startswith("model Flaky: rejected an input of shape (4, 3, 16, 16): KeyError: 'flaky")
+        assert str(info.value).startswith("model Flaky: rejected an input of shape (1, 3, 16, 16): KeyError: 'flaky")
         assert no_hooks_left(model)
         assert training_flags(model) == flags
 
@@ -445,7 +453,8 @@ class TestZeroShift:
     def test_costs_no_forward_pass_and_is_exact(self):
         model = CountingNet()
         result = probe(model, images(count=2), shifts=[(0, 0), (0, 1), (0, 2)])
-        assert model.images_seen == 2 * 3  # each image with its two non-zero shifts, no copy for (0, 0)
+        # each image with its two non-zero shifts, no copy for (0, 0); and one image at two sizes, for the layouts
+        assert model.images_seen == 2 * 3 + LAYOUT_IMAGES
         zero = [row for row in result.rows if (row["dy"], row["dx"]) == (0, 0)]
         assert len(zero) == len(result.layers)
         assert all(row["rel_l2"] == 0 and row["max_abs"] == 0 and row["cosine"] == pytest.approx(1.0) for row in zero)
@@ -454,7 +463,7 @@ class TestZeroShift:
     def test_only_the_zero_shift(self):
         model = CountingNet()
         result = probe(model, images(count=1), shifts=[(0, 0)])
-        assert model.images_seen == 1
+        assert model.images_seen == 1 + LAYOUT_IMAGES
         assert {row["rel_l2"] for row in result.rows} == {0.0}
 
 
@@ -782,7 +791,7 @@ class TestProbeErrors:
             probe(pooled_net(), torch.zeros(1, 3, 8, 8, dtype=torch.uint8), shifts=[(0, 1)])
 
     def test_wrong_channel_count(self):
-        with pytest.raises(ShiftlabError, match=r"^model Sequential: rejected an input of shape \(2, 1, 8, 8\): "):
+        with pytest.raises(ShiftlabError, match=r"^model Sequential: rejected an input of shape \(1, 1, 8, 8\): "):
             probe(pooled_net(), torch.zeros(1, 1, 8, 8), shifts=[(0, 1)])
 
     def test_crop_margin_too_large(self):
@@ -856,9 +865,11 @@ def torchvision_model(name: str) -> nn.Module:
     return load_model(name)[0]
 
 
-def summary_of(name: str, size: int = 64, shifts=((0, 0), (0, 1), (2, 2))) -> tuple[ProbeResult, dict[str, dict]]:
+def summary_of(
+    name: str, size: int = 64, shifts=((0, 0), (0, 1), (2, 2)), layers="all"
+) -> tuple[ProbeResult, dict[str, dict]]:
     model = torchvision_model(name)
-    result = probe(model, images(count=1, size=size), shifts=list(shifts))
+    result = probe(model, images(count=1, size=size), shifts=list(shifts), layers=layers)
     for row in result.rows:
         assert not math.isnan(row["rel_l2"]) and row["rel_l2"] >= 0
     return result, {row["layer"]: row for row in result.summary()}
@@ -1023,6 +1034,7 @@ class TestTables:
             "dtype": "float32",
             "device": "cpu",
             "layers_watched": 4,
+            "layouts": "two input sizes, 16x16 and 80x80",
             "batch_size": 16,
         }
 

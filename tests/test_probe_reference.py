@@ -211,9 +211,28 @@ def watched_labels(model: nn.Module, run: Pass) -> list[str]:
 # --------------------------------------------------------------------------- strides, border core
 
 
+GROWTH = 64  # the documented second input size: 64 pixels taller and wider
+
+
+def grown_lengths(model: nn.Module, base_input: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """Every output's shape for the first image grown by GROWTH pixels (edge values repeated), by label."""
+    grown = np.pad(base_input[:1], ((0, 0), (0, 0), (0, GROWTH), (0, GROWTH)), mode="edge")
+    return {label: output.shape for label, output in forward(model, grown).maps.items()}
+
+
+def two_size_stride(size_in: int, length: int, grown_length: int) -> int:
+    """The documented stride: GROWTH / (growth of the length), when that is a stride to the pixel; else the guess."""
+    growth = grown_length - length
+    if growth > 0:
+        stride = max(1, round(GROWTH / growth))
+        if abs(GROWTH / stride - growth) <= 1:
+            return stride
+    return axis_stride(size_in, length)
+
+
 def axis_stride(size_in: int, size_out: int) -> int:
-    """The documented stride guess: 1 when more than half the pixels are left, else a power of two ``p`` with
-    ``|H / p - h| < 1``, else ``round(H / h)``."""
+    """The documented stride guess, for one input size: 1 when more than half the pixels are left, else a power of
+    two ``p`` with ``|H / p - h| < 1``, else ``round(H / h)``."""
     if size_out > size_in / 2 + 0.5:
         return 1
     power = 2
@@ -382,6 +401,7 @@ def reference_rows(model: nn.Module, images: np.ndarray, shifts: list[tuple[floa
     base_input = reference_input(images, mode, margin)
     input_size = base_input.shape[-2:]
     base = forward(model, base_input)
+    grown = grown_lengths(model, base_input)
     layers = watched_labels(model, base)
     circular = mode in ("circular", "fourier")
     cores = {} if circular else perturbation_core(model, base_input[0], margin)
@@ -411,7 +431,10 @@ def reference_rows(model: nn.Module, images: np.ndarray, shifts: list[tuple[floa
                     **common,
                 )
                 continue
-            stride = (axis_stride(input_size[0], reference.shape[-2]), axis_stride(input_size[1], reference.shape[-1]))
+            stride = (
+                two_size_stride(input_size[0], reference.shape[-2], grown[label][-2]),
+                two_size_stride(input_size[1], reference.shape[-1], grown[label][-1]),
+            )
             fy, fx = dy / stride[0], dx / stride[1]
             multiple = float(fy).is_integer() and float(fx).is_integer()
             core = cores.get(label)
@@ -658,6 +681,13 @@ class TestReferenceInputs:
 
 
 class TestReferenceParts:
+    def test_two_size_stride(self):
+        # the article's net at 64: (64 - 2) // 8 = 7 pixels, at 128: 15; the growth of 8 is a stride of 8, where the
+        # one-size guess says 9
+        assert two_size_stride(64, 7, 15) == 8 and axis_stride(64, 7) == 9
+        assert two_size_stride(64, 21, 42) == 3  # 64 / 3 is no whole growth: within a pixel
+        assert two_size_stride(224, 7, 7) == 32  # a length that does not grow: the guess
+
     def test_stride_guess(self):
         assert [axis_stride(64, size) for size in (64, 62, 32, 31, 16, 15, 8, 7, 2)] == [1, 1, 2, 2, 4, 4, 8, 9, 32]
         assert axis_stride(48, 2) == 32 and axis_stride(114, 8) == 16 and axis_stride(90, 30) == 3

@@ -33,24 +33,18 @@ import io
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
 from shiftlab._compare import Scratch
 from shiftlab._io import atomic_write_text, json_text
-from shiftlab.equivariance import (
-    Measured,
-    ShiftComparison,
-    border_core,
-    feature_stride,
-    reference_input,
-    shifted_input,
-)
+from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
 from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, check_int, describe, fail, first_line
+from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin
 
@@ -67,24 +61,38 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 _DEFAULT_TYPES = DEFAULT_LAYER_TYPES + (Convolve, MaxPool)  # shiftlab's own operator modules too
 _BLOCK_WORDS = ("block", "bottleneck", "residual")
-#: Layers whose 4-D output is always ``(N, C, H, W)``: they tell the size of the maps around them.
-_CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
-    nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-    nn.LPPool2d, nn.FractionalMaxPool2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d, Convolve, MaxPool,
-)  # fmt: skip
-
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 LayerSpec = None | str | Sequence[str | type] | Callable[[str, nn.Module], bool]
 
 
 def _is_block(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
-    return any(word in name for word in _BLOCK_WORDS) and not isinstance(
-        module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-    )
+    return any(word in name for word in _BLOCK_WORDS) and not isinstance(module, _CONTAINERS)
 
 
 def _is_default(module: nn.Module) -> bool:
     return isinstance(module, _DEFAULT_TYPES) or _is_block(module)
+
+
+def _units(model: nn.Module) -> set[str]:
+    """The names of the repeated building blocks: modules with children, not plain containers, whose parent holds
+    another module of their class (ResNet's BasicBlocks, ViT's EncoderBlocks, Swin's, ConvNeXt's and MaxViT's
+    blocks)."""
+    units = set()
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        counts: dict[type, int] = {}
+        for _, child in children:
+            counts[type(child)] = counts.get(type(child), 0) + 1
+        for name, child in children:
+            if counts[type(child)] > 1 and not isinstance(child, _CONTAINERS) and next(child.children(), None):
+                units.add(f"{parent_name}.{name}" if parent_name else name)
+    return units
+
+
+def _inside(name: str, units: set[str]) -> bool:
+    parts = name.split(".")
+    return any(".".join(parts[:cut]) in units for cut in range(1, len(parts)))
 
 
 def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str, nn.Module]]:
@@ -92,8 +100,11 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
 
     Args:
         model: the network.
-        layers: ``None`` for the default (every conv, pooling, normalisation,
-            activation, linear layer and residual block); names or glob patterns
+        layers: ``None`` for the default: the repeated building blocks (a ResNet's
+            residual blocks, a transformer's encoder blocks: modules with children whose
+            parent holds another of their class), and every convolution, pooling,
+            normalisation, activation and linear layer outside them; ``"all"`` for every
+            such layer, inside blocks too, and every residual block; names or glob patterns
             (``"layer1.*"``, a comma-separated string is split); module types;
             or a predicate ``f(name, module) -> bool``.
 
@@ -109,6 +120,13 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
     """
     named = [(name, module) for name, module in model.named_modules() if name]
     if layers is None:
+        units = _units(model)
+        return [
+            (name, module)
+            for name, module in named
+            if not _inside(name, units) and (name in units or _is_default(module))
+        ]
+    if isinstance(layers, str) and layers.strip() == "all":
         return [(name, module) for name, module in named if _is_default(module)]
     if callable(layers) and not isinstance(layers, type):
         return [(name, module) for name, module in named if layers(name, module)]
@@ -151,7 +169,6 @@ class _Watcher:
         self.on_output = on_output
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.calls: dict[str, int] = {}
-        self.spatial: tuple[int, ...] = ()
         self.failure: tuple[str, BaseException] | None = None
 
     def __enter__(self) -> _Watcher:
@@ -168,7 +185,7 @@ class _Watcher:
             if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
                 return
             try:
-                self.on_output(label, module, self._channels_first(module, output))
+                self.on_output(label, module, output)
             except ShiftlabError:
                 raise
             except Exception as error:
@@ -176,21 +193,6 @@ class _Watcher:
                 raise
 
         return hook
-
-    def _channels_first(self, module: nn.Module, output: torch.Tensor) -> torch.Tensor:
-        """``output``, permuted to ``(N, C, H, W)`` when it is a channels-last map.
-
-        A 4-D output is taken for ``(N, H, W, C)`` (ConvNeXt's LayerNorm and
-        Linear layers, Swin) when its axes 1 and 2, and not 2 and 3, have the
-        size of the last ``(N, C, H, W)`` map seen in this pass.
-        """
-        if output.ndim != 4:
-            return output
-        if isinstance(module, _CHANNELS_FIRST):
-            self.spatial = tuple(output.shape[-2:])
-        elif tuple(output.shape[1:3]) == self.spatial and tuple(output.shape[2:]) != self.spatial:
-            return output.permute(0, 3, 1, 2)
-        return output
 
     def run(self, batch: torch.Tensor) -> Any:
         """The model on ``batch``, with the hooks measuring.
@@ -200,7 +202,6 @@ class _Watcher:
             InternalError: one of shiftlab's hooks failed (a bug in shiftlab).
         """
         self.calls, self.failure = {}, None
-        self.spatial = tuple(batch.shape[-2:])
         try:
             return self.model(batch)
         except ShiftlabError:
@@ -211,10 +212,7 @@ class _Watcher:
                 raise InternalError(
                     f"the probe's hook on layer {label!r} failed: {type(cause).__name__}: {first_line(cause)}"
                 ) from cause
-            fail(
-                f"model {type(self.model).__name__}",
-                f"rejected an input of shape {tuple(batch.shape)}: {type(error).__name__}: {first_line(error)}",
-            )
+            _rejected(self.model, batch, error)
 
     def __exit__(self, *exc_info: Any) -> None:
         for handle in self.handles:
@@ -222,15 +220,21 @@ class _Watcher:
         self.handles.clear()
 
 
+#: The row of a token map's prefix tokens (class, distillation, register) is its layer's name with this suffix.
+PREFIX = "[prefix]"
+
+
 @dataclass
 class _Layer:
-    """One watched layer: what it is, where it sits, and its accumulated comparison."""
+    """One watched output (or its prefix tokens): what it is, where it sits, and its accumulated comparison."""
 
     label: str
     kind: str
     depth: int
-    shape: tuple[int, ...]
-    comparison: ShiftComparison
+    shape: tuple[int, ...]  # per image, as compared: (C, h, w) for a map, whatever it is for a whole output
+    layout: Layout
+    part: str  # "map", "whole" (a global output) or "prefix" (prefix tokens)
+    comparison: ShiftComparison | None  # None: the layout is unknown, nothing is measured
 
 
 @dataclass
@@ -251,11 +255,12 @@ class _Pass:
 
 
 class _Measurement:
-    """The state of one probe run: per-layer comparisons, border cores, and the pass being measured."""
+    """The state of one probe run: per-layer comparisons, layouts, border cores, and the pass being measured."""
 
-    def __init__(self, shifts: list[Shift], mode: str) -> None:
+    def __init__(self, shifts: list[Shift], mode: str, plan: LayoutPlan) -> None:
         self.shifts = shifts
         self.mode = mode
+        self.plan = plan
         self.circular = mode in ("circular", "fourier")
         self.layers: dict[str, _Layer] = {}
         self.scratch = Scratch()
@@ -263,45 +268,67 @@ class _Measurement:
         self.recording_cores = False
         self.current: _Pass | None = None
         self.input_size: tuple[int, int] = (0, 0)
-        # The last output measured, by weak reference (see _remember).
-        self.last: tuple[weakref.ref, int, ShiftComparison, list[Measured]] | None = None
+        # The last output measured, by weak reference, with its layout and its measurements (see on_output).
+        self.last: tuple[weakref.ref, int, Layout, list[list[Measured]]] | None = None
 
     def on_output(self, label: str, module: nn.Module, output: torch.Tensor) -> None:
+        layout = self.plan.get(label)
+        spatial, prefix = layout.split(output, self.input_size)
         if self.recording_cores:
-            if output.ndim == 4:
-                core = torch.isfinite(output[0]).all(dim=0)
+            if layout.spatial and spatial is not None:
+                core = torch.isfinite(spatial[0]).all(dim=0)
                 self.cores[label] = (core, not bool(core.any()))
             return
         current = self.current
         assert current is not None
-        if output.shape[0] != current.variants * current.images:
-            return  # not batch-first (e.g. a sequence layer): nothing to compare
-        layer = self.layers.get(label) or self._new_layer(label, module, output)
-        comparison = layer.comparison
+        if spatial is None or output.shape[0] != current.variants * current.images:
+            reason = layout.source if layout.kind == "unknown" else f"shape {tuple(output.shape)} does not fit it"
+            self._unknown(label, module, output, replace(layout, kind="unknown", source=reason))
+            return
+        targets = [(self._layer(label, module, layout, "map" if layout.spatial else "whole", spatial), spatial)]
+        if prefix is not None:
+            targets.append((self._layer(label + PREFIX, module, layout, "prefix", prefix), prefix))
         last = self.last
-        if last is not None and last[0]() is output and last[1] == output._version and _same_plan(last[2], comparison):
+        if last is not None and last[0]() is output and last[1] == output._version and last[2] == layout:
             measured = last[3]  # the same tensor, unchanged, seen by a second hook: measured once
         else:
-            measured = self._measure(label, comparison, output, current)
+            measured = [self._measure(layer, tensor, current) for layer, tensor in targets]
             # Only a weak reference: the output is freed when the model drops it (a strong one would keep a
             # whole activation alive until the next watched layer); a dead reference cannot match reused memory.
-            self.last = (weakref.ref(output), output._version, comparison, measured)
-        for part in measured:
-            comparison.add(part)
+            self.last = (weakref.ref(output), output._version, layout, measured)
+        for (layer, _), batches in zip(targets, measured):
+            assert layer.comparison is not None
+            for batch in batches:
+                layer.comparison.add(batch)
 
-    def _new_layer(self, label: str, module: nn.Module, output: torch.Tensor) -> _Layer:
-        spatial = output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1  # a 1x1 map is global
-        stride = feature_stride(self.input_size, output.shape) if spatial else None
-        comparison = ShiftComparison(
-            self.shifts, stride=stride, circular=self.circular, logits=output.ndim == 2, device=output.device
-        )
-        layer = _Layer(label, type(module).__name__, len(self.layers) + 1, tuple(output.shape[1:]), comparison)
-        self.layers[label] = layer
+    def _layer(self, label: str, module: nn.Module, layout: Layout, part: str, tensor: torch.Tensor) -> _Layer:
+        layer = self.layers.get(label)
+        if layer is None:
+            comparison = ShiftComparison(
+                self.shifts,
+                stride=layout.stride if part == "map" else None,
+                circular=self.circular,
+                logits=tensor.ndim == 2,
+                device=tensor.device,
+            )
+            depth = len(self.layers) + 1
+            layer = _Layer(label, type(module).__name__, depth, tuple(tensor.shape[1:]), layout, part, comparison)
+            self.layers[label] = layer
         return layer
 
-    def _measure(self, label: str, comparison: ShiftComparison, output: torch.Tensor, current: _Pass) -> list[Measured]:
-        grouped = output.reshape(current.variants, current.images, *output.shape[1:])
-        core, whole_map = self.cores.get(label, (None, False))
+    def _unknown(self, label: str, module: nn.Module, output: torch.Tensor, layout: Layout) -> None:
+        if label not in self.layers:
+            depth = len(self.layers) + 1
+            self.layers[label] = _Layer(
+                label, type(module).__name__, depth, tuple(output.shape[1:]), layout, "map", None
+            )
+
+    def _measure(self, layer: _Layer, tensor: torch.Tensor, current: _Pass) -> list[Measured]:
+        """Compare one part of an output (its map, its prefix tokens, or the whole of it) for this pass."""
+        comparison = layer.comparison
+        assert comparison is not None
+        grouped = tensor.reshape(current.variants, current.images, *tensor.shape[1:])
+        core, whole_map = self.cores.get(layer.label, (None, False)) if layer.part == "map" else (None, False)
         measured = []
         if current.indices:
             measured.append(
@@ -313,14 +340,6 @@ class _Measurement:
                 comparison.measure(reference, current.identity, core=core, whole_map=whole_map, scratch=self.scratch)
             )
         return measured
-
-
-def _same_plan(first: ShiftComparison, second: ShiftComparison) -> bool:
-    return (
-        first.stride == second.stride
-        and first.circular == second.circular
-        and first.has_state("agreeing") == second.has_state("agreeing")
-    )
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -384,6 +403,13 @@ def _groups(stream: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]
         yield torch.cat(pending) if len(pending) > 1 else pending[0]
 
 
+def _handed_over(head: list[torch.Tensor], rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``head``'s item, then ``rest``, holding no reference to the item once it is handed over
+    (``itertools.chain`` would keep it until the end)."""
+    yield head.pop()
+    yield from rest
+
+
 def _count_passes(inputs: Any, images_per_pass: int, chunks: int) -> int | None:
     """How many forward passes a tensor or a list of tensors needs (None for other streams: unknown in advance)."""
     if isinstance(inputs, torch.Tensor):
@@ -408,6 +434,8 @@ def probe(
     shifts: Iterable[tuple[float, float]],
     mode: str = "circular",
     layers: LayerSpec = None,
+    layouts: Any = None,
+    strides: Any = None,
     batch_size: int = 64,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> ProbeResult:
@@ -423,6 +451,10 @@ def probe(
         mode: how the input is shifted: ``circular`` (default), ``zero``,
             ``crop`` or ``fourier`` (see :mod:`shiftlab.shifts`).
         layers: which layers to watch (see :func:`select_layers`).
+        layouts: overrides of the layout of outputs, by layer name or glob pattern:
+            ``{"features.*": "NHWC", "encoder.*": "tokens"}`` (or ``["PATTERN=LAYOUT", ...]``).
+            Layouts are otherwise found as :mod:`shiftlab.layouts` describes.
+        strides: overrides of the cumulative stride, ``{"pattern": (sy, sx)}`` (or ``["PATTERN=SY,SX"]``).
         batch_size: the most inputs in one forward pass; an image and its
             shifted copies always share a pass (the shifts are split when
             ``1 + len(shifts)`` exceeds it).
@@ -430,8 +462,9 @@ def probe(
             (``total`` is None when the inputs are a stream of unknown length).
 
     Returns:
-        A :class:`ProbeResult`: one row per watched layer and shift. It does not depend on
-        how the inputs were batched (up to the order of float64 additions).
+        A :class:`ProbeResult`: one row per watched layer and shift (and per token map's prefix
+        tokens). It does not depend on how the inputs were batched (up to the order of float64
+        additions). A layer whose layout cannot be determined gets rows that say so, without metrics.
 
     Raises:
         ShiftlabError: bad arguments, or a model that rejects the input (the
@@ -452,6 +485,7 @@ def probe(
     batch_size = check_int(batch_size, "batch_size", minimum=2)
     pairs = check_shifts(shifts, mode)
     watched = select_layers(model, layers)
+    layout_overrides, stride_overrides = resolve_overrides(layouts, strides)
     device, dtype = _model_device_dtype(model)
     # The zero shift is the identity: its row compares f(x) with itself, and costs no forward pass.
     identity = tuple(index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0)
@@ -460,7 +494,6 @@ def probe(
     chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
     images_per_pass = max(1, batch_size // (1 + chunk))
     total = _count_passes(inputs, images_per_pass, len(chunks))
-    measurement = _Measurement(pairs, mode)
     band = crop_margin(pairs)
     cores_by_size: dict[tuple[int, ...], dict[str, tuple[torch.Tensor, bool]]] = {}
     images, done = 0, 0
@@ -469,9 +502,27 @@ def probe(
     modes = {name: module.training for name, module in model.named_modules()}
     try:
         model.eval()
+        groups: Iterator[torch.Tensor] = (
+            group.to(device=device or group.device, dtype=dtype or group.dtype)
+            for group in _groups(_image_stream(inputs), images_per_pass)
+        )
+        first = next(groups)
+        # The layouts, from the first image (as it will be run: the reference input), before the hooks go on.
+        example = reference_input(first[:1], pairs, mode)[0]
+        with torch.no_grad():
+            plan = plan_layouts(
+                model,
+                watched,
+                example,
+                layouts=layout_overrides,
+                strides=stride_overrides,
+                run=lambda batch: _recorded(model, watched, batch),
+            )
+        measurement = _Measurement(pairs, mode, plan)
+        groups = _handed_over([first], groups)
+        del first, example  # the stream's first batch is freed once measured, as every other one
         with _Watcher(model, watched, measurement.on_output) as watcher, torch.no_grad():
-            for group in _groups(_image_stream(inputs), images_per_pass):
-                group = group.to(device=device or group.device, dtype=dtype or group.dtype)
+            for group in groups:
                 ran_as = ran_as or (group.dtype, group.device)
                 reference, margin = reference_input(group, pairs, mode)
                 measurement.input_size = (reference.shape[-2], reference.shape[-1])
@@ -509,15 +560,59 @@ def probe(
         "dtype": str(ran_as[0] if ran_as else dtype).replace("torch.", ""),
         "device": str(ran_as[1] if ran_as else device),
         "layers_watched": len(watched),
+        "layouts": plan.method,
         "batch_size": batch_size,
     }
     return ProbeResult.from_layers(measurement.layers.values(), protocol)
 
 
+def _unknown_row(layer: _Layer, dy: float, dx: float) -> dict[str, Any]:
+    nan = math.nan
+    return {
+        "layer": layer.label,
+        "type": layer.kind,
+        "depth": layer.depth,
+        "layout": "unknown",
+        "shape": list(layer.shape),
+        "stride": None,
+        "dy": dy,
+        "dx": dx,
+        "feature_dy": nan,
+        "feature_dx": nan,
+        "multiple": False,
+        "aligned_dy": 0,
+        "aligned_dx": 0,
+        "rel_l2": nan,
+        "max_abs": nan,
+        "cosine": nan,
+        "valid_fraction": 0.0,
+        "top1_agreement": None,
+        "note": f"{NOTE_UNKNOWN}: {layer.layout.source}",
+    }
+
+
+def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException) -> NoReturn:
+    fail(
+        f"model {type(model).__name__}",
+        f"rejected an input of shape {tuple(batch.shape)}: {type(error).__name__}: {first_line(error)}",
+    )
+
+
+def _recorded(model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor) -> list[Any]:
+    """:func:`shiftlab.layouts.record_outputs`, a model's failure reported as bad input."""
+    try:
+        return record_outputs(model, watched, batch)
+    except ShiftlabError:
+        raise
+    except Exception as error:
+        _rejected(model, batch, error)
+
+
 COLUMNS = (
-    "layer", "type", "depth", "shape", "stride", "dy", "dx", "feature_dy", "feature_dx", "multiple",
+    "layer", "type", "depth", "layout", "shape", "stride", "dy", "dx", "feature_dy", "feature_dx", "multiple",
     "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction", "top1_agreement", "note",
 )  # fmt: skip
+NOTE_UNKNOWN = "layout unknown"
 
 
 @dataclass
@@ -535,7 +630,13 @@ class ProbeResult:
     @classmethod
     def from_layers(cls, layers: Iterable[_Layer], protocol: dict[str, Any]) -> ProbeResult:
         rows = []
+        shifts = protocol["shifts"]
         for layer in sorted(layers, key=lambda item: item.depth):
+            layout = "prefix tokens" if layer.part == "prefix" else layer.layout.describe()
+            if layer.comparison is None:  # layout unknown: rows that say so, and no number
+                for dy, dx in shifts:
+                    rows.append(_unknown_row(layer, dy, dx))
+                continue
             errors = layer.comparison.compute()
             for error, agreement in zip(errors, layer.comparison.top1_agreement()):
                 if error is None:
@@ -545,6 +646,7 @@ class ProbeResult:
                         "layer": layer.label,
                         "type": layer.kind,
                         "depth": layer.depth,
+                        "layout": layout,
                         "shape": list(layer.shape),
                         "stride": list(error.stride) if error.stride else None,
                         "dy": error.dy,
@@ -592,6 +694,7 @@ class ProbeResult:
                     "layer": layer,
                     "type": rows[0]["type"],
                     "depth": rows[0]["depth"],
+                    "layout": rows[0]["layout"],
                     "shape": rows[0]["shape"],
                     "stride": rows[0]["stride"],
                     "mean_rel_l2": sum(errors) / len(errors) if errors else math.nan,
@@ -601,6 +704,25 @@ class ProbeResult:
                 }
             )
         return table
+
+    def unknown_layouts(self) -> list[dict[str, Any]]:
+        """The layers whose layout could not be determined (they carry no metric), once each, with why and the
+        override that would measure them."""
+        found = []
+        for layer in self.layers:
+            row = self.layer_rows(layer)[0]
+            if row["layout"] == "unknown":
+                name = layer.split(":")[0]
+                found.append(
+                    {
+                        "layer": layer,
+                        "type": row["type"],
+                        "shape": row["shape"],
+                        "why": row["note"].removeprefix(f"{NOTE_UNKNOWN}: "),
+                        "override": f"layouts={{{name!r}: 'NCHW'}} (or NHWC, tokens, global); --layout '{name}=NCHW'",
+                    }
+                )
+        return found
 
     def first_inexact_layer(self, tolerance: float = 1e-5) -> str | None:
         """The first layer (in forward order) with a relative error above ``tolerance`` for some shift."""
