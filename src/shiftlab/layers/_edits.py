@@ -74,8 +74,9 @@ def apply_edits(model: nn.Module, edits: Iterable[Edit], *, inplace: bool) -> nn
     modules = dict(target.named_modules())
     references: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
     for parent in target.modules():
-        for child_name, child in parent.named_children():
-            references[id(child)].append((parent, child_name))
+        for child_name, child in parent._modules.items():  # named_children() would skip a repeated child
+            if child is not None:
+                references[id(child)].append((parent, child_name))
     for edit in edits:
         old = modules[edit.name]
         new = edit.build(old)

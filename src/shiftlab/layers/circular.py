@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab.errors import check, fail
+from shiftlab.errors import InternalError, check, fail
 from shiftlab.layers._edits import Edit, apply_edits
 from shiftlab.layers.discovery import Geometry, geometry, is_shiftlab_layer
 from shiftlab.ops import Convolve, MaxPool
@@ -67,7 +67,8 @@ def circular_pads(name: str, module: nn.Module, shape: Geometry, external: Pads 
     before = (own[0], own[1])
     after = (shape.extent[0] - 1 - own[0] - top - bottom, shape.extent[1] - 1 - own[1] - left - right)
     if min(after) < 0:
-        total = (shape.extent[0] - 1 - after[0], shape.extent[1] - 1 - after[1])
+        own_total = shape.total_padding()
+        total = (own_total[0] + top + bottom, own_total[1] + left + right)
         fail(layer_subject(name, module), _size_message(shape, total, stride))
     return before[1], after[1], before[0], after[0]
 
@@ -96,7 +97,7 @@ def _plan_layer(name: str, module: nn.Module, external: Pads | None) -> Edit | N
     if isinstance(module, nn.ConvTranspose2d) and (module.kernel_size != (1, 1) or module.padding != (0, 0)):
         fail(subject, "cannot be made circular: torch pads a ConvTranspose2d with zeros only")
     if isinstance(module, Convolve):
-        kernel: torch.Tensor = module.kernel  # type: ignore[assignment]
+        kernel: torch.Tensor = module.kernel
         rows, columns = kernel.shape
         if module.padding == "valid" and (rows, columns) != (1, 1):
             fail(subject, _size_message(Geometry((rows, columns), (1, 1), (0, 0), (rows, columns)), (0, 0)))
@@ -148,7 +149,7 @@ def unpadded_pool(pool: nn.Module, stride: tuple[int, int]) -> nn.Module:
         )
     if isinstance(pool, MaxPool):
         return MaxPool(pool.kernel_size, stride=stride[0])
-    raise TypeError(f"not a pooling layer: {type(pool).__name__}")  # shiftlab's own misuse, never user input
+    raise InternalError(f"unpadded_pool got {type(pool).__name__}, not a pooling layer")
 
 
 def plan_circular(model: nn.Module, skip: set[int]) -> list[Edit]:
