@@ -82,6 +82,7 @@ def apply_edits(model: nn.Module, edits: Iterable[Edit], *, inplace: bool) -> nn
         new = edit.build(old)
         if new is old:
             continue
+        new.train(old.training)  # new modules start in training mode; keep the model's eval() where it was
         if edit.name == "":
             target = new
         for parent, child_name in references[id(old)]:

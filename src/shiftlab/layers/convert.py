@@ -16,6 +16,9 @@ Parameters are kept: the same values under the same state_dict keys (the new fil
 buffers), so weights saved before the conversion load into the converted model and the other way round, and a
 trained model can be fine-tuned. Where the recipes differ from the reference code (the blur placed right after a
 strided convolution rather than after the ReLU that follows it), :mod:`shiftlab.layers.subsampled_conv` explains.
+Every downsampling layer is converted, the stem included: Zhang's ResNets leave the 7x7 stem convolution strided by
+default (``pool_only=True``, to save its cost at stride 1), and Zhang's ResNet swaps the stem's 3x3 max pool for a
+2x2 one; here every layer keeps its own window.
 
 Residual shortcuts and APS. A residual block adds its main path to its shortcut; when both subsample, they must
 keep the same polyphase component or the sum is no longer a shifted copy of the original sum. The rule: a child
@@ -284,6 +287,8 @@ def make_shift_invariant(
     planned = sorted(edits.values(), key=lambda edit: order[edit.name])
     target = apply_edits(model, planned, inplace=inplace)
     modules = dict(target.named_modules())
+    # A block returns main(x) + shortcut(x): if the two subsampled at different phases, a shifted input could make
+    # them disagree, and the sum would not be a shifted copy of the original sum. Linked, they use one phase.
     for main_name, shortcut_name in links:
         PhaseLink.connect(
             {main_name: _aps_layer(modules[main_name]), shortcut_name: _aps_layer(modules[shortcut_name])}
