@@ -611,3 +611,15 @@ class TestConvertCommand:
 def test_public_api():
     assert shiftlab.make_shift_invariant is make_shift_invariant
     assert "make_shift_invariant" in shiftlab.__all__
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_converted_on_its_device():
+    model = stride_three_net().cuda()
+    for method in ("blurpool", "aps"):
+        converted, _ = make_shift_invariant(model, method, padding="circular")
+        assert all(buffer.device.type == "cuda" for buffer in converted.buffers())
+        x = torch.rand(2, 3, 27, 45, generator=torch.Generator().manual_seed(0))
+        reference, _ = make_shift_invariant(stride_three_net(), method, padding="circular")
+        with torch.no_grad():
+            torch.testing.assert_close(converted(x.cuda()).cpu(), reference(x), rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ module registered under two names is replaced under both).
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ def describe_module(module: nn.Module) -> str:
 def apply_edits(model: nn.Module, edits: Iterable[Edit], *, inplace: bool) -> nn.Module:
     """Apply planned edits to ``model`` (``inplace``) or to a deep copy; returns the changed model."""
     target = model if inplace else copy.deepcopy(model)
+    # New layers' filters go where the model is (a parameter-free layer does not know).
+    anchor = next(itertools.chain(target.parameters(), target.buffers()), None)
     modules = dict(target.named_modules())
     references: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
     for parent in target.modules():
@@ -83,6 +86,8 @@ def apply_edits(model: nn.Module, edits: Iterable[Edit], *, inplace: bool) -> nn
         if new is old:
             continue
         new.train(old.training)  # new modules start in training mode; keep the model's eval() where it was
+        if anchor is not None:
+            new.to(anchor.device)
         if edit.name == "":
             target = new
         for parent, child_name in references[id(old)]:
