@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"_tensors", "_io", "accumulate"},  # plumbing
     {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
     {"data", "ops", "_compare"},  # preparing inputs, operators, the comparison hot path
+    {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
     {"equivariance", "models", "layouts"},  # one map's equivariance; networks; where their maps' axes are
     {"probe", "testing"},  # measuring models
     {"figures", "sections"},  # presentation: matplotlib figures, report sections
@@ -32,10 +33,14 @@ ALLOWED = {
 }
 
 
+#: Subpackages that count as one module.
+PACKAGES = ("experiments", "layers")
+
+
 def module_name(path: Path) -> str:
     relative = path.relative_to(SOURCE).with_suffix("")
     parts = relative.parts
-    return "experiments" if parts[0] == "experiments" else ".".join(parts)
+    return parts[0] if parts[0] in PACKAGES else ".".join(parts)
 
 
 def layer_of(name: str) -> int:

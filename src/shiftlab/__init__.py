@@ -16,6 +16,7 @@ from shiftlab.figures import (
 )
 from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
 from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
+from shiftlab.layers import make_shift_invariant
 from shiftlab.metrics import MapError, compare_maps
 from shiftlab.models import load_model, load_weights
 from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
@@ -49,6 +50,7 @@ __all__ = [
     "load_image",
     "load_model",
     "load_weights",
+    "make_shift_invariant",
     "max_pool",
     "max_pyramid_depth",
     "parse_shifts",

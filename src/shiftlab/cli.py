@@ -172,6 +172,8 @@ def run_probe(args: argparse.Namespace) -> int:
             mode=args.mode,
             weights=args.weights,
             layers=args.layers,
+            layouts=args.layout,
+            strides=args.stride,
             size=args.size,
             normalize=args.normalize,
             device=args.device,
@@ -203,14 +205,81 @@ def _print_summary(result) -> None:
     from shiftlab._format import format_number, format_stride
 
     rows = result.summary()
-    width = min(40, max(len(row["layer"]) for row in rows))
-    print(f"{'layer':<{width}}  {'type':<18} {'stride':>7}  {'mean rel L2':>11}  {'max rel L2':>10}  exact")
+    width = min(44, max(len(row["layer"]) for row in rows))
+    print(
+        f"{'layer':<{width}}  {'type':<18} {'layout':<17} {'stride':>7}  {'mean rel L2':>11}  {'max rel L2':>10}  exact"
+    )
     for row in rows:
         print(
-            f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {format_stride(row['stride']):>7}  "
-            f"{format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  "
-            f"{row['exact_shifts']}/{row['shifts']}"
+            f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {row['layout'][:17]:<17} "
+            f"{format_stride(row['stride']):>7}  {format_number(row['mean_rel_l2']):>11}  "
+            f"{format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
         )
+    unknown = result.unknown_layouts()
+    if unknown:
+        print(f"{len(unknown)} layer(s) with a layout shiftlab could not establish, and so no number:")
+        for item in unknown:
+            print(f"  {item['layer']} {tuple(item['shape'])}: {item['why']}; measure it with {item['override']}")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    import json
+
+    from shiftlab._io import staged_directory
+    from shiftlab.errors import check_choice, check_int
+    from shiftlab.layers.blurpool import MAX_BLUR_KERNEL_SIZE
+    from shiftlab.layers.convert import METHODS, make_shift_invariant
+    from shiftlab.layers.tables import changes_to_csv
+    from shiftlab.models import load_model
+
+    method = check_choice(args.method, "--method", METHODS)
+    padding = None if args.padding is None else check_choice(args.padding, "--padding", ("circular",))
+    kernel_size = None
+    if args.kernel_size is not None:
+        kernel_size = check_int(_integer(args.kernel_size), "--kernel-size", minimum=1, maximum=MAX_BLUR_KERNEL_SIZE)
+    model, info = load_model(args.model, weights=args.weights, seed=args.seed)
+    model, changes = make_shift_invariant(model, method, padding=padding, kernel_size=kernel_size, inplace=True)
+    suffix = ("+circular" if padding else "") + f"+{method}" + ("" if kernel_size is None else str(kernel_size))
+    record = {
+        "model": args.model,
+        "converted_spec": f"{args.model}{suffix}",
+        "method": method,
+        "padding": padding,
+        "kernel_size": kernel_size,
+        "weights": None if args.weights is None else str(args.weights),
+        "seed": args.seed if args.weights is None else None,
+        "changes": changes,
+    }
+    with staged_directory(args.out) as staging:
+        _save_state_dict(model, staging / "weights.safetensors")
+        (staging / "changes.csv").write_text(changes_to_csv(changes), encoding="utf-8")
+        (staging / "changes.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    width = min(40, max(len(row["layer"]) for row in changes))
+    for row in changes:
+        print(f"{row['layer'][:width]:<{width}}  {row['change']:<12}  {row['before']}")
+        print(f"{'':<{width}}  {'':<12}  -> {row['after']}" + (f"  ({row['note']})" if row["note"] else ""))
+    out = Path(args.out)
+    print(f"{len(changes)} layer(s) changed in {info.spec}")
+    print(f"weights: {(out / 'weights.safetensors').resolve()}; table: {(out / 'changes.csv').resolve()}, changes.json")
+    print(f"load with: --model '{record['converted_spec']}' --weights {out / 'weights.safetensors'}")
+    return 0
+
+
+def _integer(text: str) -> int | str:
+    """A command-line integer, or the text itself (so that the check names it)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _save_state_dict(model, path: Path) -> None:
+    from safetensors.torch import save
+
+    # Copies: safetensors refuses tensors that share memory (tied weights), and needs them contiguous.
+    path.write_bytes(
+        save({key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()})
+    )
 
 
 def run_samples(args: argparse.Namespace) -> int:
@@ -348,8 +417,22 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--layers",
         default=None,
-        help="comma-separated layer names or glob patterns (default: every conv, pooling, normalisation, activation, "
-        "linear layer and residual block)",
+        help="comma-separated layer names or glob patterns, or 'all' (default: the repeated blocks, such as residual "
+        "or transformer blocks, and every conv, pooling, normalisation, activation and linear layer outside them; "
+        "'all': those layers inside the blocks too)",
+    )
+    probe.add_argument(
+        "--layout",
+        action="append",
+        metavar="PATTERN=LAYOUT",
+        help="the layout of the outputs of layers matching PATTERN: NCHW, NHWC, tokens or global (repeatable; "
+        "default: found from the model, see README)",
+    )
+    probe.add_argument(
+        "--stride",
+        action="append",
+        metavar="PATTERN=SY,SX",
+        help="the cumulative stride of layers matching PATTERN (repeatable; default: found from two input sizes)",
     )
     probe.add_argument(
         "--size",
@@ -381,6 +464,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_out(probe, "probe")
     probe.set_defaults(handler=run_probe)
+
+    convert = commands.add_parser(
+        "convert",
+        help="make a model more shift-invariant (BlurPool or APS) and save its weights and the change table",
+        description=(
+            "Replace every downsampling layer of a model by BlurPool (anti-aliasing, Zhang 2019) or adaptive "
+            "polyphase sampling (APS, Chaman & Dokmanic 2021), keeping its weights; write weights.safetensors, "
+            "changes.csv and changes.json."
+        ),
+        epilog=(
+            "SPEC: as for `shiftlab probe`. The weights keep their state_dict keys: load them with "
+            "--model SPEC+METHOD (e.g. resnet18+circular+aps)."
+        ),
+    )
+    convert.add_argument("--model", required=True, metavar="SPEC", help="the model to convert")
+    convert.add_argument(
+        "--method",
+        required=True,
+        metavar="METHOD",
+        help="blurpool (better consistency) or aps (exact for circular shifts with --padding circular)",
+    )
+    convert.add_argument(
+        "--padding",
+        default=None,
+        metavar="circular",
+        help="make every padding circular too (needed for exact APS invariance)",
+    )
+    convert.add_argument(
+        "--kernel-size",
+        default=None,
+        metavar="K",
+        help="binomial filter size 1-7 (default: 4 for blurpool, 1 = none for aps)",
+    )
+    convert.add_argument(
+        "--weights",
+        metavar="FILE",
+        default=None,
+        help="state_dict of the model before conversion (.pt/.pth or .safetensors)",
+    )
+    convert.add_argument(
+        "--seed", type=int, default=0, help="seed of the random initialisation when no weights are given (default: 0)"
+    )
+    _add_out(convert, "convert")
+    convert.set_defaults(handler=run_convert)
 
     samples = commands.add_parser(
         "samples",

@@ -279,6 +279,12 @@ def _finite_reduce(values: np.ndarray, reduce: Any) -> float:
     return float(reduce(finite)) if finite.size else float("nan")
 
 
+#: A probe row of a token map's prefix tokens has its layer's name with this suffix (see shiftlab.probe.PREFIX).
+_PREFIX = "[prefix]"
+#: Beyond this many layers, only the outermost ones (blocks, and layers outside blocks) get a name on the x axis.
+_NAMED_LAYERS = 60
+
+
 def _layer_table(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """Per layer, in forward order: name, stride, and the metric aggregated over the (non-zero) shifts."""
     layers: dict[str, list[dict[str, Any]]] = {}
@@ -296,9 +302,21 @@ def _layer_table(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, 
                 "max": _finite_reduce(values, np.max),
                 "multiple": _finite_reduce(values[multiple], np.mean),
                 "other": _finite_reduce(values[~multiple], np.mean),
+                "all": _finite_reduce(values, np.mean),
             }
         )
     return table
+
+
+def _outermost(names: Sequence[str]) -> list[bool]:
+    """For each layer name, whether no other probed layer contains it (``layer1.0`` contains ``layer1.0.conv1``)."""
+    known = set(names)
+
+    def inside(name: str) -> bool:
+        parts = name.split(":")[0].split(".")
+        return any(".".join(parts[:cut]) in known for cut in range(1, len(parts)))
+
+    return [not inside(name) for name in names]
 
 
 _METRIC_LABELS = {"rel_l2": "relative L2 error", "max_abs": "max abs error", "cosine": "cosine similarity"}
@@ -315,6 +333,10 @@ def show_error_vs_depth(
 
     Shaded bands mark the cumulative stride. Where equivariance holds, the
     "multiple of the stride" points sit at zero; aliasing lifts the others.
+    A token map's prefix tokens (a ViT's class token) are drawn at their
+    layer's position, as a series of their own: invariance is what is expected of them.
+    With many layers, only the outermost (the blocks, and the layers outside them) are
+    named on the x axis.
 
     Args:
         rows: :attr:`shiftlab.probe.ProbeResult.rows` (or any rows with the same keys).
@@ -323,9 +345,16 @@ def show_error_vs_depth(
     """
     check(len(rows) > 0, "rows", "is empty: nothing was probed")
     check(metric in _METRIC_LABELS, "metric", f"must be one of {', '.join(_METRIC_LABELS)}, got {metric!r}")
-    table = _layer_table(rows, metric)
+    everything = _layer_table(rows, metric)
+    table = [row for row in everything if not row["layer"].endswith(_PREFIX)]
+    position_of = {row["layer"]: index for index, row in enumerate(table)}
+    prefixes = [
+        (position_of[row["layer"].removesuffix(_PREFIX)], row["all"])
+        for row in everything
+        if row["layer"].endswith(_PREFIX) and row["layer"].removesuffix(_PREFIX) in position_of
+    ]
     count = len(table)
-    figure = Figure(figsize=(min(18.0, max(7.0, 0.16 * count + 3)), 4.6), dpi=dpi, layout="constrained")
+    figure = Figure(figsize=(min(18.0, max(7.0, 0.16 * min(count, 90) + 3)), 4.6), dpi=dpi, layout="constrained")
     axes = figure.subplots()
     positions = np.arange(count)
     strides = [format_stride(row["stride"]) for row in table]
@@ -366,15 +395,34 @@ def show_error_vs_depth(
         label="shifts that are a multiple of the stride (mean)",
         zorder=4,
     )
-    step = max(1, count // 60)
-    axes.set_xticks(positions[::step], [row["layer"] for row in table][::step], rotation=90, fontsize=7)
+    if prefixes:
+        axes.plot(
+            [position for position, _ in prefixes],
+            [value for _, value in prefixes],
+            "D",
+            color="#7a5195",
+            markersize=4,
+            label="prefix (class) tokens, all shifts (mean): invariance expected",
+            zorder=4,
+        )
+    names = [row["layer"] for row in table]
+    if count > _NAMED_LAYERS:
+        named = [index for index, outer in enumerate(_outermost(names)) if outer]
+        axes.set_xticks(positions, minor=True)
+        axes.set_xticks(positions[named], [names[index] for index in named], rotation=90, fontsize=7)
+        for index in named:
+            axes.axvline(index + 0.5, color="#c5cad6", linewidth=0.6, zorder=1)
+        xlabel = "layer, in forward order: the blocks are named, the layers inside them are ticks before them"
+    else:
+        axes.set_xticks(positions, names, rotation=90, fontsize=7)
+        xlabel = "layer, in forward order"
     axes.set_xlim(-0.6, count - 0.4)
     axes.set_ylabel(_METRIC_LABELS[metric])
     if metric != "cosine":
         # At least 0 to 1e-3: an exactly equivariant network's float rounding (1e-8) should look like the zero it is.
         bottom, top = axes.get_ylim()
         axes.set_ylim(min(0.0, bottom), max(top, 1e-3))
-    axes.set_xlabel("layer, in forward order (cumulative stride above the plot)")
+    axes.set_xlabel(f"{xlabel} (cumulative stride above the plot)")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
     if title:

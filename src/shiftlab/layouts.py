@@ -235,15 +235,65 @@ def record_outputs(model: nn.Module, watched: Sequence[tuple[str, nn.Module]], b
     return seen
 
 
-@dataclass
 class LayoutPlan:
-    """The layout of every watched output, and how the plan was made (for the result's protocol)."""
+    """The layout of every watched output, resolved when the probe first sees it, and how the plan was made.
 
-    layouts: dict[str, Layout]
-    method: str
+    Made by :func:`plan_layouts` from one forward pass of one image at another size (or, for a model that takes one
+    size only, one pass at the probed size, recording every module). :meth:`layout` then resolves a watched
+    output from its shape at the probed size, the first time the probe sees it, and remembers it.
+    """
 
-    def get(self, label: str) -> Layout:
-        return self.layouts.get(label) or Layout("unknown", source="not seen while the layouts were planned")
+    def __init__(
+        self,
+        size: tuple[int, int],
+        other_size: tuple[int, int] | None,
+        other: dict[str, tuple[int, ...] | None],
+        one_size: dict[str, tuple[tuple[int, int] | None, bool]],
+        overrides: tuple[Sequence[tuple[str, str]], Sequence[tuple[str, tuple[int, int]]]],
+        method: str,
+    ) -> None:
+        self.size = size
+        self.other_size = other_size
+        self.other = other  # label -> its shape at the other size (two-size plans)
+        self.one_size = one_size  # label -> (the last NCHW map before it, seen at all) (one-size plans)
+        self.overrides = overrides
+        self.method = method
+        self.layouts: dict[str, Layout] = {}
+
+    def layout(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> Layout:
+        """The layout of the output ``label`` of ``module``, whose shape for one image is ``shape`` (batch axis 1)."""
+        found = self.layouts.get(label)
+        if found is None:
+            found = self._resolve(label, module, shape)
+            self.layouts[label] = found
+        return found
+
+    def _resolve(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> Layout:
+        layouts, strides = self.overrides
+        override = _first_match(label, layouts)
+        declares = isinstance(module, DECLARE_NCHW) and len(shape) == 4
+        then = self.other.get(label) if self.other_size else None
+        last_map, seen = self.one_size.get(label, (None, False))
+        if override is not None:
+            layout = _from_override(override, shape, then, self.size, self.other_size, last_map)
+        elif declares:
+            layout = Layout("NCHW", source="module type")
+        elif self.other_size is not None:
+            layout = _from_two_sizes(shape, then, self.size, self.other_size)
+        elif seen:
+            layout = _from_one_size(shape, self.size, last_map)
+        else:
+            layout = Layout("unknown", source="not seen while the layouts were planned")
+        if layout.spatial and layout.stride is None:
+            stride, ambiguous = _stride(shape, then, layout, self.size, self.other_size)
+            source = f"{layout.source}; {ambiguous}" if ambiguous else layout.source
+            layout = replace(layout, stride=stride, source=source)
+        given = _first_match(label, strides)
+        if given is not None and layout.kind != "unknown":
+            layout = replace(layout, stride=given, source=f"{layout.source.split('; stride')[0]}; stride given")
+        if layout.kind in ("NCHW", "NHWC") and _map_size(shape, layout) == (1, 1):
+            layout = Layout("global", source=f"{layout.source}; a 1x1 map")
+        return layout
 
 
 def plan_layouts(
@@ -255,58 +305,47 @@ def plan_layouts(
     strides: Sequence[tuple[str, tuple[int, int]]] = (),
     run: Callable[[torch.Tensor], list[_Seen]] | None = None,
 ) -> LayoutPlan:
-    """The layout and stride of every watched output (see the module docstring for the rules).
+    """Plan the layouts of the watched outputs of ``model`` for inputs like ``example`` (see the module docstring).
+
+    One forward pass of one image ``GROWTH`` pixels smaller on each side (larger, for inputs under ``2 * GROWTH``
+    pixels); when the model refuses that size, one pass at the example's own size instead, recording every module.
 
     Args:
         model: the network (in eval mode).
         watched: the ``(name, module)`` pairs the probe watches.
         example: one input ``(1, C, H, W)``, as the probe will run it.
         layouts, strides: overrides from :func:`resolve_overrides`.
-        run: records a forward pass (default :func:`record_outputs`); the probe passes one that reports a model's
-            failure on the first size as bad input.
+        run: records the forward pass at the example's own size, when needed (default :func:`record_outputs`); the
+            probe passes one that reports a model's failure there as bad input.
     """
     record = run or (lambda batch: record_outputs(model, watched, batch))
-    size = (example.shape[-2], example.shape[-1])
-    first = record(example)
-    grown = F.pad(example, (0, GROWTH, 0, GROWTH), mode="replicate")
+    height, width = example.shape[-2], example.shape[-1]
+    step = -GROWTH if min(height, width) > 2 * GROWTH else GROWTH
+    other_size = (height + step, width + step)
+    if step > 0:
+        other_input = F.pad(example, (0, step, 0, step), mode="replicate")
+    else:
+        other_input = F.interpolate(example, size=other_size, mode="bilinear", align_corners=False)
     try:
-        second: list[_Seen] | None = record(grown)
-        method = f"two input sizes, {size[0]}x{size[1]} and {size[0] + GROWTH}x{size[1] + GROWTH}"
+        seen = record_outputs(model, watched, other_input)  # the model's own error, if any, is quoted below
     except Exception as error:  # the model refuses another size (a fixed position embedding...): one size only
-        second = None
-        method = (
-            f"one input size, {size[0]}x{size[1]} (the model refused {size[0] + GROWTH}x{size[1] + GROWTH}: "
-            f"{type(error).__name__}: {first_line(error)})"
-        )
-    shapes_then = {entry.label: entry.shape for entry in second or [] if entry.label}
-    plan: dict[str, Layout] = {}
-    last_map: tuple[int, int] | None = None  # the last NCHW map of the pass, for the one-size rules
-    for entry in first:
-        if entry.declares_nchw and entry.shape is not None:
-            last_map = (entry.shape[2], entry.shape[3])
-        if entry.label is None or entry.label in plan:
-            continue
-        if entry.shape is None:
-            plan[entry.label] = Layout("unknown", source="not a floating-point tensor")
-            continue
-        override = _first_match(entry.label, layouts)
-        if override is not None:
-            layout = _from_override(override, entry.shape, shapes_then.get(entry.label), size, last_map)
-        elif entry.declares_nchw:
-            layout = Layout("NCHW", source="module type")
-        elif second is not None:
-            layout = _from_two_sizes(entry.shape, shapes_then.get(entry.label), size)
-        else:
-            layout = _from_one_size(entry.shape, size, last_map)
-        if layout.spatial and layout.stride is None:
-            layout = replace(layout, stride=_stride(entry.shape, shapes_then.get(entry.label), layout, size))
-        given = _first_match(entry.label, strides)
-        if given is not None and layout.kind != "unknown":
-            layout = replace(layout, stride=given, source=f"{layout.source}; stride given")
-        if layout.spatial and layout.kind != "tokens" and _map_size(entry.shape, layout) == (1, 1):
-            layout = Layout("global", source=f"{layout.source}; a 1x1 map")
-        plan[entry.label] = layout
-    return LayoutPlan(plan, method)
+        refused = f"{type(error).__name__}: {first_line(error)}"
+        seen = record(example)
+        one_size: dict[str, tuple[tuple[int, int] | None, bool]] = {}
+        last_map: tuple[int, int] | None = None
+        for entry in seen:
+            if entry.label is not None and entry.label not in one_size:
+                one_size[entry.label] = (last_map, True)
+            if entry.declares_nchw and entry.shape is not None:
+                last_map = (entry.shape[2], entry.shape[3])
+        method = f"one input size, {height}x{width} (the model refused {other_size[0]}x{other_size[1]}: {refused})"
+        return LayoutPlan((height, width), None, {}, one_size, (layouts, strides), method)
+    other = {}
+    for entry in seen:
+        if entry.label is not None and entry.label not in other:
+            other[entry.label] = entry.shape
+    method = f"two input sizes, {height}x{width} and {other_size[0]}x{other_size[1]}"
+    return LayoutPlan((height, width), other_size, other, {}, (layouts, strides), method)
 
 
 def _map_size(shape: tuple[int, ...], layout: Layout) -> tuple[int, int]:
@@ -318,6 +357,7 @@ def _from_override(
     shape: tuple[int, ...],
     then: tuple[int, ...] | None,
     size: tuple[int, int],
+    other_size: tuple[int, int] | None,
     last_map: tuple[int, int] | None,
 ) -> Layout:
     if kind in ("NCHW", "NHWC"):
@@ -327,8 +367,8 @@ def _from_override(
     if kind == "tokens":
         if len(shape) != 3:
             return Layout("unknown", source=f"given as tokens, but the output has shape {shape}")
-        grown = then is not None and len(then) == 3 and then[1] != shape[1]
-        found = _token_grid(shape[1], then[1], size) if grown and then is not None else None
+        grown = then is not None and other_size is not None and len(then) == 3 and then[1] != shape[1]
+        found = _token_grid(shape[1], then[1], size, other_size) if grown and then and other_size else None
         found = found or _patch_grid(shape[1], last_map, size)
         if found is None:
             return Layout("unknown", source=f"given as tokens, but {shape[1]} tokens fit no prefix plus a patch grid")
@@ -340,13 +380,15 @@ def _changed(first: tuple[int, ...], second: tuple[int, ...]) -> list[int]:
     return [axis for axis in range(len(first)) if first[axis] != second[axis]]
 
 
-def _from_two_sizes(shape: tuple[int, ...], then: tuple[int, ...] | None, size: tuple[int, int]) -> Layout:
+def _from_two_sizes(
+    shape: tuple[int, ...], then: tuple[int, ...] | None, size: tuple[int, int], other_size: tuple[int, int]
+) -> Layout:
     if then is None or len(then) != len(shape):
         return Layout("unknown", source="the output changes rank or disappears with the input size")
-    if shape[0] != 1 or then[0] != 1:
-        return Layout("unknown", source=f"the batch axis is not first (shape {shape} for one image)")
+    if then[0] != 1:
+        return Layout("unknown", source=f"the batch axis is not first (shape {then} for one image)")
     changed = _changed(shape, then)
-    source = "follows the input size"
+    source = "follow the input size"
     if not changed:
         return Layout("global", source="its shape does not follow the input size")
     if len(shape) == 2:  # compared as a whole, no axis is read: a vector, however long
@@ -356,7 +398,7 @@ def _from_two_sizes(shape: tuple[int, ...], then: tuple[int, ...] | None, size: 
     if len(shape) == 4 and changed == [1, 2]:
         return Layout("NHWC", source=f"axes 1, 2 {source}")
     if len(shape) == 3 and changed == [1]:
-        found = _token_grid(shape[1], then[1], size)
+        found = _token_grid(shape[1], then[1], size, other_size)
         if found is not None:
             return found
         return Layout("unknown", source=f"{shape[1]} and {then[1]} tokens fit no patch grid with a prefix")
@@ -395,18 +437,17 @@ def _patch_grid(tokens: int, last_map: tuple[int, int] | None, size: tuple[int, 
     return None
 
 
-def _token_grid(tokens: int, tokens_then: int, size: tuple[int, int]) -> Layout | None:
+def _token_grid(tokens: int, tokens_then: int, size: tuple[int, int], other_size: tuple[int, int]) -> Layout | None:
     """The patch size, rounding and prefix that fit the token counts at both sizes; divisors of both preferred."""
-    grown = (size[0] + GROWTH, size[1] + GROWTH)
     fits = []
     for patch in range(1, max(size) + 1):
         for rounding in ("floor", "ceil"):
             candidate = Layout("tokens", (patch, patch), 0, rounding, "")
             rows, columns = candidate.grid(size)
             prefix = tokens - rows * columns
-            rows_then, columns_then = candidate.grid(grown)
+            rows_then, columns_then = candidate.grid(other_size)
             if 0 <= prefix <= MAX_PREFIX and tokens_then - rows_then * columns_then == prefix and rows * columns > 1:
-                exact = all(length % patch == 0 for length in (*size, *grown))
+                exact = all(length % patch == 0 for length in (*size, *other_size))
                 fits.append((not exact, rounding != "floor", patch, prefix, rounding))
     if not fits:
         return None
@@ -419,16 +460,43 @@ def _token_grid(tokens: int, tokens_then: int, size: tuple[int, int]) -> Layout 
 
 
 def _stride(
-    shape: tuple[int, ...], then: tuple[int, ...] | None, layout: Layout, size: tuple[int, int]
-) -> tuple[int, int]:
-    """Per axis: from the change of length between the two input sizes, else from the ratio of the sizes."""
+    shape: tuple[int, ...],
+    then: tuple[int, ...] | None,
+    layout: Layout,
+    size: tuple[int, int],
+    other_size: tuple[int, int] | None,
+) -> tuple[tuple[int, int], str]:
+    """Per axis, the stride that explains the map's length at both input sizes; and a note when that is unsure.
+
+    A stride ``s`` fits when the length changes by ``difference / s`` and is ``size / s`` at each size, each to a
+    pixel (padding and valid borders move a length by up to one). Of the strides that fit, one under which the
+    change is exactly ``difference / s`` is taken; otherwise the closest, with a note naming the others (a model that
+    pads or crops its maps to multiples of a stride that does not divide the difference). An axis whose length does
+    not follow the input (adaptive pooling) gets the ratio of the sizes.
+    """
     axes = (2, 3) if layout.kind == "NCHW" else (1, 2)
     lengths = (shape[axes[0]], shape[axes[1]])
     ratio = feature_stride(size, lengths)
-    strides = []
-    for axis, length, fallback in zip(axes, lengths, ratio):
-        growth = then[axis] - length if then is not None and len(then) == len(shape) else 0
-        stride = max(1, round(GROWTH / growth)) if growth > 0 else 0
-        # a length that grows by GROWTH / s, to the pixel (padding and valid borders shift it by at most one)
-        strides.append(stride if stride and abs(GROWTH / stride - growth) <= 1 else fallback)
-    return strides[0], strides[1]
+    strides, notes = [], []
+    for index, (axis, length, fallback) in enumerate(zip(axes, lengths, ratio)):
+        if then is None or other_size is None or then[axis] == length:
+            strides.append(fallback)
+            continue
+        change, difference = abs(then[axis] - length), abs(other_size[index] - size[index])
+        outer = (size[index], length), (other_size[index], then[axis])
+        fitting = [stride for stride in range(1, difference + 1) if abs(difference / stride - change) <= 1]
+        strong = [stride for stride in fitting if all(abs(total / stride - part) <= 1 for total, part in outer)]
+        pool = strong or fitting
+        exact = [stride for stride in pool if difference % stride == 0 and difference // stride == change]
+        chosen = exact[0] if exact else min(pool, key=lambda stride: _misfit(stride, change, difference, outer))
+        strides.append(chosen)
+        if not exact and len(pool) > 1:
+            others = ", ".join(str(stride) for stride in pool if stride != chosen)
+            notes.append(f"stride {chosen} on axis {'yx'[index]} is the best fit, but {others} would fit too")
+    note = "; ".join(notes) + ("; give strides= if it is another" if notes else "")
+    return (strides[0], strides[1]), note
+
+
+def _misfit(stride: int, change: int, difference: int, outer: tuple[tuple[int, int], ...]) -> float:
+    """How far a stride is from explaining a map's lengths: pixels off, in the change and at each size."""
+    return abs(difference / stride - change) + sum(abs(total / stride - part) for total, part in outer)

@@ -8,7 +8,11 @@ A model spec is one of:
   ``convnext_tiny``, ...), when torchvision is installed; built with random weights
   (``weights=None``: nothing is ever downloaded);
 * ``package.module:callable`` (or ``path/to/file.py:callable``): a function or class
-  returning an ``nn.Module``, called with no arguments, or an ``nn.Module`` object.
+  returning an ``nn.Module``, called with no arguments, or an ``nn.Module`` object;
+* any of these followed by conversion suffixes (see :mod:`shiftlab.layers.spec`):
+  ``resnet18+blurpool``, ``resnet18+aps``, ``resnet18+circular+aps``, ``resnet18+blurpool5``.
+  The conversion (:func:`shiftlab.layers.make_shift_invariant`) happens before weights are loaded;
+  it keeps state_dict keys, so weights of the unconverted model load too.
 
 Random initialisation is seeded (``seed=0`` by default) without touching the
 caller's global random state, so the same spec gives the same network every time.
@@ -20,6 +24,7 @@ object is ever unpickled, or from a ``.safetensors`` file.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import pickle
@@ -261,7 +266,9 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
         ('bundled', 3)
     """
     check(isinstance(spec, str) and spec.strip(), "model", f"expected a non-empty spec string, got {spec!r}")
-    spec = spec.strip()
+    from shiftlab.layers.spec import split_model_spec
+
+    full_spec, (spec, conversion) = spec.strip(), split_model_spec(spec.strip())
     if spec in BUNDLED_MODELS:
         factory, channels, description = BUNDLED_MODELS[spec]
         model = _seeded(seed, factory)
@@ -278,6 +285,10 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
             "imagenet",
             f"torchvision {spec}, random weights (seed {seed})" if weights is None else f"torchvision {spec}",
         )
+    if conversion is not None:
+        model, changes = conversion.apply(model)
+        described = f"{info.description}, converted ({conversion.suffix[1:]}: {len(changes)} layers changed)"
+        info = dataclasses.replace(info, spec=full_spec, description=described)
     if weights is not None:
         load_weights(model, weights)
     return model.eval(), info
@@ -290,7 +301,7 @@ def _torchvision_model(name: str) -> nn.Module:
         fail(
             "model",
             f"{name!r} is not a bundled model ({', '.join(BUNDLED_MODELS)}), and torchvision, needed for its "
-            "architectures, is not installed: pip install 'shiftlab[models]'",
+            "architectures, is not installed: pip install torchvision",
         )
     names = torchvision_models()
     if name not in names:

@@ -85,7 +85,8 @@ def _units(model: nn.Module) -> set[str]:
         for _, child in children:
             counts[type(child)] = counts.get(type(child), 0) + 1
         for name, child in children:
-            if counts[type(child)] > 1 and not isinstance(child, _CONTAINERS) and next(child.children(), None):
+            has_children = any(True for _ in child.children())  # (an empty Sequential child is falsy)
+            if counts[type(child)] > 1 and not isinstance(child, _CONTAINERS) and has_children:
                 units.add(f"{parent_name}.{name}" if parent_name else name)
     return units
 
@@ -272,7 +273,7 @@ class _Measurement:
         self.last: tuple[weakref.ref, int, Layout, list[list[Measured]]] | None = None
 
     def on_output(self, label: str, module: nn.Module, output: torch.Tensor) -> None:
-        layout = self.plan.get(label)
+        layout = self.plan.layout(label, module, (1, *output.shape[1:]))
         spatial, prefix = layout.split(output, self.input_size)
         if self.recording_cores:
             if layout.spatial and spatial is not None:

@@ -35,6 +35,8 @@ def run_probe(
     mode: str = "circular",
     weights: str | None = None,
     layers: Any = None,
+    layouts: Any = None,
+    strides: Any = None,
     size: int | None = None,
     normalize: str = "auto",
     device: str = "cpu",
@@ -53,7 +55,17 @@ def run_probe(
     model = model.to(device=target, dtype=precision)
     chosen = info.normalize if normalize == "auto" else normalize
     inputs = prepare_images(images, channels=info.in_channels, size=size, normalize=chosen)
-    result = probe(model, inputs, shifts=shifts, mode=mode, layers=layers, batch_size=batch_size, progress=progress)
+    result = probe(
+        model,
+        inputs,
+        shifts=shifts,
+        mode=mode,
+        layers=layers,
+        layouts=layouts,
+        strides=strides,
+        batch_size=batch_size,
+        progress=progress,
+    )
     result.protocol.update(
         {
             "model": spec,
@@ -77,13 +89,14 @@ def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
         >>> representative_layers(probe(net, torch.rand(1, 1, 8, 8), shifts=[(0, 1)]))
         ['0', '1', '2', 'output']
     """
-    summary = result.summary()
+    summary = [row for row in result.summary() if row["layout"] not in ("unknown", "prefix tokens")]
     names = [row["layer"] for row in summary]
     chosen = [names[0]]
     strided = [row["layer"] for row in summary if row["stride"] and max(row["stride"]) > 1]
     if strided:
         chosen.append(strided[0])
-    chosen.append(names[len(names) // 2])
+    maps = [row["layer"] for row in summary if row["stride"]] or names
+    chosen.append(maps[len(maps) // 2])
     chosen.append(names[-1])
     return list(dict.fromkeys(chosen))[:count]
 
@@ -94,6 +107,19 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
     spatial = [row for row in summary if row["stride"]]
     circular = result.protocol.get("mode") in ("circular", "fourier")
     findings = []
+    unknown = result.unknown_layouts()
+    if unknown:
+        names = ", ".join(f"{item['layer']} {tuple(item['shape'])}" for item in unknown[:6])
+        more = f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
+        findings.append(
+            Finding(
+                f"{len(unknown)} watched output(s) have a layout shiftlab could not establish: no number is given for "
+                "them",
+                f"{names}{more}; give their layout with layouts={{'PATTERN': 'NCHW'}} (or NHWC, tokens, global), on "
+                "the command line --layout PATTERN=LAYOUT",
+                None,
+            )
+        )
     inexact = result.first_inexact_layer(EXACT)
     if inexact is None:
         findings.append(
@@ -196,6 +222,7 @@ def probe_section(
             row["depth"],
             row["layer"],
             row["type"],
+            row["layout"],
             "x".join(map(str, row["shape"])),
             format_stride(row["stride"]),
             format_number(row["mean_rel_l2"]),
@@ -223,13 +250,13 @@ def probe_section(
         title,
         intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size "
         f"{', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on "
-        f"{protocol['device']}; {protocol['layers_watched']} layers watched.",
+        f"{protocol['device']}; {protocol['layers_watched']} layers watched; layouts from {protocol['layouts']}.",
         figures=figures,
         tables=[
             Table(
                 "Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are "
                 "exact (error <= 1e-5)",
-                ["depth", "layer", "type", "output shape", "stride", "mean", "max", "exact shifts"],
+                ["depth", "layer", "type", "layout", "output shape", "stride", "mean", "max", "exact shifts"],
                 summary_rows,
             )
         ],

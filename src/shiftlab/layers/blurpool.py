@@ -1,0 +1,258 @@
+"""Anti-aliased downsampling: blur with a binomial filter, then subsample (BlurPool; Zhang 2019).
+
+Zhang, "Making Convolutional Networks Shift-Invariant Again" (ICML 2019): a strided layer keeps only every
+``s``-th pixel and so aliases whatever the map holds above the new Nyquist frequency; a low-pass filter before the
+subsampling removes most of it. This makes a network *more consistent* under shifts, **not exactly invariant**: the
+filter is not an ideal low-pass, and nonlinearities after it create new high frequencies. For exact invariance to
+circular shifts see :mod:`shiftlab.layers.aps`.
+
+Conventions, and how they compare with the implementations people meet (checked in their sources):
+
+* **Zhang's reference** (adobe/antialiased-cnns, ``antialiased_cnns/blurpool.py``, ``BlurPool(channels,
+  pad_type='reflect', filt_size=4, stride=2)``): the 2-D filter is the outer product of row ``k`` of Pascal's
+  triangle with itself, divided by its sum, for ``k`` from 1 to 7; the map is padded by ``(k - 1) // 2`` pixels
+  before (top, left) and ``ceil((k - 1) / 2)`` after (bottom, right), in reflect (default), replicate or zero mode;
+  then a depthwise convolution at the stride. ``k = 1`` is plain subsampling ``x[..., ::s, ::s]``. shiftlab follows
+  all of this, and adds ``padding="circular"`` (needed for exact circular equivariance elsewhere in a network),
+  strides per axis, and any ``(..., H, W)`` input; the output is ``ceil(H / s) x ceil(W / s)``. Zhang's filter is a
+  *persistent* buffer (``filt`` in the state_dict); here it is not stored in the state_dict.
+* **kornia** (``kornia.filters.BlurPool2D(kernel_size, stride=2)``, ``blur_pool2d``): the same binomial filter, but
+  zero padding of ``(k - 1) // 2`` on *every* side. Its windows start where Zhang's do, so its output equals the first
+  rows and columns of ``blur_pool2d(x, k, s, padding="zero")``; for even ``k`` it can have one row or column fewer
+  (at stride 2: maps of odd size). ``MaxBlurPool2D(kernel_size, stride=2, max_pool_size=2)`` is a stride-1 max pool
+  of ``max_pool_size`` without padding followed by that blur pool.
+* **timm** (``timm.layers.BlurPool2d(channels=None, filt_size=3, stride=2, pad_mode='reflect')``): the same filter,
+  reflect padding by default, but symmetric padding of ``((s - 1) + (k - 1)) // 2`` on every side, and ``k > 1``.
+  That equals Zhang's for odd ``k`` at stride 2 (``k = 3``: one pixel per side). For even ``k`` it differs: with
+  ``k = 4, s = 2`` timm pads two pixels on each side, so its windows start one pixel earlier and a map of even size
+  gives one more row and column.
+
+Maps smaller than the padding (a 2x2 map under ``k = 4``), which ``torch.nn.functional.pad`` refuses in reflect
+mode, are padded by repeated reflection (numpy's convention) or by wrapping around as often as needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shiftlab.errors import check_choice, check_pair, fail
+from shiftlab.kernels import binomial_kernel
+from shiftlab.layers._maps import PADDING_MODES, check_maps, pad2d
+
+__all__ = ["MAX_BLUR_KERNEL_SIZE", "BlurPool2d", "MaxBlurPool2d", "binomial_filter", "blur_pool2d", "max_blur_pool2d"]
+
+#: The largest binomial filter (Zhang's reference offers sizes 1 to 7).
+MAX_BLUR_KERNEL_SIZE = 7
+
+
+def _check_kernel_size(kernel_size: Any) -> tuple[int, int]:
+    sizes = check_pair(kernel_size, "kernel_size", minimum=1)
+    if max(sizes) > MAX_BLUR_KERNEL_SIZE:
+        fail("kernel_size", f"binomial filters go from 1 to {MAX_BLUR_KERNEL_SIZE}, got {kernel_size!r}")
+    return sizes
+
+
+def binomial_filter(
+    kernel_size: int | tuple[int, int] = 4,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The normalised 2-D binomial filter of a blur pool, ``(ky, kx)``.
+
+    A square size is :func:`shiftlab.kernels.binomial_kernel`; for ``(ky, kx)`` it is the outer product of the
+    two normalised 1-D binomial rows (the 1-D row of size 1 is ``[1]``: no blur along that axis).
+
+    Example:
+        >>> binomial_filter(3) * 16
+        tensor([[1., 2., 1.],
+                [2., 4., 2.],
+                [1., 2., 1.]])
+        >>> binomial_filter((1, 3)) * 4
+        tensor([[1., 2., 1.]])
+    """
+    rows, columns = _check_kernel_size(kernel_size)
+    if rows == columns:
+        return binomial_kernel(rows, device=device, dtype=dtype)
+    # The marginals of the square filters are the normalised 1-D rows (exact: powers of two divide integers).
+    row = binomial_kernel(rows, dtype=torch.float64).sum(dim=1)
+    column = binomial_kernel(columns, dtype=torch.float64).sum(dim=1)
+    return torch.outer(row, column).to(device=device, dtype=dtype or torch.float32)
+
+
+def _blur_pads(kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Zhang's padding, as ``F.pad`` orders it: ``(k - 1) // 2`` before (left, top), ``ceil((k - 1) / 2)`` after."""
+    rows, columns = kernel
+    return (columns - 1) // 2, columns // 2, (rows - 1) // 2, rows // 2
+
+
+def _blur_pool(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: str) -> torch.Tensor:
+    """The computation shared by :func:`blur_pool2d` and :class:`BlurPool2d`: ``weight`` is the ``(ky, kx)`` filter."""
+    height, width = x.shape[-2:]
+    maps = x if x.ndim == 4 else x.reshape(-1, 1, height, width)
+    channels = maps.shape[1]
+    pads = _blur_pads((weight.shape[0], weight.shape[1]))
+    if weight.numel() == 1:  # no blur: subsampling (Zhang's size-1 filter)
+        out = maps[..., :: stride[0], :: stride[1]]
+    else:
+        padded = pad2d(maps, pads, padding)
+        out = F.conv2d(padded, weight.expand(channels, 1, *weight.shape), stride=stride, groups=channels)
+    return out if x.ndim == 4 else out.reshape(*x.shape[:-2], *out.shape[-2:])
+
+
+def blur_pool2d(
+    x: torch.Tensor,
+    kernel_size: int | tuple[int, int] = 4,
+    stride: int | tuple[int, int] = 2,
+    padding: str = "reflect",
+) -> torch.Tensor:
+    """Blur every map with a binomial filter, then keep every ``stride``-th pixel (Zhang 2019's BlurPool).
+
+    See the module docstring for the padding convention and how it compares with Zhang's reference, kornia and
+    timm. Anti-aliasing makes a network more consistent under shifts; it does not make it exactly invariant.
+
+    Args:
+        x: floating-point tensor ``(..., H, W)``; every map is filtered independently.
+        kernel_size: binomial filter size, 1 to 7 (or a ``(ky, kx)`` pair); 1 is plain subsampling.
+        stride: subsampling factor (or a ``(sy, sx)`` pair).
+        padding: ``"reflect"`` (Zhang's default), ``"replicate"``, ``"zero"`` or ``"circular"``.
+
+    Returns:
+        The blurred and subsampled maps, same device and dtype.
+
+    Raises:
+        ShiftlabError: ``x`` not a non-empty floating tensor with two spatial axes, a kernel size outside 1-7,
+            a stride below 1, an unknown padding.
+
+    Shape:
+        - x: :math:`(*, H, W)`
+        - output: :math:`(*, \\lceil H / s_y \\rceil, \\lceil W / s_x \\rceil)`
+
+    Example:
+        >>> x = torch.zeros(1, 1, 6, 6)
+        >>> x[..., 3, 3] = 64.0  # a pixel that plain stride-2 subsampling would drop
+        >>> blur_pool2d(x, kernel_size=3, stride=2)
+        tensor([[[[0., 0., 0.],
+                  [0., 4., 4.],
+                  [0., 4., 4.]]]])
+    """
+    maps = check_maps(x, "x")
+    kernel = _check_kernel_size(kernel_size)
+    strides = check_pair(stride, "stride", minimum=1)
+    mode = check_choice(padding, "padding", PADDING_MODES)
+    return _blur_pool(maps, binomial_filter(kernel, device=maps.device, dtype=maps.dtype), strides, mode)
+
+
+def max_blur_pool2d(
+    x: torch.Tensor,
+    kernel_size: int | tuple[int, int] = 4,
+    stride: int | tuple[int, int] = 2,
+    max_pool_size: int | tuple[int, int] = 2,
+    padding: str = "reflect",
+) -> torch.Tensor:
+    """Max pooling at stride 1, then :func:`blur_pool2d` at the stride: Zhang's replacement for ``MaxPool2d``.
+
+    ``MaxPool(k, stride=s)`` becomes ``MaxPool(k, stride=1)`` followed by ``BlurPool(stride=s)``: the maximum is
+    taken densely and only the blurred result is subsampled. The max pool has no padding (as in Zhang's ResNet and in
+    kornia's ``MaxBlurPool2D``), so it shrinks the map by ``max_pool_size - 1`` first.
+
+    Args:
+        x: floating-point tensor ``(..., H, W)`` with ``H, W >= max_pool_size``.
+        kernel_size: binomial filter size, 1 to 7.
+        stride: subsampling factor of the blur pool.
+        max_pool_size: window of the stride-1 max pool.
+        padding: padding mode of the blur (see :func:`blur_pool2d`).
+
+    Shape:
+        - x: :math:`(*, H, W)`
+        - output: :math:`(*, \\lceil (H - m_y + 1) / s_y \\rceil, \\lceil (W - m_x + 1) / s_x \\rceil)`
+
+    Example:
+        >>> max_blur_pool2d(torch.eye(5)[None, None], kernel_size=3, stride=2, padding="zero")
+        tensor([[[[0.5625, 0.3125],
+                  [0.3125, 0.8750]]]])
+    """
+    maps = check_maps(x, "x")
+    window = check_pair(max_pool_size, "max_pool_size", minimum=1)
+    height, width = maps.shape[-2:]
+    if height < window[0] or width < window[1]:
+        fail("x", f"map of size {height}x{width} is smaller than the {window[0]}x{window[1]} max pool")
+    batch = maps if maps.ndim == 4 else maps.reshape(-1, 1, height, width)
+    pooled = F.max_pool2d(batch, window, stride=1)
+    pooled = pooled if maps.ndim == 4 else pooled.reshape(*maps.shape[:-2], *pooled.shape[-2:])
+    return blur_pool2d(pooled, kernel_size, stride, padding)
+
+
+class BlurPool2d(nn.Module):
+    """Module form of :func:`blur_pool2d`; channels are taken from the input.
+
+    The filter is a non-persistent buffer (it follows ``.to()`` but is not in the state_dict, so converting a
+    model to BlurPool leaves its state_dict keys unchanged) and is cast to the input's dtype.
+
+    Shape:
+        - input: :math:`(*, H, W)`
+        - output: :math:`(*, \\lceil H / s_y \\rceil, \\lceil W / s_x \\rceil)`
+
+    Example:
+        >>> BlurPool2d(kernel_size=4, stride=2)(torch.zeros(2, 8, 9, 16)).shape
+        torch.Size([2, 8, 5, 8])
+    """
+
+    filter: torch.Tensor
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int] = 4,
+        stride: int | tuple[int, int] = 2,
+        padding: str = "reflect",
+    ) -> None:
+        super().__init__()
+        self.kernel_size = _check_kernel_size(kernel_size)
+        self.stride = check_pair(stride, "stride", minimum=1)
+        self.padding = check_choice(padding, "padding", PADDING_MODES)
+        self.register_buffer("filter", binomial_filter(self.kernel_size), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = check_maps(x, "x")
+        return _blur_pool(maps, self.filter.to(device=maps.device, dtype=maps.dtype), self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={_compact(self.kernel_size)}, stride={_compact(self.stride)}, padding={self.padding!r}"
+
+
+class MaxBlurPool2d(nn.Module):
+    """Module form of :func:`max_blur_pool2d`: stride-1 max pooling, then a blur pool at the stride.
+
+    Shape:
+        - input: :math:`(*, H, W)`
+        - output: as :func:`max_blur_pool2d`
+
+    Example:
+        >>> MaxBlurPool2d(kernel_size=4, stride=2)(torch.zeros(2, 8, 16, 16)).shape
+        torch.Size([2, 8, 8, 8])
+    """
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int] = 4,
+        stride: int | tuple[int, int] = 2,
+        max_pool_size: int | tuple[int, int] = 2,
+        padding: str = "reflect",
+    ) -> None:
+        super().__init__()
+        self.max_pool_size = check_pair(max_pool_size, "max_pool_size", minimum=1)
+        self.blur = BlurPool2d(kernel_size, stride, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_blur_pool2d(x, self.blur.kernel_size, self.blur.stride, self.max_pool_size, self.blur.padding)
+
+    def extra_repr(self) -> str:
+        return f"max_pool_size={_compact(self.max_pool_size)}"
+
+
+def _compact(pair: tuple[int, int]) -> int | tuple[int, int]:
+    return pair[0] if pair[0] == pair[1] else pair
