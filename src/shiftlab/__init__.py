@@ -5,6 +5,7 @@ The public API, re-exported from the modules that define it (nothing is defined 
 
 from shiftlab.equivariance import EquivarianceResult, ShiftError, equivariance_error, feature_stride
 from shiftlab.errors import ShiftlabError
+from shiftlab.evaluate import EvaluationResult, evaluate
 from shiftlab.figures import (
     show_convergence,
     show_error_vs_depth,
@@ -29,6 +30,7 @@ __all__ = [
     "SHIFT_MODES",
     "Convolve",
     "EquivarianceResult",
+    "EvaluationResult",
     "MapError",
     "MaxPool",
     "ProbeResult",
@@ -39,6 +41,7 @@ __all__ = [
     "compare_maps",
     "convolve",
     "equivariance_error",
+    "evaluate",
     "feature_stride",
     "gaussian_kernel",
     "get_kernel",
