@@ -107,7 +107,9 @@ def test_list_file_with_inconsistent_lines(tmp_path):
     write_image(tmp_path / "x.png")
     listing = tmp_path / "bad.csv"
     listing.write_text("x.png,1\nx.png\n")
-    with pytest.raises(ShiftlabError, match=r"line 2 has 1 field\(s\); every line must be 'path' or 'path label' alike"):
+    with pytest.raises(
+        ShiftlabError, match=r"line 2 has 1 field\(s\); every line must be 'path' or 'path label' alike"
+    ):
         open_images(listing)
 
 

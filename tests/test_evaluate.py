@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from evaluation_nets import ChannelMax, FeatureMap, PerSample, PixelProbe, small_classifier
 from PIL import Image
 
-from evaluation_nets import ChannelMax, FeatureMap, PerSample, PixelProbe, small_classifier
 from shiftlab import evaluate
 from shiftlab.errors import ShiftlabError
 from shiftlab.evaluate import COLUMNS, EvaluationResult
@@ -154,11 +153,20 @@ def test_resume_refuses_other_settings(tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     evaluate({"net": small_classifier()}, (images, labels), metrics="consistency", checkpoint=checkpoint, seed=0)
     with pytest.raises(ShiftlabError) as error:
-        evaluate({"net": small_classifier()}, (images, labels), metrics="consistency", checkpoint=checkpoint, seed=1, resume=True)
+        evaluate(
+            {"net": small_classifier()},
+            (images, labels),
+            metrics="consistency",
+            checkpoint=checkpoint,
+            seed=1,
+            resume=True,
+        )
     assert str(error.value) == (
         f"--resume: '{checkpoint}' was made with other settings (seed: 0 there, 1 here); start a new run instead"
     )
-    with pytest.raises(ShiftlabError, match=r"^--resume: '.*missing.pt' holds no checkpoint: there is no run to continue$"):
+    with pytest.raises(
+        ShiftlabError, match=r"^--resume: '.*missing.pt' holds no checkpoint: there is no run to continue$"
+    ):
         evaluate(small_classifier(), (images, labels), checkpoint=tmp_path / "missing.pt", resume=True)
 
 
@@ -220,6 +228,10 @@ def test_bad_input_messages(tmp_path):
     assert str(error.value) == "classes: the data has 3 classes (a, b, c), but model 'Sequential' gives 10 outputs"
     with pytest.raises(ShiftlabError) as error:
         evaluate(small_classifier(), images, metrics="shift-accuracy")
-    assert str(error.value) == "metric shift-accuracy: needs labels, and the data has none (3 images in memory (3x16x16))"
-    with pytest.raises(ShiftlabError, match=r"^metric crop-consistency: needs 48x48 pixels \(16 window \+ 32 offsets\)"):
+    assert (
+        str(error.value) == "metric shift-accuracy: needs labels, and the data has none (3 images in memory (3x16x16))"
+    )
+    with pytest.raises(
+        ShiftlabError, match=r"^metric crop-consistency: needs 48x48 pixels \(16 window \+ 32 offsets\)"
+    ):
         evaluate(small_classifier(), images, metrics="crop-consistency", resize=20, crop=16)

@@ -204,7 +204,13 @@ def test_imagenet_p_frames_are_horizontal_black_filled_windows():
     geometry = Geometry.of(6, 8, crop=4)
     keys, _ = TranslationSequence(max_shift=2).views(geometry, torch.Generator())
     # the crop sits at (1, 2); the picture moves right by -2..2, so the window moves left by the same
-    assert [view_key(key, geometry) for key in keys] == [("zero", 1, 4), ("zero", 1, 3), IDENTITY, ("zero", 1, 1), ("zero", 1, 0)]
+    assert [view_key(key, geometry) for key in keys] == [
+        ("zero", 1, 4),
+        ("zero", 1, 3),
+        IDENTITY,
+        ("zero", 1, 1),
+        ("zero", 1, 0),
+    ]
 
 
 def test_imagenet_p_flips_by_step_and_from_centre():

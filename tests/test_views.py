@@ -29,7 +29,9 @@ def test_geometry_places_the_crop_as_torchvision(base):
 def test_zero_windows_are_imagenet_p_frames(base, dx):
     """ImageNet-P: translate the whole resized picture by (dx, 0) with black fill, then CenterCrop."""
     geometry = Geometry.of(30, 41, crop=24)
-    reference = TF.center_crop(TF.affine(base, angle=0.0, translate=[dx, 0], scale=1.0, shear=[0.0], fill=0.0), [24, 24])
+    reference = TF.center_crop(
+        TF.affine(base, angle=0.0, translate=[dx, 0], scale=1.0, shear=[0.0], fill=0.0), [24, 24]
+    )
     frame = build_view(base, view_key(("zero", geometry.top, geometry.left - dx), geometry), geometry)
     assert torch.equal(frame, reference)
 

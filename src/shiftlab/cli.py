@@ -516,8 +516,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser(
         "evaluate",
         help="measure how often models' predictions change under translation, over a whole data set",
-        description="Run one or more models over a data set under the published shift protocols (consistency, accuracy under shift, sub-pixel shifts, ImageNet-P translation sequences, Azulay & Weiss's one-pixel shift) and write report.html, evaluation.json and evaluation.csv. Runs under torchrun too: torchrun --nproc_per_node N -m shiftlab evaluate ...",
-        epilog="SPEC: a bundled network, a torchvision architecture (random weights unless --weights), or package.module:callable / file.py:callable. DATA: a folder of images (flat, or one sub-folder per class), a text file listing paths with optional labels, or a bundled data set.",
+        description=(
+            "Run one or more models over a data set under the published shift protocols (consistency, accuracy "
+            "under shift, sub-pixel shifts, ImageNet-P translation sequences, Azulay & Weiss's one-pixel shift) and "
+            "write report.html, evaluation.json and evaluation.csv. Runs under torchrun too: "
+            "torchrun --nproc_per_node N -m shiftlab evaluate ..."
+        ),
+        epilog=(
+            "SPEC: a bundled network, a torchvision architecture (random weights unless --weights), or "
+            "package.module:callable / file.py:callable. DATA: a folder of images (flat, or one sub-folder per "
+            "class), a text file listing paths with optional labels, or a bundled data set."
+        ),
     )
     evaluation.add_argument(
         "--model", action="append", required=True, metavar="SPEC", help="a model; repeat for several, side by side"
@@ -538,7 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--metrics",
         default="auto",
-        help="comma-separated: consistency, crop-consistency, shift-accuracy, subpixel, imagenet-p, diagonal, cosine (default: auto = every classification metric the data allows)",
+        help=(
+            "comma-separated: consistency, crop-consistency, shift-accuracy, subpixel, imagenet-p, diagonal, cosine "
+            "(default: auto = every classification metric the data allows)"
+        ),
     )
     evaluation.add_argument(
         "--views", type=int, default=8, help="views per image for the consistency metrics (default: 8)"

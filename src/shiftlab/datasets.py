@@ -35,7 +35,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -164,8 +164,7 @@ def open_images(source: Any, *, classes: str | Sequence[str] | None = None) -> I
         return ImageSet(image_set.items, image_set.labels, image_set.classes, description, image_set.tensors)
     subject = f"data '{text}'"
     if not path.exists():
-        bundled = f" nor a bundled data set ({', '.join(BUNDLED_DATA)})" if BUNDLED_DATA else ""
-        fail(subject, f"no such folder or file{bundled}")
+        fail(subject, f"no such folder or file (and not a bundled data set: {', '.join(BUNDLED_DATA)})")
     if path.is_dir():
         return _from_folder(path, names)
     return _from_list(path, names)
@@ -322,7 +321,8 @@ def _from_tensors(source: Any, classes: tuple[str, ...] | None) -> ImageSet:
     )
 
 
-class LoadedImage(NamedTuple):
+@dataclass(frozen=True)
+class LoadedImage:
     """One item from :class:`EvaluationDataset`: pixels ``(C, H, W)`` in ``[0, 1]``, or ``None`` and the reason."""
 
     index: int

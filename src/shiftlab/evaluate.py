@@ -98,6 +98,7 @@ def _resolve_models(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
 ) -> list[_Model]:
+    pairs: list[tuple[str | None, Any]]
     if isinstance(models, Mapping):
         pairs = [(str(label), model) for label, model in models.items()]
     elif isinstance(models, (str, nn.Module)):
@@ -118,7 +119,7 @@ def _resolve_models(
         if isinstance(model, str):
             module, info = load_model(model, weights=weight, seed=seed)
             channels, preset = info.in_channels, info.normalize
-            record = {"spec": model, "source": info.source, "description": info.description}
+            record: dict[str, Any] = {"spec": model, "source": info.source, "description": info.description}
             record["weights"] = (
                 {"file": str(weight), "sha256": _file_digest(Path(weight))}
                 if weight
@@ -182,7 +183,8 @@ def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> 
         check(
             output.ndim == 2 and output.shape[1] >= 2 and output.is_floating_point(),
             f"model '{model.label}'",
-            f"returns {describe(output)}, not class logits (N, classes); for a model without classes use --metrics cosine",
+            f"returns {describe(output)}, not class logits (N, classes);"
+            " for a model without classes use --metrics cosine",
         )
     return output
 
@@ -301,17 +303,20 @@ def _resolve_metrics(metrics: Any) -> list[Metric]:
     return resolved
 
 
-def _first_difference(stored: Any, current: Any, path: str = "") -> str | None:
-    if isinstance(stored, dict) and isinstance(current, dict):
-        for key in list(current) + [key for key in stored if key not in current]:
-            if key not in stored or key not in current:
-                return f"{path}{key} is {'missing' if key not in stored else 'new'} here"
-            found = _first_difference(stored[key], current[key], f"{path}{key}.")
-            if found:
-                return found
-        return None
-    if stored != current:
-        return f"{path.rstrip('.')}: {json.dumps(stored)} there, {json.dumps(current)} here"
+def _first_difference(stored: Any, current: Any) -> str | None:
+    """The shallowest setting that differs, as ``"path: <there> there, <here> here"`` (``None``: they agree)."""
+    level: list[tuple[str, Any, Any]] = [("", stored, current)]
+    while level:
+        deeper = []
+        for path, there, here in level:
+            if isinstance(there, dict) and isinstance(here, dict):
+                for key in list(here) + [key for key in there if key not in here]:
+                    if key not in there or key not in here:
+                        return f"{path}{key} is {'new' if key not in there else 'missing'} here"
+                    deeper.append((f"{path}{key}.", there[key], here[key]))
+            elif there != here:
+                return f"{path.rstrip('.')}: {json.dumps(there)} there, {json.dumps(here)} here"
+        level = deeper
     return None
 
 
@@ -491,7 +496,8 @@ def _check_models(
             check(
                 len(images.classes) == classes,
                 "classes",
-                f"the data has {len(images.classes)} classes ({names}), but model '{entry.label}' gives {classes} outputs",
+                f"the data has {len(images.classes)} classes ({names}),"
+                f" but model '{entry.label}' gives {classes} outputs",
             )
         if images.labels is not None:
             largest = max(images.labels)
@@ -533,7 +539,10 @@ def _protocol(
             },
             "metrics": {metric.name: metric.describe() for metric in metrics},
             "seed": seed,
-            "seeding": "each image's shifts from torch.Generator(seed=splitmix64(splitmix64(splitmix64(seed) ^ crc32(metric)) ^ index))",
+            "seeding": (
+                "each image's shifts from torch.Generator seeded with"
+                " splitmix64(splitmix64(splitmix64(seed) ^ crc32(metric name)) ^ image index)"
+            ),
             "batch_size": batch_size,
             "images_per_pack": per_pack,
             "device": processes.device.type,
@@ -580,7 +589,7 @@ def _loop(
         for step in range(steps):
             if step < len(mine):
                 items: list[LoadedImage] = next(loader)
-                _process_pack(context, items, on_skip, bar)
+                _process_pack(context, items, on_skip)
                 context.run.packs_done[mine[step]] = 1
                 bar.update(len(items))
             if checkpoint is not None and (step + 1) % every == 0 and step + 1 < steps:
@@ -589,71 +598,88 @@ def _loop(
         bar.close()
 
 
-def _process_pack(
-    context: _Run, items: list[LoadedImage], on_skip: Callable[[str, str], None] | None, bar: Any
-) -> None:
-    images = context.images
-    device = context.processes.device
-    kept: list[tuple[LoadedImage, Geometry, list[ViewKey], list[list[int]], list[torch.Tensor | None]]] = []
+@dataclass
+class _Prepared:
+    """One usable image of a pack: its pixels, geometry, distinct views, and each metric's views among them."""
+
+    index: int
+    label: int
+    image: torch.Tensor
+    geometry: Geometry
+    keys: list[ViewKey]
+    slots: list[list[int]]  # per metric: positions in ``keys``
+    infos: list[torch.Tensor | None]  # per metric: what its state needs about the draws
+
+
+def _prepare(context: _Run, item: LoadedImage) -> _Prepared | str:
+    """The views every metric needs for one image, or the reason the image cannot be used."""
+    name = context.images.name(item.index)
+    if item.image is None:
+        return item.reason or f"image '{name}': could not be read"
+    height, width = item.image.shape[-2:]
+    crop = context.crop
+    if crop is not None and (crop > height or crop > width):
+        return f"image '{name}': is {height}x{width}, smaller than the {crop}x{crop} crop"
+    geometry = Geometry.of(height, width, crop)
+    for metric in context.metrics:
+        problem = metric.problem(geometry)
+        if problem is not None:
+            return f"image '{name}': too small for {metric.name}: {problem}"
+    unique: dict[ViewKey, int] = {}
+    slots: list[list[int]] = []
+    infos: list[torch.Tensor | None] = []
+    for metric in context.metrics:
+        generator = torch.Generator().manual_seed(sample_seed(context.seed, metric.stream, item.index))
+        keys, info = metric.views(geometry, generator)
+        slots.append([unique.setdefault(view_key(key, geometry), len(unique)) for key in keys])
+        infos.append(info)
+    return _Prepared(item.index, item.label, item.image, geometry, list(unique), slots, infos)
+
+
+def _process_pack(context: _Run, items: list[LoadedImage], on_skip: Callable[[str, str], None] | None) -> None:
+    """Cut every view of the pack's images, run each model on them, and update every metric's state."""
+    prepared: list[_Prepared] = []
     for item in items:
-        reason = item.reason
-        if item.image is not None:
-            try:
-                geometry = Geometry.of(item.image.shape[-2], item.image.shape[-1], context.crop)
-                problems = [(metric.name, metric.problem(geometry)) for metric in context.metrics]
-                name, problem = next(((name, text) for name, text in problems if text), ("", None))
-                if problem is not None:
-                    reason = f"image '{images.name(item.index)}': too small for {name}: {problem}"
-            except ShiftlabError:  # the crop does not fit
-                height, width = item.image.shape[-2:]
-                reason = f"image '{images.name(item.index)}': is {height}x{width}, smaller than the {context.crop}x{context.crop} crop"
-        if reason is not None or item.image is None:
+        outcome = _prepare(context, item)
+        if isinstance(outcome, str):
             context.run.skipped[item.index] = 1
-            text = reason or "could not be read"
-            context.reasons[item.index] = text
+            context.reasons[item.index] = outcome
             if on_skip is not None:
-                on_skip(images.name(item.index), text)
-            continue
-        unique: dict[ViewKey, int] = {}
-        slots: list[list[int]] = []
-        infos: list[torch.Tensor | None] = []
-        for metric in context.metrics:
-            generator = torch.Generator().manual_seed(sample_seed(context.seed, metric.stream, item.index))
-            keys, info = metric.views(geometry, generator)
-            slots.append([unique.setdefault(view_key(key, geometry), len(unique)) for key in keys])
-            infos.append(info)
-        kept.append((item, geometry, list(unique), slots, infos))
-    if not kept:
+                on_skip(context.images.name(item.index), outcome)
+        else:
+            prepared.append(outcome)
+    if not prepared:
         return
-    # every view of the pack, image by image; images of one size share forward passes
+    device = context.processes.device
+    bases = [record.image.to(device, non_blocking=True) for record in prepared]
+    # images of one size share forward passes: their views in image order, at most batch_size per pass
     groups: dict[tuple[int, ...], list[int]] = {}
-    for position, (item, geometry, keys, _, _) in enumerate(kept):
-        assert item.image is not None
-        groups.setdefault((item.image.shape[0], *geometry.size), []).append(position)
-    bases = {position: kept[position][0].image.to(device, non_blocking=True) for position in range(len(kept))}  # type: ignore[union-attr]
+    for position, record in enumerate(prepared):
+        groups.setdefault((record.image.shape[0], *record.geometry.size), []).append(position)
+    labels = torch.tensor([record.label for record in prepared], dtype=torch.int64)
     for entry in context.models:
-        outputs: list[torch.Tensor | None] = [None] * len(kept)
+        outputs: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
         for positions in groups.values():
             views = [
-                build_view(bases[position], key, kept[position][1])
+                build_view(bases[position], key, prepared[position].geometry)
                 for position in positions
-                for key in kept[position][2]
+                for key in prepared[position].keys
             ]
-            counts = [len(kept[position][2]) for position in positions]
-            results = []
+            passes = []
             for start in range(0, len(views), context.batch_size):
                 chunk = torch.stack(views[start : start + context.batch_size])
-                results.append(_forward(entry, _model_inputs(chunk, entry, context.dtype), context.metrics))
-            stacked = torch.cat(results)
-            for position, part in zip(positions, torch.split(stacked, counts)):
+                passes.append(_forward(entry, _model_inputs(chunk, entry, context.dtype), context.metrics))
+            counts = [len(prepared[position].keys) for position in positions]
+            for position, part in zip(positions, torch.split(torch.cat(passes), counts)):
                 outputs[position] = part
-        labels = torch.tensor([item.label for item, *_ in kept], dtype=torch.int64)
-        for index, metric in enumerate(context.metrics):
-            gathered = torch.stack([outputs[position][kept[position][3][index]] for position in range(len(kept))])  # type: ignore[index]
-            info = kept[0][4][index]
-            infos = torch.stack([record[4][index] for record in kept]) if info is not None else None  # type: ignore[misc]
+        for number, metric in enumerate(context.metrics):
+            gathered = torch.stack(
+                [outputs[position][record.slots[number]] for position, record in enumerate(prepared)]
+            )
             if gathered.dtype in (torch.float16, torch.bfloat16):
-                gathered = gathered.float()  # exact; sorting and softmax in full precision
+                gathered = gathered.float()  # exact; ranking and softmax in full precision
+            parts = [record.infos[number] for record in prepared]
+            infos = torch.stack([part for part in parts if part is not None]) if parts[0] is not None else None
             context.states[(entry.label, metric.name)].update(gathered, labels, infos)
 
 
@@ -731,7 +757,7 @@ def _load_checkpoint(
         f"'{path}' is not a shiftlab evaluate checkpoint",
     )
     stored = json.loads(payload["settings"])
-    current = json.loads(json.dumps(protocol, sort_keys=True))
+    current = json.loads(json.dumps(protocol))  # the protocol's own order: the first difference reads best
     difference = _first_difference(stored, current)
     check(difference is None, subject, f"'{path}' was made with other settings ({difference}); start a new run instead")
     run.load_state_dict(payload["run"])

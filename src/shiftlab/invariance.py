@@ -71,6 +71,7 @@ from shiftlab.errors import check, check_choice, check_int, check_real, fail
 from shiftlab.views import IDENTITY, Geometry, ViewKey
 
 __all__ = [
+    "DEFAULT_GRID",
     "FIXED_POINT_SCALE",
     "GRID_MODES",
     "METRIC_NAMES",
@@ -88,6 +89,8 @@ __all__ = [
 
 #: Real-valued per-image values (MAC, cosine) are summed as integers in units of 1 / FIXED_POINT_SCALE.
 FIXED_POINT_SCALE = 2**32
+#: The default grid of shift-accuracy and cosine: every (dy, dx) in -2..2.
+DEFAULT_GRID: tuple[tuple[float, float], ...] = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3))
 #: How a grid metric shifts: circular rolls, crop windows, windows with black fill, or Fourier shifts.
 GRID_MODES: tuple[str, ...] = ("circular", "crop", "zero", "fourier")
 Z_95 = 1.959963984540054  # the two-sided 95% quantile of the normal distribution
@@ -210,7 +213,7 @@ class Metric:
 class MetricState(Accumulator):
     """An accumulator of one metric for one model: ``update(outputs, labels, infos)``, ``compute() -> dict``."""
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:  # type: ignore[override]
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         """Add ``n`` images: ``outputs`` ``(n, views, ...)`` in view order, ``labels`` ``(n,)`` (-1: none)."""
         raise NotImplementedError
 
@@ -354,7 +357,7 @@ class ConsistencyState(MetricState):
         self.add_state("pairs_by_distance", _zeros(bins))
         self.add_state("agreeing_by_distance", _zeros(bins))
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:  # type: ignore[override]
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         assert infos is not None
         top1 = _top1(outputs)
         agree = top1[:, self._first] == top1[:, self._second]
@@ -400,7 +403,7 @@ class ConsistencyState(MetricState):
     def rows(self) -> list[dict[str, Any]]:
         result = self.compute()
         rows = [
-            _row("consistency", result["consistency"], result["pairs"], ci=tuple(result["ci95"])),  # type: ignore[arg-type]
+            _row("consistency", result["consistency"], result["pairs"], ci=(result["ci95"][0], result["ci95"][1])),
             _row("all_views_agree", result["all_views_agree"], result["images"]),
         ]
         rows += [
@@ -481,7 +484,7 @@ class ShiftAccuracyState(MetricState):
         self.add_state("correct_under_every_shift", _zeros())
         self.add_state("unchanged_by_shift", _zeros(count))
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:  # type: ignore[override]
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         top1 = _top1(outputs)
         correct = top1 == labels.cpu()[:, None]
         self.images += top1.shape[0]
@@ -492,7 +495,7 @@ class ShiftAccuracyState(MetricState):
 
     def compute(self) -> dict[str, Any]:
         images = int(self.images)
-        per_shift = [
+        per_shift: list[dict[str, Any]] = [
             {
                 "shift": list(shift),
                 "accuracy": _ratio(correct, images),
@@ -502,7 +505,7 @@ class ShiftAccuracyState(MetricState):
                 self.metric.shifts, self.correct_by_shift.tolist(), self.unchanged_by_shift.tolist()
             )
         ]
-        accuracies = [item["accuracy"] for item in per_shift if item["accuracy"] is not None]
+        accuracies: list[float] = [item["accuracy"] for item in per_shift if item["accuracy"] is not None]
         return {
             "images": images,
             "accuracy_unshifted": _ratio(int(self.correct_unshifted), images),
@@ -575,7 +578,7 @@ class SubpixelState(MetricState):
         self.add_state("unchanged_by_shift", _zeros(len(metric.shifts)))
         self.add_state("unchanged_under_every_shift", _zeros())
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:  # type: ignore[override]
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         top1 = _top1(outputs)
         unchanged = top1[:, 1:] == top1[:, :1]
         self.images += top1.shape[0]
@@ -617,7 +620,7 @@ def top_k_distance(first: torch.Tensor, second: torch.Tensor, k: int = 5) -> tor
         >>> top_k_distance(torch.tensor([5.0, 4, 3, 2, 1, 0]), torch.tensor([4.0, 5, 3, 2, 1, 0]))
         tensor(2)
         >>> top_k_distance(torch.tensor([5.0, 4, 3, 2, 1, 0]), torch.tensor([0.0, 4, 3, 2, 1, 5]))
-        tensor(6)
+        tensor(5)
     """
     order_first = torch.sort(first, dim=-1, descending=True, stable=True).indices[..., :k]
     rank_second = torch.argsort(torch.sort(second, dim=-1, descending=True, stable=True).indices, dim=-1)
@@ -635,9 +638,9 @@ class TranslationSequence(Metric):
         difficulties: the frame steps compared (ImageNet-P: 1, 2, 3).
 
     Example:
-        >>> metric = TranslationSequence(max_shift=1)
-        >>> metric.views(Geometry.of(4, 6, crop=4), torch.Generator())[0]
-        [('zero', 0, 2), ('identity',), ('zero', 0, 0)]
+        >>> metric = TranslationSequence(max_shift=1, difficulties=(1, 2))
+        >>> metric.views(Geometry.of(4, 6, crop=4), torch.Generator())[0]  # the crop's corner is (0, 1)
+        [('zero', 0, 2), ('zero', 0, 1), ('zero', 0, 0)]
     """
 
     max_shift: int = 20
@@ -671,9 +674,15 @@ class TranslationSequence(Metric):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "frames": f"{self.frames}: the picture moved right by -{self.max_shift}..{self.max_shift} px, black fill, then the centre crop",
+            "frames": (
+                f"{self.frames}: the picture moved right by -{self.max_shift}..{self.max_shift} px,"
+                " black fill, then the centre crop"
+            ),
             "difficulties": list(self.difficulties),
-            "statistic": "flip probability: share of compared frame pairs (j, j + d) whose top-1 differs; top-5 distance: their mean",
+            "statistic": (
+                "flip probability: share of compared frame pairs (j, j + d) whose top-1 differs;"
+                " top-5 distance: their mean"
+            ),
             "note": "frames are computed exactly; ImageNet-P's published frames were also compressed as video (H.264)",
         }
 
@@ -692,7 +701,7 @@ class SequenceState(MetricState):
         self.add_state("flips_by_step", _zeros(metric.frames - 1))
         self.add_state("differs_from_centre", _zeros(metric.frames))
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:  # type: ignore[override]
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         top1 = _top1(outputs)
         self.sequences += top1.shape[0]
         for position, step in enumerate(self.metric.difficulties):
@@ -786,7 +795,10 @@ class DiagonalShift(Metric):
         return {
             "shift": "window (c, c) -> (c + 1, c + 1): the content moves one pixel up and left",
             "mode": self.mode,
-            "statistic": "P(top-1 change); MAC: mean |p(y) - p'(y)| of the softmax probability of the class y that is top-1 at (c, c)",
+            "statistic": (
+                "P(top-1 change); MAC: mean |p(y) - p'(y)| of the softmax probability of the class y"
+                " that is top-1 at (c, c)"
+            ),
             "fixed_point": f"MAC summed in units of 2^-{int(math.log2(FIXED_POINT_SCALE))} per image",
         }
 
@@ -801,7 +813,7 @@ class DiagonalState(MetricState):
         self.add_state("changed", _zeros())
         self.add_state("absolute_change_fixed", _zeros())
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:  # type: ignore[override]
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         top1 = outputs.argmax(dim=-1)
         probabilities = torch.softmax(outputs.double(), dim=-1)
         chosen = top1[:, :1]
@@ -867,7 +879,7 @@ class FeatureSimilarity(Metric):
         return {
             "shifts": [list(pair) for pair in self.shifts],
             "mode": self.mode,
-            "statistic": "cosine similarity of the flattened outputs (unshifted vs shifted), mean and minimum over images",
+            "statistic": "cosine similarity of the flattened outputs (unshifted vs shifted), mean and minimum",
             "fixed_point": f"summed in units of 2^-{int(math.log2(FIXED_POINT_SCALE))} per image",
         }
 
@@ -883,7 +895,7 @@ class CosineState(MetricState):
         self.add_state("cosine_fixed", _zeros(count))
         self.add_state("minimum_fixed", torch.full((count,), torch.iinfo(torch.int64).max), reduce="min")
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:  # type: ignore[override]
+    def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         flat = outputs.flatten(2).double()
         reference, shifted = flat[:, :1], flat[:, 1:]
         dot = (reference * shifted).sum(dim=-1)
@@ -894,11 +906,11 @@ class CosineState(MetricState):
         fixed = _fixed_point(cosine)
         self.images += fixed.shape[0]
         self.cosine_fixed += fixed.sum(dim=0)
-        self.minimum_fixed = torch.minimum(self.minimum_fixed, fixed.min(dim=0).values)
+        self.set_state("minimum_fixed", torch.minimum(self.state("minimum_fixed"), fixed.min(dim=0).values))
 
     def compute(self) -> dict[str, Any]:
         images = int(self.images)
-        per_shift = [
+        per_shift: list[dict[str, Any]] = [
             {
                 "shift": list(shift),
                 "mean_cosine": _ratio(total, images * FIXED_POINT_SCALE),
@@ -908,11 +920,12 @@ class CosineState(MetricState):
                 self.metric.shifts, self.cosine_fixed.tolist(), self.minimum_fixed.tolist()
             )
         ]
-        means = [item["mean_cosine"] for item in per_shift if item["mean_cosine"] is not None]
+        means: list[float] = [item["mean_cosine"] for item in per_shift if item["mean_cosine"] is not None]
+        minima: list[float] = [item["min_cosine"] for item in per_shift if item["min_cosine"] is not None]
         return {
             "images": images,
             "mean_cosine": sum(means) / len(means) if means else None,
-            "min_cosine": min((item["min_cosine"] for item in per_shift), default=None) if images else None,
+            "min_cosine": min(minima) if minima else None,
             "per_shift": per_shift,
         }
 
@@ -948,7 +961,7 @@ def make_metric(
     *,
     views: int = 8,
     max_shift: int = 32,
-    shifts: Sequence[tuple[float, float]] = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)),
+    shifts: Sequence[tuple[float, float]] = DEFAULT_GRID,
     shift_mode: str = "circular",
     subpixel_shifts: Sequence[tuple[float, float]] = ((0.0, 0.5), (0.5, 0.0), (0.5, 0.5)),
     sequence_shift: int = 20,

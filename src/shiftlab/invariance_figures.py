@@ -56,6 +56,10 @@ def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi:
         if values["consistency"] is not None:
             top.axhline(100 * values["consistency"], color=_colour(index), linestyle="--", linewidth=0.8)
         counts = {item["distance"]: item["pairs"] for item in items}
+    lowest = min(
+        (100 * item["consistency"] for values in per_model.values() for item in values["by_distance"]), default=0.0
+    )
+    top.set_ylim(max(0.0, min(lowest, 95.0) - 3.0), 101.0)
     top.set_ylabel("pairs whose top-1 agrees (%)")
     top.set_title(f"{chosen}: agreement against the distance between the two shifts", fontsize=10)
     top.grid(alpha=0.3)
@@ -136,12 +140,19 @@ def show_shift_accuracy(result: Any, *, dpi: int = 100) -> Figure:
         return figure
     figure = Figure(figsize=(min(16.0, 3.6 * count + 1.0), 3.6), dpi=dpi, layout="constrained")
     panels = np.atleast_1d(figure.subplots(1, count))
-    for axes, (model, values) in zip(panels, per_model.items()):
+    grids = {}
+    for model, values in per_model.items():
         grid = np.full((len(rows), len(cols)), np.nan)
         for item in values["per_shift"]:
             dy, dx = item["shift"]
             grid[rows.index(dy), cols.index(dx)] = 100 * (item["accuracy"] or 0)
-        image = axes.imshow(grid, cmap="viridis", origin="upper")
+        grids[model] = grid
+    low = min(float(np.nanmin(grid)) for grid in grids.values())
+    high = max(float(np.nanmax(grid)) for grid in grids.values())
+    high = high if high > low else low + 1.0
+    for axes, (model, values) in zip(panels, per_model.items()):
+        grid = grids[model]
+        image = axes.imshow(grid, cmap="viridis", origin="upper", vmin=low, vmax=high)
         axes.set_xticks(range(len(cols)), [f"{value:g}" for value in cols], fontsize=7)
         axes.set_yticks(range(len(rows)), [f"{value:g}" for value in rows], fontsize=7)
         axes.set_xlabel("dx (right)")
@@ -150,6 +161,9 @@ def show_shift_accuracy(result: Any, *, dpi: int = 100) -> Figure:
         axes.set_title(f"{model}\nworst case {100 * worst:.1f}%" if worst is not None else model, fontsize=9)
         for (row, col), value in np.ndenumerate(grid):
             if len(rows) * len(cols) <= 49 and np.isfinite(value):
-                axes.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=6, color="white")
+                light = (value - low) / (high - low) > 0.6  # viridis is light at the top: dark text there
+                axes.text(
+                    col, row, f"{value:.0f}", ha="center", va="center", fontsize=6, color="black" if light else "white"
+                )
         figure.colorbar(image, ax=axes, shrink=0.8, label="accuracy (%)")
     return figure

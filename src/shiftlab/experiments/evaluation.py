@@ -27,12 +27,16 @@ def evaluation_protocol(result: EvaluationResult) -> dict[str, Any]:
     protocol = result.protocol
     details: dict[str, Any] = {
         "data": protocol["data"]["description"],
-        "images": f"{result.images['evaluated']} evaluated, {result.images['skipped']} skipped, of {result.images['total']}",
+        "images": (
+            f"{result.images['evaluated']} evaluated, {result.images['skipped']} skipped, of {result.images['total']}"
+        ),
         "resize": protocol["preparation"]["resize"],
         "model input": protocol["preparation"]["model_input"],
         "seed": protocol["seed"],
         "seeding": protocol["seeding"],
-        "batch size": f"{protocol['batch_size']} inputs per forward pass ({protocol['images_per_pack']} image(s) per pack)",
+        "batch size": (
+            f"{protocol['batch_size']} inputs per forward pass ({protocol['images_per_pack']} image(s) per pack)"
+        ),
         "device, dtype": f"{protocol['device']}, {protocol['dtype']}",
     }
     for name, description in protocol["metrics"].items():
@@ -56,7 +60,8 @@ def _overview(result: EvaluationResult, key: str) -> Section:
     findings = [
         Finding(
             "Images evaluated",
-            f"{result.images['evaluated']} of {result.images['total']} ({result.images['skipped']} skipped: unreadable or too small)",
+            f"{result.images['evaluated']} of {result.images['total']}"
+            f" ({result.images['skipped']} skipped: unreadable or too small)",
             result.images["skipped"] == 0 if result.images["total"] else None,
         )
     ]
@@ -70,8 +75,9 @@ def _overview(result: EvaluationResult, key: str) -> Section:
         )
     intro = (
         f"Data: {protocol['data']['description']}. Resize: {protocol['preparation']['resize']}; model input: "
-        f"{protocol['preparation']['model_input']}. Every model sees the same shifted views of every image; the shifts of "
-        f"image i are drawn from a generator seeded by the seed ({protocol['seed']}), the metric and i alone, so the numbers "
+        f"{protocol['preparation']['model_input']}. Every model sees the same shifted views of every image; "
+        f"the shifts of image i are drawn from a generator seeded by the seed ({protocol['seed']}), the metric "
+        "and i alone, so the numbers "
         "do not depend on batching, loader workers, the number of processes or an interruption."
     )
     return Section(key, "Evaluation: data, models and protocol", intro, tables=tables, findings=findings)
@@ -101,13 +107,15 @@ def _consistency(result: EvaluationResult, name: str) -> Section:
         )
     if name == "consistency":
         intro = (
-            "The protocol of adaptive polyphase sampling (Chaman & Dokmanic 2021): views are circular rolls of the model input. "
+            "The protocol of adaptive polyphase sampling (Chaman & Dokmanic 2021): views are circular rolls of the "
+            "model input. "
             "A network built from circularly padded layers and shift-invariant downsampling scores 100% here, and any "
             "stride or zero padding shows up as disagreement."
         )
     else:
         intro = (
-            "The protocol of Zhang (2019, anti-aliased CNNs): views are windows of the model's input size cut at random "
+            "The protocol of Zhang (2019, anti-aliased CNNs): views are windows of the model's input size cut at "
+            "random "
             "offsets from a larger centre square of the resized image, so every view is real image content."
         )
     intro += (
@@ -116,7 +124,8 @@ def _consistency(result: EvaluationResult, name: str) -> Section:
     )
     figures = [
         (
-            "Agreement of view pairs against the distance between their two shifts (dashed: overall), and how many pairs each distance has.",
+            "Agreement of view pairs against the distance between their two shifts (dashed: overall), "
+            "and how many pairs each distance has.",
             result.plot_consistency(name),
         )
     ]
@@ -147,12 +156,14 @@ def _shift_accuracy(result: EvaluationResult) -> Section:
         findings.append(
             Finding(
                 f"{model}: accuracy when every shift of the grid must be classified correctly",
-                f"{_percent(values['worst_case_accuracy'])}, against {_percent(values['accuracy_unshifted'])} unshifted",
+                f"{_percent(values['worst_case_accuracy'])},"
+                f" against {_percent(values['accuracy_unshifted'])} unshifted",
             )
         )
     intro = (
         f"Top-1 accuracy under each of {len(description['shifts'])} {description['mode']} shifts, and the adversarial, "
-        "worst-case accuracy of Michaeli et al. (2023): an image counts as correct only if it is correct under every shift of the grid."
+        "worst-case accuracy of Michaeli et al. (2023): an image counts as correct only if it is correct under "
+        "every shift of the grid."
     )
     return Section(
         "evaluate-shift-accuracy",
@@ -208,7 +219,8 @@ def _sequence(result: EvaluationResult) -> Section:
         findings.append(
             Finding(
                 f"{model}: flip probability at difficulty {first['difficulty']}",
-                f"{_percent(first['flip_probability'], 2)} of neighbouring frames change the top-1 class; top-{k} distance {format_number(first[f'top{k}_distance'])}",
+                f"{_percent(first['flip_probability'], 2)} of neighbouring frames change the top-1 class;"
+                f" top-{k} distance {format_number(first[f'top{k}_distance'])}",
             )
         )
     difficulties = result.protocol["metrics"]["imagenet-p"]["difficulties"]
@@ -226,7 +238,8 @@ def _sequence(result: EvaluationResult) -> Section:
         intro,
         figures=[
             (
-                "Along the translation sequence: how often the top-1 class flips between neighbouring frames, and how often it differs from the unshifted frame's.",
+                "Along the translation sequence: how often the top-1 class flips between neighbouring frames, "
+                "and how often it differs from the unshifted frame's.",
                 result.plot_sequence(),
             )
         ],
