@@ -85,7 +85,9 @@ MODULE_SOURCE = """
 
 
 class TestBundledModels:
-    @pytest.mark.parametrize("name, channels", [("article", 1), ("simple_cnn", 3), ("circular_cnn", 3)])
+    @pytest.mark.parametrize(
+        "name, channels", [("article", 1), ("simple_cnn", 3), ("circular_cnn", 3), ("digits_cnn", 1)]
+    )
     def test_load(self, name, channels):
         model, info = load_model(name)
         assert isinstance(model, nn.Module)
@@ -204,14 +206,15 @@ class TestTorchvisionModels:
         with pytest.raises(ShiftlabError) as info:
             load_model("zzz_no_such_net")
         assert str(info.value) == (
-            "model: unknown model 'zzz_no_such_net': not bundled (article, simple_cnn, circular_cnn) "
+            "model: unknown model 'zzz_no_such_net': not bundled (article, simple_cnn, circular_cnn, digits_cnn) "
             "nor a torchvision architecture; or give package.module:callable"
         )
 
     def test_unknown_name_suggests_similar(self):
         with pytest.raises(
             ShiftlabError,
-            match=r"^model: unknown model 'resnet19': not bundled \(article, simple_cnn, circular_cnn\) nor a torchvision architecture; similar: resnet101, ",
+            match=r"^model: unknown model 'resnet19': not bundled \(article, simple_cnn, circular_cnn, digits_cnn\) "
+            r"nor a torchvision architecture; similar: resnet101, ",
         ):
             load_model("resnet19")
 

@@ -2,7 +2,8 @@
 
 A model spec is one of:
 
-* the name of a bundled network (:data:`BUNDLED_MODELS`: ``article``, ``simple_cnn``, ``circular_cnn``);
+* the name of a bundled network (:data:`BUNDLED_MODELS`: ``article``, ``simple_cnn``, ``circular_cnn``,
+  ``digits_cnn``);
 * a torchvision architecture name (``resnet18``, ``vgg11``, ``mobilenet_v3_small``,
   ``convnext_tiny``, ...), when torchvision is installed; built with random weights
   (``weights=None``: nothing is ever downloaded);
@@ -26,18 +27,20 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from shiftlab.errors import ShiftlabError, check, check_choice, fail, first_line
+from shiftlab.errors import ShiftlabError, check, check_choice, check_int, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
 
 __all__ = [
     "BUNDLED_MODELS",
     "ArticleNet",
+    "DigitsCNN",
     "ModelInfo",
     "SimpleCNN",
     "DTYPES",
@@ -113,6 +116,61 @@ class SimpleCNN(nn.Module):
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
 
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+#: The padding modes of :class:`torch.nn.Conv2d`.
+PADDING_MODES: tuple[PaddingMode, ...] = ("zeros", "reflect", "replicate", "circular")
+
+
+class DigitsCNN(nn.Module):
+    """The reference classifier for 28x28 digits (:func:`shiftlab.digits.load_digits`); ``digits_cnn`` is it, trained.
+
+    Five 3x3 convolutions with batch norm and ReLU, and two downsampling layers of the kinds that anti-aliasing
+    (BlurPool) and polyphase sampling (APS) replace: a 2x2 max pooling (28 -> 14) and a stride-2 convolution
+    (14 -> 7); then global average pooling and a linear head. Feature maps are even-sized before each stride-2
+    layer, so none drops a row or column. Two convolutions at 7x7 give a receptive field of 28 pixels, the whole
+    digit, before the average pooling.
+
+    Args:
+        in_channels: input channels (1 for the digits).
+        classes: number of outputs.
+        width: channels of the first convolution (then ``2 width``, ``2 width``, ``4 width``, ``4 width``).
+        padding_mode: padding of every convolution (``zeros``, ``reflect``, ``replicate`` or ``circular``).
+
+    Shape:
+        - input: :math:`(N, C_{in}, H, W)`, for the digits :math:`(N, 1, 28, 28)`
+        - output: :math:`(N, classes)`, logits
+
+    Example:
+        >>> DigitsCNN()(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, in_channels: int = 1, classes: int = 10, width: int = 16, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        in_channels = check_int(in_channels, "in_channels", minimum=1)
+        classes = check_int(classes, "classes", minimum=1)
+        width = check_int(width, "width", minimum=1)
+        padding: PaddingMode = check_choice(padding_mode, "padding_mode", PADDING_MODES)
+
+        def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+            return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, padding_mode=padding, bias=False)
+
+        self.features = nn.Sequential(
+            conv(in_channels, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            conv(width, 2 * width), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            conv(2 * width, 2 * width, stride=2), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+            conv(2 * width, 4 * width), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
+            conv(4 * width, 4 * width), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Where a model came from and what input it expects."""
@@ -122,6 +180,18 @@ class ModelInfo:
     in_channels: int
     normalize: str  # "imagenet" or "none": what the CLI applies to images for this model
     description: str = ""
+
+
+#: The weights of ``digits_cnn``, written by ``scripts/train_reference.py`` (protocol and accuracy in the JSON beside).
+DIGITS_CNN_WEIGHTS = "digits_cnn_baseline.safetensors"
+
+
+def _trained_digits_cnn() -> DigitsCNN:
+    """:class:`DigitsCNN` with the weights that ship with shiftlab (trained on the bundled digits' training split)."""
+    model = DigitsCNN()
+    with resources.as_file(resources.files("shiftlab").joinpath(f"assets/{DIGITS_CNN_WEIGHTS}")) as path:
+        load_weights(model, path)
+    return model
 
 
 #: The networks that ship with shiftlab: name -> (factory, in_channels, description).
@@ -136,6 +206,12 @@ BUNDLED_MODELS: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
         lambda: SimpleCNN(padding_mode="circular", strided=False),
         3,
         "the same with circular padding and no stride: exactly equivariant to circular shifts",
+    ),
+    "digits_cnn": (
+        _trained_digits_cnn,
+        1,
+        "digit classifier for 28x28 gray images in [0, 1], trained on shiftlab.digits' MNIST 5k training split: "
+        "conv-BN-ReLU, max pool, strided conv, global average pool, linear (zero padding)",
     ),
 }
 
