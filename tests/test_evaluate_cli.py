@@ -259,3 +259,35 @@ def test_loader_workers_do_not_change_the_numbers(capsys, folder, tmp_path):
     assert (tmp_path / "workers" / "evaluation.json").read_text() == (
         tmp_path / "alone" / "evaluation.json"
     ).read_text()
+
+
+@pytest.mark.slow
+def test_bundled_digits_reproduce_the_shipped_accuracy(capsys, tmp_path):
+    """evaluate's unshifted accuracy of digits_cnn on --data digits equals what its training script recorded."""
+    record = json.loads((SOURCE / "shiftlab" / "assets" / "digits_cnn_baseline.json").read_text())
+    out = tmp_path / "digits"
+    arguments = ["evaluate", "--model", "digits_cnn", "--data", "digits", "--workers", "0", "--out", str(out)]
+    status, stdout, err = run(capsys, *arguments, "--metrics", "shift-accuracy", "--shifts", "0,0")
+    assert status == 0, err
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["protocol"]["data"]["classes"] == [str(digit) for digit in range(10)]
+    accuracy = evaluation["results"]["digits_cnn"]["shift-accuracy"]
+    assert accuracy["images"] == record["test_images"] == 1000
+    assert round(accuracy["accuracy_unshifted"] * accuracy["images"]) == record["test_correct"]
+
+
+@pytest.mark.slow
+def test_demo_evaluation_section():
+    from shiftlab.experiments.evaluation import DEMO_DIGITS, demo_evaluation_sections
+
+    sections = demo_evaluation_sections()
+    assert [section.key for section in sections] == [
+        "evaluation",
+        "evaluate-consistency",
+        "evaluate-diagonal",
+        "evaluate-imagenet-p",
+    ]
+    assert sections[0].data["images"] == {"total": DEMO_DIGITS, "evaluated": DEMO_DIGITS, "skipped": 0}
+    consistency = sections[1].data["results"]["digits_cnn"]
+    assert 0.5 < consistency["consistency"] < 1.0  # a zero-padded, strided network: high, and not perfect
+    assert all(finding.holds is not False for section in sections for finding in section.findings)

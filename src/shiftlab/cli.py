@@ -105,10 +105,11 @@ def run_pool(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
     from shiftlab.experiments.article import article_sections, run_article
+    from shiftlab.experiments.evaluation import demo_evaluation_sections
     from shiftlab.experiments.probing import demo_probe_sections
     from shiftlab.report import write_report
 
-    with _progress(4, "demo") as bar:
+    with _progress(5, "demo") as bar:
         bar.set_postfix_str("article experiments")
         results = run_article()
         bar.update()
@@ -117,6 +118,9 @@ def run_demo(args: argparse.Namespace) -> int:
         bar.update()
         bar.set_postfix_str("probing bundled networks")
         sections += demo_probe_sections()
+        bar.update()
+        bar.set_postfix_str("evaluating the digit classifier")
+        sections += demo_evaluation_sections()
         bar.update()
         bar.set_postfix_str("report")
         with staged_directory(args.out) as staging:

@@ -123,7 +123,7 @@ def _resolve_models(
             record["weights"] = (
                 {"file": str(weight), "sha256": _file_digest(Path(weight))}
                 if weight
-                else f"as the spec builds it (random initialisation seeded with {seed})"
+                else f"none given: the spec's own (any random initialisation seeded with {seed})"
             )
             default_label = model if weight is None else f"{model} ({Path(str(weight)).name})"
         elif isinstance(model, nn.Module):

@@ -106,6 +106,7 @@ def show_sequence_flips(result: Any, *, dpi: int = 100) -> Figure:
     right.set_xlabel("horizontal shift of the picture (px)")
     right.set_ylabel("images (%)")
     for axes in (left, right):
+        axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     return figure
