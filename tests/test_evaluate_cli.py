@@ -291,3 +291,25 @@ def test_demo_evaluation_section():
     consistency = sections[1].data["results"]["digits_cnn"]
     assert 0.5 < consistency["consistency"] < 1.0  # a zero-padded, strided network: high, and not perfect
     assert all(finding.holds is not False for section in sections for finding in section.findings)
+
+
+def test_weights_per_model(capsys, folder, tmp_path):
+    from evaluation_nets import small_classifier
+
+    weights = tmp_path / "trained.pt"
+    model = small_classifier()
+    with torch.no_grad():
+        model[-1].bias.copy_(torch.arange(10.0))  # class 9 wins everywhere: a different model
+    torch.save(model.state_dict(), weights)
+    spec = f"{NETS}:small_classifier"
+    arguments = ["evaluate", "--model", spec, "--weights", str(weights), "--model", spec, "--weights", "-"]
+    arguments += ["--data", str(folder), *COMMON, "--metrics", "diagonal", "--out", str(tmp_path / "out")]
+    status, _, err = run(capsys, *arguments)
+    assert status == 0, err
+    evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert evaluation["models"] == [f"{spec} (trained.pt)", spec]
+    assert evaluation["protocol"]["models"][f"{spec} (trained.pt)"]["weights"]["file"] == str(weights)
+    status, _, err = run(
+        capsys, "evaluate", "--model", spec, "--model", spec, "--weights", str(weights), *arguments[9:]
+    )
+    assert_one_line_error(status, err, "weights: give one weights file per model (2 model(s), 1 weights file(s))")

@@ -301,7 +301,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         mean=_floats(args.mean, "--mean"),
         std=_floats(args.std, "--std"),
-        weights=args.weights,
+        weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
         seed=args.seed,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="FILE",
-        help="state_dict (.pt/.safetensors) for each --model, in order",
+        help="state_dict (.pt/.safetensors) for each --model, in order; - for a model without",
     )
     evaluation.add_argument("--data", required=True, metavar="DATA", help="folder, list file or bundled data set")
     evaluation.add_argument(
