@@ -14,13 +14,18 @@ resnet18 at 224x224, random weights, horizontal shifts 1..8, circular mode):
   shifted), every activation of the same layers stored, then compared with the
   same metrics and the same alignments (16 single-image passes for 8 shifts).
 
-Reported, as medians over repeats: probe time / bare time (target <= 1.25 on a
-CPU), naive time / probe time (target >= 1.7 at 8 shifts on a CPU), and peak
-memory / peak memory of the bare forward (target <= 1.5). Peak memory is measured
-in fresh processes (the median of three per variant): the rise of the resident set (CPU) or of
-torch.cuda.max_memory_allocated (GPU) above what the model and inputs hold. On
-the CPU, one-time costs (importing numba, loading the probe's compiled kernels)
-are paid first in every variant and reported on their own line.
+Reported, as medians over repeats: probe time / bare time (target <= 1.5 on a
+CPU, stretch 1.3), naive time / probe time (target >= 1.7 at 8 shifts on a CPU),
+and peak memory / peak memory of the bare forward (target <= 1.5). Peak memory is
+measured in fresh processes (the median of three per variant): the rise of the
+resident set (CPU) or of torch.cuda.max_memory_allocated (GPU) above what the
+model and inputs hold. One-time costs (a first probe of a tiny network) are paid
+first in every variant and reported on their own line.
+
+Streaming: the probe reads its inputs as a stream, so its peak memory must not
+grow with the number of images. Measured in fresh processes: a probe over a
+generator of 8 images, then of 64 (made one at a time from a seed), one image
+per batch, peak resident set above the baseline.
 
     python benchmarks/bench_probe.py                 # CPU, resnet18, 224, shifts 1..8
     python benchmarks/bench_probe.py --device cuda   # same on a GPU
@@ -46,7 +51,6 @@ from torch import nn
 
 from shiftlab._compare import alignment_candidates
 from shiftlab.equivariance import feature_stride, shifted_inputs
-from shiftlab.metrics import ErrorSums
 from shiftlab.probe import probe, select_layers
 
 
@@ -77,19 +81,36 @@ def layer_spec(types: str | None) -> Any:
     return lambda name, module: type(module).__name__ in names
 
 
+def _naive_error(output: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(relative L2 error, max abs error) of ``output`` against ``reference``, in float64."""
+    difference = (output - reference).double()
+    norm = float(reference.double().square().sum().sqrt())
+    error = float(difference.square().sum().sqrt())
+    return (error / norm if norm > 0 else (0.0 if error == 0 else math.inf)), float(difference.abs().max())
+
+
 def naive(
     model: nn.Module, image: torch.Tensor, shifts: list[tuple[int, int]], mode: str, layers_spec: Any = None
-) -> dict[str, list[ErrorSums]]:
-    """The straightforward way: per shift, two passes, keep every activation, compare afterwards."""
+) -> dict[str, list[float]]:
+    """The straightforward way: per shift, two passes, keep every activation, compare afterwards.
+
+    Returns, per layer, the relative L2 error of each shift after the best floor/ceiling alignment.
+    """
     layers = select_layers(model, layers_spec)
-    results: dict[str, list[ErrorSums]] = {}
+    results: dict[str, list[float]] = {}
     for dy, dx in shifts:
         reference_input, moved = shifted_inputs(image, [(dy, dx)], mode)
         stored: list[dict[str, torch.Tensor]] = []
         for batch in (reference_input, moved[0]):
             activations: dict[str, torch.Tensor] = {}
 
-            def keep(module: nn.Module, inputs: Any, output: torch.Tensor, name: str) -> None:
+            def keep(
+                module: nn.Module,
+                inputs: Any,
+                output: torch.Tensor,
+                name: str,
+                activations: dict[str, torch.Tensor] = activations,
+            ) -> None:
                 label = (
                     name
                     if name not in activations
@@ -111,32 +132,12 @@ def naive(
             output = stored[1][name]
             if reference.ndim == 4 and reference.shape[-1] * reference.shape[-2] > 1:
                 stride = feature_stride(image.shape[-2:], reference.shape)
-                best = None
-                for oy, ox in alignment_candidates(dy, dx, stride):
-                    moved_reference = torch.roll(reference, shifts=(oy, ox), dims=(-2, -1))
-                    difference = (output - moved_reference).double()
-                    sums = ErrorSums(
-                        float((difference**2).sum()),
-                        float((moved_reference.double() ** 2).sum()),
-                        float((output.double() ** 2).sum()),
-                        float((output.double() * moved_reference.double()).sum()),
-                        float(difference.abs().max()),
-                        difference.numel(),
-                        difference.numel(),
-                    )
-                    if best is None or sums.result().rel_l2 < best.result().rel_l2:
-                        best = sums
-            else:
-                difference = (output - reference).double()
-                best = ErrorSums(
-                    float((difference**2).sum()),
-                    float((reference.double() ** 2).sum()),
-                    float((output.double() ** 2).sum()),
-                    float((output.double() * reference.double()).sum()),
-                    float(difference.abs().max()),
-                    difference.numel(),
-                    difference.numel(),
+                best = min(
+                    _naive_error(output, torch.roll(reference, shifts=offset, dims=(-2, -1)))[0]
+                    for offset in alignment_candidates(dy, dx, stride)
                 )
+            else:
+                best = _naive_error(output, reference)[0]
             results.setdefault(name, []).append(best)
     return results
 
@@ -190,10 +191,19 @@ def measure_memory(args: argparse.Namespace) -> None:
     """Child process: run one variant once and print its peak memory above the baseline."""
     model, image, shifts = build(args)
     batch = probe_batch(image, shifts, args.mode)
+
+    def stream(count: int):
+        for index in range(count):  # one image at a time, made from its own seed: never all of them at once
+            yield torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(index)).to(args.device)
+
     variants = {
         "bare": lambda: model(batch),
         "probe": lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)),
         "naive": lambda: naive(model, image, shifts, args.mode, layer_spec(args.layer_types)),
+        "stream8": lambda: probe(model, stream(8), shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)),
+        "stream64": lambda: probe(
+            model, stream(64), shifts=shifts, mode=args.mode, layers=layer_spec(args.layer_types)
+        ),
     }
     run = variants[args.memory_child]
     if args.device.startswith("cuda"):
@@ -208,9 +218,9 @@ def measure_memory(args: argparse.Namespace) -> None:
         print(json.dumps({"peak": torch.cuda.max_memory_allocated() - baseline}))
         return
     # On the CPU, the high-water mark of the resident set (VmHWM) above the resident set before the run.
-    # One-time costs are paid first, in every variant alike, and reported apart: importing numba and
-    # loading the probe's compiled kernels (a probe of a tiny network does both). The mark is then
-    # reset (Linux: "5" into /proc/self/clear_refs) so that it starts from the current resident set.
+    # One-time costs are paid first, in every variant alike, and reported apart (a probe of a tiny network:
+    # lazy imports, first-call allocations). The mark is then reset (Linux: "5" into /proc/self/clear_refs)
+    # so that it starts from the current resident set.
     before = rss_bytes()
     tiny = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"), nn.ReLU()).eval()
     probe(tiny, torch.rand(1, 1, 8, 8), shifts=[(0, 1)])
@@ -284,9 +294,13 @@ def main() -> None:
     parser.add_argument(
         "--layer-types",
         default=None,
-        help="watch only modules of these class names (comma-separated, e.g. Conv2d,BasicBlock); default: probe's default layers",
+        help="watch only modules of these class names (comma-separated, e.g. Conv2d,BasicBlock); default: probe's "
+        "default layers",
     )
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--streaming", action="store_true", help="also measure peak memory of a probe over 8 and over 64 images"
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -311,7 +325,8 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
     # The resident set's high-water mark moves with the allocator's choices (heap or fresh pages) from one
     # process to the next: the median of three fresh processes per variant.
-    measured = {name: [child_memory(args, name) for _ in range(3)] for name in ("bare", "probe", "naive")}
+    names = ("bare", "probe", "naive") + (("stream8", "stream64") if args.streaming else ())
+    measured = {name: [child_memory(args, name) for _ in range(3)] for name in names}
     memory = {name: int(statistics.median(values["peak"] for values in runs)) for name, runs in measured.items()}
     one_time = int(statistics.median(values.get("one_time", 0) for values in measured["probe"]))
 
@@ -321,7 +336,7 @@ def main() -> None:
     worst = math.nan  # the naive comparator moves maps circularly: a check only in circular mode
     for row in fast.rows if args.mode == "circular" else []:
         worst = 0.0 if math.isnan(worst) else worst
-        expected = slow[row["layer"]][shifts.index((row["dy"], row["dx"]))].result().rel_l2
+        expected = slow[row["layer"]][shifts.index((row["dy"], row["dx"]))]
         if math.isfinite(expected) and math.isfinite(row["rel_l2"]):
             worst = max(worst, abs(row["rel_l2"] - expected) / max(expected, 1e-6))
 
@@ -356,18 +371,26 @@ def main() -> None:
         print(f"{name:<8} {medians[name]:>10.4f} {memory[name] / 2**20:>10.1f}")
     print(f"read_once {medians['read_once']:>9.4f}          (floor: the same hooks, each reading its output once)")
     print(
-        f"probe / bare time   {result['probe_over_bare']:.3f}   (target <= 1.25 on CPU; floor read_once / bare {result['read_once_over_bare']:.3f})"
+        f"probe / bare time   {result['probe_over_bare']:.3f}   (target <= 1.5 on CPU, stretch 1.3;"
+        f" floor read_once / bare {result['read_once_over_bare']:.3f})"
     )
     print(f"naive / probe time  {result['naive_over_probe']:.3f}   (target >= 1.7 at 8 shifts on CPU)")
     print(f"probe / bare memory {result['probe_memory_over_bare']:.3f}   (target <= 1.5)")
     print(
-        f"once per process, before any of these: numba and the probe's compiled kernels, {one_time / 2**20:.0f} MiB resident"
+        f"once per process, before any of these: a first probe of a tiny network, {one_time / 2**20:.0f} MiB resident"
     )
     print(
         f"probe vs naive rel_l2, largest relative disagreement: {worst:.2e}"
         if not math.isnan(worst)
         else "probe vs naive: not compared (the naive comparator implements circular moves only)"
     )
+    if args.streaming:
+        grown = memory["stream64"] / memory["stream8"] if memory["stream8"] > 0 else math.nan
+        result["stream_memory_64_over_8"] = grown
+        print(
+            f"streaming: peak {memory['stream8'] / 2**20:.1f} MiB for 8 images, {memory['stream64'] / 2**20:.1f} MiB"
+            f" for 64 (ratio {grown:.3f}; flat means memory does not grow with the number of images)"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

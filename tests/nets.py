@@ -18,7 +18,7 @@ def pooled_net(seed: int = 0) -> nn.Sequential:
 
 
 def fcn_stride_four(seed: int = 0) -> nn.Sequential:
-    """Zero padding; conv - ReLU - maxpool(2) - conv stride 2: total stride 4, exact away from the border for multiples of 4."""
+    """Zero padding; conv - ReLU - maxpool(2) - conv stride 2: total stride 4, exact off the border for multiples."""
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1),

@@ -296,20 +296,41 @@ class TestAtomicOutput:
 
 
 class TestEntryPoint:
-    def test_console_script_help_everywhere(self):
-        for argv in ([], ["demo"], ["edges"], ["pool"], ["probe"], ["samples"], ["kernels"]):
-            result = subprocess.run(
-                [sys.executable, "-m", "shiftlab.cli", *argv, "--help"], capture_output=True, text=True, check=False
-            )
-            assert result.returncode == 0, result.stderr
-            assert "usage: shiftlab" in result.stdout
-
-    def test_usage_error_is_exit_2(self):
+    def test_console_script_help(self):
+        # One real process for the entry point; every command's --help in this process (a process each costs
+        # an import of torch, seconds).
         result = subprocess.run(
-            [sys.executable, "-m", "shiftlab.cli", "pool"], capture_output=True, text=True, check=False
+            [sys.executable, "-m", "shiftlab.cli", "--help"], capture_output=True, text=True, check=False
         )
-        assert result.returncode == 2
-        assert "IMAGE" in result.stderr
+        assert result.returncode == 0, result.stderr
+        assert "usage: shiftlab" in result.stdout
+
+    @pytest.mark.parametrize("command", ["demo", "edges", "pool", "probe", "samples", "kernels"])
+    def test_help_everywhere(self, command, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"usage: shiftlab {command}" in capsys.readouterr().out
+
+    def test_usage_error_is_exit_2(self, capsys):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["pool"])
+        assert exit_info.value.code == 2
+        assert "IMAGE" in capsys.readouterr().err
+
+    def test_a_bug_in_shiftlab_is_reported_as_one_with_status_1(self, capsys, monkeypatch):
+        # A fault inside the probe's hook: the traceback, a line asking for a report, status 1, nothing written.
+        def broken(*args, **kwargs):
+            raise IndexError("list index out of range")
+
+        monkeypatch.setattr("shiftlab.equivariance.pair_sums", broken)
+        status, _, err = run(capsys, "probe", "--model", "circular_cnn", "--images", "pixel_a", "--out", "never")
+        assert status == 1
+        assert "Traceback (most recent call last)" in err and "IndexError: list index out of range" in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("shiftlab: shiftlab internal error: the probe's hook on layer")
+        assert "a bug in shiftlab" in last and "please report it" in last
+        assert not Path("never").exists()
 
     def test_samples_and_kernels_listed(self, capsys):
         status, stdout, _ = run(capsys, "samples")

@@ -86,7 +86,7 @@ class TestAgainstTorchvision:
             [v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         )
         prepare = Preprocess.make(channels=3, resize=256, crop=224, normalize="imagenet")
-        # shiftlab clamps the antialiased resize to [0, 1] (images are in [0, 1]); compare where torchvision stays inside
+        # shiftlab clamps the antialiased resize to [0, 1] (images are in [0, 1]); compare where torchvision is inside
         resized = v2.Resize(256, antialias=True)(image)
         inside = ((resized >= 0) & (resized <= 1)).all(dim=0)
         ours, theirs = prepare.apply(image), reference(image)

@@ -10,7 +10,7 @@ obvious numpy reference (``np.roll`` or a pixel-by-pixel zero fill, masked).
 from __future__ import annotations
 
 import math
-import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -18,17 +18,19 @@ import torch
 from nets import fcn_stride_four
 from torch import nn
 
-from shiftlab import _fused, convolve, max_pool
-from shiftlab._compare import Scratch, alignment_candidates, compare_shifts, compare_whole
+from shiftlab import convolve, max_pool
+from shiftlab._compare import Scratch, alignment_candidates, comparison_pairs, pair_sums, whole_sums
 from shiftlab.equivariance import (
     NOTE_GLOBAL,
     NOTE_NOT_MULTIPLE,
     NOTE_WHOLE_MAP,
     EquivarianceResult,
+    ShiftComparison,
     equivariance_error,
     feature_stride,
 )
 from shiftlab.errors import ShiftlabError
+from shiftlab.metrics import map_error
 
 EXACT = 1e-6
 
@@ -46,7 +48,7 @@ def circular_conv_net(channels: int = 3, seed: int = 0) -> nn.Module:
     ).eval()
 
 
-# --------------------------------------------------------------------------- _compare: reference
+# --------------------------------------------------------------------------- the numpy reference
 
 
 def reference_sums(
@@ -95,53 +97,58 @@ def candidates(dy: int, dx: int, stride: tuple[int, int]) -> set[tuple[int, int]
     return {(oy, ox) for oy in axis(dy, stride[0]) for ox in axis(dx, stride[1])}
 
 
-def assert_sums_close(sums, expected: dict[str, float], rel: float = 1e-6) -> None:
+class Found(NamedTuple):
+    """One pair's sums, read back."""
+
+    squared_difference: float
+    squared_reference: float
+    squared_output: float
+    max_abs: float
+    compared: int
+    total: int
+
+    @property
+    def rel_l2(self) -> float:
+        return map_error(*self).rel_l2
+
+
+def compare_shifts(reference, shifted, shifts, *, stride, circular, core=None, scratch=None) -> list[dict]:
+    """pair_sums for every shift and candidate, read back: one ``{alignment: Found}`` per shift."""
+    pairs = comparison_pairs(shifts, stride)
+    maps = torch.cat([reference[None], shifted.to(reference.dtype)])
+    sums = pair_sums(maps, pairs, circular=circular, core=core, scratch=scratch)
+    assert sums.squares.dtype == sums.largest.dtype == torch.float64 and sums.compared.dtype == torch.int64
+    squares, largest, compared = sums.squares.tolist(), sums.largest.tolist(), sums.compared.tolist()
+    results: list[dict] = [{} for _ in shifts]
+    for position, (index, offset) in enumerate(pairs):
+        results[index][offset] = Found(*squares[position], largest[position], compared[position], sums.total)
+    return results
+
+
+def assert_sums_close(sums: Found, expected: dict[str, float], rel: float = 1e-6) -> None:
     assert sums.compared == expected["compared"]
     assert sums.total == expected["total"]
     for name in ("squared_difference", "squared_reference", "squared_output", "max_abs"):
         assert getattr(sums, name) == pytest.approx(expected[name], rel=rel, abs=1e-12), name
-    # The dot product is derived from the three squared norms, so its error scales with them.
-    scale = expected["squared_reference"] + expected["squared_output"]
-    assert sums.dot == pytest.approx(expected["dot"], abs=rel * scale + 1e-12)
 
 
 def run_compare(reference: torch.Tensor, shifted: torch.Tensor, shifts, stride, circular, core=None, scratch=None):
     results = compare_shifts(reference, shifted, shifts, stride=stride, circular=circular, core=core, scratch=scratch)
     assert len(results) == len(shifts)
-    ref_np = reference.double().numpy()
-    core_np = None if core is None else core.numpy()
+    ref_np = reference.double().cpu().numpy()
+    core_np = None if core is None else core.cpu().numpy()
     for index, ((dy, dx), found) in enumerate(zip(shifts, results)):
         assert set(found) == candidates(dy, dx, stride)
         for offset, sums in found.items():
-            assert_sums_close(sums, reference_sums(ref_np, shifted[index].double().numpy(), offset, circular, core_np))
+            expected = reference_sums(ref_np, shifted[index].double().cpu().numpy(), offset, circular, core_np)
+            assert_sums_close(sums, expected)
     return results
 
 
 # --------------------------------------------------------------------------- _compare
 
-# The comparison has three code paths that must agree with the numpy reference: torch operations
-# (CUDA, half precision, no numba), the fused kernels on the calling thread, and the fused kernels
-# on torch's OpenMP team (two threads, whatever the machine).
-BACKENDS = ["torch", "fused", "fused_team"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    if request.param == "torch":
-        monkeypatch.setenv("SHIFTLAB_FUSED", "0")
-    else:
-        monkeypatch.delenv("SHIFTLAB_FUSED", raising=False)
-        threads = torch.get_num_threads()
-        if request.param == "fused_team":
-            if _fused._TEAM is None:
-                pytest.skip("torch's OpenMP runtime was not found: the fused kernels run on the calling thread")
-            monkeypatch.setattr("shiftlab._compare._VALUES_PER_THREAD", 1)
-            monkeypatch.setattr("shiftlab._fused.BLOCK", 1)  # a block per plane: many chunks to share out
-            torch.set_num_threads(2)
-        else:
-            monkeypatch.setattr("shiftlab._compare._VALUES_PER_THREAD", 1 << 62)
-        request.addfinalizer(lambda: torch.set_num_threads(threads))
-    return request.param
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 
 
 class TestAlignmentCandidates:
@@ -158,23 +165,28 @@ class TestAlignmentCandidates:
     def test_floor_and_ceiling(self, dy, dx, stride, expected):
         assert alignment_candidates(dy, dx, stride) == expected
 
+    def test_pairs_grouped_by_alignment(self):
+        pairs = comparison_pairs([(0, 1), (0, 2), (0, 3)], (1, 2))
+        assert pairs == [(0, (0, 0)), (0, (0, 1)), (1, (0, 1)), (2, (0, 1)), (2, (0, 2))]
 
-@pytest.mark.usefixtures("backend")
+
 class TestCompareShifts:
+    @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (5, 6), (1, 11, 4)])
     @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (2, 3)])
-    def test_circular(self, generator, shape, stride):
+    def test_circular(self, generator, shape, stride, device):
         shifts = [(0, 0), (1, 2), (-3, 1), (4, -5), (9, -13), (-20, 31)]  # incl. larger than half the size
-        reference = torch.randn(shape, generator=generator)
-        shifted = torch.randn((len(shifts), *shape), generator=generator)
+        reference = torch.randn(shape, generator=generator).to(device)
+        shifted = torch.randn((len(shifts), *shape), generator=generator).to(device)
         run_compare(reference, shifted, shifts, stride, circular=True)
 
+    @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (5, 6), (1, 11, 4)])
     @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (3, 2)])
-    def test_zero_fill(self, generator, shape, stride):
+    def test_zero_fill(self, generator, shape, stride, device):
         shifts = [(0, 0), (1, 2), (-3, 1), (4, -5), (-2, -2)]
-        reference = torch.randn(shape, generator=generator)
-        shifted = torch.randn((len(shifts), *shape), generator=generator)
+        reference = torch.randn(shape, generator=generator).to(device)
+        shifted = torch.randn((len(shifts), *shape), generator=generator).to(device)
         run_compare(reference, shifted, shifts, stride, circular=False)
 
     @pytest.mark.parametrize("box", [(1, 6, 2, 7), (0, 9, 0, 8), (3, 4, 3, 4), (2, 9, 0, 5)])
@@ -208,20 +220,6 @@ class TestCompareShifts:
         run_compare(reference, shifted, shifts, (1, 1), circular=False, core=core)
         run_compare(reference, shifted, shifts, (2, 1), circular=False, core=core)
 
-    def test_the_chosen_path_runs(self, generator, backend, monkeypatch):
-        calls = []
-        for name in ("circular_sums", "box_sums"):
-            original = getattr(_fused, name)
-            monkeypatch.setattr(
-                _fused, name, lambda *args, original=original, name=name: calls.append(name) or original(*args)
-            )
-        reference = torch.randn(2, 6, 10, generator=generator)
-        shifted = torch.randn(2, 2, 6, 10, generator=generator)
-        for circular in (True, False):
-            run_compare(reference, shifted, [(0, 1), (1, -1)], (1, 1), circular=circular)
-        run_compare(reference.double(), shifted.double(), [(0, 1)], (1, 1), circular=True)  # float64: torch operations
-        assert calls == ([] if backend == "torch" else ["circular_sums", "box_sums"])
-
     @pytest.mark.parametrize("circular", [True, False])
     def test_infinity_and_nan_come_out_as_torch_gives_them(self, generator, circular):
         reference = torch.randn(2, 6, 10, generator=generator)
@@ -247,14 +245,14 @@ class TestCompareShifts:
         (found,) = compare_shifts(reference, shifted, [(0, 6)], stride=(1, 1), circular=False)
         sums = found[(0, 6)]
         assert (sums.compared, sums.total) == (0, 60)
-        assert math.isnan(sums.result().rel_l2)
+        assert math.isnan(sums.rel_l2)
 
     def test_equal_maps_give_zero(self, generator):
         image = torch.randn(2, 3, 8, 10, generator=generator)
         shifts = [(2, -4), (-6, 10), (3, 3)]
         shifted = torch.stack([torch.roll(image, (dy // 2, dx // 2), (-2, -1)) for dy, dx in shifts])
         for found, (dy, dx) in zip(compare_shifts(image, shifted, shifts, stride=(2, 2), circular=True), shifts):
-            assert found[(dy // 2, dx // 2)].result().rel_l2 == 0.0
+            assert found[(dy // 2, dx // 2)].rel_l2 == 0.0
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("circular", [True, False])
@@ -323,57 +321,81 @@ class TestCompareShifts:
             assert sums.compared == out.size
 
 
-def test_without_the_fused_kernels(generator, monkeypatch):
-    # numba missing (or failing to compile): one warning, then torch operations, with the same sums.
-    import builtins
-
-    real_import = builtins.__import__
-
-    def failing_import(name, *args, **kwargs):
-        if name == "shiftlab" and args[2] and "_fused" in args[2]:
-            raise ImportError("No module named 'numba'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.delenv("SHIFTLAB_FUSED", raising=False)
-    monkeypatch.setattr("shiftlab._compare._fused_module", None)
-    monkeypatch.setattr(builtins, "__import__", failing_import)
-    reference = torch.randn(2, 6, 10, generator=generator)
-    shifted = torch.randn(2, 2, 6, 10, generator=generator)
-    with pytest.warns(RuntimeWarning, match="fused CPU kernels are unavailable .ImportError: No module named 'numba'"):
-        run_compare(reference, shifted, [(0, 1), (1, -1)], (1, 1), circular=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # said once per process
-        run_compare(reference, shifted, [(0, 1), (1, -1)], (1, 1), circular=False)
-
-
-class TestCompareWhole:
+class TestWholeSums:
     @pytest.mark.parametrize("shape", [(3, 10), (10,), (2, 4, 1, 1), (1,)])
     def test_matches_numpy(self, generator, shape):
         reference = torch.randn(shape, generator=generator)
         shifted = torch.randn((4, *shape), generator=generator)
         shifted[0] = reference
-        results = compare_whole(reference, shifted)
-        assert len(results) == 4
-        assert results[0].result().rel_l2 == 0.0
-        for index, sums in enumerate(results):
+        sums = whole_sums(reference, shifted)
+        squares, largest, compared = sums.squares.tolist(), sums.largest.tolist(), sums.compared.tolist()
+        assert len(squares) == 4
+        assert Found(*squares[0], largest[0], compared[0], sums.total).rel_l2 == 0.0
+        for index in range(4):
             a, b = shifted[index].double().numpy().ravel(), reference.double().numpy().ravel()
             expected = {
                 "squared_difference": float(((a - b) ** 2).sum()),
                 "squared_reference": float((b**2).sum()),
                 "squared_output": float((a**2).sum()),
-                "dot": float((a * b).sum()),
                 "max_abs": float(np.abs(a - b).max()),
                 "compared": a.size,
                 "total": a.size,
             }
-            assert_sums_close(sums, expected, rel=1e-12)
+            assert_sums_close(Found(*squares[index], largest[index], compared[index], sums.total), expected, rel=1e-12)
 
     def test_half_precision(self, generator):
         reference = torch.randn(2, 10, generator=generator).to(torch.bfloat16)
         shifted = torch.randn(3, 2, 10, generator=generator).to(torch.bfloat16)
-        sums = compare_whole(reference, shifted)[2]
+        difference = whole_sums(reference, shifted).squares[2, 0].item()
         a, b = shifted[2].double().numpy(), reference.double().numpy()
-        assert sums.squared_difference == pytest.approx(((a - b) ** 2).sum(), rel=1e-12)
+        assert difference == pytest.approx(((a - b) ** 2).sum(), rel=1e-12)
+
+
+class TestShiftComparison:
+    """The accumulator: any split of the images, in any order, merged, gives the same rows."""
+
+    SHIFTS = [(0, 0), (0, 1), (1, 1), (2, -2), (-3, 0)]
+
+    def maps(self, images: int = 6) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(3)
+        reference = torch.randn(images, 3, 8, 10, generator=generator)
+        # f(T_t x): the reference moved by t // 2 plus noise, so every row has a finite, distinct error
+        shifted = [torch.roll(reference, (dy // 2, dx // 2), (-2, -1)) for dy, dx in self.SHIFTS]
+        noise = 0.1 * torch.randn(len(self.SHIFTS), *reference.shape, generator=generator)
+        return torch.cat([reference[None], torch.stack(shifted) + noise])
+
+    @pytest.mark.parametrize("circular", [True, False])
+    def test_any_split_of_images_and_shifts_gives_the_same_rows(self, circular):
+        maps = self.maps()
+        whole = ShiftComparison(self.SHIFTS, stride=(2, 2), circular=circular)
+        whole.update(maps)
+        parts = [ShiftComparison(self.SHIFTS, stride=(2, 2), circular=circular) for _ in range(3)]
+        parts[0].update(maps[:, :2])  # two images, every shift
+        parts[1].update(maps[[0, 3, 1], 2:], indices=[2, 0])  # the other images, shifts in another order...
+        parts[1].update(maps[[0, 2, 4, 5], 2:], indices=[1, 3, 4])  # ... and the rest of them
+        merged = parts[2].merge(parts[0]).merge(parts[1])
+        for mine, theirs in zip(merged.compute(), whole.compute()):
+            assert mine is not None and theirs is not None
+            assert (mine.aligned_dy, mine.aligned_dx, mine.multiple) == (
+                theirs.aligned_dy,
+                theirs.aligned_dx,
+                theirs.multiple,
+            )
+            assert mine.rel_l2 == pytest.approx(theirs.rel_l2, rel=1e-12)
+            assert mine.max_abs == theirs.max_abs and mine.valid_fraction == theirs.valid_fraction
+
+    def test_unmeasured_shifts_are_none_and_logits_agreement(self):
+        comparison = ShiftComparison([(0, 1), (0, 2)], stride=None, logits=True)
+        logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0]], [[0.0, 3.0], [0.0, 1.0]]])  # (1 + 1, 2 images, 2 classes)
+        comparison.update(logits, indices=[1])
+        first, second = comparison.compute()
+        assert first is None and second is not None and second.note == NOTE_GLOBAL
+        assert comparison.top1_agreement() == [None, 0.5]
+
+    def test_bad_indices_are_a_bug_not_bad_input(self):
+        comparison = ShiftComparison([(0, 1)], stride=(1, 1))
+        with pytest.raises(ValueError, match="do not name distinct shifts"):
+            comparison.update(torch.zeros(2, 4, 4), indices=[3])
 
 
 # --------------------------------------------------------------------------- feature_stride
@@ -588,12 +610,28 @@ class TestStrideOverride:
         assert result.stride == (2, 1) and result.errors[0].rel_l2 <= EXACT
 
     @pytest.mark.parametrize(
-        "stride, shown", [(0, (0, 0)), ((1, 2, 3), (1, 2, 3)), ((2, 0), (2, 0)), ((1.5, 1), (1.5, 1))]
+        "stride, message",
+        [
+            (0, "stride: must be an integer >= 1, got 0"),
+            ((1, 2, 3), "stride: must be an integer or a pair of integers, got (1, 2, 3)"),
+            ((2, 0), "stride: must be an integer >= 1, got 0"),
+            ((1.5, 1), "stride: must be an integer, got 1.5"),
+        ],
     )
-    def test_bad_stride(self, stride, shown):
+    def test_bad_stride(self, stride, message):
         with pytest.raises(ShiftlabError) as info:
             equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 1)], stride=stride)
-        assert str(info.value) == f"stride: must be a positive int or a pair of them, got {shown!r}"
+        assert str(info.value) == message
+
+    def test_numpy_and_python_numbers_alike(self):
+        # Every public function takes the same shift types: Python and numpy integers and floats.
+        x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+        shifts = [(np.int64(1), np.int32(2)), (np.float64(3.0), 1), (2, np.int8(-1))]
+        result = equivariance_error(lambda t: t, x, shifts, stride=np.int64(1))
+        assert [(error.dy, error.dx) for error in result.errors] == [(1, 2), (3, 1), (2, -1)]
+        assert all(type(error.dy) is int for error in result.errors)
+        fourier = equivariance_error(lambda t: t, x, [(np.float32(0.5), 0)], mode="fourier")
+        assert fourier.errors[0].dy == 0.5
 
 
 class TestEquivarianceResult:
@@ -690,8 +728,8 @@ class TestEquivarianceErrors:
             ([(0, 0.5)], "shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need mode='fourier'"),
             ([3], "shifts: expected (dy, dx) pairs, got 3"),
             ([(1, 2, 3)], "shifts: expected (dy, dx) pairs, got (1, 2, 3)"),
-            ([(0, math.nan)], "shifts: dx must be a finite number, got nan"),
-            ([("1", 0)], "shifts: dy must be a finite number, got '1'"),
+            ([(0, math.nan)], "shift dx: must be a finite number, got nan"),
+            ([("1", 0)], "shift dy: must be a finite number, got '1'"),
         ],
     )
     def test_bad_shifts(self, shifts, message):
@@ -702,11 +740,3 @@ class TestEquivarianceErrors:
     def test_input_needs_two_axes(self):
         with pytest.raises(ShiftlabError, match=r"^x: expected an image or feature map of shape"):
             equivariance_error(lambda t: t, torch.zeros(8), [(0, 1)])
-
-
-def test_team_task_tables_are_checked_before_the_team_starts():
-    # A table shorter than its task reads would send the compiled task past its end: refused instead.
-    with pytest.raises(ValueError, match="expected 18 entries"):
-        _fused._on_team(_fused._box_task, _fused._BOX_TABLE, 2, 4, [1, 2, 3])
-    with pytest.raises(ValueError, match="C-contiguous"):
-        _fused._on_team(_fused._box_task, _fused._BOX_TABLE, 2, 4, [0] * 8 + [np.zeros((4, 4))[:, ::2]] * 6)

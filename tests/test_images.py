@@ -670,7 +670,8 @@ class TestFileErrors:
         assert_one_line_error(
             info,
             f"image '{path}'",
-            f"has 81,000,000 pixels, more than the limit of {MAX_PIXELS:,} (a decompression bomb?); pass max_pixels= to allow it",
+            f"has 81,000,000 pixels, more than the limit of {MAX_PIXELS:,} (a decompression bomb?); pass max_pixels= "
+            "to allow it",
         )
 
     def test_max_pixels_above_pillows_limit_is_honoured(self, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.metrics import ErrorSums, MapError, compare_maps
+from shiftlab.metrics import MapError, compare_maps, map_error
 
 
 def numpy_metrics(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float, float, float]:
@@ -106,49 +106,32 @@ class TestCompareMaps:
         assert str(info.value) == "output: shape (2, 3) differs from the reference's (3, 2)"
 
 
-class TestErrorSums:
-    def test_of_matches_numpy(self, generator):
+class TestMapError:
+    def test_matches_compare_maps_from_the_sums(self, generator):
         a, b = torch.randn(3, 6, 6, generator=generator), torch.randn(3, 6, 6, generator=generator)
         x, y = a.double().numpy(), b.double().numpy()
-        sums = ErrorSums.of(a, b)
-        assert sums.squared_difference == pytest.approx(((x - y) ** 2).sum(), rel=1e-12)
-        assert sums.squared_reference == pytest.approx((y**2).sum(), rel=1e-12)
-        assert sums.squared_output == pytest.approx((x**2).sum(), rel=1e-12)
-        assert sums.dot == pytest.approx((x * y).sum(), rel=1e-12)
-        assert sums.max_abs == pytest.approx(np.abs(x - y).max(), rel=1e-12)
-        assert (sums.compared, sums.total) == (108, 108)
+        sums = (((x - y) ** 2).sum(), (y**2).sum(), (x**2).sum(), np.abs(x - y).max(), x.size, x.size)
+        from_identity = map_error(*sums)
+        direct = compare_maps(a, b)
+        assert from_identity.rel_l2 == pytest.approx(direct.rel_l2, rel=1e-12)
+        assert from_identity.cosine == pytest.approx(direct.cosine, rel=1e-12)
+        assert from_identity.max_abs == direct.max_abs
+        with_dot = map_error(*sums, dot=(x * y).sum())
+        assert with_dot.cosine == pytest.approx(direct.cosine, rel=1e-12, abs=1e-15)
+        assert with_dot.rel_l2 == pytest.approx(direct.rel_l2, rel=1e-12)
 
-    @pytest.mark.parametrize("split", [1, 3, 5])
-    def test_addition_equals_the_concatenation(self, generator, split):
-        a, b = torch.randn(6, 5, 7, generator=generator), torch.randn(6, 5, 7, generator=generator)
-        mask = torch.rand(5, 7, generator=generator) < 0.7
-        whole = ErrorSums.of(a, b, mask)
-        parts = ErrorSums.of(a[:split], b[:split], mask) + ErrorSums.of(a[split:], b[split:], mask)
-        for name in ("squared_difference", "squared_reference", "squared_output", "dot", "max_abs"):
-            assert getattr(parts, name) == pytest.approx(getattr(whole, name), rel=1e-12), name
-        assert (parts.compared, parts.total) == (whole.compared, whole.total)
-        merged, direct = parts.result(), whole.result()
-        assert merged.rel_l2 == pytest.approx(direct.rel_l2, rel=1e-12)
-        assert merged.cosine == pytest.approx(direct.cosine, rel=1e-12)
-        assert merged.valid_fraction == pytest.approx(direct.valid_fraction)
-
-    def test_addition_with_empty_sums(self, generator):
-        a, b = torch.randn(2, 4, 4, generator=generator), torch.randn(2, 4, 4, generator=generator)
-        sums = ErrorSums.of(a, b)
-        assert sums + ErrorSums() == sums
-        assert ErrorSums() + sums == sums
-
-    def test_empty_mask(self):
-        sums = ErrorSums.of(torch.ones(2, 3, 3), torch.zeros(2, 3, 3), torch.zeros(3, 3, dtype=torch.bool))
-        assert (sums.compared, sums.total, sums.max_abs) == (0, 18, 0.0)
-        assert math.isnan(sums.result().rel_l2)
+    def test_nothing_compared(self):
+        error = map_error(0.0, 0.0, 0.0, 0.0, 0, 18)
+        assert math.isnan(error.rel_l2) and math.isnan(error.cosine) and error.valid_fraction == 0.0
 
     def test_no_total_gives_zero_fraction(self):
-        assert ErrorSums().result().valid_fraction == 0.0
+        assert map_error(0.0, 1.0, 1.0, 0.0, 1, 0).valid_fraction == 0.0
 
     def test_cosine_is_clamped(self):
         # Rounding can push <a, b> / (|a| |b|) slightly beyond 1.
-        sums = ErrorSums(
-            squared_difference=0.0, squared_reference=1.0, squared_output=1.0, dot=1.0 + 1e-12, compared=1, total=1
-        )
-        assert sums.result().cosine == 1.0
+        assert map_error(0.0, 1.0, 1.0, 0.0, 1, 1, dot=1.0 + 1e-12).cosine == 1.0
+        assert map_error(4.0, 1.0, 1.0, 2.0, 1, 1, dot=-1.0 - 1e-12).cosine == -1.0
+
+    def test_zero_reference(self):
+        assert map_error(0.0, 0.0, 0.0, 0.0, 3, 3).rel_l2 == 0.0
+        assert map_error(1.0, 0.0, 1.0, 1.0, 3, 3).rel_l2 == math.inf

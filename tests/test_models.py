@@ -322,7 +322,8 @@ class TestImportSpecs:
             load_model("shiftlab_no_such_module_xyz:build")
         assert (
             str(info.value)
-            == "model: 'shiftlab_no_such_module_xyz:build': importing 'shiftlab_no_such_module_xyz' failed: ModuleNotFoundError: No module named 'shiftlab_no_such_module_xyz'"
+            == "model: 'shiftlab_no_such_module_xyz:build': importing 'shiftlab_no_such_module_xyz' failed: "
+            "ModuleNotFoundError: No module named 'shiftlab_no_such_module_xyz'"
         )
 
     def test_missing_attribute(self, user_module):

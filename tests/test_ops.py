@@ -543,7 +543,8 @@ class TestConvolveErrors:
         [
             (
                 np.zeros(5),
-                r"image: expected an image or feature map of shape \(\.\.\., H, W\), got {} of shape \(5,\) and dtype float64",
+                r"image: expected an image or feature map of shape \(\.\.\., H, W\), got {} of shape \(5,\) and "
+                r"dtype float64",
             ),
             (np.zeros((0, 5)), r"image: is empty: {} of shape \(0, 5\) and dtype float64"),
             (np.zeros((2, 0, 5)), r"image: is empty: {} of shape \(2, 0, 5\) and dtype float64"),

@@ -311,7 +311,8 @@ class TestShiftErrors:
             shift(np.zeros((8, 8)), 0.5, 0, mode=mode)
         assert (
             str(info.value)
-            == f"dy: must be a whole number of pixels in {mode!r} mode, got 0.5; use mode='fourier' for sub-pixel shifts"
+            == f"dy: must be a whole number of pixels in {mode!r} mode, got 0.5; use mode='fourier' for sub-pixel "
+            "shifts"
         )
 
     def test_fractional_dx(self):

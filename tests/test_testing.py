@@ -77,8 +77,8 @@ class TestAssertShiftEquivariant:
             float(candidate[index]) == pytest.approx(float(position.group(6)), rel=1e-3) for candidate in candidates
         )
         assert (
-            "; the shift is not a multiple of the stride (2, 2), so no whole-pixel alignment can match; 1 of 2 shifts fail"
-            in message
+            "; the shift is not a multiple of the stride (2, 2), so no whole-pixel alignment can match; 1 of 2 "
+            "shifts fail" in message
         )
         # a single module has no sub-layers to blame
         assert "first breaks at layer" not in message

@@ -3,8 +3,9 @@
 The public API, re-exported from the modules that define it (nothing is defined here).
 """
 
-from shiftlab.equivariance import EquivarianceResult, ShiftError, equivariance_error, feature_stride
-from shiftlab.errors import ShiftlabError
+from shiftlab.data import Preprocess, prepare_images
+from shiftlab.equivariance import EquivarianceResult, ShiftComparison, ShiftError, equivariance_error, feature_stride
+from shiftlab.errors import InternalError, ShiftlabError
 from shiftlab.evaluate import EvaluationResult, evaluate
 from shiftlab.figures import (
     show_convergence,
@@ -31,9 +32,12 @@ __all__ = [
     "Convolve",
     "EquivarianceResult",
     "EvaluationResult",
+    "InternalError",
     "MapError",
     "MaxPool",
+    "Preprocess",
     "ProbeResult",
+    "ShiftComparison",
     "ShiftError",
     "ShiftlabError",
     "binomial_kernel",
@@ -52,6 +56,7 @@ __all__ = [
     "max_pyramid_depth",
     "parse_shifts",
     "pool_pyramid",
+    "prepare_images",
     "probe",
     "sample_image",
     "select_layers",

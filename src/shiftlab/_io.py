@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from shiftlab.errors import fail
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "staged_directory"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "json_text", "staged_directory", "to_jsonable"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -71,3 +76,33 @@ def staged_directory(out_dir: str | Path) -> Iterator[Path]:
                 os.replace(item, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN and infinities become ``null`` (JSON has no such numbers).
+
+    Example:
+        >>> to_jsonable({"a": (1, np.float32(0.5)), "b": float("nan")})
+        {'a': [1, 0.5], 'b': None}
+    """
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def json_text(payload: Any) -> str:
+    """``payload`` as indented JSON text (see :func:`to_jsonable`), ending with a newline."""
+    return json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n"

@@ -2,20 +2,24 @@
 
 Bad input of any kind ends with one line on stderr, ``shiftlab: error: ...``,
 and exit status 2; output is staged and moved into place only when a command
-succeeds, so a failed run leaves no half-written files.
+succeeds, so a failed run leaves no half-written files. Anything else is a bug
+in shiftlab: its traceback is printed with a line that says so, and the exit
+status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shiftlab import __version__
-from shiftlab.errors import ShiftlabError
+from shiftlab.errors import InternalError, ShiftlabError, first_line
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 1
 
 
 def _progress(total: int, description: str):
@@ -69,7 +73,8 @@ def run_edges(args: argparse.Namespace) -> int:
         np.save(staging / f"{stem}.npy", edges)
         written.append(staging / f"{stem}.npy")
     print(
-        f"{args.image}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]} (min {edges.min():.4g}, max {edges.max():.4g})"
+        f"{args.image}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]} (min "
+        f"{edges.min():.4g}, max {edges.max():.4g})"
     )
     _print_written(args.out, written)
     return 0
@@ -143,7 +148,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 DEMO_SUMMARY = (
     "Convolution commutes with translation; pooling is said to make features invariant to it. "
-    "This report reruns every experiment of the classic tutorial on these ideas, on images bundled with shiftlab, and measures what its pictures only suggest. "
+    "This report reruns every experiment of the classic tutorial on these ideas, on images bundled with shiftlab, "
+    "and measures what its pictures only suggest. "
     "Each claim is checked against a number: a green mark means it holds, a red one that it does not."
 )
 
@@ -158,7 +164,7 @@ def run_probe(args: argparse.Namespace) -> int:
     shifts = parse_shifts(args.shifts)
     with _progress(1, "probe") as bar:
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int | None) -> None:
             bar.total = total
             bar.n = done
             bar.refresh()
@@ -182,7 +188,8 @@ def run_probe(args: argparse.Namespace) -> int:
             result,
             key="probe",
             title=f"Translation equivariance of {args.model}, layer by layer",
-            intro=f"{info.description}. Each watched layer's output for every shifted input is compared with its output for the original input, moved by the shift divided by the layer's cumulative stride.",
+            intro=f"{info.description}. Each watched layer's output for every shifted input is compared with its "
+            "output for the original input, moved by the shift divided by the layer's cumulative stride.",
             heatmap_layers=[name.strip() for name in args.heatmap_layers.split(",")] if args.heatmap_layers else None,
         )
         with staged_directory(args.out) as staging:
@@ -197,14 +204,16 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
-    from shiftlab.sections import format_number, format_stride
+    from shiftlab._format import format_number, format_stride
 
     rows = result.summary()
     width = min(40, max(len(row["layer"]) for row in rows))
     print(f"{'layer':<{width}}  {'type':<18} {'stride':>7}  {'mean rel L2':>11}  {'max rel L2':>10}  exact")
     for row in rows:
         print(
-            f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {format_stride(row['stride']):>7}  {format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
+            f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {format_stride(row['stride']):>7}  "
+            f"{format_number(row['mean_rel_l2']):>11}  {format_number(row['max_rel_l2']):>10}  "
+            f"{row['exact_shifts']}/{row['shifts']}"
         )
 
 
@@ -405,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="rerun the reference article's experiments on bundled images and write an HTML report",
-        description="Rerun every experiment of the reference article on bundled images (no download) and write report.html and results.json.",
+        description="Rerun every experiment of the reference article on bundled images (no download) and write "
+        "report.html and results.json.",
     )
     _add_out(demo, "demo")
     demo.set_defaults(handler=run_demo)
@@ -413,13 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     edges = commands.add_parser(
         "edges",
         help="convolve an image with a kernel (+ ReLU) and show it beside its edge map",
-        description="Cross-correlate IMAGE (as grayscale) with a kernel, apply ReLU, and save the figure and the map (.npy).",
+        description="Cross-correlate IMAGE (as grayscale) with a kernel, apply ReLU, and save the figure and the map "
+        "(.npy).",
     )
     edges.add_argument("image", metavar="IMAGE", help="image file or sample name")
     edges.add_argument(
         "--kernel",
         default="sobel_y",
-        help="kernel name (see `shiftlab kernels`), literal such as '[[1,0],[0,-1]]' or '1 0; 0 -1', or a .npy file (default: sobel_y)",
+        help="kernel name (see `shiftlab kernels`), literal such as '[[1,0],[0,-1]]' or '1 0; 0 -1', or a .npy file "
+        "(default: sobel_y)",
     )
     edges.add_argument(
         "--padding",
@@ -435,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     pool = commands.add_parser(
         "pool",
         help="max-pool an image repeatedly and show every level with its shape",
-        description="Max-pool IMAGE (as grayscale) repeatedly, as the article's visualize_pooling does, and save the figure and the levels (.npz).",
+        description="Max-pool IMAGE (as grayscale) repeatedly, as the article's visualize_pooling does, and save the "
+        "figure and the levels (.npz).",
     )
     pool.add_argument("image", metavar="IMAGE", help="image file or sample name")
     pool.add_argument("--iterations", type=int, default=3, help="number of poolings (default: 3)")
@@ -453,8 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe = commands.add_parser(
         "probe",
         help="measure the translation equivariance of a model, layer by layer, and write a report",
-        description="Shift the images, run the model with hooks on its layers, and measure per layer and shift how far its output is from the shifted output of the original image.",
-        epilog="SPEC: a bundled network (article, simple_cnn, circular_cnn), a torchvision architecture (resnet18, vgg11, ...; random weights unless --weights), or package.module:callable / file.py:callable.",
+        description="Shift the images, run the model with hooks on its layers, and measure per layer and shift how "
+        "far its output is from the shifted output of the original image.",
+        epilog="SPEC: a bundled network (article, simple_cnn, circular_cnn), a torchvision architecture (resnet18, "
+        "vgg11, ...; random weights unless --weights), or package.module:callable / file.py:callable.",
     )
     probe.add_argument("--model", required=True, metavar="SPEC", help="the model (see below)")
     probe.add_argument(
@@ -473,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--shifts",
         default="0:8",
-        help="shifts in input pixels: 0:8 (horizontal 0..7), diag:0:8, grid:-2:3 or grid:0:4,0:8, or explicit '1,2;0,-3' (default: 0:8)",
+        help="shifts in input pixels: 0:8 (horizontal 0..7), diag:0:8, grid:-2:3 or grid:0:4,0:8, or explicit "
+        "'1,2;0,-3' (default: 0:8)",
     )
     probe.add_argument(
         "--mode",
@@ -484,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--layers",
         default=None,
-        help="comma-separated layer names or glob patterns (default: every conv, pooling, normalisation, activation, linear layer and residual block)",
+        help="comma-separated layer names or glob patterns (default: every conv, pooling, normalisation, activation, "
+        "linear layer and residual block)",
     )
     probe.add_argument(
         "--size",
@@ -660,6 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shiftlab: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as error:  # not bad input: a bug in shiftlab, reported as one, with its traceback
+        traceback.print_exc()
+        if not isinstance(error, InternalError):
+            error = InternalError(f"{type(error).__name__}: {first_line(error)}")
+        print(f"shiftlab: {error}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

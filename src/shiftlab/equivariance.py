@@ -23,7 +23,11 @@ map escapes the border (a global pooling, the logits), the whole map is
 compared and ``note`` says so.
 
 Metrics, on the compared pixels: relative L2 error ``||a - b|| / ||b||``, max
-absolute error and cosine similarity (see :mod:`shiftlab.metrics`).
+absolute error and cosine similarity (see :mod:`shiftlab.metrics`). Over
+several images they come from sums over all of them, so the best alignment is
+chosen once per shift, for all images together; :class:`ShiftComparison`
+keeps those sums, batch after batch, and can be merged and all-reduced, so a
+result does not depend on how the images were batched.
 """
 
 from __future__ import annotations
@@ -31,31 +35,30 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from shiftlab._compare import PairSums, Scratch, pair_sums, whole_sums
+from shiftlab._compare import Pair, PairSums, Scratch, comparison_pairs, pair_sums, whole_sums
 from shiftlab._tensors import as_float_tensor, require_spatial
-from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
-from shiftlab.metrics import ErrorSums
-from shiftlab.shifts import SHIFT_MODES, crop_margin, shift
+from shiftlab.accumulate import Accumulator
+from shiftlab.errors import ShiftlabError, check, check_pair, describe, fail, first_line
+from shiftlab.metrics import map_error
+from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin, shift
 
 __all__ = [
     "EquivarianceResult",
+    "Measured",
+    "ShiftComparison",
     "ShiftError",
-    "MapSums",
-    "ShiftStats",
-    "measure_map",
     "border_core",
+    "call_fn",
     "equivariance_error",
     "feature_stride",
     "reference_input",
     "shifted_input",
     "shifted_inputs",
 ]
-
-Shift = tuple[float, float]
 
 NOTE_NOT_MULTIPLE = "shift is not a multiple of the stride: error after the best whole-pixel alignment"
 NOTE_WHOLE_MAP = "every pixel sees the border: whole map compared"
@@ -119,143 +122,194 @@ class ShiftError:
     note: str = ""
 
 
-@dataclass
-class ShiftStats:
-    """Streaming statistics of one map under one shift: sums per whole-pixel alignment, added batch by batch."""
+class Measured(NamedTuple):
+    """One batch compared but not yet added: a tensor seen by two hooks (a block and its last ReLU) is compared once."""
 
-    dy: float
-    dx: float
-    stride: tuple[int, int] | None = None
-    sums: dict[tuple[int, int], ErrorSums] = field(default_factory=dict)
-    whole_map: bool = False
+    positions: torch.Tensor  # where the batch's (shift, alignment) pairs sit in the state
+    sums: PairSums
+    shift_positions: torch.Tensor  # the shifts measured
+    agreeing: torch.Tensor | None  # per shift, the images whose top-1 class is unchanged (logits only)
+    images: int
+    whole_map: bool
 
-    def add(self, sums: dict[tuple[int, int], ErrorSums]) -> None:
-        """Add one batch's sums (from :func:`shiftlab._compare.compare_shifts`, or ``{(0, 0): ...}`` for a whole-map comparison)."""
-        for offset, part in sums.items():
-            self.sums[offset] = self.sums[offset] + part if offset in self.sums else part
 
-    def result(self) -> ShiftError:
-        """The row for this shift: the best alignment and its metrics."""
-        if not self.sums:
-            fail("statistics", "no batch was added")
-        if self.stride is None:
-            sums = self.sums[(0, 0)]
-            max_abs = sums.max_abs if sums.compared else math.nan
-            return ShiftError(
-                self.dy,
-                self.dx,
-                None,
-                0.0,
-                0.0,
-                False,
-                0,
-                0,
-                sums.rel_l2,
-                max_abs,
-                sums.cosine,
-                sums.valid_fraction,
-                NOTE_GLOBAL,
-            )
-        fy, fx = self.dy / self.stride[0], self.dx / self.stride[1]
-        multiple = fy == int(fy) and fx == int(fx)
-        offset = next(iter(self.sums))
-        if len(self.sums) > 1:  # the best alignment; on a tie, the one nearest t / s
-            offset = min(self.sums, key=lambda key: (_rank(self.sums[key].rel_l2), abs(key[0] - fy) + abs(key[1] - fx)))
-        sums = self.sums[offset]
-        max_abs = sums.max_abs if sums.compared else math.nan
-        note = _NOTES[multiple, self.whole_map]
-        return ShiftError(
-            self.dy,
-            self.dx,
-            self.stride,
-            fy,
-            fx,
-            multiple,
-            offset[0],
-            offset[1],
-            sums.rel_l2,
-            max_abs,
-            sums.cosine,
-            sums.valid_fraction,
-            note,
+class ShiftComparison(Accumulator):
+    """One map compared under a list of shifts, batch after batch: sums per (shift, whole-pixel alignment).
+
+    ``update(maps, indices)`` adds one batch, where ``maps[0]`` is ``f(x)`` and ``maps[1 + j]`` is
+    ``f(T_t x)`` for the shift ``t = shifts[indices[j]]``; :meth:`compute` gives one :class:`ShiftError`
+    per shift, after the best alignment over everything added. The state is tensors on the maps'
+    device (nothing is read back before :meth:`compute`), merged and all-reduced as any
+    :class:`~shiftlab.accumulate.Accumulator`.
+
+    Args:
+        shifts: the ``(dy, dx)`` input shifts.
+        stride: the map's cumulative stride, or None for an output compared as a whole
+            (a vector, logits: invariance).
+        circular: move the reference circularly (``circular`` and ``fourier`` shifts), else with a zero fill.
+        logits: also count, per shift, the images whose top-1 class (argmax of the last axis) is unchanged.
+        device: where the state lives (the maps' device).
+
+    Example:
+        >>> x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> comparison = ShiftComparison([(0, 2), (0, 3)], stride=(1, 1))
+        >>> comparison.update(torch.stack([x, x.roll(2, -1), x.roll(3, -1)]))
+        >>> [(error.aligned_dx, error.rel_l2) for error in comparison.compute()]
+        [(2, 0.0), (3, 0.0)]
+    """
+
+    def __init__(
+        self,
+        shifts: Sequence[Shift],
+        *,
+        stride: tuple[int, int] | None,
+        circular: bool = True,
+        logits: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.shifts = [(dy, dx) for dy, dx in shifts]
+        self.stride = stride
+        self.circular = circular
+        self.pairs: list[Pair] = (
+            comparison_pairs(self.shifts, stride) if stride else [(index, (0, 0)) for index in range(len(self.shifts))]
         )
+        self._plans: dict[tuple[int, ...], tuple[list[Pair], torch.Tensor, torch.Tensor]] = {}
+        count, shift_count = len(self.pairs), len(self.shifts)
+        self.add_state("squares", torch.zeros(count, 3, dtype=torch.float64, device=device))
+        self.add_state("largest", torch.zeros(count, dtype=torch.float64, device=device), reduce="max")
+        self.add_state("compared", torch.zeros(count, dtype=torch.int64, device=device))
+        self.add_state("total", torch.zeros(count, dtype=torch.int64, device=device))
+        self.add_state("whole_map", torch.zeros((), dtype=torch.int64, device=device), reduce="max")
+        if logits:
+            self.add_state("agreeing", torch.zeros(shift_count, dtype=torch.int64, device=device))
+            self.add_state("images", torch.zeros(shift_count, dtype=torch.int64, device=device))
+
+    def _plan(self, indices: tuple[int, ...]) -> tuple[list[Pair], torch.Tensor, torch.Tensor]:
+        """For a pass measuring ``indices``: its pairs (shift indices local to the pass), their positions
+        in the state, and the shifts' positions."""
+        plan = self._plans.get(indices)
+        if plan is None:
+            local = {index: slot for slot, index in enumerate(indices)}
+            chosen = [(position, pair) for position, pair in enumerate(self.pairs) if pair[0] in local]
+            if len(local) != len(indices) or any(index not in range(len(self.shifts)) for index in indices):
+                raise ValueError(f"shift indices {indices} do not name distinct shifts of {len(self.shifts)}")
+            device = self.squares.device
+            pairs = [(local[index], offset) for _, (index, offset) in chosen]
+            positions = torch.tensor([position for position, _ in chosen], dtype=torch.long, device=device)
+            plan = (pairs, positions, torch.tensor(indices, dtype=torch.long, device=device))
+            self._plans[indices] = plan
+        return plan
+
+    def measure(
+        self,
+        maps: torch.Tensor,
+        indices: Sequence[int] | None = None,
+        *,
+        core: torch.Tensor | None = None,
+        whole_map: bool = False,
+        scratch: Scratch | None = None,
+    ) -> Measured:
+        """Compare one batch, without adding it yet (see :meth:`update` for the arguments)."""
+        chosen = tuple(range(len(self.shifts))) if indices is None else tuple(int(index) for index in indices)
+        pairs, positions, shift_positions = self._plan(chosen)
+        if self.stride is None:
+            sums = whole_sums(maps[0], maps[1:])
+        else:
+            sums = pair_sums(maps, pairs, circular=self.circular, core=None if whole_map else core, scratch=scratch)
+        agreeing, images = None, 0
+        if self.has_state("agreeing"):
+            top1 = maps.detach().argmax(dim=-1)
+            same = (top1[1:] == top1[0]).reshape(len(chosen), -1)
+            agreeing, images = same.sum(dim=1), same.shape[1]
+        return Measured(positions, sums, shift_positions, agreeing, images, whole_map)
+
+    def add(self, measured: Measured) -> None:
+        """Add a batch compared by :meth:`measure` (of this comparison, or of one with the same shifts and stride)."""
+        positions, sums = measured.positions, measured.sums
+        self.squares.index_add_(0, positions, sums.squares.to(self.squares.device))
+        # a gather and torch.maximum, which keeps NaN as torch gives it
+        largest = self.largest
+        largest[positions] = torch.maximum(largest[positions], sums.largest.to(largest.device))
+        self.compared.index_add_(0, positions, sums.compared.to(self.compared.device))
+        self.total.index_add_(0, positions, torch.full_like(positions, sums.total))
+        if measured.whole_map:
+            self.whole_map.fill_(1)
+        if measured.agreeing is not None and self.has_state("agreeing"):
+            self.agreeing.index_add_(0, measured.shift_positions, measured.agreeing.to(self.agreeing.device))
+            self.images.index_add_(
+                0, measured.shift_positions, torch.full_like(measured.shift_positions, measured.images)
+            )
+
+    def update(
+        self,
+        maps: torch.Tensor,
+        indices: Sequence[int] | None = None,
+        *,
+        core: torch.Tensor | None = None,
+        whole_map: bool = False,
+        scratch: Scratch | None = None,
+    ) -> None:
+        """Add one batch.
+
+        Args:
+            maps: ``(1 + k, *B, h, w)`` (spatial) or ``(1 + k, *B)``: ``f(x)``, then ``f(T_t x)`` for k shifts.
+            indices: which shifts ``maps[1:]`` are (default: all of them, in order).
+            core: ``(h, w)`` bool mask of the pixels whose receptive field stays clear of the border
+                (zero fill only); None compares every pixel.
+            whole_map: no pixel escapes the border, so the whole map is compared (the row says so).
+            scratch: a reused buffer.
+        """
+        self.add(self.measure(maps, indices, core=core, whole_map=whole_map, scratch=scratch))
+
+    def compute(self) -> list[ShiftError | None]:
+        """One :class:`ShiftError` per shift (None for a shift never measured), read back from the device once."""
+        squares, largest = self.squares.tolist(), self.largest.tolist()
+        compared, total = self.compared.tolist(), self.total.tolist()
+        whole_map = bool(self.whole_map)
+        candidates: dict[int, list[tuple[tuple[int, int], Any]]] = {}
+        for position, (index, offset) in enumerate(self.pairs):
+            if total[position]:
+                difference, reference, output = squares[position]
+                error = map_error(difference, reference, output, largest[position], compared[position], total[position])
+                candidates.setdefault(index, []).append((offset, error))
+        return [
+            self._row(index, candidates[index], whole_map) if index in candidates else None
+            for index in range(len(self.shifts))
+        ]
+
+    def _row(self, index: int, candidates: list[tuple[tuple[int, int], Any]], whole_map: bool) -> ShiftError:
+        dy, dx = self.shifts[index]
+        if self.stride is None:
+            _, error = candidates[0]
+            return ShiftError(dy, dx, None, 0.0, 0.0, False, 0, 0, *_metrics(error), NOTE_GLOBAL)
+        fy, fx = dy / self.stride[0], dx / self.stride[1]
+        multiple = fy == int(fy) and fx == int(fx)
+        # The best alignment; on a tie, the one nearest t / s, then the smallest (floor first): a fixed order, so that
+        # the choice never depends on which other shifts were measured or how the images were batched.
+        offset, error = min(
+            candidates,
+            key=lambda item: (_rank(item[1].rel_l2), abs(item[0][0] - fy) + abs(item[0][1] - fx), item[0]),
+        )
+        note = _NOTES[multiple, whole_map]
+        return ShiftError(dy, dx, self.stride, fy, fx, multiple, offset[0], offset[1], *_metrics(error), note)
+
+    def top1_agreement(self) -> list[float | None]:
+        """Per shift, the share of images whose top-1 class is unchanged (None without logits or images)."""
+        if not self.has_state("agreeing"):
+            return [None] * len(self.shifts)
+        return [agree / seen if seen else None for agree, seen in zip(self.agreeing.tolist(), self.images.tolist())]
+
+
+def _metrics(error: Any) -> tuple[float, float, float, float]:
+    return error.rel_l2, error.max_abs, error.cosine, error.valid_fraction
 
 
 def _rank(rel_l2: float) -> float:
     return math.inf if math.isnan(rel_l2) else rel_l2
 
 
-@dataclass
-class MapSums:
-    """The comparison of one map, batch after batch: its stride, whether the whole map was compared, and the sums per (shift, alignment).
-
-    The sums stay tensors on the map's device until :meth:`add_to` reads them back.
-    """
-
-    stride: tuple[int, int] | None
-    whole_map: bool
-    sums: PairSums
-
-    def __add__(self, other: MapSums) -> MapSums:
-        return MapSums(self.stride or other.stride, self.whole_map or other.whole_map, self.sums + other.sums)
-
-    def add_to(self, stats: Sequence[ShiftStats]) -> None:
-        """Add these sums to the statistics of the shifts they were measured for (``stats[i]`` for shift index ``i``)."""
-        for entry, sums in zip(stats, self.sums.per_shift(len(stats))):
-            if sums:
-                entry.stride = entry.stride or self.stride
-                entry.whole_map = entry.whole_map or self.whole_map
-                entry.add(sums)
-
-
-def measure_map(
-    maps: torch.Tensor,
-    shifts: Sequence[Shift],
-    *,
-    spatial: bool,
-    circular: bool,
-    stride: tuple[int, int] | None,
-    input_size: Sequence[int],
-    core: torch.Tensor | None = None,
-    scratch: Scratch | None = None,
-) -> MapSums:
-    """Compare ``maps[1 + i]`` (``f(T_{t_i} x)``) with ``maps[0]`` (``f(x)``) for every shift.
-
-    ``stride`` is the map's stride when already known (found from ``input_size``
-    otherwise). A ``core`` with no pixel left means the whole map is compared.
-    """
-    if not spatial:
-        return MapSums(None, False, whole_sums(maps[0], maps[1:]))
-    stride = stride or feature_stride(input_size, maps.shape[1:])
-    whole_map = core is not None and not bool(core.any())
-    sums = pair_sums(maps, shifts, stride=stride, circular=circular, core=None if whole_map else core, scratch=scratch)
-    return MapSums(stride, whole_map, sums)
-
-
 # --------------------------------------------------------------------------- inputs
-
-
-def _check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
-    pairs = []
-    for item in shifts:
-        try:
-            dy, dx = item
-        except (TypeError, ValueError):
-            fail("shifts", f"expected (dy, dx) pairs, got {item!r}")
-        for value, name in ((dy, "dy"), (dx, "dx")):
-            check(
-                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                "shifts",
-                f"{name} must be a finite number, got {value!r}",
-            )
-            check(
-                mode == "fourier" or float(value) == int(value),
-                "shifts",
-                f"({dy}, {dx}) is not a whole number of pixels; sub-pixel shifts need mode='fourier'",
-            )
-        pairs.append((dy, dx) if mode == "fourier" else (int(dy), int(dx)))
-    check(len(pairs) > 0, "shifts", "is empty: give at least one (dy, dx) pair")
-    return pairs
 
 
 def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
@@ -271,7 +325,8 @@ def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tupl
         check(
             height > 2 * largest[0] and width > 2 * largest[1],
             "shifts",
-            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, got {height}x{width}",
+            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, "
+            f"got {height}x{width}",
         )
         return shift(x, 0, 0, mode="crop", margin=largest), largest
     if mode == "zero":
@@ -378,51 +433,41 @@ def equivariance_error(
     """
     tensor, _ = as_float_tensor(x, "x")
     require_spatial(tensor, "x")
-    pairs = _check_shifts(shifts, mode)
+    pairs = check_shifts(shifts, mode)
     reference_input, moved = shifted_inputs(tensor, pairs, mode)
-    reference = _call(fn, reference_input)
+    reference = call_fn(fn, reference_input)
     spatial = (
         reference.ndim == reference_input.ndim and reference.ndim >= 2 and reference.shape[-2] * reference.shape[-1] > 1
     )
-    if stride is not None:
-        stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-        check(
-            len(stride) == 2 and all(isinstance(s, int) and s >= 1 for s in stride),
-            "stride",
-            f"must be a positive int or a pair of them, got {stride!r}",
-        )
+    given = None if stride is None else check_pair(stride, "stride", minimum=1)
     core = None
     if spatial and mode in ("zero", "crop"):
         band = crop_margin(pairs)
         outputs: list[torch.Tensor] = []
-        border_core(reference_input, band, lambda tainted: outputs.append(_call(fn, tainted[0])))
+        border_core(reference_input, band, lambda tainted: outputs.append(call_fn(fn, tainted[0])))
         core = torch.isfinite(outputs[0]).reshape(-1, *reference.shape[-2:]).all(dim=0)
     outputs = []
     for moved_input in moved:
-        output = _call(fn, moved_input)
+        output = call_fn(fn, moved_input)
         check(
             output.shape == reference.shape,
             "fn",
             f"gave shape {tuple(output.shape)} for a shifted input but {tuple(reference.shape)} for the reference",
         )
         outputs.append(output)
-    stats = [ShiftStats(dy, dx) for dy, dx in pairs]
-    measured = measure_map(
-        torch.stack([reference, *outputs]),
-        pairs,
-        spatial=spatial,
-        circular=mode in ("circular", "fourier"),
-        stride=stride if spatial else None,
-        input_size=reference_input.shape,
-        core=core,
+    map_stride = (given or feature_stride(reference_input.shape, reference.shape)) if spatial else None
+    comparison = ShiftComparison(
+        pairs, stride=map_stride, circular=mode in ("circular", "fourier"), device=reference.device
     )
-    measured.add_to(stats)
-    errors = [entry.result() for entry in stats]
+    whole_map = core is not None and not bool(core.any())
+    comparison.update(torch.stack([reference, *outputs]), core=core, whole_map=whole_map)
+    errors = [error for error in comparison.compute() if error is not None]
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     return EquivarianceResult(errors, mode, tuple(reference_input.shape), tuple(reference.shape), scale, core)
 
 
-def _call(fn: Callable[[Any], Any], tensor: torch.Tensor) -> torch.Tensor:
+def call_fn(fn: Callable[[Any], Any], tensor: torch.Tensor) -> torch.Tensor:
+    """``fn(tensor)`` without gradients, as a floating-point tensor; ``fn``'s own failures become ShiftlabError."""
     with torch.no_grad():
         try:
             output = fn(tensor)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn, TypeVar
 
 __all__ = [
+    "InternalError",
     "ShiftlabError",
     "check",
     "check_choice",
@@ -41,6 +42,24 @@ class ShiftlabError(ValueError):
         ...     print(error)
         kernel_size: must be a positive integer, got 0
     """
+
+
+class InternalError(RuntimeError):
+    """A bug in shiftlab itself, never bad input: the message says so and asks for a report.
+
+    Raised ``from`` the original exception, so that its traceback shows where shiftlab failed.
+    The command line prints that traceback and exits with status 1 (bad input exits with 2).
+
+    Example:
+        >>> str(InternalError("the probe's hook on layer 'conv1' failed")).split(" (")[0]
+        "shiftlab internal error: the probe's hook on layer 'conv1' failed"
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"shiftlab internal error: {_one_line(what)} (a bug in shiftlab, not a problem with your model or input; "
+            "please report it with the traceback)"
+        )
 
 
 def _one_line(text: str) -> str:

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab._io import atomic_write_bytes, atomic_write_text
+from shiftlab._io import atomic_write_bytes, atomic_write_text, json_text, to_jsonable
 from shiftlab.accumulate import Accumulator
 from shiftlab.data import Preprocess
 from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loader, open_images
@@ -247,9 +247,7 @@ class EvaluationResult:
 
     def to_json(self, path: str | Path | None = None) -> str:
         """Everything as JSON (None for undefined numbers); written to ``path`` (atomically) when given."""
-        from shiftlab.report import to_jsonable
-
-        text = json.dumps(to_jsonable(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        text = json_text(self.to_dict())
         if path is not None:
             atomic_write_text(path, text)
         return text
@@ -521,8 +519,6 @@ def _protocol(
     processes: Processes,
     dtype: str,
 ) -> dict[str, Any]:
-    from shiftlab.report import to_jsonable
-
     return to_jsonable(
         {
             "data": {
@@ -718,9 +714,7 @@ def _checkpoint_now(context: _Run, path: Path, protocol: dict[str, Any]) -> None
             "packs": int(run.packs_done.numel()),
             "results": {f"{model} | {metric}": state.compute() for (model, metric), state in states.items()},
         }
-        from shiftlab.report import to_jsonable
-
-        atomic_write_text(_partial_path(path), json.dumps(to_jsonable(partial), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(_partial_path(path), json_text(partial))
 
 
 def _write_checkpoint(

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from shiftlab._format import format_stride
 from shiftlab.errors import check, describe
 from shiftlab.metrics import peak_position
-from shiftlab.sections import format_stride
 
 __all__ = [
     "show_convergence",
@@ -49,7 +49,7 @@ def _display_array(value: Any, name: str) -> np.ndarray:
 
 
 def _display_range(array: np.ndarray) -> tuple[float, float]:
-    """Colour limits: from min(0, min) to the 99.5th percentile, so that a few strong edges do not leave the rest black."""
+    """Colour limits: from min(0, min) to the 99.5th percentile, so that a few strong edges leave the rest visible."""
     low = min(0.0, float(array.min()))
     high = float(np.percentile(array, 99.5))
     if high <= low:
@@ -311,7 +311,7 @@ def show_error_vs_depth(
     title: str | None = None,
     dpi: int = 100,
 ) -> Figure:
-    """Equivariance error of every probed layer, in forward order, split by whether the shift is a multiple of the layer's stride.
+    """Equivariance error of every probed layer, in forward order, by whether the shift is a multiple of the stride.
 
     Shaded bands mark the cumulative stride. Where equivariance holds, the
     "multiple of the stride" points sit at zero; aliasing lifts the others.

@@ -161,7 +161,8 @@ def _check_pixel_count(pixels: int, subject: str, max_pixels: int) -> None:
     check(
         pixels <= max_pixels,
         subject,
-        f"has {pixels:,} pixels, more than the limit of {max_pixels:,} (a decompression bomb?); pass max_pixels= to allow it",
+        f"has {pixels:,} pixels, more than the limit of {max_pixels:,} (a decompression bomb?); pass max_pixels= to "
+        "allow it",
     )
 
 
@@ -240,7 +241,7 @@ def single_pixel_image(row: int, col: int, size: int = 10) -> np.ndarray:
 
 @cache
 def _bundled_rgb(filename: str) -> np.ndarray:
-    with resources.files("shiftlab").joinpath("assets", filename).open("rb") as handle:
+    with (resources.files("shiftlab") / "assets" / filename).open("rb") as handle:
         with Image.open(handle) as image:
             return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 

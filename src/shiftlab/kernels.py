@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ __all__ = [
     "get_kernel",
 ]
 
-KernelSpec = Union[str, Path, np.ndarray, torch.Tensor, list]
+KernelSpec = str | Path | np.ndarray | torch.Tensor | list
 
 _SOBEL_Y = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
 _LAPLACIAN = [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]
@@ -241,7 +241,8 @@ def _parse_text_spec(spec: str | Path) -> tuple[torch.Tensor, str, bool]:
         return _parse_literal(text), f"kernel literal {text!r}", False
     fail(
         "kernel",
-        f"unknown name {text!r}; known names: {', '.join(KERNEL_NAMES)} (box, gaussian and binomial take any size: box5, gaussian7), or give a literal such as '[[1,0],[0,-1]]' or a .npy file",
+        f"unknown name {text!r}; known names: {', '.join(KERNEL_NAMES)} (box, gaussian and binomial take any size: "
+        "box5, gaussian7), or give a literal such as '[[1,0],[0,-1]]' or a .npy file",
     )
 
 

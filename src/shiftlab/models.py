@@ -74,7 +74,9 @@ class ArticleNet(nn.Module):
 
 
 class SimpleCNN(nn.Module):
-    """A small image classifier of the usual kind: 3x3 convolutions, batch norm, ReLU, max pooling, a strided convolution, global average pooling and a linear head.
+    """A small image classifier of the usual kind.
+
+    3x3 convolutions, batch norm, ReLU, max pooling, a strided convolution, global average pooling and a linear head.
 
     With ``padding_mode="circular"`` and ``strided=False`` it has no stride and
     circular padding everywhere: every spatial layer is then exactly
@@ -94,7 +96,7 @@ class SimpleCNN(nn.Module):
         in_channels: int = 3,
         classes: int = 10,
         width: int = 16,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         strided: bool = True,
     ) -> None:
         super().__init__()
@@ -287,7 +289,8 @@ def _torchvision_model(name: str) -> nn.Module:
     except ImportError:
         fail(
             "model",
-            f"{name!r} is not a bundled model ({', '.join(BUNDLED_MODELS)}), and torchvision, needed for its architectures, is not installed: pip install 'shiftlab[models]'",
+            f"{name!r} is not a bundled model ({', '.join(BUNDLED_MODELS)}), and torchvision, needed for its "
+            "architectures, is not installed: pip install 'shiftlab[models]'",
         )
     names = torchvision_models()
     if name not in names:
@@ -295,7 +298,8 @@ def _torchvision_model(name: str) -> nn.Module:
         hint = f"; similar: {', '.join(close)}" if close else ""
         fail(
             "model",
-            f"unknown model {name!r}: not bundled ({', '.join(BUNDLED_MODELS)}) nor a torchvision architecture{hint}; or give package.module:callable",
+            f"unknown model {name!r}: not bundled ({', '.join(BUNDLED_MODELS)}) nor a torchvision "
+            f"architecture{hint}; or give package.module:callable",
         )
     return torchvision.models.get_model(name, weights=None)
 
@@ -309,6 +313,8 @@ def _import_model(spec: str, seed: int = 0) -> nn.Module:
             check(path.is_file(), "model", f"{spec!r}: file '{location}' not found")
             module_name = f"_shiftlab_user_{path.stem}"
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                fail("model", f"{spec!r}: '{location}' cannot be loaded as a Python module")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
             loader_spec.loader.exec_module(module)
@@ -318,7 +324,7 @@ def _import_model(spec: str, seed: int = 0) -> nn.Module:
         raise
     except Exception as error:  # the user's module may raise anything while importing
         fail("model", f"{spec!r}: importing '{location}' failed: {type(error).__name__}: {first_line(error)}")
-    target = module
+    target: Any = module
     for part in attribute.split("."):
         check(hasattr(target, part), "model", f"{spec!r}: '{location}' has no attribute '{attribute}'")
         target = getattr(target, part)
@@ -362,7 +368,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         detail = f"it references {next(group for group in refused.groups() if group)}" if refused else first_line(error)
         fail(
             subject,
-            f"holds more than plain tensors, and weights_only loading refuses arbitrary objects: save model.state_dict() instead ({detail})",
+            "holds more than plain tensors, and weights_only loading refuses arbitrary objects: save "
+            f"model.state_dict() instead ({detail})",
         )
     except (
         Exception

@@ -579,6 +579,8 @@ class Convolve(nn.Module):
         torch.Size([1, 3, 8, 8])
     """
 
+    kernel: torch.Tensor
+
     def __init__(self, kernel: KernelSpec, *, padding: Padding = "valid", relu: bool = True) -> None:
         super().__init__()
         check(padding in _PADDINGS, "padding", f"must be one of {', '.join(_PADDINGS)}, got {padding!r}")

@@ -1,13 +1,20 @@
-"""Probe a whole model: the equivariance error of every layer of interest, under every shift, in one batched pass.
+"""Probe a whole model: the equivariance error of every layer of interest, under every shift, in batched passes.
 
 :func:`probe` registers forward hooks on the layers it watches (found by name
-or type, torchcam style), runs each image together with all its shifted
-copies in one batch, and inside each hook compares the shifted copies' maps
-with the moved map of the original (see :mod:`shiftlab.equivariance` for the
-definition). Only running sums are kept, never the activations. The hooks are
-removed and every module's train/eval flag restored on the way out, also when
-the model raises; parameters and buffers are never changed (the model runs in
-eval mode under ``torch.no_grad``).
+or type, torchcam style), runs each image together with its shifted copies in
+one batch, and inside each hook compares the shifted copies' maps with the
+moved map of the original (see :mod:`shiftlab.equivariance` for the
+definition). Only running sums are kept, in one
+:class:`~shiftlab.equivariance.ShiftComparison` per layer, never the
+activations; inputs are read as a stream (a tensor, a list, a generator, a
+``DataLoader``), so memory does not grow with the number of images.
+
+The hooks are removed and every module's train/eval flag restored on the way
+out, also when the model raises; parameters and buffers are never changed (the
+model runs in eval mode under ``torch.no_grad``). An exception raised by the
+model is bad input (:class:`~shiftlab.errors.ShiftlabError`); one raised by
+shiftlab's own code inside a hook is an
+:class:`~shiftlab.errors.InternalError`, never blamed on the model.
 
 A module called several times in one forward pass (torchvision's ResNet
 blocks reuse one ``ReLU``) gets one row per call: ``layer1.0.relu`` then
@@ -23,31 +30,23 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
-import json
 import math
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
 from shiftlab._compare import Scratch
-from shiftlab._io import atomic_write_text
-from shiftlab.equivariance import (
-    MapSums,
-    ShiftStats,
-    _check_shifts,
-    border_core,
-    measure_map,
-    reference_input,
-    shifted_input,
-)
-from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
+from shiftlab._io import atomic_write_text, json_text
+from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
+from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, check_int, describe, fail, first_line
+from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
-from shiftlab.shifts import SHIFT_MODES, crop_margin
+from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
 
@@ -62,24 +61,38 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 _DEFAULT_TYPES = DEFAULT_LAYER_TYPES + (Convolve, MaxPool)  # shiftlab's own operator modules too
 _BLOCK_WORDS = ("block", "bottleneck", "residual")
-#: Layers whose 4-D output is always ``(N, C, H, W)``: they tell the size of the maps around them.
-_CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
-    nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-    nn.LPPool2d, nn.FractionalMaxPool2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d, Convolve, MaxPool,
-)  # fmt: skip
-
-LayerSpec = Union[None, str, Sequence[str | type], Callable[[str, nn.Module], bool]]
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+LayerSpec = None | str | Sequence[str | type] | Callable[[str, nn.Module], bool]
 
 
 def _is_block(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
-    return any(word in name for word in _BLOCK_WORDS) and not isinstance(
-        module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-    )
+    return any(word in name for word in _BLOCK_WORDS) and not isinstance(module, _CONTAINERS)
 
 
 def _is_default(module: nn.Module) -> bool:
     return isinstance(module, _DEFAULT_TYPES) or _is_block(module)
+
+
+def _units(model: nn.Module) -> set[str]:
+    """The names of the repeated building blocks: modules with children, not plain containers, whose parent holds
+    another module of their class (ResNet's BasicBlocks, ViT's EncoderBlocks, Swin's, ConvNeXt's and MaxViT's
+    blocks)."""
+    units = set()
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        counts: dict[type, int] = {}
+        for _, child in children:
+            counts[type(child)] = counts.get(type(child), 0) + 1
+        for name, child in children:
+            if counts[type(child)] > 1 and not isinstance(child, _CONTAINERS) and next(child.children(), None):
+                units.add(f"{parent_name}.{name}" if parent_name else name)
+    return units
+
+
+def _inside(name: str, units: set[str]) -> bool:
+    parts = name.split(".")
+    return any(".".join(parts[:cut]) in units for cut in range(1, len(parts)))
 
 
 def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str, nn.Module]]:
@@ -87,8 +100,11 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
 
     Args:
         model: the network.
-        layers: ``None`` for the default (every conv, pooling, normalisation,
-            activation, linear layer and residual block); names or glob patterns
+        layers: ``None`` for the default: the repeated building blocks (a ResNet's
+            residual blocks, a transformer's encoder blocks: modules with children whose
+            parent holds another of their class), and every convolution, pooling,
+            normalisation, activation and linear layer outside them; ``"all"`` for every
+            such layer, inside blocks too, and every residual block; names or glob patterns
             (``"layer1.*"``, a comma-separated string is split); module types;
             or a predicate ``f(name, module) -> bool``.
 
@@ -104,14 +120,26 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
     """
     named = [(name, module) for name, module in model.named_modules() if name]
     if layers is None:
+        units = _units(model)
+        return [
+            (name, module)
+            for name, module in named
+            if not _inside(name, units) and (name in units or _is_default(module))
+        ]
+    if isinstance(layers, str) and layers.strip() == "all":
         return [(name, module) for name, module in named if _is_default(module)]
     if callable(layers) and not isinstance(layers, type):
         return [(name, module) for name, module in named if layers(name, module)]
-    items = [part.strip() for part in layers.split(",") if part.strip()] if isinstance(layers, str) else list(layers)
+    items: list[str | type]
+    if isinstance(layers, str):
+        items = [part.strip() for part in layers.split(",") if part.strip()]
+    else:
+        items = [layers] if isinstance(layers, type) else list(layers)
     chosen: dict[str, nn.Module] = {}
     for item in items:
+        matches: list[tuple[str, nn.Module]]
         if isinstance(item, type):
-            matches = [(name, module) for name, module in named if isinstance(module, item)]
+            matches = [pair for pair in named if isinstance(pair[1], item)]
             label = f"type {item.__name__}"
         else:
             matches = [(name, module) for name, module in named if name == item or fnmatch.fnmatchcase(name, str(item))]
@@ -123,35 +151,12 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
     return [(name, module) for name, module in named if name in chosen]
 
 
-@dataclass
-class _LayerState:
-    """What one watched layer has seen so far."""
-
-    label: str
-    kind: str
-    depth: int
-    shape: tuple[int, ...]
-    spatial: bool
-    stats: list[ShiftStats]
-    stride: tuple[int, int] | None = None  # the map's cumulative stride, once found
-    agreement: list[list[int]] = field(default_factory=list)  # per shift: [agreeing, total]
-    # Sums not yet read back from the device, per tuple of shift indices measured together:
-    # (the map's sums, the count of images whose top-1 class agreed per shift, or None, and the images seen).
-    pending: dict[tuple[int, ...], tuple[MapSums, torch.Tensor | None, int]] = field(default_factory=dict)
-
-    def settle(self) -> None:
-        """Read the pending sums back (once per probe) into the per-shift statistics."""
-        for indices, (measured, agreeing, images) in self.pending.items():
-            measured.add_to([self.stats[index] for index in indices])
-            counts = agreeing.tolist() if agreeing is not None else [0] * len(indices)
-            for index, count in zip(indices, counts):
-                self.agreement[index][0] += count
-                self.agreement[index][1] += images if agreeing is not None else 0
-        self.pending.clear()
-
-
 class _Watcher:
-    """Forward hooks on the watched layers; removed on exit, even after an exception (torchcam style)."""
+    """Forward hooks on the watched layers; removed on exit, even after an exception (torchcam style).
+
+    A hook that fails records which layer and why in :attr:`failure`, so that the caller can tell
+    shiftlab's own errors apart from the model's.
+    """
 
     def __init__(
         self,
@@ -164,7 +169,7 @@ class _Watcher:
         self.on_output = on_output
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.calls: dict[str, int] = {}
-        self.spatial: tuple[int, ...] = ()
+        self.failure: tuple[str, BaseException] | None = None
 
     def __enter__(self) -> _Watcher:
         for name, module in self.layers:
@@ -177,35 +182,164 @@ class _Watcher:
             count = self.calls.get(name, 0) + 1
             self.calls[name] = count
             label = (name or "output") if count == 1 else f"{name or 'output'}:{count}"
-            if isinstance(output, torch.Tensor) and output.is_floating_point():
-                self.on_output(label, module, self._channels_first(module, output))
+            if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
+                return
+            try:
+                self.on_output(label, module, output)
+            except ShiftlabError:
+                raise
+            except Exception as error:
+                self.failure = (label, error)
+                raise
 
         return hook
 
-    def _channels_first(self, module: nn.Module, output: torch.Tensor) -> torch.Tensor:
-        """``output``, permuted to ``(N, C, H, W)`` when it is a channels-last map.
+    def run(self, batch: torch.Tensor) -> Any:
+        """The model on ``batch``, with the hooks measuring.
 
-        A 4-D output is taken for ``(N, H, W, C)`` (ConvNeXt's LayerNorm and
-        Linear layers, Swin) when its axes 1 and 2, and not 2 and 3, have the
-        size of the last ``(N, C, H, W)`` map seen in this pass.
+        Raises:
+            ShiftlabError: the model rejected the input (its own error, quoted).
+            InternalError: one of shiftlab's hooks failed (a bug in shiftlab).
         """
-        if output.ndim != 4:
-            return output
-        if isinstance(module, _CHANNELS_FIRST):
-            self.spatial = tuple(output.shape[-2:])
-        elif tuple(output.shape[1:3]) == self.spatial and tuple(output.shape[2:]) != self.spatial:
-            return output.permute(0, 3, 1, 2)
-        return output
-
-    def forward(self, batch: torch.Tensor) -> Any:
-        self.calls = {}
-        self.spatial = tuple(batch.shape[-2:])
-        return self.model(batch)
+        self.calls, self.failure = {}, None
+        try:
+            return self.model(batch)
+        except ShiftlabError:
+            raise
+        except Exception as error:
+            if self.failure is not None:
+                label, cause = self.failure
+                raise InternalError(
+                    f"the probe's hook on layer {label!r} failed: {type(cause).__name__}: {first_line(cause)}"
+                ) from cause
+            _rejected(self.model, batch, error)
 
     def __exit__(self, *exc_info: Any) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+
+#: The row of a token map's prefix tokens (class, distillation, register) is its layer's name with this suffix.
+PREFIX = "[prefix]"
+
+
+@dataclass
+class _Layer:
+    """One watched output (or its prefix tokens): what it is, where it sits, and its accumulated comparison."""
+
+    label: str
+    kind: str
+    depth: int
+    shape: tuple[int, ...]  # per image, as compared: (C, h, w) for a map, whatever it is for a whole output
+    layout: Layout
+    part: str  # "map", "whole" (a global output) or "prefix" (prefix tokens)
+    comparison: ShiftComparison | None  # None: the layout is unknown, nothing is measured
+
+
+@dataclass
+class _Pass:
+    """One forward pass: ``images`` originals followed by their copies for the shifts ``indices``.
+
+    The zero shifts in ``identity`` compare ``f(x)`` with itself: they ride along with the first
+    pass of every image group and cost no forward pass of their own.
+    """
+
+    images: int
+    indices: tuple[int, ...]
+    identity: tuple[int, ...]
+
+    @property
+    def variants(self) -> int:
+        return 1 + len(self.indices)
+
+
+class _Measurement:
+    """The state of one probe run: per-layer comparisons, layouts, border cores, and the pass being measured."""
+
+    def __init__(self, shifts: list[Shift], mode: str, plan: LayoutPlan) -> None:
+        self.shifts = shifts
+        self.mode = mode
+        self.plan = plan
+        self.circular = mode in ("circular", "fourier")
+        self.layers: dict[str, _Layer] = {}
+        self.scratch = Scratch()
+        self.cores: dict[str, tuple[torch.Tensor, bool]] = {}  # label -> (core, whole map), for the current size
+        self.recording_cores = False
+        self.current: _Pass | None = None
+        self.input_size: tuple[int, int] = (0, 0)
+        # The last output measured, by weak reference, with its layout and its measurements (see on_output).
+        self.last: tuple[weakref.ref, int, Layout, list[list[Measured]]] | None = None
+
+    def on_output(self, label: str, module: nn.Module, output: torch.Tensor) -> None:
+        layout = self.plan.get(label)
+        spatial, prefix = layout.split(output, self.input_size)
+        if self.recording_cores:
+            if layout.spatial and spatial is not None:
+                core = torch.isfinite(spatial[0]).all(dim=0)
+                self.cores[label] = (core, not bool(core.any()))
+            return
+        current = self.current
+        assert current is not None
+        if spatial is None or output.shape[0] != current.variants * current.images:
+            reason = layout.source if layout.kind == "unknown" else f"shape {tuple(output.shape)} does not fit it"
+            self._unknown(label, module, output, replace(layout, kind="unknown", source=reason))
+            return
+        targets = [(self._layer(label, module, layout, "map" if layout.spatial else "whole", spatial), spatial)]
+        if prefix is not None:
+            targets.append((self._layer(label + PREFIX, module, layout, "prefix", prefix), prefix))
+        last = self.last
+        if last is not None and last[0]() is output and last[1] == output._version and last[2] == layout:
+            measured = last[3]  # the same tensor, unchanged, seen by a second hook: measured once
+        else:
+            measured = [self._measure(layer, tensor, current) for layer, tensor in targets]
+            # Only a weak reference: the output is freed when the model drops it (a strong one would keep a
+            # whole activation alive until the next watched layer); a dead reference cannot match reused memory.
+            self.last = (weakref.ref(output), output._version, layout, measured)
+        for (layer, _), batches in zip(targets, measured):
+            assert layer.comparison is not None
+            for batch in batches:
+                layer.comparison.add(batch)
+
+    def _layer(self, label: str, module: nn.Module, layout: Layout, part: str, tensor: torch.Tensor) -> _Layer:
+        layer = self.layers.get(label)
+        if layer is None:
+            comparison = ShiftComparison(
+                self.shifts,
+                stride=layout.stride if part == "map" else None,
+                circular=self.circular,
+                logits=tensor.ndim == 2,
+                device=tensor.device,
+            )
+            depth = len(self.layers) + 1
+            layer = _Layer(label, type(module).__name__, depth, tuple(tensor.shape[1:]), layout, part, comparison)
+            self.layers[label] = layer
+        return layer
+
+    def _unknown(self, label: str, module: nn.Module, output: torch.Tensor, layout: Layout) -> None:
+        if label not in self.layers:
+            depth = len(self.layers) + 1
+            self.layers[label] = _Layer(
+                label, type(module).__name__, depth, tuple(output.shape[1:]), layout, "map", None
+            )
+
+    def _measure(self, layer: _Layer, tensor: torch.Tensor, current: _Pass) -> list[Measured]:
+        """Compare one part of an output (its map, its prefix tokens, or the whole of it) for this pass."""
+        comparison = layer.comparison
+        assert comparison is not None
+        grouped = tensor.reshape(current.variants, current.images, *tensor.shape[1:])
+        core, whole_map = self.cores.get(layer.label, (None, False)) if layer.part == "map" else (None, False)
+        measured = []
+        if current.indices:
+            measured.append(
+                comparison.measure(grouped, current.indices, core=core, whole_map=whole_map, scratch=self.scratch)
+            )
+        if current.identity:  # f(x) against itself: the reference stands in for the shifted copies
+            reference = grouped[0][None].expand(1 + len(current.identity), *grouped.shape[1:])
+            measured.append(
+                comparison.measure(reference, current.identity, core=core, whole_map=whole_map, scratch=self.scratch)
+            )
+        return measured
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -215,27 +349,82 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dt
     return None, None
 
 
-def _as_batches(inputs: Any) -> list[torch.Tensor]:
-    """Images as a list of ``(G, C, H, W)`` tensors, one per distinct size."""
+def _as_image_batch(item: Any, where: str) -> torch.Tensor:
+    """One item of the input stream as an ``(N, C, H, W)`` floating tensor."""
+    if isinstance(item, (tuple, list)) and item and not isinstance(item[0], (int, float)):
+        item = item[0]  # (images, labels) from a DataLoader: the images
+    tensor = item if isinstance(item, torch.Tensor) else None
+    if tensor is None:
+        try:
+            tensor = torch.as_tensor(item)
+        except (TypeError, ValueError, RuntimeError):
+            fail(where, f"expected an image tensor (C, H, W) or a batch (N, C, H, W), got {describe(item)}")
+    check(tensor.ndim in (3, 4), where, f"expected (C, H, W) or (N, C, H, W), got {describe(item)}")
+    check(tensor.numel() > 0, where, f"is empty: {describe(tensor)}")
+    check(tensor.is_floating_point(), where, f"expected floating-point images, got {describe(tensor)}")
+    return tensor if tensor.ndim == 4 else tensor[None]
+
+
+def _image_stream(inputs: Any) -> Iterator[torch.Tensor]:
+    """The inputs as a stream of ``(N, C, H, W)`` batches, read one at a time (never all at once)."""
     if isinstance(inputs, torch.Tensor):
-        check(inputs.ndim in (3, 4), "inputs", f"expected (N, C, H, W) or (C, H, W), got {describe(inputs)}")
-        tensors = [inputs] if inputs.ndim == 4 else [inputs[None]]
-    else:
-        items = list(inputs) if isinstance(inputs, Iterable) else [inputs]
-        check(len(items) > 0, "inputs", "is empty")
-        tensors = []
-        for index, item in enumerate(items):
-            tensor = item if isinstance(item, torch.Tensor) else torch.as_tensor(item)
-            check(
-                tensor.ndim in (3, 4), f"inputs[{index}]", f"expected (C, H, W) or (N, C, H, W), got {describe(item)}"
-            )
-            tensors.append(tensor if tensor.ndim == 4 else tensor[None])
-    groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
-    for tensor in tensors:
-        check(tensor.numel() > 0, "inputs", f"is empty: {describe(tensor)}")
-        check(tensor.is_floating_point(), "inputs", f"expected floating-point images, got {describe(tensor)}")
-        groups.setdefault(tuple(tensor.shape[1:]), []).append(tensor)
-    return [torch.cat(group) for group in groups.values()]
+        yield _as_image_batch(inputs, "inputs")
+        return
+    check(
+        isinstance(inputs, Iterable),
+        "inputs",
+        f"expected a tensor, a list of them or an iterable of batches, got {describe(inputs)}",
+    )
+    empty = True
+    for position, item in enumerate(inputs):
+        empty = False
+        yield _as_image_batch(item, f"inputs[{position}]")
+    check(not empty, "inputs", "is empty")
+
+
+def _groups(stream: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Consecutive images of one shape, ``size`` at a time: passes never mix shapes, and single images share them."""
+    pending: list[torch.Tensor] = []
+    count = 0
+    for batch in stream:
+        if pending and batch.shape[1:] != pending[0].shape[1:]:
+            yield torch.cat(pending) if len(pending) > 1 else pending[0]
+            pending, count = [], 0
+        start = 0
+        while start < batch.shape[0]:
+            take = min(size - count, batch.shape[0] - start)
+            pending.append(batch[start : start + take])
+            count += take
+            start += take
+            if count == size:
+                yield torch.cat(pending) if len(pending) > 1 else pending[0]
+                pending, count = [], 0
+    if pending:
+        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+
+
+def _handed_over(head: list[torch.Tensor], rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``head``'s item, then ``rest``, holding no reference to the item once it is handed over
+    (``itertools.chain`` would keep it until the end)."""
+    yield head.pop()
+    yield from rest
+
+
+def _count_passes(inputs: Any, images_per_pass: int, chunks: int) -> int | None:
+    """How many forward passes a tensor or a list of tensors needs (None for other streams: unknown in advance)."""
+    if isinstance(inputs, torch.Tensor):
+        images = inputs.shape[0] if inputs.ndim == 4 else 1
+        return math.ceil(images / images_per_pass) * chunks
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(item, torch.Tensor) for item in inputs):
+        return None
+    shapes = [tuple(item.shape[-3:]) for item in inputs for _ in range(item.shape[0] if item.ndim == 4 else 1)]
+    total, run = 0, 0
+    for position, shape in enumerate(shapes):
+        run += 1
+        if position + 1 == len(shapes) or shapes[position + 1] != shape:
+            total += math.ceil(run / images_per_pass) * chunks
+            run = 0
+    return total
 
 
 def probe(
@@ -245,221 +434,185 @@ def probe(
     shifts: Iterable[tuple[float, float]],
     mode: str = "circular",
     layers: LayerSpec = None,
+    layouts: Any = None,
+    strides: Any = None,
     batch_size: int = 64,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> ProbeResult:
     """Measure the translation equivariance of every watched layer of ``model``.
 
     Args:
         model: any ``nn.Module`` taking ``(N, C, H, W)`` images.
-        inputs: ``(N, C, H, W)`` or ``(C, H, W)`` tensor, or a list of them
-            (images of different sizes are run in separate groups). Moved to
-            the model's device and dtype.
+        inputs: a ``(N, C, H, W)`` or ``(C, H, W)`` tensor; a list of them (sizes may differ);
+            or any iterable of batches, read one at a time: a generator, a ``DataLoader``
+            (yielding tensors or ``(images, labels)`` pairs). Moved to the model's device and dtype.
         shifts: ``(dy, dx)`` pairs in input pixels; see :func:`shiftlab.shift_range`,
             :func:`shiftlab.shift_grid`, :func:`shiftlab.parse_shifts`.
         mode: how the input is shifted: ``circular`` (default), ``zero``,
             ``crop`` or ``fourier`` (see :mod:`shiftlab.shifts`).
         layers: which layers to watch (see :func:`select_layers`).
+        layouts: overrides of the layout of outputs, by layer name or glob pattern:
+            ``{"features.*": "NHWC", "encoder.*": "tokens"}`` (or ``["PATTERN=LAYOUT", ...]``).
+            Layouts are otherwise found as :mod:`shiftlab.layouts` describes.
+        strides: overrides of the cumulative stride, ``{"pattern": (sy, sx)}`` (or ``["PATTERN=SY,SX"]``).
         batch_size: the most inputs in one forward pass; an image and its
             shifted copies always share a pass (the shifts are split when
             ``1 + len(shifts)`` exceeds it).
-        progress: called as ``progress(done, total)`` after each forward pass.
+        progress: called as ``progress(done, total)`` after each forward pass
+            (``total`` is None when the inputs are a stream of unknown length).
 
     Returns:
-        A :class:`ProbeResult`: one row per watched layer and shift.
+        A :class:`ProbeResult`: one row per watched layer and shift (and per token map's prefix
+        tokens). It does not depend on how the inputs were batched (up to the order of float64
+        additions). A layer whose layout cannot be determined gets rows that say so, without metrics.
 
     Raises:
         ShiftlabError: bad arguments, or a model that rejects the input (the
             message quotes the model's own first line).
+        InternalError: a failure of shiftlab's own code (a bug to report).
 
     Example:
         >>> _ = torch.manual_seed(0)
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), nn.ReLU(), nn.MaxPool2d(2))
         >>> x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
         >>> result = probe(net, x, shifts=[(0, 1), (0, 2)])
-        >>> [(row["layer"], row["dx"], row["multiple"], round(row["rel_l2"], 4)) for row in result.rows if row["layer"] != "output"][-2:]
-        [('2', 1, False, 0.217), ('2', 2, True, 0.0)]
+        >>> rows = [row for row in result.rows if row["layer"] == "2"]
+        >>> [(row["dx"], row["multiple"], round(row["rel_l2"], 4)) for row in rows]
+        [(1, False, 0.217), (2, True, 0.0)]
     """
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    check(mode in SHIFT_MODES, "mode", f"must be one of {', '.join(SHIFT_MODES)}, got {mode!r}")
-    check(isinstance(batch_size, int) and batch_size >= 2, "batch_size", f"must be an integer >= 2, got {batch_size!r}")
-    pairs = _check_shifts(shifts, mode)
+    check_choice(mode, "mode", SHIFT_MODES)
+    batch_size = check_int(batch_size, "batch_size", minimum=2)
+    pairs = check_shifts(shifts, mode)
     watched = select_layers(model, layers)
+    layout_overrides, stride_overrides = resolve_overrides(layouts, strides)
     device, dtype = _model_device_dtype(model)
-    groups = [group.to(device=device or group.device, dtype=dtype or group.dtype) for group in _as_batches(inputs)]
     # The zero shift is the identity: its row compares f(x) with itself, and costs no forward pass.
-    identity = [index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0]
+    identity = tuple(index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0)
     active = [index for index in range(len(pairs)) if index not in identity]
     chunk = max(1, min(len(active), batch_size - 1))
-    shift_chunks = [active[start : start + chunk] for start in range(0, len(active), chunk)] or [[]]
-    states: dict[str, _LayerState] = {}
-    context: dict[str, Any] = {"scratch": Scratch()}
-
-    def on_output(label: str, module: nn.Module, output: torch.Tensor) -> None:
-        if context["phase"] == "core":
-            _record_core(states, context, label, output)
-        else:
-            _accumulate(states, context, label, module, output, pairs, mode)
-
+    chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
+    images_per_pass = max(1, batch_size // (1 + chunk))
+    total = _count_passes(inputs, images_per_pass, len(chunks))
+    band = crop_margin(pairs)
+    cores_by_size: dict[tuple[int, ...], dict[str, tuple[torch.Tensor, bool]]] = {}
+    images, done = 0, 0
+    shapes: list[tuple[int, ...]] = []
+    ran_as: tuple[torch.dtype, torch.device] | None = None  # the inputs' dtype and device, for the protocol
     modes = {name: module.training for name, module in model.named_modules()}
-    total_passes = sum(
-        len(shift_chunks) * math.ceil(group.shape[0] / max(1, batch_size // (1 + chunk))) for group in groups
-    )
-    done = 0
     try:
         model.eval()
-        with _Watcher(model, watched, on_output) as watcher, torch.no_grad():
+        groups: Iterator[torch.Tensor] = (
+            group.to(device=device or group.device, dtype=dtype or group.dtype)
+            for group in _groups(_image_stream(inputs), images_per_pass)
+        )
+        first = next(groups)
+        # The layouts, from the first image (as it will be run: the reference input), before the hooks go on.
+        example = reference_input(first[:1], pairs, mode)[0]
+        with torch.no_grad():
+            plan = plan_layouts(
+                model,
+                watched,
+                example,
+                layouts=layout_overrides,
+                strides=stride_overrides,
+                run=lambda batch: _recorded(model, watched, batch),
+            )
+        measurement = _Measurement(pairs, mode, plan)
+        groups = _handed_over([first], groups)
+        del first, example  # the stream's first batch is freed once measured, as every other one
+        with _Watcher(model, watched, measurement.on_output) as watcher, torch.no_grad():
             for group in groups:
+                ran_as = ran_as or (group.dtype, group.device)
                 reference, margin = reference_input(group, pairs, mode)
-                context["input_size"] = tuple(reference.shape[-2:])
-                context["cores"] = {}
+                measurement.input_size = (reference.shape[-2], reference.shape[-1])
+                if tuple(group.shape[1:]) not in shapes:
+                    shapes.append(tuple(group.shape[1:]))
                 if mode in ("zero", "crop"):
-                    context["phase"] = "core"
-                    border_core(reference[0], crop_margin(pairs), lambda batch: _run(watcher, batch, model))
-                context["phase"] = "measure"
-                images_per_pass = max(1, batch_size // (1 + chunk))
-                for start in range(0, group.shape[0], images_per_pass):
-                    stop = min(start + images_per_pass, group.shape[0])
-                    for position, indices in enumerate(shift_chunks):
-                        # Built pass by pass: the shifted copies of all shifts never coexist.
-                        batch = reference.new_empty((1 + len(indices), stop - start, *reference.shape[1:]))
-                        batch[0] = reference[start:stop]
-                        for slot, index in enumerate(indices, start=1):
-                            batch[slot] = shifted_input(group[start:stop], *pairs[index], mode, margin)
-                        context["variants"], context["images"], context["shift_indices"] = (
-                            1 + len(indices),
-                            stop - start,
-                            indices,
-                        )
-                        context["identity"] = identity if position == 0 else []
-                        context["previous"] = None
-                        _run(watcher, batch.flatten(0, 1), model)
-                        done += 1
-                        if progress is not None:
-                            progress(done, total_passes)
+                    size = tuple(group.shape[1:])
+                    if size not in cores_by_size:  # one border pass per input size
+                        measurement.cores, measurement.recording_cores = {}, True
+                        border_core(reference[0], band, watcher.run)
+                        measurement.recording_cores = False
+                        cores_by_size[size] = measurement.cores
+                    measurement.cores = cores_by_size[size]
+                for position, indices in enumerate(chunks):
+                    # Built pass by pass: the shifted copies of all shifts never coexist.
+                    batch = reference.new_empty((1 + len(indices), *reference.shape))
+                    batch[0] = reference
+                    for slot, index in enumerate(indices, start=1):
+                        batch[slot] = shifted_input(group, *pairs[index], mode, margin)
+                    measurement.current = _Pass(group.shape[0], indices, identity if position == 0 else ())
+                    measurement.last = None
+                    watcher.run(batch.flatten(0, 1))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                images += group.shape[0]
     finally:
         for name, module in model.named_modules():
             module.training = modes[name]
-    return ProbeResult.from_states(
-        states.values(),
-        protocol={
-            "mode": mode,
-            "shifts": [list(pair) for pair in pairs],
-            "images": sum(group.shape[0] for group in groups),
-            "input_shapes": [list(group.shape[1:]) for group in groups],
-            "dtype": str(dtype or groups[0].dtype).replace("torch.", ""),
-            "device": str(device or groups[0].device),
-            "layers_watched": len(watched),
-            "batch_size": batch_size,
-        },
+    protocol = {
+        "mode": mode,
+        "shifts": [list(pair) for pair in pairs],
+        "images": images,
+        "input_shapes": [list(shape) for shape in shapes],
+        "dtype": str(ran_as[0] if ran_as else dtype).replace("torch.", ""),
+        "device": str(ran_as[1] if ran_as else device),
+        "layers_watched": len(watched),
+        "layouts": plan.method,
+        "batch_size": batch_size,
+    }
+    return ProbeResult.from_layers(measurement.layers.values(), protocol)
+
+
+def _unknown_row(layer: _Layer, dy: float, dx: float) -> dict[str, Any]:
+    nan = math.nan
+    return {
+        "layer": layer.label,
+        "type": layer.kind,
+        "depth": layer.depth,
+        "layout": "unknown",
+        "shape": list(layer.shape),
+        "stride": None,
+        "dy": dy,
+        "dx": dx,
+        "feature_dy": nan,
+        "feature_dx": nan,
+        "multiple": False,
+        "aligned_dy": 0,
+        "aligned_dx": 0,
+        "rel_l2": nan,
+        "max_abs": nan,
+        "cosine": nan,
+        "valid_fraction": 0.0,
+        "top1_agreement": None,
+        "note": f"{NOTE_UNKNOWN}: {layer.layout.source}",
+    }
+
+
+def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException) -> NoReturn:
+    fail(
+        f"model {type(model).__name__}",
+        f"rejected an input of shape {tuple(batch.shape)}: {type(error).__name__}: {first_line(error)}",
     )
 
 
-def _run(watcher: _Watcher, batch: torch.Tensor, model: nn.Module) -> None:
+def _recorded(model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor) -> list[Any]:
+    """:func:`shiftlab.layouts.record_outputs`, a model's failure reported as bad input."""
     try:
-        watcher.forward(batch)
+        return record_outputs(model, watched, batch)
     except ShiftlabError:
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
-        name = type(model).__name__
-        fail(f"model {name}", f"rejected an input of shape {tuple(batch.shape)}: {first_line(error)}")
-
-
-def _record_core(states: dict[str, _LayerState], context: dict[str, Any], label: str, output: torch.Tensor) -> None:
-    if output.ndim == 4:
-        context["cores"][label] = torch.isfinite(output[0]).all(dim=0)
-
-
-def _accumulate(
-    states: dict[str, _LayerState],
-    context: dict[str, Any],
-    label: str,
-    module: nn.Module,
-    output: torch.Tensor,
-    pairs: list[tuple[float, float]],
-    mode: str,
-) -> None:
-    variants, images = context["variants"], context["images"]
-    if output.shape[0] != variants * images:
-        return  # not batch-first (e.g. a sequence layer): nothing to compare
-    state = states.get(label)
-    if state is None:
-        spatial = output.ndim == 4 and output.shape[-2] * output.shape[-1] > 1  # a 1x1 map is global
-        state = _LayerState(
-            label=label,
-            kind=type(module).__name__,
-            depth=len(states) + 1,
-            shape=tuple(output.shape[1:]),
-            spatial=spatial,
-            stats=[ShiftStats(dy, dx) for dy, dx in pairs],
-            agreement=[[0, 0] for _ in pairs],
-        )
-        states[label] = state
-    # The same tensor, unchanged, seen by a second hook (a residual block returns its last ReLU's output,
-    # a classifier its head's): measure it once. Only a weak reference is kept, so that the output is
-    # freed when the model drops it (a strong one would keep a whole activation alive until the next
-    # watched layer); a freed tensor's reference is dead, so memory reused cannot be mistaken for it.
-    previous = context.get("previous")
-    if previous is not None and previous[0]() is output and previous[1] == output._version:
-        measurements = previous[2]
-    else:
-        measurements = _measure(context, state, label, output, pairs, mode)
-        context["previous"] = (weakref.ref(output), output._version, measurements)
-    state.stride = state.stride or next((measured.stride for _, measured, _ in measurements), None)
-    for indices, measured, agreeing in measurements:
-        key = tuple(indices)
-        if key in state.pending:
-            previous_sums, previous_agreeing, seen = state.pending[key]
-            measured = previous_sums + measured
-            agreeing = previous_agreeing + agreeing if agreeing is not None else None
-            images = seen + context["images"]
-        else:
-            images = context["images"]
-        state.pending[key] = (measured, agreeing, images)
-
-
-def _measure(
-    context: dict[str, Any],
-    state: _LayerState,
-    label: str,
-    output: torch.Tensor,
-    pairs: list[tuple[float, float]],
-    mode: str,
-) -> list[tuple[list[int], MapSums, torch.Tensor | None]]:
-    """This batch's sums for one layer output: ``(shift indices, sums, top-1 agreements)`` per part."""
-    grouped = output.reshape(context["variants"], context["images"], *output.shape[1:])
-    reference = grouped[0]
-    # (shift indices, the reference then their outputs): this pass's shifted copies, and the identity shifts,
-    # whose output is the reference.
-    parts = [(context["shift_indices"], grouped)]
-    if context["identity"]:
-        parts.append((context["identity"], reference[None].expand(1 + len(context["identity"]), *reference.shape)))
-    measurements = []
-    for indices, maps in parts:
-        if not indices:
-            continue
-        shifted = maps[1:]
-        measured = measure_map(
-            maps,
-            [pairs[index] for index in indices],
-            spatial=state.spatial,
-            circular=mode in ("circular", "fourier"),
-            stride=state.stride,
-            input_size=context["input_size"],
-            core=context["cores"].get(label),
-            scratch=context["scratch"],
-        )
-        agreeing = None
-        if output.ndim == 2:  # logits: does the top-1 class survive the shift?
-            agreeing = (shifted.argmax(dim=-1) == reference.argmax(dim=-1)).sum(dim=1)
-        measurements.append((indices, measured, agreeing))
-    return measurements
+    except Exception as error:
+        _rejected(model, batch, error)
 
 
 COLUMNS = (
-    "layer", "type", "depth", "shape", "stride", "dy", "dx", "feature_dy", "feature_dx", "multiple",
+    "layer", "type", "depth", "layout", "shape", "stride", "dy", "dx", "feature_dy", "feature_dx", "multiple",
     "aligned_dy", "aligned_dx", "rel_l2", "max_abs", "cosine", "valid_fraction", "top1_agreement", "note",
 )  # fmt: skip
+NOTE_UNKNOWN = "layout unknown"
 
 
 @dataclass
@@ -475,20 +628,26 @@ class ProbeResult:
     protocol: dict[str, Any]
 
     @classmethod
-    def from_states(cls, states: Iterable[_LayerState], protocol: dict[str, Any]) -> ProbeResult:
+    def from_layers(cls, layers: Iterable[_Layer], protocol: dict[str, Any]) -> ProbeResult:
         rows = []
-        for state in sorted(states, key=lambda item: item.depth):
-            state.settle()
-            for stats, (agree, total) in zip(state.stats, state.agreement):
-                if not stats.sums:
+        shifts = protocol["shifts"]
+        for layer in sorted(layers, key=lambda item: item.depth):
+            layout = "prefix tokens" if layer.part == "prefix" else layer.layout.describe()
+            if layer.comparison is None:  # layout unknown: rows that say so, and no number
+                for dy, dx in shifts:
+                    rows.append(_unknown_row(layer, dy, dx))
+                continue
+            errors = layer.comparison.compute()
+            for error, agreement in zip(errors, layer.comparison.top1_agreement()):
+                if error is None:
                     continue
-                error = stats.result()
                 rows.append(
                     {
-                        "layer": state.label,
-                        "type": state.kind,
-                        "depth": state.depth,
-                        "shape": list(state.shape),
+                        "layer": layer.label,
+                        "type": layer.kind,
+                        "depth": layer.depth,
+                        "layout": layout,
+                        "shape": list(layer.shape),
                         "stride": list(error.stride) if error.stride else None,
                         "dy": error.dy,
                         "dx": error.dx,
@@ -501,7 +660,7 @@ class ProbeResult:
                         "max_abs": error.max_abs,
                         "cosine": error.cosine,
                         "valid_fraction": error.valid_fraction,
-                        "top1_agreement": agree / total if total else None,
+                        "top1_agreement": agreement,
                         "note": error.note,
                     }
                 )  # in the order of COLUMNS
@@ -518,7 +677,8 @@ class ProbeResult:
         check(
             bool(rows),
             "layer",
-            f"{layer!r} was not probed; probed layers: {', '.join(self.layers[:12])}{' ...' if len(self.layers) > 12 else ''}",
+            f"{layer!r} was not probed; probed layers: "
+            f"{', '.join(self.layers[:12])}{' ...' if len(self.layers) > 12 else ''}",
         )
         return rows
 
@@ -534,6 +694,7 @@ class ProbeResult:
                     "layer": layer,
                     "type": rows[0]["type"],
                     "depth": rows[0]["depth"],
+                    "layout": rows[0]["layout"],
                     "shape": rows[0]["shape"],
                     "stride": rows[0]["stride"],
                     "mean_rel_l2": sum(errors) / len(errors) if errors else math.nan,
@@ -543,6 +704,25 @@ class ProbeResult:
                 }
             )
         return table
+
+    def unknown_layouts(self) -> list[dict[str, Any]]:
+        """The layers whose layout could not be determined (they carry no metric), once each, with why and the
+        override that would measure them."""
+        found = []
+        for layer in self.layers:
+            row = self.layer_rows(layer)[0]
+            if row["layout"] == "unknown":
+                name = layer.split(":")[0]
+                found.append(
+                    {
+                        "layer": layer,
+                        "type": row["type"],
+                        "shape": row["shape"],
+                        "why": row["note"].removeprefix(f"{NOTE_UNKNOWN}: "),
+                        "override": f"layouts={{{name!r}: 'NCHW'}} (or NHWC, tokens, global); --layout '{name}=NCHW'",
+                    }
+                )
+        return found
 
     def first_inexact_layer(self, tolerance: float = 1e-5) -> str | None:
         """The first layer (in forward order) with a relative error above ``tolerance`` for some shift."""
@@ -567,16 +747,7 @@ class ProbeResult:
 
     def to_json(self, path: str | Path | None = None) -> str:
         """Protocol, per-layer summary and rows as JSON (NaN as null); written to ``path`` when given."""
-        from shiftlab.report import to_jsonable
-
-        text = (
-            json.dumps(
-                to_jsonable({"protocol": self.protocol, "summary": self.summary(), "rows": self.rows}),
-                indent=2,
-                allow_nan=False,
-            )
-            + "\n"
-        )
+        text = json_text({"protocol": self.protocol, "summary": self.summary(), "rows": self.rows})
         if path is not None:
             atomic_write_text(path, text)
         return text

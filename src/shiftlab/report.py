@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
-import json
-import math
 import platform
 from collections.abc import Sequence
 from importlib import resources
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from shiftlab._io import atomic_write_text
+from shiftlab._io import atomic_write_text, json_text, to_jsonable
 from shiftlab.sections import Section
 
 __all__ = ["environment", "figure_data_uri", "render_report", "to_jsonable", "write_report"]
@@ -52,31 +50,6 @@ def environment() -> dict[str, str]:
     }
 
 
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON types; NaN and infinities become ``null`` (JSON has no such numbers).
-
-    Example:
-        >>> to_jsonable({"a": (1, np.float32(0.5)), "b": float("nan")})
-        {'a': [1, 0.5], 'b': None}
-    """
-    if isinstance(value, dict):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
-
-
 def _paragraphs(text: str) -> list[str]:
     return [" ".join(part.split()) for part in text.split("\n\n") if part.strip()]
 
@@ -98,8 +71,8 @@ def render_report(
         protocol: how the numbers were measured, shown in a table at the end.
         env: versions and time to show (default: :func:`environment` now).
     """
-    template_text = resources.files("shiftlab").joinpath("templates", "report.html.j2").read_text(encoding="utf-8")
-    style = resources.files("shiftlab").joinpath("templates", "report.css").read_text(encoding="utf-8")
+    template_text = (resources.files("shiftlab") / "templates" / "report.html.j2").read_text(encoding="utf-8")
+    style = (resources.files("shiftlab") / "templates" / "report.css").read_text(encoding="utf-8")
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(template_text)
     rendered_sections = [
         {
@@ -147,7 +120,5 @@ def write_report(
         "sections": {section.key: section.to_dict() for section in sections},
     }
     html_path = atomic_write_text(folder / html_name, html)
-    json_path = atomic_write_text(
-        folder / json_name, json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n"
-    )
+    json_path = atomic_write_text(folder / json_name, json_text(payload))
     return html_path, json_path

@@ -42,11 +42,13 @@ import numpy as np
 import torch
 
 from shiftlab._tensors import as_float_tensor, like_input, require_spatial
-from shiftlab.errors import check, fail
+from shiftlab.errors import check, check_choice, check_real, fail
 
 __all__ = [
     "SHIFT_MODES",
+    "Shift",
     "ShiftMode",
+    "check_shifts",
     "crop_margin",
     "parse_shifts",
     "shift",
@@ -57,10 +59,46 @@ __all__ = [
 
 ShiftMode = Literal["circular", "zero", "crop", "fourier"]
 SHIFT_MODES: tuple[str, ...] = ("circular", "zero", "crop", "fourier")
+Shift = tuple[float, float]
+
+
+def check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
+    """Validate a list of ``(dy, dx)`` shifts for ``mode``: Python or numpy numbers, whole outside ``fourier``.
+
+    Returns them as ``(int, int)`` pairs (``(float, float)`` in ``fourier`` mode).
+
+    Example:
+        >>> import numpy as np
+        >>> check_shifts([(np.int64(1), 2.0)], "circular")
+        [(1, 2)]
+        >>> check_shifts([(0, 0.5)], "circular")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need ...
+    """
+    check_choice(mode, "mode", SHIFT_MODES)
+    pairs: list[Shift] = []
+    for item in shifts:
+        try:
+            dy, dx = item
+        except (TypeError, ValueError):
+            fail("shifts", f"expected (dy, dx) pairs, got {item!r}")
+        dy, dx = check_real(dy, "shift dy"), check_real(dx, "shift dx")
+        if mode == "fourier":
+            pairs.append((dy, dx))
+            continue
+        check(
+            dy == int(dy) and dx == int(dx),
+            "shifts",
+            f"({dy:g}, {dx:g}) is not a whole number of pixels; sub-pixel shifts need mode='fourier'",
+        )
+        pairs.append((int(dy), int(dx)))
+    check(len(pairs) > 0, "shifts", "is empty: give at least one (dy, dx) pair")
+    return pairs
 
 
 def shift(
-    x: Any, dy: float, dx: float, *, mode: ShiftMode = "circular", margin: int | tuple[int, int] | None = None
+    x: Any, dy: float, dx: float, *, mode: ShiftMode | str = "circular", margin: int | tuple[int, int] | None = None
 ) -> Any:
     """Translate the last two axes by ``(dy, dx)`` pixels (down, right).
 
@@ -96,7 +134,7 @@ def shift_with_mask(
     dy: float,
     dx: float,
     *,
-    mode: ShiftMode = "circular",
+    mode: ShiftMode | str = "circular",
     margin: int | tuple[int, int] | None = None,
 ) -> tuple[Any, Any]:
     """Like :func:`shift`, and also return the ``(H', W')`` boolean mask of valid output pixels.
@@ -110,11 +148,11 @@ def shift_with_mask(
         array([[ True,  True, False],
                [ True,  True, False]])
     """
-    check(mode in SHIFT_MODES, "mode", f"must be one of {', '.join(SHIFT_MODES)}, got {mode!r}")
+    check_choice(mode, "mode", SHIFT_MODES)
     tensor, from_numpy = as_float_tensor(x, "x")
     height, width = require_spatial(tensor, "x")
     if mode == "fourier":
-        dy, dx = _real(dy, "dy"), _real(dx, "dx")
+        dy, dx = check_real(dy, "dy"), check_real(dx, "dx")
         out = fourier_shift(tensor, dy, dx)
         valid = torch.ones((height, width), dtype=torch.bool, device=tensor.device)
     else:
@@ -130,19 +168,8 @@ def shift_with_mask(
     return like_input(out, from_numpy), like_input(valid, from_numpy)
 
 
-def _real(value: Any, name: str) -> float:
-    check(
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, bool)
-        and math.isfinite(value),
-        name,
-        f"must be a finite number, got {value!r}",
-    )
-    return float(value)
-
-
 def _integer(value: Any, name: str, mode: str) -> int:
-    number = _real(value, name)
+    number = check_real(value, name)
     check(
         number == int(number),
         name,

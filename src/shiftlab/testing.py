@@ -19,15 +19,8 @@ import torch
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor
-from shiftlab.equivariance import (
-    EquivarianceResult,
-    ShiftError,
-    _call,
-    _check_shifts,
-    equivariance_error,
-    shifted_inputs,
-)
-from shiftlab.shifts import shift_with_mask
+from shiftlab.equivariance import EquivarianceResult, ShiftError, call_fn, equivariance_error, shifted_inputs
+from shiftlab.shifts import check_shifts, shift_with_mask
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
 
@@ -102,8 +95,10 @@ def assert_shift_equivariant(
         return result
     worst = max(failures, key=lambda error: error.max_abs)
     message = (
-        f"not shift-equivariant under mode={mode!r}: shift ({worst.dy:g}, {worst.dx:g}) gives max abs error {worst.max_abs:.3g} "
-        f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {result.reference_scale:.3g}); relative L2 error {worst.rel_l2:.3g}"
+        f"not shift-equivariant under mode={mode!r}: shift ({worst.dy:g}, {worst.dx:g}) gives max abs error "
+        f"{worst.max_abs:.3g} "
+        f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {result.reference_scale:.3g}); relative "
+        f"L2 error {worst.rel_l2:.3g}"
     )
     message += _position_clause(fn, tensor, result, worst, mode)
     if not worst.multiple:
@@ -121,7 +116,7 @@ def _position_clause(
     if worst.stride is None:
         return ""
     reference_input, moved = shifted_inputs(tensor, [(worst.dy, worst.dx)], mode)
-    reference, output = _call(fn, reference_input), _call(fn, moved[0])
+    reference, output = call_fn(fn, reference_input), call_fn(fn, moved[0])
     circular = mode in ("circular", "fourier")
     aligned, valid = shift_with_mask(
         reference, worst.aligned_dy, worst.aligned_dx, mode="circular" if circular else "zero"
@@ -132,7 +127,8 @@ def _position_clause(
         valid = valid & core & moved_core
     difference = (output.float() - aligned.float()) * valid
     position = _worst_position(difference)
-    return f", worst at output index {position} (got {float(output[position]):.4g}, expected {float(aligned[position]):.4g})"
+    got, expected = float(output[position]), float(aligned[position])
+    return f", worst at output index {position} (got {got:.4g}, expected {expected:.4g})"
 
 
 def _layer_clause(
@@ -151,7 +147,10 @@ def _layer_clause(
         return ""
     first = failing[0]
     worst = max(failing, key=lambda row: row["max_rel_l2"])
-    clause = f"; equivariance first breaks at layer '{first['layer']}' ({first['type']}, stride {first['stride']}, relative L2 error {first['max_rel_l2']:.3g})"
+    clause = (
+        f"; equivariance first breaks at layer '{first['layer']}' ({first['type']}, stride {first['stride']},"
+        f" relative L2 error {first['max_rel_l2']:.3g})"
+    )
     if worst["layer"] != first["layer"]:
         clause += f", worst layer '{worst['layer']}' ({worst['max_rel_l2']:.3g})"
     return clause
@@ -166,7 +165,7 @@ def assert_shift_invariant(
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
-    """Assert that ``fn`` ignores every shift: ``fn(T_t x) == fn(x)`` within tolerance (for logits, embeddings, pooled features).
+    """Assert that ``fn`` ignores every shift: ``fn(T_t x) == fn(x)`` within tolerance (logits, embeddings, pooling).
 
     Example:
         >>> pool = lambda t: t.mean(dim=(-2, -1))
@@ -177,19 +176,20 @@ def assert_shift_invariant(
         AssertionError: not shift-invariant under mode='circular': shift (0, 1) changes the output by up to 3 ...
     """
     tensor, _ = as_float_tensor(x, "x")
-    pairs = _check_shifts(shifts, mode)
+    pairs = check_shifts(shifts, mode)
     reference_input, moved = shifted_inputs(tensor, pairs, mode)
-    reference = _call(fn, reference_input)
+    reference = call_fn(fn, reference_input)
     atol, rtol = _tolerances(reference.dtype, atol, rtol)
     scale = float(reference.abs().max()) if reference.numel() else 0.0
     limit = atol + rtol * scale
     worst: tuple[float, tuple[float, float], torch.Tensor] | None = None
     failing = 0
     for pair, moved_input in zip(pairs, moved):
-        output = _call(fn, moved_input)
+        output = call_fn(fn, moved_input)
         if output.shape != reference.shape:
             raise AssertionError(
-                f"not shift-invariant: shift {pair} changes the output shape from {tuple(reference.shape)} to {tuple(output.shape)}"
+                f"not shift-invariant: shift {pair} changes the output shape from {tuple(reference.shape)} to "
+                f"{tuple(output.shape)}"
             )
         difference = output.float() - reference.float()
         largest = float(difference.abs().max()) if difference.numel() else 0.0
@@ -202,7 +202,8 @@ def assert_shift_invariant(
     largest, pair, difference = worst
     position = _worst_position(difference)
     raise AssertionError(
-        f"not shift-invariant under mode={mode!r}: shift ({pair[0]:g}, {pair[1]:g}) changes the output by up to {largest:.4g} "
+        f"not shift-invariant under mode={mode!r}: shift ({pair[0]:g}, {pair[1]:g}) changes the output by up to "
+        f"{largest:.4g} "
         f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {scale:.3g}), at output index {position}; "
         f"{failing} of {len(pairs)} shifts fail"
     )

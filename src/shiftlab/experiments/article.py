@@ -53,7 +53,7 @@ def _maxima(array: np.ndarray) -> list[tuple[int, int]]:
 
 
 def normalised_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """L2 distance between the two maps scaled to unit L2 norm: 0 same up to scale, sqrt(2) for disjoint non-negative maps.
+    """L2 distance between the two maps scaled to unit L2 norm: 0 same up to scale, sqrt(2) if disjoint and >= 0.
 
     Example:
         >>> round(normalised_distance(np.array([1.0, 0.0]), np.array([0.0, 3.0])), 4)
@@ -151,7 +151,8 @@ def single_pixel_experiment(iterations: int = 3) -> SinglePixelResult:
         )
         findings.append(
             Finding(
-                "Why: the 10x10 map has shrunk to one pixel, so no position can be told apart any more. The pixels never moved closer; the grid got coarser.",
+                "Why: the 10x10 map has shrunk to one pixel, so no position can be told apart any more. The pixels "
+                "never moved closer; the grid got coarser.",
                 f"distance between pixels, in input pixels: {[_input_distance(lv) for lv in levels]}",
             )
         )
@@ -279,18 +280,25 @@ def translation_experiment(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = 
     exact = [lv for lv in levels if lv.aligned_rel_l2 is not None]
     findings = [
         Finding(
-            "Convolution is translation equivariant: the edge map of the moved image equals the moved edge map (valid region, away from the borders)",
-            f"relative L2 error {format_number(levels[0].aligned_rel_l2)}, max abs error {format_number(levels[0].aligned_max_abs)}",
+            "Convolution is translation equivariant: the edge map of the moved image equals the moved edge map "
+            "(valid region, away from the borders)",
+            f"relative L2 error {format_number(levels[0].aligned_rel_l2)}, max abs error "
+            f"{format_number(levels[0].aligned_max_abs)}",
             levels[0].aligned_max_abs is not None and levels[0].aligned_max_abs <= 1e-5,
         ),
         Finding(
-            f"Stride-2 pooling commutes with this shift at every level where {SCENE_SHIFT} px is a multiple of the stride (all {len(exact)} levels here)",
-            "largest relative L2 error over those levels: " + format_number(max(lv.aligned_rel_l2 for lv in exact)),
-            all(lv.aligned_max_abs <= 1e-5 for lv in exact),
+            f"Stride-2 pooling commutes with this shift at every level where {SCENE_SHIFT} px is a multiple of the "
+            f"stride (all {len(exact)} levels here)",
+            "largest relative L2 error over those levels: "
+            + format_number(max(lv.aligned_rel_l2 for lv in exact if lv.aligned_rel_l2 is not None)),
+            all(lv.aligned_max_abs is not None and lv.aligned_max_abs <= 1e-5 for lv in exact),
         ),
         Finding(
-            "Pooling does not make the two maps alike: the object is still on the other side at the last level (the article's pictures suggest otherwise)",
-            f"level {last.level} ({last.shape[0]}x{last.shape[1]}): normalised distance {format_number(last.map_distance)} (0 = same, 1.41 = no overlap); peaks {format_number(last.peak_distance)} px apart ({format_number(last.peak_distance_input)} input px)",
+            "Pooling does not make the two maps alike: the object is still on the other side at the last level (the "
+            "article's pictures suggest otherwise)",
+            f"level {last.level} ({last.shape[0]}x{last.shape[1]}): normalised distance "
+            f"{format_number(last.map_distance)} (0 = same, 1.41 = no overlap); peaks "
+            f"{format_number(last.peak_distance)} px apart ({format_number(last.peak_distance_input)} input px)",
             last.map_distance > 0.5,
         ),
     ]
@@ -327,23 +335,27 @@ def mirror_experiment(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = PHOTO
     last = levels[-1]
     findings = [
         Finding(
-            "The mirror image is a reflection, not a translation: the raw (pre-ReLU) response to it is the mirrored response to the photo with its sign flipped",
+            "The mirror image is a reflection, not a translation: the raw (pre-ReLU) response to it is the mirrored "
+            "response to the photo with its sign flipped",
             f"max abs error of  conv(mirror) = -mirror(conv(photo)):  {format_number(sign_flip.max_abs)}",
             sign_flip.max_abs <= 1e-5,
         ),
         Finding(
             "So after ReLU the mirror's edge map is NOT the mirrored edge map of the photo",
-            f"relative L2 error {format_number(as_if_translated.rel_l2)}, cosine similarity {format_number(as_if_translated.cosine)}",
+            f"relative L2 error {format_number(as_if_translated.rel_l2)}, cosine similarity "
+            f"{format_number(as_if_translated.cosine)}",
             as_if_translated.rel_l2 > 0.5,
         ),
         Finding(
             "It is the half of the photo's response that ReLU removed (the negative part), mirrored",
-            f"max abs error {format_number(dropped_half.max_abs)}; share of edge energy in the mirror's map: {energy_kept:.1%}",
+            f"max abs error {format_number(dropped_half.max_abs)}; share of edge energy in the mirror's map: "
+            f"{energy_kept:.1%}",
             dropped_half.max_abs <= 1e-5,
         ),
         Finding(
             "Pooled maps of photo and mirror, compared as they are (what the article's pictures compare)",
-            f"level {last.level} ({last.shape[0]}x{last.shape[1]}): normalised distance {format_number(last.map_distance)}; peaks {format_number(last.peak_distance_input)} input px apart",
+            f"level {last.level} ({last.shape[0]}x{last.shape[1]}): normalised distance "
+            f"{format_number(last.map_distance)}; peaks {format_number(last.peak_distance_input)} input px apart",
         ),
     ]
     return PairResult(
@@ -519,9 +531,13 @@ def article_sections(results: ArticleResults) -> list[Section]:
         Section(
             "edges",
             "Edges: convolution with the article's Sobel filter",
-            f"The article filters a photo with sobel_y = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] (cross-correlation, as CNN layers compute it, with no padding) and applies ReLU. "
-            "Despite its name in the article, this filter differentiates along the columns: it responds to left-to-right intensity change, that is to vertical edges, and ReLU keeps only the edges where the image gets brighter to the right. "
-            f"The output loses one pixel on every side: {photo.shape[0]} x {photo.shape[1]} becomes {edges.shape[0]} x {edges.shape[1]}.",
+            "The article filters a photo with sobel_y = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] (cross-correlation, as "
+            "CNN layers compute it, with no padding) and applies ReLU. "
+            "Despite its name in the article, this filter differentiates along the columns: it responds to "
+            "left-to-right intensity change, that is to vertical edges, and ReLU keeps only the edges where the "
+            "image gets brighter to the right. "
+            f"The output loses one pixel on every side: {photo.shape[0]} x {photo.shape[1]} becomes {edges.shape[0]} "
+            f"x {edges.shape[1]}.",
             figures=[
                 (
                     "The photo (left) and its edge map after ReLU (right).",
@@ -532,15 +548,18 @@ def article_sections(results: ArticleResults) -> list[Section]:
         Section(
             "single-pixel",
             "Two single pixels, pooled until they meet",
-            "The article pools two 10 x 10 images, one with a bright pixel at [2, 2] and one at [-3, -3] (that is [7, 7]), and observes that the pixels end up in the same place. "
-            "Here the position of the bright pixel is computed at every level, and each of the article's statements is checked.",
+            "The article pools two 10 x 10 images, one with a bright pixel at [2, 2] and one at [-3, -3] (that is "
+            "[7, 7]), and observes that the pixels end up in the same place. "
+            "Here the position of the bright pixel is computed at every level, and each of the article's statements "
+            "is checked.",
             figures=[
                 (
                     "Where the two pixels land, level by level (magenta X: first image, green +: second).",
                     show_convergence(pixel.pyramid_a, pixel.pyramid_b, labels=("pixel at [2, 2]", "pixel at [-3, -3]")),
                 ),
                 (
-                    "The first image's pyramid: each panel titled with its shape, as in the article's visualize_pooling.",
+                    "The first image's pyramid: each panel titled with its shape, as in the article's "
+                    "visualize_pooling.",
                     show_pyramid(pixel.pyramid_a),
                 ),
             ],
@@ -557,8 +576,11 @@ def article_sections(results: ArticleResults) -> list[Section]:
         Section(
             "translation",
             "A true translation: the object moved to the other side",
-            f"The article compares a photo with one in which the object sits on the other side of the frame. Here that pair is exact: the cat on a flat gray canvas, once on the left and once {SCENE_SHIFT} pixels further right, so the second image is precisely a translation of the first. "
-            "That makes the equivariance of convolution measurable directly, and shows what pooling does and does not do with a translation.",
+            "The article compares a photo with one in which the object sits on the other side of the frame. Here "
+            f"that pair is exact: the cat on a flat gray canvas, once on the left and once {SCENE_SHIFT} pixels "
+            "further right, so the second image is precisely a translation of the first. "
+            "That makes the equivariance of convolution measurable directly, and shows what pooling does and does "
+            "not do with a translation.",
             figures=[
                 (
                     f"The two images: the second is the first moved {SCENE_SHIFT} pixels to the right.",
@@ -583,8 +605,11 @@ def article_sections(results: ArticleResults) -> list[Section]:
         Section(
             "mirror",
             "A mirror image is a reflection, not a translation",
-            "The article also compares a photo with its mirror image. A mirror image is not a translated image: every left-to-right gradient becomes right-to-left. "
-            "The article's filter is antisymmetric left-right, so its response to the mirror is exactly the mirrored response to the photo with the sign flipped, and ReLU then keeps the other half of the edges. The numbers below show this exactly.",
+            "The article also compares a photo with its mirror image. A mirror image is not a translated image: "
+            "every left-to-right gradient becomes right-to-left. "
+            "The article's filter is antisymmetric left-right, so its response to the mirror is exactly the mirrored "
+            "response to the photo with the sign flipped, and ReLU then keeps the other half of the edges. The "
+            "numbers below show this exactly.",
             figures=[
                 ("The mirror image's edge map, pooled six times.", show_pyramid(mirror.pyramids[1])),
                 (
@@ -599,16 +624,19 @@ def article_sections(results: ArticleResults) -> list[Section]:
         Section(
             "stride",
             "Which shifts survive pooling: multiples of the stride, and only those",
-            "The photo is cut twice, the second window a few pixels further right: an exact translation. Both windows go through the Sobel filter and repeated 2x2 pooling. "
-            "At level l a shift of t input pixels is t / 2^l pixels of the map. When that is a whole number the two pyramids line up exactly; when it is not, even the best whole-pixel alignment leaves an error. "
+            "The photo is cut twice, the second window a few pixels further right: an exact translation. Both "
+            "windows go through the Sobel filter and repeated 2x2 pooling. "
+            "At level l a shift of t input pixels is t / 2^l pixels of the map. When that is a whole number the two "
+            "pyramids line up exactly; when it is not, even the best whole-pixel alignment leaves an error. "
             "This aliasing is why real CNNs, full of stride-2 layers, change their output under a one-pixel shift.",
             figures=[
                 (
-                    "Relative L2 error after the best whole-pixel alignment, per shift (rows) and pooling level (columns). Exact zeros where the shift is a multiple of 2^level.",
+                    "Relative L2 error after the best whole-pixel alignment, per shift (rows) and pooling level "
+                    "(columns). Exact zeros where the shift is a multiple of 2^level.",
                     show_shift_table(
                         stride.errors,
                         [f"shift {s}" for s in stride.shifts],
-                        [f"level {l}" for l in range(stride.errors.shape[1])],
+                        [f"level {level}" for level in range(stride.errors.shape[1])],
                         xlabel="pooling level (stride 2^level)",
                         ylabel="horizontal shift (input px)",
                     ),

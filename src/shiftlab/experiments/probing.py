@@ -41,7 +41,7 @@ def run_probe(
     dtype: str = "float32",
     seed: int = 0,
     batch_size: int = 64,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> tuple[ProbeResult, ModelInfo]:
     """Load a model from its spec, prepare the images for it, and probe it.
 
@@ -71,6 +71,7 @@ def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
     """A few layers worth a heat map: the first, the first with a stride, one in the middle, and the output.
 
     Example:
+        >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1))
         >>> representative_layers(probe(net, torch.rand(1, 1, 8, 8), shifts=[(0, 1)]))
@@ -108,8 +109,10 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         hint = _CIRCULAR_HINT if circular and row["stride"] and max(row["stride"]) == 1 else ""
         findings.append(
             Finding(
-                f"Equivariance is first lost at layer '{inexact}' ({row['type']}, stride {format_stride(row['stride'])})",
-                f"{len(exact_before)} layer(s) before it are exact; its relative L2 error: mean {format_number(row['mean_rel_l2'])}, max {format_number(row['max_rel_l2'])}{hint}",
+                f"Equivariance is first lost at layer '{inexact}' ({row['type']}, stride "
+                f"{format_stride(row['stride'])})",
+                f"{len(exact_before)} layer(s) before it are exact; its relative L2 error: mean "
+                f"{format_number(row['mean_rel_l2'])}, max {format_number(row['max_rel_l2'])}{hint}",
             )
         )
     before = _layers_before_first_stride(summary)
@@ -118,7 +121,8 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         findings.append(
             Finding(
                 "Every layer before the first downsampling is exactly equivariant (stride 1: any shift is a multiple)",
-                f"{len(before)} layer(s), largest relative L2 error {format_number(max(row['max_rel_l2'] for row in before))}",
+                f"{len(before)} layer(s), largest relative L2 error "
+                f"{format_number(max(row['max_rel_l2'] for row in before))}",
                 exact,
             )
         )
@@ -133,8 +137,11 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         exact_other = sum(1 for r in other if r["rel_l2"] <= EXACT)
         findings.append(
             Finding(
-                "After downsampling, shifts that are a multiple of the layer's cumulative stride stay exact, and the others do not (aliasing)",
-                f"exact: {exact_multiple} of {len(multiple)} multiples, {exact_other} of {len(other)} others; mean relative L2 error {format_number(_mean(r['rel_l2'] for r in multiple))} vs {format_number(_mean(r['rel_l2'] for r in other))}"
+                "After downsampling, shifts that are a multiple of the layer's cumulative stride stay exact, and the "
+                "others do not (aliasing)",
+                f"exact: {exact_multiple} of {len(multiple)} multiples, {exact_other} of {len(other)} others; mean "
+                f"relative L2 error {format_number(_mean(r['rel_l2'] for r in multiple))} vs "
+                f"{format_number(_mean(r['rel_l2'] for r in other))}"
                 + (_CIRCULAR_HINT if circular and exact_multiple < len(multiple) else ""),
                 exact_multiple == len(multiple) and exact_other == 0,
             )
@@ -142,7 +149,8 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
     output = [r for r in result.rows if r["layer"] == "output" and (r["dy"], r["dx"]) != (0, 0)]
     if output:
         agreement = [r["top1_agreement"] for r in output if r["top1_agreement"] is not None]
-        text = f"relative L2 error of the output: mean {format_number(_mean(r['rel_l2'] for r in output))}, max {format_number(max(r['rel_l2'] for r in output))}"
+        errors = [r["rel_l2"] for r in output]
+        text = f"relative L2 error of the output: mean {format_number(_mean(errors))}, max {format_number(max(errors))}"
         if agreement:
             text += f"; top-1 class unchanged for {_mean(agreement):.1%} of image-shift pairs"
         findings.append(Finding("The model's output under the shifts", text))
@@ -201,7 +209,8 @@ def probe_section(
     )
     figures = [
         (
-            "Relative L2 error of every probed layer, in forward order: mean over shifts that are a multiple of the layer's cumulative stride (blue) and over the others (red), and the maximum (line).",
+            "Relative L2 error of every probed layer, in forward order: mean over shifts that are a multiple of the "
+            "layer's cumulative stride (blue) and over the others (red), and the maximum (line).",
             result.plot_depth(),
         ),
         (
@@ -212,12 +221,14 @@ def probe_section(
     return Section(
         key,
         title,
-        intro
-        + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size {', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on {protocol['device']}; {protocol['layers_watched']} layers watched.",
+        intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size "
+        f"{', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on "
+        f"{protocol['device']}; {protocol['layers_watched']} layers watched.",
         figures=figures,
         tables=[
             Table(
-                "Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are exact (error <= 1e-5)",
+                "Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are "
+                "exact (error <= 1e-5)",
                 ["depth", "layer", "type", "output shape", "stride", "mean", "max", "exact shifts"],
                 summary_rows,
             )
@@ -243,14 +254,21 @@ def demo_probe_sections() -> list[Section]:
             typical,
             key="probe-simple-cnn",
             title="Probing a small CNN layer by layer",
-            intro="The article's ideas, measured inside a network: shiftlab's bundled simple_cnn (3x3 convolutions with zero padding, batch norm, ReLU, a 2x2 max pooling, a stride-2 convolution, global average pooling and a linear head; seeded random weights) on the bundled photos. "
-            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is real image content, and pixels whose receptive field reaches the border are left out. "
-            "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a multiple of the cumulative stride still line up; the others alias.",
+            intro="The article's ideas, measured inside a network: shiftlab's bundled simple_cnn (3x3 convolutions "
+            "with zero padding, batch norm, ReLU, a 2x2 max pooling, a stride-2 convolution, global average "
+            "pooling and a linear head; seeded random weights) on the bundled photos. "
+            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is "
+            "real image content, and pixels whose receptive field reaches the border are left out. "
+            "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a "
+            "multiple of the cumulative stride still line up; the others alias.",
         ),
         probe_section(
             exact,
             key="probe-circular-cnn",
             title="A CNN that is exactly equivariant: circular padding, no stride",
-            intro="The same network with circular padding and without its pooling and stride (circular_cnn), under circular shifts. Every spatial layer commutes with every shift, to float precision, and the global average pooling makes the output invariant: the known answer that the measurement must reproduce.",
+            intro="The same network with circular padding and without its pooling and stride (circular_cnn), under "
+            "circular shifts. Every spatial layer commutes with every shift, to float precision, and the "
+            "global average pooling makes the output invariant: the known answer that the measurement must "
+            "reproduce.",
         ),
     ]

@@ -1,0 +1,88 @@
+"""The layout follows the data flow, and imports point one way: data -> measurement -> figures/report -> CLI.
+
+Every module of ``src/shiftlab`` has a layer; a module may import only from its own layer or below. The check reads
+every import statement, also those inside functions, so a lazy import cannot hide a dependency that points upstream.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "shiftlab"
+
+#: Lower layers first. A module may import from its own layer and the layers before it.
+LAYERS: list[set[str]] = [
+    {"errors", "_format"},  # vocabulary
+    {"_tensors", "_io", "accumulate", "distributed"},  # plumbing; torchrun's process group
+    {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
+    {"data", "ops", "_compare", "datasets", "views"},  # preparing inputs, operators, the comparison hot path
+    {"equivariance", "models", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
+    {"probe", "testing", "evaluate"},  # measuring models (layer by layer; predictions over a data set)
+    {"figures", "sections", "invariance_figures"},  # presentation: matplotlib figures, report sections
+    {"report", "experiments"},  # the HTML report; experiments made of all the above
+    {"cli", "__main__"},  # the command line, on top
+]
+
+#: Deliberate exceptions: (importer, imported, why).
+ALLOWED = {
+    ("probe", "figures"): "ProbeResult.plot_depth/plot_heatmap: thin shortcuts, imported when called",
+    ("evaluate", "invariance_figures"): "EvaluationResult.plot_*: thin shortcuts, imported when called",
+}
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(SOURCE).with_suffix("")
+    parts = relative.parts
+    return "experiments" if parts[0] == "experiments" else ".".join(parts)
+
+
+def layer_of(name: str) -> int:
+    for index, members in enumerate(LAYERS):
+        if name in members:
+            return index
+    raise AssertionError(f"module shiftlab.{name} has no layer in tests/test_architecture.py: give it one")
+
+
+def is_module(name: str) -> bool:
+    return (SOURCE / f"{name}.py").exists() or (SOURCE / name / "__init__.py").exists()
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+            if node.module == "shiftlab":  # from shiftlab import x: x may be a module (or __version__, a name)
+                names = [f"shiftlab.{alias.name}" for alias in node.names if is_module(alias.name)]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "shiftlab" and len(parts) > 1:
+                found.add("experiments" if parts[1] == "experiments" else parts[1])
+    return found
+
+
+MODULES = sorted(path for path in SOURCE.rglob("*.py") if path.name != "__init__.py" or path.parent != SOURCE)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(SOURCE)))
+def test_imports_point_one_way(path):
+    importer = module_name(path)
+    if importer.endswith("__init__"):
+        importer = importer.split(".")[0]
+    level = layer_of(importer)
+    upstream = [
+        name for name in sorted(imported_modules(path)) if layer_of(name) > level and (importer, name) not in ALLOWED
+    ]
+    assert not upstream, f"shiftlab.{importer} (layer {level}) imports from a later layer: {upstream}"
+
+
+def test_every_exception_is_still_needed():
+    for (importer, imported), why in ALLOWED.items():
+        path = SOURCE / f"{importer}.py"
+        assert imported in imported_modules(path), f"{importer} -> {imported} is allowed ({why}) but no longer used"
