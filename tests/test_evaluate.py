@@ -235,3 +235,13 @@ def test_bad_input_messages(tmp_path):
         ShiftlabError, match=r"^metric crop-consistency: needs 48x48 pixels \(16 window \+ 32 offsets\)"
     ):
         evaluate(small_classifier(), images, metrics="crop-consistency", resize=20, crop=16)
+
+
+def test_the_callers_train_flags_are_restored():
+    model = small_classifier().train()
+    images, _ = random_images(2)
+    evaluate(model, images, metrics=Consistency(views=2, max_shift=2))
+    assert all(module.training for module in model.modules())
+    with pytest.raises(ShiftlabError):
+        evaluate(model, images, metrics="shift-accuracy")  # no labels: refused
+    assert all(module.training for module in model.modules())

@@ -426,36 +426,89 @@ def evaluate(
     base_channels = 3 if any(entry.channels == 3 for entry in entries) else 1
     dataset = EvaluationDataset(image_set, channels=base_channels, resize=resize)
 
-    with process_group(target) as processes:
-        for entry in entries:
-            entry.module.to(device=processes.device, dtype=precision).eval()
-        classes_out = _check_models(entries, dataset, metric_list, crop, processes.device, precision)
-        views_per_image = sum(metric.max_views() for metric in metric_list)
-        per_pack = max(1, batch_size // views_per_image)
-        packs = _pack_ranges(len(image_set), per_pack)
-        protocol = _protocol(
-            image_set, entries, metric_list, resize, crop, seed, batch_size, per_pack, processes, dtype
-        )
-        states = {
-            (entry.label, metric.name): metric.state(classes_out[entry.label])
-            for entry in entries
-            for metric in metric_list
-        }
-        run = RunState(len(packs), len(image_set))
-        if resume:
-            _load_checkpoint(Path(checkpoint), protocol, run, states, processes)  # type: ignore[arg-type]
-        context = _Run(image_set, metric_list, entries, crop, seed, batch_size, precision, processes, run, states)
-        _loop(context, dataset, packs, workers, checkpoint, checkpoint_every, protocol, progress, on_skip)
-        run.all_reduce()
-        for state in states.values():
-            state.all_reduce()
-        if checkpoint is not None and processes.main:
-            _write_checkpoint(Path(checkpoint), protocol, run, states)
-            Path(_partial_path(Path(checkpoint))).unlink(missing_ok=True)
-        reasons: dict[int, str] = {}
-        for part in gather_objects(context.reasons, processes.world):
-            reasons.update(part)
-        return _result(context, protocol, reasons)
+    settings = _Settings(
+        resize, crop, seed, batch_size, workers, precision, dtype, checkpoint, checkpoint_every, resume, progress
+    )
+    flags = [(module, module.training) for entry in entries for module in entry.module.modules()]
+    try:
+        with process_group(target) as processes:
+            return _evaluate(entries, image_set, dataset, metric_list, settings, processes, on_skip)
+    finally:
+        for module, training in flags:  # the caller's train/eval flags, as they were
+            module.train(training)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    resize: int | None
+    crop: int | None
+    seed: int
+    batch_size: int
+    workers: int
+    precision: torch.dtype
+    dtype: str
+    checkpoint: str | Path | None
+    checkpoint_every: int
+    resume: bool
+    progress: bool | None
+
+
+def _evaluate(
+    entries: list[_Model],
+    image_set: ImageSet,
+    dataset: EvaluationDataset,
+    metrics: list[Metric],
+    settings: _Settings,
+    processes: Processes,
+    on_skip: Callable[[str, str], None] | None,
+) -> EvaluationResult:
+    """The run itself, inside the process group (see :func:`evaluate`)."""
+    for entry in entries:
+        entry.module.to(device=processes.device, dtype=settings.precision).eval()
+    classes_out = _check_models(entries, dataset, metrics, settings.crop, processes.device, settings.precision)
+    per_pack = max(1, settings.batch_size // sum(metric.max_views() for metric in metrics))
+    packs = _pack_ranges(len(image_set), per_pack)
+    protocol = _protocol(image_set, entries, metrics, settings, per_pack, processes)
+    states = {
+        (entry.label, metric.name): metric.state(classes_out[entry.label]) for entry in entries for metric in metrics
+    }
+    run = RunState(len(packs), len(image_set))
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint is not None else None
+    if settings.resume and checkpoint is not None:
+        _load_checkpoint(checkpoint, protocol, run, states, processes)
+    context = _Run(
+        image_set,
+        metrics,
+        entries,
+        settings.crop,
+        settings.seed,
+        settings.batch_size,
+        settings.precision,
+        processes,
+        run,
+        states,
+    )
+    _loop(
+        context,
+        dataset,
+        packs,
+        settings.workers,
+        checkpoint,
+        settings.checkpoint_every,
+        protocol,
+        settings.progress,
+        on_skip,
+    )
+    run.all_reduce()
+    for state in states.values():
+        state.all_reduce()
+    if checkpoint is not None and processes.main:
+        _write_checkpoint(checkpoint, protocol, run, states)
+        _partial_path(checkpoint).unlink(missing_ok=True)
+    reasons: dict[int, str] = {}
+    for part in gather_objects(context.reasons, processes.world):
+        reasons.update(part)
+    return _result(context, protocol, reasons)
 
 
 def _check_models(
@@ -511,14 +564,11 @@ def _protocol(
     images: ImageSet,
     entries: list[_Model],
     metrics: list[Metric],
-    resize: int | None,
-    crop: int | None,
-    seed: int,
-    batch_size: int,
+    settings: _Settings,
     per_pack: int,
     processes: Processes,
-    dtype: str,
 ) -> dict[str, Any]:
+    resize, crop = settings.resize, settings.crop
     return to_jsonable(
         {
             "data": {
@@ -534,15 +584,15 @@ def _protocol(
                 "loaded_channels": 3 if any(entry.channels == 3 for entry in entries) else 1,
             },
             "metrics": {metric.name: metric.describe() for metric in metrics},
-            "seed": seed,
+            "seed": settings.seed,
             "seeding": (
                 "each image's shifts from torch.Generator seeded with"
                 " splitmix64(splitmix64(splitmix64(seed) ^ crc32(metric name)) ^ image index)"
             ),
-            "batch_size": batch_size,
+            "batch_size": settings.batch_size,
             "images_per_pack": per_pack,
             "device": processes.device.type,
-            "dtype": dtype,
+            "dtype": settings.dtype,
             "models": {entry.label: entry.record for entry in entries},
         }
     )
