@@ -44,6 +44,13 @@ def test_class_folders_sorted_as_imagefolder(class_folder):
     assert images.labels == (0, 0, 0, 1, 1)
 
 
+def test_an_empty_class_folder_keeps_its_index(class_folder):
+    (class_folder / "a_empty").mkdir()
+    images = open_images(class_folder)
+    assert images.classes == ("a_empty", "face", "nonface")
+    assert images.labels == (1, 1, 1, 2, 2)
+
+
 def test_explicit_class_order(class_folder):
     images = open_images(class_folder, classes="nonface,face")
     assert images.classes == ("nonface", "face")

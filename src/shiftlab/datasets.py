@@ -182,18 +182,19 @@ def _from_folder(root: Path, classes: tuple[str, ...] | None) -> ImageSet:
         fail(subject, f"cannot be listed ({error.strerror or error})")
     flat = [entry for entry in entries if _is_image(entry)]
     folders = [entry for entry in entries if entry.is_dir() and not entry.name.startswith(".")]
+    # every sub-folder is a class, even an empty one (as torchvision's find_classes): indices never shift
     class_files = {folder.name: sorted(_walk_images(folder)) for folder in folders}
-    class_files = {name: files for name, files in class_files.items() if files}
-    if flat and class_files:
+    filled = [name for name, files in class_files.items() if files]
+    if flat and filled:
         fail(
             subject,
-            f"holds both images ({flat[0].name}, ...) and class folders ({next(iter(class_files))}/, ...):"
+            f"holds both images ({flat[0].name}, ...) and class folders ({filled[0]}/, ...):"
             " put every image in a class folder, or none",
         )
     if flat:
         check(classes is None, "classes", f"were given, but '{root}' is a flat folder without class folders")
         return ImageSet(tuple(str(path) for path in flat), None, None, f"folder '{root}' ({len(flat)} images)")
-    check(class_files, subject, f"holds no images ({', '.join(IMAGE_EXTENSIONS)}), neither flat nor in class folders")
+    check(filled, subject, f"holds no images ({', '.join(IMAGE_EXTENSIONS)}), neither flat nor in class folders")
     if classes is None:
         classes = tuple(sorted(class_files))
     unknown = [name for name in class_files if name not in classes]
@@ -208,7 +209,7 @@ def _from_folder(root: Path, classes: tuple[str, ...] | None) -> ImageSet:
         for path in class_files.get(name, []):
             items.append(str(path))
             labels.append(index)
-    description = f"folder '{root}' ({len(items)} images in {len(class_files)} class folders)"
+    description = f"folder '{root}' ({len(items)} images in {len(filled)} of {len(classes)} class folders)"
     return ImageSet(tuple(items), tuple(labels), classes, description)
 
 
