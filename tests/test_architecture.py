@@ -16,13 +16,13 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "shiftlab"
 #: Lower layers first. A module may import from its own layer and the layers before it.
 LAYERS: list[set[str]] = [
     {"errors", "_format"},  # vocabulary
-    {"_tensors", "_io", "accumulate"},  # plumbing
+    {"_tensors", "_io", "accumulate", "distributed"},  # plumbing; torchrun's process group
     {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
-    {"data", "ops", "_compare"},  # preparing inputs, operators, the comparison hot path
+    {"data", "ops", "_compare", "datasets", "views"},  # preparing inputs, operators, the comparison hot path
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
-    {"equivariance", "models", "layouts"},  # one map's equivariance; networks; where their maps' axes are
-    {"probe", "testing"},  # measuring models
-    {"figures", "sections"},  # presentation: matplotlib figures, report sections
+    {"equivariance", "models", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
+    {"probe", "testing", "evaluate"},  # measuring models (layer by layer; predictions over a data set)
+    {"figures", "sections", "invariance_figures"},  # presentation: matplotlib figures, report sections
     {"report", "experiments"},  # the HTML report; experiments made of all the above
     {"cli", "__main__"},  # the command line, on top
 ]
@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
 #: Deliberate exceptions: (importer, imported, why).
 ALLOWED = {
     ("probe", "figures"): "ProbeResult.plot_depth/plot_heatmap: thin shortcuts, imported when called",
+    ("evaluate", "invariance_figures"): "EvaluationResult.plot_*: thin shortcuts, imported when called",
 }
 
 

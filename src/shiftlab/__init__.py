@@ -6,6 +6,7 @@ The public API, re-exported from the modules that define it (nothing is defined 
 from shiftlab.data import Preprocess, prepare_images
 from shiftlab.equivariance import EquivarianceResult, ShiftComparison, ShiftError, equivariance_error, feature_stride
 from shiftlab.errors import InternalError, ShiftlabError
+from shiftlab.evaluate import EvaluationResult, evaluate
 from shiftlab.figures import (
     show_convergence,
     show_error_vs_depth,
@@ -31,6 +32,7 @@ __all__ = [
     "SHIFT_MODES",
     "Convolve",
     "EquivarianceResult",
+    "EvaluationResult",
     "InternalError",
     "MapError",
     "MaxPool",
@@ -44,6 +46,7 @@ __all__ = [
     "compare_maps",
     "convolve",
     "equivariance_error",
+    "evaluate",
     "feature_stride",
     "gaussian_kernel",
     "get_kernel",

@@ -110,10 +110,11 @@ def run_pool(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
     from shiftlab.experiments.article import article_sections, run_article
+    from shiftlab.experiments.evaluation import demo_evaluation_sections
     from shiftlab.experiments.probing import demo_probe_sections
     from shiftlab.report import write_report
 
-    with _progress(4, "demo") as bar:
+    with _progress(5, "demo") as bar:
         bar.set_postfix_str("article experiments")
         results = run_article()
         bar.update()
@@ -122,6 +123,9 @@ def run_demo(args: argparse.Namespace) -> int:
         bar.update()
         bar.set_postfix_str("probing bundled networks")
         sections += demo_probe_sections()
+        bar.update()
+        bar.set_postfix_str("evaluating the digit classifier")
+        sections += demo_evaluation_sections()
         bar.update()
         bar.set_postfix_str("report")
         with staged_directory(args.out) as staging:
@@ -280,6 +284,154 @@ def _save_state_dict(model, path: Path) -> None:
     path.write_bytes(
         save({key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()})
     )
+
+
+def _subpixel_shifts(spec: str) -> list[tuple[float, float]]:
+    import re
+
+    from shiftlab.errors import fail
+
+    pairs = []
+    for item in spec.split(";"):
+        numbers = [number.strip() for number in item.split(",")]
+        if len(numbers) != 2 or not all(re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", number) for number in numbers):
+            fail(
+                "--subpixel-shifts",
+                f"cannot read {item.strip()!r}: expected dy,dx pairs separated by ';', e.g. '0,0.5;0.5,0.5'",
+            )
+        pairs.append((float(numbers[0]), float(numbers[1])))
+    return pairs
+
+
+def _floats(spec: str | None, name: str) -> list[float] | None:
+    from shiftlab.errors import fail
+
+    if spec is None:
+        return None
+    try:
+        return [float(value) for value in spec.split(",")]
+    except ValueError:
+        fail(name, f"cannot read {spec!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406")
+
+
+def _auto_metrics(args: argparse.Namespace, labelled: bool) -> list[str]:
+    """``--metrics auto``: every classification metric the data and the preparation allow."""
+    names = ["consistency"]
+    if args.crop is not None and args.resize is not None and args.resize >= args.crop + args.max_shift:
+        names.append("crop-consistency")
+    if labelled:
+        names.append("shift-accuracy")
+    names += ["subpixel", "imagenet-p", "diagonal"]
+    return names
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from tqdm.auto import tqdm
+
+    from shiftlab._io import staged_directory
+    from shiftlab.datasets import open_images
+    from shiftlab.errors import check, fail
+    from shiftlab.evaluate import evaluate
+    from shiftlab.experiments.evaluation import evaluation_protocol, evaluation_sections
+    from shiftlab.invariance import METRIC_NAMES, make_metric
+    from shiftlab.report import write_report
+    from shiftlab.shifts import parse_shifts
+
+    out = Path(args.out)
+    check(not out.exists() or out.is_dir(), f"output folder '{out}'", "exists and is not a folder")
+    images = open_images(args.data, classes=args.classes)
+    names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    if names == ["auto"]:
+        names = _auto_metrics(args, images.labels is not None)
+    diagonal_mode = args.diagonal_mode
+    if diagonal_mode == "auto":
+        margin = args.resize is not None and args.crop is not None and args.resize > args.crop
+        diagonal_mode = "crop" if margin else "circular"
+    for name in names:
+        if name not in METRIC_NAMES:
+            fail("--metrics", f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)} (or auto)")
+    options = {
+        "views": args.views,
+        "max_shift": args.max_shift,
+        "shifts": parse_shifts(args.shifts),
+        "shift_mode": args.shift_mode,
+        "subpixel_shifts": _subpixel_shifts(args.subpixel_shifts),
+        "sequence_shift": args.sequence_shift,
+        "diagonal_mode": diagonal_mode,
+    }
+    metrics = [make_metric(name, **options) for name in names]
+    main_process = int(os.environ.get("RANK", "0")) == 0
+
+    def report_skip(name: str, reason: str) -> None:
+        tqdm.write(
+            f"shiftlab: skipped {reason}" if name in reason else f"shiftlab: skipped '{name}': {reason}",
+            file=sys.stderr,
+        )
+
+    result = evaluate(
+        args.model,
+        images,
+        metrics=metrics,
+        resize=args.resize,
+        crop=args.crop,
+        normalize=args.normalize,
+        mean=_floats(args.mean, "--mean"),
+        std=_floats(args.std, "--std"),
+        weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
+        seed=args.seed,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoint=out / "checkpoint.pt",
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        progress=None,
+        on_skip=report_skip if main_process else None,
+    )
+    if not main_process:
+        return 0
+    sections = evaluation_sections(result)
+    with staged_directory(out) as staging:
+        write_report(
+            sections,
+            staging,
+            title=f"shiftlab evaluate: {', '.join(result.models)}",
+            summary=EVALUATE_SUMMARY,
+            protocol=evaluation_protocol(result),
+        )
+        result.to_json(staging / "evaluation.json")
+        result.to_csv(staging / "evaluation.csv")
+    _print_evaluation(result)
+    print(f"report: {(out / 'report.html').resolve()}")
+    print(f"numbers: {(out / 'evaluation.json').resolve()}; table: {(out / 'evaluation.csv').resolve()}")
+    return 0
+
+
+EVALUATE_SUMMARY = (
+    "How often the models' predictions change when the input is translated, measured over a whole data set with the "
+    "published protocols (Zhang 2019; Chaman & Dokmanic 2021; Azulay & Weiss 2019; Hendrycks & Dietterich 2019; "
+    "Michaeli et al. 2023), under one documented protocol with fixed seeds."
+)
+
+
+def _print_evaluation(result) -> None:
+    from shiftlab.sections import format_number
+
+    rows = result.summary()
+    width = max(len(row["model"]) for row in rows)
+    print(
+        f"{result.images['evaluated']} of {result.images['total']} images evaluated, {result.images['skipped']} skipped"
+    )
+    print(f"{'model':<{width}}  {'metric':<16} {'statistic':<30} {'at':<14} {'value':>10}")
+    for row in rows:
+        value = row["value"]
+        text = format_number(value) if value is not None else "n/a"
+        if row["ci_low"] is not None:
+            text += f" [{format_number(row['ci_low'])}, {format_number(row['ci_high'])}]"
+        print(f"{row['model']:<{width}}  {row['metric']:<16} {row['statistic']:<30} {row['at']:<14} {text:>10}")
 
 
 def run_samples(args: argparse.Namespace) -> int:
@@ -508,6 +660,118 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_out(convert, "convert")
     convert.set_defaults(handler=run_convert)
+
+    evaluation = commands.add_parser(
+        "evaluate",
+        help="measure how often models' predictions change under translation, over a whole data set",
+        description=(
+            "Run one or more models over a data set under the published shift protocols (consistency, accuracy "
+            "under shift, sub-pixel shifts, ImageNet-P translation sequences, Azulay & Weiss's one-pixel shift) and "
+            "write report.html, evaluation.json and evaluation.csv. Runs under torchrun too: "
+            "torchrun --nproc_per_node N -m shiftlab evaluate ..."
+        ),
+        epilog=(
+            "SPEC: a bundled network, a torchvision architecture (random weights unless --weights), or "
+            "package.module:callable / file.py:callable. DATA: a folder of images (flat, or one sub-folder per "
+            "class), a text file listing paths with optional labels, or a bundled data set."
+        ),
+    )
+    evaluation.add_argument(
+        "--model", action="append", required=True, metavar="SPEC", help="a model; repeat for several, side by side"
+    )
+    evaluation.add_argument(
+        "--weights",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="state_dict (.pt/.safetensors) for each --model, in order; - for a model without",
+    )
+    evaluation.add_argument("--data", required=True, metavar="DATA", help="folder, list file or bundled data set")
+    evaluation.add_argument(
+        "--classes",
+        default=None,
+        help="class names in index order, comma-separated or a file (default: sorted folder names)",
+    )
+    evaluation.add_argument(
+        "--metrics",
+        default="auto",
+        help=(
+            "comma-separated: consistency, crop-consistency, shift-accuracy, subpixel, imagenet-p, diagonal, cosine "
+            "(default: auto = every classification metric the data allows)"
+        ),
+    )
+    evaluation.add_argument(
+        "--views", type=int, default=8, help="views per image for the consistency metrics (default: 8)"
+    )
+    evaluation.add_argument(
+        "--max-shift", type=int, default=32, help="consistency: rolls in [-R, R), crop offsets in [0, R) (default: 32)"
+    )
+    evaluation.add_argument(
+        "--shifts",
+        default="grid:-2:3",
+        help="shift grid of shift-accuracy and cosine, as for probe (default: grid:-2:3)",
+    )
+    evaluation.add_argument(
+        "--shift-mode",
+        choices=("circular", "crop", "zero", "fourier"),
+        default="circular",
+        help="how shift-accuracy and cosine shift (default: circular)",
+    )
+    evaluation.add_argument(
+        "--subpixel-shifts",
+        default="0,0.5;0.5,0;0.5,0.5",
+        help="fractional dy,dx pairs for subpixel (default: 0,0.5;0.5,0;0.5,0.5)",
+    )
+    evaluation.add_argument(
+        "--sequence-shift", type=int, default=20, help="imagenet-p frames shift by -T..T px (default: 20)"
+    )
+    evaluation.add_argument(
+        "--diagonal-mode",
+        choices=("auto", "crop", "circular", "zero", "fourier"),
+        default="auto",
+        help="diagonal: crop windows when --resize leaves room around --crop, else circular (default: auto)",
+    )
+    evaluation.add_argument(
+        "--resize", type=int, default=None, help="shorter side of every image before views are cut (e.g. 256)"
+    )
+    evaluation.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        help="model input: the centre CROPxCROP window (e.g. 224; default: whole image)",
+    )
+    evaluation.add_argument(
+        "--normalize",
+        choices=("auto", "imagenet", "none"),
+        default="auto",
+        help="input normalisation (default: auto = ImageNet statistics for torchvision models)",
+    )
+    evaluation.add_argument(
+        "--mean", default=None, help="per-channel mean, e.g. 0.5,0.5,0.5 (with --std; overrides --normalize)"
+    )
+    evaluation.add_argument("--std", default=None, help="per-channel standard deviation (with --mean)")
+    evaluation.add_argument(
+        "--seed", type=int, default=0, help="seed of the random shifts and of random initialisation (default: 0)"
+    )
+    evaluation.add_argument(
+        "--batch-size", type=int, default=64, help="most inputs per forward pass; part of the protocol (default: 64)"
+    )
+    evaluation.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
+    evaluation.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu; under torchrun: one GPU per process)"
+    )
+    evaluation.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16", "float64"),
+        default="float32",
+        help="model precision (default: float32)",
+    )
+    evaluation.add_argument(
+        "--checkpoint-every", type=int, default=50, help="write partial results every N steps (default: 50)"
+    )
+    evaluation.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    _add_out(evaluation, "evaluate")
+    evaluation.set_defaults(handler=run_evaluate)
 
     samples = commands.add_parser(
         "samples",

@@ -1,0 +1,170 @@
+"""Figures of an :class:`~shiftlab.evaluate.EvaluationResult`: consistency against shift distance, flips along a
+translation sequence, accuracy over a shift grid. Each function returns a :class:`matplotlib.figure.Figure`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from shiftlab.errors import check
+
+__all__ = ["show_consistency_by_distance", "show_sequence_flips", "show_shift_accuracy"]
+
+COLOURS = ("#2e86ab", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d5a97", "#3d405b", "#e07a5f")
+
+
+def _colour(index: int) -> str:
+    return COLOURS[index % len(COLOURS)]
+
+
+def _metric_results(result: Any, metric: str) -> dict[str, dict[str, Any]]:
+    return {model: result.results[model][metric] for model in result.models if metric in result.results[model]}
+
+
+def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi: int = 100) -> Figure:
+    """Top-1 agreement of view pairs against the distance between their shifts (rounded to whole pixels).
+
+    Top panel: one line per model, with the overall consistency as a dashed line.
+    Bottom panel: how many pairs each distance has (few pairs: a noisy point).
+
+    Args:
+        result: an :class:`~shiftlab.evaluate.EvaluationResult`.
+        metric: ``"consistency"`` or ``"crop-consistency"`` (default: the first measured).
+    """
+    available = [name for name in ("consistency", "crop-consistency") if name in result.protocol["metrics"]]
+    check(available, "figure", "the result has no consistency metric (consistency or crop-consistency)")
+    chosen = metric or available[0]
+    check(chosen in available, "metric", f"must be one of {', '.join(available)}, got {chosen!r}")
+    per_model = _metric_results(result, chosen)
+    figure = Figure(figsize=(7.2, 4.8), dpi=dpi, layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    counts: dict[int, int] = {}
+    for index, (model, values) in enumerate(per_model.items()):
+        items = values["by_distance"]
+        distances = [item["distance"] for item in items]
+        top.plot(
+            distances,
+            [100 * item["consistency"] for item in items],
+            "-o",
+            markersize=3,
+            color=_colour(index),
+            label=f"{model} ({100 * values['consistency']:.1f}%)" if values["consistency"] is not None else model,
+        )
+        if values["consistency"] is not None:
+            top.axhline(100 * values["consistency"], color=_colour(index), linestyle="--", linewidth=0.8)
+        counts = {item["distance"]: item["pairs"] for item in items}
+    lowest = min(
+        (100 * item["consistency"] for values in per_model.values() for item in values["by_distance"]), default=0.0
+    )
+    top.set_ylim(max(0.0, min(lowest, 95.0) - 3.0), 101.0)
+    top.set_ylabel("pairs whose top-1 agrees (%)")
+    top.set_title(f"{chosen}: agreement against the distance between the two shifts", fontsize=10)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, loc="lower left")
+    if counts:
+        bottom.bar(list(counts), list(counts.values()), width=0.8, color="#9aa3b5")
+    bottom.set_xlabel("distance between the shifts of the two views (px, rounded)")
+    bottom.set_ylabel("pairs")
+    bottom.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def show_sequence_flips(result: Any, *, dpi: int = 100) -> Figure:
+    """Along ImageNet-P's translation sequence: how often the top-1 class flips between neighbouring frames (left),
+    and how often it differs from the unshifted frame's (right), one line per model."""
+    check("imagenet-p" in result.protocol["metrics"], "figure", "the result has no imagenet-p metric")
+    per_model = _metric_results(result, "imagenet-p")
+    figure = Figure(figsize=(10.0, 3.8), dpi=dpi, layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for index, (model, values) in enumerate(per_model.items()):
+        steps = values["flip_rate_by_step"]
+        middles = [(item["from_shift"] + item["to_shift"]) / 2 for item in steps]
+        left.plot(
+            middles,
+            [100 * (item["flip_rate"] or 0) for item in steps],
+            "-o",
+            markersize=2.5,
+            color=_colour(index),
+            label=model,
+        )
+        frames = values["differs_from_centre"]
+        right.plot(
+            [item["shift"] for item in frames],
+            [100 * (item["rate"] or 0) for item in frames],
+            "-o",
+            markersize=2.5,
+            color=_colour(index),
+            label=model,
+        )
+    left.set_title("top-1 flips between neighbouring frames", fontsize=10)
+    left.set_xlabel("horizontal shift of the picture (px), between frames")
+    left.set_ylabel("images (%)")
+    right.set_title("top-1 differs from the unshifted frame", fontsize=10)
+    right.set_xlabel("horizontal shift of the picture (px)")
+    right.set_ylabel("images (%)")
+    for axes in (left, right):
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    return figure
+
+
+def show_shift_accuracy(result: Any, *, dpi: int = 100) -> Figure:
+    """Top-1 accuracy for every shift of the grid: a heat map per model when the shifts fill a rectangle,
+    otherwise accuracy against the shift's position in the list."""
+    check("shift-accuracy" in result.protocol["metrics"], "figure", "the result has no shift-accuracy metric")
+    per_model = _metric_results(result, "shift-accuracy")
+    shifts = [tuple(item["shift"]) for item in next(iter(per_model.values()))["per_shift"]]
+    rows = sorted({dy for dy, _ in shifts})
+    cols = sorted({dx for _, dx in shifts})
+    rectangle = len(shifts) == len(rows) * len(cols) == len(set(shifts)) and len(rows) > 1 and len(cols) > 1
+    count = len(per_model)
+    if not rectangle:
+        figure = Figure(figsize=(7.0, 3.6), dpi=dpi, layout="constrained")
+        axes = figure.subplots()
+        for index, (model, values) in enumerate(per_model.items()):
+            axes.plot(
+                range(len(shifts)),
+                [100 * (item["accuracy"] or 0) for item in values["per_shift"]],
+                "-o",
+                markersize=3,
+                color=_colour(index),
+                label=model,
+            )
+        axes.set_xticks(range(len(shifts)), [f"({dy:g},{dx:g})" for dy, dx in shifts], rotation=90, fontsize=7)
+        axes.set_ylabel("top-1 accuracy (%)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        return figure
+    figure = Figure(figsize=(min(16.0, 3.6 * count + 1.0), 3.6), dpi=dpi, layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, count))
+    grids = {}
+    for model, values in per_model.items():
+        grid = np.full((len(rows), len(cols)), np.nan)
+        for item in values["per_shift"]:
+            dy, dx = item["shift"]
+            grid[rows.index(dy), cols.index(dx)] = 100 * (item["accuracy"] or 0)
+        grids[model] = grid
+    low = min(float(np.nanmin(grid)) for grid in grids.values())
+    high = max(float(np.nanmax(grid)) for grid in grids.values())
+    high = high if high > low else low + 1.0
+    for axes, (model, values) in zip(panels, per_model.items()):
+        grid = grids[model]
+        image = axes.imshow(grid, cmap="viridis", origin="upper", vmin=low, vmax=high)
+        axes.set_xticks(range(len(cols)), [f"{value:g}" for value in cols], fontsize=7)
+        axes.set_yticks(range(len(rows)), [f"{value:g}" for value in rows], fontsize=7)
+        axes.set_xlabel("dx (right)")
+        axes.set_ylabel("dy (down)")
+        worst = values["worst_case_accuracy"]
+        axes.set_title(f"{model}\nworst case {100 * worst:.1f}%" if worst is not None else model, fontsize=9)
+        for (row, col), value in np.ndenumerate(grid):
+            if len(rows) * len(cols) <= 49 and np.isfinite(value):
+                light = (value - low) / (high - low) > 0.6  # viridis is light at the top: dark text there
+                axes.text(
+                    col, row, f"{value:.0f}", ha="center", va="center", fontsize=6, color="black" if light else "white"
+                )
+        figure.colorbar(image, ax=axes, shrink=0.8, label="accuracy (%)")
+    return figure

@@ -1,0 +1,247 @@
+"""shiftlab.evaluate end to end: known answers, exactness across batch sizes and resumption, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from evaluation_nets import ChannelMax, FeatureMap, PerSample, PixelProbe, small_classifier
+from PIL import Image
+
+from shiftlab import evaluate
+from shiftlab.errors import ShiftlabError
+from shiftlab.evaluate import COLUMNS, EvaluationResult
+from shiftlab.invariance import (
+    Consistency,
+    DiagonalShift,
+    FeatureSimilarity,
+    ShiftAccuracy,
+    SubpixelConsistency,
+    TranslationSequence,
+    sample_seed,
+)
+
+
+def bright_pixel_images(count: int = 6, size: int = 12, at: tuple[int, int] = (2, 2)) -> torch.Tensor:
+    images = torch.zeros(count, 3, size, size)
+    images[:, 0, at[0], at[1]] = 1.0
+    return images
+
+
+def random_images(count: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(count, 3, size, size, generator=generator), torch.randint(0, 10, (count,), generator=generator)
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+def test_pixel_model_known_answers():
+    """The model answers 1 exactly when the bright pixel lands on the top-left corner of its input."""
+    images = bright_pixel_images()  # 12x12, crop 8 at (2, 2): the bright pixel is the crop's corner
+    labels = torch.ones(6, dtype=torch.int64)
+    grid = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    metrics = [
+        ShiftAccuracy(grid, mode="crop"),
+        TranslationSequence(max_shift=2),
+        DiagonalShift("crop"),
+        Consistency("circular", views=8, max_shift=4),
+    ]
+    result = evaluate(PixelProbe(), (images, labels), metrics=metrics, crop=8)
+    accuracy = result.results["PixelProbe"]["shift-accuracy"]
+    assert accuracy["accuracy_unshifted"] == 1.0 and accuracy["worst_case_accuracy"] == 0.0
+    assert [item["accuracy"] for item in accuracy["per_shift"]] == [float(shift == (0, 0)) for shift in grid]
+    sequence = result.results["PixelProbe"]["imagenet-p"]["per_difficulty"]
+    # 5 frames, only the centre one (2) is class 1: difficulties 1 and 2 see two flips, each of top-2 distance 2;
+    # difficulty 3 compares frames (0, 3) and (1, 4) only
+    assert [item["flip_probability"] for item in sequence] == [2 / 4, 2 / 3, 0.0]
+    assert [item["top2_distance"] for item in sequence] == [4 / 4, 4 / 3, 0.0]
+    diagonal = result.results["PixelProbe"]["diagonal"]
+    assert diagonal["p_top1_change"] == 1.0
+    assert diagonal["mac"] == pytest.approx(math.e / (1 + math.e) - 0.5, abs=1e-9)
+    # consistency: view k is class 1 iff its roll is (0, 0); the rolls follow the documented seeding
+    stream = Consistency("circular").stream
+    agreeing = 0
+    for index in range(6):
+        generator = torch.Generator().manual_seed(sample_seed(0, stream, index))
+        classes = (torch.randint(-4, 4, (8, 2), generator=generator) == 0).all(dim=1).tolist()
+        agreeing += sum(classes[a] == classes[b] for a in range(8) for b in range(a + 1, 8))
+    consistency = result.results["PixelProbe"]["consistency"]
+    assert consistency["agreeing_pairs"] == agreeing and consistency["pairs"] == 6 * 28
+
+
+def test_a_model_invariant_to_circular_shifts_is_fully_consistent():
+    images, labels = random_images(8)
+    metrics = [Consistency("circular", views=6, max_shift=8), ShiftAccuracy([(3, -5), (7, 7)], mode="circular")]
+    result = evaluate(ChannelMax(), (images, labels % 3), metrics=metrics)
+    assert result.value("ChannelMax", "consistency", "consistency") == 1.0
+    assert result.value("ChannelMax", "consistency", "all_views_agree") == 1.0
+    accuracy = result.results["ChannelMax"]["shift-accuracy"]
+    assert accuracy["worst_case_accuracy"] == accuracy["accuracy_unshifted"]
+    assert all(item["unchanged"] == 1.0 for item in accuracy["per_shift"])
+
+
+def test_feature_models_are_compared_by_cosine():
+    images, _ = random_images(4)
+    result = evaluate(FeatureMap(), images, metrics=FeatureSimilarity([(0, 0), (0, 2)], mode="circular"))
+    per_shift = result.results["FeatureMap"]["cosine"]["per_shift"]
+    assert per_shift[0]["mean_cosine"] == pytest.approx(1.0, abs=1e-9)  # the unshifted input against itself
+    assert per_shift[1]["mean_cosine"] < 0.999  # a 2-pixel roll moves the map: flattened outputs differ
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+ALL_METRICS = [
+    Consistency("circular", views=4, max_shift=4),
+    Consistency("crop", views=4, max_shift=4),
+    ShiftAccuracy([(0, 1), (1, 1)], mode="crop"),
+    SubpixelConsistency(),
+    TranslationSequence(max_shift=2),
+    DiagonalShift("crop"),
+]
+
+
+def test_results_do_not_depend_on_the_batch_size(single_thread):
+    """With a model whose outputs cannot depend on the batch, every number is equal for any batch size."""
+    images, labels = random_images(5, size=20)
+    runs = [
+        evaluate(PerSample(small_classifier()), (images, labels), metrics=ALL_METRICS, crop=16, batch_size=size)
+        for size in (1, 5, 64)
+    ]
+    texts = [json.loads(run.to_json()) for run in runs]
+    for text in texts:
+        text["protocol"].pop("batch_size"), text["protocol"].pop("images_per_pack")
+    assert texts[0] == texts[1] == texts[2]
+
+
+class Breaks(torch.nn.Module):
+    """small_classifier that raises on its ``fail_at``-th forward pass (a machine that goes away)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.inner, self.calls, self.fail_at = small_classifier(), 0, fail_at
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the machine went away")
+        return self.inner(x)
+
+
+def test_resume_after_a_failure_gives_the_uninterrupted_numbers(tmp_path):
+    images, labels = random_images(9, size=20)
+    options = {"metrics": ALL_METRICS, "crop": 16, "batch_size": 16}
+    full = evaluate({"net": Breaks()}, (images, labels), **options)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(ShiftlabError, match="the machine went away"):
+        evaluate({"net": Breaks(fail_at=12)}, (images, labels), **options, checkpoint=checkpoint, checkpoint_every=1)
+    partial = json.loads((tmp_path / "run" / "checkpoint.partial.json").read_text())
+    assert 0 < partial["packs_done"] < partial["packs"]
+    resumed = evaluate({"net": Breaks()}, (images, labels), **options, checkpoint=checkpoint, resume=True)
+    assert resumed.to_json() == full.to_json()
+    assert not (tmp_path / "run" / "checkpoint.partial.json").exists()
+    again = evaluate({"net": Breaks()}, (images, labels), **options, checkpoint=checkpoint, resume=True)
+    assert again.to_json() == full.to_json()  # a finished run resumes to its result
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    images, labels = random_images(3)
+    checkpoint = tmp_path / "checkpoint.pt"
+    evaluate({"net": small_classifier()}, (images, labels), metrics="consistency", checkpoint=checkpoint, seed=0)
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(
+            {"net": small_classifier()},
+            (images, labels),
+            metrics="consistency",
+            checkpoint=checkpoint,
+            seed=1,
+            resume=True,
+        )
+    assert str(error.value) == (
+        f"--resume: '{checkpoint}' was made with other settings (seed: 0 there, 1 here); start a new run instead"
+    )
+    with pytest.raises(
+        ShiftlabError, match=r"^--resume: '.*missing.pt' holds no checkpoint: there is no run to continue$"
+    ):
+        evaluate(small_classifier(), (images, labels), checkpoint=tmp_path / "missing.pt", resume=True)
+
+
+# --------------------------------------------------------------------------- data and results
+
+
+def test_unreadable_images_are_skipped_named_and_counted(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "c.png"):
+        Image.fromarray((rng.random((20, 20, 3)) * 255).astype(np.uint8)).save(tmp_path / name)
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tmp_path / "d.png")  # smaller than the crop
+    seen = []
+    result = evaluate(
+        small_classifier(), tmp_path, metrics="consistency", crop=16, on_skip=lambda name, reason: seen.append(name)
+    )
+    assert result.images == {"total": 4, "evaluated": 2, "skipped": 2}
+    assert [item["name"] for item in result.skipped] == [str(tmp_path / "b.png"), str(tmp_path / "d.png")]
+    assert "is truncated or corrupt" in result.skipped[0]["reason"] or "Pillow" in result.skipped[0]["reason"]
+    assert result.skipped[1]["reason"] == f"image '{tmp_path / 'd.png'}': is 6x6, smaller than the 16x16 crop"
+    assert seen == [str(tmp_path / "b.png"), str(tmp_path / "d.png")]
+    assert result.results["Sequential"]["consistency"]["images"] == 2
+
+
+def test_several_models_side_by_side_and_tidy_outputs(tmp_path):
+    images, labels = random_images(5)
+    result = evaluate(
+        {"invariant": ChannelMax(), "aliasing": small_classifier()},
+        (images, labels % 3),
+        metrics=[Consistency(views=3, max_shift=4), DiagonalShift("circular")],
+    )
+    assert isinstance(result, EvaluationResult) and result.models == ["invariant", "aliasing"]
+    lines = result.to_csv(tmp_path / "out.csv").splitlines()
+    assert lines[0] == ",".join(COLUMNS)
+    assert len(lines) == 1 + len(result.rows)
+    assert json.loads((tmp_path / "out.csv").read_text().splitlines()[1].split(",")[4] or "0") is not None
+    assert json.loads(result.to_json(tmp_path / "out.json"))["models"] == ["invariant", "aliasing"]
+    assert {row["model"] for row in result.summary()} == {"invariant", "aliasing"}
+    figure = result.plot_consistency()
+    assert len(figure.axes[0].lines) >= 2
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_messages(tmp_path):
+    images, labels = random_images(3)
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(FeatureMap(), images, metrics="consistency")
+    assert str(error.value) == (
+        "model 'FeatureMap': returns tensor of shape (1, 4, 8, 8) and dtype float32, not class logits (N, classes);"
+        " for a model without classes use --metrics cosine"
+    )
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), (images, labels), classes="a,b,c", metrics="consistency")
+    assert str(error.value) == f"labels: class index {int(labels.max())} has no name among the 3 classes"
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), (images, labels % 3), classes="a,b,c", metrics="consistency")
+    assert str(error.value) == "classes: the data has 3 classes (a, b, c), but model 'Sequential' gives 10 outputs"
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), images, metrics="shift-accuracy")
+    assert (
+        str(error.value) == "metric shift-accuracy: needs labels, and the data has none (3 images in memory (3x16x16))"
+    )
+    with pytest.raises(
+        ShiftlabError, match=r"^metric crop-consistency: needs 48x48 pixels \(16 window \+ 32 offsets\)"
+    ):
+        evaluate(small_classifier(), images, metrics="crop-consistency", resize=20, crop=16)
+
+
+def test_the_callers_train_flags_are_restored():
+    model = small_classifier().train()
+    images, _ = random_images(2)
+    evaluate(model, images, metrics=Consistency(views=2, max_shift=2))
+    assert all(module.training for module in model.modules())
+    with pytest.raises(ShiftlabError):
+        evaluate(model, images, metrics="shift-accuracy")  # no labels: refused
+    assert all(module.training for module in model.modules())
