@@ -126,6 +126,7 @@ class Measured(NamedTuple):
     """One batch compared but not yet added: a tensor seen by two hooks (a block and its last ReLU) is compared once."""
 
     positions: torch.Tensor  # where the batch's (shift, alignment) pairs sit in the state
+    span: slice | None  # the same positions as a range, when they are consecutive
     sums: PairSums
     shift_positions: torch.Tensor  # the shifts measured
     agreeing: torch.Tensor | None  # per shift, the images whose top-1 class is unchanged (logits only)
@@ -174,7 +175,7 @@ class ShiftComparison(Accumulator):
         self.pairs: list[Pair] = (
             comparison_pairs(self.shifts, stride) if stride else [(index, (0, 0)) for index in range(len(self.shifts))]
         )
-        self._plans: dict[tuple[int, ...], tuple[list[Pair], torch.Tensor, torch.Tensor]] = {}
+        self._plans: dict[tuple[int, ...], tuple[list[Pair], torch.Tensor, slice | None, torch.Tensor]] = {}
         count, shift_count = len(self.pairs), len(self.shifts)
         self.add_state("squares", torch.zeros(count, 3, dtype=torch.float64, device=device))
         self.add_state("largest", torch.zeros(count, dtype=torch.float64, device=device), reduce="max")
@@ -185,9 +186,9 @@ class ShiftComparison(Accumulator):
             self.add_state("agreeing", torch.zeros(shift_count, dtype=torch.int64, device=device))
             self.add_state("images", torch.zeros(shift_count, dtype=torch.int64, device=device))
 
-    def _plan(self, indices: tuple[int, ...]) -> tuple[list[Pair], torch.Tensor, torch.Tensor]:
+    def _plan(self, indices: tuple[int, ...]) -> tuple[list[Pair], torch.Tensor, slice | None, torch.Tensor]:
         """For a pass measuring ``indices``: its pairs (shift indices local to the pass), their positions
-        in the state, and the shifts' positions."""
+        in the state (also as a range when they are consecutive), and the shifts' positions."""
         plan = self._plans.get(indices)
         if plan is None:
             local = {index: slot for slot, index in enumerate(indices)}
@@ -196,8 +197,10 @@ class ShiftComparison(Accumulator):
                 raise ValueError(f"shift indices {indices} do not name distinct shifts of {len(self.shifts)}")
             device = self.squares.device
             pairs = [(local[index], offset) for _, (index, offset) in chosen]
-            positions = torch.tensor([position for position, _ in chosen], dtype=torch.long, device=device)
-            plan = (pairs, positions, torch.tensor(indices, dtype=torch.long, device=device))
+            numbers = [position for position, _ in chosen]
+            span = slice(numbers[0], numbers[-1] + 1) if numbers == list(range(numbers[0], numbers[-1] + 1)) else None
+            positions = torch.tensor(numbers, dtype=torch.long, device=device)
+            plan = (pairs, positions, span, torch.tensor(indices, dtype=torch.long, device=device))
             self._plans[indices] = plan
         return plan
 
@@ -212,7 +215,7 @@ class ShiftComparison(Accumulator):
     ) -> Measured:
         """Compare one batch, without adding it yet (see :meth:`update` for the arguments)."""
         chosen = tuple(range(len(self.shifts))) if indices is None else tuple(int(index) for index in indices)
-        pairs, positions, shift_positions = self._plan(chosen)
+        pairs, positions, span, shift_positions = self._plan(chosen)
         if self.stride is None:
             sums = whole_sums(maps[0], maps[1:])
         else:
@@ -222,17 +225,19 @@ class ShiftComparison(Accumulator):
             top1 = maps.detach().argmax(dim=-1)
             same = (top1[1:] == top1[0]).reshape(len(chosen), -1)
             agreeing, images = same.sum(dim=1), same.shape[1]
-        return Measured(positions, sums, shift_positions, agreeing, images, whole_map)
+        return Measured(positions, span, sums, shift_positions, agreeing, images, whole_map)
 
     def add(self, measured: Measured) -> None:
         """Add a batch compared by :meth:`measure` (of this comparison, or of one with the same shifts and stride)."""
         positions, sums = measured.positions, measured.sums
-        self.squares.index_add_(0, positions, sums.squares.to(self.squares.device))
-        # a gather and torch.maximum, which keeps NaN as torch gives it
-        largest = self.largest
-        largest[positions] = torch.maximum(largest[positions], sums.largest.to(largest.device))
-        self.compared.index_add_(0, positions, sums.compared.to(self.compared.device))
-        self.total.index_add_(0, positions, torch.full_like(positions, sums.total))
+        where = measured.span if measured.span is not None else positions
+        device = self.squares.device
+        # in place on a range of the state (the usual case: a pass measures consecutive pairs), else by index;
+        # torch.maximum keeps NaN as torch gives it
+        self.squares[where] += sums.squares.to(device)
+        self.largest[where] = torch.maximum(self.largest[where], sums.largest.to(device))
+        self.compared[where] += sums.compared.to(device)
+        self.total[where] += sums.total
         if measured.whole_map:
             self.whole_map.fill_(1)
         if measured.agreeing is not None and self.has_state("agreeing"):
