@@ -359,3 +359,45 @@ def test_every_torchvision_classifier(name):
     assert result.unknown_layouts() == []
     assert all(not math.isnan(row["rel_l2"]) for row in result.rows)
     assert result.layer_rows("output")[0]["shape"] == [1000]
+
+
+class TestPlansAreRemembered:
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+            self.act = nn.ReLU()
+            self.images_seen = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.images_seen += x.shape[0]
+            return self.act(self.conv(x))
+
+    def test_a_second_probe_of_the_same_model_and_size_does_not_plan_again(self):
+        model = self.Counting()
+        first = probe(model, images(count=1), shifts=[(0, 1)])
+        planned = model.images_seen - 2  # one image and its shifted copy, then one image for the plan
+        assert planned == 1
+        model.images_seen = 0
+        second = probe(model, images(count=1), shifts=[(0, 1)])
+        assert model.images_seen == 2 and second.rows == first.rows
+        probe(model, images(count=1, size=12), shifts=[(0, 1)])  # another size: planned again
+        assert model.images_seen == 2 + 3
+
+    def test_a_replaced_module_is_planned_again(self):
+        model = self.Counting()
+        probe(model, images(count=1), shifts=[(0, 1)])
+        model.act = ChannelsLastWrapper()
+        model.images_seen = 0
+        result = probe(model, images(count=1), shifts=[(0, 1)], layers="conv,act")
+        assert model.images_seen == 3
+        assert result.layer_rows("act")[0]["layout"] == "NHWC"
+
+
+class ChannelsLastWrapper(nn.Module):
+    """A ReLU that hands its map on channels-last: a replacement that changes a layout without changing shapes'
+    counts."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x).permute(0, 2, 3, 1)

@@ -510,15 +510,7 @@ def probe(
         first = next(groups)
         # The layouts, from the first image (as it will be run: the reference input), before the hooks go on.
         example = reference_input(first[:1], pairs, mode)[0]
-        with torch.no_grad():
-            plan = plan_layouts(
-                model,
-                watched,
-                example,
-                layouts=layout_overrides,
-                strides=stride_overrides,
-                run=lambda batch: _recorded(model, watched, batch),
-            )
+        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides)
         measurement = _Measurement(pairs, mode, plan)
         groups = _handed_over([first], groups)
         del first, example  # the stream's first batch is freed once measured, as every other one
@@ -590,6 +582,44 @@ def _unknown_row(layer: _Layer, dy: float, dx: float) -> dict[str, Any]:
         "top1_agreement": None,
         "note": f"{NOTE_UNKNOWN}: {layer.layout.source}",
     }
+
+
+#: Layout plans, by model (weakly: a model that is freed takes its plans with it), then by all a plan depends on.
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], LayoutPlan]] = weakref.WeakKeyDictionary()
+#: The most plans remembered per model (input sizes, layer choices, overrides).
+_PLANS_PER_MODEL = 8
+
+
+def _layout_plan(
+    model: nn.Module,
+    watched: Sequence[tuple[str, nn.Module]],
+    example: torch.Tensor,
+    layouts: Sequence[tuple[str, str]],
+    strides: Sequence[tuple[str, tuple[int, int]]],
+) -> LayoutPlan:
+    """The layout plan for ``example``'s size, made once per model, module structure, size, layers and overrides.
+
+    Planning costs one single-image forward pass; a later probe of the same model at the same size does not pay it
+    again. The structure is every module's name, identity and type, so a replaced module is a new plan.
+    """
+    structure = tuple((name, id(module), type(module)) for name, module in model.named_modules())
+    key = (tuple(example.shape[1:]), tuple(name for name, _ in watched), structure, tuple(layouts), tuple(strides))
+    plans = _PLANS.setdefault(model, {})
+    plan = plans.get(key)
+    if plan is None:
+        with torch.no_grad():
+            plan = plan_layouts(
+                model,
+                watched,
+                example,
+                layouts=layouts,
+                strides=strides,
+                run=lambda batch: _recorded(model, watched, batch),
+            )
+        if len(plans) >= _PLANS_PER_MODEL:
+            plans.pop(next(iter(plans)))
+        plans[key] = plan
+    return plan
 
 
 def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException) -> NoReturn:
