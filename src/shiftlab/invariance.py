@@ -253,8 +253,8 @@ class Consistency(Metric):
     Example:
         >>> metric = Consistency("circular", views=4, max_shift=2)
         >>> keys, offsets = metric.views(Geometry.of(8, 8, None), torch.Generator().manual_seed(0))
-        >>> len(keys), tuple(offsets.shape)
-        (4, (4, 2))
+        >>> len(keys), tuple(offsets.shape)  # (dy, dx) and, for rolls, the input's size
+        (4, (4, 4))
     """
 
     mode: str = "circular"
@@ -300,13 +300,15 @@ class Consistency(Metric):
         count, limit = self.views_per_image, self.max_shift
         if self.mode == "circular":
             offsets = torch.randint(-limit, limit, (count, 2), generator=generator)
-            return [("roll", int(dy), int(dx)) for dy, dx in offsets.tolist()], offsets
+            # the input's size rides along: two rolls are as far apart as they are on the torus
+            periods = torch.tensor(geometry.size, dtype=offsets.dtype).expand(count, 2)
+            return [("roll", int(dy), int(dx)) for dy, dx in offsets.tolist()], torch.cat([offsets, periods], dim=1)
         offsets = torch.randint(0, limit, (count, 2), generator=generator)
         _, top, left = self._canvas(geometry)
         return [("window", top + int(dy), left + int(dx)) for dy, dx in offsets.tolist()], offsets
 
     def max_distance(self) -> int:
-        span = 2 * self.max_shift - 1 if self.mode == "circular" else self.max_shift - 1
+        span = 2 * self.max_shift - 1 if self.mode == "circular" else self.max_shift - 1  # (fewer on a small torus)
         return int(math.floor(span * math.sqrt(2.0) + 0.5))
 
     def state(self, classes: int) -> ConsistencyState:
@@ -366,7 +368,10 @@ class ConsistencyState(MetricState):
         self.agreeing_pairs += per_image.sum()
         self.agreeing_pairs_squared += (per_image * per_image).sum()
         self.all_views_agree += (per_image == self.pairs_per_image).sum()
-        delta = (infos[:, self._first] - infos[:, self._second]).to(torch.int64)
+        delta = (infos[:, self._first, :2] - infos[:, self._second, :2]).to(torch.int64).abs()
+        if infos.shape[-1] == 4:  # circular rolls: the distance around the torus of the input's size
+            period = infos[:, self._first, 2:].to(torch.int64)
+            delta = torch.minimum(delta % period, period - delta % period)
         squared = (delta * delta).sum(dim=-1)
         distance = torch.floor(torch.sqrt(squared.double()) + 0.5).to(torch.int64).flatten()
         bins = self.pairs_by_distance.shape[0]

@@ -66,7 +66,7 @@ def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi:
     top.legend(fontsize=8, loc="lower left")
     if counts:
         bottom.bar(list(counts), list(counts.values()), width=0.8, color="#9aa3b5")
-    bottom.set_xlabel("distance between the shifts of the two views (px, rounded)")
+    bottom.set_xlabel("distance between the shifts of the two views (px, rounded; around the torus for rolls)")
     bottom.set_ylabel("pairs")
     bottom.grid(alpha=0.3, axis="y")
     return figure
