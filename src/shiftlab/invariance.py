@@ -422,7 +422,30 @@ class ConsistencyState(MetricState):
 
 
 @dataclass(frozen=True)
-class ShiftAccuracy(Metric):
+class _GridMetric(Metric):
+    """A metric over a grid of shifts of one mode: the unshifted input, then each shift of the grid."""
+
+    shifts: tuple[tuple[float, float], ...] = field(default=((0, 0),))
+    mode: str = "circular"
+
+    def __init__(self, shifts: Sequence[tuple[float, float]], mode: str = "circular") -> None:
+        object.__setattr__(self, "mode", check_choice(mode, f"{self.name} mode", GRID_MODES))
+        object.__setattr__(self, "shifts", _check_grid(shifts, self.mode, self.name))
+
+    def max_views(self) -> int:
+        return len(self.shifts) + 1
+
+    def problem(self, geometry: Geometry) -> str | None:
+        if self.mode == "crop" and not _fits_crop(self.shifts, geometry):
+            return _crop_problem(self.shifts, geometry)
+        return None
+
+    def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
+        return [IDENTITY] + [shifted_key(self.mode, dy, dx, geometry) for dy, dx in self.shifts], None
+
+
+@dataclass(frozen=True, init=False)
+class ShiftAccuracy(_GridMetric):
     """Top-1 accuracy under each shift of a grid, and the worst case over the grid (Michaeli et al. 2023).
 
     Args:
@@ -435,26 +458,9 @@ class ShiftAccuracy(Metric):
         [('identity',), ('roll', 0, 0), ('roll', 0, 1)]
     """
 
-    shifts: tuple[tuple[float, float], ...] = field(default=((0, 0),))
-    mode: str = "circular"
     name = "shift-accuracy"
     title = "Accuracy under shift, and the worst case over the grid"
     needs_labels = True
-
-    def __init__(self, shifts: Sequence[tuple[float, float]], mode: str = "circular") -> None:
-        object.__setattr__(self, "mode", check_choice(mode, "shift-accuracy mode", GRID_MODES))
-        object.__setattr__(self, "shifts", _check_grid(shifts, self.mode, "shift-accuracy"))
-
-    def max_views(self) -> int:
-        return len(self.shifts) + 1
-
-    def problem(self, geometry: Geometry) -> str | None:
-        if self.mode == "crop" and not _fits_crop(self.shifts, geometry):
-            return _crop_problem(self.shifts, geometry)
-        return None
-
-    def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
-        return [IDENTITY] + [shifted_key(self.mode, dy, dx, geometry) for dy, dx in self.shifts], None
 
     def state(self, classes: int) -> ShiftAccuracyState:
         return ShiftAccuracyState(self)
@@ -844,8 +850,8 @@ class DiagonalState(MetricState):
 # --------------------------------------------------------------------------- cosine similarity of features
 
 
-@dataclass(frozen=True)
-class FeatureSimilarity(Metric):
+@dataclass(frozen=True, init=False)
+class FeatureSimilarity(_GridMetric):
     """Cosine similarity of a model's flattened output for the unshifted input and for each shift of a grid.
 
     For models without classes (embeddings, feature extractors). Two zero vectors
@@ -856,26 +862,9 @@ class FeatureSimilarity(Metric):
         [('identity',), ('roll', 0, 1)]
     """
 
-    shifts: tuple[tuple[float, float], ...] = ((0, 1),)
-    mode: str = "circular"
     name = "cosine"
     title = "Cosine similarity of the output under shift"
     needs_logits = False
-
-    def __init__(self, shifts: Sequence[tuple[float, float]], mode: str = "circular") -> None:
-        object.__setattr__(self, "mode", check_choice(mode, "cosine mode", GRID_MODES))
-        object.__setattr__(self, "shifts", _check_grid(shifts, self.mode, "cosine"))
-
-    def max_views(self) -> int:
-        return len(self.shifts) + 1
-
-    def problem(self, geometry: Geometry) -> str | None:
-        if self.mode == "crop" and not _fits_crop(self.shifts, geometry):
-            return _crop_problem(self.shifts, geometry)
-        return None
-
-    def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
-        return [IDENTITY] + [shifted_key(self.mode, dy, dx, geometry) for dy, dx in self.shifts], None
 
     def state(self, classes: int) -> CosineState:
         return CosineState(self)
