@@ -266,16 +266,16 @@ def probe_section(
 
 
 DEMO_IMAGES = ("chelsea", "coffee")
+#: The demo's photos are resized (shorter side) and centre-cropped to this size: a small network's comparisons cost in
+#: proportion to its maps' pixels, and every property the sections show holds at any size.
+DEMO_SIZE = 160
 
 
 def demo_probe_sections() -> list[Section]:
     """The demo's probing sections: a typical small CNN, then one built to be exactly equivariant."""
-    typical, _ = run_probe(
-        "simple_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="crop"
-    )
-    exact, _ = run_probe(
-        "circular_cnn", DEMO_IMAGES, shifts=[(dy, dx) for dy in range(4) for dx in range(4)], mode="circular"
-    )
+    shifts = [(dy, dx) for dy in range(4) for dx in range(4)]
+    typical, _ = run_probe("simple_cnn", DEMO_IMAGES, shifts=shifts, mode="crop", size=DEMO_SIZE)
+    exact, _ = run_probe("circular_cnn", DEMO_IMAGES, shifts=shifts, mode="circular", size=DEMO_SIZE)
     return [
         probe_section(
             typical,
@@ -283,7 +283,8 @@ def demo_probe_sections() -> list[Section]:
             title="Probing a small CNN layer by layer",
             intro="The article's ideas, measured inside a network: shiftlab's bundled simple_cnn (3x3 convolutions "
             "with zero padding, batch norm, ReLU, a 2x2 max pooling, a stride-2 convolution, global average "
-            "pooling and a linear head; seeded random weights) on the bundled photos. "
+            f"pooling and a linear head; seeded random weights) on the bundled photos ({DEMO_SIZE}x{DEMO_SIZE}, "
+            "the shorter side resized, the centre kept). "
             "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is "
             "real image content, and pixels whose receptive field reaches the border are left out. "
             "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a "
