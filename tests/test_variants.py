@@ -133,7 +133,8 @@ class TestShippedVariants:
         with pytest.raises(ShiftlabError) as info:
             training_record("zeros_aps")
         assert str(info.value) == (
-            "variant: must be one of baseline, blurpool, aps, circular, circular_blurpool, circular_aps, got 'zeros_aps'"
+            "variant: must be one of baseline, blurpool, aps, circular, circular_blurpool, circular_aps, "
+            "got 'zeros_aps'"
         )
 
 
@@ -248,10 +249,10 @@ class TestBadInput:
     @pytest.mark.parametrize(
         "kwargs, message",
         [
-            ({"digits": 1}, "digits: must be an integer >= 2, got 1"),
-            ({"digits": 1001}, "digits: must be an integer <= 1000, got 1001"),
+            ({"digits": 1}, "digits: must be an integer >= 2 and <= 1000, got 1"),
+            ({"digits": 1001}, "digits: must be an integer >= 2 and <= 1000, got 1001"),
             ({"views": 1}, "views: must be an integer >= 2, got 1"),
-            ({"digits": 10, "probe_digits": 11}, "probe digits: must be an integer <= 10, got 11"),
+            ({"digits": 10, "probe_digits": 11}, "probe digits: must be an integer >= 1 and <= 10, got 11"),
             (
                 {"per_digit_variants": ("zeros_aps",)},
                 "variant: must be one of baseline, blurpool, aps, circular, circular_blurpool, circular_aps, "
