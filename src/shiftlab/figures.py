@@ -26,6 +26,7 @@ __all__ = [
     "show_feature_map",
     "show_pyramid",
     "show_shift_table",
+    "shade_stride_bands",
 ]
 
 FEATURE_CMAP = "magma"
@@ -322,6 +323,29 @@ def _outermost(names: Sequence[str]) -> list[bool]:
 _METRIC_LABELS = {"rel_l2": "relative L2 error", "max_abs": "max abs error", "cosine": "cosine similarity"}
 
 
+def shade_stride_bands(axes: Any, labels: Sequence[str]) -> None:
+    """Shade every other run of equal labels along the x axis (layer ``i`` at ``x = i``) and name each run above.
+
+    The depth plots use it for the cumulative stride: the bands show where the network downsamples.
+    """
+    start, band = 0, 0
+    for index in range(1, len(labels) + 1):
+        if index == len(labels) or labels[index] != labels[start]:
+            if band % 2 == 0:
+                axes.axvspan(start - 0.5, index - 0.5, color="#e9edf5", zorder=0)
+            axes.text(
+                (start + index - 1) / 2,
+                1.01,
+                labels[start],
+                transform=axes.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#4a5468",
+            )
+            start, band = index, band + 1
+
+
 def show_error_vs_depth(
     rows: Sequence[dict[str, Any]],
     *,
@@ -357,23 +381,7 @@ def show_error_vs_depth(
     figure = Figure(figsize=(min(18.0, max(7.0, 0.16 * min(count, 90) + 3)), 4.6), dpi=dpi, layout="constrained")
     axes = figure.subplots()
     positions = np.arange(count)
-    strides = [format_stride(row["stride"]) for row in table]
-    start, band = 0, 0
-    for index in range(1, count + 1):
-        if index == count or strides[index] != strides[start]:
-            if band % 2 == 0:
-                axes.axvspan(start - 0.5, index - 0.5, color="#e9edf5", zorder=0)
-            axes.text(
-                (start + index - 1) / 2,
-                1.01,
-                strides[start],
-                transform=axes.get_xaxis_transform(),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                color="#4a5468",
-            )
-            start, band = index, band + 1
+    shade_stride_bands(axes, [format_stride(row["stride"]) for row in table])
     axes.plot(
         positions, [row["max"] for row in table], "-", color="#9aa3b5", linewidth=1, label="max over shifts", zorder=2
     )

@@ -48,9 +48,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from shiftlab._format import format_stride
 from shiftlab.digits import DIGITS_CLASSES, DIGITS_SIZES, load_digits
 from shiftlab.errors import check, check_int
 from shiftlab.evaluate import EvaluationResult, evaluate
+from shiftlab.figures import shade_stride_bands
 from shiftlab.invariance import Consistency, ShiftAccuracy
 from shiftlab.models import DIGITS_CNN_VARIANTS, load_model
 from shiftlab.probe import ProbeResult, probe
@@ -363,24 +365,8 @@ def show_variant_profiles(result: VariantsResult, *, dpi: int = 100) -> Figure:
     positions = np.arange(len(layers))
     reference = next(iter(result.probes.values()))
     strides = {row["layer"]: row["stride"] for row in reference.summary()}
-    start = 0
-    band = 0
-    for index in range(1, len(layers) + 1):
-        if index == len(layers) or strides.get(layers[index]) != strides.get(layers[start]):
-            if band % 2 == 0:
-                axes.axvspan(start - 0.5, index - 0.5, color="#e9edf5", zorder=0)
-            stride = strides.get(layers[start])
-            axes.text(
-                (start + index - 1) / 2,
-                1.01,
-                f"stride {stride[0]}" if stride else "global",
-                transform=axes.get_xaxis_transform(),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                color="#4a5468",
-            )
-            start, band = index, band + 1
+    labels = [format_stride(strides.get(name)) for name in layers]
+    shade_stride_bands(axes, [label if label == "global" else f"stride {label}" for label in labels])
     for variant in result.variants:
         item = result.numbers(variant)
         summary = {row["layer"]: row["mean_rel_l2"] for row in result.probes[variant].summary()}
