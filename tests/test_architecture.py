@@ -21,8 +21,8 @@ LAYERS: list[set[str]] = [
     {"data", "ops", "_compare", "datasets", "views"},  # preparing inputs, operators, the comparison hot path
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
     {"equivariance", "models", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
-    {"probe", "testing", "evaluate"},  # measuring models (layer by layer; predictions over a data set)
-    {"figures", "sections", "invariance_figures"},  # presentation: matplotlib figures, report sections
+    {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
+    {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
     {"report", "experiments"},  # the HTML report; experiments made of all the above
     {"cli", "__main__"},  # the command line, on top
 ]
