@@ -133,3 +133,12 @@ def test_all_reduce_across_two_gloo_processes_equals_one_process():
     assert results[0] == results[1] == whole.compute()
     assert results["error0"] == results["error1"]
     assert "the processes hold different states" in results["error0"]
+
+
+def test_clone_is_independent():
+    stats = Stats()
+    stats.update(VALUES)
+    copy = stats.clone()
+    copy.update(VALUES)
+    assert stats.compute()[1] == 12 and copy.compute()[1] == 24
+    assert type(copy) is Stats

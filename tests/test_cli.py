@@ -203,6 +203,52 @@ class TestProbe:
         assert len(table["rows"]) == 4 * len(table["summary"])
         assert "features.0" in stdout and "output" in stdout
 
+    CHANNELS_FIRST_TOKENS = (
+        "import torch\nfrom torch import nn\n\n"
+        "class Tokens(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embed = nn.Conv2d(3, 4, 2, stride=2)\n"
+        "        self.mix = nn.Identity()\n\n"
+        "    def forward(self, x):\n"
+        "        return self.mix(self.embed(x).flatten(2))  # (N, C, L): no layout shiftlab reads\n"
+    )
+
+    def test_unknown_layouts_listed_once_with_their_override(self, capsys, tmp_path):
+        (tmp_path / "tokens.py").write_text(self.CHANNELS_FIRST_TOKENS)
+        spec = f"{tmp_path / 'tokens.py'}:Tokens"
+        common = ["probe", "--model", spec, "--images", "chelsea", "--size", "16", "--shifts", "0:3"]
+        status, stdout, err = run(capsys, *common, "--layers", "embed,mix", "--out", str(tmp_path / "a"))
+        assert status == 0, err
+        lines = stdout.splitlines()
+        assert "layout" in lines[0] and any(line.startswith("embed ") and " NCHW " in line for line in lines)
+        assert "2 layer(s) with a layout shiftlab could not establish, and so no number:" in stdout
+        assert sum("measure it with" in line for line in lines) == 2
+        assert any(line.strip().startswith("mix (4, 64): axes [2]") and "--layout 'mix=NCHW'" in line for line in lines)
+        status, stdout, err = run(
+            capsys, *common, "--layers", "embed,mix", "--layout", "mix=global", "--layout", "output=global",
+            "--stride", "embed=2,2", "--out", str(tmp_path / "b"),
+        )  # fmt: skip
+        assert status == 0, err
+        assert "could not establish" not in stdout
+        rows = json.loads((tmp_path / "b" / "probe.json").read_text())["summary"]
+        assert {row["layer"]: row["layout"] for row in rows} == {"embed": "NCHW", "mix": "global", "output": "global"}
+
+    @pytest.mark.parametrize(
+        ("option", "message"),
+        [
+            (["--layout", "mix"], "layouts: expected PATTERN=VALUE, got 'mix'"),
+            (["--layout", "mix=NCWH"], "layout: must be one of NCHW, NHWC, tokens, global, got 'NCWH'"),
+            (["--stride", "mix=0,2"], "stride of 'mix': must be an integer >= 1, got 0"),
+        ],
+    )
+    def test_bad_layout_and_stride_options(self, capsys, tmp_path, option, message):
+        out = tmp_path / "never"
+        status, _, err = run(capsys, "probe", "--model", "simple_cnn", "--images", "chelsea", "--size", "16", *option,
+                             "--out", str(out))  # fmt: skip
+        assert_one_line_error(status, err, message)
+        assert not out.exists()
+
     def test_user_module_and_weights(self, capsys, tmp_path, monkeypatch):
         module = tmp_path / "mynets.py"
         module.write_text(

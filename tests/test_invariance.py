@@ -286,3 +286,17 @@ def test_make_metric_and_bad_options():
         Consistency(views=1)
     with pytest.raises(ShiftlabError, match=r"^imagenet-p difficulty: must be an integer >= 1 and <= 4, got 5$"):
         TranslationSequence(max_shift=2, difficulties=(5,))
+
+
+def test_consistency_distances_are_taken_around_the_torus():
+    # Rolls of 0 and 8 on an 8-pixel input are the same view (distance 0); 0 and 5 are 3 apart around the torus.
+    from shiftlab.invariance import Consistency
+
+    metric = Consistency("circular", views=3, max_shift=8)
+    state = metric.state(classes=2)
+    offsets = torch.tensor([[[0, 0, 8, 8], [8, 0, 8, 8], [5, 0, 8, 8]]])
+    outputs = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # views 0 and 1 agree, view 2 does not
+    state.update(outputs, torch.tensor([0]), offsets)
+    by_distance = {item["distance"]: item for item in state.compute()["by_distance"] if item["pairs"]}
+    assert by_distance[0]["pairs"] == 1 and by_distance[0]["agreeing"] == 1
+    assert by_distance[3]["pairs"] == 2 and by_distance[3]["agreeing"] == 0

@@ -23,8 +23,9 @@ have declared the same states, which :meth:`~Accumulator.all_reduce` checks.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -33,6 +34,7 @@ from shiftlab.errors import check_choice, fail
 __all__ = ["REDUCTIONS", "Accumulator", "Reduction"]
 
 Reduction = Literal["sum", "max", "min"]
+Self = TypeVar("Self", bound="Accumulator")  # (typing.Self needs Python 3.11)
 REDUCTIONS: tuple[str, ...] = ("sum", "max", "min")
 
 
@@ -113,7 +115,7 @@ class Accumulator:
     def compute(self) -> Any:
         raise NotImplementedError
 
-    def merge(self, other: Accumulator) -> Accumulator:
+    def merge(self: Self, other: Accumulator) -> Self:
         """Combine ``other``'s states into this one (each by its reduction); returns ``self``.
 
         A state that only one side has declared is taken as it is.
@@ -130,7 +132,7 @@ class Accumulator:
             self._states[name] = _combine(self._reductions[name], mine, value.to(mine.device))
         return self
 
-    def all_reduce(self, group: Any = None) -> Accumulator:
+    def all_reduce(self: Self, group: Any = None) -> Self:
         """Combine the states of every process of ``group`` (default: the world) in place; returns ``self``.
 
         A no-op when ``torch.distributed`` is not initialised or has one process. States travel on
@@ -154,6 +156,13 @@ class Accumulator:
             self._states[name] = moving.to(value.device)
         return self
 
+    def clone(self: Self) -> Self:
+        """A copy whose states can change (merge, all-reduce) without touching this one's."""
+        duplicate = copy.copy(self)
+        duplicate.__dict__["_states"] = {name: value.clone() for name, value in self.states()}
+        duplicate.__dict__["_reductions"] = dict(self._reductions)
+        return duplicate
+
     def reset(self) -> None:
         """Every state back to zero (sums), or its identity (max, min)."""
         for name, value in self.states():
@@ -167,7 +176,7 @@ class Accumulator:
         """The states as CPU tensors (for a checkpoint), named ``"<reduction>:<name>"``."""
         return {f"{self._reductions[name]}:{name}": value.detach().cpu() for name, value in self.states()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Accumulator:
+    def load_state_dict(self: Self, state: dict[str, torch.Tensor]) -> Self:
         """Replace the states by those of :meth:`state_dict` (declaring any that are missing); returns ``self``."""
         for key, value in state.items():
             reduction, _, name = key.partition(":")

@@ -42,7 +42,7 @@ import torch
 from shiftlab._compare import Pair, PairSums, Scratch, comparison_pairs, pair_sums, whole_sums
 from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.accumulate import Accumulator
-from shiftlab.errors import ShiftlabError, check, check_pair, describe, fail, first_line
+from shiftlab.errors import ShiftlabError, check, check_choice, check_pair, describe, fail, first_line
 from shiftlab.metrics import map_error
 from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin, shift
 
@@ -323,7 +323,7 @@ def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tupl
     For ``crop`` the reference is the centre window, smaller than ``x`` by the
     largest shift on each side, and every shifted input is a window of ``x`` too.
     """
-    check(mode in SHIFT_MODES, "mode", f"must be one of {', '.join(SHIFT_MODES)}, got {mode!r}")
+    check_choice(mode, "mode", SHIFT_MODES)
     height, width = x.shape[-2:]
     largest = crop_margin(shifts)
     if mode == "crop":

@@ -34,7 +34,6 @@ reported by name, and counted.
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -736,18 +735,10 @@ def _partial_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".partial.json")
 
 
-def _clone(state: Accumulator) -> Any:
-    """A copy of an accumulator whose states can change without touching the original's."""
-    duplicate = copy.copy(state)
-    duplicate._states = {name: value.clone() for name, value in state.states()}
-    duplicate._reductions = dict(state._reductions)
-    return duplicate
-
-
 def _clone_reduced(context: _Run) -> tuple[RunState, dict[tuple[str, str], MetricState]]:
     """Copies of the states combined over every process (a collective: every process calls it)."""
-    run = _clone(context.run).all_reduce()
-    states = {key: _clone(state).all_reduce() for key, state in context.states.items()}
+    run = context.run.clone().all_reduce()
+    states = {key: state.clone().all_reduce() for key, state in context.states.items()}
     return run, states
 
 

@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 from shiftlab._format import format_stride
-from shiftlab.errors import check, describe
+from shiftlab.errors import check, check_choice, describe
 from shiftlab.metrics import peak_position
 
 __all__ = [
@@ -344,7 +344,7 @@ def show_error_vs_depth(
         title: optional title.
     """
     check(len(rows) > 0, "rows", "is empty: nothing was probed")
-    check(metric in _METRIC_LABELS, "metric", f"must be one of {', '.join(_METRIC_LABELS)}, got {metric!r}")
+    check_choice(metric, "metric", _METRIC_LABELS)
     everything = _layer_table(rows, metric)
     table = [row for row in everything if not row["layer"].endswith(_PREFIX)]
     position_of = {row["layer"]: index for index, row in enumerate(table)}
@@ -446,7 +446,7 @@ def show_shift_heatmaps(
         metric: the value shown.
     """
     check(len(rows_by_layer) > 0, "layers", "give at least one layer")
-    check(metric in _METRIC_LABELS, "metric", f"must be one of {', '.join(_METRIC_LABELS)}, got {metric!r}")
+    check_choice(metric, "metric", _METRIC_LABELS)
     first = next(iter(rows_by_layer.values()))
     ys = sorted({row["dy"] for row in first})
     xs = sorted({row["dx"] for row in first})

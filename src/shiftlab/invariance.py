@@ -253,8 +253,8 @@ class Consistency(Metric):
     Example:
         >>> metric = Consistency("circular", views=4, max_shift=2)
         >>> keys, offsets = metric.views(Geometry.of(8, 8, None), torch.Generator().manual_seed(0))
-        >>> len(keys), tuple(offsets.shape)
-        (4, (4, 2))
+        >>> len(keys), tuple(offsets.shape)  # (dy, dx) and, for rolls, the input's size
+        (4, (4, 4))
     """
 
     mode: str = "circular"
@@ -300,13 +300,15 @@ class Consistency(Metric):
         count, limit = self.views_per_image, self.max_shift
         if self.mode == "circular":
             offsets = torch.randint(-limit, limit, (count, 2), generator=generator)
-            return [("roll", int(dy), int(dx)) for dy, dx in offsets.tolist()], offsets
+            # the input's size rides along: two rolls are as far apart as they are on the torus
+            periods = torch.tensor(geometry.size, dtype=offsets.dtype).expand(count, 2)
+            return [("roll", int(dy), int(dx)) for dy, dx in offsets.tolist()], torch.cat([offsets, periods], dim=1)
         offsets = torch.randint(0, limit, (count, 2), generator=generator)
         _, top, left = self._canvas(geometry)
         return [("window", top + int(dy), left + int(dx)) for dy, dx in offsets.tolist()], offsets
 
     def max_distance(self) -> int:
-        span = 2 * self.max_shift - 1 if self.mode == "circular" else self.max_shift - 1
+        span = 2 * self.max_shift - 1 if self.mode == "circular" else self.max_shift - 1  # (fewer on a small torus)
         return int(math.floor(span * math.sqrt(2.0) + 0.5))
 
     def state(self, classes: int) -> ConsistencyState:
@@ -366,7 +368,10 @@ class ConsistencyState(MetricState):
         self.agreeing_pairs += per_image.sum()
         self.agreeing_pairs_squared += (per_image * per_image).sum()
         self.all_views_agree += (per_image == self.pairs_per_image).sum()
-        delta = (infos[:, self._first] - infos[:, self._second]).to(torch.int64)
+        delta = (infos[:, self._first, :2] - infos[:, self._second, :2]).to(torch.int64).abs()
+        if infos.shape[-1] == 4:  # circular rolls: the distance around the torus of the input's size
+            period = infos[:, self._first, 2:].to(torch.int64)
+            delta = torch.minimum(delta % period, period - delta % period)
         squared = (delta * delta).sum(dim=-1)
         distance = torch.floor(torch.sqrt(squared.double()) + 0.5).to(torch.int64).flatten()
         bins = self.pairs_by_distance.shape[0]
@@ -417,7 +422,30 @@ class ConsistencyState(MetricState):
 
 
 @dataclass(frozen=True)
-class ShiftAccuracy(Metric):
+class _GridMetric(Metric):
+    """A metric over a grid of shifts of one mode: the unshifted input, then each shift of the grid."""
+
+    shifts: tuple[tuple[float, float], ...] = field(default=((0, 0),))
+    mode: str = "circular"
+
+    def __init__(self, shifts: Sequence[tuple[float, float]], mode: str = "circular") -> None:
+        object.__setattr__(self, "mode", check_choice(mode, f"{self.name} mode", GRID_MODES))
+        object.__setattr__(self, "shifts", _check_grid(shifts, self.mode, self.name))
+
+    def max_views(self) -> int:
+        return len(self.shifts) + 1
+
+    def problem(self, geometry: Geometry) -> str | None:
+        if self.mode == "crop" and not _fits_crop(self.shifts, geometry):
+            return _crop_problem(self.shifts, geometry)
+        return None
+
+    def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
+        return [IDENTITY] + [shifted_key(self.mode, dy, dx, geometry) for dy, dx in self.shifts], None
+
+
+@dataclass(frozen=True, init=False)
+class ShiftAccuracy(_GridMetric):
     """Top-1 accuracy under each shift of a grid, and the worst case over the grid (Michaeli et al. 2023).
 
     Args:
@@ -430,26 +458,9 @@ class ShiftAccuracy(Metric):
         [('identity',), ('roll', 0, 0), ('roll', 0, 1)]
     """
 
-    shifts: tuple[tuple[float, float], ...] = field(default=((0, 0),))
-    mode: str = "circular"
     name = "shift-accuracy"
     title = "Accuracy under shift, and the worst case over the grid"
     needs_labels = True
-
-    def __init__(self, shifts: Sequence[tuple[float, float]], mode: str = "circular") -> None:
-        object.__setattr__(self, "mode", check_choice(mode, "shift-accuracy mode", GRID_MODES))
-        object.__setattr__(self, "shifts", _check_grid(shifts, self.mode, "shift-accuracy"))
-
-    def max_views(self) -> int:
-        return len(self.shifts) + 1
-
-    def problem(self, geometry: Geometry) -> str | None:
-        if self.mode == "crop" and not _fits_crop(self.shifts, geometry):
-            return _crop_problem(self.shifts, geometry)
-        return None
-
-    def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
-        return [IDENTITY] + [shifted_key(self.mode, dy, dx, geometry) for dy, dx in self.shifts], None
 
     def state(self, classes: int) -> ShiftAccuracyState:
         return ShiftAccuracyState(self)
@@ -839,8 +850,8 @@ class DiagonalState(MetricState):
 # --------------------------------------------------------------------------- cosine similarity of features
 
 
-@dataclass(frozen=True)
-class FeatureSimilarity(Metric):
+@dataclass(frozen=True, init=False)
+class FeatureSimilarity(_GridMetric):
     """Cosine similarity of a model's flattened output for the unshifted input and for each shift of a grid.
 
     For models without classes (embeddings, feature extractors). Two zero vectors
@@ -851,26 +862,9 @@ class FeatureSimilarity(Metric):
         [('identity',), ('roll', 0, 1)]
     """
 
-    shifts: tuple[tuple[float, float], ...] = ((0, 1),)
-    mode: str = "circular"
     name = "cosine"
     title = "Cosine similarity of the output under shift"
     needs_logits = False
-
-    def __init__(self, shifts: Sequence[tuple[float, float]], mode: str = "circular") -> None:
-        object.__setattr__(self, "mode", check_choice(mode, "cosine mode", GRID_MODES))
-        object.__setattr__(self, "shifts", _check_grid(shifts, self.mode, "cosine"))
-
-    def max_views(self) -> int:
-        return len(self.shifts) + 1
-
-    def problem(self, geometry: Geometry) -> str | None:
-        if self.mode == "crop" and not _fits_crop(self.shifts, geometry):
-            return _crop_problem(self.shifts, geometry)
-        return None
-
-    def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
-        return [IDENTITY] + [shifted_key(self.mode, dy, dx, geometry) for dy, dx in self.shifts], None
 
     def state(self, classes: int) -> CosineState:
         return CosineState(self)

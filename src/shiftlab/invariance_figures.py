@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from shiftlab.errors import check
+from shiftlab.errors import check, check_choice
 
 __all__ = ["show_consistency_by_distance", "show_sequence_flips", "show_shift_accuracy"]
 
@@ -37,7 +37,7 @@ def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi:
     available = [name for name in ("consistency", "crop-consistency") if name in result.protocol["metrics"]]
     check(available, "figure", "the result has no consistency metric (consistency or crop-consistency)")
     chosen = metric or available[0]
-    check(chosen in available, "metric", f"must be one of {', '.join(available)}, got {chosen!r}")
+    check_choice(chosen, "metric", available)
     per_model = _metric_results(result, chosen)
     figure = Figure(figsize=(7.2, 4.8), dpi=dpi, layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
@@ -66,7 +66,7 @@ def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi:
     top.legend(fontsize=8, loc="lower left")
     if counts:
         bottom.bar(list(counts), list(counts.values()), width=0.8, color="#9aa3b5")
-    bottom.set_xlabel("distance between the shifts of the two views (px, rounded)")
+    bottom.set_xlabel("distance between the shifts of the two views (px, rounded; around the torus for rolls)")
     bottom.set_ylabel("pairs")
     bottom.grid(alpha=0.3, axis="y")
     return figure

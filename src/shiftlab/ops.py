@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor, like_input, require_spatial
-from shiftlab.errors import check, fail
+from shiftlab.errors import check, check_choice, fail
 from shiftlab.kernels import KernelSpec, get_kernel
 
 __all__ = ["Convolve", "MaxPool", "convolve", "max_pool", "max_pyramid_depth", "pool_output_size", "pool_pyramid"]
@@ -583,7 +583,7 @@ class Convolve(nn.Module):
 
     def __init__(self, kernel: KernelSpec, *, padding: Padding = "valid", relu: bool = True) -> None:
         super().__init__()
-        check(padding in _PADDINGS, "padding", f"must be one of {', '.join(_PADDINGS)}, got {padding!r}")
+        check_choice(padding, "padding", _PADDINGS)
         self.padding = padding
         self.relu = relu
         self.register_buffer("kernel", get_kernel(kernel, dtype=torch.float32), persistent=False)

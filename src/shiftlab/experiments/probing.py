@@ -333,11 +333,12 @@ def probe_section(
 
 
 DEMO_IMAGES = ("chelsea", "coffee")
-#: The demo probes its photos resized and centre-cropped to this size: large enough for the cat's face, small enough
-#: for the explorer's frames to travel in the report.
-DEMO_SIZE = 128
-#: The demo's shifts: every (dy, dx) in 0..4, so that the stride-4 layers see some multiples of their stride.
-DEMO_SHIFTS = [(dy, dx) for dy in range(5) for dx in range(5)]
+#: The demo's photos are resized (shorter side) and centre-cropped to this size: a small network's comparisons cost in
+#: proportion to its maps' pixels, every property the sections show holds at any size, and the explorers' frames
+#: travel in the report.
+DEMO_SIZE = 160
+#: The demo's shifts: every (dy, dx) in 0..3.
+DEMO_SHIFTS = [(dy, dx) for dy in range(4) for dx in range(4)]
 #: The layers the demo's explorers show: the first ReLU (stride 1), the max pooling (stride 2), the ReLU after the
 #: stride-2 convolution (stride 4), the last ReLU, and the logits.
 DEMO_SHOWN = {
@@ -367,14 +368,14 @@ def demo_probe_sections() -> list[Section]:
             title="Probing a small CNN layer by layer",
             intro="The article's ideas, measured inside a network: shiftlab's bundled simple_cnn (3x3 convolutions "
             "with zero padding, batch norm, ReLU, a 2x2 max pooling, a stride-2 convolution, global average "
-            f"pooling and a linear head; seeded random weights) on the bundled photos, resized to {DEMO_SIZE} x "
-            f"{DEMO_SIZE}. "
-            "Each image is cut at 25 offsets (dy, dx in 0..4, the crop protocol of Zhang 2019), so every input is "
+            f"pooling and a linear head; seeded random weights) on the bundled photos ({DEMO_SIZE}x{DEMO_SIZE}, "
+            "the shorter side resized, the centre kept). "
+            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is "
             "real image content, and pixels whose receptive field reaches the border are left out. "
             "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a "
             "multiple of the cumulative stride still line up; the others alias. "
             "Move the input yourself in the explorer below: the first ReLU's map follows the cat pixel for pixel, "
-            "the pooled maps follow only every second (fourth) pixel and change in between.",
+            "the pooled maps line up only at even shifts and change in between.",
             explorers=[("Move the cat through simple_cnn", typical)],
         ),
         probe_section(
