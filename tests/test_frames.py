@@ -83,3 +83,13 @@ class TestPacking:
         assert all(len(table) == 768 and all(0 <= value <= 255 for value in table) for table in tables.values())
         middle = tables["difference"][127 * 3 : 128 * 3]
         assert min(middle) > 230  # the difference map is near white at zero
+
+
+def test_median_edge_prediction_round_trip(rng):
+    from shiftlab.frames import predict_plane, restore_plane
+
+    plane = rng.integers(0, 256, size=(13, 17), dtype=np.uint8)
+    np.testing.assert_array_equal(restore_plane(predict_plane(plane)), plane)
+    smooth = np.tile(np.arange(30, dtype=np.uint8), (20, 1))  # a ramp along x: the upper neighbour predicts it
+    residual = predict_plane(smooth)
+    assert not residual[1:, 1:].any()

@@ -343,8 +343,7 @@ class _Capture:
     layout: Layout | None = None
     channels: list[int] | None = None
     channel_count: int = 0
-    reference: torch.Tensor | None = None
-    shifted: dict[int, torch.Tensor] = field(default_factory=dict)
+    frames: torch.Tensor | None = None  # (1 + S, k, h, w): the original output, then one per shift
     core: torch.Tensor | None = None
     whole_map: bool = False
     errors: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -397,6 +396,7 @@ class _Recorder:
         circular: bool,
         identity: Sequence[int],
         measure: bool,
+        shift_count: int,
     ) -> None:
         self.captures = captures
         self.measure = measure
@@ -404,6 +404,7 @@ class _Recorder:
         self.channels = channels
         self.circular = circular
         self.identity = tuple(identity)
+        self.shift_count = shift_count
         self.input_size: tuple[int, int] = (0, 0)
         self.recording_cores = False
         self.indices: tuple[int, ...] = ()  # the shifts of the current pass (after the reference)
@@ -430,7 +431,7 @@ class _Recorder:
     def _record(self, capture: _Capture, tensor: torch.Tensor) -> None:
         # (1 + k, 1, ...): one image per variant, the probe's grouping, so that the sums are the probe's
         grouped = tensor.reshape(tensor.shape[0], 1, *tensor.shape[1:])
-        first = capture.reference is None
+        first = capture.frames is None
         measured: list[tuple[tuple[int, ...], tuple[list[int], PairSums]]] = []
         if capture.part == "whole":
             flat = tensor.reshape(tensor.shape[0], -1)
@@ -454,11 +455,14 @@ class _Recorder:
             if self.measure and first and self.identity:
                 same = grouped[0][None].expand(1 + len(self.identity), *grouped.shape[1:])
                 measured.append((self.identity, self._pair_sums(capture, same, self.identity, core)))
-        frames = frames.to("cpu", torch.float32)
-        if first:
-            capture.reference = frames[0].clone()
+        if first:  # every frame of the layer in one tensor, the original first
+            capture.frames = torch.empty((1 + self.shift_count, *frames.shape[1:]), dtype=torch.float32)
+            capture.frames[0] = frames[0]
+            for index in self.identity:  # the zero shift's output is the original's, as the probe takes it
+                capture.frames[1 + index] = frames[0]
+        assert capture.frames is not None
         for slot, index in enumerate(self.indices):
-            capture.shifted[index] = frames[1 + slot].clone()
+            capture.frames[1 + index] = frames[1 + slot]
         for indices, (slots, sums) in measured:
             for position, slot in enumerate(slots):
                 capture.errors[indices[slot]] = _metrics(sums, position)
@@ -635,7 +639,9 @@ def _capture(
         plan = _layout_plan(model, watched, reference_input(first, pairs, mode)[0], layout_overrides, stride_overrides)
         identity = [index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0]
         # With one image the probe's numbers are this image's: its passes were these very passes.
-        recorder = _Recorder(captures, plan, channels, circular, identity, measure=len(inputs) > 1)
+        recorder = _Recorder(
+            captures, plan, channels, circular, identity, measure=len(inputs) > 1, shift_count=len(pairs)
+        )
         active = [index for index in range(len(pairs)) if index not in identity]
         chunk = max(1, min(len(active), batch_size - 1))
         chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
@@ -659,10 +665,8 @@ def _capture(
             module.training = modes[name]
     shown_layers = []
     for capture in captures.values():
-        if capture.reference is None:
+        if capture.frames is None:
             raise InternalError(f"the explorer saw no output of layer {capture.label!r}, which the probe measured")
-        for index in identity:
-            capture.shifted[index] = capture.reference.clone()
         if len(inputs) == 1:
             capture.errors = {index: {key: row[key] for key in IMAGE_KEYS} for index, row in enumerate(capture.rows)}
         shown_layers.append(_finish(capture, len(pairs), circular))
@@ -678,19 +682,18 @@ def _capture(
 
 def _finish(capture: _Capture, shift_count: int, circular: bool) -> ExplorerLayer:
     row = capture.rows[0]
-    assert capture.reference is not None and capture.channels is not None
+    assert capture.frames is not None and capture.channels is not None
     whole = capture.part == "whole"
     stride = None if whole or row["stride"] is None else (int(row["stride"][0]), int(row["stride"][1]))
     if not whole:
         expected = tuple(row["shape"][-2:])
-        found = tuple(capture.reference.shape[-2:])
+        found = tuple(capture.frames.shape[-2:])
         if found != expected:
             raise InternalError(f"the explorer's map of {capture.label!r} is {found}, the probe's {expected}")
     core = None
     if not whole and not circular and capture.core is not None and not capture.whole_map:
         core = capture.core.to("cpu").numpy()
     rows = [{key: item[key] for key in ROW_KEYS} for item in capture.rows]
-    shifted = torch.stack([capture.shifted[index] for index in range(shift_count)])
     return ExplorerLayer(
         label=capture.label,
         kind=row["type"],
@@ -700,8 +703,8 @@ def _finish(capture: _Capture, shift_count: int, circular: bool) -> ExplorerLaye
         shape=tuple(row["shape"]),
         channels=list(capture.channels),
         channel_count=capture.channel_count,
-        reference=capture.reference.numpy(),
-        shifted=shifted.numpy(),
+        reference=capture.frames[0].numpy(),
+        shifted=capture.frames[1:].numpy(),
         core=core,
         rows=rows,
         image_errors=[capture.errors[index] for index in range(shift_count)],

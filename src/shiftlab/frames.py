@@ -8,10 +8,13 @@ The packing, per shown layer and kept channel:
 * **8 bits.** Every frame of the channel (the original output and the output for every shift) is quantised on one
   scale, ``q = round(255 (v - lo) / (hi - lo))`` with ``lo``, ``hi`` the extremes over all of them, so frames compare
   across shifts. Non-finite values become 0 and are counted (``nonFinite``).
-* **Predicted.** The original's frame is stored as it is; the frame for shift ``t`` as its difference, modulo 256,
-  from the original's 8-bit frame moved by the probe's alignment (the same move the explorer draws). Where a layer
-  is equivariant that difference is zero away from the border, and deflate all but removes it; decoding adds the
-  moved frame back, so the 8-bit frames are restored exactly.
+* **Predicted.** The frame for shift ``t`` is stored as its difference, modulo 256, from the original's 8-bit frame
+  moved by the probe's alignment (the same move the explorer draws). Where a layer is equivariant that difference is
+  zero away from the border, and deflate all but removes it; decoding adds the moved frame back, so the 8-bit frames
+  are restored exactly. The original's frame itself (and each plane of the input) is stored as its difference from
+  the median edge detector of LOCO-I / JPEG-LS (Weinberger, Seroussi & Sapiro 2000): each pixel predicted from its
+  left, upper and upper-left neighbours (0 outside the frame), which removes a quarter to a third of a smooth map's
+  bytes.
 * **Deflated** (zlib, the format of the browsers' ``DecompressionStream("deflate")``) and base64-encoded.
 
 The input (8-bit, as displayed: ``C x H x W``, or one frame per shift in ``fourier`` mode) and each layer's border
@@ -40,7 +43,9 @@ __all__ = [
     "decode_frames",
     "explorer_payload",
     "payload_bytes",
+    "predict_plane",
     "quantise",
+    "restore_plane",
 ]
 
 #: The maps' colour scale ends at this percentile of the original output (the static figures do the same), so that a
@@ -66,6 +71,43 @@ def quantise(frames: np.ndarray) -> tuple[np.ndarray, float, float, int]:
     scale = 255.0 / (high - low) if high > low else 0.0
     quantised = np.where(finite, np.rint((np.where(finite, values, low) - low) * scale), 0.0)
     return quantised.astype(np.uint8), low, high, int(values.size - finite.sum())
+
+
+def _med(plane: np.ndarray) -> np.ndarray:
+    """The median edge detector's prediction of every pixel of an ``(h, w)`` plane from its neighbours ``a`` (left),
+    ``b`` (up), ``c`` (up-left), 0 outside: ``min(a, b)`` if ``c >= max(a, b)``, ``max(a, b)`` if ``c <= min(a, b)``,
+    else ``a + b - c``."""
+    padded = np.pad(plane.astype(np.int16), ((1, 0), (1, 0)))
+    a, b, c = padded[1:, :-1], padded[:-1, 1:], padded[:-1, :-1]
+    high, low = np.maximum(a, b), np.minimum(a, b)
+    return np.where(c >= high, low, np.where(c <= low, high, a + b - c))
+
+
+def predict_plane(plane: np.ndarray) -> np.ndarray:
+    """An 8-bit ``(h, w)`` plane as its residual from :func:`_med`, modulo 256 (:func:`restore_plane` inverts it).
+
+    Example:
+        >>> plane = np.array([[10, 12, 14], [11, 13, 15]], dtype=np.uint8)
+        >>> predict_plane(plane).tolist()
+        [[10, 2, 2], [1, 1, 1]]
+        >>> restore_plane(predict_plane(plane)).tolist() == plane.tolist()
+        True
+    """
+    return (plane.astype(np.int16) - _med(plane)).astype(np.uint8)
+
+
+def restore_plane(residual: np.ndarray) -> np.ndarray:
+    """The plane that :func:`predict_plane` turned into ``residual``: pixel by pixel, as the explorer script does."""
+    height, width = residual.shape
+    plane = np.zeros((height, width), dtype=np.int16)
+    for y in range(height):
+        for x in range(width):
+            a = int(plane[y, x - 1]) if x else 0
+            b = int(plane[y - 1, x]) if y else 0
+            c = int(plane[y - 1, x - 1]) if x and y else 0
+            guess = min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c
+            plane[y, x] = (int(residual[y, x]) + guess) & 255
+    return plane.astype(np.uint8)
 
 
 def colormap_tables() -> dict[str, list[int]]:
@@ -106,7 +148,7 @@ def _layer_payload(layer: ExplorerLayer, blob: _Blob) -> dict[str, Any]:
         frames = np.concatenate([layer.reference[slot][None], layer.shifted[:, slot]])
         quantised, low, high, non_finite = quantise(frames)
         original = quantised[0]
-        offset = blob.add(original)
+        offset = blob.add(predict_plane(original))
         for index in range(shifts):
             predicted = (
                 original
@@ -167,7 +209,7 @@ def explorer_payload(data: ExplorerData, *, title: str = "", key: str = "explore
     channels = display.shape[0]
     if channels not in (1, 3):  # neither gray nor RGB: the channels' mean, in gray
         display = np.rint(data.display.mean(axis=0, keepdims=True).clip(0, 1) * 255).astype(np.uint8)
-    input_offset = blob.add(display)
+    input_offset = blob.add(np.stack([predict_plane(plane) for plane in display]))
     per_shift = None
     if data.display_shifted is not None:
         frames = data.display_shifted
@@ -229,7 +271,7 @@ def decode_frames(payload: dict[str, Any], layer: int, channel: int) -> tuple[np
     height, width = entry["height"], entry["width"]
     size = height * width
     start = entry["channels"][channel]["offset"]
-    original = blob[start : start + size].reshape(height, width)
+    original = restore_plane(blob[start : start + size].reshape(height, width))
     shifted = []
     for index, row in enumerate(entry["rows"]):
         residual = blob[start + (1 + index) * size : start + (2 + index) * size].reshape(height, width)

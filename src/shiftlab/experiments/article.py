@@ -472,9 +472,11 @@ def article_network(poolings: int, *, kernel: KernelSpec = ARTICLE_KERNEL, edges
     return nn.Sequential(OrderedDict(layers))
 
 
-#: The horizontal shifts of the cat on its canvas: every pixel to 16, then strides of the pooling pyramid up to the
-#: translation of the article's pair (SCENE_SHIFT = 256: chelsea_left moved by it is chelsea_right, exactly).
-SCENE_STEPS = (*range(17), 24, 32, 48, 64, 96, 128, 192, SCENE_SHIFT)
+#: The horizontal shifts of the cat on its canvas: every pixel to 8, then doublings up to the translation of the
+#: article's pair (SCENE_SHIFT = 256: chelsea_left moved by it is chelsea_right, exactly).
+SCENE_STEPS = (*range(9), 12, 16, 24, 32, 64, 128, SCENE_SHIFT)
+#: The horizontal shifts of the photo: every pixel to 8 (a multiple of the strides 2, 4 and 8).
+PHOTO_STEPS = tuple(range(9))
 
 
 def _gray(name: str) -> torch.Tensor:
@@ -490,8 +492,8 @@ def article_explorers(kernel: KernelSpec = ARTICLE_KERNEL) -> dict[str, Explorer
     * ``translation``: the cat on its flat canvas (``chelsea_left``) moved right by :data:`SCENE_STEPS`, through the
       filter and six poolings; circular shifts of a flat canvas are the cat moving, and the last one is the article's
       pair (``chelsea_right``).
-    * ``stride``: the photo, moved right by ``0..16`` pixels as crop windows (real content everywhere), through the
-      filter and five poolings.
+    * ``stride``: the photo, moved right by :data:`PHOTO_STEPS` pixels as crop windows (real content everywhere),
+      through the filter and five poolings.
     """
     pixel = torch.from_numpy(single_pixel_image(2, 2))[None, None]
     return {
@@ -514,7 +516,7 @@ def article_explorers(kernel: KernelSpec = ARTICLE_KERNEL) -> dict[str, Explorer
         "stride": explorer_data(
             article_network(5, kernel=kernel),
             _gray("chelsea"),
-            [(0, step) for step in range(17)],
+            [(0, step) for step in PHOTO_STEPS],
             mode="crop",
             layers=["edges", *(f"pool{level}" for level in range(1, 6))],
             names=["chelsea"],

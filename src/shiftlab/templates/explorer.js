@@ -50,6 +50,23 @@
     return new Response(stream).arrayBuffer().then(function (buffer) { return new Uint8Array(buffer); });
   }
 
+  // Undo the median edge detector's prediction (shiftlab/frames.py: predict_plane), pixel by pixel.
+  function restorePlane(residual, height, width) {
+    var plane = new Uint8Array(height * width);
+    for (var y = 0; y < height; y++) {
+      for (var x = 0; x < width; x++) {
+        var at = y * width + x;
+        var a = x > 0 ? plane[at - 1] : 0;
+        var b = y > 0 ? plane[at - width] : 0;
+        var c = x > 0 && y > 0 ? plane[at - width - 1] : 0;
+        var high = Math.max(a, b), low = Math.min(a, b);
+        var guess = c >= high ? low : c <= low ? high : a + b - c;
+        plane[at] = (residual[at] + guess) & 255;
+      }
+    }
+    return plane;
+  }
+
   // A frame moved by (oy, ox) whole pixels, down and right: around the torus, or with a zero fill
   // (shiftlab.explore.move_map). `fill` marks where nothing moved in.
   function moveFrame(frame, height, width, oy, ox, circular, fill) {
@@ -122,6 +139,12 @@
     var self = this;
     return inflate(base64Bytes(this.payload.data)).then(function (blob) {
       self.blob = blob;
+      var input = self.payload.input, plane = input.height * input.width;
+      self.inputPlanes = [];
+      for (var channel = 0; channel < input.channels; channel++) {
+        var start = input.offset + channel * plane;
+        self.inputPlanes.push(restorePlane(blob.subarray(start, start + plane), input.height, input.width));
+      }
       self.bind();
       self.fillChannels();
       self.render();
@@ -194,7 +217,7 @@
     var layer = this.payload.layers[layerIndex];
     var size = layer.height * layer.width;
     var start = layer.channels[channelIndex].offset;
-    var original = this.blob.subarray(start, start + size);
+    var original = restorePlane(this.blob.subarray(start, start + size), layer.height, layer.width);
     var shifted = [];
     for (var index = 0; index < layer.rows.length; index++) {
       var row = layer.rows[index];
@@ -226,31 +249,32 @@
 
   Explorer.prototype.drawInput = function () {
     var input = this.payload.input, shift = this.payload.shifts[this.shift];
-    var channels = input.channels, blob = this.blob;
-    var height = input.height, width = input.width, source = input.offset, top = 0, left = 0;
-    var mode = this.payload.mode, dy = shift[0], dx = shift[1];
-    var outHeight = height, outWidth = width;
-    if (input.perShift) {
-      outHeight = input.perShift.height;
-      outWidth = input.perShift.width;
-      source = input.perShift.offset + this.shift * channels * outHeight * outWidth;
-      height = outHeight; width = outWidth; dy = 0; dx = 0; mode = "frames";
-    } else if (mode === "crop") {
+    var channels = input.channels, height = input.height, width = input.width;
+    var mode = this.payload.mode, dy = shift[0], dx = shift[1], top = 0, left = 0;
+    var outHeight = height, outWidth = width, planes = this.inputPlanes;
+    if (input.perShift) { // fourier shifts: one stored frame per shift
+      outHeight = height = input.perShift.height;
+      outWidth = width = input.perShift.width;
+      var start = input.perShift.offset + this.shift * channels * height * width, blob = this.blob;
+      planes = [];
+      for (var channel = 0; channel < channels; channel++) {
+        planes.push(blob.subarray(start + channel * height * width, start + (channel + 1) * height * width));
+      }
+      mode = "frames"; dy = 0; dx = 0;
+    } else if (mode === "crop") { // the window at margin - t of the stored image
       outHeight = height - 2 * input.margin[0];
       outWidth = width - 2 * input.margin[1];
       top = input.margin[0] - dy;
       left = input.margin[1] - dx;
     }
-    var plane = height * width;
     paintCanvas(this.canvases.input, outHeight, outWidth, function (cell) {
       var y = Math.floor(cell / outWidth), x = cell % outWidth, sy, sx;
       if (mode === "crop") { sy = y + top; sx = x + left; }
       else if (mode === "circular") { sy = (((y - dy) % height) + height) % height; sx = (((x - dx) % width) + width) % width; }
       else { sy = y - dy; sx = x - dx; }
       if (sy < 0 || sy >= height || sx < 0 || sx >= width) return [0, 0, 0];
-      var at = source + sy * width + sx;
-      var red = blob[at];
-      return channels === 3 ? [red, blob[at + plane], blob[at + 2 * plane]] : [red, red, red];
+      var at = sy * width + sx, red = planes[0][at];
+      return channels === 3 ? [red, planes[1][at], planes[2][at]] : [red, red, red];
     }, false);
     this.canvases.input.setAttribute("aria-label", "The input moved " + shiftWords(shift) + " (" + this.payload.mode + " shift)");
   };
