@@ -249,6 +249,14 @@ def test_explorers_in_headless_chromium(demo_output):
                 timeout=30_000,
             )
             assert page.locator(".explorer").count() == len(EXPLORER_SECTIONS)
+            from shiftlab._format import format_number
+
+            values = [0.0, 1.0, 0.5, -0.25, 1e-7, 3e-9, 1.234e-4, 0.99995, 12345.6, 123.456, 2.5e17, 0.30949999]
+            formatted = page.evaluate(
+                "(values) => values.map(v => document.querySelector('.explorer').shiftlabExplorer.formatNumber(v))",
+                values,
+            )
+            assert formatted == [format_number(value) for value in values]
             for key in EXPLORER_SECTIONS:
                 section, explorer = sections[key], sections[key]["explorers"][0]
                 root = page.locator(f"#explorer-{key}-0")

@@ -34,7 +34,7 @@ from torch import nn
 from shiftlab._compare import PairSums, pair_sums, whole_sums
 from shiftlab.equivariance import border_core, reference_input, shifted_input
 from shiftlab.errors import InternalError, check, check_int, describe, fail
-from shiftlab.layouts import Layout, resolve_overrides
+from shiftlab.layouts import resolve_overrides
 from shiftlab.metrics import map_error
 from shiftlab.probe import (
     PREFIX,
@@ -340,7 +340,6 @@ class _Capture:
     module_name: str
     part: str  # "map" or "prefix" (of the module's output); "whole" is decided from the layout
     rows: list[dict[str, Any]]
-    layout: Layout | None = None
     channels: list[int] | None = None
     channel_count: int = 0
     frames: torch.Tensor | None = None  # (1 + S, k, h, w): the original output, then one per shift
@@ -537,6 +536,11 @@ def explorer_data(
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
     inputs = _images(images)
     image = check_int(image, "image", minimum=0, maximum=len(inputs) - 1)
+    if isinstance(channels, Sequence):  # checked now, not after the probe has run
+        check(len(channels) > 0, "channels", "is empty: give a count or at least one channel")
+        channels = [check_int(channel, "channels", minimum=0) for channel in channels]
+    else:
+        channels = check_int(channels, "channels", minimum=1)
     pairs = check_shifts(shifts, mode)
     result = probe(
         model,

@@ -187,13 +187,22 @@ def _layer_payload(layer: ExplorerLayer, blob: _Blob) -> dict[str, Any]:
     }
 
 
-def _grid(shifts: list[tuple[float, float]]) -> dict[str, list[float]] | None:
-    """The shifts as a ``dy x dx`` grid when they are every pair of their rows and columns, in row order."""
+def _grid(shifts: list[tuple[float, float]]) -> dict[str, list[Any]] | None:
+    """The shifts as a ``dy x dx`` grid when they are every pair of their rows and columns (in any order):
+    the rows ``dy``, the columns ``dx`` (both sorted), and ``index[row][column]``, the shift's position in the list.
+
+    Example:
+        >>> _grid([(1, 0), (0, 0), (1, 1), (0, 1)])
+        {'dy': [0, 1], 'dx': [0, 1], 'index': [[1, 3], [0, 2]]}
+        >>> _grid([(0, 0), (1, 1)]) is None
+        True
+    """
     ys = sorted({dy for dy, _ in shifts})
     xs = sorted({dx for _, dx in shifts})
     if len(ys) * len(xs) != len(shifts) or len(set(shifts)) != len(shifts):
         return None
-    return {"dy": ys, "dx": xs}
+    position = {pair: index for index, pair in enumerate(shifts)}
+    return {"dy": ys, "dx": xs, "index": [[position[dy, dx] for dx in xs] for dy in ys]}
 
 
 def explorer_payload(data: ExplorerData, *, title: str = "", key: str = "explorer") -> dict[str, Any]:

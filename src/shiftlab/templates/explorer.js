@@ -127,13 +127,19 @@
     this.channelSelect = root.querySelector(".explorer-channel");
     this.slider = root.querySelector(".explorer-slider");
     this.pad = root.querySelector(".explorer-pad");
-    this.cells = Array.prototype.slice.call(root.querySelectorAll(".explorer-pad [data-shift]"));
+    this.cells = []; // by shift index (the pad lays them out by dy and dx)
+    var cells = this.cells;
+    Array.prototype.forEach.call(root.querySelectorAll(".explorer-pad [data-shift]"), function (cell) {
+      cells[Number(cell.getAttribute("data-shift"))] = cell;
+    });
     this.canvases = {};
     var self = this;
     ["input", "shifted", "moved", "difference"].forEach(function (name) {
       self.canvases[name] = root.querySelector('canvas[data-panel="' + name + '"]');
     });
   }
+
+  Explorer.prototype.formatNumber = formatNumber; // (the browser test checks it against format_number)
 
   Explorer.prototype.start = function () {
     var self = this;
@@ -185,7 +191,7 @@
       column = Math.max(0, Math.min(grid.dx.length - 1, column + moves[event.key][1]));
     } else return;
     event.preventDefault();
-    this.select(row * grid.dx.length + column, true);
+    this.select(grid.index[row][column], true);
   };
 
   Explorer.prototype.select = function (index, focusPad) {
