@@ -1,8 +1,10 @@
 """Train shiftlab's reference digit classifier (``digits_cnn``) on the bundled MNIST 5k training split, reproducibly.
 
-Run from the repository root (CPU only; 42-90 s on 2 idle cores, several minutes when they are shared)::
+Run from the repository root (CPU only; 20-60 s per variant on 2 idle cores, several minutes when they are
+shared)::
 
     PYTHONPATH=src python scripts/train_reference.py                      # the baseline, written into the package
+    PYTHONPATH=src python scripts/train_reference.py --variant circular_aps   # a variant (see VARIANTS)
     PYTHONPATH=src python scripts/train_reference.py --out /tmp/digits    # somewhere else
 
 It writes ``digits_cnn_<variant>.safetensors`` (the state_dict) and ``digits_cnn_<variant>.json`` (the protocol: seed,
@@ -10,9 +12,11 @@ epochs, optimizer, learning-rate schedule, batch size, versions, machine, wall t
 test images, which training never sees).
 
 A variant is "build :class:`shiftlab.models.DigitsCNN`, initialise it from the seed, then convert it" (see
-:data:`VARIANTS`); everything after that, data order included, is the same for every variant, so that variants
-differ only in their architecture. Only ``baseline`` (no conversion) exists so far; anti-aliased and polyphase
-variants join :data:`VARIANTS` as conversions once ``shiftlab.layers.make_shift_invariant`` exists.
+:data:`VARIANTS`: the conversion suffix of its model spec, such as ``+circular+aps``); everything after that, data
+order included, is the same for every variant, so that variants differ only in their architecture. The
+conversions keep every parameter under its name and add none, so every variant starts from the same weights. The
+shipped variants are ``shiftlab.models.DIGITS_CNN_VARIANTS``: zero or circular padding, times strided, BlurPool or
+APS downsampling; ``shiftlab.experiments.variants`` compares them.
 
 There is no shift augmentation (no random crops or translations): the comparison between the baseline and its
 anti-aliased and polyphase variants should show what each architecture does with shifts by itself, not what data
@@ -20,7 +24,8 @@ augmentation taught it. MNIST digits are centred by their centre of mass, so the
 
 Determinism: explicit ``torch.Generator`` seeds for the initialisation and for the data order,
 ``torch.use_deterministic_algorithms(True)``, a fixed number of threads (2 by default, restored afterwards), no
-DataLoader workers. The same seed, thread count and torch build give the same weights bit for bit.
+DataLoader workers. The same seed, thread count and torch build give the same weights bit for bit, and the same
+file byte for byte (see :func:`safetensors_bytes`).
 
 Timing in the JSON: ``wall_seconds`` from loading the data to the last step, ``cpu_seconds`` the process's CPU time
 over the same span (all threads), and ``load_average_before`` the 1-minute load average when training started: on
@@ -36,9 +41,10 @@ import json
 import math
 import os
 import platform
+import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +54,17 @@ from torch import nn
 
 from shiftlab.digits import DIGITS_SIZES, load_digits
 from shiftlab.errors import check_choice, check_int, check_real
-from shiftlab.models import DigitsCNN
+from shiftlab.layers.spec import split_model_spec
+from shiftlab.models import DIGITS_CNN_VARIANTS, DigitsCNN
 
 ASSETS = Path(__file__).resolve().parent.parent / "src" / "shiftlab" / "assets"
 
-#: Variant name -> the conversion applied to the freshly initialised baseline before training.
-VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "baseline": lambda model: model,
-    # Later, with the same budget and seed:
-    #   "blurpool": lambda model: make_shift_invariant(model, method="blurpool"),
-    #   "aps": lambda model: make_shift_invariant(model, method="aps", padding="circular"),
-}
+
+#: Variant name -> the conversion suffix of its model spec (``digits_cnn`` + suffix), applied to the freshly
+#: initialised baseline before training: the shipped variants, ``shiftlab.models.DIGITS_CNN_VARIANTS``, whose
+#: spec then loads the weights trained here (``blurpool``: ``make_shift_invariant(model, "blurpool")[0]``).
+VARIANTS: dict[str, str] = dict(DIGITS_CNN_VARIANTS)
+
 
 #: The protocol of the shipped weights.
 DEFAULTS: dict[str, Any] = {
@@ -113,7 +119,8 @@ def build_model(variant: str = "baseline", *, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = initialise(DigitsCNN(), torch.Generator().manual_seed(seed))
-        return VARIANTS[variant](model)
+        conversion = split_model_spec(f"digits_cnn{VARIANTS[variant]}")[1]
+        return model if conversion is None else conversion.apply(model)[0]
 
 
 @torch.no_grad()
@@ -207,6 +214,7 @@ def train(
     protocol = {
         "model": "shiftlab.models.DigitsCNN()",
         "variant": variant,
+        "spec": f"digits_cnn{VARIANTS[variant]}",
         "data": f"shiftlab.digits.load_digits('train'): MNIST 5k, {DIGITS_SIZES['train']} images, no augmentation",
         "seed": seed,
         "init": "generator seeded with seed: kaiming_normal_(fan_out, relu) convolutions, BN 1/0, linear uniform",
@@ -243,15 +251,34 @@ def train(
     return model.eval(), protocol
 
 
-def save(model: nn.Module, protocol: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """Write ``digits_cnn_<variant>.safetensors`` and ``.json`` into ``out``; the JSON records the weights' sha256."""
-    from safetensors.torch import save_file
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors file of ``state``, with the metadata in the order given.
 
+    safetensors writes its metadata from a hash map, in an order that changes from one process to the next, so the
+    same weights would give files with different sha256 digests. The header is rewritten with the same content in
+    a fixed order (the same length, so every offset stays valid).
+    """
+    from safetensors.torch import save
+
+    data = save(state, metadata=metadata)
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(metadata)  # same key, same place in the header; only its items are reordered
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= size and not data[8 + len(text) : 8 + size].strip(), "the header changed length"
+    return data[:8] + text.ljust(size) + data[8 + size :]
+
+
+def save(model: nn.Module, protocol: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Write ``digits_cnn_<variant>.safetensors`` and ``.json`` into ``out``; the JSON records the weights' sha256.
+
+    The same weights give the same file, byte for byte (see :func:`safetensors_bytes`).
+    """
     out.mkdir(parents=True, exist_ok=True)
     stem = f"digits_cnn_{protocol['variant']}"
     weights = out / f"{stem}.safetensors"
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"variant": protocol["variant"], "seed": str(protocol["seed"])})
+    weights.write_bytes(safetensors_bytes(state, {"variant": protocol["variant"], "seed": str(protocol["seed"])}))
     record = dict(protocol, weights=weights.name, weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
     report = out / f"{stem}.json"
     report.write_text(json.dumps(record, indent=2) + "\n")

@@ -67,6 +67,7 @@ def test_every_finding_holds(demo_output):
         "stride",
         "probe-simple-cnn",
         "probe-circular-cnn",
+        "variants",
     } <= set(sections)
     findings = [finding for section in sections.values() for finding in section["findings"]]
     assert findings

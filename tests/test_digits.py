@@ -314,7 +314,11 @@ class TestTrainingScript:
     @pytest.mark.parametrize(
         "kwargs, message",
         [
-            ({"variant": "blurpool"}, "variant: must be one of baseline, got 'blurpool'"),
+            (
+                {"variant": "zeros_aps"},
+                "variant: must be one of baseline, blurpool, aps, circular, circular_blurpool, circular_aps, "
+                "got 'zeros_aps'",
+            ),
             ({"epochs": 0}, "epochs: must be an integer >= 1, got 0"),
             ({"lr": -0.1}, "lr: must be a positive number, got -0.1"),
             ({"max_steps": 0}, "max_steps: must be an integer >= 1, got 0"),

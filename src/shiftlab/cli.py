@@ -112,9 +112,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from shiftlab.experiments.article import article_sections, run_article
     from shiftlab.experiments.evaluation import demo_evaluation_sections
     from shiftlab.experiments.probing import demo_probe_sections
+    from shiftlab.experiments.variants import demo_variants_sections
     from shiftlab.report import write_report
 
-    with _progress(5, "demo") as bar:
+    with _progress(6, "demo") as bar:
         bar.set_postfix_str("article experiments")
         results = run_article()
         bar.update()
@@ -126,6 +127,9 @@ def run_demo(args: argparse.Namespace) -> int:
         bar.update()
         bar.set_postfix_str("evaluating the digit classifier")
         sections += demo_evaluation_sections()
+        bar.update()
+        bar.set_postfix_str("BlurPool and APS variants")
+        sections += demo_variants_sections()
         bar.update()
         bar.set_postfix_str("report")
         with staged_directory(args.out) as staging:

@@ -45,10 +45,12 @@ from shiftlab.ops import Convolve, MaxPool
 __all__ = [
     "BUNDLED_MODELS",
     "ArticleNet",
+    "DIGITS_CNN_VARIANTS",
     "DigitsCNN",
     "ModelInfo",
     "SimpleCNN",
     "DTYPES",
+    "digits_cnn_variant",
     "load_model",
     "load_weights",
     "resolve_device",
@@ -192,13 +194,58 @@ class ModelInfo:
 #: The weights of ``digits_cnn``, written by ``scripts/train_reference.py`` (protocol and accuracy in the JSON beside).
 DIGITS_CNN_WEIGHTS = "digits_cnn_baseline.safetensors"
 
+#: The trained variants of ``digits_cnn`` that ship with shiftlab: variant -> the conversion suffix of its spec.
+#: Each was converted right after initialisation and then trained as converted (``scripts/train_reference.py
+#: --variant NAME``), with the baseline's seed and budget; its weights are ``assets/digits_cnn_<variant>.safetensors``
+#: and load by default for that spec (``digits_cnn+blurpool``). Other suffixes convert the baseline's weights.
+DIGITS_CNN_VARIANTS: dict[str, str] = {
+    "baseline": "",
+    "blurpool": "+blurpool",
+    "aps": "+aps",
+    "circular": "+circular",
+    "circular_blurpool": "+circular+blurpool",
+    "circular_aps": "+circular+aps",
+}
 
-def _trained_digits_cnn() -> DigitsCNN:
+
+def _load_asset_weights(model: nn.Module, name: str) -> nn.Module:
+    with resources.as_file(resources.files("shiftlab").joinpath(f"assets/{name}")) as path:
+        return load_weights(model, path)
+
+
+def _trained_digits_cnn() -> nn.Module:
     """:class:`DigitsCNN` with the weights that ship with shiftlab (trained on the bundled digits' training split)."""
-    model = DigitsCNN()
-    with resources.as_file(resources.files("shiftlab").joinpath(f"assets/{DIGITS_CNN_WEIGHTS}")) as path:
-        load_weights(model, path)
-    return model
+    return _load_asset_weights(DigitsCNN(), DIGITS_CNN_WEIGHTS)
+
+
+def digits_cnn_variant(spec: str) -> str | None:
+    """The shipped variant of ``digits_cnn`` (:data:`DIGITS_CNN_VARIANTS`) that ``spec`` loads, or ``None``.
+
+    Suffixes that build the same layers name the same variant, in any order and with the default filter size
+    written out or not.
+
+    Example:
+        >>> digits_cnn_variant("digits_cnn+aps+circular"), digits_cnn_variant("digits_cnn+blurpool4")
+        ('circular_aps', 'blurpool')
+        >>> digits_cnn_variant("digits_cnn"), digits_cnn_variant("digits_cnn+aps5"), digits_cnn_variant("resnet18")
+        ('baseline', None, None)
+    """
+    from shiftlab.layers.convert import DEFAULT_KERNEL_SIZE
+    from shiftlab.layers.spec import split_model_spec
+
+    def layers(text: str) -> tuple[str, Any] | None:
+        base, conversion = split_model_spec(text.strip())
+        if base != "digits_cnn":
+            return None
+        if conversion is None:
+            return base, None
+        method = conversion.method
+        return base, (method, conversion.padding, method and (conversion.kernel_size or DEFAULT_KERNEL_SIZE[method]))
+
+    wanted = layers(spec)
+    if wanted is None:
+        return None
+    return next((name for name, suffix in DIGITS_CNN_VARIANTS.items() if layers("digits_cnn" + suffix) == wanted), None)
 
 
 #: The networks that ship with shiftlab: name -> (factory, in_channels, description).
@@ -288,6 +335,13 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
     if conversion is not None:
         model, changes = conversion.apply(model)
         described = f"{info.description}, converted ({conversion.suffix[1:]}: {len(changes)} layers changed)"
+        if spec == "digits_cnn" and weights is None:  # a shipped variant's own weights, else the baseline's
+            variant = digits_cnn_variant(full_spec)
+            if variant is not None:
+                _load_asset_weights(model, f"digits_cnn_{variant}.safetensors")
+                described += f"; weights digits_cnn_{variant}.safetensors, trained as converted"
+            else:
+                described += f"; the baseline's weights ({DIGITS_CNN_WEIGHTS}), converted without retraining"
         info = dataclasses.replace(info, spec=full_spec, description=described)
     if weights is not None:
         load_weights(model, weights)

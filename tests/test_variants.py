@@ -1,0 +1,266 @@
+"""The trained BlurPool and APS variants of digits_cnn: shipped weights, loading by spec, exactness, the comparison.
+
+Known answers: APS with circular padding is exactly invariant to circular shifts (Chaman & Dokmanic 2021), checked
+on every test digit under every phase of the network's stride; BlurPool (Zhang 2019) is better than strided
+downsampling and not exact. The README's table is recomputed here, so it cannot drift from what shiftlab measures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shiftlab.digits import load_digits
+from shiftlab.errors import ShiftlabError
+from shiftlab.experiments.variants import (
+    DEMO_VARIANT_DIGITS,
+    VARIANT_SPECS,
+    readme_table,
+    run_variants,
+    training_record,
+    variants_section,
+)
+from shiftlab.models import DIGITS_CNN_VARIANTS, DIGITS_CNN_WEIGHTS, DigitsCNN, digits_cnn_variant, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = resources.files("shiftlab").joinpath("assets")
+# As for the baseline (tests/test_digits.py): another CPU may sum in another order and flip a borderline digit or
+# two; 3 of the 1,000 test digits (0.3 percentage points) is the allowance.
+ACCURACY_TOLERANCE = 0.003
+
+
+def states_equal(first: dict, second: dict) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+def load_script(name: str):
+    module_name = f"_shiftlab_script_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    return load_digits("test")
+
+
+# --------------------------------------------------------------------------- the shipped weights
+
+
+class TestShippedVariants:
+    def test_six_variants_two_paddings_three_methods(self):
+        assert VARIANT_SPECS == {
+            "baseline": "digits_cnn",
+            "blurpool": "digits_cnn+blurpool",
+            "aps": "digits_cnn+aps",
+            "circular": "digits_cnn+circular",
+            "circular_blurpool": "digits_cnn+circular+blurpool",
+            "circular_aps": "digits_cnn+circular+aps",
+        }
+
+    @pytest.mark.parametrize("variant", list(DIGITS_CNN_VARIANTS))
+    def test_spec_loads_the_variants_own_weights(self, variant):
+        record = training_record(variant)
+        with resources.as_file(ASSETS.joinpath(f"digits_cnn_{variant}.safetensors")) as path:
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == record["weights_sha256"]
+            shipped = load_file(str(path))
+        model, info = load_model(VARIANT_SPECS[variant], seed=7)  # the seed of a random init plays no part
+        assert states_equal(model.state_dict(), shipped) and not model.training
+        assert record["variant"] == variant and record["weights"] == f"digits_cnn_{variant}.safetensors"
+        if variant != "baseline":
+            assert f"weights digits_cnn_{variant}.safetensors, trained as converted" in info.description
+
+    @pytest.mark.parametrize("variant", list(DIGITS_CNN_VARIANTS))
+    def test_recorded_accuracy_reproduces(self, variant, test_digits):
+        images, labels = test_digits
+        record = training_record(variant)
+        model, _ = load_model(VARIANT_SPECS[variant])
+        with torch.no_grad():
+            correct = int((model(images).argmax(1) == labels).sum())
+        assert record["test_images"] == 1000 and record["test_correct"] / 1000 == record["test_accuracy"]
+        assert abs(correct - record["test_correct"]) <= ACCURACY_TOLERANCE * 1000, (correct, record["test_correct"])
+
+    def test_same_protocol_for_every_variant(self):
+        baseline = training_record("baseline")
+        for variant in DIGITS_CNN_VARIANTS:
+            record = training_record(variant)
+            for key in ("seed", "epochs", "steps", "batch_size", "optimizer", "lr_schedule", "threads", "data"):
+                assert record[key] == baseline[key], (variant, key)
+            assert record.get("spec", VARIANT_SPECS[variant]) == VARIANT_SPECS[variant]
+
+    @pytest.mark.parametrize(
+        "spec, variant",
+        [
+            ("digits_cnn+blurpool4", "blurpool"),
+            ("digits_cnn+aps+circular", "circular_aps"),
+            ("digits_cnn + circular + blurpool", "circular_blurpool"),
+            ("digits_cnn+aps1", "aps"),
+            ("digits_cnn+blurpool5", None),
+            ("digits_cnn+circular+aps3", None),
+            ("simple_cnn+blurpool", None),
+        ],
+    )
+    def test_same_layers_same_variant(self, spec, variant):
+        assert digits_cnn_variant(spec) == variant
+
+    def test_other_conversions_convert_the_baseline(self):
+        model, info = load_model("digits_cnn+blurpool5")
+        expected, _ = load_model("digits_cnn")
+        assert states_equal(model.state_dict(), expected.state_dict())
+        assert info.description.endswith(f"the baseline's weights ({DIGITS_CNN_WEIGHTS}), converted without retraining")
+
+    def test_weights_option_overrides(self, tmp_path):
+        other = DigitsCNN()
+        path = tmp_path / "other.pt"
+        torch.save(other.state_dict(), path)
+        model, info = load_model("digits_cnn+circular+aps", weights=path)
+        assert states_equal(model.state_dict(), other.state_dict())
+        assert "trained as converted" not in info.description
+
+    def test_bad_variant(self):
+        with pytest.raises(ShiftlabError) as info:
+            training_record("zeros_aps")
+        assert str(info.value) == (
+            "variant: must be one of baseline, blurpool, aps, circular, circular_blurpool, circular_aps, "
+            "got 'zeros_aps'"
+        )
+
+
+# --------------------------------------------------------------------------- the exact property
+
+
+class TestAPSExactness:
+    def test_every_circular_shift_of_every_test_digit_gives_the_same_class(self, test_digits):
+        """All 1,000 test digits, every phase of the stride-4 network (and negative shifts): identical predictions."""
+        images, _ = test_digits
+        model, _ = load_model("digits_cnn+circular+aps")
+        shifts = [(dy, dx) for dy in range(-1, 3) for dx in range(-1, 3)]
+        with torch.no_grad():
+            reference = model(images)
+            for dy, dx in shifts:
+                shifted = model(torch.roll(images, (dy, dx), dims=(-2, -1)))
+                assert torch.equal(shifted.argmax(1), reference.argmax(1)), (dy, dx)
+                assert torch.allclose(shifted, reference, rtol=0, atol=1e-4), (dy, dx)
+
+    def test_zero_padded_aps_is_not_exact(self, test_digits):
+        """The same method without the circular padding it needs: some digit changes class under some shift."""
+        images, _ = test_digits
+        model, _ = load_model("digits_cnn+aps")
+        with torch.no_grad():
+            reference = model(images[:200]).argmax(1)
+            changed = sum(
+                int((model(torch.roll(images[:200], (dy, dx), dims=(-2, -1))).argmax(1) != reference).sum())
+                for dy, dx in [(0, 1), (1, 0), (1, 1), (2, 3)]
+            )
+        assert changed > 0
+
+
+# --------------------------------------------------------------------------- the comparison
+
+
+@pytest.fixture(scope="module")
+def demo_result():
+    """The demo's comparison (the README's table): 200 digits, 4 views."""
+    return run_variants()
+
+
+@pytest.mark.slow
+class TestComparison:
+    def test_aps_with_circular_padding_is_100_percent_consistent(self, demo_result):
+        numbers = demo_result.numbers("circular_aps")
+        consistency = demo_result.evaluation.results["digits_cnn+circular+aps"]["consistency"]
+        assert consistency["agreeing_pairs"] == consistency["pairs"] == DEMO_VARIANT_DIGITS * 6
+        assert numbers["circular_consistency"] == 1.0 and numbers["circular_all_views_agree"] == 1.0
+        assert numbers["unchanged_under_every_shift"] == 1.0
+        assert numbers["worst_case_accuracy"] == numbers["accuracy"]
+        assert numbers["per_digit_error"] < 1e-5
+        assert numbers["output_error"] < 1e-5
+
+    def test_blurpool_better_than_strided_not_exact(self, demo_result):
+        for base, blur in [("baseline", "blurpool"), ("circular", "circular_blurpool")]:
+            first, second = demo_result.numbers(base), demo_result.numbers(blur)
+            assert first["circular_consistency"] < second["circular_consistency"] < 1.0
+            assert first["crop_consistency"] < second["crop_consistency"] < 1.0
+            assert 1e-3 < second["aliasing"] < first["aliasing"]
+            assert 1e-3 < second["output_error"] < first["output_error"]
+
+    def test_every_finding_holds(self, demo_result):
+        section = variants_section(demo_result)
+        checked = [finding for finding in section.findings if finding.holds is not None]
+        assert len(checked) >= 7
+        assert all(finding.holds for finding in checked), [f.statement for f in checked if not f.holds]
+        assert [len(table.rows) for table in section.tables[:2]] == [6, 6]
+        json.dumps(section.to_dict())  # the report's results.json can hold it
+
+    def test_readme_table_is_what_shiftlab_measures(self, demo_result):
+        readme = (ROOT / "README.md").read_text()
+        assert readme_table(demo_result) in readme
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script("train_reference")
+
+
+class TestTraining:
+    def test_every_variant_starts_from_the_same_weights(self, script):
+        baseline = script.build_model("baseline", seed=0).state_dict()
+        for variant in DIGITS_CNN_VARIANTS:
+            model = script.build_model(variant, seed=0)
+            assert states_equal(model.state_dict(), baseline), variant
+            assert digits_cnn_variant(f"digits_cnn{script.VARIANTS[variant]}") == variant
+
+    @pytest.mark.parametrize("variant", [name for name in DIGITS_CNN_VARIANTS if name != "baseline"])
+    def test_short_run_is_deterministic(self, script, variant):
+        first, protocol = script.train(variant, max_steps=4, batch_size=16)
+        second, _ = script.train(variant, max_steps=4, batch_size=16)
+        assert states_equal(first.state_dict(), second.state_dict())
+        assert not states_equal(first.state_dict(), script.build_model(variant, seed=0).state_dict())
+        assert protocol["variant"] == variant and protocol["spec"] == VARIANT_SPECS[variant]
+
+    def test_file_is_the_same_byte_for_byte(self, script, tmp_path):
+        """safetensors writes its metadata in an order that changes between processes; the script fixes it."""
+        shipped = load_file(str(ASSETS.joinpath(DIGITS_CNN_WEIGHTS)))
+        data = script.safetensors_bytes(shipped, {"variant": "baseline", "seed": "0"})
+        assert hashlib.sha256(data).hexdigest() == training_record("baseline")["weights_sha256"]
+        reordered = script.safetensors_bytes(shipped, {"seed": "0", "variant": "baseline"})
+        assert reordered != data and len(reordered) == len(data)
+        path = tmp_path / "w.safetensors"
+        path.write_bytes(reordered)
+        assert states_equal(load_file(str(path)), shipped)
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            ({"digits": 1}, "digits: must be an integer >= 2 and <= 1000, got 1"),
+            ({"digits": 1001}, "digits: must be an integer >= 2 and <= 1000, got 1001"),
+            ({"views": 1}, "views: must be an integer >= 2, got 1"),
+            ({"digits": 10, "probe_digits": 11}, "probe digits: must be an integer >= 1 and <= 10, got 11"),
+            (
+                {"per_digit_variants": ("zeros_aps",)},
+                "variant: must be one of baseline, blurpool, aps, circular, circular_blurpool, circular_aps, "
+                "got 'zeros_aps'",
+            ),
+        ],
+    )
+    def test_messages(self, kwargs, message):
+        with pytest.raises(ShiftlabError) as info:
+            run_variants(**kwargs)
+        assert str(info.value) == message
