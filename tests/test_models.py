@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import torch
+from helpers import states_equal
 from torch import nn
 
 from shiftlab.errors import ShiftlabError
@@ -27,10 +28,6 @@ class Opaque:
 
     def __init__(self) -> None:
         self.payload = [1, 2, 3]
-
-
-def states_equal(first: dict, second: dict) -> bool:
-    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
 @pytest.fixture

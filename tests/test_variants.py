@@ -8,14 +8,12 @@ downsampling and not exact. The README's table is recomputed here, so it cannot 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from importlib import resources
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ACCURACY_TOLERANCE, ROOT, load_script, states_equal
 from safetensors.torch import load_file
 
 from shiftlab.digits import load_digits
@@ -30,25 +28,7 @@ from shiftlab.experiments.variants import (
 )
 from shiftlab.models import DIGITS_CNN_VARIANTS, DIGITS_CNN_WEIGHTS, DigitsCNN, digits_cnn_variant, load_model
 
-ROOT = Path(__file__).resolve().parent.parent
 ASSETS = resources.files("shiftlab").joinpath("assets")
-# As for the baseline (tests/test_digits.py): another CPU may sum in another order and flip a borderline digit or
-# two; 3 of the 1,000 test digits (0.3 percentage points) is the allowance.
-ACCURACY_TOLERANCE = 0.003
-
-
-def states_equal(first: dict, second: dict) -> bool:
-    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
-
-
-def load_script(name: str):
-    module_name = f"_shiftlab_script_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
 
 
 @pytest.fixture(scope="module")
