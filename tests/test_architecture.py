@@ -16,14 +16,14 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "shiftlab"
 #: Lower layers first. A module may import from its own layer and the layers before it.
 LAYERS: list[set[str]] = [
     {"errors", "_format"},  # vocabulary
-    {"_tensors", "_io", "accumulate", "distributed"},  # plumbing; torchrun's process group
+    {"_tensors", "_io", "_pandas", "accumulate", "distributed"},  # plumbing; optional pandas; torchrun's group
     {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
     {"data", "ops", "_compare", "datasets", "views"},  # preparing inputs, operators, the comparison hot path
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
     {"equivariance", "models", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
-    {"probe", "testing", "evaluate"},  # measuring models (layer by layer; predictions over a data set)
-    {"figures", "sections", "invariance_figures"},  # presentation: matplotlib figures, report sections
-    {"report", "experiments"},  # the HTML report; experiments made of all the above
+    {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
+    {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
+    {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display
     {"cli", "__main__"},  # the command line, on top
 ]
 
@@ -31,6 +31,8 @@ LAYERS: list[set[str]] = [
 ALLOWED = {
     ("probe", "figures"): "ProbeResult.plot_depth/plot_heatmap: thin shortcuts, imported when called",
     ("evaluate", "invariance_figures"): "EvaluationResult.plot_*: thin shortcuts, imported when called",
+    ("probe", "notebook"): "ProbeResult._repr_html_: Jupyter's display hook, imported when called",
+    ("evaluate", "notebook"): "EvaluationResult._repr_html_: Jupyter's display hook, imported when called",
 }
 
 

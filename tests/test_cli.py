@@ -383,3 +383,48 @@ class TestEntryPoint:
         assert status == 0 and "chelsea_right" in stdout and "pixel_b" in stdout
         status, stdout, _ = run(capsys, "kernels")
         assert status == 0 and "sobel_y" in stdout and "vertical edges" in stdout
+
+
+class TestProbeExplore:
+    def test_explorer_in_the_report(self, capsys, tmp_path):
+        out = tmp_path / "probe"
+        status, printed, _ = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "chelsea", "coffee", "--size", "24",
+            "--shifts", "grid:0:3", "--mode", "crop", "--explore", "--explore-layers", "features.2,features.3,output",
+            "--explore-channels", "2", "--out", str(out),
+        )  # fmt: skip
+        assert status == 0
+        assert "MB, with the explorer)" in printed
+        html = (out / "report.html").read_text()
+        assert (
+            html.count('class="explorer"') == 1 and '<script type="application/json" id="shiftlab-colormaps">' in html
+        )
+        report = json.loads((out / "results.json").read_text())
+        (explorer,) = report["sections"]["probe"]["explorers"]
+        assert [layer["layer"] for layer in explorer["layers"]] == ["features.2", "features.3", "output"]
+        assert all(len(layer["channels"]) == 2 for layer in explorer["layers"][:2])
+        probed = {
+            (row["layer"], row["dy"], row["dx"]): row["rel_l2"]
+            for row in json.loads((out / "probe.json").read_text())["rows"]
+        }
+        for layer in explorer["layers"]:
+            assert len(layer["rows"]) == 9
+            for row in layer["rows"]:
+                assert row["rel_l2"] == probed[layer["layer"], row["dy"], row["dx"]]
+
+    def test_explore_a_layer_not_probed(self, capsys, tmp_path):
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "chelsea", "--size", "16", "--shifts", "0:2",
+            "--explore", "--explore-layers", "nope", "--out", str(tmp_path / "probe"),
+        )  # fmt: skip
+        assert_one_line_error(status, err, "show: 'nope' was not probed; probed: features.0")
+        assert not (tmp_path / "probe").exists()
+
+    def test_without_explore_no_explorer(self, capsys, tmp_path):
+        out = tmp_path / "probe"
+        status, printed, _ = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "chelsea", "--size", "16", "--shifts", "0:2",
+            "--out", str(out),
+        )  # fmt: skip
+        assert status == 0 and "explorer" not in (out / "report.html").read_text()
+        assert "with the explorer" not in printed

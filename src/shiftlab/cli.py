@@ -160,7 +160,7 @@ DEMO_SUMMARY = (
 
 def run_probe(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
-    from shiftlab.experiments.probing import probe_section
+    from shiftlab.experiments.probing import probe_section, run_explorer
     from shiftlab.experiments.probing import run_probe as probe_model
     from shiftlab.report import write_report
     from shiftlab.shifts import parse_shifts
@@ -173,23 +173,29 @@ def run_probe(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-        result, info = probe_model(
-            args.model,
-            args.images,
-            shifts=shifts,
-            mode=args.mode,
-            weights=args.weights,
-            layers=args.layers,
-            layouts=args.layout,
-            strides=args.stride,
-            size=args.size,
-            normalize=args.normalize,
-            device=args.device,
-            dtype=args.dtype,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
+        common = {
+            "shifts": shifts,
+            "mode": args.mode,
+            "weights": args.weights,
+            "layers": args.layers,
+            "layouts": args.layout,
+            "strides": args.stride,
+            "size": args.size,
+            "normalize": args.normalize,
+            "device": args.device,
+            "dtype": args.dtype,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "progress": progress,
+        }
+        explorers = []
+        if args.explore:
+            shown = [name.strip() for name in args.explore_layers.split(",") if name.strip()] or None
+            data, info = run_explorer(args.model, args.images, show=shown, channels=args.explore_channels, **common)
+            result = data.result
+            explorers.append((f"Move the input through {args.model}", data))
+        else:
+            result, info = probe_model(args.model, args.images, **common)
         section = probe_section(
             result,
             key="probe",
@@ -197,6 +203,7 @@ def run_probe(args: argparse.Namespace) -> int:
             intro=f"{info.description}. Each watched layer's output for every shifted input is compared with its "
             "output for the original input, moved by the shift divided by the layer's cumulative stride.",
             heatmap_layers=[name.strip() for name in args.heatmap_layers.split(",")] if args.heatmap_layers else None,
+            explorers=explorers,
         )
         with staged_directory(args.out) as staging:
             write_report([section], staging, title=f"shiftlab probe: {args.model}", protocol=result.protocol)
@@ -204,7 +211,9 @@ def run_probe(args: argparse.Namespace) -> int:
             result.to_json(staging / "probe.json")
     _print_summary(result)
     out = Path(args.out)
-    print(f"report: {(out / 'report.html').resolve()}")
+    report = out / "report.html"
+    size = f" ({report.stat().st_size / 1e6:.1f} MB, with the explorer)" if args.explore else ""
+    print(f"report: {report.resolve()}{size}")
     print(f"table: {(out / 'probe.csv').resolve()} (one row per layer and shift); {(out / 'probe.json').resolve()}")
     return 0
 
@@ -617,6 +626,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--heatmap-layers",
         default=None,
         help="comma-separated layers for the shift heat maps (default: a few representative ones)",
+    )
+    probe.add_argument(
+        "--explore",
+        action="store_true",
+        help="add an explorer to the report: move the input over the shifts and watch a few layers' maps follow it "
+        "(the first image; frames packed into the page)",
+    )
+    probe.add_argument(
+        "--explore-layers",
+        default="",
+        metavar="LAYERS",
+        help="comma-separated probed layers the explorer shows, as the rows name them (conv1, layer1.0, output; "
+        "default: the layers --layers names, else four representative ones)",
+    )
+    probe.add_argument(
+        "--explore-channels",
+        type=int,
+        default=4,
+        metavar="N",
+        help="channels kept per layer for the explorer, the strongest first (default: 4)",
     )
     _add_out(probe, "probe")
     probe.set_defaults(handler=run_probe)

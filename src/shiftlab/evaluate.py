@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from shiftlab._io import atomic_write_bytes, atomic_write_text, json_text, to_jsonable
+from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
 from shiftlab.data import Preprocess
 from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loader, open_images
@@ -262,6 +263,20 @@ class EvaluationResult:
         if path is not None:
             atomic_write_text(path, text)
         return text
+
+    def to_pandas(self) -> Any:
+        """The tidy rows as a ``pandas.DataFrame`` (the columns of :data:`COLUMNS`).
+
+        Raises:
+            ShiftlabError: pandas is not installed (``pip install pandas``).
+        """
+        return data_frame(self.rows, COLUMNS, "EvaluationResult.to_pandas()")
+
+    def _repr_html_(self) -> str:
+        """The headline rows as an HTML table, for Jupyter (see :mod:`shiftlab.notebook`)."""
+        from shiftlab.notebook import evaluation_html
+
+        return evaluation_html(self)
 
     def plot_consistency(self, metric: str | None = None, **kwargs: Any):
         """Consistency against the distance between the two views' shifts, one line per model."""

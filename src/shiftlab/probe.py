@@ -42,6 +42,7 @@ from torch import nn
 
 from shiftlab._compare import Scratch
 from shiftlab._io import atomic_write_text, json_text
+from shiftlab._pandas import data_frame
 from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
 from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, check_int, describe, fail, first_line
 from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
@@ -782,6 +783,20 @@ class ProbeResult:
         if path is not None:
             atomic_write_text(path, text)
         return text
+
+    def to_pandas(self) -> Any:
+        """The rows as a ``pandas.DataFrame`` (one row per layer and shift, the columns of :data:`COLUMNS`).
+
+        Raises:
+            ShiftlabError: pandas is not installed (``pip install pandas``).
+        """
+        return data_frame(self.rows, COLUMNS, "ProbeResult.to_pandas()")
+
+    def _repr_html_(self) -> str:
+        """The summary as an HTML table with the depth plot, for Jupyter (see :mod:`shiftlab.notebook`)."""
+        from shiftlab.notebook import probe_html
+
+        return probe_html(self)
 
     def plot_depth(self, metric: str = "rel_l2", **kwargs: Any):
         """Error versus depth (see :func:`shiftlab.figures.show_error_vs_depth`)."""

@@ -2,7 +2,9 @@
 
 Self-contained means one file: the CSS is inline and every figure is an
 embedded PNG (``data:`` URI), so the report opens offline, can be mailed, and
-fetches nothing from anywhere.
+fetches nothing from anywhere. A section's explorers (:mod:`shiftlab.explore`) travel the same way: their frames
+packed into the page (:mod:`shiftlab.frames`), drawn by one inline script (``templates/explorer.js``) that makes
+no request of any kind.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
+import json
 import platform
 from collections.abc import Sequence
 from importlib import resources
@@ -19,12 +22,24 @@ from typing import Any
 import jinja2
 import numpy as np
 import torch
+from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from shiftlab._format import format_stride
 from shiftlab._io import atomic_write_text, json_text, to_jsonable
+from shiftlab.explore import ExplorerData
+from shiftlab.frames import colormap_tables, explorer_payload
 from shiftlab.sections import Section
 
-__all__ = ["environment", "figure_data_uri", "render_report", "to_jsonable", "write_report"]
+__all__ = [
+    "environment",
+    "figure_data_uri",
+    "render_explorer",
+    "render_report",
+    "script_json",
+    "to_jsonable",
+    "write_report",
+]
 
 FIGURE_DPI = 110
 
@@ -50,6 +65,65 @@ def environment() -> dict[str, str]:
     }
 
 
+def _template(name: str) -> str:
+    return (resources.files("shiftlab") / "templates" / name).read_text(encoding="utf-8")
+
+
+def _jinja() -> jinja2.Environment:
+    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def script_json(payload: Any) -> Markup:
+    """``payload`` as JSON text safe inside a ``<script>`` element (``<``, ``>`` and ``&`` escaped).
+
+    Example:
+        >>> print(script_json({"a": "</script>"}))
+        {"a":"\\u003c/script\\u003e"}
+    """
+    text = json.dumps(to_jsonable(payload), separators=(",", ":"), allow_nan=False)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def render_explorer(data: ExplorerData, *, title: str, key: str) -> Markup:
+    """One explorer's HTML: its controls, panels and number fields, with its packed frames (it needs the page's
+    explorer script and colour maps, which :func:`render_report` adds once)."""
+    payload = explorer_payload(data, title=title, key=key)
+    first = data.shifts[0]
+    name = data.names[data.image] if data.image < len(data.names) else f"image {data.image}"
+    images = data.image_count
+    aggregate = (
+        f"Relative L2 error, all {images} images (the probe's number)"
+        if images > 1
+        else "Relative L2 error (the only image: the probe's number)"
+    )
+    html = (
+        _jinja()
+        .from_string(_template("explorer.html.j2"))
+        .render(
+            key=key,
+            title=title,
+            layers=[
+                {
+                    "label": layer.label,
+                    "type": layer.kind,
+                    "stride_text": "whole" if layer.part == "whole" else f"stride {format_stride(layer.stride)}",
+                }
+                for layer in data.layers
+            ],
+            shift_count=len(data.shifts),
+            first_shift=f"({first[0]:g}, {first[1]:g})",
+            first_shift_words=f"down {first[0]:g}, right {first[1]:g} pixels",
+            grid=payload["grid"],
+            images=images,
+            aggregate_label=aggregate,
+            image_label=f"Relative L2 error, this image ({name}), at the probe's alignment",
+            top1=any(row["top1_agreement"] is not None for layer in data.layers for row in layer.rows),
+            payload=script_json(payload),
+        )
+    )
+    return Markup(html)
+
+
 def _paragraphs(text: str) -> list[str]:
     return [" ".join(part.split()) for part in text.split("\n\n") if part.strip()]
 
@@ -71,9 +145,11 @@ def render_report(
         protocol: how the numbers were measured, shown in a table at the end.
         env: versions and time to show (default: :func:`environment` now).
     """
-    template_text = (resources.files("shiftlab") / "templates" / "report.html.j2").read_text(encoding="utf-8")
-    style = (resources.files("shiftlab") / "templates" / "report.css").read_text(encoding="utf-8")
-    template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(template_text)
+    template = _jinja().from_string(_template("report.html.j2"))
+    style = _template("report.css")
+    explorers = any(section.explorers for section in sections)
+    if explorers:
+        style += _template("explorer.css")
     rendered_sections = [
         {
             "key": section.key,
@@ -85,12 +161,22 @@ def render_report(
                 for caption, figure in section.figures
             ],
             "tables": section.tables,
+            "explorers": [
+                render_explorer(data, title=caption, key=f"explorer-{section.key}-{index}")
+                for index, (caption, data) in enumerate(section.explorers)
+            ],
         }
         for section in sections
     ]
     details = {**(env or environment()), **(protocol or {})}
     return template.render(
-        title=title, summary=_paragraphs(summary), sections=rendered_sections, style=style, details=to_jsonable(details)
+        title=title,
+        summary=_paragraphs(summary),
+        sections=rendered_sections,
+        style=Markup(style),  # our own stylesheet: autoescaping would turn its quotes into &#34; and void rules
+        details=to_jsonable(details),
+        colormaps=script_json(colormap_tables()) if explorers else None,
+        explorer_script=Markup(_template("explorer.js")) if explorers else None,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from shiftlab._format import format_number, format_stride  # re-exported: tables are written with them
+from shiftlab.explore import ExplorerData
 
 __all__ = ["Finding", "Section", "Table", "format_number", "format_stride"]
 
@@ -46,9 +47,10 @@ class Table:
 
 @dataclass
 class Section:
-    """A part of a report: prose, figures, tables and findings, plus its raw numbers as ``data``.
+    """A part of a report: prose, figures, explorers, tables and findings, plus its raw numbers as ``data``.
 
-    ``intro`` is plain text; blank lines separate paragraphs.
+    ``intro`` is plain text; blank lines separate paragraphs. ``explorers`` are ``(title, data)`` pairs: interactive
+    views of a layer's maps under every shift (:mod:`shiftlab.explore`); their numbers go into the JSON too.
     """
 
     key: str
@@ -58,12 +60,16 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    explorers: list[tuple[str, ExplorerData]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "key": self.key,
             "title": self.title,
             "findings": [finding.to_dict() for finding in self.findings],
             "tables": [table.to_dict() for table in self.tables],
             "data": self.data,
         }
+        if self.explorers:
+            found["explorers"] = [{"title": title, **explorer.to_dict()} for title, explorer in self.explorers]
+        return found

@@ -10,30 +10,39 @@ returns the measurements that the pictures only suggest:
 * :func:`mirror_experiment`: a photo and its mirror image (a reflection, not a translation);
 * :func:`stride_experiment`: which shifts survive stride-2 pooling exactly (multiples of the stride only).
 
-:func:`article_sections` turns the results into report sections.
+:func:`article_explorers` lets the reader move the inputs of three of them (the single pixel, the cat on its canvas,
+the photo) through the same filter and poolings, as a network (:func:`article_network`) probed by
+:func:`shiftlab.probe`. :func:`article_sections` turns the results into report sections.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from shiftlab.explore import ExplorerData, explorer_data
 from shiftlab.figures import show_convergence, show_feature_map, show_pyramid, show_shift_table
 from shiftlab.images import SCENE_SHIFT, sample_image, single_pixel_image
 from shiftlab.kernels import KernelSpec
 from shiftlab.metrics import compare_maps, peak_position
-from shiftlab.ops import convolve, max_pyramid_depth, pool_pyramid
+from shiftlab.ops import Convolve, MaxPool, convolve, max_pyramid_depth, pool_pyramid
 from shiftlab.sections import Finding, Section, Table, format_number
-from shiftlab.shifts import shift_with_mask
+from shiftlab.shifts import shift_grid, shift_with_mask
 
 __all__ = [
+    "ArticleResults",
     "PairLevel",
     "PairResult",
     "PixelLevel",
     "SinglePixelResult",
     "StrideResult",
+    "article_explorers",
+    "article_network",
     "article_sections",
     "compare_pyramids",
     "mirror_experiment",
@@ -445,6 +454,76 @@ def stride_experiment(shifts: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 16), poolings
     return StrideResult(list(shifts), errors, exact, findings)
 
 
+# --------------------------------------------------------------------------- explorers
+
+
+def article_network(poolings: int, *, kernel: KernelSpec = ARTICLE_KERNEL, edges: bool = True) -> nn.Sequential:
+    """The article's pipeline as a network with named layers: ``edges`` (the filter, valid, then ReLU), then
+    ``pool1`` ... ``poolN`` (2x2 max pooling, stride 2): ``poolK`` has been pooled K times.
+
+    Example:
+        >>> [name for name, _ in article_network(2).named_children()]
+        ['edges', 'pool1', 'pool2']
+        >>> article_network(2)(torch.zeros(1, 1, 10, 10)).shape
+        torch.Size([1, 1, 2, 2])
+    """
+    layers: list[tuple[str, nn.Module]] = [("edges", Convolve(kernel, padding="valid", relu=True))] if edges else []
+    layers += [(f"pool{level}", MaxPool(2)) for level in range(1, poolings + 1)]
+    return nn.Sequential(OrderedDict(layers))
+
+
+#: The horizontal shifts of the cat on its canvas: every pixel to 8, then doublings up to the translation of the
+#: article's pair (SCENE_SHIFT = 256: chelsea_left moved by it is chelsea_right, exactly).
+SCENE_STEPS = (*range(9), 12, 16, 24, 32, 64, 128, SCENE_SHIFT)
+#: The horizontal shifts of the photo: every pixel to 8 (a multiple of the strides 2, 4 and 8).
+PHOTO_STEPS = tuple(range(9))
+
+
+def _gray(name: str) -> torch.Tensor:
+    return torch.from_numpy(sample_image(name))[None, None]
+
+
+def article_explorers(kernel: KernelSpec = ARTICLE_KERNEL) -> dict[str, ExplorerData]:
+    """Three explorers of the article's experiments, each a probe of :func:`article_network` with its frames.
+
+    * ``single-pixel``: the first single-pixel image, moved by every ``(dy, dx)`` in ``0..5`` (``(5, 5)`` puts the
+      pixel where the second image has it), through three poolings; circular shifts (the canvas is black and the
+      pixel never reaches its edge, so they are the pixel moving on the canvas).
+    * ``translation``: the cat on its flat canvas (``chelsea_left``) moved right by :data:`SCENE_STEPS`, through the
+      filter and six poolings; circular shifts of a flat canvas are the cat moving, and the last one is the article's
+      pair (``chelsea_right``).
+    * ``stride``: the photo, moved right by :data:`PHOTO_STEPS` pixels as crop windows (real content everywhere),
+      through the filter and five poolings.
+    """
+    pixel = torch.from_numpy(single_pixel_image(2, 2))[None, None]
+    return {
+        "single-pixel": explorer_data(
+            article_network(3, edges=False),
+            pixel,
+            shift_grid("0:6"),
+            mode="circular",
+            layers=["pool1", "pool2", "pool3"],
+            names=["pixel_a"],
+        ),
+        "translation": explorer_data(
+            article_network(PHOTO_POOLINGS, kernel=kernel),
+            _gray("chelsea_left"),
+            [(0, step) for step in SCENE_STEPS],
+            mode="circular",
+            layers=["edges", *(f"pool{level}" for level in range(1, PHOTO_POOLINGS + 1))],
+            names=["chelsea_left"],
+        ),
+        "stride": explorer_data(
+            article_network(5, kernel=kernel),
+            _gray("chelsea"),
+            [(0, step) for step in PHOTO_STEPS],
+            mode="crop",
+            layers=["edges", *(f"pool{level}" for level in range(1, 6))],
+            names=["chelsea"],
+        ),
+    }
+
+
 # --------------------------------------------------------------------------- all of it
 
 
@@ -457,6 +536,7 @@ class ArticleResults:
     mirror: PairResult
     stride: StrideResult
     kernel: str = ARTICLE_KERNEL
+    explorers: dict[str, ExplorerData] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -467,15 +547,23 @@ class ArticleResults:
         }
 
 
-def run_article(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = PHOTO_POOLINGS) -> ArticleResults:
-    """Run every experiment of the article on the bundled images."""
+def run_article(
+    kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = PHOTO_POOLINGS, *, explore: bool = True
+) -> ArticleResults:
+    """Run every experiment of the article on the bundled images; with ``explore``, also its explorers
+    (:func:`article_explorers`)."""
     return ArticleResults(
         single_pixel=single_pixel_experiment(),
         translation=translation_experiment(kernel, poolings),
         mirror=mirror_experiment(kernel, poolings),
         stride=stride_experiment(),
         kernel=str(kernel),
+        explorers=article_explorers(kernel) if explore else {},
     )
+
+
+def _explorers(results: ArticleResults, key: str, title: str) -> list[tuple[str, ExplorerData]]:
+    return [(title, results.explorers[key])] if key in results.explorers else []
 
 
 def _pair_table(result: PairResult) -> Table:
@@ -551,7 +639,8 @@ def article_sections(results: ArticleResults) -> list[Section]:
             "The article pools two 10 x 10 images, one with a bright pixel at [2, 2] and one at [-3, -3] (that is "
             "[7, 7]), and observes that the pixels end up in the same place. "
             "Here the position of the bright pixel is computed at every level, and each of the article's statements "
-            "is checked.",
+            "is checked. In the explorer below, move the pixel yourself: it glides one input pixel at a time, its "
+            "pooled copies jump from cell to cell, and (5, 5) puts it where the second image has it.",
             figures=[
                 (
                     "Where the two pixels land, level by level (magenta X: first image, green +: second).",
@@ -572,6 +661,7 @@ def article_sections(results: ArticleResults) -> list[Section]:
             ],
             findings=pixel.findings,
             data=pixel.to_dict(),
+            explorers=_explorers(results, "single-pixel", "Move the pixel: where does it land after each pooling?"),
         ),
         Section(
             "translation",
@@ -580,7 +670,9 @@ def article_sections(results: ArticleResults) -> list[Section]:
             f"that pair is exact: the cat on a flat gray canvas, once on the left and once {SCENE_SHIFT} pixels "
             "further right, so the second image is precisely a translation of the first. "
             "That makes the equivariance of convolution measurable directly, and shows what pooling does and does "
-            "not do with a translation.",
+            "not do with a translation. In the explorer below, move the cat yourself: the edge map follows it pixel "
+            "for pixel, each pooled map lines up only when the shift is a multiple of its stride and changes in "
+            f"between; the last shift, {SCENE_SHIFT} pixels, is the pair.",
             figures=[
                 (
                     f"The two images: the second is the first moved {SCENE_SHIFT} pixels to the right.",
@@ -601,6 +693,7 @@ def article_sections(results: ArticleResults) -> list[Section]:
             tables=[_pair_table(translation)],
             findings=translation.findings,
             data=translation.to_dict(),
+            explorers=_explorers(results, "translation", "Move the cat across the canvas"),
         ),
         Section(
             "mirror",
@@ -628,7 +721,10 @@ def article_sections(results: ArticleResults) -> list[Section]:
             "windows go through the Sobel filter and repeated 2x2 pooling. "
             "At level l a shift of t input pixels is t / 2^l pixels of the map. When that is a whole number the two "
             "pyramids line up exactly; when it is not, even the best whole-pixel alignment leaves an error. "
-            "This aliasing is why real CNNs, full of stride-2 layers, change their output under a one-pixel shift.",
+            "This aliasing is why real CNNs, full of stride-2 layers, change their output under a one-pixel shift. "
+            "The explorer below moves the photo one pixel at a time (crop windows, so that every input pixel is real "
+            "content); its numbers come from shiftlab's probe, which leaves out the pixels whose receptive field "
+            "reaches the border, so they differ a little from the table's.",
             figures=[
                 (
                     "Relative L2 error after the best whole-pixel alignment, per shift (rows) and pooling level "
@@ -644,5 +740,6 @@ def article_sections(results: ArticleResults) -> list[Section]:
             ],
             findings=stride.findings,
             data=stride.to_dict(),
+            explorers=_explorers(results, "stride", "Move the photo a few pixels: which pooled maps follow?"),
         ),
     ]

@@ -1,7 +1,7 @@
 """Probing a model on images: prepare the inputs, run :func:`shiftlab.probe`, and turn the result into a report section.
 
-Used by ``shiftlab probe`` and by the demo (which probes bundled networks on
-the bundled photos).
+Used by ``shiftlab probe`` (with ``--explore``, the section also gets an explorer: :func:`run_explorer`) and by the
+demo (which probes bundled networks on the bundled photos, and lets the reader move the input through them).
 """
 
 from __future__ import annotations
@@ -10,21 +10,63 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shiftlab.data import prepare_images
+from torch import nn
+
+from shiftlab.data import NORMALIZATIONS, prepare_images
+from shiftlab.errors import check
+from shiftlab.explore import ExplorerData, explorer_data, representative_layers
 from shiftlab.models import ModelInfo, load_model, resolve_device, resolve_dtype
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import Finding, Section, Table, format_number, format_stride
 
 __all__ = [
     "DEMO_IMAGES",
+    "DEMO_SIZE",
     "demo_probe_sections",
     "probe_findings",
     "probe_section",
     "representative_layers",
+    "run_explorer",
     "run_probe",
 ]
 
 EXACT = 1e-5  # relative L2 error below which a layer counts as exactly equivariant (float32 rounding)
+
+
+def _prepared(
+    spec: str,
+    images: Sequence[Any],
+    *,
+    weights: str | None,
+    size: int | None,
+    normalize: str,
+    device: str,
+    dtype: str,
+    seed: int,
+) -> tuple[nn.Module, ModelInfo, list[Any], str]:
+    """The model (on its device, in its precision), its info, the prepared inputs and the normalisation applied.
+
+    ``normalize="auto"`` applies ImageNet normalisation to torchvision models and nothing to the others.
+    """
+    target, precision = resolve_device(device), resolve_dtype(dtype)
+    model, info = load_model(spec, weights=weights, seed=seed)
+    model = model.to(device=target, dtype=precision)
+    chosen = info.normalize if normalize == "auto" else normalize
+    inputs = prepare_images(images, channels=info.in_channels, size=size, normalize=chosen)
+    return model, info, inputs, chosen
+
+
+def _protocol(
+    spec: str, info: ModelInfo, images: Sequence[Any], weights: str | None, seed: int, size: int | None, chosen: str
+) -> dict[str, Any]:
+    return {
+        "model": spec,
+        "model_source": info.source,
+        "weights": str(weights) if weights else f"random initialisation, seed {seed}",
+        "images_used": [str(source) for source in images],
+        "resize": f"shorter side {size}, centre crop {size}x{size}" if size else "none",
+        "normalize": chosen,
+    }
 
 
 def run_probe(
@@ -50,11 +92,9 @@ def run_probe(
     ``normalize="auto"`` applies ImageNet normalisation to torchvision models
     and nothing to the others.
     """
-    target, precision = resolve_device(device), resolve_dtype(dtype)
-    model, info = load_model(spec, weights=weights, seed=seed)
-    model = model.to(device=target, dtype=precision)
-    chosen = info.normalize if normalize == "auto" else normalize
-    inputs = prepare_images(images, channels=info.in_channels, size=size, normalize=chosen)
+    model, info, inputs, chosen = _prepared(
+        spec, images, weights=weights, size=size, normalize=normalize, device=device, dtype=dtype, seed=seed
+    )
     result = probe(
         model,
         inputs,
@@ -66,39 +106,54 @@ def run_probe(
         batch_size=batch_size,
         progress=progress,
     )
-    result.protocol.update(
-        {
-            "model": spec,
-            "model_source": info.source,
-            "weights": str(weights) if weights else f"random initialisation, seed {seed}",
-            "images_used": [str(source) for source in images],
-            "resize": f"shorter side {size}, centre crop {size}x{size}" if size else "none",
-            "normalize": chosen,
-        }
-    )
+    result.protocol.update(_protocol(spec, info, images, weights, seed, size, chosen))
     return result, info
 
 
-def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
-    """A few layers worth a heat map: the first, the first with a stride, one in the middle, and the output.
+def run_explorer(
+    spec: str,
+    images: Sequence[Any],
+    *,
+    shifts: Sequence[tuple[float, float]],
+    mode: str = "circular",
+    weights: str | None = None,
+    layers: Any = None,
+    show: Sequence[str] | None = None,
+    channels: int = 4,
+    layouts: Any = None,
+    strides: Any = None,
+    size: int | None = None,
+    normalize: str = "auto",
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> tuple[ExplorerData, ModelInfo]:
+    """:func:`run_probe`, with an explorer's frames of the first image (:func:`shiftlab.explore.explorer_data`).
 
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1))
-        >>> representative_layers(probe(net, torch.rand(1, 1, 8, 8), shifts=[(0, 1)]))
-        ['0', '1', '2', 'output']
+    The probe's result is the returned data's ``.result``, its protocol completed as :func:`run_probe` completes it.
     """
-    summary = [row for row in result.summary() if row["layout"] not in ("unknown", "prefix tokens")]
-    names = [row["layer"] for row in summary]
-    chosen = [names[0]]
-    strided = [row["layer"] for row in summary if row["stride"] and max(row["stride"]) > 1]
-    if strided:
-        chosen.append(strided[0])
-    maps = [row["layer"] for row in summary if row["stride"]] or names
-    chosen.append(maps[len(maps) // 2])
-    chosen.append(names[-1])
-    return list(dict.fromkeys(chosen))[:count]
+    model, info, inputs, chosen = _prepared(
+        spec, images, weights=weights, size=size, normalize=normalize, device=device, dtype=dtype, seed=seed
+    )
+    data = explorer_data(
+        model,
+        inputs,
+        shifts,
+        mode=mode,
+        layers=layers,
+        show=show,
+        channels=channels,
+        layouts=layouts,
+        strides=strides,
+        batch_size=batch_size,
+        normalization=NORMALIZATIONS.get(chosen),
+        names=[str(source) for source in images],
+        progress=progress,
+    )
+    data.result.protocol.update(_protocol(spec, info, images, weights, seed, size, chosen))
+    return data, info
 
 
 def probe_findings(result: ProbeResult) -> list[Finding]:
@@ -212,9 +267,20 @@ def _mean(values: Any) -> float:
 
 
 def probe_section(
-    result: ProbeResult, *, key: str, title: str, intro: str, heatmap_layers: Sequence[str] | None = None
+    result: ProbeResult,
+    *,
+    key: str,
+    title: str,
+    intro: str,
+    heatmap_layers: Sequence[str] | None = None,
+    explorers: Sequence[tuple[str, ExplorerData]] = (),
 ) -> Section:
-    """A report section for one probe: findings, error versus depth, heat maps, per-layer table."""
+    """A report section for one probe: findings, error versus depth, heat maps, explorers, per-layer table.
+
+    An explorer must come from this very probe (``explorer.result is result``): its numbers are the section's.
+    """
+    for _, explorer in explorers:
+        check(explorer.result is result, "explorers", "an explorer of another probe cannot show this probe's numbers")
     layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
     protocol = result.protocol
     summary_rows = [
@@ -262,23 +328,42 @@ def probe_section(
         ],
         findings=probe_findings(result),
         data={"protocol": protocol, "summary": result.summary(), "rows": result.rows},
+        explorers=list(explorers),
     )
 
 
 DEMO_IMAGES = ("chelsea", "coffee")
 #: The demo's photos are resized (shorter side) and centre-cropped to this size: a small network's comparisons cost in
-#: proportion to its maps' pixels, and every property the sections show holds at any size.
+#: proportion to its maps' pixels, every property the sections show holds at any size, and the explorers' frames
+#: travel in the report.
 DEMO_SIZE = 160
+#: The demo's shifts: every (dy, dx) in 0..3.
+DEMO_SHIFTS = [(dy, dx) for dy in range(4) for dx in range(4)]
+#: The layers the demo's explorers show: the first ReLU (stride 1), the max pooling (stride 2), the ReLU after the
+#: stride-2 convolution (stride 4), the last ReLU, and the logits.
+DEMO_SHOWN = {
+    "simple_cnn": ["features.2", "features.3", "features.9", "features.12", "output"],
+    "circular_cnn": ["features.2", "features.6", "features.12", "output"],
+}
 
 
 def demo_probe_sections() -> list[Section]:
-    """The demo's probing sections: a typical small CNN, then one built to be exactly equivariant."""
-    shifts = [(dy, dx) for dy in range(4) for dx in range(4)]
-    typical, _ = run_probe("simple_cnn", DEMO_IMAGES, shifts=shifts, mode="crop", size=DEMO_SIZE)
-    exact, _ = run_probe("circular_cnn", DEMO_IMAGES, shifts=shifts, mode="circular", size=DEMO_SIZE)
+    """The demo's probing sections: a typical small CNN, then one built to be exactly equivariant; each with an
+    explorer of its probe."""
+    typical, _ = run_explorer(
+        "simple_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, mode="crop", size=DEMO_SIZE, show=DEMO_SHOWN["simple_cnn"]
+    )
+    exact, _ = run_explorer(
+        "circular_cnn",
+        DEMO_IMAGES,
+        shifts=DEMO_SHIFTS,
+        mode="circular",
+        size=DEMO_SIZE,
+        show=DEMO_SHOWN["circular_cnn"],
+    )
     return [
         probe_section(
-            typical,
+            typical.result,
             key="probe-simple-cnn",
             title="Probing a small CNN layer by layer",
             intro="The article's ideas, measured inside a network: shiftlab's bundled simple_cnn (3x3 convolutions "
@@ -288,15 +373,19 @@ def demo_probe_sections() -> list[Section]:
             "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is "
             "real image content, and pixels whose receptive field reaches the border are left out. "
             "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a "
-            "multiple of the cumulative stride still line up; the others alias.",
+            "multiple of the cumulative stride still line up; the others alias. "
+            "Move the input yourself in the explorer below: the first ReLU's map follows the cat pixel for pixel, "
+            "the pooled maps line up only at even shifts and change in between.",
+            explorers=[("Move the cat through simple_cnn", typical)],
         ),
         probe_section(
-            exact,
+            exact.result,
             key="probe-circular-cnn",
             title="A CNN that is exactly equivariant: circular padding, no stride",
             intro="The same network with circular padding and without its pooling and stride (circular_cnn), under "
             "circular shifts. Every spatial layer commutes with every shift, to float precision, and the "
             "global average pooling makes the output invariant: the known answer that the measurement must "
-            "reproduce.",
+            "reproduce. In the explorer the difference stays blank whatever the shift.",
+            explorers=[("Move the cat through circular_cnn", exact)],
         ),
     ]
