@@ -420,6 +420,17 @@ class TestProbeExplore:
         assert_one_line_error(status, err, "show: 'nope' was not probed; probed: features.0")
         assert not (tmp_path / "probe").exists()
 
+    @pytest.mark.parametrize("option, value", [("--explore-layers", "features.2"), ("--explore-channels", "2")])
+    def test_explore_options_need_explore(self, capsys, tmp_path, option, value):
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "chelsea", "--size", "16", "--shifts", "0:2",
+            option, value, "--out", str(tmp_path / "probe"),
+        )  # fmt: skip
+        assert_one_line_error(
+            status, err, f"{option}: only applies with --explore (add --explore, or leave the option out)"
+        )
+        assert not (tmp_path / "probe").exists()
+
     def test_without_explore_no_explorer(self, capsys, tmp_path):
         out = tmp_path / "probe"
         status, printed, _ = run(

@@ -285,3 +285,31 @@ class TestBadInput:
         assert isinstance(data, ExplorerData)
         with pytest.raises(ShiftlabError, match=r"^layer: '1' is not shown; shown layers: 0$"):
             data.layer("1")
+
+    def test_channels_as_a_string(self):
+        with pytest.raises(ShiftlabError) as error:
+            explorer_data(pooled_net(), images(), [(0, 1)], show=["0"], channels="3")
+        assert str(error.value) == "channels: expected a count or a list of channel indices, got the string '3'"
+
+    def test_too_many_frame_values_refused_before_any_frame_is_kept(self, monkeypatch):
+        """The budget is known from the probe's rows: the capture never runs (no memory spent on frames)."""
+        import shiftlab.explore as explore
+
+        monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 5119)
+        captured = []
+        monkeypatch.setattr(explore, "_capture", lambda *args, **kwargs: captured.append(args))
+        shifts = [(0, dx) for dx in range(4)]
+        # layer "0": 4 kept channels of 16x16 maps, the original and 4 shifts: 4 * 256 * 5 = 5,120
+        with pytest.raises(ShiftlabError) as error:
+            explorer_data(pooled_net(), images(), shifts, show=["0"], channels=4)
+        assert str(error.value).startswith("explorer: 5,120 frame values are too many (at most 5,119)")
+        assert captured == []
+
+    def test_budget_estimate_is_the_frames_size(self, monkeypatch):
+        """Just under the budget passes, and the frames kept are exactly as many values as estimated."""
+        import shiftlab.explore as explore
+
+        monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 5120)
+        data = explorer_data(pooled_net(), images(), [(0, dx) for dx in range(4)], show=["0"], channels=4)
+        layer = data.layer("0")
+        assert layer.reference.size + layer.shifted.size == 5120

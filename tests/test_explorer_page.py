@@ -82,3 +82,37 @@ def test_pad_keyboard_and_numbers(page_path):
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_shifts_without_a_grid_fourier_mode(tmp_path):
+    """Sub-pixel Fourier shifts form no grid: no pad, the help says so, the slider and its numbers still work."""
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser_path is None:
+        pytest.skip("Chromium is not installed (scripts/install-chromium.sh installs it)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    shifts = [(0.0, 0.0), (0.5, 0.0), (0.0, 1.5), (2.25, 1.0)]
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    data = explorer_data(pooled_net(), x, shifts, mode="fourier", show=["0", "2"], channels=1)
+    html, results = write_report([Section("sub", "sub", "", explorers=[("Sub-pixel", data)])], tmp_path, title="t")
+    explorer = json.loads(results.read_text())["sections"]["sub"]["explorers"][0]
+    errors: list[str] = []
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(html.resolve().as_uri(), wait_until="load")
+            page.wait_for_function("document.querySelector('.explorer').dataset.ready === 'true'")
+            root = page.locator(".explorer")
+            assert root.locator(".explorer-pad").count() == 0
+            assert "no pad" in root.locator(".explorer-help").text_content()
+            root.locator(".explorer-layer").select_option("1")
+            root.locator(".explorer-slider").focus()
+            for index in range(1, len(shifts)):
+                page.keyboard.press("ArrowRight")
+                value = explorer["layers"][1]["rows"][index]["rel_l2"]
+                assert shown(root)[1:] == (value, format_number(value)), index
+        finally:
+            browser.close()
+    assert not errors, errors

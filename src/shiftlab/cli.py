@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shiftlab import __version__
-from shiftlab.errors import InternalError, ShiftlabError, first_line
+from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
@@ -165,6 +165,9 @@ def run_probe(args: argparse.Namespace) -> int:
     from shiftlab.report import write_report
     from shiftlab.shifts import parse_shifts
 
+    for option, value in (("--explore-layers", args.explore_layers), ("--explore-channels", args.explore_channels)):
+        if value is not None and not args.explore:
+            fail(option, "only applies with --explore (add --explore, or leave the option out)")
     shifts = parse_shifts(args.shifts)
     with _progress(1, "probe") as bar:
 
@@ -190,8 +193,9 @@ def run_probe(args: argparse.Namespace) -> int:
         }
         explorers = []
         if args.explore:
-            shown = [name.strip() for name in args.explore_layers.split(",") if name.strip()] or None
-            data, info = run_explorer(args.model, args.images, show=shown, channels=args.explore_channels, **common)
+            shown = [name.strip() for name in (args.explore_layers or "").split(",") if name.strip()] or None
+            channels = 4 if args.explore_channels is None else args.explore_channels
+            data, info = run_explorer(args.model, args.images, show=shown, channels=channels, **common)
             result = data.result
             explorers.append((f"Move the input through {args.model}", data))
         else:
@@ -635,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument(
         "--explore-layers",
-        default="",
+        default=None,
         metavar="LAYERS",
         help="comma-separated probed layers the explorer shows, as the rows name them (conv1, layer1.0, output; "
         "default: the layers --layers names, else four representative ones)",
@@ -643,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--explore-channels",
         type=int,
-        default=4,
+        default=None,
         metavar="N",
         help="channels kept per layer for the explorer, the strongest first (default: 4)",
     )

@@ -23,6 +23,7 @@ logits, prefix tokens) is not moved: invariance is what is expected of it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -536,6 +537,11 @@ def explorer_data(
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
     inputs = _images(images)
     image = check_int(image, "image", minimum=0, maximum=len(inputs) - 1)
+    check(
+        not isinstance(channels, str | bytes),
+        "channels",
+        f"expected a count or a list of channel indices, got the string {channels!r}",
+    )
     if isinstance(channels, Sequence):  # checked now, not after the probe has run
         check(len(channels) > 0, "channels", "is empty: give a count or at least one channel")
         channels = [check_int(channel, "channels", minimum=0) for channel in channels]
@@ -564,6 +570,7 @@ def explorer_data(
         base = label.removesuffix(PREFIX)
         module_name = "" if base.split(":")[0] == "output" else base.split(":")[0]
         captures[label] = _Capture(label, module_name, "prefix" if prefix else "map", rows)
+    _check_frame_budget(captures, channels, len(pairs))
     data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels)
     display = _display_image(inputs[image], normalization)
     display_shifted = None
@@ -586,6 +593,32 @@ def explorer_data(
         list(names or []),
     )
     return explorer
+
+
+def _frame_budget_message(total: int) -> str:
+    return (
+        f"{total:,} frame values are too many (at most {MAX_FRAME_VALUES:,}): show fewer layers or channels, fewer "
+        "shifts, or smaller images"
+    )
+
+
+def _check_frame_budget(captures: dict[str, _Capture], channels: int | Sequence[int], shift_count: int) -> None:
+    """Refuse, before any frame is kept, a request whose frames would exceed :data:`MAX_FRAME_VALUES`.
+
+    The probe's rows give each layer's map shape, so the frames' size is known before the capture runs: the
+    original output and one per shift, of the kept channels of a map, or of at most :data:`MAX_WHOLE_VALUES` values
+    of any other output. (The check after the capture, on the frames themselves, stays as the exact one.)
+    """
+    total = 0
+    for capture in captures.values():
+        shape = [int(size) for size in capture.rows[0]["shape"]]
+        if capture.part == "map" and len(shape) == 3 and capture.rows[0]["layout"] != "global":
+            kept = len(channels) if isinstance(channels, Sequence) else min(int(channels), shape[0])
+            values = kept * shape[1] * shape[2]
+        else:
+            values = min(math.prod(shape), MAX_WHOLE_VALUES)
+        total += values * (1 + shift_count)
+    check(total <= MAX_FRAME_VALUES, "explorer", _frame_budget_message(total))
 
 
 def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None) -> list[str]:
@@ -675,12 +708,7 @@ def _capture(
             capture.errors = {index: {key: row[key] for key in IMAGE_KEYS} for index, row in enumerate(capture.rows)}
         shown_layers.append(_finish(capture, len(pairs), circular))
     total = sum(layer.reference.size + layer.shifted.size for layer in shown_layers)
-    check(
-        total <= MAX_FRAME_VALUES,
-        "explorer",
-        f"{total:,} frame values are too many (at most {MAX_FRAME_VALUES:,}): show fewer layers or channels, fewer "
-        "shifts, or smaller images",
-    )
+    check(total <= MAX_FRAME_VALUES, "explorer", _frame_budget_message(total))
     return shown_layers
 
 
