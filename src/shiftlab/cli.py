@@ -488,6 +488,30 @@ def _add_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("png", "svg", "pdf"), default="png", help="figure format (default: png)")
 
 
+#: What a model SPEC may be, for every command that takes one.
+MODEL_SPEC_HELP = (
+    "SPEC: a bundled network (article, simple_cnn, circular_cnn, digits_cnn), a torchvision architecture (resnet18, "
+    "vgg11, ...; random weights, seeded, unless --weights), or package.module:callable / file.py:callable; each "
+    "optionally converted by suffixes such as +blurpool, +aps, +circular (resnet18+circular+aps)."
+)
+
+
+def _add_normalize(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--normalize",
+        choices=("auto", "imagenet", "none"),
+        default="auto",
+        help="input normalisation (default: auto = ImageNet statistics for torchvision models)",
+    )
+
+
+def _add_precision(parser: argparse.ArgumentParser, device_help: str, dtype_help: str) -> None:
+    parser.add_argument("--device", default="cpu", help=device_help)
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32", help=dtype_help
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shiftlab",
@@ -554,8 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the translation equivariance of a model, layer by layer, and write a report",
         description="Shift the images, run the model with hooks on its layers, and measure per layer and shift how "
         "far its output is from the shifted output of the original image.",
-        epilog="SPEC: a bundled network (article, simple_cnn, circular_cnn), a torchvision architecture (resnet18, "
-        "vgg11, ...; random weights unless --weights), or package.module:callable / file.py:callable.",
+        epilog=MODEL_SPEC_HELP,
     )
     probe.add_argument("--model", required=True, metavar="SPEC", help="the model (see below)")
     probe.add_argument(
@@ -609,19 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="resize the shorter side to SIZE and centre-crop SIZExSIZE (default: images as they are)",
     )
-    probe.add_argument(
-        "--normalize",
-        choices=("auto", "imagenet", "none"),
-        default="auto",
-        help="input normalisation (default: auto = ImageNet statistics for torchvision models)",
-    )
-    probe.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    probe.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16", "float64"),
-        default="float32",
-        help="model and input precision (default: float32)",
-    )
+    _add_normalize(probe)
+    _add_precision(probe, "cpu, cuda, cuda:1, ... (default: cpu)", "model and input precision (default: float32)")
     probe.add_argument(
         "--seed", type=int, default=0, help="seed of the random initialisation when no weights are given (default: 0)"
     )
@@ -663,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
             "changes.csv and changes.json."
         ),
         epilog=(
-            "SPEC: as for `shiftlab probe`. The weights keep their state_dict keys: load them with "
+            f"{MODEL_SPEC_HELP} The converted weights keep their state_dict keys: load them with "
             "--model SPEC+METHOD (e.g. resnet18+circular+aps)."
         ),
     )
@@ -708,8 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
             "torchrun --nproc_per_node N -m shiftlab evaluate ..."
         ),
         epilog=(
-            "SPEC: a bundled network, a torchvision architecture (random weights unless --weights), or "
-            "package.module:callable / file.py:callable. DATA: a folder of images (flat, or one sub-folder per "
+            f"{MODEL_SPEC_HELP} DATA: a folder of images (flat, or one sub-folder per "
             "class), a text file listing paths with optional labels, or a bundled data set."
         ),
     )
@@ -777,12 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model input: the centre CROPxCROP window (e.g. 224; default: whole image)",
     )
-    evaluation.add_argument(
-        "--normalize",
-        choices=("auto", "imagenet", "none"),
-        default="auto",
-        help="input normalisation (default: auto = ImageNet statistics for torchvision models)",
-    )
+    _add_normalize(evaluation)
     evaluation.add_argument(
         "--mean", default=None, help="per-channel mean, e.g. 0.5,0.5,0.5 (with --std; overrides --normalize)"
     )
@@ -794,14 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=64, help="most inputs per forward pass; part of the protocol (default: 64)"
     )
     evaluation.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
-    evaluation.add_argument(
-        "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu; under torchrun: one GPU per process)"
-    )
-    evaluation.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16", "float64"),
-        default="float32",
-        help="model precision (default: float32)",
+    _add_precision(
+        evaluation,
+        "cpu, cuda, cuda:1, ... (default: cpu; under torchrun: one GPU per process)",
+        "model precision (default: float32)",
     )
     evaluation.add_argument(
         "--checkpoint-every", type=int, default=50, help="write partial results every N steps (default: 50)"
