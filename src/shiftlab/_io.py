@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from shiftlab.errors import fail
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "json_text", "staged_directory", "to_jsonable"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "csv_text", "json_text", "staged_directory", "to_jsonable"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -106,3 +108,25 @@ def to_jsonable(value: Any) -> Any:
 def json_text(payload: Any) -> str:
     """``payload`` as indented JSON text (see :func:`to_jsonable`), ending with a newline."""
     return json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n"
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Tidy rows as CSV text with a header: ``None`` as an empty cell, a list or tuple (a shape, a stride) as
+    its items joined by ``x``.
+
+    Example:
+        >>> print(csv_text([{"layer": "conv1", "stride": [2, 2], "note": None}], ["layer", "stride", "note"]), end="")
+        layer,stride,note
+        conv1,2x2,
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                key: "" if value is None else "x".join(map(str, value)) if isinstance(value, list | tuple) else value
+                for key, value in row.items()
+            }
+        )
+    return buffer.getvalue()

@@ -34,7 +34,6 @@ reported by name, and counted.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -48,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab._io import atomic_write_bytes, atomic_write_text, json_text, to_jsonable
+from shiftlab._io import atomic_write_bytes, atomic_write_text, csv_text, json_text, to_jsonable
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
 from shiftlab.data import Preprocess
@@ -254,12 +253,7 @@ class EvaluationResult:
 
     def to_csv(self, path: str | Path | None = None) -> str:
         """The tidy rows as CSV text; written to ``path`` (atomically) when given."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({key: "" if row[key] is None else row[key] for key in COLUMNS})
-        text = buffer.getvalue()
+        text = csv_text(({key: row[key] for key in COLUMNS} for row in self.rows), COLUMNS)
         if path is not None:
             atomic_write_text(path, text)
         return text

@@ -27,9 +27,7 @@ the share of images whose top-1 class is unchanged by the shift.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import io
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +39,7 @@ import torch
 from torch import nn
 
 from shiftlab._compare import Scratch
-from shiftlab._io import atomic_write_text, json_text
+from shiftlab._io import atomic_write_text, csv_text, json_text
 from shiftlab._pandas import data_frame
 from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
 from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, check_int, describe, fail, first_line
@@ -765,14 +763,7 @@ class ProbeResult:
 
     def to_csv(self, path: str | Path | None = None) -> str:
         """The rows as CSV text; written to ``path`` (atomically) when given."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow(
-                {key: "x".join(map(str, value)) if isinstance(value, list) else value for key, value in row.items()}
-            )
-        text = buffer.getvalue()
+        text = csv_text(self.rows, COLUMNS)
         if path is not None:
             atomic_write_text(path, text)
         return text

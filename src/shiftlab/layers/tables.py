@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
+from shiftlab._io import csv_text
 
 __all__ = ["CHANGE_COLUMNS", "changes_to_csv"]
 
@@ -20,8 +19,4 @@ def changes_to_csv(changes: list[dict[str, str]]) -> str:
         layer,change,before,after,note
         0,padding,a,b,
     """
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CHANGE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(changes)
-    return buffer.getvalue()
+    return csv_text(changes, CHANGE_COLUMNS)
