@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from shiftlab._format import format_number, format_stride
+from shiftlab._format import format_number
 from shiftlab.report import figure_data_uri
 
 __all__ = ["MAX_ROWS", "evaluation_html", "probe_html", "table_html"]
@@ -48,31 +48,13 @@ def _protocol_line(protocol: dict[str, Any], keys: Sequence[str]) -> str:
 def probe_html(result: Any) -> str:
     """A probe's summary (one row per layer) as an HTML table, its protocol, and the error-versus-depth plot."""
     summary = result.summary()
-    rows = [
-        [
-            row["depth"],
-            row["layer"],
-            row["type"],
-            row["layout"],
-            "x".join(map(str, row["shape"])),
-            format_stride(row["stride"]),
-            row["mean_rel_l2"],
-            row["max_rel_l2"],
-            f"{row['exact_shifts']} / {row['shifts']}",
-        ]
-        for row in summary
-    ]
     protocol = result.protocol
     shifts = protocol.get("shifts", [])
     caption = (
         f"shiftlab probe: {len(summary)} layers, {len(shifts)} shifts ({protocol.get('mode')}), "
         f"{protocol.get('images')} image(s); relative L2 error over the shifts (the zero shift excluded)"
     )
-    table = table_html(
-        ["depth", "layer", "type", "layout", "shape", "stride", "mean rel L2", "max rel L2", "exact shifts"],
-        rows,
-        caption=caption,
-    )
+    table = table_html(list(result.SUMMARY_HEADERS), result.summary_table(), caption=caption)
     parts = [table, _protocol_line(protocol, ("model", "input_shapes", "dtype", "device", "layouts"))]
     if summary:
         figure = result.plot_depth()

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from shiftlab._compare import Scratch
+from shiftlab._format import format_number, format_stride
 from shiftlab._io import atomic_write_text, csv_text, json_text
 from shiftlab._pandas import data_frame
 from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
@@ -734,6 +735,28 @@ class ProbeResult:
                 }
             )
         return table
+
+    #: The headers of :meth:`summary_table`.
+    SUMMARY_HEADERS: tuple[str, ...] = (
+        "depth", "layer", "type", "layout", "output shape", "stride", "mean rel L2", "max rel L2", "exact shifts"
+    )  # fmt: skip
+
+    def summary_table(self) -> list[list[str]]:
+        """:meth:`summary` as text cells under :attr:`SUMMARY_HEADERS`, as the report and notebooks show it."""
+        return [
+            [
+                str(row["depth"]),
+                row["layer"],
+                row["type"],
+                row["layout"],
+                "x".join(map(str, row["shape"])),
+                format_stride(row["stride"]),
+                format_number(row["mean_rel_l2"]),
+                format_number(row["max_rel_l2"]),
+                f"{row['exact_shifts']} / {row['shifts']}",
+            ]
+            for row in self.summary()
+        ]
 
     def unknown_layouts(self) -> list[dict[str, Any]]:
         """The layers whose layout could not be determined (they carry no metric), once each, with why and the

@@ -283,20 +283,6 @@ def probe_section(
         check(explorer.result is result, "explorers", "an explorer of another probe cannot show this probe's numbers")
     layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
     protocol = result.protocol
-    summary_rows = [
-        [
-            row["depth"],
-            row["layer"],
-            row["type"],
-            row["layout"],
-            "x".join(map(str, row["shape"])),
-            format_stride(row["stride"]),
-            format_number(row["mean_rel_l2"]),
-            format_number(row["max_rel_l2"]),
-            f"{row['exact_shifts']} / {row['shifts']}",
-        ]
-        for row in result.summary()
-    ]
     shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (
         " ..." if len(protocol["shifts"]) > 12 else ""
     )
@@ -322,8 +308,8 @@ def probe_section(
             Table(
                 "Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are "
                 "exact (error <= 1e-5)",
-                ["depth", "layer", "type", "layout", "output shape", "stride", "mean", "max", "exact shifts"],
-                summary_rows,
+                list(result.SUMMARY_HEADERS),
+                result.summary_table(),
             )
         ],
         findings=probe_findings(result),
