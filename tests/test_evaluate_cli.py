@@ -146,6 +146,22 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, folder, tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value", ["0,0.5;0.5", "0,half", "1e-1,0"])
+def test_bad_subpixel_shifts(capsys, folder, tmp_path, value):
+    out = tmp_path / "out"
+    status, _, err = run(
+        capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(folder), "--workers", "0",
+        "--metrics", "subpixel", "--subpixel-shifts", value, "--out", str(out),
+    )  # fmt: skip
+    item = value.split(";")[-1]
+    assert_one_line_error(
+        status,
+        err,
+        f"--subpixel-shifts: cannot read {item!r}: expected dy,dx pairs separated by ';', e.g. '0,0.5;0.5,0.5'",
+    )
+    assert not out.exists()
+
+
 def test_resume_at_a_run_with_other_settings(capsys, folder, tmp_path):
     out = tmp_path / "out"
     arguments = ["evaluate", "--model", f"{NETS}:small_classifier", "--data", str(folder), *COMMON, "--out", str(out)]

@@ -304,20 +304,9 @@ def _save_state_dict(model, path: Path) -> None:
 
 
 def _subpixel_shifts(spec: str) -> list[tuple[float, float]]:
-    import re
+    from shiftlab.shifts import parse_pairs
 
-    from shiftlab.errors import fail
-
-    pairs = []
-    for item in spec.split(";"):
-        numbers = [number.strip() for number in item.split(",")]
-        if len(numbers) != 2 or not all(re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", number) for number in numbers):
-            fail(
-                "--subpixel-shifts",
-                f"cannot read {item.strip()!r}: expected dy,dx pairs separated by ';', e.g. '0,0.5;0.5,0.5'",
-            )
-        pairs.append((float(numbers[0]), float(numbers[1])))
-    return pairs
+    return parse_pairs(spec, "--subpixel-shifts", fractional=True, example="0,0.5;0.5,0.5")
 
 
 def _floats(spec: str | None, name: str) -> list[float] | None:

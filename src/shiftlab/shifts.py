@@ -50,6 +50,7 @@ __all__ = [
     "ShiftMode",
     "check_shifts",
     "crop_margin",
+    "parse_pairs",
     "parse_shifts",
     "shift",
     "shift_grid",
@@ -314,14 +315,36 @@ def parse_shifts(spec: str) -> list[tuple[int, int]]:
     if text.startswith("diag:"):
         return [(value, value) for value in shift_range(text[len("diag:") :])]
     if "," in text:
-        pairs = []
-        for item in text.split(";"):
-            numbers = [number.strip() for number in item.split(",")]
-            if len(numbers) != 2 or not all(re.fullmatch(r"[+-]?\d+", number) for number in numbers):
-                fail(
-                    "shifts",
-                    f"cannot read {item.strip()!r} in {spec!r}: expected dy,dx pairs separated by ';', e.g. '1,2;0,-3'",
-                )
-            pairs.append((int(numbers[0]), int(numbers[1])))
-        return pairs
+        return parse_pairs(text, "shifts", example="1,2;0,-3", whole=spec)
     return [(0, value) for value in shift_range(text)]
+
+
+def parse_pairs(
+    text: str, name: str, *, fractional: bool = False, example: str, whole: str | None = None
+) -> list[tuple[Any, Any]]:
+    """Explicit ``dy,dx`` pairs separated by ``;``: integers, or decimal numbers when ``fractional``.
+
+    Args:
+        text: the pairs, such as ``"1,2; 0,-3"``.
+        name: the input, as the error message names it.
+        fractional: read decimal numbers (floats) rather than integers.
+        example: a valid value, shown in the error message.
+        whole: the whole option value ``text`` came from, named in the error message when given.
+
+    Raises:
+        ShiftlabError: an item that is not two numbers of the expected kind.
+
+    Example:
+        >>> parse_pairs("1,2; 0,-3", "shifts", example="1,2"), parse_pairs("0,.5", "s", fractional=True, example="")
+        ([(1, 2), (0, -3)], [(0.0, 0.5)])
+    """
+    pattern = r"[+-]?(\d+(\.\d*)?|\.\d+)" if fractional else r"[+-]?\d+"
+    convert = float if fractional else int
+    where = f" in {whole!r}" if whole is not None else ""
+    pairs = []
+    for item in text.split(";"):
+        numbers = [number.strip() for number in item.split(",")]
+        if len(numbers) != 2 or not all(re.fullmatch(pattern, number) for number in numbers):
+            fail(name, f"cannot read {item.strip()!r}{where}: expected dy,dx pairs separated by ';', e.g. '{example}'")
+        pairs.append((convert(numbers[0]), convert(numbers[1])))
+    return pairs
