@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"errors", "_format"},  # vocabulary
     {"_tensors", "_io", "_pandas", "accumulate", "distributed"},  # plumbing; optional pandas; torchrun's group
     {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
-    {"data", "ops", "_compare", "datasets", "views"},  # preparing inputs, operators, the comparison hot path
+    {"data", "ops", "_compare", "datasets", "views", "outputs"},  # inputs, operators, comparisons; model outputs
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
     {"equivariance", "models", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
     {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
