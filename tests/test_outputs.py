@@ -135,3 +135,77 @@ class TestMainOutputModule:
         net, x = Net(), torch.rand(2, 3)
         assert torch.equal(MainOutput(net)(x), main_output(net(x)))
         assert torch.equal(MainOutput(net, key="aux")(x), main_output(net(x), key="aux"))
+
+
+class Segmenter(nn.Module):
+    """A dense model with a structured output: a circular, stride-1 map ``out`` (exactly equivariant), a pooled
+    map ``aux`` (stride 2) and class scores ``scores``, as torchvision's segmentation models return a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        out = self.conv(x)
+        return {"aux": self.pool(out), "out": out, "scores": out.mean(dim=(2, 3)), "count": 3}
+
+
+class TestProbeWatchesEveryTensor:
+    SHIFTS = [(0, 1), (0, 2), (1, 3)]
+
+    def probe(self, **kwargs):
+        from shiftlab import probe
+
+        x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        return probe(Segmenter().eval(), x, shifts=self.SHIFTS, mode="circular", **kwargs)
+
+    def test_main_tensor_is_output_and_the_others_output_key(self):
+        result = self.probe()
+        assert [label for label in result.layers if label.startswith("output")] == [
+            "output",
+            "output.aux",
+            "output.scores",
+        ]
+        rows = {row["layer"]: row for row in result.summary()}
+        assert rows["output"]["layout"] == "NCHW" and rows["output"]["stride"] == [1, 1]
+        assert rows["output"]["max_rel_l2"] < 1e-6  # circular, stride 1: exact (the known answer)
+        assert rows["output.aux"]["stride"] == [2, 2]
+        assert rows["output.aux"]["exact_shifts"] == 1  # only (0, 2) is a multiple of the stride
+        assert rows["output.scores"]["layout"] == "global" and rows["output.scores"]["max_rel_l2"] < 1e-6
+        assert result.protocol["output"] == (
+            "'out' of a dict (the rule: logits, out, else the first tensor; other tensors: aux, scores)"
+        )
+
+    def test_same_numbers_as_the_tensor_alone(self):
+        from shiftlab import probe
+
+        x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        model = Segmenter().eval()
+        alone = probe(model.conv, x, shifts=self.SHIFTS, mode="circular")
+        structured = self.probe()
+        ours = [row["rel_l2"] for row in structured.rows if row["layer"] == "output"]
+        theirs = [row["rel_l2"] for row in alone.rows if row["layer"] == "output"]
+        assert ours == pytest.approx(theirs, abs=1e-9)
+
+    def test_output_key_chooses_the_main_tensor(self):
+        result = self.probe(output="aux")
+        rows = {row["layer"]: row for row in result.summary()}
+        assert rows["output"]["stride"] == [2, 2] and rows["output.out"]["stride"] == [1, 1]
+        assert "given" in result.protocol["output"]
+
+    def test_unknown_output_key(self):
+        with pytest.raises(ShiftlabError) as caught:
+            self.probe(output="logits")
+        assert str(caught.value) == (
+            "output: 'logits' is not in the model's output, a dict with tensors aux, out, scores"
+        )
+
+    def test_explorer_shows_another_tensor_of_the_output(self):
+        from shiftlab.explore import explorer_data
+
+        x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        data = explorer_data(Segmenter().eval(), x, self.SHIFTS, show=["output", "output.aux"], channels=2)
+        assert [layer.label for layer in data.layers] == ["output", "output.aux"]
+        assert data.layers[1].shape == (4, 8, 8)

@@ -1043,6 +1043,7 @@ class TestTables:
             "layers_watched": 4,
             "layouts": "two input sizes, 16x16 and 80x80",
             "batch_size": 16,
+            "output": "a tensor",
         }
 
 

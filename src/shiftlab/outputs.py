@@ -28,7 +28,15 @@ from torch import nn
 
 from shiftlab.errors import check, fail
 
-__all__ = ["MAIN_KEYS", "MainOutput", "main_output", "main_output_key", "named_tensors", "output_parts"]
+__all__ = [
+    "MAIN_KEYS",
+    "MainOutput",
+    "describe_output",
+    "main_output",
+    "main_output_key",
+    "named_tensors",
+    "output_parts",
+]
 
 #: The top-level names that mark the main tensor, in order of preference: Hugging Face's and torchvision's.
 MAIN_KEYS: tuple[str, ...] = ("logits", "out")
@@ -153,6 +161,26 @@ def output_parts(output: Any, key: str | None = None) -> list[tuple[str, torch.T
             seen.add(id(tensor))
             parts.append((name, tensor))
     return parts
+
+
+def describe_output(output: Any, key: str | None = None) -> str:
+    """How the main tensor was found, in words, for a result's protocol.
+
+    Example:
+        >>> describe_output(torch.zeros(1, 10))
+        'a tensor'
+        >>> describe_output({"out": torch.zeros(1), "aux": torch.zeros(1)})
+        "'out' of a dict (the rule: logits, out, else the first tensor; other tensors: aux)"
+        >>> describe_output((torch.zeros(1), torch.zeros(1)), key="1")
+        "'1' of a tuple (given; other tensors: 0)"
+    """
+    name = main_output_key(output, key)
+    if isinstance(output, torch.Tensor):
+        return "a tensor"
+    how = "given" if key is not None else f"the rule: {', '.join(MAIN_KEYS)}, else the first tensor"
+    others = [other for other, _ in output_parts(output, key)[1:]]
+    also = f"; other tensors: {', '.join(others)}" if others else ""
+    return f"{name!r} of a {type(output).__name__} ({how}{also})"
 
 
 class MainOutput(nn.Module):
