@@ -209,3 +209,50 @@ class TestProbeWatchesEveryTensor:
         data = explorer_data(Segmenter().eval(), x, self.SHIFTS, show=["output", "output.aux"], channels=2)
         assert [layer.label for layer in data.layers] == ["output", "output.aux"]
         assert data.layers[1].shape == (4, 8, 8)
+
+
+class Classifier(nn.Module):
+    """A classifier returning a Hugging Face-like dict: ``logits`` after a pooled feature map ``features``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 5, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x):
+        features = self.conv(x)
+        return {"features": features, "logits": features.mean(dim=(2, 3))}
+
+
+class TestEvaluateReadsStructuredOutputs:
+    def images(self):
+        return torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+    def test_logits_of_a_dict_as_of_the_tensor_alone(self):
+        from shiftlab import evaluate
+
+        class Plain(Classifier):
+            def forward(self, x):
+                return super().forward(x)["logits"]
+
+        structured = evaluate(Classifier(), self.images(), metrics="consistency", seed=1)
+        plain = evaluate(Plain(), self.images(), metrics="consistency", seed=1)
+        assert structured.rows == [dict(row, model="Classifier") for row in plain.rows]
+        assert structured.protocol["models"]["Classifier"]["output"] == (
+            "'logits' of a dict (the rule: logits, out, else the first tensor; other tensors: features)"
+        )
+
+    def test_output_key(self):
+        from shiftlab import evaluate
+
+        result = evaluate(Classifier(), self.images(), metrics="cosine", output="features")
+        assert result.protocol["models"]["Classifier"]["output"].startswith("'features' of a dict (given")
+
+    def test_unknown_output_key_names_the_model(self):
+        from shiftlab import evaluate
+
+        with pytest.raises(ShiftlabError) as caught:
+            evaluate(Classifier(), self.images(), metrics="consistency", output="out")
+        assert str(caught.value) == (
+            "model 'Classifier': output: 'out' is not in the model's output, a dict with tensors features, logits"
+        )

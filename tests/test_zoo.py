@@ -391,8 +391,8 @@ class TestHuggingFace:
             load_model("hf:microsoft/resnet-50")
         assert str(caught.value) == (
             "model hf:microsoft/resnet-50: config.json of microsoft/resnet-50 is not in the Hugging Face cache, and "
-            "downloads are off (HF_HUB_OFFLINE=1): on a machine with a network run `hf download microsoft/resnet-50 "
-            f"config.json` and copy its cache folder models--microsoft--resnet-50 into {zoo['hf_cache']}"
+            "downloads are off (HF_HUB_OFFLINE=1): on a machine with a network run `hf download microsoft/resnet-50` "
+            f"and copy its cache folder models--microsoft--resnet-50 into {zoo['hf_cache']}"
         )
 
     def test_bad_repository_name(self, zoo):
@@ -558,6 +558,43 @@ class TestPreprocessingMatchesTheZoos:
         assert (prepare.resize, prepare.crop, prepare.interpolation) == (200, 180, "bicubic")
 
 
+# --------------------------------------------------------------------------- evaluate: the models' own preprocessing
+
+
+class TestEvaluateUsesTheModelsPreprocessing:
+    def test_views_come_from_the_models_resize_and_crop(self, zoo, photos):
+        from shiftlab import evaluate
+
+        result = evaluate("timm:test_resnet", str(photos), metrics="consistency")
+        preparation = result.protocol["preparation"]
+        assert preparation["resize"] == "shorter side 168 (bilinear, antialiased)"
+        assert preparation["model_input"] == "centre 160x160 window"
+        record = result.protocol["models"]["timm:test_resnet"]
+        assert record["mean"] == [0.5, 0.5, 0.5] and record["preprocessing"]["overridden"] == []
+
+    def test_models_whose_own_preprocessing_differs(self, zoo, photos):
+        from shiftlab import evaluate
+
+        with pytest.raises(ShiftlabError) as caught:
+            evaluate(["timm:test_resnet", "timm:test_vit"], str(photos), metrics="consistency")
+        assert str(caught.value) == (
+            "models: their own preprocessing differs (timm:test_resnet: resize shorter side 168 (bilinear, "
+            "antialiased), crop 160; timm:test_vit: resize shorter side 168 (bicubic, antialiased), crop 160), and "
+            "their views are cut from one resized image: give --resize, --crop (and --interpolation) to compare "
+            "them on the same inputs"
+        )
+        result = evaluate(
+            ["timm:test_resnet", "timm:test_vit", "simple_cnn"],
+            str(photos),
+            metrics="consistency",
+            interpolation="bicubic",
+        )
+        models = result.protocol["models"]
+        assert models["timm:test_resnet"]["preprocessing"]["overridden"] == ["interpolation"]
+        assert models["simple_cnn"]["preprocessing"]["source"] == "none"  # takes the others' views, unnormalised
+        assert models["simple_cnn"]["mean"] is None
+
+
 # --------------------------------------------------------------------------- the command line, offline
 
 
@@ -625,7 +662,7 @@ class TestCommands:
         protocol = json.loads((out / "evaluation.json").read_text())["protocol"]
         record = protocol["models"][f"hf:{HF_RESNET}"]
         assert record["preprocessing"]["source"] == f"image processor of {HF_RESNET} (ConvNextImageProcessor)"
-        assert record["output"].startswith("'logits' of a ImageClassifierOutputWithNoAttention (the rule:")
+        assert record["output"].startswith("'logits' of an ImageClassifierOutputWithNoAttention (the rule:")
         assert protocol["preparation"]["resize"] == "shorter side 73 (bicubic, antialiased)"
         assert protocol["preparation"]["model_input"] == "centre 64x64 window"
 
@@ -637,7 +674,7 @@ class TestCommands:
         )  # fmt: skip
         assert status == 0, err
         protocol = json.loads((out / "probe.json").read_text())["protocol"]
-        assert protocol["output"].startswith("'out' of a OrderedDict (the rule")
+        assert protocol["output"].startswith("'out' of an OrderedDict (the rule")
         rows = {row["layer"]: row for row in json.loads((out / "probe.json").read_text())["summary"]}
         # crop mode: every view is a 64-row window that all the shifts keep inside the image
         assert rows["output"]["shape"][:2] == [21, 64] and rows["output"]["stride"] == [1, 1]
@@ -651,14 +688,14 @@ class TestCommands:
             "--size", "48", "--shifts", "0:2", "--layers", "classifier.4", "--output", "aux", "--out", str(out),
         )  # fmt: skip
         assert status == 0, err
-        assert json.loads((out / "probe.json").read_text())["protocol"]["output"].startswith("'aux' of a OrderedDict")
+        assert json.loads((out / "probe.json").read_text())["protocol"]["output"].startswith("'aux' of an OrderedDict")
         status, _, err = run(
             capsys, "probe", "--model", "deeplabv3_mobilenet_v3_large", "--weights", "DEFAULT", "--images", "chelsea",
             "--size", "48", "--shifts", "0:2", "--layers", "classifier.4", "--output", "logits",
             "--out", str(tmp_path / "bad"),
         )  # fmt: skip
         assert status == 2 and err.strip() == (
-            "shiftlab: error: output: 'logits' is not in the model's output, a OrderedDict with tensors out, aux"
+            "shiftlab: error: output: 'logits' is not in the model's output, an OrderedDict with tensors out, aux"
         )
         assert not (tmp_path / "bad").exists()
 

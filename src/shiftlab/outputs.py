@@ -78,9 +78,15 @@ def named_tensors(output: Any) -> list[tuple[str, torch.Tensor]]:
     return found
 
 
+def _a(output: Any) -> str:
+    """``a dict``, ``an OrderedDict``: the output's type with its article."""
+    name = type(output).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def _describe_structure(output: Any, names: Sequence[str]) -> str:
     listed = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-    return f"a {type(output).__name__} with tensors {listed}" if names else f"a {type(output).__name__} with no tensor"
+    return f"{_a(output)} with tensors {listed}" if names else f"{_a(output)} with no tensor"
 
 
 def main_output_key(output: Any, key: str | None = None) -> str:
@@ -180,7 +186,7 @@ def describe_output(output: Any, key: str | None = None) -> str:
     how = "given" if key is not None else f"the rule: {', '.join(MAIN_KEYS)}, else the first tensor"
     others = [other for other, _ in output_parts(output, key)[1:]]
     also = f"; other tensors: {', '.join(others)}" if others else ""
-    return f"{name!r} of a {type(output).__name__} ({how}{also})"
+    return f"{name!r} of {_a(output)} ({how}{also})"
 
 
 class MainOutput(nn.Module):

@@ -128,8 +128,13 @@ def _torch_hub_file(url: str, subject: str) -> Path:
     return path
 
 
-def _hf_file(repo: str, filenames: tuple[str, ...], subject: str, *, required: bool = True) -> Path | None:
-    """The first of ``filenames`` that the Hugging Face repository ``repo`` has, from the cache or downloaded."""
+def _hf_file(
+    repo: str, filenames: tuple[str, ...], subject: str, *, required: bool = True, whole: bool = False
+) -> Path | None:
+    """The first of ``filenames`` that the Hugging Face repository ``repo`` has, from the cache or downloaded.
+
+    The message for a missing file says how to fetch it, or the whole repository with ``whole``.
+    """
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -142,8 +147,8 @@ def _hf_file(repo: str, filenames: tuple[str, ...], subject: str, *, required: b
         absent += found is not None  # the cache remembers that the repository has no such file
     folder = f"models--{repo.replace('/', '--')}"
     where = (
-        f"on a machine with a network run `hf download {repo} {filenames[0]}` and copy its cache folder {folder} "
-        f"into {cache}"
+        f"on a machine with a network run `hf download {repo}{'' if whole else ' ' + filenames[0]}` and copy its "
+        f"cache folder {folder} into {cache}"
     )
     if absent == len(filenames):
         if not required:
@@ -457,15 +462,15 @@ def load_hf(repo: str, *, pretrained: bool, spec: str) -> ZooModel:
         f"{spec!r}: expected hf:ORG/NAME, a Hugging Face model repository",
     )
     subject = f"model {spec}"
-    config_file = _hf_file(repo, ("config.json",), subject)
+    config_file = _hf_file(repo, ("config.json",), subject, whole=True)
     assert config_file is not None
     snapshot = config_file.parent
-    processor_file = _hf_file(repo, ("preprocessor_config.json",), subject, required=False)
+    processor_file = _hf_file(repo, ("preprocessor_config.json",), subject, required=False, whole=True)
     options = {"cache_dir": str(hf_cache_dir()), "local_files_only": True}  # every file needed is cached by now
     try:
         config = transformers.AutoConfig.from_pretrained(repo, **options)
         if pretrained:
-            weights = _hf_file(repo, HF_WEIGHT_FILES, f"weights of {spec}")
+            weights = _hf_file(repo, HF_WEIGHT_FILES, f"weights of {spec}", whole=True)
             assert weights is not None
             model = transformers.AutoModelForImageClassification.from_pretrained(repo, **options)
             description = f"Hugging Face {repo}, pretrained weights ({weights.name}, {type(model).__name__})"
