@@ -591,7 +591,13 @@ class TestEvaluateUsesTheModelsPreprocessing:
         )
         models = result.protocol["models"]
         assert models["timm:test_resnet"]["preprocessing"]["overridden"] == ["interpolation"]
-        assert models["simple_cnn"]["preprocessing"]["source"] == "none"  # takes the others' views, unnormalised
+        own = models["simple_cnn"]["preprocessing"]  # the others' views, not normalised
+        assert own["source"] == "none of its own (images as they are); resize and crop shared with the other models"
+        assert (own["resize"], own["crop"], own["normalize"]) == (
+            "shorter side 168 (bicubic, antialiased)",
+            "160x160 centre",
+            "none",
+        )
         assert models["simple_cnn"]["mean"] is None
 
 
@@ -648,8 +654,12 @@ class TestCommands:
         protocol = json.loads((out / "probe.json").read_text())["protocol"]
         assert protocol["input_shapes"] == [[3, 160, 160]]  # test_vit's own: 168 then the centre 160
         assert protocol["weights"] == "pretrained (timm)"
-        assert protocol["preprocessing"]["source"] == "timm pretrained_cfg of test_vit.r160_in1k (resolve_data_config)"
-        assert protocol["preprocessing"]["resize"] == "shorter side 168 (bicubic, antialiased)"
+        assert protocol["preprocessing"] == (
+            "resize shorter side 168 (bicubic, antialiased), crop 160x160 centre, normalize custom: mean [0.5, 0.5, "
+            "0.5], std [0.5, 0.5, 0.5]; from timm pretrained_cfg of test_vit.r160_in1k (resolve_data_config)"
+        )
+        assert protocol["mean"] == [0.5, 0.5, 0.5]
+        assert stdout.startswith("model: timm test_vit.r160_in1k, pretrained weights (model.safetensors)\n")
         assert protocol["resize"] == "shorter side 168 (bicubic, antialiased), centre crop 160x160"
 
     def test_evaluate_hugging_face_classifier(self, zoo, photos, tmp_path, capsys):

@@ -216,7 +216,7 @@ def run_probe(args: argparse.Namespace) -> int:
             result.to_csv(staging / "probe.csv")
             result.to_json(staging / "probe.json")
     print(f"model: {info.description}")
-    print(_preprocessing_line(result.protocol["preprocessing"]))
+    print(f"preprocessing: {result.protocol['preprocessing']}")
     _print_summary(result)
     out = Path(args.out)
     report = out / "report.html"
@@ -224,18 +224,6 @@ def run_probe(args: argparse.Namespace) -> int:
     print(f"report: {report.resolve()}{size}")
     print(f"table: {(out / 'probe.csv').resolve()} (one row per layer and shift); {(out / 'probe.json').resolve()}")
     return 0
-
-
-def _preprocessing_line(record: dict) -> str:
-    """The preprocessing of a protocol record (:meth:`shiftlab.models.ModelInfo.preprocessing`) on one line."""
-    normalize = record["normalize"]
-    if normalize == "custom":
-        normalize = f"mean {record['mean']}, std {record['std']}"
-    own = f"; {', '.join(record['overridden'])} as given" if record["overridden"] else ""
-    return (
-        f"preprocessing: resize {record['resize']}, crop {record['crop']}, normalize {normalize}; "
-        f"from {record['source']}{own}"
-    )
 
 
 def _print_summary(result) -> None:
@@ -446,9 +434,11 @@ def _print_evaluation(result) -> None:
 
     rows = result.summary()
     width = max(len(row["model"]) for row in rows)
+    from shiftlab.models import describe_preprocessing
+
     for label, record in result.protocol["models"].items():
         print(f"{label}: {record['description']}")
-        print(f"  {_preprocessing_line(record['preprocessing'])}")
+        print(f"  preprocessing: {describe_preprocessing(record['preprocessing'])}")
     print(
         f"{result.images['evaluated']} of {result.images['total']} images evaluated, {result.images['skipped']} skipped"
     )

@@ -131,7 +131,7 @@ def _resolve_models(
                 if is_file
                 else info.weights
                 if weight is not None
-                else f"none given: the spec's own ({info.weights})"
+                else f"the spec's own: {info.weights}"
             )
             default_label = model if not is_file else f"{model} ({Path(str(weight)).name})"
             default_label = default_label if weight is None or is_file else f"{model} ({weight})"
@@ -479,6 +479,13 @@ def evaluate(
     )
     resizing, crop = _shared_geometry(entries)
     resize = resizing.size if resizing is not None else None
+    for entry in entries:  # a model without a resize or crop of its own gets the shared ones: its record says so
+        if (entry.preprocess.resizing, entry.preprocess.crop) != (resizing, crop):
+            entry.record["preprocessing"].update(
+                resize=resizing.describe() if resizing else "none",
+                crop=f"{crop}x{crop} centre" if crop else "none",
+                source=entry.record["preprocessing"]["source"] + "; resize and crop shared with the other models",
+            )
     for metric in metric_list:
         check(
             not metric.needs_labels or image_set.labels is not None,

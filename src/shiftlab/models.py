@@ -62,6 +62,7 @@ __all__ = [
     "ModelInfo",
     "SimpleCNN",
     "DTYPES",
+    "describe_preprocessing",
     "digits_cnn_variant",
     "load_model",
     "load_weights",
@@ -244,8 +245,25 @@ class ModelInfo:
                 f"{why}: choose its {field} yourself (resize and crop: --size, or --resize and --crop; "
                 "--interpolation; --normalize)",
             )
-        record = {**chosen.describe(), "source": self.preprocess_source or "none", "overridden": changed}
+        source = self.preprocess_source or "none of its own (images as they are)"
+        record = {**chosen.describe(), "source": source, "overridden": changed}
         return chosen, record
+
+
+def describe_preprocessing(record: dict[str, Any]) -> str:
+    """A preprocessing record (:meth:`ModelInfo.preprocessing`) on one line, as the command line prints it.
+
+    Example:
+        >>> _, info = load_model("resnet18")
+        >>> describe_preprocessing(info.preprocessing(resize=64, crop=56)[1])
+        'resize shorter side 64 (bilinear, antialiased), crop 56x56 centre, normalize imagenet; from ImageNet mean and \
+std (a torchvision architecture without pretrained weights: no resize or crop); resize, crop as given'
+    """
+    normalize = record["normalize"]
+    if normalize == "custom":
+        normalize = f"custom: mean {record['mean']}, std {record['std']}"
+    given = f"; {', '.join(record['overridden'])} as given" if record["overridden"] else ""
+    return f"resize {record['resize']}, crop {record['crop']}, normalize {normalize}; from {record['source']}{given}"
 
 
 #: The weights of ``digits_cnn``, written by ``scripts/train_reference.py`` (protocol and accuracy in the JSON beside).

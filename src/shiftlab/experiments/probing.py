@@ -15,7 +15,7 @@ from torch import nn
 from shiftlab.data import Preprocess
 from shiftlab.errors import check
 from shiftlab.explore import ExplorerData, explorer_data, representative_layers
-from shiftlab.models import ModelInfo, load_model, resolve_device, resolve_dtype
+from shiftlab.models import ModelInfo, describe_preprocessing, load_model, resolve_device, resolve_dtype
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import Finding, Section, Table, format_number, format_stride
 
@@ -73,7 +73,9 @@ def _protocol(
         "images_used": [str(source) for source in images],
         "resize": ", ".join(steps) or "none",
         "normalize": prepare.normalize,
-        "preprocessing": record,
+        "mean": list(prepare.mean) if prepare.mean else None,
+        "std": list(prepare.std) if prepare.std else None,
+        "preprocessing": describe_preprocessing(record),
     }
 
 
