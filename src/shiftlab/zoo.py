@@ -129,7 +129,13 @@ def _torch_hub_file(url: str, subject: str) -> Path:
 
 
 def _hf_file(
-    repo: str, filenames: tuple[str, ...], subject: str, *, required: bool = True, whole: bool = False
+    repo: str,
+    filenames: tuple[str, ...],
+    subject: str,
+    *,
+    required: bool = True,
+    whole: bool = False,
+    revision: str | None = None,
 ) -> Path | None:
     """The first of ``filenames`` that the Hugging Face repository ``repo`` has, from the cache or downloaded.
 
@@ -141,7 +147,7 @@ def _hf_file(
     cache = hf_cache_dir()
     absent = 0
     for filename in filenames:
-        found = try_to_load_from_cache(repo, filename, cache_dir=cache)
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache, revision=revision)
         if isinstance(found, str):
             return Path(found)
         absent += found is not None  # the cache remembers that the repository has no such file
@@ -158,7 +164,7 @@ def _hf_file(
         fail(subject, f"{filenames[0]} of {repo} is not in the Hugging Face cache, and {_offline_reason()}: {where}")
     for filename in filenames:
         try:
-            return Path(hf_hub_download(repo, filename, cache_dir=cache))
+            return Path(hf_hub_download(repo, filename, cache_dir=cache, revision=revision))
         except Exception as error:  # no network, an unknown or gated repository, a full disk
             if isinstance(error, EntryNotFoundError) and not isinstance(error, LocalEntryNotFoundError):
                 continue  # the repository has no such file: try the next name
@@ -278,7 +284,7 @@ def load_torchvision(name: str, weights: str | None) -> ZooModel:
 # --------------------------------------------------------------------------- timm
 
 
-def preprocess_from_timm(config: dict[str, Any], channels: int = 3) -> tuple[Preprocess, tuple[tuple[str, str], ...]]:
+def preprocess_from_timm(config: dict[str, Any]) -> tuple[Preprocess, tuple[tuple[str, str], ...]]:
     """The :class:`~shiftlab.data.Preprocess` of a timm data config (``timm.data.resolve_data_config``), as timm's
     evaluation transform applies it, and the parts shiftlab cannot reproduce.
 
@@ -294,7 +300,7 @@ def preprocess_from_timm(config: dict[str, Any], channels: int = 3) -> tuple[Pre
         (256, 224, 'bicubic', False, ())
     """
     unsupported: list[tuple[str, str]] = []
-    _, height, width = config["input_size"]
+    channels, height, width = config["input_size"]
     crop_pct = config.get("crop_pct") or 0.875
     mode = config.get("crop_mode") or "center"
     interpolation = config.get("interpolation", "bilinear")
@@ -362,10 +368,9 @@ def load_timm(name: str, *, pretrained: bool, spec: str) -> ZooModel:
 def _timm_weights_file(cfg: Any, label: str, spec: str) -> Path:
     subject = f"weights of {spec}"
     if cfg is not None and cfg.hf_hub_id:
-        repo, _, revision = cfg.hf_hub_id.partition("@")
-        check(not revision, subject, f"a pinned revision ({cfg.hf_hub_id}) is not supported")
+        repo, _, revision = cfg.hf_hub_id.partition("@")  # timm's "ORG/NAME@REVISION"
         names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
-        path = _hf_file(repo, names, subject)
+        path = _hf_file(repo, names, subject, revision=revision or None)
         assert path is not None
         return path
     if cfg is not None and cfg.url:
