@@ -719,3 +719,28 @@ class TestCommands:
             "`hf download timm/test_vit.r160_in1k model.safetensors`"
         )
         assert not out.exists()
+
+
+class TestNeverPartlyRandom:
+    def test_hugging_face_weights_missing_a_parameter(self, zoo, tmp_path, monkeypatch):
+        import shutil
+
+        from safetensors.torch import load_file
+
+        cache = tmp_path / "hf"
+        source = next((zoo["hf_cache"] / f"models--{HF_RESNET.replace('/', '--')}" / "snapshots").iterdir())
+        snapshot = hf_snapshot(cache, "shiftlab-test/incomplete")
+        for name in ("config.json", "preprocessor_config.json"):
+            shutil.copy(source / name, snapshot / name)
+        state = load_file(str(source / "model.safetensors"))
+        dropped = sorted(key for key in state if key.startswith("classifier"))
+        save_file(
+            {key: value for key, value in state.items() if key not in dropped}, str(snapshot / "model.safetensors")
+        )
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+        with pytest.raises(ShiftlabError) as caught:
+            load_model("hf:shiftlab-test/incomplete")
+        assert str(caught.value) == (
+            "weights of hf:shiftlab-test/incomplete: model.safetensors leaves 2 parameter(s) of "
+            f"ResNetForImageClassification at random initialisation ({', '.join(dropped)})"
+        )

@@ -477,7 +477,18 @@ def load_hf(repo: str, *, pretrained: bool, spec: str) -> ZooModel:
         if pretrained:
             weights = _hf_file(repo, HF_WEIGHT_FILES, f"weights of {spec}", whole=True)
             assert weights is not None
-            model = transformers.AutoModelForImageClassification.from_pretrained(repo, **options)
+            model, loading = transformers.AutoModelForImageClassification.from_pretrained(
+                repo, output_loading_info=True, **options
+            )
+            # transformers leaves parameters the file lacks (or has in another shape) at their random initialisation
+            # and only logs it: never a partly random network when pretrained weights were asked for
+            left = [*loading.get("missing_keys", ()), *(item[0] for item in loading.get("mismatched_keys", ()))]
+            check(
+                not left,
+                f"weights of {spec}",
+                f"{weights.name} leaves {len(left)} parameter(s) of {type(model).__name__} at random "
+                f"initialisation ({', '.join(sorted(left)[:3])}{', ...' if len(left) > 3 else ''})",
+            )
             description = f"Hugging Face {repo}, pretrained weights ({weights.name}, {type(model).__name__})"
         else:
             model = transformers.AutoModelForImageClassification.from_config(config)
