@@ -744,3 +744,10 @@ class TestNeverPartlyRandom:
             "weights of hf:shiftlab-test/incomplete: model.safetensors leaves 2 parameter(s) of "
             f"ResNetForImageClassification at random initialisation ({', '.join(dropped)})"
         )
+
+
+def test_a_converted_timm_model_keeps_its_pretrained_weights(zoo):
+    model, info = load_model("timm:test_resnet+blurpool")
+    plain, _ = load_model("timm:test_resnet")
+    assert "converted (blurpool" in info.description and info.weights == "pretrained (timm)"
+    assert torch.equal(model.state_dict()["fc.weight"], plain.state_dict()["fc.weight"])
