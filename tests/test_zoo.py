@@ -512,23 +512,33 @@ class TestPreprocessingMatchesTheZoos:
         theirs = processor(image, do_rescale=False, return_tensors="pt")["pixel_values"][0]
         assert_same_input(prepare.apply(image), theirs, processor.image_mean, processor.image_std)
 
-    def test_a_photo_against_the_8_bit_pipeline(self):
-        """On a photo decoded by PIL, torchvision's transform of the 8-bit image and shiftlab's of the float image
-        differ only by the 8-bit rounding of the resized image (at most one level, 1/255, before normalising)."""
+    @pytest.mark.parametrize("photo", ["chelsea", "coffee", "astronaut"])
+    @pytest.mark.parametrize(
+        "weights, largest, mean",
+        [
+            ("ResNet50_Weights.IMAGENET1K_V2", 1.0, 0.35),  # bilinear: the 8-bit rounding, at most one level
+            ("ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1", 13.0, 0.35),  # bicubic: PIL also clips between its passes
+        ],
+    )
+    def test_a_photo_against_the_8_bit_pipeline(self, photo, weights, largest, mean):
+        """The README's figures: on a photo decoded by PIL, torchvision's transform of the 8-bit image and
+        shiftlab's of the float image differ by the 8-bit pipeline's rounding (in levels of 1/255, before
+        normalising): at most one level for bilinear; for bicubic up to 12 at the sharpest edges (coffee), 0.3 on
+        average."""
         from importlib import resources
 
+        import torchvision.models as models
         from PIL import Image
-        from torchvision.models import ResNet50_Weights
 
         from shiftlab.zoo import preprocess_from_torchvision
 
-        transforms = ResNet50_Weights.IMAGENET1K_V2.transforms()
-        with resources.as_file(resources.files("shiftlab") / "assets" / "chelsea.png") as path:
+        transforms = models.get_weight(weights).transforms()
+        with resources.as_file(resources.files("shiftlab") / "assets" / f"{photo}.png") as path:
             ours = preprocess_from_torchvision(transforms)(path)  # shiftlab's own decoding, as the CLI reads a file
             with Image.open(path) as opened:
                 theirs = transforms(opened.convert("RGB"))
-        std = torch.tensor(transforms.std)[:, None, None]
-        assert ((ours - theirs).abs() * std).max() <= 1.0 / 255 + 1e-6
+        levels = (ours - theirs).abs() * torch.tensor(transforms.std)[:, None, None] * 255
+        assert float(levels.max()) <= largest + 1e-3 and float(levels.mean()) <= mean
 
     @pytest.mark.parametrize(
         "config, why",
