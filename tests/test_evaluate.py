@@ -218,7 +218,8 @@ def test_bad_input_messages(tmp_path):
         evaluate(FeatureMap(), images, metrics="consistency")
     assert str(error.value) == (
         "model 'FeatureMap': returns tensor of shape (1, 4, 8, 8) and dtype float32, not class logits (N, classes);"
-        " for a model without classes use --metrics cosine"
+        " for per-pixel class maps (segmentation) use --metrics dense-consistency, for a model without classes"
+        " --metrics cosine"
     )
     with pytest.raises(ShiftlabError) as error:
         evaluate(small_classifier(), (images, labels), classes="a,b,c", metrics="consistency")

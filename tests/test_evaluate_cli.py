@@ -141,7 +141,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, folder, tmp_
         status,
         err,
         f"model '{NETS}:FeatureMap': returns tensor of shape (1, 4, 12, 14) and dtype float32, not class logits"
-        " (N, classes); for a model without classes use --metrics cosine",
+        " (N, classes); for per-pixel class maps (segmentation) use --metrics dense-consistency, for a model without"
+        " classes --metrics cosine",
     )
     assert not out.exists()
 

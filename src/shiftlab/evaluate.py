@@ -56,6 +56,7 @@ from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, check, check_int, describe, fail, first_line
 from shiftlab.invariance import METRIC_NAMES, Metric, MetricState, make_metric, sample_seed
 from shiftlab.models import _first_conv_channels, load_model, resolve_device, resolve_dtype
+from shiftlab.outputs import main_output, named_tensors
 from shiftlab.views import Geometry, ViewKey, build_view, view_key
 
 __all__ = ["COLUMNS", "EvaluationResult", "evaluate"]
@@ -163,28 +164,26 @@ def _model_inputs(views: torch.Tensor, model: _Model, dtype: torch.dtype) -> tor
 
 
 def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> torch.Tensor:
+    """The main tensor of the model's output (:func:`shiftlab.outputs.main_output`), checked against every metric."""
     try:
         with torch.inference_mode():
-            output = model.module(inputs)
+            returned = model.module(inputs)
     except ShiftlabError:
         raise
     except Exception as error:  # the user's model may raise anything
         shape = "x".join(map(str, inputs.shape))
         fail(f"model '{model.label}'", f"fails on inputs of shape {shape}: {type(error).__name__}: {first_line(error)}")
-    if not isinstance(output, torch.Tensor):
-        fail(f"model '{model.label}'", f"returns a {type(output).__name__}, not a tensor (N, classes)")
+    if not named_tensors(returned):
+        fail(f"model '{model.label}'", f"returns a {type(returned).__name__} that holds no tensor: nothing to measure")
+    output = main_output(returned)
     check(
         output.ndim >= 1 and output.shape[0] == inputs.shape[0],
         f"model '{model.label}'",
         f"returns {describe(output)} for {inputs.shape[0]} inputs: expected one output per input",
     )
-    if any(metric.needs_logits for metric in metrics):
-        check(
-            output.ndim == 2 and output.shape[1] >= 2 and output.is_floating_point(),
-            f"model '{model.label}'",
-            f"returns {describe(output)}, not class logits (N, classes);"
-            " for a model without classes use --metrics cosine",
-        )
+    for metric in metrics:
+        problem = metric.output_problem(output, (int(inputs.shape[-2]), int(inputs.shape[-1])))
+        check(problem is None, f"model '{model.label}'", str(problem))
     return output
 
 
@@ -546,9 +545,9 @@ def _check_models(
             outputs[entry.label] = 0
             continue
         output = _forward(entry, _model_inputs(sample[None].to(device), entry, dtype), metrics)
-        classes = int(output.shape[1]) if output.ndim == 2 else 0
+        classes = int(output.shape[1]) if output.ndim in (2, 4) else 0  # logits, or per-pixel class scores
         outputs[entry.label] = classes
-        if not any(metric.needs_logits for metric in metrics):
+        if not any(metric.output_kind == "logits" for metric in metrics):
             continue
         if images.classes is not None:
             names = ", ".join(images.classes[:5]) + (", ..." if len(images.classes) > 5 else "")
@@ -710,9 +709,7 @@ def _process_pack(context: _Run, items: list[LoadedImage], on_skip: Callable[[st
     groups: dict[tuple[int, ...], list[int]] = {}
     for position, record in enumerate(prepared):
         groups.setdefault((record.image.shape[0], *record.geometry.size), []).append(position)
-    labels = torch.tensor([record.label for record in prepared], dtype=torch.int64)
     for entry in context.models:
-        outputs: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
         for positions in groups.values():
             views = [
                 build_view(bases[position], key, prepared[position].geometry)
@@ -724,17 +721,18 @@ def _process_pack(context: _Run, items: list[LoadedImage], on_skip: Callable[[st
                 chunk = torch.stack(views[start : start + context.batch_size])
                 passes.append(_forward(entry, _model_inputs(chunk, entry, context.dtype), context.metrics))
             counts = [len(prepared[position].keys) for position in positions]
-            for position, part in zip(positions, torch.split(torch.cat(passes), counts)):
-                outputs[position] = part
-        for number, metric in enumerate(context.metrics):
-            gathered = torch.stack(
-                [outputs[position][record.slots[number]] for position, record in enumerate(prepared)]
-            )
-            if gathered.dtype in (torch.float16, torch.bfloat16):
-                gathered = gathered.float()  # exact; ranking and softmax in full precision
-            parts = [record.infos[number] for record in prepared]
-            infos = torch.stack([part for part in parts if part is not None]) if parts[0] is not None else None
-            context.states[(entry.label, metric.name)].update(gathered, labels, infos)
+            outputs = torch.split(torch.cat(passes), counts)
+            # every state is a sum (or a minimum): updating image group by group gives the same counts, and the
+            # outputs of one group share a shape (a spatial output's size follows the image's without a crop)
+            records = [prepared[position] for position in positions]
+            labels = torch.tensor([record.label for record in records], dtype=torch.int64)
+            for number, metric in enumerate(context.metrics):
+                gathered = torch.stack([output[record.slots[number]] for output, record in zip(outputs, records)])
+                if gathered.dtype in (torch.float16, torch.bfloat16):
+                    gathered = gathered.float()  # exact; ranking and softmax in full precision
+                parts = [record.infos[number] for record in records]
+                infos = torch.stack([part for part in parts if part is not None]) if parts[0] is not None else None
+                context.states[(entry.label, metric.name)].update(gathered, labels, infos)
 
 
 # --------------------------------------------------------------------------- checkpoints
