@@ -4,16 +4,19 @@ networks whose maps move with the input, a torchvision segmentation model end to
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from evaluation_nets import CircularSegmenter, PixelClassifier, ZeroPaddedSegmenter, lraspp
+from evaluation_nets import CircularSegmenter, PixelClassifier, ZeroPaddedSegmenter, lraspp, small_classifier
 from PIL import Image
 
-from shiftlab import evaluate
+from shiftlab import cli, evaluate
 from shiftlab.dense import (
+    POSITION_BINS,
     DenseConsistency,
     DenseConsistencyState,
     align_predictions,
@@ -40,16 +43,16 @@ def test_map_stride():
     assert map_stride((8, 8), (16, 16)) is None
 
 
-def _numpy_align(reference: np.ndarray, shifted: np.ndarray, dy: int, dx: int, mode: str) -> list[tuple[int, int]]:
-    """Every (reference class, aligned shifted class) pair, pixel by pixel."""
+def _numpy_align(reference: np.ndarray, shifted: np.ndarray, dy: int, dx: int, mode: str) -> list[tuple]:
+    """Every compared pixel, pixel by pixel: ``(i, j, reference class, aligned shifted class)``."""
     rows, cols = reference.shape
     pairs = []
     for i in range(rows):
         for j in range(cols):
             if mode == "circular":
-                pairs.append((reference[i, j], shifted[(i + dy) % rows, (j + dx) % cols]))
+                pairs.append((i, j, reference[i, j], shifted[(i + dy) % rows, (j + dx) % cols]))
             elif 0 <= i + dy < rows and 0 <= j + dx < cols:
-                pairs.append((reference[i, j], shifted[i + dy, j + dx]))
+                pairs.append((i, j, reference[i, j], shifted[i + dy, j + dx]))
     return pairs
 
 
@@ -59,7 +62,7 @@ def test_align_predictions_matches_pixel_loops(mode):
     reference, shifted = rng.integers(0, 3, (2, 5, 7))
     for dy, dx in [(0, 0), (2, -3), (-4, 6), (5, 0), (-1, 9), (7, 7)]:
         first, second = align_predictions(torch.from_numpy(reference), torch.from_numpy(shifted), (dy, dx), mode)
-        expected = _numpy_align(reference, shifted, dy, dx, mode)
+        expected = [(first, second) for _, _, first, second in _numpy_align(reference, shifted, dy, dx, mode)]
         assert list(zip(first.flatten().tolist(), second.flatten().tolist())) == expected
 
 
@@ -80,17 +83,19 @@ def _reference_counts(classes: np.ndarray, infos: np.ndarray, mode: str, count: 
     totals = {"pairs": 0, "pixels": 0, "agreeing": 0, "unchanged": 0, "share": 0}
     intersection, union = np.zeros(count, np.int64), np.zeros(count, np.int64)
     by_distance = np.zeros((bins, 3), np.int64)
+    by_position = np.zeros((2, POSITION_BINS, POSITION_BINS), np.int64)
     rows, cols = classes.shape[-2:]
     for image in range(classes.shape[0]):
         for view in range(1, classes.shape[1]):
             dy, dx, height, width = (int(value) for value in infos[image, view - 1])
             stride_y, stride_x = height // rows, width // cols
             pairs = _numpy_align(classes[image, 0], classes[image, view], dy // stride_y, dx // stride_x, mode)
-            agreeing = sum(first == second for first, second in pairs)
-            for first, second in pairs:
+            agreeing = sum(first == second for _, _, first, second in pairs)
+            for i, j, first, second in pairs:
                 intersection[first] += first == second
                 union[first] += 1
                 union[second] += first != second
+                by_position[:, i * POSITION_BINS // rows, j * POSITION_BINS // cols] += (1, first == second)
             totals["pairs"] += 1
             totals["pixels"] += len(pairs)
             totals["agreeing"] += agreeing
@@ -100,7 +105,13 @@ def _reference_counts(classes: np.ndarray, infos: np.ndarray, mode: str, count: 
                 dy, dx = min(dy % height, -dy % height), min(dx % width, -dx % width)
             distance = min(int(math.floor(math.hypot(dy, dx) + 0.5)), bins - 1)
             by_distance[distance] += (1, len(pairs), agreeing)
-    return {**totals, "intersection": intersection, "union": union, "by_distance": by_distance}
+    return {
+        **totals,
+        "intersection": intersection,
+        "union": union,
+        "by_distance": by_distance,
+        "by_position": by_position,
+    }
 
 
 @pytest.mark.parametrize(("mode", "stride"), [("circular", 1), ("crop", 1), ("zero", 1), ("circular", 2), ("crop", 4)])
@@ -128,6 +139,8 @@ def test_counts_match_a_brute_force_reference(mode, stride):
     assert state.pairs_by_distance.tolist() == expected["by_distance"][:, 0].tolist()
     assert state.pixels_by_distance.tolist() == expected["by_distance"][:, 1].tolist()
     assert state.agreeing_by_distance.tolist() == expected["by_distance"][:, 2].tolist()
+    assert state.pixels_by_position.tolist() == expected["by_position"][0].tolist()
+    assert state.agreeing_by_position.tolist() == expected["by_position"][1].tolist()
     result = state.compute()
     present = expected["union"] > 0
     miou = float(np.mean(expected["intersection"][present] / expected["union"][present]))
@@ -368,3 +381,76 @@ def test_make_metric_builds_it_from_the_cli_options():
     assert metric == DenseConsistency("zero", views=6, max_shift=16, step=4)
     assert isinstance(metric.state(1), DenseConsistencyState) and metric.state(1).classes == 2
     assert list(itertools.islice(metric.describe(), 2)) == ["shifts", "mode"]
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def photos(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for index in range(3):
+        Image.fromarray((rng.random((30, 26, 3)) * 255).astype(np.uint8)).save(root / f"{index}.png")
+    return root
+
+
+def test_cli_dense_consistency_end_to_end(capsys, photos, tmp_path):
+    out = tmp_path / "out"
+    nets = Path(__file__).parent / "evaluation_nets.py"
+    status = cli.main(
+        [
+            "evaluate",
+            "--model", f"{nets}:lraspp",
+            "--model", f"{nets}:CircularSegmenter",
+            "--data", str(photos),
+            "--metrics", "dense-consistency",
+            "--dense-mode", "crop",
+            "--resize", "26",
+            "--crop", "16",
+            "--max-shift", "4",
+            "--views", "3",
+            "--workers", "0",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert status == 0
+    assert "3 of 3 images evaluated, 0 skipped" in stdout
+    assert any(line.split()[1:3] == ["dense-consistency", "miou"] for line in stdout.splitlines())
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["protocol"]["metrics"]["dense-consistency"]["mode"].startswith("crop: ")
+    values = saved["results"][f"{nets}:CircularSegmenter"]["dense-consistency"]
+    assert values["pairs"] == 3 * 2 and values["pixels"] > 0
+    page = (out / "report.html").read_text()
+    assert 'id="evaluate-dense-consistency"' in page and "Dense consistency per model" in page
+
+
+def test_cli_bad_dense_step(capsys, photos, tmp_path):
+    out = tmp_path / "out"
+    status = cli.main(
+        ["evaluate", "--model", "simple_cnn", "--data", str(photos), "--metrics", "dense-consistency",
+         "--dense-step", "0", "--out", str(out)]
+    )  # fmt: skip
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "shiftlab: error: dense-consistency step: must be an integer >= 1, got 0"
+    ]
+    assert not out.exists()
+
+
+def test_figures():
+    metric = DenseConsistency("crop", views=4, max_shift=3)
+    result = evaluate(
+        {"circular": CircularSegmenter(), "zero-padded": ZeroPaddedSegmenter()}, _images(), metrics=metric, crop=16
+    )
+    positions = result.plot_dense_positions()
+    assert [axes.get_title().split("\n")[0] for axes in positions.axes[:2]] == ["circular", "zero-padded"]
+    grid = positions.axes[0].images[0].get_array()
+    assert grid.shape == (POSITION_BINS, POSITION_BINS)
+    by_distance = result.plot_consistency("dense-consistency")
+    assert len(by_distance.axes[0].lines) == 4  # a line and its dashed overall value per model
+    assert by_distance.axes[0].get_ylabel() == "pixels whose class is unchanged (%)"
+    classification = evaluate(small_classifier(), _images(), metrics=Consistency(views=3, max_shift=2))
+    assert _message(classification.plot_dense_positions) == "figure: the result has no dense-consistency metric"

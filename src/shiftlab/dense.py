@@ -43,6 +43,9 @@ under any batching, loader workers, processes or a resumed run):
   ``I_c / U_c`` over the classes with ``U_c > 0`` (present in either prediction). Counts are pooled
   over the data set (PASCAL VOC's convention), not averaged per image.
 * ``unchanged_maps``: the share of pairs whose every compared pixel agrees.
+* ``by_distance``: consistency by the length of the shift; ``by_position``: compared and unchanged
+  pixels by where they lie in the reference map, on a :data:`POSITION_BINS` square grid of equal
+  fractions of its height and width (where the changes happen: near the borders, at object edges).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from shiftlab.views import IDENTITY, Geometry, ViewKey
 
 __all__ = [
     "DENSE_MODES",
+    "POSITION_BINS",
     "DenseConsistency",
     "DenseConsistencyState",
     "align_predictions",
@@ -76,6 +80,8 @@ __all__ = [
 
 #: How dense-consistency moves the input: rolls, crop windows, or the picture with black fill.
 DENSE_MODES: tuple[str, ...] = ("circular", "crop", "zero")
+#: Rows (and columns) of the grid that counts compared pixels by where they lie in the reference map.
+POSITION_BINS = 16
 
 
 def predicted_classes(scores: torch.Tensor) -> torch.Tensor:
@@ -136,14 +142,19 @@ def align_predictions(
     dy, dx = int(shift[0]), int(shift[1])
     if mode == "circular":
         return reference, torch.roll(shifted, shifts=(-dy, -dx), dims=(-2, -1))
-    rows, cols = reference.shape[-2:]
-    top, bottom = max(0, -dy), min(rows, rows - dy)
-    left, right = max(0, -dx), min(cols, cols - dx)
-    bottom, right = max(bottom, top), max(right, left)  # no overlap: empty slices
+    top, bottom, left, right = _overlap(reference.shape[-2], reference.shape[-1], dy, dx)
     return (
         reference[..., top:bottom, left:right],
         shifted[..., top + dy : bottom + dy, left + dx : right + dx],
     )
+
+
+def _overlap(rows: int, cols: int, dy: int, dx: int) -> tuple[int, int, int, int]:
+    """The rows ``[top, bottom)`` and columns ``[left, right)`` of the reference map whose content the map of the
+    input moved by ``(dy, dx)`` also shows (empty when a shift reaches the map's size)."""
+    top, bottom = max(0, -dy), min(rows, rows - dy)
+    left, right = max(0, -dx), min(cols, cols - dx)
+    return top, max(bottom, top), left, max(right, left)
 
 
 @dataclass(frozen=True)
@@ -299,6 +310,9 @@ class DenseConsistencyState(MetricState):
         self.add_state("pairs_by_distance", _zeros(bins))
         self.add_state("pixels_by_distance", _zeros(bins))
         self.add_state("agreeing_by_distance", _zeros(bins))
+        self.add_state("pixels_by_position", _zeros(POSITION_BINS, POSITION_BINS))
+        self.add_state("agreeing_by_position", _zeros(POSITION_BINS, POSITION_BINS))
+        self._cells: dict[tuple[int, int], torch.Tensor] = {}
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         assert infos is not None and outputs.ndim == 5, "outputs (n, views, C, h, w) and the views' shifts"
@@ -310,6 +324,7 @@ class DenseConsistencyState(MetricState):
         )
         rows, cols = classes.shape[-2:]
         mode, count = self.metric.mode, self.classes
+        cells = self._position_cells(rows, cols)
         for image in range(classes.shape[0]):
             reference = classes[image, 0]
             for view, (dy, dx, height, width) in enumerate(infos[image].tolist(), start=1):
@@ -341,7 +356,27 @@ class DenseConsistencyState(MetricState):
                 self.pairs_by_distance[distance] += 1
                 self.pixels_by_distance[distance] += compared
                 self.agreeing_by_distance[distance] += agreeing
+                if mode == "circular":
+                    where = cells
+                else:
+                    top, bottom, left, right = _overlap(rows, cols, dy // stride[0], dx // stride[1])
+                    where = cells[top:bottom, left:right]
+                self._count_positions(where, same)
         self.images += classes.shape[0]
+
+    def _position_cells(self, rows: int, cols: int) -> torch.Tensor:
+        """For every pixel of a ``rows x cols`` reference map, its cell of the position grid (row-major index)."""
+        if (rows, cols) not in self._cells:
+            row_cells = torch.arange(rows) * POSITION_BINS // rows
+            col_cells = torch.arange(cols) * POSITION_BINS // cols
+            self._cells[(rows, cols)] = row_cells[:, None] * POSITION_BINS + col_cells[None, :]
+        return self._cells[(rows, cols)]
+
+    def _count_positions(self, cells: torch.Tensor, same: torch.Tensor) -> None:
+        size = POSITION_BINS * POSITION_BINS
+        shape = (POSITION_BINS, POSITION_BINS)
+        self.pixels_by_position += torch.bincount(cells.flatten(), minlength=size).reshape(shape)
+        self.agreeing_by_position += torch.bincount(cells[same], minlength=size).reshape(shape)
 
     def _distance(self, dy: int, dx: int, height: int, width: int) -> int:
         """The length of the shift, rounded to whole pixels; for rolls, around the torus of the input's size."""
@@ -386,6 +421,11 @@ class DenseConsistencyState(MetricState):
             "unchanged_maps": _ratio(int(self.unchanged_maps), pairs),
             "per_class": per_class,
             "by_distance": by_distance,
+            "by_position": {
+                "bins": POSITION_BINS,
+                "pixels": self.pixels_by_position.tolist(),
+                "agreeing": self.agreeing_by_position.tolist(),
+            },
         }
 
     def rows(self) -> list[dict[str, Any]]:

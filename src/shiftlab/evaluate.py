@@ -272,10 +272,16 @@ class EvaluationResult:
         return evaluation_html(self)
 
     def plot_consistency(self, metric: str | None = None, **kwargs: Any):
-        """Consistency against the distance between the two views' shifts, one line per model."""
+        """Consistency against the distance between the two views' shifts (dense: the shift's length), per model."""
         from shiftlab.invariance_figures import show_consistency_by_distance
 
         return show_consistency_by_distance(self, metric=metric, **kwargs)
+
+    def plot_dense_positions(self, **kwargs: Any):
+        """Where dense-consistency's predicted classes change, by position in the map, one panel per model."""
+        from shiftlab.invariance_figures import show_dense_positions
+
+        return show_dense_positions(self, **kwargs)
 
     def plot_sequence(self, **kwargs: Any):
         """Prediction flips along ImageNet-P's translation sequence, one line per model."""
