@@ -330,3 +330,11 @@ def test_weights_per_model(capsys, folder, tmp_path):
         capsys, "evaluate", "--model", spec, "--model", spec, "--weights", str(weights), *arguments[9:]
     )
     assert_one_line_error(status, err, "weights: give one weights file per model (2 model(s), 1 weights file(s))")
+
+
+def test_bad_workers(capsys, folder, tmp_path):
+    out = tmp_path / "out"
+    status, _, err = run(capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(folder),
+                         "--workers", "two", "--out", str(out))  # fmt: skip
+    assert_one_line_error(status, err, "--workers: expected a number of processes or auto, got 'two'")
+    assert not out.exists()

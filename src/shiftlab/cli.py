@@ -320,6 +320,17 @@ def _floats(spec: str | None, name: str) -> list[float] | None:
         fail(name, f"cannot read {spec!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406")
 
 
+def _workers(text: str) -> int | str:
+    from shiftlab.errors import fail
+
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        fail("--workers", f"expected a number of processes or auto, got {text!r}")
+
+
 def _auto_metrics(args: argparse.Namespace, labelled: bool) -> list[str]:
     """``--metrics auto``: every classification metric the data and the preparation allow."""
     names = ["consistency"]
@@ -390,7 +401,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
         seed=args.seed,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=_workers(args.workers),
         device=args.device,
         dtype=args.dtype,
         checkpoint=out / "checkpoint.pt",
@@ -815,7 +826,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--batch-size", type=int, default=64, help="most inputs per forward pass; part of the protocol (default: 64)"
     )
-    evaluation.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
+    evaluation.add_argument(
+        "--workers",
+        default="auto",
+        metavar="N|auto",
+        help="image-decoding worker processes; auto: none on 2 CPU cores or fewer, for fewer than 256 images, or when "
+        "the model's threads use every core (they would slow the model more than they save); on a GPU, cores - 1, "
+        "at most 8 (default: auto)",
+    )
     _add_precision(
         evaluation,
         "cpu, cuda, cuda:1, ... (default: cpu; under torchrun: one GPU per process)",

@@ -51,7 +51,7 @@ from shiftlab._io import atomic_write_bytes, atomic_write_text, csv_text, json_t
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
 from shiftlab.data import Preprocess
-from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loader, open_images
+from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, choose_workers, make_loader, open_images
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, check, check_int, describe, fail, first_line
 from shiftlab.invariance import METRIC_NAMES, Metric, MetricState, make_metric, sample_seed
@@ -207,7 +207,8 @@ class EvaluationResult:
     """What :func:`evaluate` measured: per model and metric, with its protocol, as nested results and tidy rows.
 
     Attributes:
-        protocol: everything that determines the numbers (data, preparation, metrics, seed, batch size, models).
+        protocol: everything that determines the numbers (data, preparation, metrics, seed, batch size, models),
+            and ``loader``: how many processes decoded the images and why (which does not change them).
         models: the models' labels, in order.
         images: ``{"total", "evaluated", "skipped"}`` counts.
         skipped: ``[{"index", "name", "reason"}]`` for every image that could not be used.
@@ -366,7 +367,7 @@ def evaluate(
     weights: Sequence[str | Path | None] | None = None,
     seed: int = 0,
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | str = 0,
     device: str = "cpu",
     dtype: str = "float32",
     checkpoint: str | Path | None = None,
@@ -393,7 +394,10 @@ def evaluate(
         weights: one weights file (or None) per model spec.
         seed: seeds the random shifts (and the random initialisation of models without weights).
         batch_size: most inputs per forward pass; fixes which images share a pass (part of the protocol).
-        workers: loader processes that decode images (0: decode in this process).
+        workers: loader processes that decode images (0: decode in this process), or ``"auto"``: chosen from
+            the CPU cores, the device and the number of images (:func:`shiftlab.datasets.choose_workers`;
+            the command line's default). Never changes a result; the result's ``protocol["loader"]`` says
+            how many decoded and why.
         device, dtype: where and in which precision the models run.
         checkpoint: file for partial results, written every ``checkpoint_every`` steps.
         resume: continue from ``checkpoint`` (refused if it was made with other settings).
@@ -416,7 +420,10 @@ def evaluate(
     """
     seed = check_int(seed, "seed", minimum=0)
     batch_size = check_int(batch_size, "batch size", minimum=1)
-    workers = check_int(workers, "workers", minimum=0)
+    if isinstance(workers, str):
+        check(workers == "auto", "workers", f"expected a number of processes or 'auto', got {workers!r}")
+    else:
+        workers = check_int(workers, "workers", minimum=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint every", minimum=1)
     check(not resume or checkpoint is not None, "resume", "needs the checkpoint file of the run to continue")
     target, precision = resolve_device(device), resolve_dtype(dtype)
@@ -457,7 +464,7 @@ class _Settings:
     crop: int | None
     seed: int
     batch_size: int
-    workers: int
+    workers: int | str
     precision: torch.dtype
     dtype: str
     checkpoint: str | Path | None
@@ -489,6 +496,12 @@ def _evaluate(
     checkpoint = Path(settings.checkpoint) if settings.checkpoint is not None else None
     if settings.resume and checkpoint is not None:
         _load_checkpoint(checkpoint, protocol, run, states, processes)
+    if settings.workers == "auto":  # not part of the protocol: the number of decoders never changes a result
+        count = math.ceil(len(image_set) / processes.world)
+        workers, reason = choose_workers(image_set, count, processes.device)
+        loader = {"workers": workers, "chosen": f"auto: {reason}"}
+    else:
+        workers, loader = int(settings.workers), {"workers": int(settings.workers), "chosen": "given"}
     context = _Run(
         image_set,
         metrics,
@@ -505,7 +518,7 @@ def _evaluate(
         context,
         dataset,
         packs,
-        settings.workers,
+        workers,
         checkpoint,
         settings.checkpoint_every,
         protocol,
@@ -521,7 +534,9 @@ def _evaluate(
     reasons: dict[int, str] = {}
     for part in gather_objects(context.reasons, processes.world):
         reasons.update(part)
-    return _result(context, protocol, reasons)
+    result = _result(context, protocol, reasons)
+    result.protocol = {**result.protocol, "loader": loader}  # a new dict: the checkpoint's settings stay as they were
+    return result
 
 
 def _check_models(

@@ -39,6 +39,9 @@ def evaluation_protocol(result: EvaluationResult) -> dict[str, Any]:
         ),
         "device, dtype": f"{protocol['device']}, {protocol['dtype']}",
     }
+    if "loader" in protocol:
+        loader = protocol["loader"]
+        details["decoding processes"] = f"{loader['workers']} ({loader['chosen']}; the numbers do not depend on it)"
     for name, description in protocol["metrics"].items():
         details[f"metric {name}"] = "; ".join(f"{key}: {value}" for key, value in description.items())
     return details
