@@ -425,6 +425,8 @@ def test_cli_dense_consistency_end_to_end(capsys, photos, tmp_path):
     assert values["pairs"] == 3 * 2 and values["pixels"] > 0
     page = (out / "report.html").read_text()
     assert 'id="evaluate-dense-consistency"' in page and "Dense consistency per model" in page
+    assert saved["protocol"]["loader"] == {"workers": 0, "chosen": "given"}
+    assert "decoding processes" in page and "the numbers do not depend on it" in page
 
 
 def test_cli_bad_dense_step(capsys, photos, tmp_path):
