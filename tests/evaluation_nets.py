@@ -75,3 +75,62 @@ class Slow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(float(os.environ.get("SHIFTLAB_TEST_SLEEP", "0")))
         return self.inner(x)
+
+
+# --------------------------------------------------------------------------- dense (segmentation) models
+
+
+class CircularSegmenter(nn.Module):
+    """Circular-padded 3x3 convolutions and a per-pixel classifier (4 classes), at ``stride`` (1: no stride).
+
+    Every layer commutes with circular shifts (by multiples of the stride): its maps move with the input exactly.
+    Returns a dict, as torchvision's segmentation models do.
+    """
+
+    def __init__(self, stride: int = 1, classes: int = 4) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular", bias=False),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=stride, padding=1, padding_mode="circular", bias=False),
+            nn.ReLU(),
+            nn.Conv2d(8, classes, 1, bias=False),
+        )
+        for parameter in self.parameters():  # centred weights: the predicted class varies from pixel to pixel
+            parameter.data = torch.randn(parameter.shape, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.body(x - 0.5), "aux": x.mean(dim=1, keepdim=True)}
+
+
+class ZeroPaddedSegmenter(CircularSegmenter):
+    """The same with zero padding: its maps change near the borders of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.padding_mode = "zeros"
+
+
+class PixelClassifier(nn.Module):
+    """The class of each pixel is its brightest channel: a per-pixel function, equivariant to any shift."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 10.0
+
+
+def lraspp(classes: int = 4) -> nn.Module:
+    """torchvision's LR-ASPP on MobileNetV3-Large, random weights (no download: weights_backbone=None)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=classes
+    )
+    with torch.no_grad():  # untrained, its biases decide every pixel alike: let the features decide instead
+        for head in (model.classifier.low_classifier, model.classifier.high_classifier):
+            head.bias.zero_()
+            head.weight.mul_(1000.0)
+    return model.eval()

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"images", "kernels", "shifts", "metrics", "digits", "weights"},  # inputs and formulas; digits; weights files
     {"data", "ops", "_compare", "datasets", "views", "outputs"},  # inputs, operators, comparisons; model outputs
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
-    {"equivariance", "models", "zoo", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
+    {"equivariance", "models", "zoo", "layouts", "invariance", "dense"},  # maps; networks; zoos; axes; metrics
     {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
     {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
     {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display

@@ -174,3 +174,35 @@ def test_loader_with_spawned_workers_yields_the_same_batches(tmp_path):
         for a, b in zip(first, second):
             assert a.reason == b.reason
             assert (a.image is None and b.image is None) or torch.equal(a.image, b.image)
+
+
+def test_choose_workers_rules(monkeypatch):
+    from shiftlab.datasets import MIN_IMAGES_FOR_WORKERS, ImageSet, choose_workers
+
+    folder = ImageSet(tuple(f"{index}.png" for index in range(1000)), None, None, "a folder")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert choose_workers(open_images(torch.rand(2, 3, 4, 4)), 2, gpu, cores=16) == (
+        0,
+        "the images are in memory: nothing to decode",
+    )
+    assert choose_workers(folder, 1000, gpu, cores=2) == (
+        0,
+        "2 CPU cores: decoding processes would take them from the model",
+    )
+    assert choose_workers(folder, 1000, cpu, cores=1)[0] == 0
+    assert choose_workers(folder, MIN_IMAGES_FOR_WORKERS - 1, gpu, cores=16) == (
+        0,
+        "255 images: fewer than 256 do not repay starting decoding processes",
+    )
+    assert choose_workers(folder, 1000, gpu, cores=16) == (
+        8,
+        "the model runs on cuda: 8 processes decode on 16 CPU cores",
+    )
+    assert choose_workers(folder, 1000, gpu, cores=4)[0] == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert choose_workers(folder, 1000, cpu, cores=8) == (0, "the model's 8 threads use all 8 CPU cores")
+    assert choose_workers(folder, 1000, cpu, cores=10) == (
+        2,
+        "2 of the 2 CPU core(s) that the model's 8 threads leave free",
+    )
+    assert choose_workers(folder, 1000, cpu, cores=32)[0] == 4

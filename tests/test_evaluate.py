@@ -218,7 +218,8 @@ def test_bad_input_messages(tmp_path):
         evaluate(FeatureMap(), images, metrics="consistency")
     assert str(error.value) == (
         "model 'FeatureMap': returns tensor of shape (1, 4, 8, 8) and dtype float32, not class logits (N, classes);"
-        " for a model without classes use --metrics cosine"
+        " for per-pixel class maps (segmentation) use --metrics dense-consistency, for a model without classes"
+        " --metrics cosine"
     )
     with pytest.raises(ShiftlabError) as error:
         evaluate(small_classifier(), (images, labels), classes="a,b,c", metrics="consistency")
@@ -245,3 +246,15 @@ def test_the_callers_train_flags_are_restored():
     with pytest.raises(ShiftlabError):
         evaluate(model, images, metrics="shift-accuracy")  # no labels: refused
     assert all(module.training for module in model.modules())
+
+
+def test_workers_auto_is_recorded_outside_the_protocol_it_does_not_change(tmp_path):
+    images, labels = random_images(4)
+    auto = evaluate(small_classifier(), (images, labels), metrics="consistency", workers="auto")
+    given = evaluate(small_classifier(), (images, labels), metrics="consistency", workers=0)
+    assert auto.protocol["loader"] == {"workers": 0, "chosen": "auto: the images are in memory: nothing to decode"}
+    assert given.protocol["loader"] == {"workers": 0, "chosen": "given"}
+    assert auto.results == given.results
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), images, metrics="consistency", workers="many")
+    assert str(error.value) == "workers: expected a number of processes or 'auto', got 'many'"

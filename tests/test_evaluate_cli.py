@@ -141,7 +141,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, folder, tmp_
         status,
         err,
         f"model '{NETS}:FeatureMap': returns tensor of shape (1, 4, 12, 14) and dtype float32, not class logits"
-        " (N, classes); for a model without classes use --metrics cosine",
+        " (N, classes); for per-pixel class maps (segmentation) use --metrics dense-consistency, for a model without"
+        " classes --metrics cosine",
     )
     assert not out.exists()
 
@@ -272,9 +273,11 @@ def test_loader_workers_do_not_change_the_numbers(capsys, folder, tmp_path):
     assert status == 0, err
     status, _, err = run(capsys, *arguments, "--workers", "2", "--out", str(tmp_path / "workers"))
     assert status == 0, err
-    assert (tmp_path / "workers" / "evaluation.json").read_text() == (
-        tmp_path / "alone" / "evaluation.json"
-    ).read_text()
+    alone, workers = (json.loads((tmp_path / name / "evaluation.json").read_text()) for name in ("alone", "workers"))
+    # only the record of how the images were decoded differs
+    assert alone["protocol"].pop("loader") == {"workers": 0, "chosen": "given"}
+    assert workers["protocol"].pop("loader") == {"workers": 2, "chosen": "given"}
+    assert workers == alone
 
 
 @pytest.mark.slow
@@ -329,3 +332,11 @@ def test_weights_per_model(capsys, folder, tmp_path):
         capsys, "evaluate", "--model", spec, "--model", spec, "--weights", str(weights), *arguments[9:]
     )
     assert_one_line_error(status, err, "weights: give one weights file per model (2 model(s), 1 weights file(s))")
+
+
+def test_bad_workers(capsys, folder, tmp_path):
+    out = tmp_path / "out"
+    status, _, err = run(capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(folder),
+                         "--workers", "two", "--out", str(out))  # fmt: skip
+    assert_one_line_error(status, err, "--workers: expected a number of processes or auto, got 'two'")
+    assert not out.exists()

@@ -324,6 +324,17 @@ def _floats(spec: str | None, name: str) -> list[float] | None:
         fail(name, f"cannot read {spec!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406")
 
 
+def _workers(text: str) -> int | str:
+    from shiftlab.errors import fail
+
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        fail("--workers", f"expected a number of processes or auto, got {text!r}")
+
+
 def _auto_metrics(args: argparse.Namespace, labelled: bool) -> list[str]:
     """``--metrics auto``: every classification metric the data and the preparation allow."""
     names = ["consistency"]
@@ -370,6 +381,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "subpixel_shifts": _subpixel_shifts(args.subpixel_shifts),
         "sequence_shift": args.sequence_shift,
         "diagonal_mode": diagonal_mode,
+        "dense_mode": args.dense_mode,
+        "dense_step": args.dense_step,
     }
     metrics = [make_metric(name, **options) for name in names]
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -394,7 +407,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
         seed=args.seed,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=_workers(args.workers),
         device=args.device,
         dtype=args.dtype,
         checkpoint=out / "checkpoint.pt",
@@ -425,7 +438,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 EVALUATE_SUMMARY = (
     "How often the models' predictions change when the input is translated, measured over a whole data set with the "
     "published protocols (Zhang 2019; Chaman & Dokmanic 2021; Azulay & Weiss 2019; Hendrycks & Dietterich 2019; "
-    "Michaeli et al. 2023), under one documented protocol with fixed seeds."
+    "Michaeli et al. 2023; Rojas-Gomez et al. 2022 for segmentation maps), under one documented protocol with fixed "
+    "seeds."
 )
 
 
@@ -439,16 +453,20 @@ def _print_evaluation(result) -> None:
     for label, record in result.protocol["models"].items():
         print(f"{label}: {record['description']}")
         print(f"  preprocessing: {describe_preprocessing(record['preprocessing'])}")
+    metric_width = max(16, *(len(row["metric"]) for row in rows))
     print(
         f"{result.images['evaluated']} of {result.images['total']} images evaluated, {result.images['skipped']} skipped"
     )
-    print(f"{'model':<{width}}  {'metric':<16} {'statistic':<30} {'at':<14} {'value':>10}")
+    print(f"{'model':<{width}}  {'metric':<{metric_width}} {'statistic':<30} {'at':<14} {'value':>10}")
     for row in rows:
         value = row["value"]
         text = format_number(value) if value is not None else "n/a"
         if row["ci_low"] is not None:
             text += f" [{format_number(row['ci_low'])}, {format_number(row['ci_high'])}]"
-        print(f"{row['model']:<{width}}  {row['metric']:<16} {row['statistic']:<30} {row['at']:<14} {text:>10}")
+        print(
+            f"{row['model']:<{width}}  {row['metric']:<{metric_width}} {row['statistic']:<30} {row['at']:<14}"
+            f" {text:>10}"
+        )
 
 
 def run_samples(args: argparse.Namespace) -> int:
@@ -765,15 +783,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         default="auto",
         help=(
-            "comma-separated: consistency, crop-consistency, shift-accuracy, subpixel, imagenet-p, diagonal, cosine "
-            "(default: auto = every classification metric the data allows)"
+            "comma-separated: consistency, crop-consistency, shift-accuracy, subpixel, imagenet-p, diagonal, cosine, "
+            "dense-consistency (segmentation maps) (default: auto = every classification metric the data allows)"
         ),
     )
     evaluation.add_argument(
-        "--views", type=int, default=8, help="views per image for the consistency metrics (default: 8)"
+        "--views",
+        type=int,
+        default=8,
+        help="views per image of the consistency metrics; dense-consistency: the unshifted and K-1 shifts (default: 8)",
     )
     evaluation.add_argument(
-        "--max-shift", type=int, default=32, help="consistency: rolls in [-R, R), crop offsets in [0, R) (default: 32)"
+        "--max-shift",
+        type=int,
+        default=32,
+        help="consistency: rolls in [-R, R), crop offsets in [0, R); dense-consistency: shifts in [-R, R] (default 32)",
     )
     evaluation.add_argument(
         "--shifts",
@@ -801,6 +825,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="diagonal: crop windows when --resize leaves room around --crop, else circular (default: auto)",
     )
     evaluation.add_argument(
+        "--dense-mode",
+        choices=("circular", "crop", "zero"),
+        default="circular",
+        help="dense-consistency: roll the input, move the crop window, or move the picture with black fill; crop and "
+        "zero compare the overlap of the two views (default: circular)",
+    )
+    evaluation.add_argument(
+        "--dense-step",
+        type=int,
+        default=1,
+        help="dense-consistency: shifts are multiples of this; a model whose maps are smaller than its input by a "
+        "stride S needs a multiple of S (default: 1)",
+    )
+    evaluation.add_argument(
         "--resize",
         type=int,
         default=None,
@@ -823,7 +861,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--batch-size", type=int, default=64, help="most inputs per forward pass; part of the protocol (default: 64)"
     )
-    evaluation.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: 2)")
+    evaluation.add_argument(
+        "--workers",
+        default="auto",
+        metavar="N|auto",
+        help="image-decoding worker processes; auto: none on 2 CPU cores or fewer, for fewer than 256 images, or when "
+        "the model's threads use every core (they would slow the model more than they save); on a GPU, cores - 1, "
+        "at most 8 (default: auto)",
+    )
     _add_precision(
         evaluation,
         "cpu, cuda, cuda:1, ... (default: cpu; under torchrun: one GPU per process)",

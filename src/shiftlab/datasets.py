@@ -24,7 +24,10 @@ read (truncated, not an image, too small for the protocol) never aborts a run:
 with the reason, which the evaluation counts and reports by name.
 
 Worker processes are started with the ``spawn`` method: a *forked* child that
-runs torch operations can hang on torch's GNU OpenMP thread pool.
+runs torch operations can hang on torch's GNU OpenMP thread pool. Each one
+imports torch and shiftlab before it decodes anything (a second or more), and
+on a CPU it competes with the model for the cores: :func:`choose_workers`
+(``--workers auto``) starts them only where they pay.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,8 @@ __all__ = [
     "EvaluationDataset",
     "ImageSet",
     "LoadedImage",
+    "MIN_IMAGES_FOR_WORKERS",
+    "choose_workers",
     "make_loader",
     "open_images",
     "parse_classes",
@@ -424,3 +430,59 @@ def make_loader(
         collate_fn=_collate,
         **options,
     )
+
+
+#: Fewer images than this per process are decoded in the process itself: starting a worker costs more.
+MIN_IMAGES_FOR_WORKERS = 256
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on (a container's share)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def choose_workers(images: ImageSet, count: int, device: torch.device, *, cores: int | None = None) -> tuple[int, str]:
+    """How many loader processes should decode ``count`` images for a model on ``device`` (``--workers auto``).
+
+    The number never changes a result (see :mod:`shiftlab.evaluate`), only the time. Decoding and
+    resizing a photo costs milliseconds; starting a ``spawn``-ed worker costs a second or more (it
+    imports torch), and on a CPU a worker takes cycles from the model. So:
+
+    * images already in memory, 2 CPU cores or fewer, or fewer than :data:`MIN_IMAGES_FOR_WORKERS`
+      images: none, the images are decoded in this process;
+    * a model on the CPU: one worker per core that torch's intra-op threads leave free
+      (``cores - torch.get_num_threads()``), at most 4; none if there is no free core;
+    * a model on an accelerator (decoding is then what the model waits for): ``cores - 1``, at most 8.
+
+    Args:
+        images: the data set (images in memory need no decoding).
+        count: how many images this process decodes (its shard).
+        device: where the model runs.
+        cores: the CPU cores this process may use (default: its CPU affinity).
+
+    Returns:
+        ``(workers, reason)``, the reason in words, for the protocol.
+
+    Example:
+        >>> folder = ImageSet(("a.png",) * 1000, None, None, "a folder")
+        >>> choose_workers(folder, 1000, torch.device("cpu"), cores=2)
+        (0, '2 CPU cores: decoding processes would take them from the model')
+    """
+    cores = _usable_cores() if cores is None else cores
+    if images.tensors is not None:
+        return 0, "the images are in memory: nothing to decode"
+    if cores <= 2:
+        return 0, f"{cores} CPU core{'s' if cores > 1 else ''}: decoding processes would take them from the model"
+    if count < MIN_IMAGES_FOR_WORKERS:
+        return 0, f"{count} images: fewer than {MIN_IMAGES_FOR_WORKERS} do not repay starting decoding processes"
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        spare = cores - threads
+        if spare < 1:
+            return 0, f"the model's {threads} threads use all {cores} CPU cores"
+        workers = min(4, spare)
+        return workers, f"{workers} of the {spare} CPU core(s) that the model's {threads} threads leave free"
+    workers = min(8, cores - 1)
+    return workers, f"the model runs on {device.type}: {workers} processes decode on {cores} CPU cores"

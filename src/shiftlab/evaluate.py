@@ -51,12 +51,12 @@ from shiftlab._io import atomic_write_bytes, atomic_write_text, csv_text, json_t
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
 from shiftlab.data import Preprocess, Resize
-from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loader, open_images
+from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, choose_workers, make_loader, open_images
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, check, check_int, describe, fail, first_line
 from shiftlab.invariance import METRIC_NAMES, Metric, MetricState, make_metric, sample_seed
 from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve_device, resolve_dtype
-from shiftlab.outputs import describe_output, main_output
+from shiftlab.outputs import describe_output, main_output, named_tensors
 from shiftlab.views import Geometry, ViewKey, build_view, view_key
 
 __all__ = ["COLUMNS", "EvaluationResult", "evaluate"]
@@ -199,6 +199,7 @@ def _model_inputs(views: torch.Tensor, model: _Model, dtype: torch.dtype) -> tor
 
 
 def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> torch.Tensor:
+    """The main tensor of the model's output (:func:`shiftlab.outputs.main_output`), checked against every metric."""
     try:
         with torch.inference_mode():
             returned = model.module(inputs)
@@ -207,6 +208,8 @@ def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> 
     except Exception as error:  # the user's model may raise anything
         shape = "x".join(map(str, inputs.shape))
         fail(f"model '{model.label}'", f"fails on inputs of shape {shape}: {type(error).__name__}: {first_line(error)}")
+    if not named_tensors(returned):
+        fail(f"model '{model.label}'", f"returns a {type(returned).__name__} that holds no tensor: nothing to measure")
     try:
         output = main_output(returned, model.output)
     except ShiftlabError as error:
@@ -218,13 +221,9 @@ def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> 
         f"model '{model.label}'",
         f"returns {describe(output)} for {inputs.shape[0]} inputs: expected one output per input",
     )
-    if any(metric.needs_logits for metric in metrics):
-        check(
-            output.ndim == 2 and output.shape[1] >= 2 and output.is_floating_point(),
-            f"model '{model.label}'",
-            f"returns {describe(output)}, not class logits (N, classes);"
-            " for a model without classes use --metrics cosine",
-        )
+    for metric in metrics:
+        problem = metric.output_problem(output, (int(inputs.shape[-2]), int(inputs.shape[-1])))
+        check(problem is None, f"model '{model.label}'", str(problem))
     return output
 
 
@@ -248,7 +247,8 @@ class EvaluationResult:
     """What :func:`evaluate` measured: per model and metric, with its protocol, as nested results and tidy rows.
 
     Attributes:
-        protocol: everything that determines the numbers (data, preparation, metrics, seed, batch size, models).
+        protocol: everything that determines the numbers (data, preparation, metrics, seed, batch size, models),
+            and ``loader``: how many processes decoded the images and why (which does not change them).
         models: the models' labels, in order.
         images: ``{"total", "evaluated", "skipped"}`` counts.
         skipped: ``[{"index", "name", "reason"}]`` for every image that could not be used.
@@ -313,10 +313,16 @@ class EvaluationResult:
         return evaluation_html(self)
 
     def plot_consistency(self, metric: str | None = None, **kwargs: Any):
-        """Consistency against the distance between the two views' shifts, one line per model."""
+        """Consistency against the distance between the two views' shifts (dense: the shift's length), per model."""
         from shiftlab.invariance_figures import show_consistency_by_distance
 
         return show_consistency_by_distance(self, metric=metric, **kwargs)
+
+    def plot_dense_positions(self, **kwargs: Any):
+        """Where dense-consistency's predicted classes change, by position in the map, one panel per model."""
+        from shiftlab.invariance_figures import show_dense_positions
+
+        return show_dense_positions(self, **kwargs)
 
     def plot_sequence(self, **kwargs: Any):
         """Prediction flips along ImageNet-P's translation sequence, one line per model."""
@@ -403,7 +409,7 @@ def evaluate(
     weights: Sequence[str | Path | None] | None = None,
     seed: int = 0,
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | str = 0,
     device: str = "cpu",
     dtype: str = "float32",
     checkpoint: str | Path | None = None,
@@ -436,7 +442,10 @@ def evaluate(
         weights: one weights file, torchvision weights name or ``"random"`` (or None) per model spec.
         seed: seeds the random shifts (and the random initialisation of models without weights).
         batch_size: most inputs per forward pass; fixes which images share a pass (part of the protocol).
-        workers: loader processes that decode images (0: decode in this process).
+        workers: loader processes that decode images (0: decode in this process), or ``"auto"``: chosen from
+            the CPU cores, the device and the number of images (:func:`shiftlab.datasets.choose_workers`;
+            the command line's default). Never changes a result; the result's ``protocol["loader"]`` says
+            how many decoded and why.
         device, dtype: where and in which precision the models run.
         checkpoint: file for partial results, written every ``checkpoint_every`` steps.
         resume: continue from ``checkpoint`` (refused if it was made with other settings).
@@ -459,7 +468,10 @@ def evaluate(
     """
     seed = check_int(seed, "seed", minimum=0)
     batch_size = check_int(batch_size, "batch size", minimum=1)
-    workers = check_int(workers, "workers", minimum=0)
+    if isinstance(workers, str):
+        check(workers == "auto", "workers", f"expected a number of processes or 'auto', got {workers!r}")
+    else:
+        workers = check_int(workers, "workers", minimum=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint every", minimum=1)
     check(not resume or checkpoint is not None, "resume", "needs the checkpoint file of the run to continue")
     target, precision = resolve_device(device), resolve_dtype(dtype)
@@ -518,7 +530,7 @@ class _Settings:
     crop: int | None
     seed: int
     batch_size: int
-    workers: int
+    workers: int | str
     precision: torch.dtype
     dtype: str
     checkpoint: str | Path | None
@@ -550,6 +562,12 @@ def _evaluate(
     checkpoint = Path(settings.checkpoint) if settings.checkpoint is not None else None
     if settings.resume and checkpoint is not None:
         _load_checkpoint(checkpoint, protocol, run, states, processes)
+    if settings.workers == "auto":  # not part of the protocol: the number of decoders never changes a result
+        count = math.ceil(len(image_set) / processes.world)
+        workers, reason = choose_workers(image_set, count, processes.device)
+        loader = {"workers": workers, "chosen": f"auto: {reason}"}
+    else:
+        workers, loader = int(settings.workers), {"workers": int(settings.workers), "chosen": "given"}
     context = _Run(
         image_set,
         metrics,
@@ -566,7 +584,7 @@ def _evaluate(
         context,
         dataset,
         packs,
-        settings.workers,
+        workers,
         checkpoint,
         settings.checkpoint_every,
         protocol,
@@ -582,7 +600,9 @@ def _evaluate(
     reasons: dict[int, str] = {}
     for part in gather_objects(context.reasons, processes.world):
         reasons.update(part)
-    return _result(context, protocol, reasons)
+    result = _result(context, protocol, reasons)
+    result.protocol = {**result.protocol, "loader": loader}  # a new dict: the checkpoint's settings stay as they were
+    return result
 
 
 def _check_models(
@@ -612,9 +632,9 @@ def _check_models(
             outputs[entry.label] = 0
             continue
         output = _forward(entry, _model_inputs(sample[None].to(device), entry, dtype), metrics)
-        classes = int(output.shape[1]) if output.ndim == 2 else 0
+        classes = int(output.shape[1]) if output.ndim in (2, 4) else 0  # logits, or per-pixel class scores
         outputs[entry.label] = classes
-        if not any(metric.needs_logits for metric in metrics):
+        if not any(metric.output_kind == "logits" for metric in metrics):
             continue
         if images.classes is not None:
             names = ", ".join(images.classes[:5]) + (", ..." if len(images.classes) > 5 else "")
@@ -776,9 +796,7 @@ def _process_pack(context: _Run, items: list[LoadedImage], on_skip: Callable[[st
     groups: dict[tuple[int, ...], list[int]] = {}
     for position, record in enumerate(prepared):
         groups.setdefault((record.image.shape[0], *record.geometry.size), []).append(position)
-    labels = torch.tensor([record.label for record in prepared], dtype=torch.int64)
     for entry in context.models:
-        outputs: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
         for positions in groups.values():
             views = [
                 build_view(bases[position], key, prepared[position].geometry)
@@ -790,17 +808,18 @@ def _process_pack(context: _Run, items: list[LoadedImage], on_skip: Callable[[st
                 chunk = torch.stack(views[start : start + context.batch_size])
                 passes.append(_forward(entry, _model_inputs(chunk, entry, context.dtype), context.metrics))
             counts = [len(prepared[position].keys) for position in positions]
-            for position, part in zip(positions, torch.split(torch.cat(passes), counts)):
-                outputs[position] = part
-        for number, metric in enumerate(context.metrics):
-            gathered = torch.stack(
-                [outputs[position][record.slots[number]] for position, record in enumerate(prepared)]
-            )
-            if gathered.dtype in (torch.float16, torch.bfloat16):
-                gathered = gathered.float()  # exact; ranking and softmax in full precision
-            parts = [record.infos[number] for record in prepared]
-            infos = torch.stack([part for part in parts if part is not None]) if parts[0] is not None else None
-            context.states[(entry.label, metric.name)].update(gathered, labels, infos)
+            outputs = torch.split(torch.cat(passes), counts)
+            # every state is a sum (or a minimum): updating image group by group gives the same counts, and the
+            # outputs of one group share a shape (a spatial output's size follows the image's without a crop)
+            records = [prepared[position] for position in positions]
+            labels = torch.tensor([record.label for record in records], dtype=torch.int64)
+            for number, metric in enumerate(context.metrics):
+                gathered = torch.stack([output[record.slots[number]] for output, record in zip(outputs, records)])
+                if gathered.dtype in (torch.float16, torch.bfloat16):
+                    gathered = gathered.float()  # exact; ranking and softmax in full precision
+                parts = [record.infos[number] for record in records]
+                infos = torch.stack([part for part in parts if part is not None]) if parts[0] is not None else None
+                context.states[(entry.label, metric.name)].update(gathered, labels, infos)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -54,6 +54,10 @@ The metrics (CLI names):
     for models without classes: the cosine similarity between the flattened output
     for the unshifted input and for each shift of a grid (for spatial outputs this
     measures invariance, not equivariance).
+``dense-consistency``
+    for segmentation models (per-pixel class maps): the share of pixels whose class
+    is unchanged when the input is shifted and the prediction shifted back, and the
+    mIoU between the two (Rojas-Gomez et al. 2022); see :mod:`shiftlab.dense`.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ from typing import Any
 import torch
 
 from shiftlab.accumulate import Accumulator
-from shiftlab.errors import check, check_choice, check_int, check_real, fail
+from shiftlab.errors import check, check_choice, check_int, check_real, describe, fail
 from shiftlab.views import IDENTITY, Geometry, ViewKey
 
 __all__ = [
@@ -177,13 +181,16 @@ class Metric:
     """A protocol: the views of one image it needs, and how their outputs become counts.
 
     Subclasses set ``name`` (the CLI name, also the key in results), ``title``,
-    ``needs_labels`` and ``needs_logits``, and implement the methods below.
+    ``needs_labels`` and ``output_kind``, and implement the methods below.
     """
 
     name: str = ""
     title: str = ""
     needs_labels: bool = False
-    needs_logits: bool = True
+    #: What the metric reads from a model's (main) output, checked by :meth:`output_problem`:
+    #: ``"logits"`` (class scores ``(N, classes)``), ``"map"`` (per-pixel class scores
+    #: ``(N, classes, h, w)``, see :mod:`shiftlab.dense`) or ``"any"`` tensor.
+    output_kind: str = "logits"
 
     @property
     def stream(self) -> int:
@@ -195,6 +202,21 @@ class Metric:
 
     def problem(self, geometry: Geometry) -> str | None:
         """Why images of this geometry cannot be measured (``None``: they can)."""
+        return None
+
+    def output_problem(self, output: torch.Tensor, input_size: tuple[int, int]) -> str | None:
+        """Why this metric cannot read ``output``, a model's output for inputs of ``input_size`` (``None``: it can).
+
+        The answer completes "model 'NAME': ...". Class logits must be a float ``(N, classes)``
+        with at least two classes.
+        """
+        if self.output_kind == "logits" and not (
+            output.ndim == 2 and output.shape[1] >= 2 and output.is_floating_point()
+        ):
+            return (
+                f"returns {describe(output)}, not class logits (N, classes); for per-pixel class maps"
+                " (segmentation) use --metrics dense-consistency, for a model without classes --metrics cosine"
+            )
         return None
 
     def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], torch.Tensor | None]:
@@ -864,7 +886,7 @@ class FeatureSimilarity(_GridMetric):
 
     name = "cosine"
     title = "Cosine similarity of the output under shift"
-    needs_logits = False
+    output_kind = "any"
 
     def state(self, classes: int) -> CosineState:
         return CosineState(self)
@@ -947,6 +969,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "imagenet-p",
     "diagonal",
     "cosine",
+    "dense-consistency",
 )
 
 
@@ -960,8 +983,13 @@ def make_metric(
     subpixel_shifts: Sequence[tuple[float, float]] = ((0.0, 0.5), (0.5, 0.0), (0.5, 0.5)),
     sequence_shift: int = 20,
     diagonal_mode: str = "crop",
+    dense_mode: str = "circular",
+    dense_step: int = 1,
 ) -> Metric:
     """A metric from its CLI name (:data:`METRIC_NAMES`) and the options that concern it.
+
+    ``views`` and ``max_shift`` also set ``dense-consistency``'s views (the unshifted input and
+    ``views - 1`` shifts) and reach (:class:`shiftlab.dense.DenseConsistency`).
 
     Example:
         >>> make_metric("crop-consistency", views=4).describe()["pairs_per_image"]
@@ -980,4 +1008,8 @@ def make_metric(
         return DiagonalShift(diagonal_mode)
     if name == "cosine":
         return FeatureSimilarity(shifts, mode=shift_mode)
+    if name == "dense-consistency":
+        from shiftlab.dense import DenseConsistency  # dense.py builds on this module's Metric
+
+        return DenseConsistency(dense_mode, views=views, max_shift=max_shift, step=dense_step)
     fail("metric", f"unknown metric {name!r}")

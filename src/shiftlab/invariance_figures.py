@@ -1,5 +1,6 @@
 """Figures of an :class:`~shiftlab.evaluate.EvaluationResult`: consistency against shift distance, flips along a
-translation sequence, accuracy over a shift grid. Each function returns a :class:`matplotlib.figure.Figure`.
+translation sequence, accuracy over a shift grid, where segmentation maps change. Each function returns a
+:class:`matplotlib.figure.Figure`.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from shiftlab.errors import check, check_choice
 
-__all__ = ["show_consistency_by_distance", "show_sequence_flips", "show_shift_accuracy"]
+__all__ = ["show_consistency_by_distance", "show_dense_positions", "show_sequence_flips", "show_shift_accuracy"]
 
 COLOURS = ("#2e86ab", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d5a97", "#3d405b", "#e07a5f")
 
@@ -24,18 +26,27 @@ def _metric_results(result: Any, metric: str) -> dict[str, dict[str, Any]]:
     return {model: result.results[model][metric] for model in result.models if metric in result.results[model]}
 
 
+#: The metrics :func:`show_consistency_by_distance` draws, and what their agreement counts.
+_AGREEMENT = {
+    "consistency": "pairs whose top-1 agrees (%)",
+    "crop-consistency": "pairs whose top-1 agrees (%)",
+    "dense-consistency": "pixels whose class is unchanged (%)",
+}
+
+
 def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi: int = 100) -> Figure:
-    """Top-1 agreement of view pairs against the distance between their shifts (rounded to whole pixels).
+    """Agreement of view pairs against the distance between their shifts (rounded to whole pixels).
 
     Top panel: one line per model, with the overall consistency as a dashed line.
     Bottom panel: how many pairs each distance has (few pairs: a noisy point).
 
     Args:
         result: an :class:`~shiftlab.evaluate.EvaluationResult`.
-        metric: ``"consistency"`` or ``"crop-consistency"`` (default: the first measured).
+        metric: ``"consistency"``, ``"crop-consistency"`` (top-1 agreement of two views) or
+            ``"dense-consistency"`` (unchanged pixels, against the length of the shift; default: the first measured).
     """
-    available = [name for name in ("consistency", "crop-consistency") if name in result.protocol["metrics"]]
-    check(available, "figure", "the result has no consistency metric (consistency or crop-consistency)")
+    available = [name for name in _AGREEMENT if name in result.protocol["metrics"]]
+    check(available, "figure", f"the result has no consistency metric ({', '.join(_AGREEMENT)})")
     chosen = metric or available[0]
     check_choice(chosen, "metric", available)
     per_model = _metric_results(result, chosen)
@@ -47,7 +58,7 @@ def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi:
         distances = [item["distance"] for item in items]
         top.plot(
             distances,
-            [100 * item["consistency"] for item in items],
+            [100 * item["consistency"] if item["consistency"] is not None else np.nan for item in items],
             "-o",
             markersize=3,
             color=_colour(index),
@@ -57,18 +68,63 @@ def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi:
             top.axhline(100 * values["consistency"], color=_colour(index), linestyle="--", linewidth=0.8)
         counts = {item["distance"]: item["pairs"] for item in items}
     lowest = min(
-        (100 * item["consistency"] for values in per_model.values() for item in values["by_distance"]), default=0.0
+        (
+            100 * item["consistency"]
+            for values in per_model.values()
+            for item in values["by_distance"]
+            if item["consistency"] is not None
+        ),
+        default=0.0,
     )
     top.set_ylim(max(0.0, min(lowest, 95.0) - 3.0), 101.0)
-    top.set_ylabel("pairs whose top-1 agrees (%)")
-    top.set_title(f"{chosen}: agreement against the distance between the two shifts", fontsize=10)
+    top.set_ylabel(_AGREEMENT[chosen])
+    dense = chosen == "dense-consistency"
+    what = "the length of the shift" if dense else "the distance between the two shifts"
+    top.set_title(f"{chosen}: agreement against {what}", fontsize=10)
     top.grid(alpha=0.3)
     top.legend(fontsize=8, loc="lower left")
     if counts:
         bottom.bar(list(counts), list(counts.values()), width=0.8, color="#9aa3b5")
-    bottom.set_xlabel("distance between the shifts of the two views (px, rounded; around the torus for rolls)")
+    bottom.yaxis.set_major_locator(MaxNLocator(integer=True))  # pairs are counted
+    if dense:
+        bottom.set_xlabel("length of the shift (px, rounded; around the torus for rolls)")
+    else:
+        bottom.set_xlabel("distance between the shifts of the two views (px, rounded; around the torus for rolls)")
     bottom.set_ylabel("pairs")
     bottom.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def show_dense_positions(result: Any, *, dpi: int = 100) -> Figure:
+    """Where the predicted class changes under shift: the share of compared pixels that changed, by their position
+    in the unshifted prediction (a grid of equal fractions of its height and width), one panel per model.
+
+    A network whose maps move with its input shows an empty map; zero padding shows a frame along the borders.
+    """
+    check("dense-consistency" in result.protocol["metrics"], "figure", "the result has no dense-consistency metric")
+    per_model = _metric_results(result, "dense-consistency")
+    count = len(per_model)
+    figure = Figure(figsize=(min(16.0, 3.4 * count + 1.2), 3.4), dpi=dpi, layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, count))
+    grids = {}
+    for model, values in per_model.items():
+        positions = values["by_position"]
+        compared = np.asarray(positions["pixels"], dtype=float)
+        agreeing = np.asarray(positions["agreeing"], dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grids[model] = np.where(compared > 0, 100 * (compared - agreeing) / compared, np.nan)
+    finite = [grid[np.isfinite(grid)] for grid in grids.values()]
+    high = max((float(values.max()) for values in finite if values.size), default=0.0)
+    high = high if high > 0 else 1.0
+    for axes, (model, grid) in zip(panels, grids.items()):
+        image = axes.imshow(grid, cmap="magma", origin="upper", vmin=0.0, vmax=high, interpolation="nearest")
+        bins = grid.shape[0]
+        axes.set_xticks([0, bins - 1], ["left", "right"], fontsize=7)
+        axes.set_yticks([0, bins - 1], ["top", "bottom"], fontsize=7)
+        changed = per_model[model]["consistency"]
+        share = f"{100 * (1 - changed):.2f}% changed" if changed is not None else "n/a"
+        axes.set_title(f"{model}\n{share}", fontsize=9)
+        figure.colorbar(image, ax=axes, shrink=0.8, label="pixels whose class changed (%)")
     return figure
 
 

@@ -39,6 +39,9 @@ def evaluation_protocol(result: EvaluationResult) -> dict[str, Any]:
         ),
         "device, dtype": f"{protocol['device']}, {protocol['dtype']}",
     }
+    if "loader" in protocol:
+        loader = protocol["loader"]
+        details["decoding processes"] = f"{loader['workers']} ({loader['chosen']}; the numbers do not depend on it)"
     for name, description in protocol["metrics"].items():
         details[f"metric {name}"] = "; ".join(f"{key}: {value}" for key, value in description.items())
     return details
@@ -303,6 +306,78 @@ def _cosine(result: EvaluationResult) -> Section:
     )
 
 
+def _dense(result: EvaluationResult) -> Section:
+    description = result.protocol["metrics"]["dense-consistency"]
+    rows, findings = [], []
+    for model in result.models:
+        values = result.results[model]["dense-consistency"]
+        rows.append(
+            [
+                model,
+                _percent(values["consistency"], 2),
+                _percent(values["miou"], 2),
+                _percent(values["unchanged_maps"]),
+                values["classes_present"],
+                values["images"],
+                values["pairs"],
+                values["pixels"],
+            ]
+        )
+        findings.append(
+            Finding(
+                f"{model}: share of compared pixels whose predicted class is unchanged by a shift",
+                f"{_percent(values['consistency'], 2)}; mIoU between the aligned predictions"
+                f" {_percent(values['miou'], 2)} over {values['classes_present']} classes; every pixel unchanged in"
+                f" {_percent(values['unchanged_maps'])} of the pairs",
+            )
+        )
+    intro = (
+        "Segmentation maps under shift, the protocol of learnable polyphase sampling (Rojas-Gomez et al. 2022, "
+        "mASSC in their code): the prediction for the unshifted input is compared with the prediction for each "
+        "shifted input, shifted back, pixel by pixel (the class of a pixel: the argmax of its scores). "
+        f"Shifts: {description['shifts']}. Mode {description['mode']}. "
+        "A network whose layers all commute with the shift (circular padding and no stride, or polyphase sampling, "
+        "under circular shifts) scores 100%.\n\n"
+        "Consistency pools the compared pixels of every pair and image (the JSON's consistency_per_comparison "
+        "weighs each pair the same, as LPS averages). mIoU: for each class, the pixels both aligned predictions "
+        "give it over those either gives it, summed over the data set, averaged over the classes present in either."
+    )
+    figures = [
+        (
+            "Pixels whose class is unchanged against the length of the shift (dashed: overall), and how many pairs "
+            "each length has.",
+            result.plot_consistency("dense-consistency"),
+        ),
+        (
+            "Where the class changes: the share of compared pixels whose class changed, by position in the unshifted "
+            "prediction (16 x 16 cells of equal fractions of its height and width).",
+            result.plot_dense_positions(),
+        ),
+    ]
+    table = Table(
+        "Dense consistency per model",
+        [
+            "model",
+            "consistency",
+            "mIoU",
+            "maps unchanged",
+            "classes",
+            "images",
+            "pairs",
+            "pixels",
+        ],
+        rows,
+    )
+    return Section(
+        "evaluate-dense-consistency",
+        _titles["dense-consistency"],
+        intro,
+        figures=figures,
+        tables=[table],
+        findings=findings,
+    )
+
+
 _titles = {
     "consistency": "Consistency under circular shifts (APS protocol)",
     "crop-consistency": "Consistency under crop shifts (Zhang 2019 protocol)",
@@ -311,6 +386,7 @@ _titles = {
     "imagenet-p": "Translation sequences (ImageNet-P): flip probability and top-5 distance",
     "diagonal": "One-pixel diagonal shift (Azulay & Weiss): P(top-1 change) and MAC",
     "cosine": "Cosine similarity of the output under shift",
+    "dense-consistency": "Dense consistency under shift: per-pixel classes and mIoU (LPS protocol)",
 }
 
 
@@ -332,6 +408,8 @@ def evaluation_sections(
             sections.append(_diagonal(result))
         elif name == "cosine":
             sections.append(_cosine(result))
+        elif name == "dense-consistency":
+            sections.append(_dense(result))
     for section in sections[1:]:
         section.data = {
             "results": {
