@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -313,6 +314,23 @@ class TestProbe:
             capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o")
         )
         assert_one_line_error(status, err, "weights_only")
+
+
+class TestRoundingLevel:
+    def test_errors_at_rounding_level_are_printed_as_such(self, capsys, tmp_path):
+        """circular_cnn is exactly equivariant to circular shifts: its errors are float rounding, whose digits
+        differ from one CPU to the next; the table, the report and the findings print them as '< 1e-05'."""
+        out = tmp_path / "o"
+        status, stdout, err = run(
+            capsys, "probe", "--model", "circular_cnn", "--images", "chelsea", "--size", "24", "--shifts", "grid:0:3",
+            "--out", str(out),
+        )  # fmt: skip
+        assert status == 0, err
+        summary = json.loads((out / "probe.json").read_text())["summary"]
+        assert any(0 < row["max_rel_l2"] < 1e-5 for row in summary)  # rounding, not exact zeros
+        report = json.loads((out / "results.json").read_text())["sections"]["probe"]
+        for text in (stdout, json.dumps([report["tables"], report["findings"]])):
+            assert "< 1e-05" in text and not re.search(r"\de-0[6-9]|\de-1\d", text), text
 
 
 class TestAtomicOutput:

@@ -223,7 +223,7 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
-    from shiftlab._format import format_number, format_stride
+    from shiftlab._format import format_error, format_stride
 
     rows = result.summary()
     width = min(44, max(len(row["layer"]) for row in rows))
@@ -233,8 +233,8 @@ def _print_summary(result) -> None:
     for row in rows:
         print(
             f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {row['layout'][:17]:<17} "
-            f"{format_stride(row['stride']):>7}  {format_number(row['mean_rel_l2']):>11}  "
-            f"{format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
+            f"{format_stride(row['stride']):>7}  {format_error(row['mean_rel_l2']):>11}  "
+            f"{format_error(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
         )
     unknown = result.unknown_layouts()
     if unknown:
@@ -424,7 +424,7 @@ EVALUATE_SUMMARY = (
 
 
 def _print_evaluation(result) -> None:
-    from shiftlab.sections import format_number
+    from shiftlab.sections import format_error, format_number
 
     rows = result.summary()
     width = max(len(row["model"]) for row in rows)
@@ -434,7 +434,7 @@ def _print_evaluation(result) -> None:
     print(f"{'model':<{width}}  {'metric':<16} {'statistic':<30} {'at':<14} {'value':>10}")
     for row in rows:
         value = row["value"]
-        text = format_number(value) if value is not None else "n/a"
+        text = (format_error if row["statistic"] == "mac" else format_number)(value) if value is not None else "n/a"
         if row["ci_low"] is not None:
             text += f" [{format_number(row['ci_low'])}, {format_number(row['ci_high'])}]"
         print(f"{row['model']:<{width}}  {row['metric']:<16} {row['statistic']:<30} {row['at']:<14} {text:>10}")

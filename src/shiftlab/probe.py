@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from shiftlab._compare import Scratch
-from shiftlab._format import format_number, format_stride
+from shiftlab._format import ROUNDING_LEVEL, format_error, format_stride
 from shiftlab._io import atomic_write_text, csv_text, json_text
 from shiftlab._pandas import data_frame
 from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
@@ -730,7 +730,7 @@ class ProbeResult:
                     "stride": rows[0]["stride"],
                     "mean_rel_l2": sum(errors) / len(errors) if errors else math.nan,
                     "max_rel_l2": max(errors) if errors else math.nan,
-                    "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= 1e-5),
+                    "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= ROUNDING_LEVEL),
                     "shifts": len(moved),
                 }
             )
@@ -751,8 +751,8 @@ class ProbeResult:
                 row["layout"],
                 "x".join(map(str, row["shape"])),
                 format_stride(row["stride"]),
-                format_number(row["mean_rel_l2"]),
-                format_number(row["max_rel_l2"]),
+                format_error(row["mean_rel_l2"]),
+                format_error(row["max_rel_l2"]),
                 f"{row['exact_shifts']} / {row['shifts']}",
             ]
             for row in self.summary()
@@ -777,7 +777,7 @@ class ProbeResult:
                 )
         return found
 
-    def first_inexact_layer(self, tolerance: float = 1e-5) -> str | None:
+    def first_inexact_layer(self, tolerance: float = ROUNDING_LEVEL) -> str | None:
         """The first layer (in forward order) with a relative error above ``tolerance`` for some shift."""
         for row in self.summary():
             if row["max_rel_l2"] > tolerance:
