@@ -333,6 +333,32 @@ class TestRoundingLevel:
             assert "< 1e-05" in text and not re.search(r"\de-0[6-9]|\de-1\d", text), text
 
 
+class TestProbeShiftsAndLayers:
+    def test_shifts_beyond_the_image_refused_in_one_line(self, capsys, tmp_path):
+        """The report's case: 0:1000 on a 10x10 image ran 1,000 forward passes of shifts that repeat."""
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "pixel_a", "--shifts", "0:1000",
+            "--out", str(tmp_path / "o"),
+        )  # fmt: skip
+        assert_one_line_error(
+            status,
+            err,
+            "shifts: (0, 10) is not smaller than the 10x10 image: circular shifts repeat with its size, so it is "
+            "(0, 0) again",
+        )
+        assert not (tmp_path / "o").exists()
+
+    def test_long_probe_announced_before_the_first_pass(self, capsys, tmp_path, monkeypatch):
+        monkeypatch.setattr(cli, "LONG_PROBE_INPUTS", 8)
+        common = ["probe", "--model", "simple_cnn", "--images", "pixel_a", "pixel_b", "--batch-size", "4"]
+        status, _, err = run(capsys, *common, "--shifts", "0:4", "--out", str(tmp_path / "long"))
+        assert status == 0, err
+        # an image and its 3 shifted copies (the zero shift costs no input) fill a pass of 4: one pass per image
+        assert "probe: 2 forward passes of up to 4 inputs (2 image(s) x 4 shifts); this takes a while" in err
+        status, _, err = run(capsys, *common, "--shifts", "0:3", "--out", str(tmp_path / "short"))
+        assert status == 0 and "forward passes" not in err
+
+
 class TestAtomicOutput:
     def test_failure_while_writing_leaves_nothing(self, capsys, tmp_path, monkeypatch):
         def explode(*args, **kwargs):

@@ -20,6 +20,8 @@ from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
+#: A probe of at least this many images x shifts announces its forward passes on stderr before the first one.
+LONG_PROBE_INPUTS = 1000
 
 
 def _progress(total: int, description: str):
@@ -172,6 +174,13 @@ def run_probe(args: argparse.Namespace) -> int:
     with _progress(1, "probe") as bar:
 
         def progress(done: int, total: int | None) -> None:
+            if done == 0 and len(args.images) * len(shifts) >= LONG_PROBE_INPUTS:  # before the first pass
+                passes = "an unknown number of" if total is None else f"{total:,}"
+                bar.write(
+                    f"probe: {passes} forward passes of up to {args.batch_size} inputs ({len(args.images)} image(s) x "
+                    f"{len(shifts):,} shifts); this takes a while",
+                    file=sys.stderr,
+                )
             bar.total = total
             bar.n = done
             bar.refresh()

@@ -548,29 +548,12 @@ def explorer_data(
     else:
         channels = check_int(channels, "channels", minimum=1)
     pairs = check_shifts(shifts, mode)
-    result = probe(
-        model,
-        inputs,
-        shifts=pairs,
-        mode=mode,
-        layers=layers,
-        layouts=layouts,
-        strides=strides,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    chosen = _shown(result, layers, show)
-    captures = {}
-    for label in chosen:
-        rows = result.layer_rows(label)
-        if rows[0]["layout"] == "unknown":
-            fail("show", f"layer {label!r} has a layout shiftlab could not establish: {rows[0]['note']}")
-        check(len(rows) == len(pairs), "show", f"layer {label!r} has {len(rows)} rows for {len(pairs)} shifts")
-        prefix = label.endswith(PREFIX)
-        base = label.removesuffix(PREFIX)
-        module_name = "" if base.split(":")[0] == "output" else base.split(":")[0]
-        captures[label] = _Capture(label, module_name, "prefix" if prefix else "map", rows)
-    _check_frame_budget(captures, channels, len(pairs))
+    common = {"mode": mode, "layers": layers, "layouts": layouts, "strides": strides}
+    # The shown layers and the frames' size, known before the probe runs: from a preview of its rows.
+    preview = _preview(model, inputs[0], pairs, **common)
+    _check_frame_budget(_captures(preview, _shown(preview, layers, show), 1), channels, len(pairs))
+    result = probe(model, inputs, shifts=pairs, batch_size=batch_size, progress=progress, **common)
+    captures = _captures(result, _shown(result, layers, show), len(pairs))
     data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels)
     display = _display_image(inputs[image], normalization)
     display_shifted = None
@@ -595,6 +578,34 @@ def explorer_data(
     return explorer
 
 
+def _preview(model: nn.Module, first: torch.Tensor, pairs: list[tuple[float, float]], **common: Any) -> ProbeResult:
+    """The rows of the probe's result, less its shifts: the first image as the probe will run it (its reference
+    input), compared with itself.
+
+    The same layers, labels, layouts, shapes and strides as the probe's, for one forward pass of one image (and its
+    border pass in ``zero`` and ``crop`` modes); the layout plan it makes is the one the probe then reuses. Bad
+    shifts, layers and layouts are refused here, before any work.
+    """
+    reference, _ = reference_input(first[None], pairs, common["mode"])
+    return probe(model, reference, shifts=[(0, 0)], batch_size=2, **common)
+
+
+def _captures(result: ProbeResult, chosen: list[str], shift_count: int) -> dict[str, _Capture]:
+    """A capture per shown row label, with its probe rows (``shift_count`` of them)."""
+    captures = {}
+    for label in chosen:
+        rows = result.layer_rows(label)
+        if rows[0]["layout"] == "unknown":
+            fail("show", f"layer {label!r} has a layout shiftlab could not establish: {rows[0]['note']}")
+        if len(rows) != shift_count:
+            raise InternalError(f"the explorer's layer {label!r} has {len(rows)} probe rows for {shift_count} shifts")
+        prefix = label.endswith(PREFIX)
+        base = label.removesuffix(PREFIX)
+        module_name = "" if base.split(":")[0] == "output" else base.split(":")[0]
+        captures[label] = _Capture(label, module_name, "prefix" if prefix else "map", rows)
+    return captures
+
+
 def _frame_budget_message(total: int) -> str:
     return (
         f"{total:,} frame values are too many (at most {MAX_FRAME_VALUES:,}): show fewer layers or channels, fewer "
@@ -603,11 +614,11 @@ def _frame_budget_message(total: int) -> str:
 
 
 def _check_frame_budget(captures: dict[str, _Capture], channels: int | Sequence[int], shift_count: int) -> None:
-    """Refuse, before any frame is kept, a request whose frames would exceed :data:`MAX_FRAME_VALUES`.
+    """Refuse, before the probe runs, a request whose frames would exceed :data:`MAX_FRAME_VALUES`.
 
-    The probe's rows give each layer's map shape, so the frames' size is known before the capture runs: the
-    original output and one per shift, of the kept channels of a map, or of at most :data:`MAX_WHOLE_VALUES` values
-    of any other output. (The check after the capture, on the frames themselves, stays as the exact one.)
+    The preview's rows give each shown layer's map shape, so the frames' size is known up front: the original
+    output and one per shift, of the kept channels of a map, or of at most :data:`MAX_WHOLE_VALUES` values of any
+    other output. (The check after the capture, on the frames themselves, stays as the exact one.)
     """
     total = 0
     for capture in captures.values():

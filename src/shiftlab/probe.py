@@ -46,7 +46,7 @@ from shiftlab.equivariance import Measured, ShiftComparison, border_core, refere
 from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, check_int, describe, fail, first_line
 from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
-from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin
+from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, check_shifts_fit, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
 
@@ -411,14 +411,19 @@ def _handed_over(head: list[torch.Tensor], rest: Iterator[torch.Tensor]) -> Iter
     yield from rest
 
 
-def _count_passes(inputs: Any, images_per_pass: int, chunks: int) -> int | None:
-    """How many forward passes a tensor or a list of tensors needs (None for other streams: unknown in advance)."""
+def _known_shapes(inputs: Any) -> list[tuple[int, ...]] | None:
+    """The shape of every image of a tensor or a list of tensors, in order (None for other streams: not known)."""
     if isinstance(inputs, torch.Tensor):
-        images = inputs.shape[0] if inputs.ndim == 4 else 1
-        return math.ceil(images / images_per_pass) * chunks
+        return [tuple(inputs.shape[-3:])] * (inputs.shape[0] if inputs.ndim == 4 else 1)
     if not isinstance(inputs, (list, tuple)) or not all(isinstance(item, torch.Tensor) for item in inputs):
         return None
-    shapes = [tuple(item.shape[-3:]) for item in inputs for _ in range(item.shape[0] if item.ndim == 4 else 1)]
+    return [tuple(item.shape[-3:]) for item in inputs for _ in range(item.shape[0] if item.ndim == 4 else 1)]
+
+
+def _count_passes(shapes: list[tuple[int, ...]] | None, images_per_pass: int, chunks: int) -> int | None:
+    """How many forward passes images of these shapes need, in this order (None: not known in advance)."""
+    if shapes is None:
+        return None
     total, run = 0, 0
     for position, shape in enumerate(shapes):
         run += 1
@@ -459,8 +464,9 @@ def probe(
         batch_size: the most inputs in one forward pass; an image and its
             shifted copies always share a pass (the shifts are split when
             ``1 + len(shifts)`` exceeds it).
-        progress: called as ``progress(done, total)`` after each forward pass
-            (``total`` is None when the inputs are a stream of unknown length).
+        progress: called as ``progress(0, total)`` before the first forward pass, then as
+            ``progress(done, total)`` after each (``total`` is None when the inputs are a stream
+            of unknown length).
 
     Returns:
         A :class:`ProbeResult`: one row per watched layer and shift (and per token map's prefix
@@ -494,7 +500,10 @@ def probe(
     chunk = max(1, min(len(active), batch_size - 1))
     chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
     images_per_pass = max(1, batch_size // (1 + chunk))
-    total = _count_passes(inputs, images_per_pass, len(chunks))
+    shapes_known = _known_shapes(inputs)
+    for size in dict.fromkeys(shape[-2:] for shape in shapes_known or [] if len(shape) >= 2):
+        check_shifts_fit(pairs, mode, *size)  # every size known in advance: refused before any pass, not midway
+    total = _count_passes(shapes_known, images_per_pass, len(chunks))
     band = crop_margin(pairs)
     cores_by_size: dict[tuple[int, ...], dict[str, tuple[torch.Tensor, bool]]] = {}
     images, done = 0, 0
@@ -514,6 +523,8 @@ def probe(
         measurement = _Measurement(pairs, mode, plan)
         groups = _handed_over([first], groups)
         del first, example  # the stream's first batch is freed once measured, as every other one
+        if progress is not None:
+            progress(0, total)  # what is ahead, before the first pass (the command line announces long runs)
         with _Watcher(model, watched, measurement.on_output) as watcher, torch.no_grad():
             for group in groups:
                 ran_as = ran_as or (group.dtype, group.device)
