@@ -358,6 +358,19 @@ class TestProbeShiftsAndLayers:
         status, _, err = run(capsys, *common, "--shifts", "0:3", "--out", str(tmp_path / "short"))
         assert status == 0 and "forward passes" not in err
 
+    def test_layers_output(self, capsys, tmp_path):
+        """Every result has an output row; --layers output asks for it alone (and the explorer shows it)."""
+        out = tmp_path / "o"
+        status, stdout, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "pixel_a", "--shifts", "0:3", "--layers", "output",
+            "--explore", "--out", str(out),
+        )  # fmt: skip
+        assert status == 0, err
+        assert [row["layer"] for row in json.loads((out / "probe.json").read_text())["summary"]] == ["output"]
+        (explorer,) = json.loads((out / "results.json").read_text())["sections"]["probe"]["explorers"]
+        assert [layer["layer"] for layer in explorer["layers"]] == ["output"]
+        assert stdout.splitlines()[1].startswith("output ")
+
 
 class TestAtomicOutput:
     def test_failure_while_writing_leaves_nothing(self, capsys, tmp_path, monkeypatch):

@@ -346,6 +346,12 @@ class TestBadInput:
             explorer_data(net, images(), [(0, 1)], show=["net.9"])
         assert max(net.batches) == 1
 
+    def test_layers_output_shows_the_output(self):
+        data = explorer_data(pooled_net(), images(), [(0, 0), (0, 1)], layers="output", channels=1)
+        assert [layer.label for layer in data.layers] == ["output"] and data.result.layers == ["output"]
+        data = explorer_data(pooled_net(), images(), [(0, 1)], layers="0, output", channels=1)
+        assert [layer.label for layer in data.layers] == ["0", "output"]
+
     def test_budget_estimate_is_the_frames_size(self, monkeypatch):
         """Just under the budget passes, and the frames kept are exactly as many values as estimated."""
         import shiftlab.explore as explore

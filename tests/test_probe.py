@@ -693,6 +693,20 @@ class TestSelectLayers:
         with pytest.raises(ShiftlabError, match=r"^layers: 'nope' matches no module"):
             probe(nested_net(), images(), shifts=[(0, 1)], layers="nope")
 
+    @pytest.mark.parametrize("layers", ["output", " output ", ["output"], "body.2, output", ["head.0", "output"]])
+    def test_output_names_the_models_output(self, layers):
+        """Every result has an ``output`` row: naming it is accepted, and it is the model's output, watched anyway."""
+        named = [item.strip() for item in (layers.split(",") if isinstance(layers, str) else layers)]
+        modules = [name for name in named if name != "output"]
+        assert [name for name, _ in select_layers(nested_net(), layers)] == modules
+        result = probe(nested_net(), images(), shifts=[(0, 1)], layers=layers)
+        assert result.layers == [*modules, "output"] and result.protocol["layers_watched"] == len(modules)
+        assert result.layer_rows("output")[0]["shape"] == [5]
+
+    def test_a_module_called_output_is_that_module(self):
+        net = nn.Sequential(OrderedDict(body=nn.Conv2d(3, 4, 3, padding=1), output=nn.ReLU()))
+        assert [name for name, _ in select_layers(net, "output")] == ["output"]
+
     def test_reused_module_gets_one_row_per_call(self):
         result = probe(ReusedRelu(), images(), shifts=[(0, 1), (2, 3)])
         assert result.layers == ["conv1", "relu", "conv2", "relu:2", "output"]

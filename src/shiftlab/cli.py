@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated layer names or glob patterns, or 'all' (default: the repeated blocks, such as residual "
         "or transformer blocks, and every conv, pooling, normalisation, activation and linear layer outside them; "
-        "'all': those layers inside the blocks too)",
+        "'all': those layers inside the blocks too; 'output', the model's output, is always watched)",
     )
     probe.add_argument(
         "--layout",

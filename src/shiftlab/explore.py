@@ -38,6 +38,7 @@ from shiftlab.errors import InternalError, check, check_int, describe, fail
 from shiftlab.layouts import resolve_overrides
 from shiftlab.metrics import map_error
 from shiftlab.probe import (
+    OUTPUT,
     PREFIX,
     LayerSpec,
     ProbeResult,
@@ -601,7 +602,7 @@ def _captures(result: ProbeResult, chosen: list[str], shift_count: int) -> dict[
             raise InternalError(f"the explorer's layer {label!r} has {len(rows)} probe rows for {shift_count} shifts")
         prefix = label.endswith(PREFIX)
         base = label.removesuffix(PREFIX)
-        module_name = "" if base.split(":")[0] == "output" else base.split(":")[0]
+        module_name = "" if base.split(":")[0] == OUTPUT else base.split(":")[0]
         captures[label] = _Capture(label, module_name, "prefix" if prefix else "map", rows)
     return captures
 
@@ -636,11 +637,13 @@ def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None) -
     if show is None:
         named = isinstance(layers, str) and layers.strip() != "all"
         named = named or (isinstance(layers, (list, tuple)) and all(isinstance(item, str) for item in layers))
-        if named:  # the named layers' outputs (the model's output is a row of its own: show=[..., "output"])
+        if named:  # the named layers' outputs (the model's output too if named, else a row of its own: show=[...])
+            names = [part.strip() for part in layers.split(",")] if isinstance(layers, str) else list(layers)
             return [
                 label
                 for label in result.layers
-                if result.layer_rows(label)[0]["layout"] != "unknown" and label.split(":")[0] != "output"
+                if result.layer_rows(label)[0]["layout"] != "unknown"
+                and (label.split(":")[0] != OUTPUT or OUTPUT in names)
             ]
         return representative_layers(result)
     chosen = [show] if isinstance(show, str) else list(show)

@@ -61,6 +61,8 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 _DEFAULT_TYPES = DEFAULT_LAYER_TYPES + (Convolve, MaxPool)  # shiftlab's own operator modules too
 _BLOCK_WORDS = ("block", "bottleneck", "residual")
+#: The row of the model's final output (always watched; "output:2" if the model calls itself again).
+OUTPUT = "output"
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 LayerSpec = None | str | Sequence[str | type] | Callable[[str, nn.Module], bool]
 
@@ -107,7 +109,9 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
             normalisation, activation and linear layer outside them; ``"all"`` for every
             such layer, inside blocks too, and every residual block; names or glob patterns
             (``"layer1.*"``, a comma-separated string is split); module types;
-            or a predicate ``f(name, module) -> bool``.
+            or a predicate ``f(name, module) -> bool``. The name ``"output"`` (unless a module
+            has it) is the model's final output, which is always watched: ``"output"`` alone
+            watches nothing else.
 
     Raises:
         ShiftlabError: a name or pattern that matches no module.
@@ -117,6 +121,8 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
         >>> [name for name, _ in select_layers(net)]
         ['0', '1']
         >>> [name for name, _ in select_layers(net, "1")]
+        ['1']
+        >>> [name for name, _ in select_layers(net, "1, output")]  # the output's row is there anyway
         ['1']
     """
     named = [(name, module) for name, module in model.named_modules() if name]
@@ -145,6 +151,8 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
         else:
             matches = [(name, module) for name, module in named if name == item or fnmatch.fnmatchcase(name, str(item))]
             label = repr(item)
+        if not matches and item == OUTPUT:
+            continue  # the model's final output: always watched, a row of its own
         if not matches:
             examples = ", ".join(name for name, _ in named[:8])
             fail("layers", f"{label} matches no module of the model (names look like: {examples}, ...)")
@@ -182,7 +190,7 @@ class _Watcher:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             count = self.calls.get(name, 0) + 1
             self.calls[name] = count
-            label = (name or "output") if count == 1 else f"{name or 'output'}:{count}"
+            label = (name or OUTPUT) if count == 1 else f"{name or OUTPUT}:{count}"
             if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
                 return
             try:
