@@ -633,12 +633,19 @@ def _check_frame_budget(captures: dict[str, _Capture], channels: int | Sequence[
     check(total <= MAX_FRAME_VALUES, "explorer", _frame_budget_message(total))
 
 
+def _named(layers: LayerSpec) -> list[str] | None:
+    """The names (or patterns) that ``layers`` lists; None for the default, ``"all"``, types or a predicate."""
+    if isinstance(layers, str):
+        return None if layers.strip() == "all" else [part.strip() for part in layers.split(",")]
+    if isinstance(layers, (list, tuple)) and all(isinstance(item, str) for item in layers):
+        return [str(item).strip() for item in layers]
+    return None
+
+
 def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None) -> list[str]:
     if show is None:
-        named = isinstance(layers, str) and layers.strip() != "all"
-        named = named or (isinstance(layers, (list, tuple)) and all(isinstance(item, str) for item in layers))
-        if named:  # the named layers' outputs (the model's output too if named, else a row of its own: show=[...])
-            names = [part.strip() for part in layers.split(",")] if isinstance(layers, str) else list(layers)
+        names = _named(layers)
+        if names is not None:  # the named layers' outputs (the model's output if named, else it is not shown)
             return [
                 label
                 for label in result.layers
