@@ -374,6 +374,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "shift_mode": args.shift_mode,
         "subpixel_shifts": _subpixel_shifts(args.subpixel_shifts),
         "sequence_shift": args.sequence_shift,
+        "sequence_8bit": args.imagenet_p_8bit,
         "diagonal_mode": diagonal_mode,
     }
     metrics = [make_metric(name, **options) for name in names]
@@ -770,6 +771,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--sequence-shift", type=int, default=20, help="imagenet-p frames shift by -T..T px (default: 20)"
+    )
+    evaluation.add_argument(
+        "--imagenet-p-8bit",
+        action="store_true",
+        help="imagenet-p: round the (resized) picture to 8-bit levels before the frames are cut, as ImageNet-P's "
+        "published frames were (default: frames in floating point)",
     )
     evaluation.add_argument(
         "--diagonal-mode",

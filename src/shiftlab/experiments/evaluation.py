@@ -237,7 +237,7 @@ def _sequence(result: EvaluationResult) -> Section:
     intro = (
         "ImageNet-P's translation perturbation (Hendrycks & Dietterich 2019): "
         f"{result.protocol['metrics']['imagenet-p']['frames']}. At difficulty d, frame j is compared with frame j + d. "
-        "ImageNet-P's published values also average over video compression; these frames are exact."
+        f"{result.protocol['metrics']['imagenet-p']['note']}."
     )
     return Section(
         "evaluate-imagenet-p",
