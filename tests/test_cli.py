@@ -369,7 +369,9 @@ class TestProbeShiftsAndLayers:
         assert [row["layer"] for row in json.loads((out / "probe.json").read_text())["summary"]] == ["output"]
         (explorer,) = json.loads((out / "results.json").read_text())["sections"]["probe"]["explorers"]
         assert [layer["layer"] for layer in explorer["layers"]] == ["output"]
-        assert stdout.splitlines()[1].startswith("output ")
+        lines = stdout.splitlines()
+        header = next(index for index, line in enumerate(lines) if line.startswith("layer "))
+        assert lines[header + 1].startswith("output ")
 
 
 class TestAtomicOutput:

@@ -352,6 +352,15 @@ class TestBadInput:
         data = explorer_data(pooled_net(), images(), [(0, 1)], layers="0, output", channels=1)
         assert [layer.label for layer in data.layers] == ["0", "output"]
 
+    def test_layers_names_a_tensor_of_a_structured_output(self):
+        from test_outputs import Segmenter
+
+        x = images(count=1)
+        result = probe(Segmenter().eval(), x, shifts=[(0, 2)], layers="output.aux")
+        assert result.layers == ["output", "output.aux", "output.scores"] and result.protocol["layers_watched"] == 0
+        data = explorer_data(Segmenter().eval(), x, [(0, 2)], layers="conv, output.aux", channels=1)
+        assert [layer.label for layer in data.layers] == ["conv", "output.aux"]
+
     def test_budget_estimate_is_the_frames_size(self, monkeypatch):
         """Just under the budget passes, and the frames kept are exactly as many values as estimated."""
         import shiftlab.explore as explore

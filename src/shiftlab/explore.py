@@ -498,6 +498,7 @@ def explorer_data(
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     names: Sequence[str] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    output: str | None = None,
 ) -> ExplorerData:
     """Probe ``model`` on ``images`` and capture, for one image, the frames of a few layers under every shift.
 
@@ -517,6 +518,7 @@ def explorer_data(
         normalization: the ``(mean, std)`` the images were normalised with; undone for the screen only.
         names: the images' names, for captions.
         progress: the probe's progress callback (see :func:`shiftlab.probe`).
+        output: the main tensor of a structured model output, as for :func:`shiftlab.probe`.
 
     Returns:
         An :class:`ExplorerData`; ``.result`` is the probe's result over all images.
@@ -549,13 +551,14 @@ def explorer_data(
     else:
         channels = check_int(channels, "channels", minimum=1)
     pairs = check_shifts(shifts, mode)
-    common = {"mode": mode, "layers": layers, "layouts": layouts, "strides": strides}
+    common = {"mode": mode, "layers": layers, "layouts": layouts, "strides": strides, "output": output}
+    modules = {name for name, _ in model.named_modules() if name}
     # The shown layers and the frames' size, known before the probe runs: from a preview of its rows.
     preview = _preview(model, inputs[0], pairs, **common)
-    _check_frame_budget(_captures(preview, _shown(preview, layers, show), 1), channels, len(pairs))
+    _check_frame_budget(_captures(preview, _shown(preview, layers, show, modules), 1, modules), channels, len(pairs))
     result = probe(model, inputs, shifts=pairs, batch_size=batch_size, progress=progress, **common)
-    captures = _captures(result, _shown(result, layers, show), len(pairs))
-    data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels)
+    captures = _captures(result, _shown(result, layers, show, modules), len(pairs), modules)
+    data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels, output)
     display = _display_image(inputs[image], normalization)
     display_shifted = None
     if mode == "fourier":
@@ -591,7 +594,7 @@ def _preview(model: nn.Module, first: torch.Tensor, pairs: list[tuple[float, flo
     return probe(model, reference, shifts=[(0, 0)], batch_size=2, **common)
 
 
-def _captures(result: ProbeResult, chosen: list[str], shift_count: int) -> dict[str, _Capture]:
+def _captures(result: ProbeResult, chosen: list[str], shift_count: int, modules: set[str]) -> dict[str, _Capture]:
     """A capture per shown row label, with its probe rows (``shift_count`` of them)."""
     captures = {}
     for label in chosen:
@@ -602,7 +605,7 @@ def _captures(result: ProbeResult, chosen: list[str], shift_count: int) -> dict[
             raise InternalError(f"the explorer's layer {label!r} has {len(rows)} probe rows for {shift_count} shifts")
         prefix = label.endswith(PREFIX)
         base = label.removesuffix(PREFIX)
-        module_name = "" if base.split(":")[0] == OUTPUT else base.split(":")[0]
+        module_name = "" if _is_output_row(base, modules) else base.split(":")[0]
         captures[label] = _Capture(label, module_name, "prefix" if prefix else "map", rows)
     return captures
 
@@ -642,7 +645,13 @@ def _named(layers: LayerSpec) -> list[str] | None:
     return None
 
 
-def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None) -> list[str]:
+def _is_output_row(label: str, modules: set[str]) -> bool:
+    """A row of the model's own output: ``output``, or ``output.KEY`` for another tensor of a structured output."""
+    name = label.split(":")[0]
+    return name == OUTPUT or (name.startswith(OUTPUT + ".") and name not in modules)
+
+
+def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None, modules: set[str]) -> list[str]:
     if show is None:
         names = _named(layers)
         if names is not None:  # the named layers' outputs (the model's output if named, else it is not shown)
@@ -650,7 +659,7 @@ def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None) -
                 label
                 for label in result.layers
                 if result.layer_rows(label)[0]["layout"] != "unknown"
-                and (label.split(":")[0] != OUTPUT or OUTPUT in names)
+                and (not _is_output_row(label, modules) or label.split(":")[0] in names)
             ]
         return representative_layers(result)
     chosen = [show] if isinstance(show, str) else list(show)
@@ -677,6 +686,7 @@ def _capture(
     strides: Any,
     batch_size: int,
     channels: int | Sequence[int],
+    output: str | None,
 ) -> list[ExplorerLayer]:
     """Run the shown image and its shifted copies as the probe does, the hooks keeping frames and sums."""
     watched = select_layers(model, layers)
@@ -694,7 +704,8 @@ def _capture(
     try:
         model.eval()
         # The probe's own plan (remembered per model): planned from the first image, as the probe planned it.
-        plan = _layout_plan(model, watched, reference_input(first, pairs, mode)[0], layout_overrides, stride_overrides)
+        example = reference_input(first, pairs, mode)[0]
+        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output)
         identity = [index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0]
         # With one image the probe's numbers are this image's: its passes were these very passes.
         recorder = _Recorder(
@@ -704,7 +715,7 @@ def _capture(
         chunk = max(1, min(len(active), batch_size - 1))
         chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
         modules = [(name, module) for name, module in watched if name in hooked]
-        with _Watcher(model, modules, recorder) as watcher, torch.no_grad():
+        with _Watcher(model, modules, recorder, output) as watcher, torch.no_grad():
             reference, margin = reference_input(shown, pairs, mode)
             recorder.input_size = (reference.shape[-2], reference.shape[-1])
             if mode in ("zero", "crop"):
