@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -313,6 +314,64 @@ class TestProbe:
             capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o")
         )
         assert_one_line_error(status, err, "weights_only")
+
+
+class TestRoundingLevel:
+    def test_errors_at_rounding_level_are_printed_as_such(self, capsys, tmp_path):
+        """circular_cnn is exactly equivariant to circular shifts: its errors are float rounding, whose digits
+        differ from one CPU to the next; the table, the report and the findings print them as '< 1e-05'."""
+        out = tmp_path / "o"
+        status, stdout, err = run(
+            capsys, "probe", "--model", "circular_cnn", "--images", "chelsea", "--size", "24", "--shifts", "grid:0:3",
+            "--out", str(out),
+        )  # fmt: skip
+        assert status == 0, err
+        summary = json.loads((out / "probe.json").read_text())["summary"]
+        assert any(0 < row["max_rel_l2"] < 1e-5 for row in summary)  # rounding, not exact zeros
+        report = json.loads((out / "results.json").read_text())["sections"]["probe"]
+        for text in (stdout, json.dumps([report["tables"], report["findings"]])):
+            assert "< 1e-05" in text and not re.search(r"\de-0[6-9]|\de-1\d", text), text
+
+
+class TestProbeShiftsAndLayers:
+    def test_shifts_beyond_the_image_refused_in_one_line(self, capsys, tmp_path):
+        """The report's case: 0:1000 on a 10x10 image ran 1,000 forward passes of shifts that repeat."""
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "pixel_a", "--shifts", "0:1000",
+            "--out", str(tmp_path / "o"),
+        )  # fmt: skip
+        assert_one_line_error(
+            status,
+            err,
+            "shifts: (0, 10) is not smaller than the 10x10 image: circular shifts repeat with its size, so it is "
+            "(0, 0) again",
+        )
+        assert not (tmp_path / "o").exists()
+
+    def test_long_probe_announced_before_the_first_pass(self, capsys, tmp_path, monkeypatch):
+        monkeypatch.setattr(cli, "LONG_PROBE_INPUTS", 8)
+        common = ["probe", "--model", "simple_cnn", "--images", "pixel_a", "pixel_b", "--batch-size", "4"]
+        status, _, err = run(capsys, *common, "--shifts", "0:4", "--out", str(tmp_path / "long"))
+        assert status == 0, err
+        # an image and its 3 shifted copies (the zero shift costs no input) fill a pass of 4: one pass per image
+        assert "probe: 2 forward passes of up to 4 inputs (2 image(s) x 4 shifts); this takes a while" in err
+        status, _, err = run(capsys, *common, "--shifts", "0:3", "--out", str(tmp_path / "short"))
+        assert status == 0 and "forward passes" not in err
+
+    def test_layers_output(self, capsys, tmp_path):
+        """Every result has an output row; --layers output asks for it alone (and the explorer shows it)."""
+        out = tmp_path / "o"
+        status, stdout, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--images", "pixel_a", "--shifts", "0:3", "--layers", "output",
+            "--explore", "--out", str(out),
+        )  # fmt: skip
+        assert status == 0, err
+        assert [row["layer"] for row in json.loads((out / "probe.json").read_text())["summary"]] == ["output"]
+        (explorer,) = json.loads((out / "results.json").read_text())["sections"]["probe"]["explorers"]
+        assert [layer["layer"] for layer in explorer["layers"]] == ["output"]
+        lines = stdout.splitlines()
+        header = next(index for index, line in enumerate(lines) if line.startswith("layer "))
+        assert lines[header + 1].startswith("output ")
 
 
 class TestAtomicOutput:

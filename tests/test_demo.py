@@ -203,17 +203,17 @@ def _launch(playwright_api, browser_path):
 
 def _expect_shown(page, root, section: dict, explorer: dict, layer: int, shift: int) -> None:
     """The numbers the page shows for this layer and shift are the JSON's, digit for digit."""
-    from shiftlab._format import format_number
+    from shiftlab._format import format_error
 
     row = explorer["layers"][layer]["rows"][shift]
     mine = explorer["layers"][layer]["image_errors"][shift]
     shown = root.locator('[data-field="rel_l2"]')
-    assert shown.text_content() == format_number(row["rel_l2"]), (explorer["layers"][layer]["layer"], shift)
+    assert shown.text_content() == format_error(row["rel_l2"]), (explorer["layers"][layer]["layer"], shift)
     assert float(shown.get_attribute("data-value")) == row["rel_l2"]
     assert root.locator('[data-field="shift"]').text_content() == f"({row['dy']:g}, {row['dx']:g})"
     per_image = root.locator('[data-field="image_rel_l2"]')
     if explorer["images"] > 1:
-        assert per_image.text_content() == format_number(mine["rel_l2"])
+        assert per_image.text_content() == format_error(mine["rel_l2"])
     else:
         assert per_image.count() == 0  # one image: the probe's number is the image's, shown once
     if "rows" in section["data"]:  # a probe section: the same number in its own table of rows
@@ -250,14 +250,16 @@ def test_explorers_in_headless_chromium(demo_output):
                 timeout=30_000,
             )
             assert page.locator(".explorer").count() == len(EXPLORER_SECTIONS)
-            from shiftlab._format import format_number
+            from shiftlab._format import format_error, format_number
 
             values = [0.0, 1.0, 0.5, -0.25, 1e-7, 3e-9, 1.234e-4, 0.99995, 12345.6, 123.456, 2.5e17, 0.30949999]
-            formatted = page.evaluate(
-                "(values) => values.map(v => document.querySelector('.explorer').shiftlabExplorer.formatNumber(v))",
-                values,
-            )
-            assert formatted == [format_number(value) for value in values]
+            values += [9.99e-6, 1e-5, 1.0001e-5, 5.73e-8]  # around the rounding level of format_error
+            for name, python in (("formatNumber", format_number), ("formatError", format_error)):
+                formatted = page.evaluate(
+                    f"(values) => values.map(v => document.querySelector('.explorer').shiftlabExplorer.{name}(v))",
+                    values,
+                )
+                assert formatted == [python(value) for value in values], name
             for key in EXPLORER_SECTIONS:
                 section, explorer = sections[key], sections[key]["explorers"][0]
                 root = page.locator(f"#explorer-{key}-0")

@@ -34,9 +34,10 @@ from shiftlab.metrics import map_error
 
 EXACT = 1e-6
 
-ALL_SHIFTS = [(0, 0), (1, 0), (0, 1), (-1, -1), (3, -5), (-7, 6), (15, 16), (-17, 33), (100, -41)]
-EVEN_SHIFTS = [(0, 0), (2, 0), (0, -2), (4, 6), (-10, 18)]
-ODD_SHIFTS = [(1, 0), (0, 1), (1, 1), (-3, 2), (17, 0)]
+# Up to the size of the smallest test input (12) less one: a larger circular shift repeats one of these, and is refused.
+ALL_SHIFTS = [(0, 0), (1, 0), (0, 1), (-1, -1), (3, -5), (-7, 6), (11, -10), (-9, 11)]
+EVEN_SHIFTS = [(0, 0), (2, 0), (0, -2), (4, 6), (-10, 14)]
+ODD_SHIFTS = [(1, 0), (0, 1), (1, 1), (-3, 2), (15, 0)]
 
 
 def circular_conv_net(channels: int = 3, seed: int = 0) -> nn.Module:
@@ -677,8 +678,27 @@ class TestEquivarianceErrors:
 
     def test_zero_shift_out_of_the_frame(self):
         with pytest.raises(ShiftlabError) as info:
-            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 8)], mode="zero")
-        assert str(info.value) == "shifts: shifts up to (0, 8) move a 8x8 input out of the frame"
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 7), (-8, 1)], mode="zero")
+        assert str(info.value) == (
+            "shifts: (-8, 1) moves all of the 8x8 image out of the frame (zero shifts must be smaller than the image: "
+            "|dy| < 8, |dx| < 8)"
+        )
+
+    @pytest.mark.parametrize("mode", ["circular", "fourier"])
+    def test_periodic_shift_as_large_as_the_image(self, mode):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 10), [(7, -9), (0, 1), (-8, 3)], mode=mode)
+        assert str(info.value) == (
+            f"shifts: (-8, 3) is not smaller than the 8x10 image: {mode} shifts repeat with its size, so it is (0, 3) "
+            "again"
+        )
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t, torch.zeros(1, 8, 10), [(0, 1000)], mode=mode)
+        assert str(info.value).endswith("so it is (0, 0) again")
+        if mode == "fourier":  # sub-pixel shifts repeat too
+            with pytest.raises(ShiftlabError) as info:
+                equivariance_error(lambda t: t, torch.zeros(1, 8, 10), [(0.5, -10.25)], mode=mode)
+            assert str(info.value).endswith("so it is (0.5, -0.25) again")
 
     def test_fn_raising_runtime_error(self):
         def broken(tensor):

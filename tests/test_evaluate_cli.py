@@ -240,7 +240,9 @@ def test_two_processes_under_torchrun_give_the_single_process_numbers(capsys, fo
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_uninterrupted_numbers(capsys, folder, tmp_path):
+def test_a_killed_run_resumes_to_the_uninterrupted_numbers(capsys, folder, tmp_path, single_thread):
+    """The reference runs on one thread, as the subprocesses do (OMP_NUM_THREADS=1): kernels may split float work
+    by thread count, and the MAC, summed in units of 2**-32, would see the last bits."""
     arguments = ["evaluate", "--model", f"{NETS}:Slow", "--data", str(folder), *COMMON, "--batch-size", "8"]
     arguments += ["--metrics", "consistency,imagenet-p,diagonal", "--checkpoint-every", "1"]
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"

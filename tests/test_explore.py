@@ -24,6 +24,19 @@ def images(count: int = 2, size: int = 16, channels: int = 3, seed: int = 0) -> 
     return torch.rand(count, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+class Recording(nn.Module):
+    """pooled_net (as ``net``) that records the batch size of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = pooled_net()
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return self.net(x)
+
+
 def direct_output(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The output of ``module`` when ``model`` runs on ``x``, with a plain hook of this test's own."""
     seen: list[torch.Tensor] = []
@@ -304,6 +317,49 @@ class TestBadInput:
             explorer_data(pooled_net(), images(), shifts, show=["0"], channels=4)
         assert str(error.value).startswith("explorer: 5,120 frame values are too many (at most 5,119)")
         assert captured == []
+
+    def test_budget_is_checked_before_the_probe_runs(self, monkeypatch):
+        """Refused from a preview of the rows (one pass of one image), before any pass of the probe itself: those
+        run an image with its shifted copies, a batch of more than one input."""
+        import shiftlab.explore as explore
+
+        monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 5119)
+        net = Recording()
+        with pytest.raises(ShiftlabError, match=r"^explorer: 5,120 frame values are too many \(at most 5,119\)"):
+            explorer_data(net, images(), [(0, dx) for dx in range(4)], show=["net.0"], channels=4)
+        assert net.batches and max(net.batches) == 1, net.batches  # the layout plan's pass and the preview's
+        assert len(net.batches) <= 2
+
+    @pytest.mark.parametrize("mode", ["crop", "zero"])
+    def test_budget_refused_before_the_probe_in_border_modes(self, monkeypatch, mode):
+        import shiftlab.explore as explore
+
+        monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 100)
+        net = Recording()
+        with pytest.raises(ShiftlabError, match=r"^explorer: [\d,]+ frame values are too many \(at most 100\)"):
+            explorer_data(net, images(), [(0, 1), (1, 0)], mode=mode, show=["net.1"], channels=1)
+        assert max(net.batches) == 1 and len(net.batches) <= 3, net.batches  # plan, border, preview
+
+    def test_shown_layer_not_probed_refused_before_the_probe(self):
+        net = Recording()
+        with pytest.raises(ShiftlabError, match=r"^show: 'net.9' was not probed; probed: net.0, "):
+            explorer_data(net, images(), [(0, 1)], show=["net.9"])
+        assert max(net.batches) == 1
+
+    def test_layers_output_shows_the_output(self):
+        data = explorer_data(pooled_net(), images(), [(0, 0), (0, 1)], layers="output", channels=1)
+        assert [layer.label for layer in data.layers] == ["output"] and data.result.layers == ["output"]
+        data = explorer_data(pooled_net(), images(), [(0, 1)], layers="0, output", channels=1)
+        assert [layer.label for layer in data.layers] == ["0", "output"]
+
+    def test_layers_names_a_tensor_of_a_structured_output(self):
+        from test_outputs import Segmenter
+
+        x = images(count=1)
+        result = probe(Segmenter().eval(), x, shifts=[(0, 2)], layers="output.aux")
+        assert result.layers == ["output", "output.aux", "output.scores"] and result.protocol["layers_watched"] == 0
+        data = explorer_data(Segmenter().eval(), x, [(0, 2)], layers="conv, output.aux", channels=1)
+        assert [layer.label for layer in data.layers] == ["conv", "output.aux"]
 
     def test_budget_estimate_is_the_frames_size(self, monkeypatch):
         """Just under the budget passes, and the frames kept are exactly as many values as estimated."""

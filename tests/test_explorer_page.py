@@ -10,7 +10,7 @@ import pytest
 import torch
 from nets import pooled_net
 
-from shiftlab._format import format_number
+from shiftlab._format import format_error
 from shiftlab.explore import explorer_data
 from shiftlab.report import write_report
 from shiftlab.sections import Section
@@ -61,7 +61,7 @@ def test_pad_keyboard_and_numbers(page_path):
                 cells = root.locator(".pad-cell")
                 cells.nth(1).click()  # row dy = 0, column dx = 1
                 index = SHIFTS.index((0, 1))
-                assert shown(root) == ("(0, 1)", rows[index]["rel_l2"], format_number(rows[index]["rel_l2"]))
+                assert shown(root) == ("(0, 1)", rows[index]["rel_l2"], format_error(rows[index]["rel_l2"]))
                 page.keyboard.press("ArrowDown")  # to (1, 1)
                 page.keyboard.press("ArrowRight")  # to (1, 2)
                 index = SHIFTS.index((1, 2))
@@ -112,7 +112,7 @@ def test_shifts_without_a_grid_fourier_mode(tmp_path):
             for index in range(1, len(shifts)):
                 page.keyboard.press("ArrowRight")
                 value = explorer["layers"][1]["rows"][index]["rel_l2"]
-                assert shown(root)[1:] == (value, format_number(value)), index
+                assert shown(root)[1:] == (value, format_error(value)), index
         finally:
             browser.close()
     assert not errors, errors

@@ -116,19 +116,6 @@ class TestKnownAnswers:
             max_blur_pool2d(eye, 3, 2, 2, "zero"), torch.tensor([[[[0.5625, 0.3125], [0.3125, 0.8750]]]])
         )
 
-    @pytest.mark.parametrize("kernel", range(1, 8))
-    @pytest.mark.parametrize("size", [(8, 8), (9, 7)])
-    def test_kornia_convention_is_a_prefix_of_zero_padding(self, rng, kernel, size):
-        # kornia: F.conv2d with zero padding (k-1)//2 on every side, at the stride.
-        x = torch.from_numpy(rng.standard_normal((1, 2, *size)))
-        weight = binomial_filter(kernel, dtype=torch.float64).expand(2, 1, kernel, kernel)
-        kornia_like = F.conv2d(x, weight, padding=(kernel - 1) // 2, stride=2, groups=2)
-        ours = blur_pool2d(x, kernel, 2, "zero")
-        rows, cols = kornia_like.shape[-2:]
-        torch.testing.assert_close(ours[..., :rows, :cols], kornia_like)
-        odd = size[0] % 2 == 1
-        assert ours.shape[-2] == rows + (1 if kernel % 2 == 0 and odd else 0)
-
     def test_timm_convention_differs_for_even_kernels(self, rng):
         # timm: symmetric padding ((s - 1) + (k - 1)) // 2 per side, reflect.
         x = torch.from_numpy(rng.standard_normal((1, 1, 8, 8)))
@@ -140,14 +127,26 @@ class TestKnownAnswers:
             assert (timm_like.shape == ours.shape and torch.allclose(timm_like, ours)) == same
         assert timm_like.shape[-1] == ours.shape[-1] + 1  # k = 4: one more row and column
 
-    def test_kornia_itself_when_installed(self, rng):
-        kornia = pytest.importorskip("kornia")
-        x = torch.from_numpy(rng.standard_normal((2, 3, 8, 10))).float()
-        for kernel in (3, 4, 5):
-            expected = kornia.filters.blur_pool2d(x, kernel, stride=2)
-            torch.testing.assert_close(
-                blur_pool2d(x, kernel, 2, "zero")[..., : expected.shape[-2], : expected.shape[-1]], expected
-            )
+    @pytest.mark.parametrize("kernel", range(1, 8))
+    def test_equals_kornia_with_zero_padding(self, rng, kernel):
+        """kornia 0.9 pads as Zhang does, (k - 1) // 2 before and k // 2 after: the same output, shape included."""
+        kornia = pytest.importorskip("kornia", minversion="0.9")
+        x = torch.from_numpy(rng.standard_normal((2, 3, 11, 12)))
+        for size in [(11, 12), (8, 8), (9, 7), (5, 6), (3, 3)]:  # odd, even, non-square, smaller than the filter
+            maps = x[..., : size[0], : size[1]]
+            for stride in (1, 2, 3):
+                expected = kornia.filters.blur_pool2d(maps, kernel, stride=stride)
+                ours = blur_pool2d(maps, kernel, stride, "zero")
+                assert ours.shape == expected.shape, (size, stride)
+                torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(
+                    kornia.filters.BlurPool2D(kernel, stride)(maps), ours, rtol=1e-12, atol=1e-12
+                )
+            for pool in (2, 3):
+                expected = kornia.filters.max_blur_pool2d(maps, kernel, stride=2, max_pool_size=pool)
+                ours = max_blur_pool2d(maps, kernel, 2, pool, "zero")
+                assert ours.shape == expected.shape, (size, pool)
+                torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
 
     def test_size_one_is_plain_subsampling(self, rng):
         x = torch.from_numpy(rng.standard_normal((2, 3, 7, 8)))

@@ -80,7 +80,7 @@ def rows_of(result: ProbeResult, layer: str) -> dict[tuple[float, float], dict]:
 
 
 class TestCircularNetworkIsExact:
-    SHIFTS = [(0, 0), (1, 0), (0, 1), (-1, -1), (3, -5), (-7, 6), (15, 16), (-17, 33)]
+    SHIFTS = [(0, 0), (1, 0), (0, 1), (-1, -1), (3, -5), (-7, 6), (15, -15), (-13, 11)]  # on 16x16: all wrap
 
     def test_every_layer_exact(self):
         result = probe(circular_net(), images(), shifts=self.SHIFTS)
@@ -543,7 +543,7 @@ class TestBatching:
     def test_progress_of_a_stream_has_no_total(self):
         calls = []
         probe(pooled_net(), iter([images(count=2)]), shifts=[(0, 1)], progress=lambda *call: calls.append(call))
-        assert calls == [(1, None)]
+        assert calls == [(0, None), (1, None)]
 
     def test_progress_counts_every_pass(self):
         calls = []
@@ -557,14 +557,14 @@ class TestBatching:
             batch_size=3,
             progress=lambda done, total: calls.append((done, total)),
         )
-        assert calls == [(done, 6) for done in range(1, 7)]
+        assert calls == [(done, 6) for done in range(7)]  # (0, 6) first: what is ahead
 
     def test_progress_one_pass(self):
         calls = []
         probe(
             pooled_net(), images(count=3), shifts=self.SHIFTS, progress=lambda done, total: calls.append((done, total))
         )
-        assert calls == [(1, 1)]
+        assert calls == [(0, 1), (1, 1)]
 
     def test_one_image_without_batch_axis(self):
         x = images(count=1)
@@ -693,6 +693,20 @@ class TestSelectLayers:
         with pytest.raises(ShiftlabError, match=r"^layers: 'nope' matches no module"):
             probe(nested_net(), images(), shifts=[(0, 1)], layers="nope")
 
+    @pytest.mark.parametrize("layers", ["output", " output ", ["output"], "body.2, output", ["head.0", "output"]])
+    def test_output_names_the_models_output(self, layers):
+        """Every result has an ``output`` row: naming it is accepted, and it is the model's output, watched anyway."""
+        named = [item.strip() for item in (layers.split(",") if isinstance(layers, str) else layers)]
+        modules = [name for name in named if name != "output"]
+        assert [name for name, _ in select_layers(nested_net(), layers)] == modules
+        result = probe(nested_net(), images(), shifts=[(0, 1)], layers=layers)
+        assert result.layers == [*modules, "output"] and result.protocol["layers_watched"] == len(modules)
+        assert result.layer_rows("output")[0]["shape"] == [5]
+
+    def test_a_module_called_output_is_that_module(self):
+        net = nn.Sequential(OrderedDict(body=nn.Conv2d(3, 4, 3, padding=1), output=nn.ReLU()))
+        assert [name for name, _ in select_layers(net, "output")] == ["output"]
+
     def test_reused_module_gets_one_row_per_call(self):
         result = probe(ReusedRelu(), images(), shifts=[(0, 1), (2, 3)])
         assert result.layers == ["conv1", "relu", "conv2", "relu:2", "output"]
@@ -807,6 +821,24 @@ class TestProbeErrors:
             match=r"^shifts: crop windows for shifts up to \(0, 8\) need an input larger than 0x16, got 16x16",
         ):
             probe(pooled_net(), images(), shifts=[(0, 8)], mode="crop")
+
+    @pytest.mark.parametrize("mode", ["circular", "fourier", "zero"])
+    def test_shift_as_large_as_an_image_refused_before_any_pass(self, mode):
+        """Circular and Fourier shifts repeat with the image's size; a zero shift that large leaves nothing. The
+        sizes of a list are all checked before the first pass, not when the probe reaches the small image."""
+        model = CountingNet()
+        inputs = [images(count=2, size=24), images(count=1, size=16)]
+        with pytest.raises(ShiftlabError) as info:
+            probe(model, inputs, shifts=[(0, 1), (0, 20), (3, 0)], mode=mode)
+        if mode == "zero":
+            expected = "shifts: (0, 20) moves all of the 16x16 image out of the frame (zero shifts must be smaller "
+            expected += "than the image: |dy| < 16, |dx| < 16)"
+        else:
+            expected = f"shifts: (0, 20) is not smaller than the 16x16 image: {mode} shifts repeat with its size, so "
+            expected += "it is (0, 4) again"
+        assert str(info.value) == expected
+        assert model.images_seen == 0
+        assert probe(model, inputs[:1], shifts=[(0, 1), (0, 20)], mode=mode).protocol["images"] == 2  # 20 < 24
 
     def test_unknown_layer_of_a_result(self):
         result = probe(pooled_net(), images(), shifts=[(0, 1)])

@@ -41,7 +41,7 @@ class Marked:
 
 class TestAssertShiftEquivariant:
     def test_passes_on_a_circular_conv(self):
-        result = assert_shift_equivariant(circular_conv(), images(count=2), [(0, 1), (3, -2), (-7, 9), (20, 33)])
+        result = assert_shift_equivariant(circular_conv(), images(count=2), [(0, 1), (3, -2), (-7, 9), (15, -13)])
         assert isinstance(result, EquivarianceResult)
         assert len(result.errors) == 4 and result.max_rel_l2 <= 1e-6
 
@@ -198,7 +198,7 @@ class TestTolerances:
 class TestAssertShiftInvariant:
     def test_global_mean_pooling_passes(self):
         pool = lambda t: t.mean(dim=(-2, -1))
-        assert assert_shift_invariant(pool, images(count=2), [(1, 2), (-3, 0), (15, 17)]) is None
+        assert assert_shift_invariant(pool, images(count=2), [(1, 2), (-3, 0), (15, -15)]) is None
 
     def test_circular_network_with_global_pooling(self):
         net = nn.Sequential(circular_conv(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["format_number", "format_stride"]
+__all__ = ["ROUNDING_LEVEL", "format_error", "format_number", "format_stride"]
+
+#: An error (a relative L2 error, the absolute difference of values of order one) below this is float32 rounding:
+#: its digits differ between CPUs, thread counts and library versions (float32's machine epsilon is 1.2e-7, and a
+#: deep network adds up many such roundings). The probe counts such a shift as exact; text prints it as ``< 1e-05``.
+ROUNDING_LEVEL = 1e-5
 
 
 def format_number(value: Any, digits: int = 4) -> str:
@@ -30,6 +35,21 @@ def format_number(value: Any, digits: int = 4) -> str:
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(format_number(item, digits) for item in value) + ")"
     return str(value)
+
+
+def format_error(value: Any, digits: int = 4) -> str:
+    """Format an error for a table: as :func:`format_number`, but a non-zero error below :data:`ROUNDING_LEVEL`
+    as ``< 1e-05``, since its digits are float rounding and would change from one machine to the next.
+
+    An exact zero stays ``0``: moving data (a roll, a max pooling) gives exactly zero on any machine.
+
+    Example:
+        >>> [format_error(v) for v in (0.0, 5.73e-08, 9.9e-06, 1e-05, 0.2677145, float("nan"), None)]
+        ['0', '< 1e-05', '< 1e-05', '1e-05', '0.2677', 'n/a', '-']
+    """
+    if isinstance(value, float) and 0 < abs(value) < ROUNDING_LEVEL:
+        return f"< {format_number(ROUNDING_LEVEL)}"
+    return format_number(value, digits)
 
 
 def format_stride(stride: Any) -> str:

@@ -20,6 +20,8 @@ from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
+#: A probe of at least this many images x shifts announces its forward passes on stderr before the first one.
+LONG_PROBE_INPUTS = 1000
 
 
 def _progress(total: int, description: str):
@@ -172,6 +174,13 @@ def run_probe(args: argparse.Namespace) -> int:
     with _progress(1, "probe") as bar:
 
         def progress(done: int, total: int | None) -> None:
+            if done == 0 and len(args.images) * len(shifts) >= LONG_PROBE_INPUTS:  # before the first pass
+                passes = "an unknown number of" if total is None else f"{total:,}"
+                bar.write(
+                    f"probe: {passes} forward passes of up to {args.batch_size} inputs ({len(args.images)} image(s) x "
+                    f"{len(shifts):,} shifts); this takes a while",
+                    file=sys.stderr,
+                )
             bar.total = total
             bar.n = done
             bar.refresh()
@@ -227,7 +236,7 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
-    from shiftlab._format import format_number, format_stride
+    from shiftlab._format import format_error, format_stride
 
     rows = result.summary()
     width = min(44, max(len(row["layer"]) for row in rows))
@@ -237,8 +246,8 @@ def _print_summary(result) -> None:
     for row in rows:
         print(
             f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {row['layout'][:17]:<17} "
-            f"{format_stride(row['stride']):>7}  {format_number(row['mean_rel_l2']):>11}  "
-            f"{format_number(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
+            f"{format_stride(row['stride']):>7}  {format_error(row['mean_rel_l2']):>11}  "
+            f"{format_error(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
         )
     unknown = result.unknown_layouts()
     if unknown:
@@ -380,6 +389,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "shift_mode": args.shift_mode,
         "subpixel_shifts": _subpixel_shifts(args.subpixel_shifts),
         "sequence_shift": args.sequence_shift,
+        "sequence_8bit": args.imagenet_p_8bit,
         "diagonal_mode": diagonal_mode,
         "dense_mode": args.dense_mode,
         "dense_step": args.dense_step,
@@ -444,7 +454,7 @@ EVALUATE_SUMMARY = (
 
 
 def _print_evaluation(result) -> None:
-    from shiftlab.sections import format_number
+    from shiftlab.sections import format_error, format_number
 
     rows = result.summary()
     width = max(len(row["model"]) for row in rows)
@@ -460,7 +470,7 @@ def _print_evaluation(result) -> None:
     print(f"{'model':<{width}}  {'metric':<{metric_width}} {'statistic':<30} {'at':<14} {'value':>10}")
     for row in rows:
         value = row["value"]
-        text = format_number(value) if value is not None else "n/a"
+        text = (format_error if row["statistic"] == "mac" else format_number)(value) if value is not None else "n/a"
         if row["ci_low"] is not None:
             text += f" [{format_number(row['ci_low'])}, {format_number(row['ci_high'])}]"
         print(
@@ -649,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated layer names or glob patterns, or 'all' (default: the repeated blocks, such as residual "
         "or transformer blocks, and every conv, pooling, normalisation, activation and linear layer outside them; "
-        "'all': those layers inside the blocks too)",
+        "'all': those layers inside the blocks too; 'output', the model's output, is always watched)",
     )
     probe.add_argument(
         "--layout",
@@ -817,6 +827,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--sequence-shift", type=int, default=20, help="imagenet-p frames shift by -T..T px (default: 20)"
+    )
+    evaluation.add_argument(
+        "--imagenet-p-8bit",
+        action="store_true",
+        help="imagenet-p: round the (resized) picture to 8-bit levels before the frames are cut, as ImageNet-P's "
+        "published frames were (default: frames in floating point)",
     )
     evaluation.add_argument(
         "--diagonal-mode",

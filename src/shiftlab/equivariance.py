@@ -44,7 +44,7 @@ from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.accumulate import Accumulator
 from shiftlab.errors import ShiftlabError, check, check_choice, check_pair, describe, fail, first_line
 from shiftlab.metrics import map_error
-from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin, shift
+from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, check_shifts_fit, crop_margin, shift
 
 __all__ = [
     "EquivarianceResult",
@@ -322,24 +322,15 @@ def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tupl
 
     For ``crop`` the reference is the centre window, smaller than ``x`` by the
     largest shift on each side, and every shifted input is a window of ``x`` too.
+
+    Raises:
+        ShiftlabError: shifts that mean nothing for ``x``'s size (:func:`shiftlab.shifts.check_shifts_fit`).
     """
     check_choice(mode, "mode", SHIFT_MODES)
-    height, width = x.shape[-2:]
-    largest = crop_margin(shifts)
+    check_shifts_fit(shifts, mode, x.shape[-2], x.shape[-1])
     if mode == "crop":
-        check(
-            height > 2 * largest[0] and width > 2 * largest[1],
-            "shifts",
-            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, "
-            f"got {height}x{width}",
-        )
+        largest = crop_margin(shifts)
         return shift(x, 0, 0, mode="crop", margin=largest), largest
-    if mode == "zero":
-        check(
-            largest[0] < height and largest[1] < width,
-            "shifts",
-            f"shifts up to {largest} move a {height}x{width} input out of the frame",
-        )
     return x, None
 
 

@@ -44,7 +44,9 @@ The metrics (CLI names):
     Flip probability: the share of compared pairs whose top-1 differs; top-5
     distance: ``sum_{i=1..5} |(i - 1) - min(sigma(i) - 1, 5)|`` with
     ``sigma = rank_2 o rank_1^-1``. Every sequence has ``2T + 1 - d`` comparisons,
-    so the mean over sequences of their mean is the total over the count.
+    so the mean over sequences of their mean is the total over the count. The
+    published frames were 8-bit: ``--imagenet-p-8bit`` rounds the picture to 8-bit
+    levels before the frames are cut (:class:`TranslationSequence`).
 ``diagonal``
     Azulay & Weiss (2019): the window at ``(c, c)`` (the centre crop) against the
     window at ``(c + 1, c + 1)``, the content one pixel up and left. P(top-1 change)
@@ -666,22 +668,34 @@ def top_k_distance(first: torch.Tensor, second: torch.Tensor, k: int = 5) -> tor
 class TranslationSequence(Metric):
     """ImageNet-P's translation sequences: flip probability and top-5 distance per difficulty.
 
+    ImageNet-P's published frames were made from a picture resized to 8-bit pixels (PIL), saved as PNG and
+    compressed as video (H.264). By default shiftlab cuts its frames from the resized picture as it is, in floating
+    point; ``eight_bit=True`` rounds it to 8-bit levels first (:func:`shiftlab.views.round_to_8bit`), as the
+    published frames were. The video compression is not reproduced.
+
     Args:
         max_shift: frames shift the picture horizontally by ``-max_shift .. max_shift`` pixels (20).
         difficulties: the frame steps compared (ImageNet-P: 1, 2, 3).
+        eight_bit: round the picture to 8-bit levels before the frames are cut (``--imagenet-p-8bit``).
 
     Example:
         >>> metric = TranslationSequence(max_shift=1, difficulties=(1, 2))
         >>> metric.views(Geometry.of(4, 6, crop=4), torch.Generator())[0]  # the crop's corner is (0, 1)
         [('zero', 0, 2), ('zero', 0, 1), ('zero', 0, 0)]
+        >>> rounded = TranslationSequence(max_shift=1, difficulties=(1,), eight_bit=True)
+        >>> rounded.views(Geometry.of(4, 6, crop=4), torch.Generator())[0]
+        [('zero8', 0, 2), ('zero8', 0, 1), ('zero8', 0, 0)]
     """
 
     max_shift: int = 20
     difficulties: tuple[int, ...] = (1, 2, 3)
+    eight_bit: bool = False
     name = "imagenet-p"
     title = "Translation sequences (ImageNet-P): flip probability and top-5 distance"
 
-    def __init__(self, max_shift: int = 20, difficulties: Sequence[int] = (1, 2, 3)) -> None:
+    def __init__(self, max_shift: int = 20, difficulties: Sequence[int] = (1, 2, 3), eight_bit: bool = False) -> None:
+        check(isinstance(eight_bit, bool), "imagenet-p eight_bit", f"expected True or False, got {eight_bit!r}")
+        object.__setattr__(self, "eight_bit", eight_bit)
         object.__setattr__(self, "max_shift", check_int(max_shift, "imagenet-p max shift", minimum=1))
         frames = 2 * self.max_shift + 1
         steps = tuple(check_int(d, "imagenet-p difficulty", minimum=1, maximum=frames - 1) for d in difficulties)
@@ -700,23 +714,33 @@ class TranslationSequence(Metric):
         return self.frames
 
     def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
-        return [shifted_key("zero", 0, dx, geometry) for dx in range(-self.max_shift, self.max_shift + 1)], None
+        keys = [shifted_key("zero", 0, dx, geometry) for dx in range(-self.max_shift, self.max_shift + 1)]
+        return ([("zero8", *key[1:]) for key in keys] if self.eight_bit else keys), None
 
     def state(self, classes: int) -> SequenceState:
         return SequenceState(self, classes)
 
     def describe(self) -> dict[str, Any]:
+        rounded = ", rounded to 8-bit levels (round(255 v) / 255, halves up) before the frames are cut"
         return {
             "frames": (
-                f"{self.frames}: the picture moved right by -{self.max_shift}..{self.max_shift} px,"
-                " black fill, then the centre crop"
+                f"{self.frames}: the picture{rounded if self.eight_bit else ''} moved right by "
+                f"-{self.max_shift}..{self.max_shift} px, black fill, then the centre crop"
             ),
+            "eight_bit": self.eight_bit,
             "difficulties": list(self.difficulties),
             "statistic": (
                 "flip probability: share of compared frame pairs (j, j + d) whose top-1 differs;"
                 " top-5 distance: their mean"
             ),
-            "note": "frames are computed exactly; ImageNet-P's published frames were also compressed as video (H.264)",
+            "note": (
+                "ImageNet-P's published frames were rounded to 8 bits and compressed as video (H.264); "
+                + (
+                    "these are rounded to 8 bits, not compressed"
+                    if self.eight_bit
+                    else "these are exact (in floating point): --imagenet-p-8bit rounds them as the published were"
+                )
+            ),
         }
 
 
@@ -982,6 +1006,7 @@ def make_metric(
     shift_mode: str = "circular",
     subpixel_shifts: Sequence[tuple[float, float]] = ((0.0, 0.5), (0.5, 0.0), (0.5, 0.5)),
     sequence_shift: int = 20,
+    sequence_8bit: bool = False,
     diagonal_mode: str = "crop",
     dense_mode: str = "circular",
     dense_step: int = 1,
@@ -1003,7 +1028,7 @@ def make_metric(
     if name == "subpixel":
         return SubpixelConsistency(subpixel_shifts)
     if name == "imagenet-p":
-        return TranslationSequence(max_shift=sequence_shift)
+        return TranslationSequence(max_shift=sequence_shift, eight_bit=sequence_8bit)
     if name == "diagonal":
         return DiagonalShift(diagonal_mode)
     if name == "cosine":

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from shiftlab._compare import Scratch
-from shiftlab._format import format_number, format_stride
+from shiftlab._format import ROUNDING_LEVEL, format_error, format_stride
 from shiftlab._io import atomic_write_text, csv_text, json_text
 from shiftlab._pandas import data_frame
 from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
@@ -47,7 +47,7 @@ from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, c
 from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.outputs import describe_output, output_parts
-from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin
+from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, check_shifts_fit, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
 
@@ -62,6 +62,8 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 _DEFAULT_TYPES = DEFAULT_LAYER_TYPES + (Convolve, MaxPool)  # shiftlab's own operator modules too
 _BLOCK_WORDS = ("block", "bottleneck", "residual")
+#: The row of the model's final output (always watched; "output:2" if the model calls itself again).
+OUTPUT = "output"
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 LayerSpec = None | str | Sequence[str | type] | Callable[[str, nn.Module], bool]
 
@@ -108,7 +110,9 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
             normalisation, activation and linear layer outside them; ``"all"`` for every
             such layer, inside blocks too, and every residual block; names or glob patterns
             (``"layer1.*"``, a comma-separated string is split); module types;
-            or a predicate ``f(name, module) -> bool``.
+            or a predicate ``f(name, module) -> bool``. The name ``"output"`` (unless a module
+            has it) is the model's final output, which is always watched (as are the tensors
+            ``"output.KEY"`` of a structured output): ``"output"`` alone watches nothing else.
 
     Raises:
         ShiftlabError: a name or pattern that matches no module.
@@ -118,6 +122,8 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
         >>> [name for name, _ in select_layers(net)]
         ['0', '1']
         >>> [name for name, _ in select_layers(net, "1")]
+        ['1']
+        >>> [name for name, _ in select_layers(net, "1, output")]  # the output's row is there anyway
         ['1']
     """
     named = [(name, module) for name, module in model.named_modules() if name]
@@ -146,6 +152,8 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
         else:
             matches = [(name, module) for name, module in named if name == item or fnmatch.fnmatchcase(name, str(item))]
             label = repr(item)
+        if not matches and isinstance(item, str) and item.split(".")[0] == OUTPUT:
+            continue  # the model's final output ("output", or a tensor of it, "output.KEY"): always watched
         if not matches:
             examples = ", ".join(name for name, _ in named[:8])
             fail("layers", f"{label} matches no module of the model (names look like: {examples}, ...)")
@@ -192,7 +200,7 @@ class _Watcher:
                 parts = output_parts(output, self.output_key)
                 self.output_found = describe_output(output, self.output_key)
             for part, tensor in parts:
-                base = (name or "output") + (f".{part}" if part else "")
+                base = (name or OUTPUT) + (f".{part}" if part else "")
                 label = base if count == 1 else f"{base}:{count}"
                 if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
                     continue
@@ -422,14 +430,19 @@ def _handed_over(head: list[torch.Tensor], rest: Iterator[torch.Tensor]) -> Iter
     yield from rest
 
 
-def _count_passes(inputs: Any, images_per_pass: int, chunks: int) -> int | None:
-    """How many forward passes a tensor or a list of tensors needs (None for other streams: unknown in advance)."""
+def _known_shapes(inputs: Any) -> list[tuple[int, ...]] | None:
+    """The shape of every image of a tensor or a list of tensors, in order (None for other streams: not known)."""
     if isinstance(inputs, torch.Tensor):
-        images = inputs.shape[0] if inputs.ndim == 4 else 1
-        return math.ceil(images / images_per_pass) * chunks
+        return [tuple(inputs.shape[-3:])] * (inputs.shape[0] if inputs.ndim == 4 else 1)
     if not isinstance(inputs, (list, tuple)) or not all(isinstance(item, torch.Tensor) for item in inputs):
         return None
-    shapes = [tuple(item.shape[-3:]) for item in inputs for _ in range(item.shape[0] if item.ndim == 4 else 1)]
+    return [tuple(item.shape[-3:]) for item in inputs for _ in range(item.shape[0] if item.ndim == 4 else 1)]
+
+
+def _count_passes(shapes: list[tuple[int, ...]] | None, images_per_pass: int, chunks: int) -> int | None:
+    """How many forward passes images of these shapes need, in this order (None: not known in advance)."""
+    if shapes is None:
+        return None
     total, run = 0, 0
     for position, shape in enumerate(shapes):
         run += 1
@@ -471,8 +484,9 @@ def probe(
         batch_size: the most inputs in one forward pass; an image and its
             shifted copies always share a pass (the shifts are split when
             ``1 + len(shifts)`` exceeds it).
-        progress: called as ``progress(done, total)`` after each forward pass
-            (``total`` is None when the inputs are a stream of unknown length).
+        progress: called as ``progress(0, total)`` before the first forward pass, then as
+            ``progress(done, total)`` after each (``total`` is None when the inputs are a stream
+            of unknown length).
         output: the name of the main tensor of a structured model output (a dict, a tuple, a Hugging Face
             ``ModelOutput``), overriding :mod:`shiftlab.outputs`' rule (``logits``, ``out``, the first tensor).
             The main tensor is the row ``output``; every other tensor of the output is a row ``output.NAME``.
@@ -509,7 +523,10 @@ def probe(
     chunk = max(1, min(len(active), batch_size - 1))
     chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
     images_per_pass = max(1, batch_size // (1 + chunk))
-    total = _count_passes(inputs, images_per_pass, len(chunks))
+    shapes_known = _known_shapes(inputs)
+    for size in dict.fromkeys(shape[-2:] for shape in shapes_known or [] if len(shape) >= 2):
+        check_shifts_fit(pairs, mode, *size)  # every size known in advance: refused before any pass, not midway
+    total = _count_passes(shapes_known, images_per_pass, len(chunks))
     band = crop_margin(pairs)
     cores_by_size: dict[tuple[int, ...], dict[str, tuple[torch.Tensor, bool]]] = {}
     images, done = 0, 0
@@ -529,6 +546,8 @@ def probe(
         measurement = _Measurement(pairs, mode, plan)
         groups = _handed_over([first], groups)
         del first, example  # the stream's first batch is freed once measured, as every other one
+        if progress is not None:
+            progress(0, total)  # what is ahead, before the first pass (the command line announces long runs)
         with _Watcher(model, watched, measurement.on_output, output) as watcher, torch.no_grad():
             for group in groups:
                 ran_as = ran_as or (group.dtype, group.device)
@@ -751,7 +770,7 @@ class ProbeResult:
                     "stride": rows[0]["stride"],
                     "mean_rel_l2": sum(errors) / len(errors) if errors else math.nan,
                     "max_rel_l2": max(errors) if errors else math.nan,
-                    "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= 1e-5),
+                    "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= ROUNDING_LEVEL),
                     "shifts": len(moved),
                 }
             )
@@ -772,8 +791,8 @@ class ProbeResult:
                 row["layout"],
                 "x".join(map(str, row["shape"])),
                 format_stride(row["stride"]),
-                format_number(row["mean_rel_l2"]),
-                format_number(row["max_rel_l2"]),
+                format_error(row["mean_rel_l2"]),
+                format_error(row["max_rel_l2"]),
                 f"{row['exact_shifts']} / {row['shifts']}",
             ]
             for row in self.summary()
@@ -798,7 +817,7 @@ class ProbeResult:
                 )
         return found
 
-    def first_inexact_layer(self, tolerance: float = 1e-5) -> str | None:
+    def first_inexact_layer(self, tolerance: float = ROUNDING_LEVEL) -> str | None:
         """The first layer (in forward order) with a relative error above ``tolerance`` for some shift."""
         for row in self.summary():
             if row["max_rel_l2"] > tolerance:

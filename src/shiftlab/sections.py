@@ -11,10 +11,15 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from shiftlab._format import format_number, format_stride  # re-exported: tables are written with them
+from shiftlab._format import (  # re-exported: tables are written with them
+    ROUNDING_LEVEL,
+    format_error,
+    format_number,
+    format_stride,
+)
 from shiftlab.explore import ExplorerData
 
-__all__ = ["Finding", "Section", "Table", "format_number", "format_stride"]
+__all__ = ["ROUNDING_LEVEL", "Finding", "Section", "Table", "format_error", "format_number", "format_stride"]
 
 
 @dataclass

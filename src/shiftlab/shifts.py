@@ -49,6 +49,7 @@ __all__ = [
     "Shift",
     "ShiftMode",
     "check_shifts",
+    "check_shifts_fit",
     "crop_margin",
     "parse_pairs",
     "parse_shifts",
@@ -205,6 +206,53 @@ def crop_margin(shifts: Iterable[tuple[float, float]]) -> tuple[int, int]:
     """
     pairs = list(shifts)
     return (max((abs(int(dy)) for dy, _ in pairs), default=0), max((abs(int(dx)) for _, dx in pairs), default=0))
+
+
+def check_shifts_fit(shifts: Sequence[tuple[float, float]], mode: str, height: int, width: int) -> None:
+    """Refuse shifts that mean nothing for a ``height x width`` input in ``mode``, naming the first such shift.
+
+    * ``circular`` and ``fourier`` shifts repeat with the input's size: a shift by the size or more is a smaller
+      one again (``|dy| < height`` and ``|dx| < width``; each is measured once, and a probe would run it twice);
+    * ``zero``: a shift by the size or more moves all of the input out of the frame (the same bound);
+    * ``crop``: every window is the input less the largest shift on each side, so it must be larger than twice
+      that (:func:`crop_margin`).
+
+    Example:
+        >>> check_shifts_fit([(0, 3), (-1, 40)], "circular", 32, 32)
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: shifts: (-1, 40) is not smaller than the 32x32 image: circular shifts repeat \
+with its size, so it is (-1, 8) again
+    """
+    if mode == "crop":
+        largest = crop_margin(shifts)
+        check(
+            height > 2 * largest[0] and width > 2 * largest[1],
+            "shifts",
+            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, "
+            f"got {height}x{width}",
+        )
+        return
+    for dy, dx in shifts:
+        if abs(dy) < height and abs(dx) < width:
+            continue
+        if mode == "zero":
+            fail(
+                "shifts",
+                f"({dy:g}, {dx:g}) moves all of the {height}x{width} image out of the frame (zero shifts must be "
+                f"smaller than the image: |dy| < {height}, |dx| < {width})",
+            )
+        same = (_smallest_equivalent(dy, height), _smallest_equivalent(dx, width))
+        fail(
+            "shifts",
+            f"({dy:g}, {dx:g}) is not smaller than the {height}x{width} image: {mode} shifts repeat with its size, "
+            f"so it is ({same[0]:g}, {same[1]:g}) again",
+        )
+
+
+def _smallest_equivalent(offset: float, size: int) -> float:
+    """The offset in ``[-size / 2, size / 2)`` that a shift of period ``size`` makes ``offset`` equal to."""
+    return (offset + size / 2) % size - size / 2 if abs(offset) >= size else offset
 
 
 def _margin(margin: int | tuple[int, int] | None, dy: int, dx: int) -> tuple[int, int]:

@@ -16,6 +16,10 @@ Keys (the content moves *down* by ``dy`` and *right* by ``dx``, as in :func:`shi
 ``("zero", top, left)``
     the same window, reading zeros (black) outside ``B``: a translation of the
     whole picture with black fill, then the centre crop (ImageNet-P's frames).
+``("zero8", top, left)``
+    the ``"zero"`` window rounded to 8-bit levels (:func:`round_to_8bit`), as a frame decoded from an 8-bit
+    image or video file would be (ImageNet-P's published frames: the picture was resized to 8-bit pixels). Never
+    the same view as ``x0``, which is not rounded.
 ``("roll", dy, dx)``
     ``x0`` rolled circularly (APS's protocol).
 ``("fourier", dy, dx)``
@@ -36,7 +40,7 @@ import torch
 from shiftlab.errors import check
 from shiftlab.shifts import fourier_shift
 
-__all__ = ["IDENTITY", "Geometry", "ViewKey", "build_view", "build_views", "view_key"]
+__all__ = ["IDENTITY", "Geometry", "ViewKey", "build_view", "build_views", "round_to_8bit", "view_key"]
 
 ViewKey = tuple
 IDENTITY: ViewKey = ("identity",)
@@ -95,6 +99,18 @@ def _zero_window(base: torch.Tensor, top: int, left: int, size: tuple[int, int])
     return out
 
 
+def round_to_8bit(values: torch.Tensor) -> torch.Tensor:
+    """Values in ``[0, 1]`` rounded to the nearest of the 256 levels ``k / 255``, halves up (as PIL rounds when it
+    resizes an 8-bit image); computed in float64, where ``255 v`` is exact for float32 ``v``, so no tie is decided
+    by rounding.
+
+    Example:
+        >>> round_to_8bit(torch.tensor([0.0, 0.3, 1.5 / 255, 2.4999 / 255, 1.0])) * 255
+        tensor([  0.,  77.,   2.,   2., 255.])
+    """
+    return ((values.double() * 255 + 0.5).floor() / 255).to(values.dtype)
+
+
 def build_view(base: torch.Tensor, key: ViewKey, geometry: Geometry) -> torch.Tensor:
     """Cut the view ``key`` from ``base`` ``(C, H, W)`` (see the module docstring).
 
@@ -122,6 +138,8 @@ def build_view(base: torch.Tensor, key: ViewKey, geometry: Geometry) -> torch.Te
         return base[..., key[1] : key[1] + height, key[2] : key[2] + width]
     if kind == "zero":
         return _zero_window(base, key[1], key[2], geometry.size)
+    if kind == "zero8":  # rounding commutes with the move: black is a level, every pixel keeps its value
+        return round_to_8bit(_zero_window(base, key[1], key[2], geometry.size))
     centre = base[..., top : top + height, left : left + width]
     if kind == "roll":
         return torch.roll(centre, shifts=(int(key[1]), int(key[2])), dims=(-2, -1))

@@ -31,7 +31,7 @@ from shiftlab.images import SCENE_SHIFT, sample_image, single_pixel_image
 from shiftlab.kernels import KernelSpec
 from shiftlab.metrics import compare_maps, peak_position
 from shiftlab.ops import Convolve, MaxPool, convolve, max_pyramid_depth, pool_pyramid
-from shiftlab.sections import Finding, Section, Table, format_number
+from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_number
 from shiftlab.shifts import shift_grid, shift_with_mask
 
 __all__ = [
@@ -291,16 +291,16 @@ def translation_experiment(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = 
         Finding(
             "Convolution is translation equivariant: the edge map of the moved image equals the moved edge map "
             "(valid region, away from the borders)",
-            f"relative L2 error {format_number(levels[0].aligned_rel_l2)}, max abs error "
-            f"{format_number(levels[0].aligned_max_abs)}",
-            levels[0].aligned_max_abs is not None and levels[0].aligned_max_abs <= 1e-5,
+            f"relative L2 error {format_error(levels[0].aligned_rel_l2)}, max abs error "
+            f"{format_error(levels[0].aligned_max_abs)}",
+            levels[0].aligned_max_abs is not None and levels[0].aligned_max_abs <= ROUNDING_LEVEL,
         ),
         Finding(
             f"Stride-2 pooling commutes with this shift at every level where {SCENE_SHIFT} px is a multiple of the "
             f"stride (all {len(exact)} levels here)",
             "largest relative L2 error over those levels: "
-            + format_number(max(lv.aligned_rel_l2 for lv in exact if lv.aligned_rel_l2 is not None)),
-            all(lv.aligned_max_abs is not None and lv.aligned_max_abs <= 1e-5 for lv in exact),
+            + format_error(max(lv.aligned_rel_l2 for lv in exact if lv.aligned_rel_l2 is not None)),
+            all(lv.aligned_max_abs is not None and lv.aligned_max_abs <= ROUNDING_LEVEL for lv in exact),
         ),
         Finding(
             "Pooling does not make the two maps alike: the object is still on the other side at the last level (the "
@@ -346,20 +346,20 @@ def mirror_experiment(kernel: KernelSpec = ARTICLE_KERNEL, poolings: int = PHOTO
         Finding(
             "The mirror image is a reflection, not a translation: the raw (pre-ReLU) response to it is the mirrored "
             "response to the photo with its sign flipped",
-            f"max abs error of  conv(mirror) = -mirror(conv(photo)):  {format_number(sign_flip.max_abs)}",
-            sign_flip.max_abs <= 1e-5,
+            f"max abs error of  conv(mirror) = -mirror(conv(photo)):  {format_error(sign_flip.max_abs)}",
+            sign_flip.max_abs <= ROUNDING_LEVEL,
         ),
         Finding(
             "So after ReLU the mirror's edge map is NOT the mirrored edge map of the photo",
-            f"relative L2 error {format_number(as_if_translated.rel_l2)}, cosine similarity "
+            f"relative L2 error {format_error(as_if_translated.rel_l2)}, cosine similarity "
             f"{format_number(as_if_translated.cosine)}",
             as_if_translated.rel_l2 > 0.5,
         ),
         Finding(
             "It is the half of the photo's response that ReLU removed (the negative part), mirrored",
-            f"max abs error {format_number(dropped_half.max_abs)}; share of edge energy in the mirror's map: "
+            f"max abs error {format_error(dropped_half.max_abs)}; share of edge energy in the mirror's map: "
             f"{energy_kept:.1%}",
-            dropped_half.max_abs <= 1e-5,
+            dropped_half.max_abs <= ROUNDING_LEVEL,
         ),
         Finding(
             "Pooled maps of photo and mirror, compared as they are (what the article's pictures compare)",
@@ -442,12 +442,12 @@ def stride_experiment(shifts: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 16), poolings
     findings = [
         Finding(
             "Stride-2 max pooling commutes with shifts that are a multiple of its stride: zero error after alignment",
-            f"largest error over those {int(exact.sum())} cases: {format_number(float(errors[exact].max()))}",
+            f"largest error over those {int(exact.sum())} cases: {format_error(float(errors[exact].max()))}",
             bool((errors[exact] <= 1e-6).all()),
         ),
         Finding(
             "... and not with the others, even after the best whole-pixel alignment (aliasing)",
-            f"smallest error over those {int((~exact).sum())} cases: {format_number(float(errors[~exact].min()))}",
+            f"smallest error over those {int((~exact).sum())} cases: {format_error(float(errors[~exact].min()))}",
             bool((errors[~exact] > 1e-3).all()),
         ),
     ]
@@ -590,7 +590,7 @@ def _pair_table(result: PairResult) -> Table:
             format_number(lv.peak_distance_input),
         ]
         if result.shift is not None:
-            row += [format_number(lv.aligned_rel_l2), format_number(lv.aligned_max_abs)]
+            row += [format_error(lv.aligned_rel_l2), format_error(lv.aligned_max_abs)]
         rows.append([format_number(value) for value in row])
     return Table(f"{result.names[0]} (A) vs {result.names[1]} (B), edge maps pooled level by level", columns, rows)
 

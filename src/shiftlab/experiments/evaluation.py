@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from shiftlab.evaluate import EvaluationResult
-from shiftlab.sections import Finding, Section, Table, format_number
+from shiftlab.sections import Finding, Section, Table, format_error, format_number
 
 __all__ = ["DEMO_DIGITS", "demo_evaluation_sections", "evaluation_protocol", "evaluation_sections"]
 
@@ -241,7 +241,7 @@ def _sequence(result: EvaluationResult) -> Section:
     intro = (
         "ImageNet-P's translation perturbation (Hendrycks & Dietterich 2019): "
         f"{result.protocol['metrics']['imagenet-p']['frames']}. At difficulty d, frame j is compared with frame j + d. "
-        "ImageNet-P's published values also average over video compression; these frames are exact."
+        f"{result.protocol['metrics']['imagenet-p']['note']}."
     )
     return Section(
         "evaluate-imagenet-p",
@@ -263,11 +263,11 @@ def _diagonal(result: EvaluationResult) -> Section:
     rows, findings = [], []
     for model in result.models:
         values = result.results[model]["diagonal"]
-        rows.append([model, _percent(values["p_top1_change"], 2), format_number(values["mac"]), values["images"]])
+        rows.append([model, _percent(values["p_top1_change"], 2), format_error(values["mac"]), values["images"]])
         findings.append(
             Finding(
                 f"{model}: a one-pixel diagonal shift changes the top-1 class",
-                f"for {_percent(values['p_top1_change'], 2)} of images (MAC {format_number(values['mac'])})",
+                f"for {_percent(values['p_top1_change'], 2)} of images (MAC {format_error(values['mac'])})",
             )
         )
     mode = result.protocol["metrics"]["diagonal"]["mode"]

@@ -17,7 +17,7 @@ from shiftlab.errors import check
 from shiftlab.explore import ExplorerData, explorer_data, representative_layers
 from shiftlab.models import ModelInfo, describe_preprocessing, load_model, resolve_device, resolve_dtype
 from shiftlab.probe import ProbeResult, probe
-from shiftlab.sections import Finding, Section, Table, format_number, format_stride
+from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_stride
 
 __all__ = [
     "DEMO_IMAGES",
@@ -30,7 +30,7 @@ __all__ = [
     "run_probe",
 ]
 
-EXACT = 1e-5  # relative L2 error below which a layer counts as exactly equivariant (float32 rounding)
+EXACT = ROUNDING_LEVEL  # relative L2 error at or below which a layer counts as exactly equivariant (float32 rounding)
 
 
 def _prepared(
@@ -214,7 +214,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         findings.append(
             Finding(
                 "Every probed layer is equivariant to every shift, to float precision",
-                f"largest relative L2 error {format_number(max(row['max_rel_l2'] for row in summary))}",
+                f"largest relative L2 error {format_error(max(row['max_rel_l2'] for row in summary))}",
                 True,
             )
         )
@@ -227,7 +227,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
                 f"Equivariance is first lost at layer '{inexact}' ({row['type']}, stride "
                 f"{format_stride(row['stride'])})",
                 f"{len(exact_before)} layer(s) before it are exact; its relative L2 error: mean "
-                f"{format_number(row['mean_rel_l2'])}, max {format_number(row['max_rel_l2'])}{hint}",
+                f"{format_error(row['mean_rel_l2'])}, max {format_error(row['max_rel_l2'])}{hint}",
             )
         )
     before = _layers_before_first_stride(summary)
@@ -237,7 +237,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
             Finding(
                 "Every layer before the first downsampling is exactly equivariant (stride 1: any shift is a multiple)",
                 f"{len(before)} layer(s), largest relative L2 error "
-                f"{format_number(max(row['max_rel_l2'] for row in before))}",
+                f"{format_error(max(row['max_rel_l2'] for row in before))}",
                 exact,
             )
         )
@@ -255,8 +255,8 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
                 "After downsampling, shifts that are a multiple of the layer's cumulative stride stay exact, and the "
                 "others do not (aliasing)",
                 f"exact: {exact_multiple} of {len(multiple)} multiples, {exact_other} of {len(other)} others; mean "
-                f"relative L2 error {format_number(_mean(r['rel_l2'] for r in multiple))} vs "
-                f"{format_number(_mean(r['rel_l2'] for r in other))}"
+                f"relative L2 error {format_error(_mean(r['rel_l2'] for r in multiple))} vs "
+                f"{format_error(_mean(r['rel_l2'] for r in other))}"
                 + (_CIRCULAR_HINT if circular and exact_multiple < len(multiple) else ""),
                 exact_multiple == len(multiple) and exact_other == 0,
             )
@@ -265,7 +265,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
     if output:
         agreement = [r["top1_agreement"] for r in output if r["top1_agreement"] is not None]
         errors = [r["rel_l2"] for r in output]
-        text = f"relative L2 error of the output: mean {format_number(_mean(errors))}, max {format_number(max(errors))}"
+        text = f"relative L2 error of the output: mean {format_error(_mean(errors))}, max {format_error(max(errors))}"
         if agreement:
             text += f"; top-1 class unchanged for {_mean(agreement):.1%} of image-shift pairs"
         findings.append(Finding("The model's output under the shifts", text))
@@ -274,7 +274,7 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
         findings.append(
             Finding(
                 f"Worst spatial layer: '{worst['layer']}' ({worst['type']}, stride {format_stride(worst['stride'])})",
-                f"max relative L2 error {format_number(worst['max_rel_l2'])}",
+                f"max relative L2 error {format_error(worst['max_rel_l2'])}",
             )
         )
     return findings
@@ -341,7 +341,7 @@ def probe_section(
         tables=[
             Table(
                 "Per layer: relative L2 error over the shifts (the zero shift excluded), and how many shifts are "
-                "exact (error <= 1e-5)",
+                f"exact (error <= {format_error(EXACT)})",
                 list(result.SUMMARY_HEADERS),
                 result.summary_table(),
             )

@@ -56,7 +56,7 @@ from shiftlab.figures import shade_stride_bands
 from shiftlab.invariance import Consistency, ShiftAccuracy
 from shiftlab.models import DIGITS_CNN_VARIANTS, load_model
 from shiftlab.probe import ProbeResult, probe
-from shiftlab.sections import Finding, Section, Table, format_number
+from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_number
 
 __all__ = [
     "CANVAS_MARGIN",
@@ -84,7 +84,7 @@ PROBE_LAYERS: tuple[str, ...] = (*(f"features.{index}" for index in range(16)), 
 DOWNSAMPLING_LAYERS: tuple[str, ...] = ("features.3", "features.7")
 #: How many test digits the demo (and the README's table) uses: a prefix, 20 of each class.
 DEMO_VARIANT_DIGITS = 200
-EXACT = 1e-5  # relative L2 error below which a layer counts as exact (float32 rounding), as in the probe section
+EXACT = ROUNDING_LEVEL  # relative L2 error at or below which a layer counts as exact (float32 rounding)
 
 
 def training_record(variant: str) -> dict[str, Any]:
@@ -298,8 +298,8 @@ def _table_rows(result: VariantsResult) -> list[list[str]]:
                 _percent(item["circular_consistency"], 2),
                 _percent(item["crop_consistency"], 2),
                 _percent(item["worst_case_accuracy"]),
-                format_number(item["aliasing"], 3),
-                format_number(item["output_error"], 3),
+                format_error(item["aliasing"], 3),
+                format_error(item["output_error"], 3),
             ]
         )
     return rows
@@ -396,7 +396,7 @@ def show_variant_profiles(result: VariantsResult, *, dpi: int = 100) -> Figure:
 def _pair(result: VariantsResult, key: str, before: str, after: str, digits: int = 2) -> str:
     first, second = result.numbers(before)[key], result.numbers(after)[key]
     if key in ("aliasing", "output_error"):
-        return f"{format_number(first, 3)} -> {format_number(second, 3)}"
+        return f"{format_error(first, 3)} -> {format_error(second, 3)}"
     return f"{_percent(first, digits)} -> {_percent(second, digits)}"
 
 
@@ -429,8 +429,8 @@ def variant_findings(result: VariantsResult) -> list[Finding]:
             Finding(
                 "Probed one digit at a time, every layer of digits_cnn+circular+aps is exact: its maps are shifted "
                 "copies, moved by an amount that depends on the digit (the phase APS picks for it)",
-                f"largest relative L2 error over every layer and shift: {format_number(aps['per_digit_error'], 2)}; "
-                f"probed together, its downsampling layers show {format_number(aps['aliasing'], 3)}, because one "
+                f"largest relative L2 error over every layer and shift: {format_error(aps['per_digit_error'], 2)}; "
+                f"probed together, its downsampling layers show {format_error(aps['aliasing'], 3)}, because one "
                 "alignment per layer cannot follow every digit's",
                 aps["per_digit_error"] <= EXACT,
             )

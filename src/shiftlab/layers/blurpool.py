@@ -16,11 +16,12 @@ Conventions, and how they compare with the implementations people meet (checked 
   all of this, and adds ``padding="circular"`` (needed for exact circular equivariance elsewhere in a network),
   strides per axis, and any ``(..., H, W)`` input; the output is ``ceil(H / s) x ceil(W / s)``. Zhang's filter is a
   *persistent* buffer (``filt`` in the state_dict); here it is not stored in the state_dict.
-* **kornia** (``kornia.filters.BlurPool2D(kernel_size, stride=2)``, ``blur_pool2d``): the same binomial filter, but
-  zero padding of ``(k - 1) // 2`` on *every* side. Its windows start where Zhang's do, so its output equals the first
-  rows and columns of ``blur_pool2d(x, k, s, padding="zero")``; for even ``k`` it can have one row or column fewer
-  (at stride 2: maps of odd size). ``MaxBlurPool2D(kernel_size, stride=2, max_pool_size=2)`` is a stride-1 max pool
-  of ``max_pool_size`` without padding followed by that blur pool.
+* **kornia** 0.9 (``kornia.filters.BlurPool2D(kernel_size, stride=2)``, ``blur_pool2d``): the same binomial filter
+  and Zhang's padding amounts, ``(k - 1) // 2`` before and ``k // 2`` after, in zero mode only. Its output equals
+  ``blur_pool2d(x, k, s, padding="zero")``, shape included, for every ``k``, stride and map size
+  (``tests/test_layers_blurpool.py`` checks this against the installed kornia). ``MaxBlurPool2D(kernel_size,
+  stride=2, max_pool_size=2)`` is a stride-1 max pool of ``max_pool_size`` without padding followed by that blur
+  pool: ``max_blur_pool2d(x, k, s, m, padding="zero")``.
 * **timm** (``timm.layers.BlurPool2d(channels=None, filt_size=3, stride=2, pad_mode='reflect')``): the same filter,
   reflect padding by default, but symmetric padding of ``((s - 1) + (k - 1)) // 2`` on every side, and ``k > 1``.
   That equals Zhang's for odd ``k`` at stride 2 (``k = 3``: one pixel per side). For even ``k`` it differs: with

@@ -27,6 +27,17 @@
     return fixed.indexOf(".") >= 0 ? fixed.replace(/0+$/, "").replace(/\.$/, "") : fixed;
   }
 
+  // shiftlab._format.ROUNDING_LEVEL: a non-zero error below it is float rounding, whose digits change from one
+  // machine to the next; formatError writes it as format_error does ("< 1e-05").
+  var ROUNDING_LEVEL = 1e-5;
+
+  function formatError(value, digits) {
+    if (typeof value === "number" && value !== 0 && Math.abs(value) < ROUNDING_LEVEL) {
+      return "< " + formatNumber(ROUNDING_LEVEL);
+    }
+    return formatNumber(value, digits);
+  }
+
   function formatPair(pair) {
     return "(" + formatNumber(pair[0]) + ", " + formatNumber(pair[1]) + ")";
   }
@@ -139,7 +150,8 @@
     });
   }
 
-  Explorer.prototype.formatNumber = formatNumber; // (the browser test checks it against format_number)
+  Explorer.prototype.formatNumber = formatNumber; // (the browser tests check both against format_number and
+  Explorer.prototype.formatError = formatError; //  format_error)
 
   Explorer.prototype.start = function () {
     var self = this;
@@ -337,8 +349,8 @@
       show("alignment", formatPair([row.aligned_dy, row.aligned_dx]) + (row.multiple ? " (t / s)"
         : " (the best whole-pixel move, chosen by the probe over all images)"));
     }
-    show("rel_l2", formatNumber(row.rel_l2), row.rel_l2);
-    show("image_rel_l2", formatNumber(mine.rel_l2), mine.rel_l2);
+    show("rel_l2", formatError(row.rel_l2), row.rel_l2);
+    show("image_rel_l2", formatError(mine.rel_l2), mine.rel_l2);
     show("valid_fraction", formatNumber(row.valid_fraction), row.valid_fraction);
     var top1 = row.top1_agreement !== null && row.top1_agreement !== undefined;
     show("top1_agreement", top1 ? formatNumber(row.top1_agreement) : "-", top1 ? row.top1_agreement : null);
@@ -352,11 +364,11 @@
     show("shift-value", formatPair(shift));
     this.slider.setAttribute("aria-valuetext", shiftWords(shift));
     this.root.querySelector(".explorer-summary").textContent = "Shift " + formatPair(shift) + ", " + layer.label +
-      ": relative L2 error " + formatNumber(row.rel_l2) + (payload.images > 1 ? " over all " + payload.images + " images" : "");
+      ": relative L2 error " + formatError(row.rel_l2) + (payload.images > 1 ? " over all " + payload.images + " images" : "");
     this.canvases.shifted.setAttribute("aria-label", "Output of " + layer.label + " for the moved input");
     this.canvases.moved.setAttribute("aria-label", whole ? "Output of " + layer.label + " for the original input"
       : "Output of " + layer.label + " for the original input, moved by " + formatPair([row.aligned_dy, row.aligned_dx]));
-    this.canvases.difference.setAttribute("aria-label", "Difference of the two outputs; relative L2 error " + formatNumber(row.rel_l2));
+    this.canvases.difference.setAttribute("aria-label", "Difference of the two outputs; relative L2 error " + formatError(row.rel_l2));
   };
 
   Explorer.prototype.paintPad = function (layer) {
@@ -367,16 +379,17 @@
     this.cells.forEach(function (cell, index) {
       var row = layer.rows[index];
       var value = row.rel_l2;
-      var rgb = value === null ? MASKED : colour(tables.error, largest > 0 ? (255 * value) / largest : 0);
+      // errors at rounding level are noise: a pad of them stays blank rather than stretching the noise to full scale
+      var rgb = value === null ? MASKED : colour(tables.error, largest >= ROUNDING_LEVEL ? (255 * value) / largest : 0);
       cell.style.backgroundColor = "rgb(" + rgb.join(",") + ")";
       cell.classList.toggle("multiple", Boolean(row.multiple) && layer.part !== "whole");
       var current = index === self.shift;
       cell.setAttribute("aria-checked", current ? "true" : "false");
       cell.tabIndex = current ? 0 : -1;
-      cell.setAttribute("aria-label", shiftWords(self.payload.shifts[index]) + ": relative L2 error " + formatNumber(value) +
+      cell.setAttribute("aria-label", shiftWords(self.payload.shifts[index]) + ": relative L2 error " + formatError(value) +
         (row.multiple && layer.part !== "whole" ? ", a multiple of the stride" : ""));
     });
-    this.field("pad-max").textContent = formatNumber(largest);
+    this.field("pad-max").textContent = formatError(largest);
   };
 
   function startAll() {
