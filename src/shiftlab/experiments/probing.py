@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from shiftlab._format import name_bytes, printable
 from shiftlab.data import NORMALIZATIONS, prepare_images
 from shiftlab.errors import check
 from shiftlab.explore import ExplorerData, explorer_data, representative_layers
@@ -59,11 +60,14 @@ def _prepared(
 def _protocol(
     spec: str, info: ModelInfo, images: Sequence[Any], weights: str | None, seed: int, size: int | None, chosen: str
 ) -> dict[str, Any]:
+    used = [str(source) for source in images]
+    raw = [name_bytes(name) for name in used]
     return {
         "model": spec,
         "model_source": info.source,
         "weights": str(weights) if weights else f"random initialisation, seed {seed}",
-        "images_used": [str(source) for source in images],
+        "images_used": [printable(name) for name in used],
+        **({"images_used_bytes": raw} if any(raw) else {}),  # names that are not UTF-8, losslessly (hex)
         "resize": f"shorter side {size}, centre crop {size}x{size}" if size else "none",
         "normalize": chosen,
     }
