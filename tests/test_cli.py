@@ -570,6 +570,17 @@ class TestOutputFolder:
         assert run(capsys, "edges", "pixel_a", "--out", str(out))[0] == 0  # released
         assert sorted(path.name for path in tmp_path.iterdir()) == ["o"]  # no lock file left
 
+    def test_the_current_folder_is_locked_by_its_name(self, capsys, tmp_path, monkeypatch):
+        from shiftlab._io import claim_output_folder
+
+        (tmp_path / "here").mkdir()
+        monkeypatch.chdir(tmp_path / "here")
+        with claim_output_folder(tmp_path / "here"):
+            status, _, err = run(capsys, "edges", "pixel_a", "--out", ".")
+        assert status == 2 and "is in use by another shiftlab run" in err
+        assert run(capsys, "edges", "pixel_a", "--out", ".")[0] == 0
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["here"]
+
     def test_the_lock_of_a_killed_run_is_released(self, capsys, tmp_path):
         out = tmp_path / "o"
         holder = subprocess.Popen(

@@ -334,6 +334,12 @@ def test_weights_per_model(capsys, folder, tmp_path):
 # --------------------------------------------------------------------------- hostile names, bad protocols, failures
 
 
+def evaluate_cli(capsys, data: Path, out: Path, *options: str, model: str = "small_classifier"):
+    """``shiftlab evaluate`` of a test net on ``data`` into ``out``, images decoded in this process."""
+    return run(capsys, "evaluate", "--model", f"{NETS}:{model}", "--data", str(data), "--workers", "0", *options,
+               "--out", str(out))  # fmt: skip
+
+
 def _photos(root: Path, count: int, size: tuple[int, int] = (24, 28), seed: int = 1) -> None:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -423,10 +429,7 @@ def _folder_of(tmp_path: Path) -> Path:
 def test_a_model_that_outputs_nan_is_refused_naming_it_and_the_image(capsys, tmp_path):
     out = tmp_path / "out"
     root = _folder_of(tmp_path)
-    status, _, err = run(
-        capsys, "evaluate", "--model", f"{NETS}:NaNLogits", "--data", str(root), *COMMON,
-        "--metrics", "consistency", "--out", str(out),
-    )  # fmt: skip
+    status, _, err = evaluate_cli(capsys, root, out, *COMMON, "--metrics", "consistency", model="NaNLogits")
     assert_one_line_error(
         status,
         err,
@@ -451,8 +454,7 @@ def test_a_run_in_which_no_image_can_be_evaluated_exits_2(capsys, tmp_path, opti
     root = tmp_path / "small"
     _photos(root, 5, size=(40, 40))
     out = tmp_path / "out"
-    arguments = ["evaluate", "--model", f"{NETS}:small_classifier", "--data", str(root), "--workers", "0"]
-    status, _, err = run(capsys, *arguments, "--metrics", "consistency", *options, "--out", str(out))
+    status, _, err = evaluate_cli(capsys, root, out, "--metrics", "consistency", *options)
     assert status == 2
     assert err.strip().splitlines()[-1] == (
         f"shiftlab: error: data: no image could be evaluated (all 5 skipped); the first: image '{root / '00.png'}':"
@@ -462,10 +464,9 @@ def test_a_run_in_which_no_image_can_be_evaluated_exits_2(capsys, tmp_path, opti
 
 
 def test_a_crop_protocol_without_a_crop_is_refused_up_front(capsys, tmp_path):
-    status, _, err = run(
-        capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(_folder_of(tmp_path)),
-        "--workers", "0", "--metrics", "diagonal", "--diagonal-mode", "crop", "--out", str(tmp_path / "out"),
-    )  # fmt: skip
+    status, _, err = evaluate_cli(
+        capsys, _folder_of(tmp_path), tmp_path / "out", "--metrics", "diagonal", "--diagonal-mode", "crop"
+    )
     assert_one_line_error(
         status,
         err,
@@ -479,10 +480,8 @@ def test_offsets_0_to_r_minus_1_fit_crop_plus_r_minus_1_pixels(capsys, tmp_path)
     root = tmp_path / "faces"
     _photos(root, 5, size=(25, 25))
     out = tmp_path / "out"
-    status, stdout, err = run(
-        capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(root), "--workers", "0",
-        "--crop", "24", "--metrics", "crop-consistency", "--max-shift", "2", "--views", "4", "--out", str(out),
-    )  # fmt: skip
+    options = ["--crop", "24", "--metrics", "crop-consistency", "--max-shift", "2", "--views", "4"]
+    status, stdout, err = evaluate_cli(capsys, root, out, *options)
     assert status == 0, err
     assert "5 of 5 images evaluated, 0 skipped" in stdout
 
@@ -495,10 +494,8 @@ def test_many_skipped_images_are_summarised_not_listed(capsys, tmp_path):
     for index in range(2):
         Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / f"tiny{index}.png")
     out = tmp_path / "out"
-    status, _, err = run(
-        capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(root), "--workers", "0",
-        "--crop", "20", "--metrics", "consistency", "--views", "2", "--max-shift", "2", "--out", str(out),
-    )  # fmt: skip
+    options = ["--crop", "20", "--metrics", "consistency", "--views", "2", "--max-shift", "2"]
+    status, _, err = evaluate_cli(capsys, root, out, *options)
     assert status == 0, err
     lines = err.splitlines()
     assert lines[:5] == [
@@ -562,9 +559,7 @@ def test_an_interrupted_run_says_where_its_counts_are_and_resumes(capsys, tmp_pa
 
 def test_a_long_data_path_is_an_input_that_cannot_be_read(capsys, tmp_path):
     data = tmp_path / ("d" * 300)
-    status, _, err = run(
-        capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(data), "--out", str(tmp_path / "o")
-    )
+    status, _, err = evaluate_cli(capsys, data, tmp_path / "o")
     assert_one_line_error(status, err, f"data '{data}': cannot be read (File name too long)")
 
 
@@ -573,10 +568,7 @@ def test_links_that_lead_nowhere_are_skipped_and_counted(capsys, tmp_path):
     (root / "dangling.png").symlink_to(tmp_path / "gone.png")
     (root / "loop.png").symlink_to(root / "loop.png")
     out = tmp_path / "out"
-    status, stdout, err = run(
-        capsys, "evaluate", "--model", f"{NETS}:small_classifier", "--data", str(root), *COMMON,
-        "--metrics", "consistency", "--out", str(out),
-    )  # fmt: skip
+    status, stdout, err = evaluate_cli(capsys, root, out, *COMMON, "--metrics", "consistency")
     assert status == 0, err
     assert err.splitlines() == [
         f"shiftlab: skipped image '{root / 'dangling.png'}': is a symbolic link to '{tmp_path / 'gone.png'}',"
@@ -628,3 +620,13 @@ def test_under_torchrun_a_failed_or_killed_process_is_named_as_such_by_the_other
     )
     assert sorted(lines) == sorted([survivor] + ([failed] if how == "fail" else [])), completed.stderr[-3000:]
     assert "internal error" not in completed.stderr
+
+
+def test_auto_metrics_take_crop_consistency_when_the_images_hold_its_windows():
+    """--metrics auto: crop-consistency once --resize holds crop + R - 1 pixels (224 + 31 = 255)."""
+    import argparse
+
+    def auto(resize: int) -> list[str]:
+        return cli._auto_metrics(argparse.Namespace(resize=resize, crop=224, max_shift=32), labelled=False)
+
+    assert "crop-consistency" in auto(255) and "crop-consistency" not in auto(254)

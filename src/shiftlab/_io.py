@@ -105,7 +105,8 @@ def claim_output_folder(out_dir: str | Path) -> Iterator[Path]:
     subject = f"output folder '{target}'"
     if os.path.lexists(target) and not target.is_dir():
         fail(subject, "exists and is not a folder")
-    parent = target.absolute().parent
+    absolute = Path(os.path.abspath(target))  # '.' and 'a/..' by their names
+    parent = absolute.parent
     anchor = _nearest_existing(parent)
     if not anchor.is_dir():
         fail(subject, f"cannot be created: '{anchor}' is not a folder")
@@ -117,13 +118,13 @@ def claim_output_folder(out_dir: str | Path) -> Iterator[Path]:
             os.close(handle)
             os.unlink(probe)
         else:  # it is created in the end: its parent must take new folders
-            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.write-test-"))
+            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f"{_TEMPORARY}{_owner()}write-test."))
     except OSError as error:
         _remove_empty(created)
         fail(subject, f"cannot be {'written' if target.is_dir() else 'created'} ({error.strerror or error})")
     succeeded = False
     try:
-        with _lock(parent / f".{target.name}.lock", subject):
+        with _lock(parent / f".{absolute.name or 'root'}.lock", subject):
             yield target
             succeeded = True
     finally:
@@ -229,8 +230,9 @@ def staged_directory(out_dir: str | Path) -> Iterator[Path]:
     target = Path(out_dir)
     if target.exists() and not target.is_dir():
         fail(f"output folder '{target}'", "exists and is not a folder")
-    anchor = _nearest_existing(target.absolute().parent)
-    prefix = f".{target.name or 'out'}.staging-"
+    absolute = Path(os.path.abspath(target))
+    anchor = _nearest_existing(absolute.parent)
+    prefix = f".{absolute.name or 'root'}.staging-"
     try:
         staging = Path(tempfile.mkdtemp(dir=anchor, prefix=f"{prefix}{_owner()}"))
     except OSError as error:

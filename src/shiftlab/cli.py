@@ -873,9 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShiftlabError as error:
         print(f"shiftlab: error: {_with_notes(str(error), error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as error:  # reading or writing: inputs that fail to read are refused where they are read
-        where = f" '{printable(error.filename)}'" if getattr(error, "filename", None) else ""
-        print(f"shiftlab: error:{where} {printable(error.strerror or first_line(error))}", file=sys.stderr)
+    except OSError as error:  # writing, mostly: inputs that cannot be read are refused where they are read
+        where = f"'{printable(error.filename)}': " if getattr(error, "filename", None) else ""
+        print(f"shiftlab: error: {where}{printable(error.strerror or first_line(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as error:
         print(f"shiftlab: {_with_notes('interrupted', error, default='nothing was written')}", file=sys.stderr)
