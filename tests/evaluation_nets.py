@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import torch
@@ -134,3 +135,52 @@ def lraspp(classes: int = 4) -> nn.Module:
             head.bias.zero_()
             head.weight.mul_(1000.0)
     return model.eval()
+
+
+class NaNLogits(nn.Module):
+    """small_classifier's logits times NaN: every output is NaN (argmax 0 everywhere: 'perfectly consistent')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = small_classifier()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * float("nan")
+
+
+class InfWhenBright(nn.Module):
+    """small_classifier, with an infinite logit for every input whose mean is above 0.6 (bright images only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = small_classifier()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        bright = x.flatten(1).mean(dim=1) > 0.6
+        return torch.where(bright[:, None], torch.full_like(logits, float("inf")), logits)
+
+
+class Stopping(nn.Module):
+    """small_classifier that fails on its SHIFTLAB_TEST_FAIL_AT-th forward pass, after a short pause: with
+    KeyboardInterrupt (as Ctrl-C would) when SHIFTLAB_TEST_FAIL is 'interrupt', killed (SIGKILL) when it is 'kill',
+    else with a RuntimeError; on rank SHIFTLAB_TEST_FAIL_RANK only when that is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = small_classifier()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        rank = os.environ.get("SHIFTLAB_TEST_FAIL_RANK")
+        due = self.calls == int(os.environ.get("SHIFTLAB_TEST_FAIL_AT", "0"))
+        if due and (rank is None or rank == os.environ.get("RANK")):
+            how = os.environ.get("SHIFTLAB_TEST_FAIL")
+            if how == "interrupt":
+                raise KeyboardInterrupt
+            time.sleep(0.5)  # the other processes are waiting in a collective operation by now
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("out of memory (a test)")
+        return self.inner(x)

@@ -15,7 +15,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "shiftlab"
 
 #: Lower layers first. A module may import from its own layer and the layers before it.
 LAYERS: list[set[str]] = [
-    {"errors", "_format"},  # vocabulary
+    {"errors", "_format", "_command"},  # vocabulary; is this process the command
     {"_tensors", "_io", "_pandas", "accumulate", "distributed"},  # plumbing; optional pandas; torchrun's group
     {"images", "kernels", "shifts", "metrics", "digits", "weights"},  # inputs and formulas; digits; weights files
     {"data", "ops", "_compare", "datasets", "views", "outputs"},  # inputs, operators, comparisons; model outputs

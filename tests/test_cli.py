@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -498,3 +501,256 @@ class TestProbeExplore:
         )  # fmt: skip
         assert status == 0 and "explorer" not in (out / "report.html").read_text()
         assert "with the explorer" not in printed
+
+
+# --------------------------------------------------------------------------- hostile names, output folders, exits
+
+
+def _image(path: Path, size: int = 20) -> Path:
+    Image.fromarray((np.arange(size * size).reshape(size, size) * 7 % 255).astype(np.uint8)).save(path, format="png")
+    return path
+
+
+class TestHostileNames:
+    def test_a_file_name_that_is_not_utf8(self, capsys, tmp_path):
+        """The name's bad byte is shown as \\xff everywhere (stdout, the figure); the files keep the real bytes."""
+        image = _image(tmp_path / os.fsdecode(b"\xff.png"))
+        out = tmp_path / "o"
+        status, stdout, err = run(capsys, "edges", str(image), "--out", str(out))
+        assert status == 0, err
+        assert stdout.splitlines()[0].startswith(f"{tmp_path}/\\xff.png: 20x20 -> edge map 18x18 (min 0, max ")
+        assert sorted(path.name for path in out.iterdir()) == [
+            os.fsdecode(b"\xff_edges.npy"),
+            os.fsdecode(b"\xff_edges.png"),
+        ]
+        status, _, err = run(
+            capsys,
+            "probe",
+            "--model",
+            "simple_cnn",
+            "--images",
+            str(image),
+            "--shifts",
+            "0:2",
+            "--out",
+            str(tmp_path / "p"),
+        )
+        assert status == 0, err
+        protocol = json.loads((tmp_path / "p" / "probe.json").read_text(encoding="utf-8"))["protocol"]
+        assert protocol["images_used"] == [f"{tmp_path}/\\xff.png"]
+        assert [bytes.fromhex(item) for item in protocol["images_used_bytes"]] == [os.fsencode(image)]
+        not_an_image = tmp_path / os.fsdecode(b"\xfe.png")
+        not_an_image.write_text("text")
+        status, _, err = run(capsys, "edges", str(not_an_image), "--out", str(out))
+        assert err == (
+            f"shiftlab: error: image '{tmp_path}/\\xfe.png': is not an image Pillow can read (unknown or corrupt"
+            " format)\n"
+        )
+        assert status == 2
+
+    @pytest.mark.parametrize("command", ["edges", "pool"])
+    def test_dollar_signs_are_text_not_maths(self, capsys, tmp_path, command):
+        image = _image(tmp_path / "x$\\x$.png")
+        status, _, err = run(capsys, command, str(image), "--out", str(tmp_path / "o"))
+        assert status == 0, err
+
+    def test_figure_titles_show_user_text_as_it_is(self):
+        import io
+
+        from shiftlab import show_feature_map, show_pyramid
+
+        figure = show_feature_map(np.zeros((4, 4)), np.zeros((3, 3)), titles=("x$\\x$.png", "d$\\bad$"))
+        figure.savefig(io.BytesIO(), format="png")  # drawing parses every text
+        assert figure.axes[0].title.get_text() == "x\\$\\x\\$.png (4 x 4)"  # matplotlib shows \$ as $
+        show_pyramid([np.zeros((4, 4))], title="a$b$" + chr(10) + "\udcff").savefig(io.BytesIO(), format="png")
+
+    def test_a_model_named_with_dollars_is_probed(self, capsys, tmp_path):
+        module = tmp_path / "d$\\bad$.py"
+        module.write_text(
+            "from shiftlab.models import SimpleCNN\n\ndef build():\n    return SimpleCNN(in_channels=1)\n"
+        )
+        status, _, err = run(
+            capsys, "probe", "--model", f"{module}:build", "--images", "pixel_a", "--shifts", "0:2",
+            "--out", str(tmp_path / "o"),
+        )  # fmt: skip
+        assert status == 0, err
+
+
+class TestOutputFolder:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["edges", "pixel_a"],
+            ["pool", "pixel_a"],
+            ["demo"],
+            ["probe", "--model", "simple_cnn"],
+            ["convert", "--model", "simple_cnn", "--method", "blurpool"],
+            ["evaluate", "--model", "digits_cnn", "--data", "digits"],
+        ],
+        ids=lambda argv: argv[0],
+    )
+    def test_empty_out_is_refused(self, capsys, argv):
+        status, _, err = run(capsys, *argv, "--out", "")
+        assert (status, err) == (2, "shiftlab: error: --out: is empty: name a folder (. for the current one)\n")
+
+    def test_out_inside_a_file_is_refused_before_any_work(self, capsys, tmp_path):
+        afile = tmp_path / "afile"
+        afile.write_text("x")
+        status, stdout, err = run(capsys, "demo", "--out", str(afile / "sub"))
+        assert (status, stdout) == (2, "")
+        assert (
+            err == f"shiftlab: error: output folder '{afile / 'sub'}': cannot be created: '{afile}' is not a folder\n"
+        )
+
+    def test_an_unwritable_folder_is_refused_before_any_work(self, capsys, tmp_path):
+        if os.geteuid() == 0:  # root writes anywhere a mode forbids: a file system that takes no folders
+            if not Path("/sys").is_dir():
+                pytest.skip("running as root, and no /sys to stand for an unwritable folder")
+            parent = Path("/sys")
+        else:
+            parent = tmp_path / "locked"
+            parent.mkdir(mode=0o555)
+        out = parent / "shiftlab-out"
+        status, stdout, err = run(capsys, "evaluate", "--model", "digits_cnn", "--data", "digits", "--out", str(out))
+        assert (status, stdout) == (2, "")
+        assert err.startswith(f"shiftlab: error: output folder '{out}': cannot be created (") and err.count("\n") == 1
+
+    def test_a_folder_another_run_holds_is_refused(self, capsys, tmp_path):
+        from shiftlab._io import claim_output_folder
+
+        out = tmp_path / "o"
+        with claim_output_folder(out):
+            status, _, err = run(capsys, "edges", "pixel_a", "--out", str(out))
+        assert err == (
+            f"shiftlab: error: output folder '{out}': is in use by another shiftlab run (process {os.getpid()});"
+            " wait for it to finish, or choose another --out\n"
+        )
+        assert status == 2
+        assert run(capsys, "edges", "pixel_a", "--out", str(out))[0] == 0  # released
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["o"]  # no lock file left
+
+    def test_the_current_folder_is_locked_by_its_name(self, capsys, tmp_path, monkeypatch):
+        from shiftlab._io import claim_output_folder
+
+        (tmp_path / "here").mkdir()
+        monkeypatch.chdir(tmp_path / "here")
+        with claim_output_folder(tmp_path / "here"):
+            status, _, err = run(capsys, "edges", "pixel_a", "--out", ".")
+        assert status == 2 and "is in use by another shiftlab run" in err
+        assert run(capsys, "edges", "pixel_a", "--out", ".")[0] == 0
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["here"]
+
+    def test_the_lock_of_a_killed_run_is_released(self, capsys, tmp_path):
+        out = tmp_path / "o"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time\nfrom shiftlab._io import claim_output_folder\n"
+             f"with claim_output_folder({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SOURCE)},
+        )  # fmt: skip
+        try:
+            assert holder.stdout.readline() == "held\n"
+            status, _, err = run(capsys, "edges", "pixel_a", "--out", str(out))
+            assert status == 2 and f"(process {holder.pid})" in err
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=30)
+        finally:
+            holder.kill()
+        assert (tmp_path / ".o.lock").exists()  # left behind by kill -9, and no longer held
+        status, _, err = run(capsys, "edges", "pixel_a", "--out", str(out))
+        assert status == 0, err
+        assert not (tmp_path / ".o.lock").exists()
+
+    def test_leftovers_of_killed_runs_are_removed_by_the_next_success(self, capsys, tmp_path):
+        from shiftlab._io import _owner
+
+        host = _owner().split("-")[0]
+        ended = subprocess.Popen([sys.executable, "-c", "pass"])
+        ended.wait()
+        out = tmp_path / "o"
+        out.mkdir()
+        stale = [tmp_path / f".o.staging-{host}-{ended.pid}-x1", out / f".tmp-{host}-{ended.pid}-checkpoint.pt.a.tmp"]
+        kept = [
+            tmp_path / f".o.staging-{host}-1-x2",
+            tmp_path / ".o.staging-old",
+            tmp_path / f".o.staging-other-{ended.pid}-x",
+        ]
+        for path in stale + kept:
+            if path.suffix == ".tmp":
+                path.write_bytes(b"partial")
+            else:
+                path.mkdir()
+                (path / "report.html").write_text("half")
+        status, _, err = run(capsys, "edges", "pixel_a", "--out", str(out))
+        assert status == 0, err
+        assert [path.exists() for path in stale] == [False, False]
+        assert all(path.exists() for path in kept)  # a running process's, an old one without a process, another host's
+
+
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+
+
+class TestExits:
+    def test_a_model_file_that_exits(self, capsys, tmp_path):
+        module = tmp_path / "exits.py"
+        module.write_text("import sys\n\nsys.exit(0)\n")
+        for command in (["probe", "--images", "pixel_a"], ["evaluate", "--data", "digits"]):
+            status, stdout, err = run(
+                capsys, command[0], "--model", f"{module}:build", *command[1:], "--out", str(tmp_path / "o")
+            )
+            assert err == (
+                f"shiftlab: error: '{module}' line 3 called sys.exit(0) while shiftlab ran it; nothing was written"
+                " (a model file must define the model, not run a program)\n"
+            )
+            assert (status, stdout) == (2, "")
+        assert not (tmp_path / "o").exists()
+
+    def test_ctrl_c_while_the_command_starts(self, tmp_path):
+        """Ctrl-C during the imports (a second or more): one line and status 130, no traceback."""
+        script = tmp_path / "shiftlab"  # what the installed console script does
+        script.write_text(
+            "import sys\nfrom shiftlab.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n"
+        )
+        environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
+        for command in ([sys.executable, str(script), "samples"], [sys.executable, "-m", "shiftlab", "samples"]):
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+            )
+            time.sleep(0.3)  # Python has started, and is importing torch
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=60)
+            assert process.returncode == 130, stderr
+            assert stderr in ("shiftlab: interrupted\n", "shiftlab: interrupted; nothing was written\n"), stderr
+
+    def test_a_nan_model_is_refused_by_the_probe(self, capsys, tmp_path):
+        module = tmp_path / "nan_net.py"
+        module.write_text(
+            "import torch\nfrom shiftlab.models import SimpleCNN\n\n"
+            "class Broken(SimpleCNN):\n    def forward(self, x):\n        return super().forward(x) * float('nan')\n\n"
+            "def build():\n    return Broken(in_channels=1)\n"
+        )
+        for mode in ("circular", "zero"):  # zero: the border pass feeds NaN on purpose, and is not what is refused
+            status, _, err = run(
+                capsys, "probe", "--model", f"{module}:build", "--images", "pixel_a", "--shifts", "0:2",
+                "--mode", mode, "--out", str(tmp_path / "o"),
+            )  # fmt: skip
+            assert err == (
+                "shiftlab: error: model Broken: outputs NaN or infinity for input image 0 (unshifted): no equivariance"
+                " can be measured from that (check the model and its weights)\n"
+            )
+            assert status == 2
+
+    def test_a_malicious_weights_file_is_refused_without_torchs_advice(self, capsys, tmp_path):
+        class Payload:
+            def __reduce__(self):
+                return (os.system, ("echo never",))
+
+        weights = tmp_path / "evil.pt"
+        torch.save({"conv.weight": Payload()}, weights)
+        status, _, err = run(
+            capsys, "probe", "--model", "simple_cnn", "--weights", str(weights), "--out", str(tmp_path / "o")
+        )
+        assert err == (
+            f"shiftlab: error: weights '{weights}': holds more than plain tensors, and weights_only loading refuses"
+            f" arbitrary objects: save model.state_dict() instead (it references {os.system.__module__}.system)\n"
+        )
+        assert status == 2

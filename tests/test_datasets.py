@@ -148,8 +148,54 @@ def test_dataset_loads_resizes_converts_and_reports_unreadable_files(tmp_path):
     second = dataset[1]
     assert second.image is None
     assert second.reason == f"image '{tmp_path / 'b.png'}': is not an image Pillow can read (unknown or corrupt format)"
+    assert second.kind == "unreadable"
     small = EvaluationDataset(open_images(tmp_path), channels=1, min_size=(8, 8))[2]
     assert small.reason == f"image '{tmp_path / 'c.png'}': is 4x4, smaller than the 8x8 the protocol needs"
+    assert small.kind == "too small"
+
+
+def test_links_that_lead_nowhere_are_listed_and_reported_as_unreadable(tmp_path):
+    """A dangling link and a link loop with image names: in the list (counted), unreadable when loaded."""
+    write_image(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "c.png").symlink_to(tmp_path / "c.png")
+    (tmp_path / "d").symlink_to(tmp_path / "d")  # no image name: not an image
+    images = open_images(tmp_path)
+    assert images.items == tuple(str(tmp_path / name) for name in ("a.png", "b.png", "c.png"))
+    dataset = EvaluationDataset(images, channels=1)
+    assert [(item.kind, item.reason) for item in (dataset[1], dataset[2])] == [
+        (
+            "unreadable",
+            f"image '{tmp_path / 'b.png'}': is a symbolic link to '{tmp_path / 'gone.png'}', which does not exist",
+        ),
+        ("unreadable", f"image '{tmp_path / 'c.png'}': is a symbolic link loop (it never reaches a file)"),
+    ]
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.png\nb.png\n")
+    assert len(open_images(listing)) == 2  # a listed link is there, unreadable: skipped when loaded, not missing
+
+
+def test_labels_are_ascii_digits_or_names(tmp_path):
+    """'²' passes str.isdigit but is no integer: a class name, never an internal error."""
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png")
+    listing = tmp_path / "val.txt"
+    listing.write_text("a.png ²\nb.png 3\n", encoding="utf-8")
+    images = open_images(listing)
+    assert images.classes == ("3", "²") and images.labels == (1, 0)
+
+
+def test_names_are_shown_on_one_line_and_kept_losslessly(tmp_path):
+    import os
+
+    root = tmp_path / os.fsdecode(b"\xfd")
+    write_image(root / "a\nb.png")
+    write_image(root / os.fsdecode(b"\xff.png"))
+    images = open_images(root)
+    assert images.description == f"folder '{tmp_path}/\\xfd' (2 images)"
+    assert [images.name(index) for index in range(2)] == [f"{tmp_path}/\\xfd/a\\nb.png", f"{tmp_path}/\\xfd/\\xff.png"]
+    assert bytes.fromhex(images.name_bytes(0)) == os.fsencode(root / "a\nb.png")  # the folder's byte is not UTF-8
+    assert bytes.fromhex(images.name_bytes(1)) == os.fsencode(root / os.fsdecode(b"\xff.png"))
 
 
 def test_dataset_converts_tensor_channels():

@@ -41,17 +41,20 @@ class TestFail:
     @pytest.mark.parametrize(
         ("subject", "problem", "expected"),
         [
-            ("image 'a.png'", "is\ntruncated", "image 'a.png': is truncated"),
-            ("  padded  subject ", "  many   spaces\t\tand tabs ", "padded subject: many spaces and tabs"),
-            ("multi\nline\r\nsubject", "line one\nline two", "multi line subject: line one line two"),
+            ("image 'a.png'", "is\ntruncated", "image 'a.png': is\\ntruncated"),
+            ("  padded  subject ", "  spaces\t\tand tabs\n", "padded  subject: spaces\\t\\tand tabs"),
+            ("multi\nline\r\nsubject", "line one\u2028line two", "multi\\nline\\r\\nsubject: line one\\u2028line two"),
+            ("image 'caf\udcff.png'", "x\x00y", "image 'caf\\xff.png': x\\x00y"),
         ],
     )
     def test_message_is_one_line(self, subject, problem, expected):
+        """Names may hold line breaks, control characters and bytes that are not UTF-8: escaped, never lost."""
         with pytest.raises(ShiftlabError) as info:
             fail(subject, problem)
         message = str(info.value)
         assert message == expected
         assert "\n" not in message and "\r" not in message
+        message.encode("utf-8")  # writable to any UTF-8 terminal or file
 
     def test_non_string_arguments_are_converted(self):
         with pytest.raises(ShiftlabError, match="^3: 4$"):

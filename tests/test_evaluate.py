@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from evaluation_nets import ChannelMax, FeatureMap, PerSample, PixelProbe, small_classifier
+from evaluation_nets import ChannelMax, FeatureMap, InfWhenBright, NaNLogits, PerSample, PixelProbe, small_classifier
 from PIL import Image
 
 from shiftlab import evaluate
+from shiftlab.dense import DenseConsistency
 from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import COLUMNS, EvaluationResult
+from shiftlab.evaluate import COLUMNS, EvaluationResult, _checksum
 from shiftlab.invariance import (
     Consistency,
     DiagonalShift,
@@ -170,6 +171,160 @@ def test_resume_refuses_other_settings(tmp_path):
         evaluate(small_classifier(), (images, labels), checkpoint=tmp_path / "missing.pt", resume=True)
 
 
+def _checkpoint_run(tmp_path, **extra):
+    """A finished run with a checkpoint (9 images, 3 packs), and what resuming it takes."""
+    images, labels = random_images(9, size=20)
+    options = {"metrics": [Consistency(views=4, max_shift=4)], "crop": 16, "batch_size": 12, **extra}
+    checkpoint = tmp_path / "checkpoint.pt"
+    result = evaluate({"net": small_classifier()}, (images, labels), **options, checkpoint=checkpoint)
+    return result, lambda: evaluate(
+        {"net": small_classifier()}, (images, labels), **options, checkpoint=checkpoint, resume=True
+    )
+
+
+def _resave(path, change, sign: bool) -> None:
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    if sign:  # as a careful forger would: the checksum recomputed over the changed counts
+        payload["checksum"] = _checksum(payload["settings"], payload["run"], payload["states"])
+    torch.save(payload, path)
+
+
+def test_resume_refuses_a_checkpoint_whose_counts_changed(tmp_path):
+    """A flipped bit in a count: the checksum no longer matches, and the resumed numbers would be wrong."""
+    result, resume = _checkpoint_run(tmp_path)
+    assert resume().to_json() == result.to_json()
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def flip(payload):
+        counts = payload["states"]["net\nconsistency"]["sum:agreeing_pairs"]
+        counts ^= 1 << 3
+
+    _resave(checkpoint, flip, sign=False)
+    with pytest.raises(ShiftlabError) as error:
+        resume()
+    assert str(error.value) == (
+        f"--resume: '{checkpoint}' is damaged: its contents do not match their checksum; start a new run instead"
+    )
+
+
+def test_resume_refuses_a_bit_flipped_on_disk(tmp_path):
+    """One bit of the file itself (inside a stored tensor): refused, never resumed to other numbers."""
+    import struct
+    import zipfile
+
+    _, resume = _checkpoint_run(tmp_path)
+    checkpoint = tmp_path / "checkpoint.pt"
+    raw = bytearray(checkpoint.read_bytes())
+    with zipfile.ZipFile(checkpoint) as archive:  # torch.save stores tensors uncompressed, one record each
+        info = [item for item in archive.infolist() if "/data/" in item.filename and item.file_size >= 8][-1]
+    name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    raw[info.header_offset + 30 + name_length + extra_length] ^= 1  # the lowest bit of a stored int64 count
+    checkpoint.write_bytes(bytes(raw))
+    with pytest.raises(ShiftlabError, match=rf"^--resume: '{checkpoint}' is (damaged|not a readable checkpoint)"):
+        resume()
+
+
+def test_resume_refuses_packs_marked_done_that_were_not(tmp_path):
+    """All 3 packs marked done over counts of one (a failure at the second), checksum and all: refused."""
+    images, labels = random_images(9, size=20)
+    options = {"metrics": [Consistency(views=4, max_shift=4)], "crop": 16, "batch_size": 12}
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(ShiftlabError, match="the machine went away"):
+        evaluate({"net": Breaks(fail_at=3)}, (images, labels), **options, checkpoint=checkpoint, checkpoint_every=1)
+
+    def mark_all_done(payload):
+        payload["run"]["max:packs_done"].fill_(1)
+
+    _resave(checkpoint, mark_all_done, sign=True)
+    with pytest.raises(ShiftlabError) as error:
+        evaluate({"net": Breaks()}, (images, labels), **options, checkpoint=checkpoint, resume=True)
+    assert str(error.value) == (
+        f"--resume: '{checkpoint}' is inconsistent: its packs done hold 9 usable image(s), but the counts of"
+        " model 'net', metric consistency cover 3; start a new run instead"
+    )
+
+
+def test_resume_refuses_a_malicious_checkpoint_without_torchs_advice(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    images, labels = random_images(2)
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"format": "x", "evil": Payload()}, checkpoint)
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), (images, labels), metrics="consistency", checkpoint=checkpoint, resume=True)
+    assert str(error.value) == f"--resume: '{checkpoint}' is not a readable checkpoint (it references print)"
+    assert "weights_only=False" not in str(error.value) and "Re-running" not in str(error.value)
+
+
+def test_a_failure_says_where_the_counts_so_far_are(tmp_path):
+    images, labels = random_images(9, size=20)
+    options = {"metrics": [Consistency(views=4, max_shift=4)], "crop": 16, "batch_size": 12}
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(ShiftlabError) as error:
+        evaluate({"net": Breaks(fail_at=3)}, (images, labels), **options, checkpoint=checkpoint, checkpoint_every=1)
+    assert error.value.__notes__ == [
+        f"the counts so far are kept in '{checkpoint}': the same run with --resume (resume=True) continues from there"
+    ]
+    with pytest.raises(ShiftlabError) as error:  # failed before its first checkpoint: nothing to point to
+        evaluate({"net": Breaks(fail_at=1)}, (images, labels), **options, checkpoint=tmp_path / "other.pt")
+    assert not hasattr(error.value, "__notes__")
+
+
+def test_nan_outputs_are_refused_not_scored():
+    """logits * NaN: argmax is 0 everywhere, which would count as perfectly consistent."""
+    images, labels = random_images(4)
+    with pytest.raises(ShiftlabError) as error:
+        evaluate({"broken": NaNLogits()}, (images, labels), metrics=["consistency", "shift-accuracy"])
+    assert str(error.value) == (
+        "model 'broken': outputs NaN or infinity for image '#0': no score can be computed from that"
+        " (check the model and its weights)"
+    )
+
+
+def test_infinite_outputs_name_the_first_image_that_gives_them():
+    images = torch.full((6, 3, 16, 16), 0.2)
+    images[4] = 0.9  # only image 4 is bright; the first image checks the model before the run
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(InfWhenBright(), images, metrics="consistency", batch_size=8)
+    assert str(error.value).startswith("model 'InfWhenBright': outputs NaN or infinity for image '#4'")
+
+
+def test_labels_that_no_metric_uses_do_not_block_a_run():
+    """consistency uses no labels: 3 classes against a model with 10 outputs is no reason to refuse it."""
+    images, labels = random_images(3)
+    result = evaluate(small_classifier(), (images, labels % 3), classes="a,b,c", metrics="consistency")
+    assert result.images["evaluated"] == 3
+    assert result.protocol["data"]["labels"] is True and result.protocol["data"]["labels_used"] is False
+
+
+def test_a_run_in_which_no_image_can_be_evaluated_is_refused():
+    images, _ = random_images(3, size=16)
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), images, metrics="consistency", crop=20)
+    assert str(error.value) == (
+        "data: no image could be evaluated (all 3 skipped); the first: image '#0': is 16x16, smaller than the"
+        " 20x20 crop"
+    )
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [DiagonalShift("crop"), Consistency("crop"), ShiftAccuracy([(0, 1)], mode="crop"), DenseConsistency("crop")],
+    ids=str,
+)
+def test_metrics_that_cut_windows_around_the_input_need_a_crop(metric):
+    images, labels = random_images(3)
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), (images, labels), metrics=[metric])
+    assert str(error.value) == (
+        f"metric {metric.name}: cuts windows around the model input, and without a crop the input is the whole"
+        " image: give a crop smaller than the images (e.g. --resize 256 --crop 224)"
+    )
+
+
 # --------------------------------------------------------------------------- data and results
 
 
@@ -225,17 +380,19 @@ def test_bad_input_messages(tmp_path):
         evaluate(small_classifier(), (images, labels), classes="a,b,c", metrics="consistency")
     assert str(error.value) == f"labels: class index {int(labels.max())} has no name among the 3 classes"
     with pytest.raises(ShiftlabError) as error:
-        evaluate(small_classifier(), (images, labels % 3), classes="a,b,c", metrics="consistency")
+        evaluate(small_classifier(), (images, labels % 3), classes="a,b,c", metrics="shift-accuracy")
     assert str(error.value) == "classes: the data has 3 classes (a, b, c), but model 'Sequential' gives 10 outputs"
     with pytest.raises(ShiftlabError) as error:
         evaluate(small_classifier(), images, metrics="shift-accuracy")
     assert (
         str(error.value) == "metric shift-accuracy: needs labels, and the data has none (3 images in memory (3x16x16))"
     )
-    with pytest.raises(
-        ShiftlabError, match=r"^metric crop-consistency: needs 48x48 pixels \(16 window \+ 32 offsets\)"
-    ):
+    with pytest.raises(ShiftlabError) as error:
         evaluate(small_classifier(), images, metrics="crop-consistency", resize=20, crop=16)
+    assert str(error.value) == (
+        "metric crop-consistency: needs 47x47 pixels (a 16x16 window at offsets 0 to 31), the image has 20x20"
+        " (--resize 20, --crop 16)"
+    )
 
 
 def test_the_callers_train_flags_are_restored():

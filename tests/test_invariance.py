@@ -100,12 +100,43 @@ def test_consistency_views_follow_the_documented_seeding():
 
 
 def test_crop_consistency_needs_room_around_the_crop():
+    """Offsets 0 .. R - 1 need crop + R - 1 pixels: 224 + 31 = 255 for Zhang's protocol."""
     metric = Consistency("crop", max_shift=32)
     assert metric.problem(Geometry.of(256, 300, crop=224)) is None
-    assert metric.problem(Geometry.of(255, 300, crop=224)) == (
-        "needs 256x256 pixels (224 window + 32 offsets), the image has 255x300"
+    assert metric.problem(Geometry.of(255, 300, crop=224)) is None
+    assert metric.problem(Geometry.of(254, 300, crop=224)) == (
+        "needs 255x255 pixels (a 224x224 window at offsets 0 to 31), the image has 254x300"
+    )
+    assert Consistency("crop", max_shift=2).problem(Geometry.of(24, 25, crop=24)) == (
+        "needs 25x25 pixels (a 24x24 window at offsets 0 to 1), the image has 24x25"
     )
     assert "needs a crop smaller than the image" in metric.problem(Geometry.of(32, 32, crop=None))
+    assert metric.needs_margin and not Consistency("circular").needs_margin
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "crop", "max_shift"),
+    [(25, 25, 24, 2), (255, 255, 224, 32), (255, 300, 224, 32), (26, 40, 24, 2), (31, 31, 28, 4)],
+)
+def test_every_crop_window_fits_an_image_of_crop_plus_r_minus_1(height, width, crop, max_shift):
+    """Brute force over all offsets: an image that passes problem() holds every window the metric can draw."""
+    metric = Consistency("crop", views=2, max_shift=max_shift)
+    geometry = Geometry.of(height, width, crop)
+    assert metric.problem(geometry) is None
+    top, left = metric._corner(geometry)
+    assert all(geometry.fits(top + dy, left + dx) for dy in range(max_shift) for dx in range(max_shift))
+
+
+def test_crop_windows_are_zhangs_centre_crop_then_offsets():
+    """Offset (0, 0) is the corner of torchvision's CenterCrop(crop + R) of the resized image (Zhang: 224 in 256);
+    the numbers of images that have that square are as before the crop + R - 1 rule."""
+    from torchvision.transforms.v2 import functional as F
+
+    metric = Consistency("crop", views=2, max_shift=32)
+    for height, width in [(256, 256), (256, 341), (300, 256), (257, 258)]:
+        index = torch.arange(height * width, dtype=torch.float64).reshape(1, height, width)
+        corner = int(F.center_crop(index, [256, 256])[0, 0, 0])
+        assert metric._corner(Geometry.of(height, width, crop=224)) == divmod(corner, width)
 
 
 # --------------------------------------------------------------------------- accuracy under shift

@@ -348,9 +348,9 @@ class TestImportSpecs:
             load_model(spec)
         assert str(info.value) == f"model: {spec!r}: expected package.module:callable or path/to/file.py:callable"
 
-    @pytest.mark.parametrize("spec, shown", [("", "''"), ("   ", "' '"), (None, "None"), (3, "3")])
+    @pytest.mark.parametrize("spec, shown", [("", "''"), ("   ", "'   '"), (None, "None"), (3, "3")])
     def test_not_a_spec(self, spec, shown):
-        # (messages are one line with runs of whitespace collapsed)
+        # (messages are one line: what the user gave, as it is)
         with pytest.raises(ShiftlabError) as info:
             load_model(spec)
         assert str(info.value) == f"model: expected a non-empty spec string, got {shown}"

@@ -3,27 +3,36 @@
 The public API, re-exported from the modules that define it (nothing is defined here).
 """
 
-from shiftlab.data import Preprocess, prepare_images
-from shiftlab.equivariance import EquivarianceResult, ShiftComparison, ShiftError, equivariance_error, feature_stride
-from shiftlab.errors import InternalError, ShiftlabError
-from shiftlab.evaluate import EvaluationResult, evaluate
-from shiftlab.figures import (
-    show_convergence,
-    show_error_vs_depth,
-    show_feature_map,
-    show_pyramid,
-    show_shift_heatmaps,
-    show_shift_table,
-)
-from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
-from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
-from shiftlab.layers import make_shift_invariant
-from shiftlab.metrics import MapError, compare_maps
-from shiftlab.models import load_model, load_weights
-from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
-from shiftlab.outputs import main_output
-from shiftlab.probe import ProbeResult, probe, select_layers
-from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask
+from shiftlab._command import interrupted_imports
+
+with interrupted_imports():  # Ctrl-C while the command starts: one line, status 130
+    from shiftlab.data import Preprocess, prepare_images
+    from shiftlab.equivariance import (
+        EquivarianceResult,
+        ShiftComparison,
+        ShiftError,
+        equivariance_error,
+        feature_stride,
+    )
+    from shiftlab.errors import InternalError, ShiftlabError
+    from shiftlab.evaluate import EvaluationResult, evaluate
+    from shiftlab.figures import (
+        show_convergence,
+        show_error_vs_depth,
+        show_feature_map,
+        show_pyramid,
+        show_shift_heatmaps,
+        show_shift_table,
+    )
+    from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
+    from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
+    from shiftlab.layers import make_shift_invariant
+    from shiftlab.metrics import MapError, compare_maps
+    from shiftlab.models import load_model, load_weights
+    from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
+    from shiftlab.outputs import main_output
+    from shiftlab.probe import ProbeResult, probe, select_layers
+    from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask
 
 __version__ = "0.1.0"
 

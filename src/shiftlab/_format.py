@@ -1,11 +1,11 @@
-"""Numbers and strides as text, the same way in tables, figures and the command line."""
+"""Numbers, strides and names as text, the same way in tables, figures, reports and the command line."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["ROUNDING_LEVEL", "format_error", "format_number", "format_stride"]
+__all__ = ["ROUNDING_LEVEL", "figure_text", "format_error", "format_number", "format_stride", "name_bytes", "printable"]
 
 #: An error (a relative L2 error, the absolute difference of values of order one) below this is float32 rounding:
 #: its digits differ between CPUs, thread counts and library versions (float32's machine epsilon is 1.2e-7, and a
@@ -62,3 +62,73 @@ def format_stride(stride: Any) -> str:
     if not stride:
         return "global"
     return str(stride[0]) if stride[0] == stride[1] else f"{stride[0]}x{stride[1]}"
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if character in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[character]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by Python's surrogateescape: the byte itself
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def printable(text: Any) -> str:
+    """``text`` as it can be shown on one line anywhere: every character that cannot be printed as it is
+    (line breaks, tabs and other control characters, bytes of a file name that are not UTF-8) as a
+    backslash escape (``\\n``, ``\\t``, ``\\xff``, ``\\u2028``).
+
+    Python reads a file name that is not valid UTF-8 with its bad bytes as lone surrogates
+    (``surrogateescape``); they cannot be written to a UTF-8 file or terminal, and come out here as
+    ``\\xNN``, the byte itself. Backslashes are kept as they are: the result is for reading, not
+    for parsing back (:func:`name_bytes` keeps a name losslessly).
+
+    Example:
+        >>> printable("a" + chr(10) + "b.png"), printable(b"caf\\xff.png".decode("utf-8", "surrogateescape"))
+        ('a\\\\nb.png', 'caf\\\\xff.png')
+        >>> printable("ok: été 東京")
+        'ok: été 東京'
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(character if character.isprintable() else _escape(character) for character in text)
+
+
+def name_bytes(name: Any) -> str | None:
+    """The bytes of a file name that is not valid UTF-8, as hexadecimal (``None`` for a valid name).
+
+    The lossless companion of :func:`printable` in JSON outputs: ``bytes.fromhex(value)`` gives the
+    name as the file system holds it (``os.fsdecode`` of that, the ``str`` Python uses).
+
+    Example:
+        >>> name_bytes("a.png"), name_bytes(b"\\xffa.png".decode("utf-8", "surrogateescape"))
+        (None, 'ff612e706e67')
+    """
+    text = str(name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").hex()
+        except UnicodeEncodeError:  # a surrogate no file system gives (e.g. from JSON): its UTF-8 form
+            return text.encode("utf-8", "surrogatepass").hex()
+    return None
+
+
+def figure_text(text: Any) -> str:
+    """User-supplied text (a file, model or layer name) for a matplotlib figure, shown as it is.
+
+    :func:`printable`, with every ``$`` escaped: matplotlib reads text between two ``$`` as maths
+    (mathtext) and fails on what is not (``x$\\bad$.png``); it shows ``\\$`` as ``$``.
+
+    Example:
+        >>> figure_text("w$x$.pt")
+        'w\\\\$x\\\\$.pt'
+    """
+    return printable(text).replace("$", "\\$")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shiftlab.errors import describe, fail
+from shiftlab.errors import describe, fail, first_line
 
 __all__ = ["as_float_tensor", "like_input", "require_spatial"]
 
@@ -30,7 +30,7 @@ def as_float_tensor(value: Any, name: str) -> tuple[torch.Tensor, bool]:
         try:
             array = np.asarray(value)
         except (TypeError, ValueError) as error:
-            fail(name, f"expected an array or tensor, got {describe(value)} ({error})")
+            fail(name, f"expected an array or tensor, got {describe(value)} ({first_line(error)})")
         if array.dtype == object or array.dtype.kind not in "biuf":
             fail(name, f"expected real numbers, got {describe(value)}")
         if any(stride < 0 for stride in array.strides) or not array.flags.writeable or not array.dtype.isnative:

@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from shiftlab.distributed import peer_failures
 from shiftlab.errors import check_choice, fail
 
 __all__ = ["REDUCTIONS", "Accumulator", "Reduction"]
@@ -144,7 +145,8 @@ class Accumulator:
             return self
         names = list(self._states)
         gathered: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(gathered, [(name, tuple(self._states[name].shape)) for name in names], group=group)
+        with peer_failures():  # a peer that failed or was killed breaks the connection: one line, not a traceback
+            dist.all_gather_object(gathered, [(name, tuple(self._states[name].shape)) for name in names], group=group)
         if any(item != gathered[0] for item in gathered):
             fail("all_reduce", "the processes hold different states (other layers or sizes): they cannot be combined")
         transport = _transport_device(dist.get_backend(group))
@@ -152,7 +154,8 @@ class Accumulator:
         for name in names:
             value = self._states[name]
             moving = value.to(transport) if transport is not None else value.clone()
-            dist.all_reduce(moving, op=operations[self._reductions[name]], group=group)
+            with peer_failures():
+                dist.all_reduce(moving, op=operations[self._reductions[name]], group=group)
             self._states[name] = moving.to(value.device)
         return self
 

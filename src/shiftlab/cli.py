@@ -2,20 +2,27 @@
 
 Bad input of any kind ends with one line on stderr, ``shiftlab: error: ...``,
 and exit status 2; output is staged and moved into place only when a command
-succeeds, so a failed run leaves no half-written files. Anything else is a bug
-in shiftlab: its traceback is printed with a line that says so, and the exit
-status is 1.
+succeeds, so a failed run leaves no half-written files. The output folder is
+checked and locked before any work (:func:`shiftlab._io.claim_output_folder`),
+so that what cannot be written is refused first and two runs never share it.
+Ctrl-C ends with one line and status 130. Anything else is a bug in shiftlab:
+its traceback is printed with a line that says so, and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import sysconfig
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shiftlab import __version__
+from shiftlab._command import EXIT_INTERRUPTED
+from shiftlab._format import printable
 from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
 
 EXIT_BAD_INPUT = 2
@@ -44,7 +51,7 @@ def _save_figure(figure, folder: Path, stem: str, fmt: str) -> Path:
 def _print_written(out: Path, staged: list[Path]) -> None:
     """Where each staged file ended up (staged files are moved into ``out`` under the same name)."""
     for path in staged:
-        print(f"wrote {Path(out) / path.name}")
+        print(f"wrote {printable(Path(out) / path.name)}")
 
 
 def _image_stem(source: str) -> str:
@@ -75,8 +82,8 @@ def run_edges(args: argparse.Namespace) -> int:
         np.save(staging / f"{stem}.npy", edges)
         written.append(staging / f"{stem}.npy")
     print(
-        f"{args.image}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]} (min "
-        f"{edges.min():.4g}, max {edges.max():.4g})"
+        f"{printable(args.image)}: {image.shape[0]}x{image.shape[1]} -> edge map {edges.shape[0]}x{edges.shape[1]}"
+        f" (min {edges.min():.4g}, max {edges.max():.4g})"
     )
     _print_written(args.out, written)
     return 0
@@ -145,8 +152,8 @@ def run_demo(args: argparse.Namespace) -> int:
         bar.update()
     report = Path(args.out) / html.name
     failed = [finding for section in sections for finding in section.findings if finding.holds is False]
-    print(f"report: {report.resolve()}")
-    print(f"numbers: {(Path(args.out) / 'results.json').resolve()}")
+    print(f"report: {printable(report.resolve())}")
+    print(f"numbers: {printable((Path(args.out) / 'results.json').resolve())}")
     if failed:
         print(f"{len(failed)} finding(s) did not hold; see the report.")
     return 0
@@ -208,30 +215,33 @@ def run_probe(args: argparse.Namespace) -> int:
             channels = 4 if args.explore_channels is None else args.explore_channels
             data, info = run_explorer(args.model, args.images, show=shown, channels=channels, **common)
             result = data.result
-            explorers.append((f"Move the input through {args.model}", data))
+            explorers.append((f"Move the input through {printable(args.model)}", data))
         else:
             result, info = probe_model(args.model, args.images, **common)
         section = probe_section(
             result,
             key="probe",
-            title=f"Translation equivariance of {args.model}, layer by layer",
+            title=f"Translation equivariance of {printable(args.model)}, layer by layer",
             intro=f"{info.description}. Each watched layer's output for every shifted input is compared with its "
             "output for the original input, moved by the shift divided by the layer's cumulative stride.",
             heatmap_layers=[name.strip() for name in args.heatmap_layers.split(",")] if args.heatmap_layers else None,
             explorers=explorers,
         )
         with staged_directory(args.out) as staging:
-            write_report([section], staging, title=f"shiftlab probe: {args.model}", protocol=result.protocol)
+            write_report([section], staging, title=f"shiftlab probe: {printable(args.model)}", protocol=result.protocol)
             result.to_csv(staging / "probe.csv")
             result.to_json(staging / "probe.json")
-    print(f"model: {info.description}")
-    print(f"preprocessing: {result.protocol['preprocessing']}")
+    print(f"model: {printable(info.description)}")
+    print(f"preprocessing: {printable(result.protocol['preprocessing'])}")
     _print_summary(result)
     out = Path(args.out)
     report = out / "report.html"
     size = f" ({report.stat().st_size / 1e6:.1f} MB, with the explorer)" if args.explore else ""
-    print(f"report: {report.resolve()}{size}")
-    print(f"table: {(out / 'probe.csv').resolve()} (one row per layer and shift); {(out / 'probe.json').resolve()}")
+    print(f"report: {printable(report.resolve())}{size}")
+    print(
+        f"table: {printable((out / 'probe.csv').resolve())} (one row per layer and shift);"
+        f" {printable((out / 'probe.json').resolve())}"
+    )
     return 0
 
 
@@ -293,9 +303,14 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"{row['layer'][:width]:<{width}}  {row['change']:<12}  {row['before']}")
         print(f"{'':<{width}}  {'':<12}  -> {row['after']}" + (f"  ({row['note']})" if row["note"] else ""))
     out = Path(args.out)
-    print(f"{len(changes)} layer(s) changed in {info.spec}")
-    print(f"weights: {(out / 'weights.safetensors').resolve()}; table: {(out / 'changes.csv').resolve()}, changes.json")
-    print(f"load with: --model '{record['converted_spec']}' --weights {out / 'weights.safetensors'}")
+    print(f"{len(changes)} layer(s) changed in {printable(info.spec)}")
+    print(
+        f"weights: {printable((out / 'weights.safetensors').resolve())};"
+        f" table: {printable((out / 'changes.csv').resolve())}, changes.json"
+    )
+    print(
+        f"load with: --model '{printable(record['converted_spec'])}' --weights {printable(out / 'weights.safetensors')}"
+    )
     return 0
 
 
@@ -347,7 +362,7 @@ def _workers(text: str) -> int | str:
 def _auto_metrics(args: argparse.Namespace, labelled: bool) -> list[str]:
     """``--metrics auto``: every classification metric the data and the preparation allow."""
     names = ["consistency"]
-    if args.crop is not None and args.resize is not None and args.resize >= args.crop + args.max_shift:
+    if args.crop is not None and args.resize is not None and args.resize >= args.crop + args.max_shift - 1:
         names.append("crop-consistency")
     if labelled:
         names.append("shift-accuracy")
@@ -356,13 +371,11 @@ def _auto_metrics(args: argparse.Namespace, labelled: bool) -> list[str]:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import os
-
     from tqdm.auto import tqdm
 
     from shiftlab._io import staged_directory
     from shiftlab.datasets import open_images
-    from shiftlab.errors import check, fail
+    from shiftlab.errors import fail
     from shiftlab.evaluate import evaluate
     from shiftlab.experiments.evaluation import evaluation_protocol, evaluation_sections
     from shiftlab.invariance import METRIC_NAMES, make_metric
@@ -370,7 +383,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from shiftlab.shifts import parse_shifts
 
     out = Path(args.out)
-    check(not out.exists() or out.is_dir(), f"output folder '{out}'", "exists and is not a folder")
     images = open_images(args.data, classes=args.classes)
     names = [name.strip() for name in args.metrics.split(",") if name.strip()]
     if names == ["auto"]:
@@ -395,13 +407,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "dense_step": args.dense_step,
     }
     metrics = [make_metric(name, **options) for name in names]
-    main_process = int(os.environ.get("RANK", "0")) == 0
-
-    def report_skip(name: str, reason: str) -> None:
-        tqdm.write(
-            f"shiftlab: skipped {reason}" if name in reason else f"shiftlab: skipped '{name}': {reason}",
+    main_process = _main_process()
+    if main_process and images.labels is not None and not any(metric.needs_labels for metric in metrics):
+        kinds = f"{len(images.classes)} classes" if images.classes else "class indices"
+        print(
+            f"shiftlab: note: the data's labels ({kinds}) are ignored: no metric asked for uses them"
+            f" ({', '.join(metric.name for metric in metrics)})",
             file=sys.stderr,
         )
+    shown: list[str] = []
+
+    def report_skip(name: str, reason: str) -> None:
+        shown.append(name)
+        if len(shown) <= SKIPS_SHOWN:
+            line = f"shiftlab: skipped {reason}" if name in reason else f"shiftlab: skipped '{name}': {reason}"
+            tqdm.write(line, file=sys.stderr)
+        if len(shown) == SKIPS_SHOWN + 1:
+            tqdm.write(
+                "shiftlab: more images skipped: counted, and listed in evaluation.json (a summary follows)",
+                file=sys.stderr,
+            )
 
     result = evaluate(
         args.model,
@@ -428,6 +453,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if not main_process:
         return 0
+    if result.images["skipped"] > min(len(shown), SKIPS_SHOWN):
+        print(f"shiftlab: {_skip_summary(result.skipped)}; every one is listed in evaluation.json", file=sys.stderr)
     sections = evaluation_sections(result)
     with staged_directory(out) as staging:
         write_report(
@@ -440,9 +467,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result.to_json(staging / "evaluation.json")
         result.to_csv(staging / "evaluation.csv")
     _print_evaluation(result)
-    print(f"report: {(out / 'report.html').resolve()}")
-    print(f"numbers: {(out / 'evaluation.json').resolve()}; table: {(out / 'evaluation.csv').resolve()}")
+    print(f"report: {printable((out / 'report.html').resolve())}")
+    print(
+        f"numbers: {printable((out / 'evaluation.json').resolve())};"
+        f" table: {printable((out / 'evaluation.csv').resolve())}"
+    )
     return 0
+
+
+#: Skipped images named one by one on stderr; the rest are counted per reason (all are in evaluation.json).
+SKIPS_SHOWN = 5
+
+
+def _skip_summary(skipped: list[dict]) -> str:
+    """``"7 images skipped: 5 unreadable, 2 too small"``: how many, per kind of reason, the most frequent first."""
+    counts: dict[str, int] = {}
+    for item in skipped:
+        counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+    parts = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items(), key=lambda pair: -pair[1]))
+    return f"{len(skipped)} image(s) skipped: {parts}"
+
+
+def _main_process() -> bool:
+    """Whether this process writes the outputs: the only one, or rank 0 under torchrun."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 EVALUATE_SUMMARY = (
@@ -461,8 +509,8 @@ def _print_evaluation(result) -> None:
     from shiftlab.models import describe_preprocessing
 
     for label, record in result.protocol["models"].items():
-        print(f"{label}: {record['description']}")
-        print(f"  preprocessing: {describe_preprocessing(record['preprocessing'])}")
+        print(f"{label}: {printable(record['description'])}")
+        print(f"  preprocessing: {printable(describe_preprocessing(record['preprocessing']))}")
     metric_width = max(16, *(len(row["metric"]) for row in rows))
     print(
         f"{result.images['evaluated']} of {result.images['total']} images evaluated, {result.images['skipped']} skipped"
@@ -506,8 +554,7 @@ def run_kernels(args: argparse.Namespace) -> int:
 def _add_out(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--out",
-        type=Path,
-        default=_default_out(command),
+        default=str(_default_out(command)),
         help=f"output folder (default: {_default_out(command)}); created only when the command succeeds",
     )
 
@@ -913,27 +960,74 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shiftlab`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        with _output_folder(args):
+            return handler(args)
     except ShiftlabError as error:
-        print(f"shiftlab: error: {error}", file=sys.stderr)
+        print(f"shiftlab: error: {_with_notes(str(error), error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as error:
-        where = f" '{error.filename}'" if getattr(error, "filename", None) else ""
-        print(f"shiftlab: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+    except OSError as error:  # writing, mostly: inputs that cannot be read are refused where they are read
+        where = f"'{printable(error.filename)}': " if getattr(error, "filename", None) else ""
+        print(f"shiftlab: error: {where}{printable(error.strerror or first_line(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("shiftlab: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        print(f"shiftlab: {_with_notes('interrupted', error, default='nothing was written')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as error:  # argparse's own exits (--help, usage errors) pass; code shiftlab ran must not exit
+        caller = _exit_caller(error)
+        if caller is None:
+            raise
+        print(
+            f"shiftlab: error: {caller} called sys.exit({error.code!r}) while shiftlab ran it; nothing was written"
+            " (a model file must define the model, not run a program)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     except Exception as error:  # not bad input: a bug in shiftlab, reported as one, with its traceback
         traceback.print_exc()
         if not isinstance(error, InternalError):
             error = InternalError(f"{type(error).__name__}: {first_line(error)}")
         print(f"shiftlab: {error}", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+def _output_folder(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Check and lock the command's ``--out`` before it does any work (see :func:`shiftlab._io.claim_output_folder`);
+    ``args.out`` becomes a ``Path``. Under torchrun only the main process writes, and so only it claims."""
+    if not hasattr(args, "out"):
+        return contextlib.nullcontext()
+    if not str(args.out).strip():
+        fail("--out", "is empty: name a folder (. for the current one)")
+    args.out = Path(args.out)
+    if not _main_process():
+        return contextlib.nullcontext()
+    from shiftlab._io import claim_output_folder
+
+    return claim_output_folder(args.out)
+
+
+def _with_notes(message: str, error: BaseException, default: str = "") -> str:
+    """The message, then what the code that raised ``error`` added about it (where the work done so far is)."""
+    notes = [printable(note) for note in getattr(error, "__notes__", [])] or ([default] if default else [])
+    return "; ".join([message, *notes])
+
+
+def _exit_caller(error: SystemExit) -> str | None:
+    """Where code that is not shiftlab's (a model file, say) raised ``SystemExit``: ``"'file.py' line 3"``, or None
+    when it came from shiftlab or Python's own library (argparse's --help and usage errors)."""
+    package = Path(__file__).resolve().parent
+    library = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if frame.filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+            continue
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(package) or path.is_relative_to(library):
+            continue
+        return f"'{printable(frame.filename)}' line {frame.lineno}"
+    return None
 
 
 if __name__ == "__main__":

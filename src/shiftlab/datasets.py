@@ -36,13 +36,16 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
+import stat
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from shiftlab._format import name_bytes, printable
 from shiftlab.data import Resize
 from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
 from shiftlab.images import load_image
@@ -54,7 +57,10 @@ __all__ = [
     "ImageSet",
     "LoadedImage",
     "MIN_IMAGES_FOR_WORKERS",
+    "TOO_SMALL",
+    "UNREADABLE",
     "choose_workers",
+    "load_batches",
     "make_loader",
     "open_images",
     "parse_classes",
@@ -96,15 +102,26 @@ class ImageSet:
         return len(self.items)
 
     def name(self, index: int) -> str:
-        """How the report calls image ``index``: its path, or ``#index`` for images in memory."""
-        item = self.items[index]
-        return str(item) if self.tensors is None else f"#{index}"
+        """How the outputs call image ``index``: its path, or ``#index`` for images in memory.
+
+        Shown on one line, whatever the file name holds (:func:`shiftlab._format.printable`:
+        line breaks, control characters and bytes that are not UTF-8 as backslash escapes);
+        :meth:`name_bytes` keeps a name that is not UTF-8 losslessly.
+        """
+        return printable(self._raw_name(index))
+
+    def name_bytes(self, index: int) -> str | None:
+        """The file name's bytes in hexadecimal when they are not valid UTF-8 (else ``None``)."""
+        return name_bytes(self._raw_name(index))
+
+    def _raw_name(self, index: int) -> str:
+        return str(self.items[index]) if self.tensors is None else f"#{index}"
 
     def fingerprint(self) -> str:
         """A hash of the names, labels and classes (not the pixels): a resumed run must see the same list."""
         digest = hashlib.sha256()
         for index in range(len(self.items)):
-            digest.update(self.name(index).encode("utf-8", "surrogateescape") + b"\0")
+            digest.update(self._raw_name(index).encode("utf-8", "surrogateescape") + b"\0")
         digest.update(repr(self.labels).encode() + repr(self.classes).encode())
         if self.tensors is not None:
             digest.update(repr(tuple(self.tensors.shape)).encode())
@@ -123,7 +140,7 @@ def parse_classes(spec: str | Sequence[str] | None) -> tuple[str, ...] | None:
         return None
     if isinstance(spec, str):
         path = Path(spec)
-        if "," not in spec and path.is_file():
+        if "," not in spec and _is_file(path):
             names = [line.strip() for line in _read_text(path, f"classes file '{spec}'").splitlines()]
             names = [name for name in names if name and not name.startswith("#")]
         else:
@@ -160,7 +177,7 @@ def open_images(source: Any, *, classes: str | Sequence[str] | None = None) -> I
     check(isinstance(source, (str, Path)), "data", f"expected a folder, a list file or tensors, got {describe(source)}")
     text = str(source)
     path = Path(text)
-    if not path.exists() and text in BUNDLED_DATA:
+    if text in BUNDLED_DATA and not path.exists():
         factory, description = BUNDLED_DATA[text]
         try:
             images, labels, bundled_classes = factory()
@@ -169,15 +186,36 @@ def open_images(source: Any, *, classes: str | Sequence[str] | None = None) -> I
         image_set = _from_tensors((images, labels), names or bundled_classes)
         return ImageSet(image_set.items, image_set.labels, image_set.classes, description, image_set.tensors)
     subject = f"data '{text}'"
-    if not path.exists():
+    try:
+        status = path.stat()
+    except FileNotFoundError:
         fail(subject, f"no such folder or file (and not a bundled data set: {', '.join(BUNDLED_DATA)})")
-    if path.is_dir():
+    except OSError as error:  # a name too long, a folder that cannot be entered, a link loop: an input, never written
+        fail(subject, f"cannot be read ({error.strerror or error})")
+    if stat.S_ISDIR(status.st_mode):
         return _from_folder(path, names)
     return _from_list(path, names)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long to be a file, for one
+        return False
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except OSError:
+        return False
+
+
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """A file with an image's name, or a link with one that leads nowhere (skipped and reported when loaded)."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
+        return False
+    return _is_file(path) or (_is_link(path) and not path.exists())  # exists() follows the link
 
 
 def _from_folder(root: Path, classes: tuple[str, ...] | None) -> ImageSet:
@@ -199,7 +237,9 @@ def _from_folder(root: Path, classes: tuple[str, ...] | None) -> ImageSet:
         )
     if flat:
         check(classes is None, "classes", f"were given, but '{root}' is a flat folder without class folders")
-        return ImageSet(tuple(str(path) for path in flat), None, None, f"folder '{root}' ({len(flat)} images)")
+        return ImageSet(
+            tuple(str(path) for path in flat), None, None, f"folder '{printable(root)}' ({len(flat)} images)"
+        )
     check(filled, subject, f"holds no images ({', '.join(IMAGE_EXTENSIONS)}), neither flat nor in class folders")
     if classes is None:
         classes = tuple(sorted(class_files))
@@ -215,7 +255,7 @@ def _from_folder(root: Path, classes: tuple[str, ...] | None) -> ImageSet:
         for path in class_files.get(name, []):
             items.append(str(path))
             labels.append(index)
-    description = f"folder '{root}' ({len(items)} images in {len(filled)} of {len(classes)} class folders)"
+    description = f"folder '{printable(root)}' ({len(items)} images in {len(filled)} of {len(classes)} class folders)"
     return ImageSet(tuple(items), tuple(labels), classes, description)
 
 
@@ -261,19 +301,19 @@ def _from_list(path: Path, classes: tuple[str, ...] | None) -> ImageSet:
         number, fields = next((n, f) for n, f in rows if len(f) != len(rows[0][1]) or len(f) > 2)
         fail(subject, f"line {number} has {len(fields)} field(s); every line must be 'path' or 'path label' alike")
     paths = [Path(fields[0]) if Path(fields[0]).is_absolute() else path.parent / fields[0] for _, fields in rows]
-    missing = [str(item) for item in paths if not item.is_file()]
+    missing = [str(item) for item in paths if not _is_file(item) and not _is_link(item)]
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         fail(subject, f"names {len(missing)} missing file(s): {shown}")
     items = tuple(str(item) for item in paths)
     if widths == {1}:
         check(classes is None, "classes", f"were given, but {subject} has no labels")
-        return ImageSet(items, None, None, f"list '{path}' ({len(items)} images)")
+        return ImageSet(items, None, None, f"list '{printable(path)}' ({len(items)} images)")
     texts = [fields[1] for _, fields in rows]
     numeric = all(_is_index(text) for text in texts)
     if numeric and classes is None:
         labels = tuple(int(text) for text in texts)
-        return ImageSet(items, labels, None, f"list '{path}' ({len(items)} images, integer labels)")
+        return ImageSet(items, labels, None, f"list '{printable(path)}' ({len(items)} images, integer labels)")
     if classes is None:
         classes = tuple(sorted(set(texts)))
     lookup = {name: index for index, name in enumerate(classes)}
@@ -285,11 +325,13 @@ def _from_list(path: Path, classes: tuple[str, ...] | None) -> ImageSet:
             labels_list.append(int(text))
         else:
             fail(subject, f"line {number}: label {text!r} is not one of the classes ({', '.join(classes[:6])}...)")
-    return ImageSet(items, tuple(labels_list), classes, f"list '{path}' ({len(items)} images, {len(classes)} classes)")
+    description = f"list '{printable(path)}' ({len(items)} images, {len(classes)} classes)"
+    return ImageSet(items, tuple(labels_list), classes, description)
 
 
 def _is_index(text: str) -> bool:
-    return text.isdigit()
+    """A class index: ASCII digits only (``str.isdigit`` also accepts '²' and other digits ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def _from_tensors(source: Any, classes: tuple[str, ...] | None) -> ImageSet:
@@ -328,14 +370,24 @@ def _from_tensors(source: Any, classes: tuple[str, ...] | None) -> ImageSet:
     )
 
 
+#: Why an image was skipped, in short (what the command line counts): it could not be read, or it is too small.
+UNREADABLE = "unreadable"
+TOO_SMALL = "too small"
+
+
 @dataclass(frozen=True)
 class LoadedImage:
-    """One item from :class:`EvaluationDataset`: pixels ``(C, H, W)`` in ``[0, 1]``, or ``None`` and the reason."""
+    """One item from :class:`EvaluationDataset`: pixels ``(C, H, W)`` in ``[0, 1]``, or ``None`` and the reason.
+
+    ``reason`` is one line that names the image; ``kind`` says in short why (:data:`UNREADABLE`,
+    :data:`TOO_SMALL`), for counting skipped images by reason.
+    """
 
     index: int
     image: torch.Tensor | None
     label: int
     reason: str | None
+    kind: str | None = None
 
 
 class EvaluationDataset(torch.utils.data.Dataset):
@@ -346,8 +398,9 @@ class EvaluationDataset(torch.utils.data.Dataset):
 
     Images are *not* normalised or cropped here: shifted views are cut from this
     base image first (a crop window needs the pixels around it), and each model
-    normalises its own copy. An image that cannot be read, or is smaller than
-    ``min_size``, comes back without pixels and with the reason (one line).
+    normalises its own copy. An image that cannot be read (missing, not an image,
+    truncated, a link that leads nowhere), or is smaller than ``min_size``, comes
+    back without pixels and with the reason (one line).
 
     Shape:
         - output image: :math:`(C, H, W)`, ``C = channels``; the shorter side is ``resize`` when given
@@ -372,15 +425,27 @@ class EvaluationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> LoadedImage:
         label = self.images.labels[index] if self.images.labels is not None else -1
         try:
-            image = self.load(index)
+            image = self._decode(index)
         except ShiftlabError as error:
-            return LoadedImage(index, None, label, str(error))
+            return LoadedImage(index, None, label, str(error), UNREADABLE)
         except Exception as error:  # a decoder may raise anything on a hostile file; never abort a long run
-            return LoadedImage(index, None, label, f"image '{self.images.name(index)}': {first_line(error)}")
+            return LoadedImage(
+                index, None, label, f"image '{self.images.name(index)}': {first_line(error)}", UNREADABLE
+            )
+        problem = self._size_problem(index, image)
+        if problem is not None:
+            return LoadedImage(index, None, label, problem, TOO_SMALL)
         return LoadedImage(index, image, label, None)
 
     def load(self, index: int) -> torch.Tensor:
         """The base image ``(C, H, W)``; raises :class:`ShiftlabError` when it cannot be used."""
+        image = self._decode(index)
+        problem = self._size_problem(index, image)
+        if problem is not None:
+            raise ShiftlabError(problem)
+        return image
+
+    def _decode(self, index: int) -> torch.Tensor:
         tensors = self.images.tensors
         if tensors is not None:
             image = tensors[index]
@@ -393,14 +458,17 @@ class EvaluationDataset(torch.utils.data.Dataset):
             image = image[None].expand(self.channels, -1, -1) if image.ndim == 2 else image
         if self.resize is not None:
             image = self.resize(image)
+        return image.contiguous()
+
+    def _size_problem(self, index: int, image: torch.Tensor) -> str | None:
         height, width = image.shape[-2:]
         need_height, need_width = self.min_size
-        check(
-            height >= need_height and width >= need_width,
-            f"image '{self.images.name(index)}'",
-            f"is {height}x{width}, smaller than the {need_height}x{need_width} the protocol needs",
+        if height >= need_height and width >= need_width:
+            return None
+        return (
+            f"image '{self.images.name(index)}': is {height}x{width},"
+            f" smaller than the {need_height}x{need_width} the protocol needs"
         )
-        return image.contiguous()
 
 
 def _luma(image: torch.Tensor) -> torch.Tensor:
@@ -410,6 +478,20 @@ def _luma(image: torch.Tensor) -> torch.Tensor:
 
 def _collate(items: list[LoadedImage]) -> list[LoadedImage]:
     return items  # images may differ in size: the evaluation groups them itself
+
+
+def load_batches(
+    dataset: EvaluationDataset, batches: Sequence[Sequence[int]], *, workers: int = 0
+) -> Iterator[list[LoadedImage]]:
+    """The batches of :func:`make_loader`, as an iterator (its worker processes start now).
+
+    torch warns, when there are more workers than it suggests for this machine, both when the loader is made
+    and when its iterator starts: the warning is shown once.
+    """
+    loader = make_loader(dataset, batches, workers=workers)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        return iter(loader)
 
 
 def make_loader(

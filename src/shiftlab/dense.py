@@ -204,6 +204,10 @@ class DenseConsistency(Metric):
     def max_views(self) -> int:
         return self.views_per_image
 
+    @property
+    def needs_margin(self) -> bool:
+        return self.mode == "crop"
+
     def problem(self, geometry: Geometry) -> str | None:
         if self.mode == "circular":
             return None

@@ -7,6 +7,11 @@ NCCL on CUDA devices, one device per local rank). Work is split by
 :func:`shard`: every item goes to exactly one process, none is repeated to even
 out the shards (unlike torch's ``DistributedSampler``, which pads by repeating
 samples and so counts some twice).
+
+When one process fails (bad input it alone sees, a model that runs out of memory) or is
+killed, the others learn it in their next collective operation, as a broken connection:
+:func:`peer_failures` turns that into one line that says so, rather than a backend's
+traceback that reads like a bug in shiftlab.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 
 from shiftlab.errors import fail, first_line
 
-__all__ = ["Processes", "process_group", "shard"]
+__all__ = ["Processes", "gather_objects", "peer_failures", "process_group", "shard"]
 
 T = TypeVar("T")
 
@@ -107,5 +112,29 @@ def gather_objects(value: Any, world: int) -> list[Any]:
     import torch.distributed as dist
 
     gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, value)
+    with peer_failures():
+        dist.all_gather_object(gathered, value)
     return gathered
+
+
+@contextlib.contextmanager
+def peer_failures() -> Iterator[None]:
+    """Around a collective operation of several processes: its failure is another process's.
+
+    A collective fails when a peer has exited (failed on its own, or killed) or the network
+    between them broke; the backend says so in its own words (gloo: "Connection closed by peer").
+    This process then stops with :class:`~shiftlab.errors.ShiftlabError`, one line that names it
+    and sends the reader to the other process's message.
+    """
+    try:
+        yield
+    except RuntimeError:  # torch.distributed's errors (DistError and the backends' own) are RuntimeErrors
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else "?"
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else "?"
+        fail(
+            "torchrun",
+            f"process {rank} of {world} stops: another process of the group failed or was killed (see its own"
+            " message), and the connection to it broke",
+        )

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn, TypeVar
 
+from shiftlab._format import printable
+
 __all__ = [
     "InternalError",
+    "add_note",
     "ShiftlabError",
     "check",
     "check_choice",
@@ -63,7 +67,9 @@ class InternalError(RuntimeError):
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """A message on one line that any terminal or file can take: names with line breaks, control characters
+    or bytes that are not UTF-8 are escaped (see :func:`shiftlab._format.printable`)."""
+    return printable(str(text).strip())
 
 
 def fail(subject: str, problem: str) -> NoReturn:
@@ -88,6 +94,22 @@ def check(condition: object, subject: str, problem: str) -> None:
     """
     if not condition:
         fail(subject, problem)
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """Attach ``note`` to ``error`` (``BaseException.add_note``, also on Python 3.10): what happened to the work
+    done so far, say. The command line prints the notes after the message, on the same line.
+
+    Example:
+        >>> error = KeyboardInterrupt()
+        >>> add_note(error, "the counts so far are kept in 'c.pt'")
+        >>> error.__notes__
+        ["the counts so far are kept in 'c.pt'"]
+    """
+    if sys.version_info >= (3, 11):
+        error.add_note(note)
+    else:
+        error.__dict__.setdefault("__notes__", []).append(note)
 
 
 def describe(value: object) -> str:

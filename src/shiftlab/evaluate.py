@@ -47,13 +47,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab._io import atomic_write_bytes, atomic_write_text, csv_text, json_text, to_jsonable
+from shiftlab._format import name_bytes, printable
+from shiftlab._io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    csv_text,
+    json_text,
+    to_jsonable,
+    torch_load_problem,
+)
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
 from shiftlab.data import Preprocess, Resize
-from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, choose_workers, make_loader, open_images
+from shiftlab.datasets import (
+    TOO_SMALL,
+    UNREADABLE,
+    EvaluationDataset,
+    ImageSet,
+    LoadedImage,
+    choose_workers,
+    load_batches,
+    open_images,
+)
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
-from shiftlab.errors import ShiftlabError, check, check_int, describe, fail, first_line
+from shiftlab.errors import ShiftlabError, add_note, check, check_int, describe, fail, first_line
 from shiftlab.invariance import METRIC_NAMES, Metric, MetricState, make_metric, sample_seed
 from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve_device, resolve_dtype
 from shiftlab.outputs import describe_output, main_output, named_tensors
@@ -61,7 +78,7 @@ from shiftlab.views import Geometry, ViewKey, build_view, view_key
 
 __all__ = ["COLUMNS", "EvaluationResult", "evaluate"]
 
-CHECKPOINT_FORMAT = "shiftlab-evaluate-checkpoint/1"
+CHECKPOINT_FORMAT = "shiftlab-evaluate-checkpoint/2"
 
 #: The columns of :attr:`EvaluationResult.rows` (and of its CSV).
 COLUMNS: tuple[str, ...] = ("model", "metric", "statistic", "at", "value", "count", "ci_low", "ci_high")
@@ -124,10 +141,14 @@ def _resolve_models(
         if isinstance(model, str):
             module, info = load_model(model, weights=weight, seed=seed)
             channels = info.in_channels
-            record: dict[str, Any] = {"spec": model, "source": info.source, "description": info.description}
+            record: dict[str, Any] = {
+                **_lossless("spec", model),
+                "source": info.source,
+                "description": info.description,
+            }
             is_file = weight is not None and Path(str(weight)).is_file()
             record["weights"] = (
-                {"file": str(weight), "sha256": _file_digest(Path(str(weight)))}
+                {**_lossless("file", str(weight)), "sha256": _file_digest(Path(str(weight)))}
                 if is_file
                 else info.weights
                 if weight is not None
@@ -151,12 +172,18 @@ def _resolve_models(
         record["mean"] = list(preprocess.mean) if preprocess.mean else None
         record["std"] = list(preprocess.std) if preprocess.std else None
         record["channels"] = channels
-        resolved.append(_Model(label or default_label, module, channels, preprocess, record, output))
+        resolved.append(_Model(printable(label or default_label), module, channels, preprocess, record, output))
     labels = [model.label for model in resolved]
     for position, model in enumerate(resolved):
         if labels.count(model.label) > 1:
             model.label = f"{model.label} #{labels[:position].count(labels[position]) + 1}"
     return resolved
+
+
+def _lossless(key: str, name: str) -> dict[str, str]:
+    """``{key: name}`` as shown (:func:`printable`), plus ``{key}_bytes`` (hex) when the name is not UTF-8."""
+    raw = name_bytes(name)
+    return {key: printable(name)} if raw is None else {key: printable(name), f"{key}_bytes": raw}
 
 
 def _shared_geometry(entries: Sequence[_Model]) -> tuple[Resize | None, int | None]:
@@ -227,6 +254,26 @@ def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> 
     return output
 
 
+def _check_finite(model: _Model, outputs: torch.Tensor, images: Sequence[str], counts: Sequence[int]) -> None:
+    """Refuse NaN or infinite outputs, naming the model and the first image (``counts``: its rows per image).
+
+    Comparing NaN outputs would count every view pair as agreeing (argmax of NaN rows is 0):
+    a perfect score for a broken model.
+    """
+    if not outputs.is_floating_point():
+        return
+    finite = torch.isfinite(outputs.flatten(1)).all(dim=1)
+    if bool(finite.all()):
+        return
+    row = int(torch.nonzero(~finite)[0, 0])
+    position = int(torch.searchsorted(torch.tensor(counts).cumsum(0), row, right=True))
+    fail(
+        f"model '{model.label}'",
+        f"outputs NaN or infinity for image '{images[position]}': no score can be computed from that"
+        " (check the model and its weights)",
+    )
+
+
 # --------------------------------------------------------------------------- the run's own state
 
 
@@ -251,7 +298,10 @@ class EvaluationResult:
             and ``loader``: how many processes decoded the images and why (which does not change them).
         models: the models' labels, in order.
         images: ``{"total", "evaluated", "skipped"}`` counts.
-        skipped: ``[{"index", "name", "reason"}]`` for every image that could not be used.
+        skipped: ``[{"index", "name", "kind", "reason"}]`` for every image that could not be used, in index
+            order: ``name`` as shown (line breaks, control characters and bytes that are not UTF-8 as
+            backslash escapes), ``name_bytes`` (only for a name that is not UTF-8) its bytes in hexadecimal,
+            ``kind`` the reason in short (``unreadable``, ``too small``, ``too small for <metric>``).
         results: ``{model: {metric: {...}}}``, each metric's ``compute()``.
         rows: one dict per model, metric, statistic and shift/difficulty/distance (:data:`COLUMNS`).
     """
@@ -390,7 +440,8 @@ class _Run:
     processes: Processes
     run: RunState
     states: dict[tuple[str, str], MetricState]
-    reasons: dict[int, str] = field(default_factory=dict)
+    reasons: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (kind, reason)
+    saved: bool = False  # whether the checkpoint holds this run's counts (written, or resumed from)
 
 
 def evaluate(
@@ -456,7 +507,10 @@ def evaluate(
         An :class:`EvaluationResult`; in every process of a torchrun group, the same.
 
     Raises:
-        ShiftlabError: bad data, models, metrics or settings (checked before anything is written).
+        ShiftlabError: bad data, models, metrics or settings (checked before anything is written);
+            a model that outputs NaN or infinity (naming the first image); a run in which no image
+            could be evaluated (naming the first reason); a checkpoint to resume that is damaged,
+            inconsistent or made with other settings.
 
     Example:
         >>> from shiftlab.models import SimpleCNN
@@ -503,6 +557,12 @@ def evaluate(
             not metric.needs_labels or image_set.labels is not None,
             f"metric {metric.name}",
             f"needs labels, and the data has none ({image_set.description})",
+        )
+        check(
+            crop is not None or not metric.needs_margin,
+            f"metric {metric.name}",
+            "cuts windows around the model input, and without a crop the input is the whole image:"
+            " give a crop smaller than the images (e.g. --resize 256 --crop 224)",
         )
     if resize is not None:
         smallest = Geometry.of(resize, resize, crop)
@@ -561,7 +621,7 @@ def _evaluate(
     run = RunState(len(packs), len(image_set))
     checkpoint = Path(settings.checkpoint) if settings.checkpoint is not None else None
     if settings.resume and checkpoint is not None:
-        _load_checkpoint(checkpoint, protocol, run, states, processes)
+        _load_checkpoint(checkpoint, protocol, run, states, processes, packs)
     if settings.workers == "auto":  # not part of the protocol: the number of decoders never changes a result
         count = math.ceil(len(image_set) / processes.world)
         workers, reason = choose_workers(image_set, count, processes.device)
@@ -580,27 +640,43 @@ def _evaluate(
         run,
         states,
     )
-    _loop(
-        context,
-        dataset,
-        packs,
-        workers,
-        checkpoint,
-        settings.checkpoint_every,
-        protocol,
-        settings.progress,
-        on_skip,
-    )
+    context.saved = settings.resume
+    try:
+        _loop(
+            context,
+            dataset,
+            packs,
+            workers,
+            checkpoint,
+            settings.checkpoint_every,
+            protocol,
+            settings.progress,
+            on_skip,
+        )
+    except BaseException as error:  # interrupted or failed: say where the work done so far is
+        if checkpoint is not None and context.saved and processes.main:
+            note = (
+                f"the counts so far are kept in '{printable(checkpoint)}': the same run with --resume"
+                " (resume=True) continues from there"
+            )
+            add_note(error, note)
+        raise
     run.all_reduce()
     for state in states.values():
         state.all_reduce()
     if checkpoint is not None and processes.main:
         _write_checkpoint(checkpoint, protocol, run, states)
         _partial_path(checkpoint).unlink(missing_ok=True)
-    reasons: dict[int, str] = {}
+    reasons: dict[int, tuple[str, str]] = {}
     for part in gather_objects(context.reasons, processes.world):
         reasons.update(part)
-    result = _result(context, protocol, reasons)
+    result = _result(context, dataset, protocol, reasons)
+    if result.images["total"] and not result.images["evaluated"]:  # every number would be n/a
+        fail(
+            "data",
+            f"no image could be evaluated (all {result.images['total']} skipped);"
+            f" the first: {result.skipped[0]['reason']}",
+        )
     result.protocol = {**result.protocol, "loader": loader}  # a new dict: the checkpoint's settings stay as they were
     return result
 
@@ -614,17 +690,17 @@ def _check_models(
     dtype: torch.dtype,
 ) -> dict[str, int]:
     """Run every model once on the first image that loads: its output must suit the metrics and the classes."""
-    sample = None
+    sample, sample_name = None, ""
     for index in range(min(len(dataset), 16)):
         try:
             sample = dataset.load(index)
             geometry = Geometry.of(sample.shape[-2], sample.shape[-1], crop)
-            sample = build_view(sample, ("identity",), geometry)
+            sample, sample_name = build_view(sample, ("identity",), geometry), dataset.images.name(index)
             break
         except ShiftlabError:
             sample = None
     if sample is None and crop is not None:
-        sample = torch.zeros(dataset.channels, crop, crop)
+        sample, sample_name = torch.zeros(dataset.channels, crop, crop), f"(a black {crop}x{crop} test input)"
     images = dataset.images
     outputs: dict[str, int] = {}
     for entry in entries:
@@ -632,10 +708,11 @@ def _check_models(
             outputs[entry.label] = 0
             continue
         output = _forward(entry, _model_inputs(sample[None].to(device), entry, dtype), metrics)
+        _check_finite(entry, output, [sample_name], [1])
         classes = int(output.shape[1]) if output.ndim in (2, 4) else 0  # logits, or per-pixel class scores
         outputs[entry.label] = classes
-        if not any(metric.output_kind == "logits" for metric in metrics):
-            continue
+        if not any(metric.needs_labels for metric in metrics):
+            continue  # labels only matter to the metrics that use them (the command line says they are ignored)
         if images.classes is not None:
             names = ", ".join(images.classes[:5]) + (", ..." if len(images.classes) > 5 else "")
             check(
@@ -670,6 +747,7 @@ def _protocol(
                 "images": len(images),
                 "classes": list(images.classes) if images.classes else None,
                 "labels": images.labels is not None,
+                "labels_used": images.labels is not None and any(metric.needs_labels for metric in metrics),
                 "fingerprint": images.fingerprint(),
             },
             "preparation": {
@@ -724,7 +802,7 @@ def _loop(
         leave=False,
         dynamic_ncols=True,
     )
-    loader = iter(make_loader(dataset, batches, workers=workers)) if batches else iter(())
+    loader = load_batches(dataset, batches, workers=workers) if batches else iter(())
     try:
         for step in range(steps):
             if step < len(mine):
@@ -751,20 +829,20 @@ class _Prepared:
     infos: list[torch.Tensor | None]  # per metric: what its state needs about the draws
 
 
-def _prepare(context: _Run, item: LoadedImage) -> _Prepared | str:
-    """The views every metric needs for one image, or the reason the image cannot be used."""
+def _prepare(context: _Run, item: LoadedImage) -> _Prepared | tuple[str, str]:
+    """The views every metric needs for one image, or why the image cannot be used: ``(kind, reason)``."""
     name = context.images.name(item.index)
     if item.image is None:
-        return item.reason or f"image '{name}': could not be read"
+        return item.kind or UNREADABLE, item.reason or f"image '{name}': could not be read"
     height, width = item.image.shape[-2:]
     crop = context.crop
     if crop is not None and (crop > height or crop > width):
-        return f"image '{name}': is {height}x{width}, smaller than the {crop}x{crop} crop"
+        return TOO_SMALL, f"image '{name}': is {height}x{width}, smaller than the {crop}x{crop} crop"
     geometry = Geometry.of(height, width, crop)
     for metric in context.metrics:
         problem = metric.problem(geometry)
         if problem is not None:
-            return f"image '{name}': too small for {metric.name}: {problem}"
+            return f"too small for {metric.name}", f"image '{name}': too small for {metric.name}: {problem}"
     unique: dict[ViewKey, int] = {}
     slots: list[list[int]] = []
     infos: list[torch.Tensor | None] = []
@@ -781,11 +859,11 @@ def _process_pack(context: _Run, items: list[LoadedImage], on_skip: Callable[[st
     prepared: list[_Prepared] = []
     for item in items:
         outcome = _prepare(context, item)
-        if isinstance(outcome, str):
+        if isinstance(outcome, tuple):
             context.run.skipped[item.index] = 1
             context.reasons[item.index] = outcome
             if on_skip is not None:
-                on_skip(context.images.name(item.index), outcome)
+                on_skip(context.images.name(item.index), outcome[1])
         else:
             prepared.append(outcome)
     if not prepared:
@@ -808,7 +886,11 @@ def _process_pack(context: _Run, items: list[LoadedImage], on_skip: Callable[[st
                 chunk = torch.stack(views[start : start + context.batch_size])
                 passes.append(_forward(entry, _model_inputs(chunk, entry, context.dtype), context.metrics))
             counts = [len(prepared[position].keys) for position in positions]
-            outputs = torch.split(torch.cat(passes), counts)
+            output = torch.cat(passes)
+            _check_finite(
+                entry, output, [context.images.name(prepared[position].index) for position in positions], counts
+            )
+            outputs = torch.split(output, counts)
             # every state is a sum (or a minimum): updating image group by group gives the same counts, and the
             # outputs of one group share a shape (a spatial output's size follows the image's without a crop)
             records = [prepared[position] for position in positions]
@@ -837,6 +919,7 @@ def _clone_reduced(context: _Run) -> tuple[RunState, dict[tuple[str, str], Metri
 
 
 def _checkpoint_now(context: _Run, path: Path, protocol: dict[str, Any]) -> None:
+    context.saved = True
     if context.processes.world > 1:
         run, states = _clone_reduced(context)
     else:
@@ -852,14 +935,30 @@ def _checkpoint_now(context: _Run, path: Path, protocol: dict[str, Any]) -> None
         atomic_write_text(_partial_path(path), json_text(partial))
 
 
+def _checksum(settings: str, run: Mapping[str, torch.Tensor], states: Mapping[str, Mapping[str, torch.Tensor]]) -> str:
+    """SHA-256 over a checkpoint's settings and every state's name, dtype, shape and bytes, in a fixed order."""
+    digest = hashlib.sha256(settings.encode("utf-8", "surrogateescape"))
+    for owner, tensors in [("run", run), *sorted(states.items())]:
+        for name, tensor in sorted(tensors.items()):
+            values = tensor.detach().cpu().contiguous()
+            header = f"\0{owner}\0{name}\0{values.dtype}\0{tuple(values.shape)}\0"
+            digest.update(header.encode("utf-8", "surrogateescape"))
+            digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _write_checkpoint(
     path: Path, protocol: dict[str, Any], run: RunState, states: Mapping[tuple[str, str], MetricState]
 ) -> None:
+    settings = json.dumps(protocol, sort_keys=True)
+    run_state = run.state_dict()
+    metric_states = {f"{model}\n{metric}": state.state_dict() for (model, metric), state in states.items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "settings": json.dumps(protocol, sort_keys=True),
-        "run": run.state_dict(),
-        "states": {f"{model}\n{metric}": state.state_dict() for (model, metric), state in states.items()},
+        "settings": settings,
+        "run": run_state,
+        "states": metric_states,
+        "checksum": _checksum(settings, run_state, metric_states),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -873,43 +972,102 @@ def _load_checkpoint(
     run: RunState,
     states: Mapping[tuple[str, str], MetricState],
     processes: Processes,
+    packs: Sequence[tuple[int, int]],
 ) -> None:
+    """Continue from ``path``: refused unless it is intact (checksum), made with these settings, and consistent
+    (the images of the packs it marks done, less those it skipped, are exactly what every count covers)."""
     subject = "--resume"
     check(path.is_file(), subject, f"'{path}' holds no checkpoint: there is no run to continue")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged file makes the unpickler raise almost anything
-        fail(subject, f"'{path}' is not a readable checkpoint ({first_line(error)})")
+        fail(subject, f"'{path}' is not a readable checkpoint ({torch_load_problem(error)})")
     check(
         isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT,
         subject,
-        f"'{path}' is not a shiftlab evaluate checkpoint",
+        f"'{path}' is not a shiftlab evaluate checkpoint of this version ({CHECKPOINT_FORMAT}); start a new run",
     )
-    stored = json.loads(payload["settings"])
+    damaged = f"'{path}' is damaged: its contents do not match their checksum; start a new run instead"
+    try:
+        settings, run_state, metric_states = payload["settings"], payload["run"], payload["states"]
+        intact = payload["checksum"] == _checksum(settings, run_state, metric_states)
+    except Exception:  # missing or mistyped fields: not what _write_checkpoint wrote
+        intact = False
+    check(intact, subject, damaged)
+    stored = json.loads(settings)
     current = json.loads(json.dumps(protocol))  # the protocol's own order: the first difference reads best
     difference = _first_difference(stored, current)
     check(difference is None, subject, f"'{path}' was made with other settings ({difference}); start a new run instead")
-    run.load_state_dict(payload["run"])
+    fresh = {"run": run.state_dict()} | {f"{m}\n{n}": state.state_dict() for (m, n), state in states.items()}
+    found = {"run": run_state} | dict(metric_states)
+    for key, state_dict in fresh.items():
+        check(
+            _same_layout(state_dict, found.get(key)),
+            subject,
+            f"'{path}' does not hold the states these settings need; start a new run instead",
+        )
+    loaded_run = run.clone().load_state_dict(run_state)
+    done, skipped = loaded_run.packs_done.to(torch.int64), loaded_run.skipped.to(torch.int64)
+    flags_valid = bool(((done == 0) | (done == 1)).all() and ((skipped == 0) | (skipped == 1)).all())
+    covered = torch.zeros_like(skipped)
+    for number, (start, stop) in enumerate(packs):
+        covered[start:stop] = done[number]
+    expected = int((covered * (1 - skipped)).sum())
+    check(
+        flags_valid and bool((skipped <= covered).all()),
+        subject,
+        f"'{path}' is inconsistent: it marks images skipped in packs it does not mark done; start a new run instead",
+    )
+    for (model, metric), state in states.items():
+        counted = state.clone().load_state_dict(metric_states[f"{model}\n{metric}"]).count()
+        check(
+            counted == expected,
+            subject,
+            f"'{path}' is inconsistent: its packs done hold {expected} usable image(s), but the counts of"
+            f" model '{model}', metric {metric} cover {counted}; start a new run instead",
+        )
+    run.load_state_dict(run_state)
     if processes.main:  # the counts so far enter once, through the main process
         for (model, metric), state in states.items():
-            state.load_state_dict(payload["states"][f"{model}\n{metric}"])
+            state.load_state_dict(metric_states[f"{model}\n{metric}"])
+
+
+def _same_layout(expected: Mapping[str, torch.Tensor], found: Any) -> bool:
+    """Whether ``found`` has the states of ``expected``: the same names, dtypes and shapes."""
+    if not isinstance(found, dict) or set(found) != set(expected):
+        return False
+    return all(
+        isinstance(found[name], torch.Tensor)
+        and found[name].dtype == tensor.dtype
+        and found[name].shape == tensor.shape
+        for name, tensor in expected.items()
+    )
 
 
 # --------------------------------------------------------------------------- the result
 
 
-def _result(context: _Run, protocol: dict[str, Any], reasons: dict[int, str]) -> EvaluationResult:
+def _result(
+    context: _Run, dataset: EvaluationDataset, protocol: dict[str, Any], reasons: dict[int, tuple[str, str]]
+) -> EvaluationResult:
     images = context.images
     skipped_indices = torch.nonzero(context.run.skipped).flatten().tolist()
-    dataset = None
     skipped = []
     for index in skipped_indices:
-        reason = reasons.get(index)
-        if reason is None:  # skipped before a resume: the reason is read again
-            dataset = dataset or EvaluationDataset(images, channels=protocol["preparation"]["loaded_channels"])
-            loaded = dataset[index]
-            reason = loaded.reason or "was skipped in the interrupted part of the run (it loads now)"
-        skipped.append({"index": index, "name": images.name(index), "reason": reason})
+        kind_reason = reasons.get(index)
+        if kind_reason is None:  # skipped before a resume: the reason is found again
+            outcome = _prepare(context, dataset[index])
+            kind_reason = (
+                outcome
+                if isinstance(outcome, tuple)
+                else ("skipped earlier", "was skipped in the interrupted part of the run (it can be used now)")
+            )
+        kind, reason = kind_reason
+        item: dict[str, Any] = {"index": index, "name": images.name(index)}
+        raw = images.name_bytes(index)
+        if raw is not None:
+            item["name_bytes"] = raw
+        skipped.append({**item, "kind": kind, "reason": reason})
     results: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for entry in context.models:

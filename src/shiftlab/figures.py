@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from shiftlab._format import format_stride
+from shiftlab._format import figure_text, format_stride
 from shiftlab.errors import check, check_choice, describe
 from shiftlab.metrics import peak_position
 
@@ -101,8 +101,8 @@ def show_feature_map(
     left, right = figure.subplots(1, 2)
     _imshow(left, first, "gray")
     _imshow(right, second, cmap)
-    left.set_title(f"{titles[0]} ({_shape_title(first)})")
-    right.set_title(f"{titles[1]} ({_shape_title(second)})")
+    left.set_title(f"{figure_text(titles[0])} ({_shape_title(first)})")
+    right.set_title(f"{figure_text(titles[1])} ({_shape_title(second)})")
     return figure
 
 
@@ -142,7 +142,7 @@ def show_pyramid(
         _imshow(axes, array, cmap)
         axes.set_title(f"level {index}: {_shape_title(array)}", fontsize=9)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(figure_text(title))
     return figure
 
 
@@ -217,7 +217,11 @@ def show_convergence(
     chart.set_ylabel("distance between peaks")
     chart.set_xticks(range(count))
     chart.grid(alpha=0.3)
-    chart.legend(title=f"{labels[0]} (X, magenta) vs {labels[1]} (+, green)", fontsize=8, title_fontsize=8)
+    chart.legend(
+        title=f"{figure_text(labels[0])} (X, magenta) vs {figure_text(labels[1])} (+, green)",
+        fontsize=8,
+        title_fontsize=8,
+    )
     return figure
 
 
@@ -262,12 +266,12 @@ def show_shift_table(
             fontsize=8,
             color="white" if value < 0.6 * image.get_clim()[1] else "black",
         )
-    axes.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
-    axes.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
+    axes.set_xticks(range(len(col_labels)), [figure_text(label) for label in col_labels], fontsize=8)
+    axes.set_yticks(range(len(row_labels)), [figure_text(label) for label in row_labels], fontsize=8)
+    axes.set_xlabel(figure_text(xlabel))
+    axes.set_ylabel(figure_text(ylabel))
     if title:
-        axes.set_title(title, fontsize=10)
+        axes.set_title(figure_text(title), fontsize=10)
     figure.colorbar(image, ax=axes, shrink=0.8)
     return figure
 
@@ -413,7 +417,7 @@ def show_error_vs_depth(
             label="prefix (class) tokens, all shifts (mean): invariance expected",
             zorder=4,
         )
-    names = [row["layer"] for row in table]
+    names = [figure_text(row["layer"]) for row in table]
     if count > _NAMED_LAYERS:
         named = [index for index, outer in enumerate(_outermost(names)) if outer]
         axes.set_xticks(positions, minor=True)
@@ -434,7 +438,7 @@ def show_error_vs_depth(
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
     if title:
-        figure.suptitle(title, fontsize=11)
+        figure.suptitle(figure_text(title), fontsize=11)
     return figure
 
 
@@ -489,7 +493,7 @@ def show_shift_heatmaps(
         axes.set_xlabel("dx (input px)", fontsize=8)
         axes.set_ylabel("dy (input px)", fontsize=8)
         stride = rows[0]["stride"]
-        axes.set_title(f"{name}\nstride {format_stride(stride)}", fontsize=9)
+        axes.set_title(f"{figure_text(name)}\nstride {format_stride(stride)}", fontsize=9)
     if image is not None:
         figure.colorbar(image, ax=list(panels), shrink=0.85, label=_METRIC_LABELS[metric])
     return figure

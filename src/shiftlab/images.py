@@ -20,6 +20,9 @@ Bad input never gives a traceback from deep inside Pillow: it raises
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +82,7 @@ def load_image(source: Any, *, grayscale: bool = True, max_pixels: int = MAX_PIX
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.exists() and str(source) in SAMPLES:
+        if str(source) in SAMPLES and not path.exists():
             return sample_image(str(source), grayscale=grayscale)
         channels_last = _read_file(path, max_pixels)
         subject = f"image '{source}'"
@@ -105,15 +108,18 @@ def load_image(source: Any, *, grayscale: bool = True, max_pixels: int = MAX_PIX
 
 def _read_file(path: Path, max_pixels: int) -> np.ndarray:
     subject = f"image '{path}'"
-    if not path.exists():
-        known = ", ".join(SAMPLES)
-        fail(subject, f"no such file (and not a bundled sample: {known})")
-    check(not path.is_dir(), subject, "is a directory, not an image file")
     try:
-        size = path.stat().st_size
-    except OSError as error:
+        status = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            fail(subject, f"is a symbolic link to '{os.readlink(path)}', which does not exist")
+        fail(subject, f"no such file (and not a bundled sample: {', '.join(SAMPLES)})")
+    except OSError as error:  # a link loop, a name too long, a folder that cannot be entered, ...
+        if error.errno == errno.ELOOP:
+            fail(subject, "is a symbolic link loop (it never reaches a file)")
         fail(subject, f"cannot be read ({error.strerror or error})")
-    check(size > 0, subject, "is an empty file (0 bytes)")
+    check(not stat.S_ISDIR(status.st_mode), subject, "is a directory, not an image file")
+    check(status.st_size > 0, subject, "is an empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # max_pixels is checked in _from_pil; Pillow's own warning (89 MP) would override it.

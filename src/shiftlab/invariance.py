@@ -24,8 +24,11 @@ The metrics (CLI names):
     classes agree, averaged over images.
 ``crop-consistency``
     Zhang (2019): ``K`` windows of the model's input size at offsets drawn from
-    ``[0, R)`` per axis inside the centre ``(crop + R)`` square of the resized image
-    (224 in 256 for ImageNet: ``--resize 256 --crop 224``); all pairs, as above.
+    ``[0, R)`` per axis from the corner of the centre ``(crop + R)`` square of the
+    resized image (224 in 256 for ImageNet: ``--resize 256 --crop 224``); all pairs,
+    as above. The windows cover ``crop + R - 1`` pixels per axis (the square's last
+    row and column are never used), so that is all an image needs: one that is
+    exactly that size holds every window, its corner at ``(0, 0)``.
     Zhang draws one pair per image and pass; ``K`` views give ``K (K - 1) / 2`` pairs
     of the same distribution for ``K`` forward passes.
     Both report a 95% confidence interval over images (see :class:`ConsistencyState`)
@@ -198,6 +201,11 @@ class Metric:
     def stream(self) -> int:
         return _stream(self.name)
 
+    @property
+    def needs_margin(self) -> bool:
+        """Whether the views are cut around the model input, so that it must be a crop smaller than the image."""
+        return False
+
     def max_views(self) -> int:
         """The most views one image needs (an upper bound; shared views are evaluated once)."""
         raise NotImplementedError
@@ -241,6 +249,10 @@ class MetricState(Accumulator):
         """Add ``n`` images: ``outputs`` ``(n, views, ...)`` in view order, ``labels`` ``(n,)`` (-1: none)."""
         raise NotImplementedError
 
+    def count(self) -> int:
+        """How many images have been added (a checkpoint's packs done must account for exactly these)."""
+        return int(self.state("images"))
+
     def rows(self) -> list[dict[str, Any]]:
         """The results as tidy rows: ``statistic``, ``at`` (a shift, difficulty, distance or ""), ``value``,
         ``count`` (what the value is an average over), ``ci_low``, ``ci_high``."""
@@ -270,7 +282,9 @@ class Consistency(Metric):
     Args:
         mode: ``"circular"`` (rolls of the model input, shifts in ``[-max_shift, max_shift)`` per
             axis) or ``"crop"`` (windows of the input size at offsets in ``[0, max_shift)`` per axis
-            inside the centre ``crop + max_shift`` square of the resized image).
+            from the corner of the centre ``crop + max_shift`` square of the resized image, as
+            Zhang's ``CenterCrop(256)`` then random 224 crops; images need ``crop + max_shift - 1``
+            pixels per axis).
         views: ``K >= 2`` views per image; all ``K (K - 1) / 2`` pairs are compared.
         max_shift: ``R`` above (32 in both papers' ImageNet protocols).
 
@@ -303,19 +317,27 @@ class Consistency(Metric):
     def max_views(self) -> int:
         return self.views_per_image
 
-    def _canvas(self, geometry: Geometry) -> tuple[int, int, int]:
+    @property
+    def needs_margin(self) -> bool:
+        return self.mode == "crop"
+
+    def _corner(self, geometry: Geometry) -> tuple[int, int]:
+        """Where offset (0, 0) puts a window: the corner of the centre ``crop + R`` square, placed as
+        torchvision's ``CenterCrop`` places it. An image of ``crop + R - 1`` pixels (all the windows
+        need) gets ``round(-1 / 2) = 0``: the windows then fill it exactly."""
         side = geometry.size[0] + self.max_shift
-        return side, int(round((geometry.height - side) / 2.0)), int(round((geometry.width - side) / 2.0))
+        return max(0, int(round((geometry.height - side) / 2.0))), max(0, int(round((geometry.width - side) / 2.0)))
 
     def problem(self, geometry: Geometry) -> str | None:
         if self.mode == "circular":
             return None
         if (geometry.height, geometry.width) == geometry.size:
             return f"needs a crop smaller than the image (the window), and offsets up to {self.max_shift} around it"
-        side, _, _ = self._canvas(geometry)
-        if min(geometry.height, geometry.width) < side:
+        window, last = geometry.size[0], self.max_shift - 1
+        need = window + last  # offsets 0 .. R - 1
+        if min(geometry.height, geometry.width) < need:
             return (
-                f"needs {side}x{side} pixels ({geometry.size[0]} window + {self.max_shift} offsets),"
+                f"needs {need}x{need} pixels (a {window}x{window} window at offsets 0 to {last}),"
                 f" the image has {geometry.height}x{geometry.width}"
             )
         return None
@@ -328,7 +350,7 @@ class Consistency(Metric):
             periods = torch.tensor(geometry.size, dtype=offsets.dtype).expand(count, 2)
             return [("roll", int(dy), int(dx)) for dy, dx in offsets.tolist()], torch.cat([offsets, periods], dim=1)
         offsets = torch.randint(0, limit, (count, 2), generator=generator)
-        _, top, left = self._canvas(geometry)
+        top, left = self._corner(geometry)
         return [("window", top + int(dy), left + int(dx)) for dy, dx in offsets.tolist()], offsets
 
     def max_distance(self) -> int:
@@ -345,8 +367,9 @@ class Consistency(Metric):
             )
         else:
             shifts = (
-                f"windows of the model input size at offsets uniform in [0, {self.max_shift}) per axis,"
-                f" inside the centre square of side crop + {self.max_shift}"
+                f"windows of the model input size at offsets uniform in [0, {self.max_shift}) per axis"
+                f" from the corner of the centre square of side crop + {self.max_shift}"
+                f" (images need crop + {self.max_shift - 1} pixels per axis)"
             )
         pairs = self.views_per_image * (self.views_per_image - 1) // 2
         return {
@@ -458,6 +481,10 @@ class _GridMetric(Metric):
 
     def max_views(self) -> int:
         return len(self.shifts) + 1
+
+    @property
+    def needs_margin(self) -> bool:
+        return self.mode == "crop" and any(dy or dx for dy, dx in self.shifts)
 
     def problem(self, geometry: Geometry) -> str | None:
         if self.mode == "crop" and not _fits_crop(self.shifts, geometry):
@@ -758,6 +785,9 @@ class SequenceState(MetricState):
         self.add_state("flips_by_step", _zeros(metric.frames - 1))
         self.add_state("differs_from_centre", _zeros(metric.frames))
 
+    def count(self) -> int:
+        return int(self.sequences)
+
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         top1 = _top1(outputs)
         self.sequences += top1.shape[0]
@@ -833,6 +863,10 @@ class DiagonalShift(Metric):
 
     def max_views(self) -> int:
         return 2
+
+    @property
+    def needs_margin(self) -> bool:
+        return self.mode == "crop"
 
     def problem(self, geometry: Geometry) -> str | None:
         if self.mode == "crop" and not _fits_crop([(-1, -1)], geometry):

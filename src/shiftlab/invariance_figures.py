@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from shiftlab._format import figure_text
 from shiftlab.errors import check, check_choice
 
 __all__ = ["show_consistency_by_distance", "show_dense_positions", "show_sequence_flips", "show_shift_accuracy"]
@@ -23,7 +24,10 @@ def _colour(index: int) -> str:
 
 
 def _metric_results(result: Any, metric: str) -> dict[str, dict[str, Any]]:
-    return {model: result.results[model][metric] for model in result.models if metric in result.results[model]}
+    """Each model's results of ``metric``, keyed by the model's name as a figure shows it (``$`` is no maths)."""
+    return {
+        figure_text(model): result.results[model][metric] for model in result.models if metric in result.results[model]
+    }
 
 
 #: The metrics :func:`show_consistency_by_distance` draws, and what their agreement counts.

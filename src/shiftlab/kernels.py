@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shiftlab.errors import check, describe, fail
+from shiftlab.errors import check, describe, fail, first_line
 
 __all__ = [
     "KERNEL_NAMES",
@@ -212,7 +212,7 @@ def get_kernel(
             # A copy: never a view of the caller's array (which may have negative strides).
             kernel = torch.from_numpy(np.array(spec, dtype=np.float64))
         except (TypeError, ValueError) as error:
-            fail("kernel", f"expected a 2-D array of numbers, got {describe(spec)} ({error})")
+            fail("kernel", f"expected a 2-D array of numbers, got {describe(spec)} ({first_line(error)})")
         label = "kernel"
     # Plain ifs, not check(): these run on every convolve() call, and check() would format every message.
     if kernel.ndim != 2:
@@ -265,6 +265,6 @@ def _load_npy(path: Path) -> torch.Tensor:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        fail(subject, f"is not a readable .npy array ({error})")
+        fail(subject, f"is not a readable .npy array ({first_line(error)})")
     check(isinstance(array, np.ndarray) and array.dtype.kind in "biuf", subject, "must hold an array of real numbers")
     return torch.from_numpy(np.asarray(array, dtype=np.float64))

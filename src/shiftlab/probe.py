@@ -571,7 +571,8 @@ def probe(
                         batch[slot] = shifted_input(group, *pairs[index], mode, margin)
                     measurement.current = _Pass(group.shape[0], indices, identity if position == 0 else ())
                     measurement.last = None
-                    watcher.run(batch.flatten(0, 1))
+                    output = watcher.run(batch.flatten(0, 1))
+                    _check_finite(model, output, group.shape[0], images, [(0.0, 0.0)] + [pairs[i] for i in indices])
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -658,6 +659,27 @@ def _layout_plan(
             plans.pop(next(iter(plans)))
         plans[key] = plan
     return plan
+
+
+def _check_finite(model: nn.Module, output: Any, count: int, first: int, shifts: Sequence[tuple[float, float]]) -> None:
+    """Refuse a model whose output holds NaN or infinity: every comparison with it would be meaningless.
+
+    ``output`` is the model's for a pass of ``count`` images (numbered from ``first``) under each of
+    ``shifts``, the first unshifted. (The border pass of the zero and crop modes, which feeds NaN on
+    purpose, does not come here.)
+    """
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point() or bool(torch.isfinite(output).all()):
+        return
+    where = ""
+    if output.ndim >= 1 and output.shape[0] == len(shifts) * count:  # one output per input: name the first
+        finite = torch.isfinite(output.reshape(len(shifts), count, -1)).all(dim=-1)
+        variant, image = (int(value) for value in torch.nonzero(~finite)[0])
+        dy, dx = shifts[variant]
+        where = f" for input image {first + image} ({'unshifted' if variant == 0 else f'shifted by ({dy:g}, {dx:g})'})"
+    fail(
+        f"model {type(model).__name__}",
+        f"outputs NaN or infinity{where}: no equivariance can be measured from that (check the model and its weights)",
+    )
 
 
 def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException) -> NoReturn:

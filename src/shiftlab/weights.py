@@ -6,12 +6,12 @@ Nothing but tensors is ever unpickled; a file that holds more is refused with a 
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from shiftlab._io import torch_load_problem
 from shiftlab.errors import check, fail, first_line
 
 __all__ = ["load_weights", "read_state_dict"]
@@ -40,13 +40,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        text = str(error)
-        if "Unsupported operand" in text:  # bytes that are not a pickle at all: a damaged or foreign file
+        detail = torch_load_problem(error)  # never torch's advice to load with weights_only=False
+        if detail == "unreadable pickle data":  # bytes that are not a pickle at all: a damaged or foreign file
             fail(subject, "is not a torch.save file (unreadable pickle data)")
-        refused = re.search(
-            r"GLOBAL (\S+) was not an allowed global|Unsupported class (\S+)|whose module (\S+) is blocked", text
-        )
-        detail = f"it references {next(group for group in refused.groups() if group)}" if refused else first_line(error)
         fail(
             subject,
             "holds more than plain tensors, and weights_only loading refuses arbitrary objects: save "
@@ -55,7 +51,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except (
         Exception
     ) as error:  # a damaged file makes the unpickler raise almost anything (IndexError, EOFError, RuntimeError, ...)
-        fail(subject, f"is not a torch.save file ({first_line(error)})")
+        fail(subject, f"is not a torch.save file ({torch_load_problem(error)})")
     if isinstance(loaded, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(loaded.get(key), dict):

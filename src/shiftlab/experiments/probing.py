@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from shiftlab._format import name_bytes, printable
 from shiftlab.data import Preprocess
 from shiftlab.errors import check
 from shiftlab.explore import ExplorerData, explorer_data, representative_layers
@@ -66,11 +67,14 @@ def _protocol(
 ) -> dict[str, Any]:
     steps = [prepare.resizing.describe()] if prepare.resizing else []
     steps += [f"centre crop {prepare.crop}x{prepare.crop}"] if prepare.crop else []
+    used = [str(source) for source in images]
+    raw = [name_bytes(name) for name in used]
     return {
         "model": spec,
         "model_source": info.source,
         "weights": info.weights,
-        "images_used": [str(source) for source in images],
+        "images_used": [printable(name) for name in used],
+        **({"images_used_bytes": raw} if any(raw) else {}),  # names that are not UTF-8, losslessly (hex)
         "resize": ", ".join(steps) or "none",
         "normalize": prepare.normalize,
         "mean": list(prepare.mean) if prepare.mean else None,

@@ -1,0 +1,54 @@
+"""Whether this process is the ``shiftlab`` command, and Ctrl-C while the command is still importing.
+
+``import shiftlab`` loads torch, matplotlib and the rest: a second or more, before the command's
+:func:`shiftlab.cli.main` can catch anything. :func:`interrupted_imports` wraps those imports in
+``shiftlab/__init__.py``: when this process is the command (the ``shiftlab`` script, ``python -m shiftlab``,
+``torchrun -m shiftlab``), Ctrl-C there ends it with one line and status 130 instead of a long traceback;
+anywhere else (a library user's ``import shiftlab``), the ``KeyboardInterrupt`` goes on unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["EXIT_INTERRUPTED", "interrupted_imports", "is_command"]
+
+#: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+def is_command(argv: list[str] | None = None, orig_argv: list[str] | None = None) -> bool:
+    """Whether this process runs the ``shiftlab`` command: its script, or ``python [options] -m shiftlab``.
+
+    Example:
+        >>> is_command(["/usr/bin/shiftlab", "demo"], ["python", "/usr/bin/shiftlab", "demo"])
+        True
+        >>> is_command(["-m"], ["python", "-u", "-m", "shiftlab", "evaluate"])
+        True
+        >>> is_command(["train.py"], ["python", "train.py"])
+        False
+    """
+    argv = sys.argv if argv is None else argv
+    orig_argv = list(getattr(sys, "orig_argv", [])) if orig_argv is None else orig_argv
+    if argv and Path(argv[0]).name in ("shiftlab", "shiftlab.exe", "shiftlab-script.py"):
+        return True
+    for position, argument in enumerate(orig_argv[:-1]):
+        if argument == "-m":
+            module = orig_argv[position + 1]
+            return module == "shiftlab" or module.startswith("shiftlab.")
+    return False
+
+
+@contextlib.contextmanager
+def interrupted_imports() -> Iterator[None]:
+    """Around the package's imports: Ctrl-C in the command ends it with ``shiftlab: interrupted`` and status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not is_command():
+            raise
+        print("shiftlab: interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
