@@ -20,7 +20,14 @@ LAYERS: list[set[str]] = [
     {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
     {"data", "ops", "_compare", "datasets", "views"},  # preparing inputs, operators, the comparison hot path
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
-    {"equivariance", "models", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
+    {
+        "equivariance",
+        "models",
+        "layouts",
+        "invariance",
+        "borders",
+    },  # one map's equivariance; networks; their maps' axes; how
+    # their layers treat the border (the auto shift mode)
     {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
     {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
     {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display

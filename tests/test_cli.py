@@ -221,10 +221,14 @@ class TestProbe:
         status, stdout, err = run(capsys, *common, "--layers", "embed,mix", "--out", str(tmp_path / "a"))
         assert status == 0, err
         lines = stdout.splitlines()
-        assert "layout" in lines[0] and any(line.startswith("embed ") and " NCHW " in line for line in lines)
+        assert lines[0].startswith("shift mode: circular (auto: no layer pads or cuts the border")
+        assert "layout" in lines[1] and any(line.startswith("embed ") and " NCHW " in line for line in lines)
         assert "2 layer(s) with a layout shiftlab could not establish, and so no number:" in stdout
         assert sum("measure it with" in line for line in lines) == 2
         assert any(line.strip().startswith("mix (4, 64): axes [2]") and "--layout 'mix=NCHW'" in line for line in lines)
+        # the unknown rows: no stride, no count of exact shifts (n/a), not "global" and "0/2"
+        (mix,) = [line.split() for line in lines if line.startswith("mix ")]
+        assert mix == ["mix", "Identity", "unknown", "n/a", "n/a", "n/a", "n/a"]
         status, stdout, err = run(
             capsys, *common, "--layers", "embed,mix", "--layout", "mix=global", "--layout", "output=global",
             "--stride", "embed=2,2", "--out", str(tmp_path / "b"),
@@ -233,6 +237,53 @@ class TestProbe:
         assert "could not establish" not in stdout
         rows = json.loads((tmp_path / "b" / "probe.json").read_text())["summary"]
         assert {row["layer"]: row["layout"] for row in rows} == {"embed": "NCHW", "mix": "global", "output": "global"}
+
+    def test_the_default_mode_is_auto_and_says_why(self, capsys, tmp_path):
+        # resnet18 pads with zeros: crop shifts, and conv1 exact at the even shifts, 3 of 7 (circular shifts would
+        # give 0 of 7, the wrap-around seam at the zero padding)
+        out = tmp_path / "o"
+        status, stdout, err = run(capsys, "probe", "--model", "resnet18", "--images", "chelsea", "--size", "64",
+                                  "--layers", "conv1", "--out", str(out))  # fmt: skip
+        assert status == 0, err
+        lines = stdout.splitlines()
+        assert lines[0] == (
+            "shift mode: crop (auto: 17 layers pad with zeros (conv1, layer1.0.conv1, layer1.0.conv2 and 14 more); 1 "
+            "layer pads with -inf (maxpool))"
+        )
+        (conv1,) = [line.split() for line in lines if line.startswith("conv1 ")]
+        assert conv1[3] == "2" and conv1[-1] == "3/7"
+        protocol = json.loads((out / "probe.json").read_text())["protocol"]
+        assert protocol["mode"] == "crop" and protocol["mode_reason"].startswith("auto: 17 layers pad with zeros")
+        assert "Protocol: crop shifts (auto: 17 layers pad with zeros" in (out / "report.html").read_text()
+        status, stdout, err = run(capsys, "probe", "--model", "resnet18", "--images", "chelsea", "--size", "64",
+                                  "--layers", "conv1", "--mode", "circular", "--out", str(tmp_path / "c"))  # fmt: skip
+        assert status == 0, err
+        assert stdout.splitlines()[0] == "shift mode: circular"
+        (conv1,) = [line.split() for line in stdout.splitlines() if line.startswith("conv1 ")]
+        assert conv1[-1] == "0/7"
+
+    LONG_TYPE_NAME = (
+        "from torch import nn\n\n"
+        "class SwinTransformerStageWithALongName(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 3, 3, padding=1, padding_mode='circular')\n\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x)\n\n"
+        "def build():\n"
+        "    return nn.Sequential(SwinTransformerStageWithALongName(), SwinTransformerStageWithALongName())\n"
+    )
+
+    def test_long_type_names_are_not_cut(self, capsys, tmp_path):
+        (tmp_path / "long.py").write_text(self.LONG_TYPE_NAME)
+        spec = f"{tmp_path / 'long.py'}:build"
+        status, stdout, err = run(capsys, "probe", "--model", spec, "--images", "chelsea", "--size", "16",
+                                  "--shifts", "0:2", "--layers", "0,1", "--out", str(tmp_path / "o"))  # fmt: skip
+        assert status == 0, err
+        rows = [line.split() for line in stdout.splitlines()[2:] if line.startswith(("0 ", "1 "))]
+        assert [row[1] for row in rows] == ["SwinTransformerStageWithALongName"] * 2
+        header = stdout.splitlines()[1]
+        assert header.index("layout") > header.index("type") + len("SwinTransformerStageWithALongName")
 
     @pytest.mark.parametrize(
         ("option", "message"),
@@ -290,7 +341,7 @@ class TestProbe:
                 ["--model", "simple_cnn", "--mode", "zero", "--shifts", "0,40", "--images", "pixel_a"],
                 "out of the frame",
             ),
-            (["--model", "vgg11", "--images", "pixel_a"], "rejected an input of shape"),
+            (["--model", "vgg11", "--images", "pixel_a", "--mode", "circular"], "rejected an input of shape"),
         ],
     )
     def test_bad_input(self, capsys, tmp_path, argv, fragment):

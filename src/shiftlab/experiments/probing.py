@@ -74,7 +74,7 @@ def run_probe(
     images: Sequence[Any],
     *,
     shifts: Sequence[tuple[float, float]],
-    mode: str = "circular",
+    mode: str = "auto",
     weights: str | None = None,
     layers: Any = None,
     layouts: Any = None,
@@ -89,8 +89,9 @@ def run_probe(
 ) -> tuple[ProbeResult, ModelInfo]:
     """Load a model from its spec, prepare the images for it, and probe it.
 
-    ``normalize="auto"`` applies ImageNet normalisation to torchvision models
-    and nothing to the others.
+    ``mode="auto"`` shifts circularly when every padding in the model is circular or there is none, and takes crop
+    windows otherwise (see :mod:`shiftlab.borders`). ``normalize="auto"`` applies ImageNet normalisation to
+    torchvision models and nothing to the others.
     """
     model, info, inputs, chosen = _prepared(
         spec, images, weights=weights, size=size, normalize=normalize, device=device, dtype=dtype, seed=seed
@@ -115,7 +116,7 @@ def run_explorer(
     images: Sequence[Any],
     *,
     shifts: Sequence[tuple[float, float]],
-    mode: str = "circular",
+    mode: str = "auto",
     weights: str | None = None,
     layers: Any = None,
     show: Sequence[str] | None = None,
@@ -175,6 +176,20 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
                 None,
             )
         )
+    left_out = result.protocol.get("layers_left_out", {})
+    if left_out:
+        findings.append(
+            Finding(
+                f"{len(left_out)} layer(s) left out of the default layers: their outputs fold patches into the batch "
+                "axis, which no layout reads",
+                ", ".join(list(left_out)[:6])
+                + (f" and {len(left_out) - 6} more" if len(left_out) > 6 else "")
+                + "; the layers around them (which unfold and fold the patches) are measured",
+                None,
+            )
+        )
+    for layer, doubt in result.protocol.get("layout_doubts", {}).items():
+        findings.append(Finding(f"The layout of '{layer}' fits more than one reading", doubt, None))
     inexact = result.first_inexact_layer(EXACT)
     if inexact is None:
         findings.append(
@@ -283,6 +298,8 @@ def probe_section(
         check(explorer.result is result, "explorers", "an explorer of another probe cannot show this probe's numbers")
     layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
     protocol = result.protocol
+    reason = protocol.get("mode_reason", "given")
+    chosen = "" if reason == "given" else f" ({reason})"
     shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (
         " ..." if len(protocol["shifts"]) > 12 else ""
     )
@@ -300,7 +317,7 @@ def probe_section(
     return Section(
         key,
         title,
-        intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size "
+        intro + f"\n\nProtocol: {protocol['mode']} shifts{chosen} {shifts_text}; {protocol['images']} image(s) of size "
         f"{', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on "
         f"{protocol['device']}; {protocol['layers_watched']} layers watched; layouts from {protocol['layouts']}.",
         figures=figures,
@@ -336,16 +353,13 @@ DEMO_SHOWN = {
 def demo_probe_sections() -> list[Section]:
     """The demo's probing sections: a typical small CNN, then one built to be exactly equivariant; each with an
     explorer of its probe."""
+    # mode "auto" (the default) takes crop for simple_cnn's zero padding and circular for circular_cnn, as the
+    # sections' words say (tests/test_demo.py checks it)
     typical, _ = run_explorer(
-        "simple_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, mode="crop", size=DEMO_SIZE, show=DEMO_SHOWN["simple_cnn"]
+        "simple_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, size=DEMO_SIZE, show=DEMO_SHOWN["simple_cnn"]
     )
     exact, _ = run_explorer(
-        "circular_cnn",
-        DEMO_IMAGES,
-        shifts=DEMO_SHIFTS,
-        mode="circular",
-        size=DEMO_SIZE,
-        show=DEMO_SHOWN["circular_cnn"],
+        "circular_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, size=DEMO_SIZE, show=DEMO_SHOWN["circular_cnn"]
     )
     return [
         probe_section(
@@ -356,8 +370,9 @@ def demo_probe_sections() -> list[Section]:
             "with zero padding, batch norm, ReLU, a 2x2 max pooling, a stride-2 convolution, global average "
             f"pooling and a linear head; seeded random weights) on the bundled photos ({DEMO_SIZE}x{DEMO_SIZE}, "
             "the shorter side resized, the centre kept). "
-            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is "
-            "real image content, and pixels whose receptive field reaches the border are left out. "
+            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019: the probe's default, "
+            "mode auto, chooses it because the network pads with zeros), so every input is real image content, and "
+            "pixels whose receptive field reaches the border are left out. "
             "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a "
             "multiple of the cumulative stride still line up; the others alias. "
             "Move the input yourself in the explorer below: the first ReLU's map follows the cat pixel for pixel, "
@@ -369,7 +384,8 @@ def demo_probe_sections() -> list[Section]:
             key="probe-circular-cnn",
             title="A CNN that is exactly equivariant: circular padding, no stride",
             intro="The same network with circular padding and without its pooling and stride (circular_cnn), under "
-            "circular shifts. Every spatial layer commutes with every shift, to float precision, and the "
+            "circular shifts (mode auto chooses them: every padding is circular). Every spatial layer commutes with "
+            "every shift, to float precision, and the "
             "global average pooling makes the output invariant: the known answer that the measurement must "
             "reproduce. In the explorer the difference stays blank whatever the shift.",
             explorers=[("Move the cat through circular_cnn", exact)],
