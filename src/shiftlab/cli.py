@@ -233,16 +233,18 @@ def _print_summary(result) -> None:
     widths = [max(len(text) for text in column) for column in zip(headers, *cells)]
     left = 3  # the name columns are aligned left, the numbers right
     for row in [headers, *cells]:
-        texts = [text.ljust(width) if index < left else text.rjust(width) for index, (text, width) in
-                 enumerate(zip(row, widths))]  # fmt: skip
+        texts = [
+            text.ljust(width) if index < left else text.rjust(width)
+            for index, (text, width) in enumerate(zip(row, widths))
+        ]
         print("  ".join(texts).rstrip())
     for layer, doubt in result.protocol.get("layout_doubts", {}).items():
         print(f"layout of {layer}: {doubt}")
     left_out = result.protocol.get("layers_left_out", {})
     if left_out:
         names = ", ".join(list(left_out)[:4]) + (f" and {len(left_out) - 4} more" if len(left_out) > 4 else "")
-        print(f"{len(left_out)} layer(s) left out of the default layers, their outputs folding patches into the batch "
-              f"axis, which no layout reads: {names}")  # fmt: skip
+        why = "their outputs folding patches into the batch axis, which no layout reads"
+        print(f"{len(left_out)} layer(s) left out of the default layers, {why}: {names}")
     unknown = result.unknown_layouts()
     if unknown:
         print(f"{len(unknown)} layer(s) with a layout shiftlab could not establish, and so no number:")

@@ -492,8 +492,8 @@ def _from_one_size(shape: tuple[int, ...], size: tuple[int, int], before: _Befor
             if found is not None:
                 return replace(found, heads=True, source=f"{found.source}, on axis 2 (attention heads on axis 1)")
         if first and last:
-            return Layout("unknown", source=f"one input size, and both axes 1, 2 and axes 2, 3 of {shape} are a grid "
-                          "of the input")  # fmt: skip
+            both = f"both axes 1, 2 and axes 2, 3 of {shape} are a grid of the input"
+            return Layout("unknown", source=f"one input size, and {both}")
     return Layout("unknown", source=f"one input size, and shape {shape} matches no rule")
 
 
@@ -541,8 +541,9 @@ def _patch_grid(tokens: int, before: _Before, size: tuple[int, int]) -> Layout |
     if not 0 <= prefix <= MAX_PREFIX or rows * columns <= 1:
         return None
     source = "one input size: prefix plus the patch grid"
-    for fit in _chain_fits((rows, columns), size, before.base):
-        return Layout("tokens", fit.stride, prefix, fit.rounding, source)
+    fits = _chain_fits((rows, columns), size, before.base)
+    if fits:
+        return Layout("tokens", fits[0].stride, prefix, fits[0].rounding, source)
     stride = (max(1, round(size[0] / rows)), max(1, round(size[1] / columns)))
     for rounding in ("floor", "ceil"):
         layout = Layout("tokens", stride, prefix, rounding, source)
@@ -560,8 +561,8 @@ def _chain_tokens(tokens: int, before: _Before, size: tuple[int, int]) -> Layout
             layout = Layout("tokens", stride, 0, rounding)
             rows, columns = layout.grid(size)
             prefix = tokens - rows * columns
-            if rows * columns > 1 and 0 <= prefix <= MAX_PREFIX and all(fit.grid(size) != (rows, columns)
-                                                                        for fit in fits):  # fmt: skip
+            new_grid = all(fit.grid(size) != (rows, columns) for fit in fits)
+            if rows * columns > 1 and 0 <= prefix <= MAX_PREFIX and new_grid:
                 fits.append(replace(layout, prefix=prefix))
     if not fits:
         return None
