@@ -922,7 +922,11 @@ def summary_of(
     name: str, size: int = 64, shifts=((0, 0), (0, 1), (2, 2)), layers="all"
 ) -> tuple[ProbeResult, dict[str, dict]]:
     model = torchvision_model(name)
-    result = probe(model, images(count=1, size=size), shifts=list(shifts), layers=layers)
+    # the default mode, auto, takes crop windows for these zero-padded networks: the input is larger by twice the
+    # largest shift, so that the windows are at least size x size
+    margin = max(abs(value) for pair in shifts for value in pair)
+    result = probe(model, images(count=1, size=size + 2 * margin), shifts=list(shifts), layers=layers)
+    assert result.protocol["mode"] == "crop" and result.protocol["mode_reason"].startswith("auto: ")
     for row in result.rows:
         assert not math.isnan(row["rel_l2"]) and row["rel_l2"] >= 0
     return result, {row["layer"]: row for row in result.summary()}
