@@ -16,6 +16,7 @@ import torch
 from shiftlab.probe import PREFIX, probe
 
 timm = pytest.importorskip("timm")
+pytestmark = pytest.mark.slow  # end to end: each test builds and probes a real network (seconds each)
 
 SHIFT = 4
 
