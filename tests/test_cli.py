@@ -254,7 +254,7 @@ class TestProbe:
         assert conv1[3] == "2" and conv1[-1] == "3/7"
         protocol = json.loads((out / "probe.json").read_text())["protocol"]
         assert protocol["mode"] == "crop" and protocol["mode_reason"].startswith("auto: 17 layers pad with zeros")
-        assert "Protocol: crop shifts (auto: 17 layers pad with zeros" in (out / "report.html").read_text()
+        assert "(mode auto: 17 layers pad with zeros (conv1, " in (out / "report.html").read_text()
         status, stdout, err = run(capsys, "probe", "--model", "resnet18", "--images", "chelsea", "--size", "64",
                                   "--layers", "conv1", "--mode", "circular", "--out", str(tmp_path / "c"))  # fmt: skip
         assert status == 0, err

@@ -106,7 +106,9 @@ def test_the_probes_shift_modes_are_the_ones_auto_chooses_and_the_words_say(demo
     assert exact["mode"] == "circular" and exact["mode_reason"].startswith("auto: every padding is circular")
     html = (demo_output / "report.html").read_text()
     assert "mode auto, chooses it because the network pads with zeros" in html
-    assert "Protocol: crop shifts (auto: 4 layers pad with zeros (features.0, " in html
+    assert (
+        "Protocol: crop shifts (0, 0), (0, 1)" in html and "(mode auto: 4 layers pad with zeros (features.0, " in html
+    )
 
 
 def test_report_is_self_contained(demo_output):

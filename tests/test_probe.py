@@ -1270,8 +1270,9 @@ class TestRunProbe:
         result = probe(pooled_net(), images(), shifts=[(0, 0), (0, 1), (0, 2)])
         section = probe_section(result, key="k", title="T", intro="Intro.")
         assert section.key == "k" and section.intro.startswith(
-            "Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2); 2 image(s) of size 16x16; float32 on cpu; 4 "
-            "layers watched; layouts from two input sizes, 16x16 and 80x80."
+            "Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2) (mode auto: every padding is circular (2 "
+            "layers: 0, 3)); 2 image(s) of size 16x16; float32 on cpu; 4 layers watched; layouts from two input "
+            "sizes, 16x16 and 80x80."
         )
         assert len(section.figures) == 2 and all(isinstance(figure, Figure) for _, figure in section.figures)
         assert [row[1] for row in section.tables[0].rows] == result.layers

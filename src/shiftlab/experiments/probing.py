@@ -299,7 +299,7 @@ def probe_section(
     layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
     protocol = result.protocol
     reason = protocol.get("mode_reason", "given")
-    chosen = "" if reason == "given" else f" ({reason})"
+    why = "" if reason == "given" else f" (mode {reason})"
     shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (
         " ..." if len(protocol["shifts"]) > 12 else ""
     )
@@ -317,7 +317,7 @@ def probe_section(
     return Section(
         key,
         title,
-        intro + f"\n\nProtocol: {protocol['mode']} shifts{chosen} {shifts_text}; {protocol['images']} image(s) of size "
+        intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}{why}; {protocol['images']} image(s) of size "
         f"{', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on "
         f"{protocol['device']}; {protocol['layers_watched']} layers watched; layouts from {protocol['layouts']}.",
         figures=figures,
