@@ -178,6 +178,12 @@ class TestPool:
         assert not (tmp_path / "p").exists()
 
 
+def summary_lines(stdout: str) -> list[str]:
+    """The probe's summary on the command line: from its first line, the shift mode, on."""
+    lines = stdout.splitlines()
+    return lines[next(index for index, line in enumerate(lines) if line.startswith("shift mode: ")) :]
+
+
 class TestProbe:
     def test_bundled_model_writes_report_csv_json(self, capsys, tmp_path):
         out = tmp_path / "probe"
@@ -220,7 +226,7 @@ class TestProbe:
         common = ["probe", "--model", spec, "--images", "chelsea", "--size", "16", "--shifts", "0:3"]
         status, stdout, err = run(capsys, *common, "--layers", "embed,mix", "--out", str(tmp_path / "a"))
         assert status == 0, err
-        lines = stdout.splitlines()
+        lines = summary_lines(stdout)
         assert lines[0].startswith("shift mode: circular (auto: no layer pads or cuts the border")
         assert "layout" in lines[1] and any(line.startswith("embed ") and " NCHW " in line for line in lines)
         assert "2 layer(s) with a layout shiftlab could not establish, and so no number:" in stdout
@@ -245,7 +251,7 @@ class TestProbe:
         status, stdout, err = run(capsys, "probe", "--model", "resnet18", "--images", "chelsea", "--size", "64",
                                   "--layers", "conv1", "--out", str(out))  # fmt: skip
         assert status == 0, err
-        lines = stdout.splitlines()
+        lines = summary_lines(stdout)
         assert lines[0] == (
             "shift mode: crop (auto: 17 layers pad with zeros (conv1, layer1.0.conv1, layer1.0.conv2 and 14 more); 1 "
             "layer pads with -inf (maxpool))"
@@ -258,7 +264,7 @@ class TestProbe:
         status, stdout, err = run(capsys, "probe", "--model", "resnet18", "--images", "chelsea", "--size", "64",
                                   "--layers", "conv1", "--mode", "circular", "--out", str(tmp_path / "c"))  # fmt: skip
         assert status == 0, err
-        assert stdout.splitlines()[0] == "shift mode: circular"
+        assert summary_lines(stdout)[0] == "shift mode: circular"
         (conv1,) = [line.split() for line in stdout.splitlines() if line.startswith("conv1 ")]
         assert conv1[-1] == "0/7"
 
@@ -276,9 +282,9 @@ class TestProbe:
         status, stdout, err = run(capsys, "probe", "--model", spec, "--images", "chelsea", "--size", "16",
                                   "--shifts", "0:2", "--layers", "0,1", "--out", str(tmp_path / "o"))  # fmt: skip
         assert status == 0, err
-        rows = [line.split() for line in stdout.splitlines()[2:] if line.startswith(("0 ", "1 "))]
+        rows = [line.split() for line in summary_lines(stdout)[2:] if line.startswith(("0 ", "1 "))]
         assert [row[1] for row in rows] == ["SwinTransformerStageWithALongName"] * 2
-        header = stdout.splitlines()[1]
+        header = summary_lines(stdout)[1]
         assert header.index("layout") > header.index("type") + len("SwinTransformerStageWithALongName")
 
     @pytest.mark.parametrize(

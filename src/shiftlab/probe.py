@@ -47,6 +47,7 @@ from shiftlab.equivariance import Measured, ShiftComparison, border_core, refere
 from shiftlab.errors import InternalError, ShiftlabError, check, check_int, describe, fail, first_line
 from shiftlab.layouts import FOLDED, Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
+from shiftlab.outputs import describe_output, output_parts
 from shiftlab.shifts import Shift, check_shifts, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
@@ -165,11 +166,15 @@ class _Watcher:
         model: nn.Module,
         layers: list[tuple[str, nn.Module]],
         on_output: Callable[[str, nn.Module, torch.Tensor], None],
+        output_key: str | None = None,
+        *,
         hint: str = "",
     ) -> None:
         self.model = model
         self.layers = layers
         self.on_output = on_output
+        self.output_key = output_key
+        self.output_found: str | None = None  # how the model's output was read (see describe_output)
         self.hint = hint  # added to the message when the model rejects an input
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.calls: dict[str, int] = {}
@@ -185,16 +190,23 @@ class _Watcher:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             count = self.calls.get(name, 0) + 1
             self.calls[name] = count
-            label = (name or "output") if count == 1 else f"{name or 'output'}:{count}"
-            if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
-                return
-            try:
-                self.on_output(label, module, output)
-            except ShiftlabError:
-                raise
-            except Exception as error:
-                self.failure = (label, error)
-                raise
+            # The model's own output: its main tensor as "output", every other tensor as "output.KEY".
+            parts = [("", output)]
+            if module is self.model:
+                parts = output_parts(output, self.output_key)
+                self.output_found = describe_output(output, self.output_key)
+            for part, tensor in parts:
+                base = (name or "output") + (f".{part}" if part else "")
+                label = base if count == 1 else f"{base}:{count}"
+                if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+                    continue
+                try:
+                    self.on_output(label, module, tensor)
+                except ShiftlabError:
+                    raise
+                except Exception as error:
+                    self.failure = (label, error)
+                    raise
 
         return hook
 
@@ -444,6 +456,7 @@ def probe(
     strides: Any = None,
     batch_size: int = 64,
     progress: Callable[[int, int | None], None] | None = None,
+    output: str | None = None,
 ) -> ProbeResult:
     """Measure the translation equivariance of every watched layer of ``model``.
 
@@ -471,6 +484,9 @@ def probe(
             ``1 + len(shifts)`` exceeds it).
         progress: called as ``progress(done, total)`` after each forward pass
             (``total`` is None when the inputs are a stream of unknown length).
+        output: the name of the main tensor of a structured model output (a dict, a tuple, a Hugging Face
+            ``ModelOutput``), overriding :mod:`shiftlab.outputs`' rule (``logits``, ``out``, the first tensor).
+            The main tensor is the row ``output``; every other tensor of the output is a row ``output.NAME``.
 
     Returns:
         A :class:`ProbeResult`: one row per watched layer and shift (and per token map's prefix
@@ -523,14 +539,14 @@ def probe(
         # The layouts, from the first image (as it will be run: the reference input), before the hooks go on.
         example = reference_input(first[:1], pairs, mode)[0]
         hint = _crop_hint(pairs, choice.reason) if mode == "crop" else ""
-        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, hint)
+        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output, hint=hint)
         if layers is None:  # outputs that fold patches into the batch axis: no layout reads them (see the docstring)
             left_out = {name: plan.folded[name] for name, _ in watched if name in plan.folded}
             watched = [(name, module) for name, module in watched if name not in left_out]
         measurement = _Measurement(pairs, mode, plan)
         groups = _handed_over([first], groups)
         del first, example  # the stream's first batch is freed once measured, as every other one
-        with _Watcher(model, watched, measurement.on_output, hint) as watcher, torch.no_grad():
+        with _Watcher(model, watched, measurement.on_output, output, hint=hint) as watcher, torch.no_grad():
             for group in groups:
                 ran_as = ran_as or (group.dtype, group.device)
                 reference, margin = reference_input(group, pairs, mode)
@@ -581,6 +597,7 @@ def probe(
             if layer.layout.doubt and layer.part != "prefix"
         },
         "batch_size": batch_size,
+        "output": watcher.output_found,
     }
     return ProbeResult.from_layers(measurement.layers.values(), protocol)
 
@@ -622,6 +639,8 @@ def _layout_plan(
     example: torch.Tensor,
     layouts: Sequence[tuple[str, str]],
     strides: Sequence[tuple[str, tuple[int, int]]],
+    output_key: str | None = None,
+    *,
     hint: str = "",
 ) -> LayoutPlan:
     """The layout plan for ``example``'s size, made once per model, module structure, size, layers and overrides.
@@ -630,7 +649,8 @@ def _layout_plan(
     again. The structure is every module's name, identity and type, so a replaced module is a new plan.
     """
     structure = tuple((name, id(module), type(module)) for name, module in model.named_modules())
-    key = (tuple(example.shape[1:]), tuple(name for name, _ in watched), structure, tuple(layouts), tuple(strides))
+    watched_names = tuple(name for name, _ in watched)
+    key = (tuple(example.shape[1:]), watched_names, structure, tuple(layouts), tuple(strides), output_key)
     plans = _PLANS.setdefault(model, {})
     plan = plans.get(key)
     if plan is None:
@@ -641,7 +661,8 @@ def _layout_plan(
                 example,
                 layouts=layouts,
                 strides=strides,
-                run=lambda batch: _recorded(model, watched, batch, hint),
+                run=lambda batch: _recorded(model, watched, batch, output_key, hint),
+                output_key=output_key,
             )
         if len(plans) >= _PLANS_PER_MODEL:
             plans.pop(next(iter(plans)))
@@ -668,11 +689,15 @@ def _crop_hint(pairs: Sequence[Shift], reason: str) -> str:
 
 
 def _recorded(
-    model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor, hint: str = ""
+    model: nn.Module,
+    watched: Sequence[tuple[str, nn.Module]],
+    batch: torch.Tensor,
+    output_key: str | None = None,
+    hint: str = "",
 ) -> list[Any]:
     """:func:`shiftlab.layouts.record_outputs`, a model's failure reported as bad input."""
     try:
-        return record_outputs(model, watched, batch)
+        return record_outputs(model, watched, batch, output_key)
     except ShiftlabError:
         raise
     except Exception as error:
