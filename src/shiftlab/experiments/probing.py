@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
+from shiftlab.borders import ModeChoice, choose_mode
 from shiftlab.data import Preprocess
 from shiftlab.errors import check
 from shiftlab.explore import ExplorerData, explorer_data, representative_layers
 from shiftlab.models import ModelInfo, describe_preprocessing, load_model, resolve_device, resolve_dtype
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import Finding, Section, Table, format_number, format_stride
+from shiftlab.shifts import check_shifts, crop_margin
 
 __all__ = [
     "DEMO_IMAGES",
@@ -37,6 +41,8 @@ def _prepared(
     spec: str,
     images: Sequence[Any],
     *,
+    shifts: Sequence[tuple[float, float]],
+    mode: str,
     weights: str | None,
     size: int | None,
     normalize: str,
@@ -44,28 +50,66 @@ def _prepared(
     device: str,
     dtype: str,
     seed: int,
-) -> tuple[nn.Module, ModelInfo, list[Any], Preprocess, dict[str, Any]]:
-    """The model (on its device, in its precision), its info, the prepared inputs, the preprocessing applied and
-    its record.
+) -> tuple[nn.Module, ModelInfo, list[Any], Preprocess, dict[str, Any], ModeChoice]:
+    """The model (on its device, in its precision), its info, the prepared inputs, the preprocessing applied, its
+    record, and the shift mode.
 
     The preprocessing is the model's own (:meth:`shiftlab.models.ModelInfo.preprocessing`: a pretrained model's
     transforms, ImageNet statistics for a torchvision architecture, nothing for the others); ``size`` (the shorter
-    side, then the centre square), ``interpolation`` and ``normalize`` other than ``"auto"`` replace its parts.
+    side, then the centre square), ``interpolation`` and ``normalize`` other than ``"auto"`` replace its parts. In
+    ``crop`` mode a model's own centre crop is the size of the crop windows (:func:`_crop_room`).
     """
     check(len(images) > 0, "images", "give at least one image")
     target, precision = resolve_device(device), resolve_dtype(dtype)
     model, info = load_model(spec, weights=weights, seed=seed)
     model = model.to(device=target, dtype=precision)
+    choice = choose_mode(model, mode)
     prepare, record = info.preprocessing(resize=size, crop=size, interpolation=interpolation, normalize=normalize)
+    room = None
+    if choice.mode == "crop" and size is None and prepare.crop is not None:
+        prepare, record, room = _crop_room(prepare, record, shifts)
     inputs = [prepare(source) for source in images]
-    return model, info, inputs, prepare, record
+    if room is not None:
+        inputs = [TF.center_crop(image, list(room)) for image in inputs]
+    return model, info, inputs, prepare, record, choice
+
+
+def _crop_room(
+    prepare: Preprocess, record: dict[str, Any], shifts: Sequence[tuple[float, float]]
+) -> tuple[Preprocess, dict[str, Any], tuple[int, int]]:
+    """A model's own centre crop as the crop windows' size: the image is cut larger by twice the largest shift per
+    axis, so that every window is the input the model expects (Zhang 2019: 224-pixel windows inside the 256-pixel
+    resized image). A resize too small to hold that is enlarged to it.
+
+    Returns the preprocessing (its square crop holds both axes' room), its record, and the room ``(h, w)`` that the
+    prepared images are then cut to.
+    """
+    margin_y, margin_x = crop_margin(check_shifts(shifts, "crop"))
+    window = prepare.crop
+    assert window is not None
+    room = (window + 2 * margin_y, window + 2 * margin_x)
+    square = max(room)
+    resize = square if prepare.resize is not None and prepare.resize < square else prepare.resize
+    widened = replace(prepare.with_choices(resize=resize, crop=square)[0], squash=prepare.squash)
+    record = dict(record, crop_room=list(room))
+    if resize != prepare.resize and widened.resizing is not None:
+        record["resize"] = f"{widened.resizing.describe()} (enlarged to hold the crop windows)"
+    record["crop"] = (
+        f"{room[0]}x{room[1]} centre, room for crop windows of {window}x{window} (the model's input) moved by up "
+        f"to {margin_y} rows and {margin_x} columns"
+    )
+    return widened, record, room
 
 
 def _protocol(
     spec: str, info: ModelInfo, images: Sequence[Any], prepare: Preprocess, record: dict[str, Any]
 ) -> dict[str, Any]:
     steps = [prepare.resizing.describe()] if prepare.resizing else []
-    steps += [f"centre crop {prepare.crop}x{prepare.crop}"] if prepare.crop else []
+    room = record.get("crop_room")
+    if room:  # (crop mode: room around the model's input size for the crop windows)
+        steps.append(f"centre crop {room[0]}x{room[1]}, room for crop windows")
+    elif prepare.crop:
+        steps.append(f"centre crop {prepare.crop}x{prepare.crop}")
     return {
         "model": spec,
         "model_source": info.source,
@@ -107,9 +151,11 @@ def run_probe(
     The protocol records the preprocessing and where it came from. ``mode="auto"`` shifts circularly when every
     padding in the model is circular or there is none, and takes crop windows otherwise (see :mod:`shiftlab.borders`).
     """
-    model, info, inputs, prepare, record = _prepared(
+    model, info, inputs, prepare, record, choice = _prepared(
         spec,
         images,
+        shifts=shifts,
+        mode=mode,
         weights=weights,
         size=size,
         normalize=normalize,
@@ -122,7 +168,7 @@ def run_probe(
         model,
         inputs,
         shifts=shifts,
-        mode=mode,
+        mode=choice,
         layers=layers,
         layouts=layouts,
         strides=strides,
@@ -160,9 +206,11 @@ def run_explorer(
 
     The probe's result is the returned data's ``.result``, its protocol completed as :func:`run_probe` completes it.
     """
-    model, info, inputs, prepare, record = _prepared(
+    model, info, inputs, prepare, record, choice = _prepared(
         spec,
         images,
+        shifts=shifts,
+        mode=mode,
         weights=weights,
         size=size,
         normalize=normalize,
@@ -175,7 +223,7 @@ def run_explorer(
         model,
         inputs,
         shifts,
-        mode=mode,
+        mode=choice,
         layers=layers,
         show=show,
         channels=channels,
