@@ -20,7 +20,8 @@ LAYERS: list[set[str]] = [
     {"images", "kernels", "shifts", "metrics", "digits", "weights"},  # inputs and formulas; digits; weights files
     {"data", "ops", "_compare", "datasets", "views", "outputs"},  # inputs, operators, comparisons; model outputs
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
-    {"equivariance", "models", "zoo", "layouts", "invariance", "dense"},  # maps; networks; zoos; axes; metrics
+    # maps; networks; zoos; axes; metrics; dense metrics; how layers treat the border (mode auto)
+    {"equivariance", "models", "zoo", "layouts", "invariance", "dense", "borders"},
     {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
     {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
     {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display

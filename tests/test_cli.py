@@ -182,6 +182,12 @@ class TestPool:
         assert not (tmp_path / "p").exists()
 
 
+def summary_lines(stdout: str) -> list[str]:
+    """The probe's summary on the command line: from its first line, the shift mode, on."""
+    lines = stdout.splitlines()
+    return lines[next(index for index, line in enumerate(lines) if line.startswith("shift mode: ")) :]
+
+
 class TestProbe:
     def test_bundled_model_writes_report_csv_json(self, capsys, tmp_path):
         out = tmp_path / "probe"
@@ -224,11 +230,15 @@ class TestProbe:
         common = ["probe", "--model", spec, "--images", "chelsea", "--size", "16", "--shifts", "0:3"]
         status, stdout, err = run(capsys, *common, "--layers", "embed,mix", "--out", str(tmp_path / "a"))
         assert status == 0, err
-        lines = stdout.splitlines()
-        assert "layout" in lines[0] and any(line.startswith("embed ") and " NCHW " in line for line in lines)
+        lines = summary_lines(stdout)
+        assert lines[0].startswith("shift mode: circular (auto: no layer pads or cuts the border")
+        assert "layout" in lines[1] and any(line.startswith("embed ") and " NCHW " in line for line in lines)
         assert "2 layer(s) with a layout shiftlab could not establish, and so no number:" in stdout
         assert sum("measure it with" in line for line in lines) == 2
         assert any(line.strip().startswith("mix (4, 64): axes [2]") and "--layout 'mix=NCHW'" in line for line in lines)
+        # the unknown rows: no stride, no count of exact shifts (n/a), not "global" and "0/2"
+        (mix,) = [line.split() for line in lines if line.startswith("mix ")]
+        assert mix == ["mix", "Identity", "unknown", "n/a", "n/a", "n/a", "n/a"]
         status, stdout, err = run(
             capsys, *common, "--layers", "embed,mix", "--layout", "mix=global", "--layout", "output=global",
             "--stride", "embed=2,2", "--out", str(tmp_path / "b"),
@@ -237,6 +247,49 @@ class TestProbe:
         assert "could not establish" not in stdout
         rows = json.loads((tmp_path / "b" / "probe.json").read_text())["summary"]
         assert {row["layer"]: row["layout"] for row in rows} == {"embed": "NCHW", "mix": "global", "output": "global"}
+
+    def test_the_default_mode_is_auto_and_says_why(self, capsys, tmp_path):
+        # resnet18 pads with zeros: crop shifts, and conv1 exact at the even shifts, 3 of 7 (circular shifts would
+        # give 0 of 7, the wrap-around seam at the zero padding)
+        out = tmp_path / "o"
+        status, stdout, err = run(capsys, "probe", "--model", "resnet18", "--images", "chelsea", "--size", "64",
+                                  "--layers", "conv1", "--out", str(out))  # fmt: skip
+        assert status == 0, err
+        lines = summary_lines(stdout)
+        assert lines[0] == (
+            "shift mode: crop (auto: 17 layers pad with zeros (conv1, layer1.0.conv1, layer1.0.conv2 and 14 more); 1 "
+            "layer pads with -inf (maxpool))"
+        )
+        (conv1,) = [line.split() for line in lines if line.startswith("conv1 ")]
+        assert conv1[3] == "2" and conv1[-1] == "3/7"
+        protocol = json.loads((out / "probe.json").read_text())["protocol"]
+        assert protocol["mode"] == "crop" and protocol["mode_reason"].startswith("auto: 17 layers pad with zeros")
+        assert "(mode auto: 17 layers pad with zeros (conv1, " in (out / "report.html").read_text()
+        status, stdout, err = run(capsys, "probe", "--model", "resnet18", "--images", "chelsea", "--size", "64",
+                                  "--layers", "conv1", "--mode", "circular", "--out", str(tmp_path / "c"))  # fmt: skip
+        assert status == 0, err
+        assert summary_lines(stdout)[0] == "shift mode: circular"
+        (conv1,) = [line.split() for line in stdout.splitlines() if line.startswith("conv1 ")]
+        assert conv1[-1] == "0/7"
+
+    LONG_TYPE_NAME = (
+        "from torch import nn\n\n"
+        "class SwinTransformerStageWithALongName(nn.Identity):\n"
+        "    pass\n\n"
+        "def build():\n"
+        "    return nn.Sequential(SwinTransformerStageWithALongName(), SwinTransformerStageWithALongName())\n"
+    )
+
+    def test_long_type_names_are_not_cut(self, capsys, tmp_path):
+        (tmp_path / "long.py").write_text(self.LONG_TYPE_NAME)
+        spec = f"{tmp_path / 'long.py'}:build"
+        status, stdout, err = run(capsys, "probe", "--model", spec, "--images", "chelsea", "--size", "16",
+                                  "--shifts", "0:2", "--layers", "0,1", "--out", str(tmp_path / "o"))  # fmt: skip
+        assert status == 0, err
+        rows = [line.split() for line in summary_lines(stdout)[2:] if line.startswith(("0 ", "1 "))]
+        assert [row[1] for row in rows] == ["SwinTransformerStageWithALongName"] * 2
+        header = summary_lines(stdout)[1]
+        assert header.index("layout") > header.index("type") + len("SwinTransformerStageWithALongName")
 
     @pytest.mark.parametrize(
         ("option", "message"),
@@ -294,7 +347,7 @@ class TestProbe:
                 ["--model", "simple_cnn", "--mode", "zero", "--shifts", "0,40", "--images", "pixel_a"],
                 "out of the frame",
             ),
-            (["--model", "vgg11", "--images", "pixel_a"], "rejected an input of shape"),
+            (["--model", "vgg11", "--images", "pixel_a", "--mode", "circular"], "rejected an input of shape"),
         ],
     )
     def test_bad_input(self, capsys, tmp_path, argv, fragment):
@@ -339,15 +392,20 @@ class TestRoundingLevel:
 class TestProbeShiftsAndLayers:
     def test_shifts_beyond_the_image_refused_in_one_line(self, capsys, tmp_path):
         """The report's case: 0:1000 on a 10x10 image ran 1,000 forward passes of shifts that repeat."""
-        status, _, err = run(
-            capsys, "probe", "--model", "simple_cnn", "--images", "pixel_a", "--shifts", "0:1000",
-            "--out", str(tmp_path / "o"),
-        )  # fmt: skip
+        common = ["probe", "--model", "simple_cnn", "--images", "pixel_a", "--shifts", "0:1000"]
+        status, _, err = run(capsys, *common, "--mode", "circular", "--out", str(tmp_path / "o"))
         assert_one_line_error(
             status,
             err,
             "shifts: (0, 10) is not smaller than the 10x10 image: circular shifts repeat with its size, so it is "
             "(0, 0) again",
+        )
+        assert not (tmp_path / "o").exists()
+        status, _, err = run(capsys, *common, "--mode", "crop", "--out", str(tmp_path / "o"))
+        assert_one_line_error(
+            status,
+            err,
+            "shifts: crop windows for shifts up to (0, 999) need an input of at least 1x1999 pixels, got 10x10",
         )
         assert not (tmp_path / "o").exists()
 

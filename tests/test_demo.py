@@ -98,6 +98,19 @@ def test_circular_cnn_is_exact_at_every_spatial_layer(demo_output):
     assert spatial and all(row["max_rel_l2"] < 1e-5 for row in spatial)
 
 
+def test_the_probes_shift_modes_are_the_ones_auto_chooses_and_the_words_say(demo_output):
+    sections = json.loads((demo_output / "results.json").read_text())["sections"]
+    typical = sections["probe-simple-cnn"]["data"]["protocol"]
+    exact = sections["probe-circular-cnn"]["data"]["protocol"]
+    assert typical["mode"] == "crop" and typical["mode_reason"].startswith("auto: 4 layers pad with zeros (features.0")
+    assert exact["mode"] == "circular" and exact["mode_reason"].startswith("auto: every padding is circular")
+    html = (demo_output / "report.html").read_text()
+    assert "mode auto, chooses it because the network pads with zeros" in html
+    assert (
+        "Protocol: crop shifts (0, 0), (0, 1)" in html and "(mode auto: 4 layers pad with zeros (features.0, " in html
+    )
+
+
 def test_report_is_self_contained(demo_output):
     html = (demo_output / "report.html").read_text()
     assert "<img" in html

@@ -117,6 +117,14 @@ class TestNumbers:
                     assert same, (layer.label, key, value, theirs[key])
         assert data.result.rows == alone.rows
 
+    def test_auto_mode_is_the_probes_choice(self):
+        model, x, shifts = fcn_stride_four(), images(size=24), [(0, 0), (0, 1), (2, 2)]
+        data = explorer_data(model, x, shifts, show=["0", "3"])  # auto: the zero padding is seen, crop shifts
+        assert data.mode == "crop" and data.margin == (2, 2)
+        assert data.result.protocol["mode_reason"] == "auto: 2 layers pad with zeros (0, 3)"
+        assert data.result.rows == probe(model, x, shifts=shifts, mode="crop").rows
+        assert data.to_dict()["mode"] == "crop"
+
     def test_one_image_its_errors_are_the_probes(self):
         data = explorer_data(fcn_stride_four(), images(count=1, size=24), [(0, 1), (2, 2)], mode="zero")
         for layer in data.layers:

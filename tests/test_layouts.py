@@ -157,6 +157,216 @@ class TestTokens:
         assert row["shape"] == [6, 4, 3] and row["stride"] == [4, 4]
 
 
+# --------------------------------------------------------------------------- one input size: the exact rules
+
+
+class FixedSize(nn.Module):
+    """Refuses every input size but one, as timm's ViT, Swin, LeViT and CaiT do (a fixed position grid)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def check(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"expected {self.size}x{self.size} images, got {tuple(x.shape[-2:])}")
+
+
+class SwinLike(FixedSize):
+    """A patch embedding of stride 2 (no padding), channels-last LayerNorms, a patch merge to stride 4 and another to
+    stride 8: channels-last stages whose maps no NCHW module declares (Swin's ``layers.1`` to ``layers.3``)."""
+
+    def __init__(self, size: int = 32, channels: int = 6) -> None:
+        super().__init__(size)
+        torch.manual_seed(3)
+        self.embed = nn.Conv2d(3, channels, 2, stride=2)
+        self.norm = nn.LayerNorm(channels)
+        self.merge1 = PatchMerge(channels)
+        self.norm1 = nn.LayerNorm(channels)
+        self.merge2 = PatchMerge(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        x = self.norm(self.embed(x).permute(0, 2, 3, 1))
+        return self.merge2(self.norm1(self.merge1(x)))
+
+
+class LevitLike(FixedSize):
+    """Patch embedding of stride 4, then tokens subsampled 2 x 2 (LeViT's ``Subsample``: ``x[:, ::2, ::2]``) twice:
+    token counts that no NCHW map before them has. With ``cls`` a class token alone ``(N, 1, C)`` at the end."""
+
+    def __init__(self, size: int = 32, channels: int = 6) -> None:
+        super().__init__(size)
+        torch.manual_seed(4)
+        self.embed = nn.Conv2d(3, channels, 4, stride=4)
+        self.stage0 = nn.Linear(channels, channels)
+        self.stage1 = nn.Linear(channels, channels)
+        self.stage2 = nn.Linear(channels, channels)
+        self.cls = nn.Identity()
+
+    @staticmethod
+    def subsample(tokens: torch.Tensor) -> torch.Tensor:
+        side = math.isqrt(tokens.shape[1])
+        grid = tokens.unflatten(1, (side, side))[:, ::2, ::2]
+        return grid.flatten(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        tokens = self.stage0(self.embed(x).flatten(2).transpose(1, 2))
+        tokens = self.stage1(self.subsample(tokens))
+        tokens = self.stage2(self.subsample(tokens))
+        return self.cls(tokens.mean(dim=1, keepdim=True))  # (N, 1, C): invariant to multiples of the stride
+
+
+class HeadTokens(nn.Module):
+    """(N, heads, 1 + gh * gw, d): tokens on axis 2 (CoaT's relative position encoding), a mean token first."""
+
+    def __init__(self, patch: int = 4, heads: int = 2, channels: int = 3, fixed: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.embed = nn.Conv2d(3, heads * channels, patch, stride=patch)
+        self.heads, self.fixed = heads, fixed
+        self.attend = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed is not None and x.shape[-1] != self.fixed:
+            raise ValueError(f"expected width {self.fixed}")
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        return self.attend(tokens.unflatten(2, (self.heads, -1)).transpose(1, 2))
+
+
+class Folded(nn.Module):
+    """MobileViT's unfolding: the 4 pixels of each 2 x 2 patch into the batch axis, ``(4 N, patches, C)``, a
+    per-token layer, and back to a map."""
+
+    def __init__(self, channels: int = 4, fixed: int | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv = nn.Conv2d(3, channels, 1)
+        self.transformer = nn.Linear(channels, channels)
+        self.fixed = fixed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed is not None and x.shape[-1] != self.fixed:
+            raise ValueError(f"expected width {self.fixed}")
+        maps = self.conv(x)
+        n, c, h, w = maps.shape
+        patches = maps.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(n * 4, -1, c)
+        patches = self.transformer(patches)
+        back = patches.reshape(n, 2, 2, h // 2, w // 2, c).permute(0, 5, 3, 1, 4, 2).reshape(n, c, h, w)
+        return back.mean(dim=(2, 3))
+
+
+class TestOneSizeRules:
+    def test_channels_last_stages_at_the_strides_of_the_chain(self):
+        result = probe(SwinLike(), images(size=32), shifts=[(0, 2), (0, 4), (0, 8), (4, 8)], layers="all")
+        assert result.protocol["mode"] == "circular" and result.protocol["layouts"].startswith("one input size")
+        summary = {row["layer"]: row for row in result.summary()}
+        expected = {"embed": ("NCHW", 2), "norm": ("NHWC", 2), "merge1.reduction": ("NHWC", 4),
+                    "norm1": ("NHWC", 4), "merge2.reduction": ("NHWC", 8)}  # fmt: skip
+        assert {name: (summary[name]["layout"], summary[name]["stride"][0]) for name in expected} == expected
+        assert summary["merge2.reduction"]["shape"] == [6, 4, 4]
+        for name, (_, stride) in expected.items():  # circular shifts, no padding: exact exactly at the multiples
+            for (dy, dx), row in rows_by(result, name).items():
+                multiple = dy % stride == 0 and dx % stride == 0
+                assert (row["rel_l2"] <= EXACT) == multiple, (name, dy, dx, row["rel_l2"])
+
+    def test_a_map_that_fits_both_readings_is_unknown(self):
+        # 6 channels on a 6 x 6 map at 24 x 24 (stride 4): (N, 6, 6, 6) reads as NCHW and as NHWC
+        result = probe(SwinLike(size=24, channels=6), images(size=24), shifts=[(0, 4)], layers="merge1.reduction")
+        (row,) = result.layer_rows("merge1.reduction")
+        assert row["layout"] == "unknown"
+        assert "both axes 1, 2 and axes 2, 3 of (1, 6, 6, 6) are a grid of the input" in row["note"]
+
+    def test_subsampled_tokens_and_the_class_token_alone(self):
+        result = probe(
+            LevitLike(), images(size=32), shifts=[(0, 8), (0, 16), (0, 4)], layers="stage0,stage1,stage2,cls"
+        )
+        summary = {row["layer"]: row for row in result.summary()}
+        assert [summary[name]["layout"] for name in ("stage0", "stage1", "stage2")] == ["tokens"] * 3
+        assert [summary[name]["stride"] for name in ("stage0", "stage1", "stage2")] == [[4, 4], [8, 8], [16, 16]]
+        assert [summary[name]["shape"] for name in ("stage1", "stage2")] == [[6, 4, 4], [6, 2, 2]]
+        assert summary["cls"]["layout"] == "global" and summary["cls"]["shape"] == [1, 6]
+        for name, stride in (("stage1", 8), ("stage2", 16), ("cls", 16)):
+            for (_, dx), row in rows_by(result, name).items():
+                assert (row["rel_l2"] <= EXACT) == (dx % stride == 0), (name, dx, row["rel_l2"])
+
+    def test_a_grid_rounded_up_and_the_other_splits_named(self):
+        # 28 x 28, stride 4: 7 x 7 tokens, subsampled to 4 x 4 (LeViT's rounding up): stride 8, 16 tokens; the
+        # 16 tokens would also be 7 + 3 x 3 at stride 8, or 12 + 2 x 2 at stride 16
+        result = probe(LevitLike(size=28), images(size=28), shifts=[(0, 8)], layers="stage1")
+        (row,) = result.layer_rows("stage1")
+        assert row["layout"] == "tokens" and row["stride"] == [8, 8] and row["shape"] == [6, 4, 4]
+        assert result.protocol["layout_doubts"] == {
+            "stage1": "16 tokens read as the largest grid; 7 plus 3x3, 12 plus 2x2 would fit too: give the stride if "
+            "it is another"
+        }
+
+    def test_a_tokens_override_with_its_stride(self):
+        # LeViT's 49 = 7 x 7 tokens, given as tokens at stride 8: no prefix
+        result = probe(LevitLike(size=56), images(size=56), shifts=[(0, 8)], layers="stage1",
+                       layouts={"stage1": "tokens"}, strides={"stage1": 8})  # fmt: skip
+        (row,) = result.layer_rows("stage1")
+        assert row["layout"] == "tokens" and row["stride"] == [8, 8] and row["shape"] == [6, 7, 7]
+
+
+class TestHeadTokens:
+    MULTIPLES = [(0, 4), (4, -8)]
+    OTHERS = [(0, 1), (2, 3)]
+
+    @pytest.mark.parametrize("fixed", [False, True], ids=["two sizes", "one size"])
+    def test_exact_for_multiples_of_the_patch_only(self, fixed):
+        model = HeadTokens(fixed=16 if fixed else None)
+        result = probe(model, images(size=16), shifts=self.MULTIPLES + self.OTHERS, layers="attend")
+        summary = {row["layer"]: row for row in result.summary()}
+        assert summary["attend"]["layout"] == "head tokens (1 prefix)"
+        assert summary["attend"]["shape"] == [6, 4, 4] and summary["attend"]["stride"] == [4, 4]
+        assert summary["attend" + PREFIX]["shape"] == [1, 6]
+        for part in ("attend", "attend" + PREFIX):
+            for shift, row in rows_by(result, part).items():
+                assert (row["rel_l2"] <= EXACT) == (shift in self.MULTIPLES), (part, shift, row["rel_l2"])
+
+    def test_an_attention_map_is_not_head_tokens(self):
+        class Attention(FixedSize):
+            def __init__(self) -> None:
+                super().__init__(16)
+                self.embed = nn.Conv2d(3, 4, 4, stride=4)
+                self.softmax = nn.Softmax(dim=-1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                self.check(x)
+                tokens = self.embed(x).flatten(2).transpose(1, 2)  # (N, 16, 4)
+                scores = tokens @ tokens.transpose(1, 2)  # (N, 16, 16)
+                return self.softmax(scores[:, None])  # (N, 1, 16, 16): queries and keys, no channel axis
+
+        result = probe(Attention(), images(size=16), shifts=[(0, 4)], layers="softmax")
+        assert result.layer_rows("softmax")[0]["layout"] == "unknown"
+
+
+class TestFoldedIntoTheBatch:
+    @pytest.mark.parametrize("fixed", [False, True], ids=["two sizes", "one size"])
+    def test_left_out_of_the_default_layers_and_said_so(self, fixed):
+        result = probe(Folded(fixed=12 if fixed else None), images(size=12), shifts=[(0, 2)])
+        assert "transformer" not in result.layers
+        assert result.protocol["layers_left_out"] == {
+            "transformer": "folds patches or windows into the batch axis (4 outputs per image)"
+        }
+        assert result.unknown_layouts() == []
+
+    @pytest.mark.parametrize("fixed", [False, True], ids=["two sizes", "one size"])
+    def test_named_it_is_unknown_with_its_shape_at_the_probed_size(self, fixed):
+        result = probe(Folded(fixed=12 if fixed else None), images(size=12), shifts=[(0, 2)], layers="transformer",
+                       layouts={"transformer": "tokens"})  # an override cannot read the batch axis either  # fmt: skip
+        (row,) = result.layer_rows("transformer")
+        assert row["layout"] == "unknown" and row["shape"] == [4, 36, 4]  # 6 x 6 patches at 12 x 12, not 76 x 76
+        assert (
+            row["note"]
+            == "layout unknown: patches or windows folded into the batch axis (shape (4, 36, 4) for one image)"
+        )
+        assert result.protocol["layers_left_out"] == {}
+
+
 # --------------------------------------------------------------------------- unknown layouts, overrides
 
 
@@ -183,6 +393,11 @@ class TestUnknownAndOverrides:
         unknown = {item["layer"]: item for item in result.unknown_layouts()}
         assert set(unknown) == {"mix", "output"}  # the model returns the same (N, C, L) tensor
         assert "--layout 'mix=NCHW'" in unknown["mix"]["override"]
+        # no number, no stride, no count of exact shifts: n/a, not "global" and "0 / 2"
+        (summary, _) = result.summary()
+        assert summary["stride"] is None and summary["exact_shifts"] is None and math.isnan(summary["max_rel_l2"])
+        assert result.summary_table()[0][5:] == ["n/a", "n/a", "n/a", "n/a"]
+        assert '"exact_shifts": null' in result.to_json()
 
     def test_an_override_measures_it(self):
         result = probe(
@@ -286,7 +501,7 @@ class TestModernArchitectures:
 
     def probe(self, name: str, **kwargs):
         x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-        return probe(torchvision_model(name), x, shifts=[(0, 0), (0, 16)], **kwargs)
+        return probe(torchvision_model(name), x, shifts=[(0, 0), (0, 16)], mode="circular", **kwargs)
 
     def test_swin_t(self):
         result = self.probe("swin_t")
@@ -353,9 +568,9 @@ def test_every_torchvision_classifier(name):
     """Every classification architecture probes without error, and, with the default layers, without a single row
     computed on axes the probe could not establish."""
     size = 224 if name.startswith(FIXED_SIZE) else 96 if name.startswith("inception") else 64
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, size, size + 2, generator=torch.Generator().manual_seed(0))  # crop windows: size x size
     torch.set_num_threads(2)
-    result = probe(torchvision_model(name), x, shifts=[(0, 1)])
+    result = probe(torchvision_model(name), x, shifts=[(0, 1)], mode="crop")
     assert result.unknown_layouts() == []
     assert all(not math.isnan(row["rel_l2"]) for row in result.rows)
     assert result.layer_rows("output")[0]["shape"] == [1000]

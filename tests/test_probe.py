@@ -191,6 +191,16 @@ class TestZeroPaddedNetworkOfStrideFour:
         for row in result.layer_rows("0"):
             assert row["valid_fraction"] == 1.0 and row["rel_l2"] > 1e-3
 
+    def test_auto_mode_chooses_crop_and_matches_it(self):
+        # the default: the zero padding is seen, and the result is exactly that of mode="crop"
+        shifts = [(0, 0)] + self.MULTIPLES + self.OTHERS
+        auto = probe(fcn_stride_four(), images(count=2, size=64), shifts=shifts)
+        crop = probe(fcn_stride_four(), images(count=2, size=64), shifts=shifts, mode="crop")
+        assert auto.protocol["mode"] == "crop"
+        assert auto.protocol["mode_reason"] == "auto: 2 layers pad with zeros (0, 3)"
+        assert crop.protocol["mode_reason"] == "given"
+        assert auto.rows == crop.rows
+
     def test_fourier_mode_runs(self):
         result = probe(circular_net(), images(size=16), shifts=[(0, 1), (0.5, 0)], mode="fourier")
         rows = rows_of(result, "0")
@@ -306,7 +316,7 @@ class TestModelIsLeftUnchanged:
 
     def test_a_model_that_refuses_the_other_size_is_planned_at_one_size(self):
         model = Flaky(1)
-        result = probe(model, images(), shifts=[(0, 1)])
+        result = probe(model, images(), shifts=[(0, 1)], mode="circular")
         assert result.protocol["layouts"].startswith(
             "one input size, 16x16 (the model refused 80x80: RuntimeError: flaky failure on call 1)"
         )
@@ -318,7 +328,7 @@ class TestModelIsLeftUnchanged:
         model.train()
         flags = training_flags(model)
         with pytest.raises(ShiftlabError) as info:
-            probe(model, images(), shifts=[(0, 1)])
+            probe(model, images(), shifts=[(0, 1)], mode="circular")
         assert str(info.value).startswith("model Flaky: rejected an input of shape (4, 3, 16, 16): KeyError: 'flaky")
         assert no_hooks_left(model)
         assert training_flags(model) == flags
@@ -574,14 +584,14 @@ class TestBatching:
         small, large = images(count=2, size=16, seed=1), images(count=1, size=24, seed=2)
         shifts = [(0, 4), (4, -4)]  # multiples of every stride: one alignment per row
         # circular shifts of a zero-padded network: inexact at the border, so every row has an error
-        result = probe(fcn_stride_four(), [small[0], large[0], small[1]], shifts=shifts)
+        result = probe(fcn_stride_four(), [small[0], large[0], small[1]], shifts=shifts, mode="circular")
         assert result.protocol["images"] == 3
         assert result.protocol["input_shapes"] == [[3, 16, 16], [3, 24, 24]]
         assert result.layer_rows("0")[0]["shape"] == [6, 16, 16]  # the shape of the first group
         # the sums run over both groups: the largest error is the larger of the two groups',
         # the relative error lies between theirs
-        alone_small = probe(fcn_stride_four(), small, shifts=shifts)
-        alone_large = probe(fcn_stride_four(), large, shifts=shifts)
+        alone_small = probe(fcn_stride_four(), small, shifts=shifts, mode="circular")
+        alone_large = probe(fcn_stride_four(), large, shifts=shifts, mode="circular")
         for layer in result.layers:
             for shift in shifts:
                 row, first, second = (
@@ -764,6 +774,42 @@ class TestChannelsLastMaps:
                 assert 0 < row["valid_fraction"] < 1 and row["rel_l2"] <= EXACT, name
 
 
+class TestAutoMode:
+    def test_a_circular_network_gets_circular_shifts(self):
+        result = probe(pooled_net(), images(), shifts=[(0, 2)])
+        assert result.protocol["mode"] == "circular"
+        assert result.protocol["mode_reason"] == "auto: every padding is circular (2 layers: 0, 3)"
+        assert result.protocol["input_shapes"] == [[3, 16, 16]]  # the whole image, not a crop window
+
+    def test_a_model_without_padding_gets_circular_shifts(self):
+        patches = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.ReLU())
+        result = probe(patches, images(), shifts=[(0, 4), (0, 1)])
+        assert result.protocol["mode"] == "circular"
+        rows = rows_of(result, "0")
+        assert rows[(0, 4)]["rel_l2"] == 0 and rows[(0, 1)]["rel_l2"] > 0.01
+
+    def test_a_fixed_size_model_that_refuses_the_crop_windows_is_told_why(self):
+        class FixedSize(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if x.shape[-1] != 16:
+                    raise ValueError(f"expected width 16, got {x.shape[-1]}")
+                return self.conv(x)
+
+        with pytest.raises(ShiftlabError) as info:
+            probe(FixedSize(), images(size=16), shifts=[(0, 2)])
+        assert str(info.value) == (
+            "model FixedSize: rejected an input of shape (1, 3, 16, 12): ValueError: expected width 16, got 12; crop "
+            "shifts (chosen by mode auto) show the model the input less the largest shift on each side (0 rows, 2 "
+            "columns): a model that takes one input size needs images that much larger on each side, or another mode"
+        )
+        result = probe(FixedSize(), torch.rand(1, 3, 16, 20), shifts=[(0, 2)])  # 2 x 2 columns larger: measured
+        assert result.protocol["input_shapes"] == [[3, 16, 20]] and result.layer_rows("conv")[0]["shape"] == [4, 16, 16]
+
+
 class TestProbeErrors:
     def test_not_a_module(self):
         with pytest.raises(ShiftlabError) as info:
@@ -773,7 +819,7 @@ class TestProbeErrors:
     def test_bad_mode(self):
         with pytest.raises(ShiftlabError) as info:
             probe(pooled_net(), images(), shifts=[(0, 1)], mode="mirror")
-        assert str(info.value) == "mode: must be one of circular, zero, crop, fourier, got 'mirror'"
+        assert str(info.value) == "mode: must be one of auto, circular, zero, crop, fourier, got 'mirror'"
 
     @pytest.mark.parametrize("batch_size", [1, 0, 2.5, "8"])
     def test_bad_batch_size(self, batch_size):
@@ -818,7 +864,7 @@ class TestProbeErrors:
     def test_crop_margin_too_large(self):
         with pytest.raises(
             ShiftlabError,
-            match=r"^shifts: crop windows for shifts up to \(0, 8\) need an input larger than 0x16, got 16x16",
+            match=r"^shifts: crop windows for shifts up to \(0, 8\) need an input of at least 1x17 pixels, got 16x16",
         ):
             probe(pooled_net(), images(), shifts=[(0, 8)], mode="crop")
 
@@ -908,7 +954,11 @@ def summary_of(
     name: str, size: int = 64, shifts=((0, 0), (0, 1), (2, 2)), layers="all"
 ) -> tuple[ProbeResult, dict[str, dict]]:
     model = torchvision_model(name)
-    result = probe(model, images(count=1, size=size), shifts=list(shifts), layers=layers)
+    # the default mode, auto, takes crop windows for these zero-padded networks: the input is larger by twice the
+    # largest shift, so that the windows are at least size x size
+    margin = max(abs(value) for pair in shifts for value in pair)
+    result = probe(model, images(count=1, size=size + 2 * margin), shifts=list(shifts), layers=layers)
+    assert result.protocol["mode"] == "crop" and result.protocol["mode_reason"].startswith("auto: ")
     for row in result.rows:
         assert not math.isnan(row["rel_l2"]) and row["rel_l2"] >= 0
     return result, {row["layer"]: row for row in result.summary()}
@@ -1067,13 +1117,16 @@ class TestTables:
         result = probe(pooled_net(), images(count=3, size=16), shifts=[(0, 1), (2, 2)], mode="zero", batch_size=16)
         assert result.protocol == {
             "mode": "zero",
+            "mode_reason": "given",
             "shifts": [[0, 1], [2, 2]],
             "images": 3,
             "input_shapes": [[3, 16, 16]],
             "dtype": "float32",
             "device": "cpu",
             "layers_watched": 4,
+            "layers_left_out": {},
             "layouts": "two input sizes, 16x16 and 80x80",
+            "layout_doubts": {},
             "batch_size": 16,
             "output": "a tensor",
         }
@@ -1202,7 +1255,9 @@ class TestRunProbe:
         pytest.importorskip("torchvision")
         from shiftlab.experiments.probing import run_probe
 
-        result, info = run_probe("mobilenet_v3_small", ["chelsea"], shifts=[(0, 32)], size=64, layers="features.0.0")
+        result, info = run_probe(
+            "mobilenet_v3_small", ["chelsea"], shifts=[(0, 32)], mode="circular", size=64, layers="features.0.0"
+        )
         assert info.normalize == "imagenet" and result.protocol["normalize"] == "imagenet"
         assert result.layers == ["features.0.0", "output"]
 
@@ -1248,8 +1303,9 @@ class TestRunProbe:
         result = probe(pooled_net(), images(), shifts=[(0, 0), (0, 1), (0, 2)])
         section = probe_section(result, key="k", title="T", intro="Intro.")
         assert section.key == "k" and section.intro.startswith(
-            "Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2); 2 image(s) of size 16x16; float32 on cpu; 4 "
-            "layers watched; layouts from two input sizes, 16x16 and 80x80."
+            "Intro.\n\nProtocol: circular shifts (0, 0), (0, 1), (0, 2) (mode auto: every padding is circular (2 "
+            "layers: 0, 3)); 2 image(s) of size 16x16; float32 on cpu; 4 layers watched; layouts from two input "
+            "sizes, 16x16 and 80x80."
         )
         assert len(section.figures) == 2 and all(isinstance(figure, Figure) for _, figure in section.figures)
         assert [row[1] for row in section.tables[0].rows] == result.layers

@@ -39,4 +39,9 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     result = namespace["result"]
     assert result.summary()[0]["layer"] == "conv1"
+    # mode="auto" sees resnet18's zero padding: crop shifts, and conv1 exact at the even shifts (3 of 7), as the
+    # README's example output says
+    assert result.protocol["mode"] == "crop"
+    assert result.protocol["mode_reason"].startswith("auto: 17 layers pad with zeros (conv1, ")
+    assert result.summary()[0]["exact_shifts"] == 3
     assert (tmp_path / "probe.csv").exists()

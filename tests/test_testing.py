@@ -111,7 +111,25 @@ class TestAssertShiftEquivariant:
         conv = nn.Conv2d(3, 4, 3, padding=1).eval()  # zero padding: exact away from the border
         assert_shift_equivariant(conv, images(size=20), [(2, -3), (-4, 1)], mode="zero")
         with pytest.raises(AssertionError, match=r"^not shift-equivariant under mode='circular'"):
-            assert_shift_equivariant(conv, images(size=20) + 1.0, [(2, -3)])
+            assert_shift_equivariant(conv, images(size=20) + 1.0, [(2, -3)], mode="circular")
+
+    def test_auto_mode_takes_crop_for_zero_padding_and_says_so(self):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(3, 4, 3, padding=1).eval()
+        assert_shift_equivariant(conv, images(size=20) + 1.0, [(2, -3)])  # auto: crop, the border left out
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+        with pytest.raises(AssertionError) as info:
+            assert_shift_equivariant(net, images(size=32), [(0, 2), (0, 1)])
+        message = str(info.value)
+        assert message.startswith("not shift-equivariant under mode='crop': shift (0, 1) gives max abs error ")
+        assert message.endswith("; mode 'crop' chosen by auto: 1 layer pads with zeros (0)")
+
+    def test_auto_mode_for_a_function_is_circular_and_says_so(self):
+        with pytest.raises(AssertionError) as info:
+            assert_shift_equivariant(max_pool, images(), [(1, 0)])
+        assert str(info.value).endswith(
+            "; mode 'circular' chosen by auto: a function, not an nn.Module: its padding cannot be seen"
+        )
 
     def test_crop_mode_with_stride(self):
         torch.manual_seed(0)
@@ -228,6 +246,19 @@ class TestAssertShiftInvariant:
         assert "shift (1, 0) changes the output by up to 1 " in message  # the first of the two equal failures
         assert "at output index (0, 2)" in message
         assert "; 2 of 2 shifts fail" in message
+
+    def test_auto_mode_of_an_invariance_assertion(self):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveMaxPool2d(1), nn.Flatten()).eval()
+        x = torch.zeros(1, 3, 24, 24)
+        x[:, :, 10:13, 10:13] = 1.0  # a blob far from the border: a crop window keeps it whole, the maximum unchanged
+        assert_shift_invariant(net, x, [(0, 3), (-2, 4)])
+        with pytest.raises(AssertionError) as info:
+            assert_shift_invariant(nn.MaxPool2d(2), images(), [(0, 1)])
+        assert str(info.value).endswith(
+            "; mode 'circular' chosen by auto: no layer pads or cuts the border (padding written inside a forward, "
+            "such as F.pad, cannot be seen: give mode crop if the model pads there)"
+        )
 
     def test_max_pooling_is_not_invariant(self):
         with pytest.raises(AssertionError, match=r"^not shift-invariant under mode='circular': shift \(0, 1\)"):

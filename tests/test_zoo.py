@@ -672,6 +672,31 @@ class TestCommands:
         assert stdout.startswith("model: timm test_vit.r160_in1k, pretrained weights (model.safetensors)\n")
         assert protocol["resize"] == "shorter side 168 (bicubic, antialiased), centre crop 160x160"
 
+    def test_crop_windows_are_the_models_own_input_size(self, zoo, tmp_path, capsys):
+        # mode auto takes crop shifts for these zero-padded networks; the windows are the model's own input (224,
+        # and 160 for test_resnet), cut from an image larger by twice the largest shift across (Zhang 2019's
+        # protocol), and test_resnet's own resize (168) is enlarged to hold them
+        expected = {
+            "resnet18": ([3, 224, 238], [64, 112, 112], "resize shorter side 256 (bilinear, antialiased), crop "
+                         "224x238 centre, room for crop windows of 224x224 (the model's input) moved by up to 0 rows "
+                         "and 7 columns, normalize imagenet; "),
+            "timm:test_resnet": ([3, 160, 174], [32, 80, 80], "resize shorter side 174 (bilinear, antialiased) "
+                                 "(enlarged to hold the crop windows), crop 160x174 centre, room for crop windows of "
+                                 "160x160 (the model's input) moved by up to 0 rows and 7 columns, normalize custom: "),
+        }  # fmt: skip
+        for spec, (shape, conv1, preprocessing) in expected.items():
+            out = tmp_path / spec.replace(":", "_")
+            weights = ["--weights", "IMAGENET1K_V1"] if spec == "resnet18" else []
+            status, stdout, err = run(capsys, "probe", "--model", spec, *weights, "--images", "chelsea",
+                                      "--shifts", "0:8", "--layers", "conv1", "--out", str(out))  # fmt: skip
+            assert status == 0, err
+            table = json.loads((out / "probe.json").read_text())
+            assert table["protocol"]["mode"] == "crop" and table["protocol"]["input_shapes"] == [shape]
+            assert table["protocol"]["preprocessing"].startswith(preprocessing)
+            assert f"preprocessing: {preprocessing}" in stdout
+            (row,) = [row for row in table["summary"] if row["layer"] == "conv1"]
+            assert row["shape"] == conv1 and row["exact_shifts"] == 3  # every even shift, as the stride is 2
+
     def test_evaluate_hugging_face_classifier(self, zoo, photos, tmp_path, capsys):
         out = tmp_path / "eval"
         status, stdout, err = run(

@@ -52,13 +52,18 @@ def format_error(value: Any, digits: int = 4) -> str:
     return format_number(value, digits)
 
 
-def format_stride(stride: Any) -> str:
-    """A layer's cumulative stride as text: ``"4"`` when square, ``"4x2"`` otherwise, ``"global"`` for none.
+def format_stride(stride: Any, *, known: bool = True) -> str:
+    """A layer's cumulative stride as text: ``"4"`` when square, ``"4x2"`` otherwise, ``"global"`` for none, ``"n/a"``
+    for a layer whose layout is not ``known``.
 
     Example:
         >>> [format_stride(s) for s in ([4, 4], (4, 2), None)]
         ['4', '4x2', 'global']
+        >>> format_stride(None, known=False)
+        'n/a'
     """
+    if not known:
+        return "n/a"
     if not stride:
         return "global"
     return str(stride[0]) if stride[0] == stride[1] else f"{stride[0]}x{stride[1]}"

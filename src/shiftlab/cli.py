@@ -246,24 +246,34 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
-    from shiftlab._format import format_error, format_stride
-
-    rows = result.summary()
-    width = min(44, max(len(row["layer"]) for row in rows))
-    print(
-        f"{'layer':<{width}}  {'type':<18} {'layout':<17} {'stride':>7}  {'mean rel L2':>11}  {'max rel L2':>10}  exact"
-    )
-    for row in rows:
-        print(
-            f"{row['layer'][:width]:<{width}}  {row['type'][:18]:<18} {row['layout'][:17]:<17} "
-            f"{format_stride(row['stride']):>7}  {format_error(row['mean_rel_l2']):>11}  "
-            f"{format_error(row['max_rel_l2']):>10}  {row['exact_shifts']}/{row['shifts']}"
-        )
+    protocol = result.protocol
+    reason = protocol.get("mode_reason", "given")
+    print(f"shift mode: {protocol['mode']}" + ("" if reason == "given" else f" ({reason})"))
+    headers = ["layer", "type", "layout", "stride", "mean rel L2", "max rel L2", "exact"]
+    chosen = (1, 2, 3, 5, 6, 7, 8)  # of ProbeResult.SUMMARY_HEADERS; the shape and depth are in the report
+    cells = [[row[index] for index in chosen] for row in result.summary_table()]
+    cells = [[*row[:-1], row[-1].replace(" / ", "/")] for row in cells]
+    widths = [max(len(text) for text in column) for column in zip(headers, *cells)]
+    left = 3  # the name columns are aligned left, the numbers right
+    for row in [headers, *cells]:
+        texts = [
+            text.ljust(width) if index < left else text.rjust(width)
+            for index, (text, width) in enumerate(zip(row, widths))
+        ]
+        print("  ".join(texts).rstrip())
+    for layer, doubt in result.protocol.get("layout_doubts", {}).items():
+        print(f"layout of {layer}: {doubt}")
+    left_out = result.protocol.get("layers_left_out", {})
+    if left_out:
+        names = ", ".join(list(left_out)[:4]) + (f" and {len(left_out) - 4} more" if len(left_out) > 4 else "")
+        why = "their outputs folding patches into the batch axis, which no layout reads"
+        print(f"{len(left_out)} layer(s) left out of the default layers, {why}: {names}")
     unknown = result.unknown_layouts()
     if unknown:
         print(f"{len(unknown)} layer(s) with a layout shiftlab could not establish, and so no number:")
         for item in unknown:
-            print(f"  {item['layer']} {tuple(item['shape'])}: {item['why']}; measure it with {item['override']}")
+            remedy = f"measure it with {item['override']}" if item["override"] else "no override can measure it"
+            print(f"  {item['layer']} {tuple(item['shape'])}: {item['why']}; {remedy}")
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -697,9 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument(
         "--mode",
-        choices=("circular", "zero", "crop", "fourier"),
-        default="circular",
-        help="how images are shifted (default: circular)",
+        choices=("auto", "circular", "zero", "crop", "fourier"),  # borders.PROBE_MODES, without importing torch
+        default="auto",
+        help="how images are shifted: auto (default) takes circular when every padding in the model is circular or "
+        "there is none, crop otherwise (the summary says which, and why); circular, zero, crop or fourier",
     )
     probe.add_argument(
         "--layers",

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from shiftlab._compare import PairSums, pair_sums, whole_sums
+from shiftlab.borders import AUTO, ModeChoice, choose_mode
 from shiftlab.equivariance import border_core, reference_input, shifted_input
 from shiftlab.errors import InternalError, check, check_int, describe, fail
 from shiftlab.layouts import resolve_overrides
@@ -487,7 +488,7 @@ def explorer_data(
     images: Any,
     shifts: Any,
     *,
-    mode: str = "circular",
+    mode: str | ModeChoice = AUTO,
     layers: LayerSpec = None,
     show: Sequence[str] | None = None,
     channels: int | Sequence[int] = 4,
@@ -507,7 +508,8 @@ def explorer_data(
         images: a ``(N, C, H, W)`` or ``(C, H, W)`` tensor, or a list of them (read twice: by the probe, then for
             the frames; so not a stream).
         shifts: ``(dy, dx)`` pairs in input pixels (see :func:`shiftlab.probe`).
-        mode: how the input is shifted: ``circular``, ``zero``, ``crop`` or ``fourier``.
+        mode: how the input is shifted: ``auto`` (default; as :func:`shiftlab.probe` chooses), ``circular``,
+            ``zero``, ``crop`` or ``fourier``.
         layers: which layers the probe watches, as for :func:`shiftlab.probe`.
         show: the probe's rows to draw (names as the rows give them: ``"conv1"``, ``"layer1.0.relu:2"``,
             ``"output"``). Default: the outputs of the layers that ``layers`` names (a string or a list of names),
@@ -550,13 +552,15 @@ def explorer_data(
         channels = [check_int(channel, "channels", minimum=0) for channel in channels]
     else:
         channels = check_int(channels, "channels", minimum=1)
+    choice = choose_mode(model, mode)
+    mode = choice.mode
     pairs = check_shifts(shifts, mode)
-    common = {"mode": mode, "layers": layers, "layouts": layouts, "strides": strides, "output": output}
+    common = {"layers": layers, "layouts": layouts, "strides": strides, "output": output}
     modules = {name for name, _ in model.named_modules() if name}
     # The shown layers and the frames' size, known before the probe runs: from a preview of its rows.
-    preview = _preview(model, inputs[0], pairs, **common)
+    preview = _preview(model, inputs[0], pairs, mode=mode, **common)
     _check_frame_budget(_captures(preview, _shown(preview, layers, show, modules), 1, modules), channels, len(pairs))
-    result = probe(model, inputs, shifts=pairs, batch_size=batch_size, progress=progress, **common)
+    result = probe(model, inputs, shifts=pairs, mode=choice, batch_size=batch_size, progress=progress, **common)
     captures = _captures(result, _shown(result, layers, show, modules), len(pairs), modules)
     data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels, output)
     display = _display_image(inputs[image], normalization)

@@ -304,6 +304,7 @@ def _layer_table(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, 
             {
                 "layer": name,
                 "stride": items[0]["stride"],
+                "known": items[0].get("layout") != "unknown",
                 "max": _finite_reduce(values, np.max),
                 "multiple": _finite_reduce(values[multiple], np.mean),
                 "other": _finite_reduce(values[~multiple], np.mean),
@@ -385,7 +386,7 @@ def show_error_vs_depth(
     figure = Figure(figsize=(min(18.0, max(7.0, 0.16 * min(count, 90) + 3)), 4.6), dpi=dpi, layout="constrained")
     axes = figure.subplots()
     positions = np.arange(count)
-    shade_stride_bands(axes, [format_stride(row["stride"]) for row in table])
+    shade_stride_bands(axes, [format_stride(row["stride"], known=row["known"]) for row in table])
     axes.plot(
         positions, [row["max"] for row in table], "-", color="#9aa3b5", linewidth=1, label="max over shifts", zorder=2
     )
@@ -492,8 +493,8 @@ def show_shift_heatmaps(
         axes.set_yticks(range(len(ys)), [f"{y:g}" for y in ys], fontsize=7)
         axes.set_xlabel("dx (input px)", fontsize=8)
         axes.set_ylabel("dy (input px)", fontsize=8)
-        stride = rows[0]["stride"]
-        axes.set_title(f"{figure_text(name)}\nstride {format_stride(stride)}", fontsize=9)
+        stride = format_stride(rows[0]["stride"], known=rows[0].get("layout") != "unknown")
+        axes.set_title(f"{figure_text(name)}\nstride {stride}", fontsize=9)
     if image is not None:
         figure.colorbar(image, ax=list(panels), shrink=0.85, label=_METRIC_LABELS[metric])
     return figure

@@ -9,36 +9,54 @@ A watched output is one of:
 ``tokens``
     a token sequence ``(N, P + gh * gw, C)``: ``P`` prefix tokens (class, distillation, register tokens)
     followed by ``gh x gw`` spatial tokens in row-major order (ViT). The spatial tokens are measured as a
-    map; the prefix tokens as a separate, global row (invariance is expected of them);
+    map; the prefix tokens as a separate, global row (invariance is expected of them). Also found on axis 2 of a
+    4-D output ``(N, heads, P + gh * gw, d)`` ("head tokens": CoaT's convolutional relative position encoding),
+    whose ``heads * d`` values per token are its channels;
 ``global``
     no spatial axis: a vector ``(N, C)`` (however long), an output whose shape does not follow the input's
-    size, or a 1x1 map; compared as a whole (invariance), which reads no axis;
+    size, one token ``(N, 1, C)`` (CaiT's class token alone), or a 1x1 map; compared as a whole (invariance),
+    which reads no axis;
 ``unknown``
     none of the above could be established: the row says so and carries no metric.
 
 The rules, in order (:func:`plan_layouts`):
 
-1. **An override** for the layer, by name or glob pattern (``layouts={"features.*": "NHWC"}``; on the
-   command line ``--layout PATTERN=LAYOUT``). The first matching pattern wins.
-2. **What the module type declares**: a 4-D output of a convolution, pooling, batch or instance norm
+1. **Several outputs per image.** An output whose first axis is not 1 for one image folds patches or windows into
+   the batch axis (MobileViT's transformer ``(4 N, tokens, C)``, Swin's and MaxViT's window attention): no layout
+   reads that axis, so it is ``unknown``, whatever an override says. The probe's default layers leave such modules
+   out (and say so).
+2. **An override** for the layer, by name or glob pattern (``layouts={"features.*": "NHWC"}``; on the
+   command line ``--layout PATTERN=LAYOUT``). The first matching pattern wins. A ``tokens`` override finds its
+   prefix and grid as rules 4 and 5 do, or from the stride when one is given (``strides=``).
+3. **What the module type declares**: a 4-D output of a convolution, pooling, batch or instance norm
    layer is ``NCHW`` (PyTorch's API says so).
-3. **Two input sizes.** The model runs once more on one image ``64`` pixels taller and wider. The axes whose
+4. **Two input sizes.** The model runs once more on one image ``64`` pixels taller and wider. The axes whose
    length follows the input's size are the spatial ones: axes 2 and 3 of a 4-D output make it ``NCHW``,
-   axes 1 and 2 ``NHWC``; axis 1 of a 3-D output makes it ``tokens``, with the patch size ``s``, prefix
-   ``P`` and rounding (``floor`` or ``ceil`` of ``H / s``) that fit both sizes, preferring patch sizes that
-   divide both; an output whose shape does not change is ``global``. Anything else (another axis changes,
-   the batch axis is not first) is ``unknown``.
-4. **One input size**, when the model refuses another (torchvision's ViT and MaxViT): a 3-D output
-   ``(N, L, C)`` is ``tokens`` when ``L = P + h * w`` for the last ``NCHW`` map ``(h, w)`` of the forward pass
-   before it (the patch embedding) with ``0 <= P <= 16`` (the patch-grid rule); a 4-D output is ``NCHW``
-   when its axes 2 and 3, and not 1 and 2, have the size of that map (``NHWC`` the other way round); a
-   2-D output is ``global``.
-5. Otherwise ``unknown``.
+   axes 1 and 2 ``NHWC``; axis 1 of a 3-D output (axis 2 alone of a 4-D one: head tokens) makes it ``tokens``,
+   with the patch size ``s``, prefix ``P`` and rounding (``floor`` or ``ceil`` of ``H / s``) that fit both sizes,
+   preferring patch sizes that divide both; an output whose shape does not change is ``global``. Anything else
+   (another axis changes) is ``unknown``.
+5. **One input size**, when the model refuses another (timm's and torchvision's ViT, Swin, CaiT, LeViT, CoaT,
+   MaxViT), from one forward pass that records every module. A *grid of the input* is ``rounding(H / s) x
+   rounding(W / s)`` (down, or up) for a stride ``s`` of the chain ``b * 2**k`` (``k >= 0``), where ``b`` is the
+   stride of the first ``NCHW`` map of the pass (the stem or patch embedding, whose size divides the input's):
+   stages downsample by two. Then:
+
+   - a 2-D output, or one token ``(N, 1, C)``, is ``global``;
+   - a 3-D output ``(N, L, C)`` is ``tokens`` when ``L = P + h * w`` for the last ``NCHW`` map ``(h, w)``
+     before it (the patch-grid rule), with ``0 <= P <= 16``; else when ``L = P + gh * gw`` for a grid of the input
+     (LeViT's 49 = 7 x 7 and 16 = 4 x 4 tokens, at strides 32 and 64): the largest such grid, the fewest prefix
+     tokens, and the row's source names any other split that fits;
+   - a 4-D output is ``NCHW`` when its axes 2 and 3, and not 1 and 2, are the last ``NCHW`` map or a grid of the
+     input (``NHWC`` the other way round: Swin's stages at strides 4, 8, 16, 32); when neither, and axis 2 is a
+     prefix plus the last ``NCHW`` map (and axis 3 another length), it is head tokens.
+6. Otherwise ``unknown``.
 
 Strides, per axis, in input pixels: an override (``strides={"pattern": (sy, sx)}``, ``--stride
 PATTERN=SY,SX``) first; with two input sizes, ``64 / (h' - h)`` (exact for every stride that divides 64, and
-within a pixel for the others); with one size, or for an axis whose length does not follow the input
-(adaptive pooling to a fixed size), the ratio of the sizes (:func:`shiftlab.equivariance.feature_stride`).
+within a pixel for the others); with one size, the stride of the chain whose grid the map is, else (or for an axis
+whose length does not follow the input: adaptive pooling to a fixed size) the ratio of the sizes
+(:func:`shiftlab.equivariance.feature_stride`).
 """
 
 from __future__ import annotations
@@ -60,6 +78,7 @@ from shiftlab.ops import Convolve, MaxPool
 from shiftlab.outputs import output_parts
 
 __all__ = [
+    "FOLDED",
     "GROWTH",
     "LAYOUT_KINDS",
     "MAX_PREFIX",
@@ -75,6 +94,8 @@ LAYOUT_KINDS: tuple[str, ...] = ("NCHW", "NHWC", "tokens", "global", "unknown")
 GROWTH = 64
 #: The most prefix tokens (class, distillation, register) the patch-grid rule accepts.
 MAX_PREFIX = 16
+#: Why an output whose first axis holds several outputs per image (MobileViT's transformer) has no layout.
+FOLDED = "patches or windows folded into the batch axis"
 
 #: Module types whose 4-D output is ``(N, C, H, W)`` by PyTorch's own API.
 DECLARE_NCHW: tuple[type[nn.Module], ...] = (
@@ -90,7 +111,10 @@ class Layout:
     """The layout of one watched output, its stride, and how both were found.
 
     ``prefix`` and ``rounding`` describe tokens: ``P`` leading tokens, then a grid of ``rounding(H / s)`` by
-    ``rounding(W / s)`` tokens for an input of ``H x W`` and a patch size ``s``.
+    ``rounding(W / s)`` tokens for an input of ``H x W`` and a patch size ``s``. ``doubt`` names the other readings
+    that fit the shapes as well (empty when there are none). ``heads``: the tokens are axis 2 of
+    a 4-D output ``(N, heads, P + gh * gw, d)`` (CoaT's convolutional relative position encoding), whose heads and
+    head channels are read together as ``heads * d`` channels.
     """
 
     kind: str
@@ -98,6 +122,8 @@ class Layout:
     prefix: int = 0
     rounding: str = "floor"
     source: str = ""
+    heads: bool = False
+    doubt: str = ""
 
     @property
     def spatial(self) -> bool:
@@ -112,7 +138,8 @@ class Layout:
     def describe(self) -> str:
         """The layout in a few words, for tables."""
         if self.kind == "tokens":
-            return f"tokens ({self.prefix} prefix)" if self.prefix else "tokens"
+            name = "head tokens" if self.heads else "tokens"
+            return f"{name} ({self.prefix} prefix)" if self.prefix else name
         return self.kind
 
     def split(self, output: torch.Tensor, input_size: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -124,7 +151,9 @@ class Layout:
         if self.kind == "NHWC":
             return (output.permute(0, 3, 1, 2), None) if output.ndim == 4 else (None, None)
         if self.kind == "tokens":
-            if output.ndim != 3:
+            if self.heads and output.ndim == 4:
+                output = output.transpose(1, 2).flatten(2)  # (N, tokens, heads * d)
+            elif self.heads or output.ndim != 3:
                 return None, None
             rows, columns = self.grid(input_size)
             if output.shape[1] != self.prefix + rows * columns or rows * columns == 0:
@@ -197,6 +226,15 @@ def _first_match(label: str, pairs: Sequence[tuple[str, Any]]) -> Any:
     return None
 
 
+@dataclass(frozen=True)
+class _Before:
+    """What one forward pass at one input size showed before an output: the last ``NCHW`` map ``(h, w)``, and the
+    stride of the first one (of more than one pixel, whose size divides the input's): the one-size rules read them."""
+
+    last_map: tuple[int, int] | None
+    base: tuple[int, int] | None
+
+
 @dataclass
 class _Seen:
     """One module output in a forward pass."""
@@ -257,20 +295,24 @@ class LayoutPlan:
         size: tuple[int, int],
         other_size: tuple[int, int] | None,
         other: dict[str, tuple[int, ...] | None],
-        one_size: dict[str, tuple[tuple[int, int] | None, bool]],
+        one_size: dict[str, _Before],
         overrides: tuple[Sequence[tuple[str, str]], Sequence[tuple[str, tuple[int, int]]]],
         method: str,
+        folded: dict[str, int] | None = None,
     ) -> None:
         self.size = size
         self.other_size = other_size
         self.other = other  # label -> its shape at the other size (two-size plans)
-        self.one_size = one_size  # label -> (the last NCHW map before it, seen at all) (one-size plans)
+        self.one_size = one_size  # label -> what the pass showed before it (one-size plans)
         self.overrides = overrides
         self.method = method
+        #: Watched modules whose output folds patches or windows into the batch axis: name -> outputs per image.
+        self.folded = folded or {}
         self.layouts: dict[str, Layout] = {}
 
     def layout(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> Layout:
-        """The layout of the output ``label`` of ``module``, whose shape for one image is ``shape`` (batch axis 1)."""
+        """The layout of the output ``label`` of ``module``, whose shape for one image is ``shape`` (its first axis
+        is 1 unless the module folds patches or windows into the batch axis)."""
         found = self.layouts.get(label)
         if found is None:
             found = self._resolve(label, module, shape)
@@ -280,26 +322,32 @@ class LayoutPlan:
     def _resolve(self, label: str, module: nn.Module, shape: tuple[int, ...]) -> Layout:
         layouts, strides = self.overrides
         override = _first_match(label, layouts)
-        declares = isinstance(module, DECLARE_NCHW) and len(shape) == 4
+        given = _first_match(label, strides)
+        declares = isinstance(module, DECLARE_NCHW) and len(shape) == 4 and shape[0] == 1
         then = self.other.get(label) if self.other_size else None
-        last_map, seen = self.one_size.get(label, (None, False))
-        if override is not None:
-            layout = _from_override(override, shape, then, self.size, self.other_size, last_map)
+        before = self.one_size.get(label)
+        if shape[0] != 1:  # no layout reads the batch axis, whatever an override says
+            layout = Layout("unknown", source=f"{FOLDED} (shape {shape} for one image)")
+        elif override is not None:
+            layout = _from_override(override, shape, then, self.size, self.other_size, before, given)
         elif declares:
             layout = Layout("NCHW", source="module type")
         elif self.other_size is not None:
             layout = _from_two_sizes(shape, then, self.size, self.other_size)
-        elif seen:
-            layout = _from_one_size(shape, self.size, last_map)
+        elif before is not None:
+            layout = _from_one_size(shape, self.size, before)
         else:
             layout = Layout("unknown", source="not seen while the layouts were planned")
         if layout.spatial and layout.stride is None:
-            stride, ambiguous = _stride(shape, then, layout, self.size, self.other_size)
+            base = before.base if before is not None else None
+            stride, ambiguous = _stride(shape, then, layout, self.size, self.other_size, base)
             source = f"{layout.source}; {ambiguous}" if ambiguous else layout.source
-            layout = replace(layout, stride=stride, source=source)
-        given = _first_match(label, strides)
+            doubt = "; ".join(text for text in (layout.doubt, ambiguous) if text)
+            layout = replace(layout, stride=stride, source=source, doubt=doubt)
         if given is not None and layout.kind != "unknown":
-            layout = replace(layout, stride=given, source=f"{layout.source.split('; stride')[0]}; stride given")
+            layout = replace(
+                layout, stride=given, source=f"{layout.source.split('; stride')[0]}; stride given", doubt=""
+            )
         if layout.kind in ("NCHW", "NHWC") and _map_size(shape, layout) == (1, 1):
             layout = Layout("global", source=f"{layout.source}; a 1x1 map")
         return layout
@@ -344,21 +392,33 @@ def plan_layouts(
     except Exception as error:  # the model refuses another size (a fixed position embedding...): one size only
         refused = f"{type(error).__name__}: {first_line(error)}"
         seen = record(example)
-        one_size: dict[str, tuple[tuple[int, int] | None, bool]] = {}
+        one_size: dict[str, _Before] = {}
         last_map: tuple[int, int] | None = None
+        base: tuple[int, int] | None = None
         for entry in seen:
             if entry.label is not None and entry.label not in one_size:
-                one_size[entry.label] = (last_map, True)
-            if entry.declares_nchw and entry.shape is not None:
+                one_size[entry.label] = _Before(last_map, base)
+            if entry.declares_nchw and entry.shape is not None and entry.shape[0] == 1:
                 last_map = (entry.shape[2], entry.shape[3])
+                if base is None and last_map[0] * last_map[1] > 1 and height % last_map[0] == width % last_map[1] == 0:
+                    base = (height // last_map[0], width // last_map[1])
         method = f"one input size, {height}x{width} (the model refused {other_size[0]}x{other_size[1]}: {refused})"
-        return LayoutPlan((height, width), None, {}, one_size, (layouts, strides), method)
+        return LayoutPlan((height, width), None, {}, one_size, (layouts, strides), method, _folded(seen))
     other = {}
     for entry in seen:
         if entry.label is not None and entry.label not in other:
             other[entry.label] = entry.shape
     method = f"two input sizes, {height}x{width} and {other_size[0]}x{other_size[1]}"
-    return LayoutPlan((height, width), other_size, other, {}, (layouts, strides), method)
+    return LayoutPlan((height, width), other_size, other, {}, (layouts, strides), method, _folded(seen))
+
+
+def _folded(seen: Sequence[_Seen]) -> dict[str, int]:
+    """The watched modules whose output for one image has a first axis other than 1, and that axis's length."""
+    folded: dict[str, int] = {}
+    for entry in seen:
+        if entry.label is not None and entry.shape is not None and entry.shape and entry.shape[0] != 1:
+            folded.setdefault(entry.label.split(":")[0], entry.shape[0])
+    return folded
 
 
 def _map_size(shape: tuple[int, ...], layout: Layout) -> tuple[int, int]:
@@ -371,7 +431,8 @@ def _from_override(
     then: tuple[int, ...] | None,
     size: tuple[int, int],
     other_size: tuple[int, int] | None,
-    last_map: tuple[int, int] | None,
+    before: _Before | None,
+    stride: tuple[int, int] | None,
 ) -> Layout:
     if kind in ("NCHW", "NHWC"):
         if len(shape) != 4:
@@ -380,11 +441,15 @@ def _from_override(
     if kind == "tokens":
         if len(shape) != 3:
             return Layout("unknown", source=f"given as tokens, but the output has shape {shape}")
-        grown = then is not None and other_size is not None and len(then) == 3 and then[1] != shape[1]
-        found = _token_grid(shape[1], then[1], size, other_size) if grown and then and other_size else None
-        found = found or _patch_grid(shape[1], last_map, size)
+        tokens, found = shape[1], None
+        if stride is not None:  # the grid at the given stride: only the prefix and the rounding are left
+            found = _grid_at(tokens, stride, size, "the grid at the given stride")
+        if found is None and then is not None and other_size is not None and len(then) == 3 and then[1] != tokens:
+            found = _token_grid(tokens, then[1], size, other_size)
+        if found is None and before is not None:
+            found = _patch_grid(tokens, before, size) or _chain_tokens(tokens, before, size)
         if found is None:
-            return Layout("unknown", source=f"given as tokens, but {shape[1]} tokens fit no prefix plus a patch grid")
+            return Layout("unknown", source=f"given as tokens, but {tokens} tokens fit no prefix plus a patch grid")
         return replace(found, source=f"given; {found.source}")
     return Layout("global", source="given")
 
@@ -410,44 +475,121 @@ def _from_two_sizes(
         return Layout("NCHW", source=f"axes 2, 3 {source}")
     if len(shape) == 4 and changed == [1, 2]:
         return Layout("NHWC", source=f"axes 1, 2 {source}")
-    if len(shape) == 3 and changed == [1]:
-        found = _token_grid(shape[1], then[1], size, other_size)
+    if (len(shape) == 3 and changed == [1]) or (len(shape) == 4 and changed == [2]):
+        found = _token_grid(shape[-2], then[-2], size, other_size)
         if found is not None:
-            return found
-        return Layout("unknown", source=f"{shape[1]} and {then[1]} tokens fit no patch grid with a prefix")
+            return replace(found, heads=len(shape) == 4)
+        return Layout("unknown", source=f"{shape[-2]} and {then[-2]} tokens fit no patch grid with a prefix")
     return Layout("unknown", source=f"axes {changed} of shape {shape} follow the input size")
 
 
-def _from_one_size(shape: tuple[int, ...], size: tuple[int, int], last_map: tuple[int, int] | None) -> Layout:
+def _from_one_size(shape: tuple[int, ...], size: tuple[int, int], before: _Before) -> Layout:
+    """The one-size rules (see the module docstring), for an output of ``shape`` (batch axis 1)."""
     if len(shape) == 2:
         return Layout("global", source="a vector")
-    if len(shape) == 3 and last_map is not None:
-        found = _patch_grid(shape[1], last_map, size)
+    if len(shape) == 3 and shape[1] == 1:
+        return Layout("global", source="one token (a class token alone), compared whole as prefix tokens are")
+    if len(shape) == 3:
+        found = _patch_grid(shape[1], before, size) or _chain_tokens(shape[1], before, size)
         if found is not None:
             return found
-    if len(shape) == 4 and last_map is not None:
-        first, last = (shape[2], shape[3]) == last_map, (shape[1], shape[2]) == last_map
+    if len(shape) == 4:
+        first = _is_grid((shape[2], shape[3]), size, before)
+        last = _is_grid((shape[1], shape[2]), size, before)
         if first and not last:
-            return Layout("NCHW", source="one input size: axes 2, 3 match the last NCHW map")
+            return Layout("NCHW", source="one input size: axes 2, 3 are a grid of the input")
         if last and not first:
-            return Layout("NHWC", source="one input size: axes 1, 2 match the last NCHW map")
+            return Layout("NHWC", source="one input size: axes 1, 2 are a grid of the input")
+        if not first and not last and shape[3] != shape[2]:  # (N, heads, tokens, d); not (N, heads, L, L)
+            found = _patch_grid(shape[2], before, size)
+            if found is not None:
+                return replace(found, heads=True, source=f"{found.source}, on axis 2 (attention heads on axis 1)")
+        if first and last:
+            both = f"both axes 1, 2 and axes 2, 3 of {shape} are a grid of the input"
+            return Layout("unknown", source=f"one input size, and {both}")
     return Layout("unknown", source=f"one input size, and shape {shape} matches no rule")
 
 
-def _patch_grid(tokens: int, last_map: tuple[int, int] | None, size: tuple[int, int]) -> Layout | None:
+def _chain(base: tuple[int, int] | None, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The strides ``base * 2**k`` (``k >= 0``: stages downsample by two) up to the input's size, smallest first."""
+    strides: list[tuple[int, int]] = []
+    while base is not None and max(base) <= max(size):
+        strides.append(base)
+        base = (2 * base[0], 2 * base[1])
+    return strides
+
+
+def _chain_fits(lengths: tuple[int, int], size: tuple[int, int], base: tuple[int, int] | None) -> list[Layout]:
+    """The strides of the chain (:func:`_chain`) and roundings under which the input gives a map of ``lengths``."""
+    fits: list[Layout] = []
+    for stride in _chain(base, size):
+        for rounding in ("floor", "ceil"):
+            layout = Layout("NCHW", stride, 0, rounding)
+            if layout.grid(size) == lengths and not any(fit.stride == stride for fit in fits):
+                fits.append(layout)
+    return fits
+
+
+def _is_grid(lengths: tuple[int, int], size: tuple[int, int], before: _Before) -> bool:
+    """Whether ``lengths`` are the last NCHW map's, or a grid of the input at a stride of the chain."""
+    return lengths[0] * lengths[1] > 1 and (lengths == before.last_map or bool(_chain_fits(lengths, size, before.base)))
+
+
+def _grid_at(tokens: int, stride: tuple[int, int], size: tuple[int, int], source: str) -> Layout | None:
+    """Tokens as a prefix plus the grid of the input at ``stride`` (rounded down, else up), or None."""
+    for rounding in ("floor", "ceil"):
+        layout = Layout("tokens", stride, 0, rounding, source)
+        rows, columns = layout.grid(size)
+        if rows * columns > 1 and 0 <= tokens - rows * columns <= MAX_PREFIX:
+            return replace(layout, prefix=tokens - rows * columns)
+    return None
+
+
+def _patch_grid(tokens: int, before: _Before, size: tuple[int, int]) -> Layout | None:
     """Tokens as a prefix plus the grid of the last NCHW map (the patch embedding), or None."""
-    if last_map is None:
+    if before.last_map is None:
         return None
-    rows, columns = last_map
+    rows, columns = before.last_map
     prefix = tokens - rows * columns
     if not 0 <= prefix <= MAX_PREFIX or rows * columns <= 1:
         return None
+    source = "one input size: prefix plus the patch grid"
+    fits = _chain_fits((rows, columns), size, before.base)
+    if fits:
+        return Layout("tokens", fits[0].stride, prefix, fits[0].rounding, source)
     stride = (max(1, round(size[0] / rows)), max(1, round(size[1] / columns)))
     for rounding in ("floor", "ceil"):
-        layout = Layout("tokens", stride, prefix, rounding, "one input size: prefix plus the patch grid")
+        layout = Layout("tokens", stride, prefix, rounding, source)
         if layout.grid(size) == (rows, columns):
             return layout
     return None
+
+
+def _chain_tokens(tokens: int, before: _Before, size: tuple[int, int]) -> Layout | None:
+    """Tokens as a prefix plus a grid of the input at a stride of the chain: the largest such grid (the fewest prefix
+    tokens), with a note naming the others; or None."""
+    fits: list[Layout] = []
+    for stride in _chain(before.base, size):
+        for rounding in ("floor", "ceil"):
+            layout = Layout("tokens", stride, 0, rounding)
+            rows, columns = layout.grid(size)
+            prefix = tokens - rows * columns
+            new_grid = all(fit.grid(size) != (rows, columns) for fit in fits)
+            if rows * columns > 1 and 0 <= prefix <= MAX_PREFIX and new_grid:
+                fits.append(replace(layout, prefix=prefix))
+    if not fits:
+        return None
+    fits.sort(key=lambda fit: fit.prefix)
+    best = fits[0]
+    rows, columns = best.grid(size)
+    stride = best.stride or (1, 1)
+    source = f"one input size: {best.prefix} prefix plus a {rows}x{columns} grid at stride {stride[0]}"
+    doubt = ""
+    if len(fits) > 1:
+        others = ", ".join(f"{fit.prefix} plus {'x'.join(map(str, fit.grid(size)))}" for fit in fits[1:])
+        doubt = f"{tokens} tokens read as the largest grid; {others} would fit too: give the stride if it is another"
+        source += f" ({doubt})"
+    return replace(best, source=source, doubt=doubt)
 
 
 def _token_grid(tokens: int, tokens_then: int, size: tuple[int, int], other_size: tuple[int, int]) -> Layout | None:
@@ -478,6 +620,7 @@ def _stride(
     layout: Layout,
     size: tuple[int, int],
     other_size: tuple[int, int] | None,
+    base: tuple[int, int] | None = None,
 ) -> tuple[tuple[int, int], str]:
     """Per axis, the stride that explains the map's length at both input sizes; and a note when that is unsure.
 
@@ -485,11 +628,15 @@ def _stride(
     pixel (padding and valid borders move a length by up to one). Of the strides that fit, one under which the
     change is exactly ``difference / s`` is taken; otherwise the closest, with a note naming the others (a model that
     pads or crops its maps to multiples of a stride that does not divide the difference). An axis whose length does
-    not follow the input (adaptive pooling) gets the ratio of the sizes.
+    not follow the input (adaptive pooling) gets the ratio of the sizes. At one input size, a map that is a grid of the
+    input at a stride of the chain (``base * 2**k``, ``k >= 0``) gets that stride; others the ratio.
     """
     axes = (2, 3) if layout.kind == "NCHW" else (1, 2)
     lengths = (shape[axes[0]], shape[axes[1]])
     ratio = feature_stride(size, lengths)
+    chained = _chain_fits(lengths, size, base) if other_size is None else []
+    if chained:
+        return chained[0].stride or ratio, ""
     strides, notes = [], []
     for index, (axis, length, fallback) in enumerate(zip(axes, lengths, ratio)):
         if then is None or other_size is None or then[axis] == length:

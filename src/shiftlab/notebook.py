@@ -41,7 +41,7 @@ def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption
 
 
 def _protocol_line(protocol: dict[str, Any], keys: Sequence[str]) -> str:
-    parts = [f"{key}: {protocol[key]}" for key in keys if protocol.get(key) not in (None, "", [])]
+    parts = [f"{key}: {protocol[key]}" for key in keys if protocol.get(key) not in (None, "", [], {}, "given")]
     return f"<p><small>{html.escape('; '.join(parts))}</small></p>" if parts else ""
 
 
@@ -55,7 +55,8 @@ def probe_html(result: Any) -> str:
         f"{protocol.get('images')} image(s); relative L2 error over the shifts (the zero shift excluded)"
     )
     table = table_html(list(result.SUMMARY_HEADERS), result.summary_table(), caption=caption)
-    parts = [table, _protocol_line(protocol, ("model", "input_shapes", "dtype", "device", "layouts"))]
+    keys = ("mode_reason", "model", "input_shapes", "dtype", "device", "layouts", "layers_left_out", "layout_doubts")
+    parts = [table, _protocol_line(protocol, keys)]
     if summary:
         figure = result.plot_depth()
         parts.append(f'<img alt="relative L2 error against depth" src="{figure_data_uri(figure, dpi=80)}">')

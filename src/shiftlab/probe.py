@@ -42,12 +42,13 @@ from shiftlab._compare import Scratch
 from shiftlab._format import ROUNDING_LEVEL, format_error, format_stride
 from shiftlab._io import atomic_write_text, csv_text, json_text
 from shiftlab._pandas import data_frame
+from shiftlab.borders import AUTO, ModeChoice, choose_mode
 from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
-from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, check_int, describe, fail, first_line
-from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
+from shiftlab.errors import InternalError, ShiftlabError, check, check_int, describe, fail, first_line
+from shiftlab.layouts import FOLDED, Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.outputs import describe_output, output_parts
-from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, check_shifts_fit, crop_margin
+from shiftlab.shifts import Shift, check_shifts, check_shifts_fit, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
 
@@ -174,12 +175,15 @@ class _Watcher:
         layers: list[tuple[str, nn.Module]],
         on_output: Callable[[str, nn.Module, torch.Tensor], None],
         output_key: str | None = None,
+        *,
+        hint: str = "",
     ) -> None:
         self.model = model
         self.layers = layers
         self.on_output = on_output
         self.output_key = output_key
         self.output_found: str | None = None  # how the model's output was read (see describe_output)
+        self.hint = hint  # added to the message when the model rejects an input
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.calls: dict[str, int] = {}
         self.failure: tuple[str, BaseException] | None = None
@@ -232,7 +236,7 @@ class _Watcher:
                 raise InternalError(
                     f"the probe's hook on layer {label!r} failed: {type(cause).__name__}: {first_line(cause)}"
                 ) from cause
-            _rejected(self.model, batch, error)
+            _rejected(self.model, batch, error, self.hint)
 
     def __exit__(self, *exc_info: Any) -> None:
         for handle in self.handles:
@@ -292,7 +296,9 @@ class _Measurement:
         self.last: tuple[weakref.ref, int, Layout, list[list[Measured]]] | None = None
 
     def on_output(self, label: str, module: nn.Module, output: torch.Tensor) -> None:
-        layout = self.plan.layout(label, module, (1, *output.shape[1:]))
+        inputs = 1 if self.recording_cores or self.current is None else self.current.variants * self.current.images
+        folded = output.shape[0] // inputs if output.shape[0] % inputs == 0 else 1  # outputs per input (MobileViT: 4)
+        layout = self.plan.layout(label, module, (folded, *output.shape[1:]))
         spatial, prefix = layout.split(output, self.input_size)
         if self.recording_cores:
             if layout.spatial and spatial is not None:
@@ -303,7 +309,8 @@ class _Measurement:
         assert current is not None
         if spatial is None or output.shape[0] != current.variants * current.images:
             reason = layout.source if layout.kind == "unknown" else f"shape {tuple(output.shape)} does not fit it"
-            self._unknown(label, module, output, replace(layout, kind="unknown", source=reason))
+            shape = (folded, *output.shape[1:]) if folded != 1 else tuple(output.shape[1:])
+            self._unknown(label, module, shape, replace(layout, kind="unknown", source=reason))
             return
         targets = [(self._layer(label, module, layout, "map" if layout.spatial else "whole", spatial), spatial)]
         if prefix is not None:
@@ -336,12 +343,11 @@ class _Measurement:
             self.layers[label] = layer
         return layer
 
-    def _unknown(self, label: str, module: nn.Module, output: torch.Tensor, layout: Layout) -> None:
+    def _unknown(self, label: str, module: nn.Module, shape: tuple[int, ...], layout: Layout) -> None:
+        """A row that says the layout is unknown; ``shape``: the output's per input (with the folded axis, if any)."""
         if label not in self.layers:
             depth = len(self.layers) + 1
-            self.layers[label] = _Layer(
-                label, type(module).__name__, depth, tuple(output.shape[1:]), layout, "map", None
-            )
+            self.layers[label] = _Layer(label, type(module).__name__, depth, shape, layout, "map", None)
 
     def _measure(self, layer: _Layer, tensor: torch.Tensor, current: _Pass) -> list[Measured]:
         """Compare one part of an output (its map, its prefix tokens, or the whole of it) for this pass."""
@@ -457,7 +463,7 @@ def probe(
     inputs: Any,
     *,
     shifts: Iterable[tuple[float, float]],
-    mode: str = "circular",
+    mode: str | ModeChoice = AUTO,
     layers: LayerSpec = None,
     layouts: Any = None,
     strides: Any = None,
@@ -474,9 +480,14 @@ def probe(
             (yielding tensors or ``(images, labels)`` pairs). Moved to the model's device and dtype.
         shifts: ``(dy, dx)`` pairs in input pixels; see :func:`shiftlab.shift_range`,
             :func:`shiftlab.shift_grid`, :func:`shiftlab.parse_shifts`.
-        mode: how the input is shifted: ``circular`` (default), ``zero``,
-            ``crop`` or ``fourier`` (see :mod:`shiftlab.shifts`).
-        layers: which layers to watch (see :func:`select_layers`).
+        mode: how the input is shifted: ``auto`` (default: ``circular`` when every padding in the model is
+            circular or there is none, ``crop`` otherwise; see :mod:`shiftlab.borders`), ``circular``, ``zero``,
+            ``crop`` or ``fourier`` (see :mod:`shiftlab.shifts`). The protocol says which mode was used
+            (``protocol["mode"]``) and why (``protocol["mode_reason"]``).
+        layers: which layers to watch (see :func:`select_layers`). Under the default, a module whose output folds
+            patches or windows into the batch axis (MobileViT's transformer: ``(N * 4, tokens, C)``), which no layout
+            reads, is left out, and ``protocol["layers_left_out"]`` names it; named explicitly, it gets rows that say
+            its layout is unknown.
         layouts: overrides of the layout of outputs, by layer name or glob pattern:
             ``{"features.*": "NHWC", "encoder.*": "tokens"}`` (or ``["PATTERN=LAYOUT", ...]``).
             Layouts are otherwise found as :mod:`shiftlab.layouts` describes.
@@ -511,7 +522,8 @@ def probe(
         [(1, False, 0.217), (2, True, 0.0)]
     """
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    check_choice(mode, "mode", SHIFT_MODES)
+    choice = choose_mode(model, mode)
+    mode = choice.mode
     batch_size = check_int(batch_size, "batch_size", minimum=2)
     pairs = check_shifts(shifts, mode)
     watched = select_layers(model, layers)
@@ -533,6 +545,7 @@ def probe(
     shapes: list[tuple[int, ...]] = []
     ran_as: tuple[torch.dtype, torch.device] | None = None  # the inputs' dtype and device, for the protocol
     modes = {name: module.training for name, module in model.named_modules()}
+    left_out: dict[str, int] = {}
     try:
         model.eval()
         groups: Iterator[torch.Tensor] = (
@@ -542,13 +555,17 @@ def probe(
         first = next(groups)
         # The layouts, from the first image (as it will be run: the reference input), before the hooks go on.
         example = reference_input(first[:1], pairs, mode)[0]
-        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output)
+        hint = _crop_hint(pairs, choice.reason) if mode == "crop" else ""
+        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output, hint=hint)
+        if layers is None:  # outputs that fold patches into the batch axis: no layout reads them (see the docstring)
+            left_out = {name: plan.folded[name] for name, _ in watched if name in plan.folded}
+            watched = [(name, module) for name, module in watched if name not in left_out]
         measurement = _Measurement(pairs, mode, plan)
         groups = _handed_over([first], groups)
         del first, example  # the stream's first batch is freed once measured, as every other one
         if progress is not None:
             progress(0, total)  # what is ahead, before the first pass (the command line announces long runs)
-        with _Watcher(model, watched, measurement.on_output, output) as watcher, torch.no_grad():
+        with _Watcher(model, watched, measurement.on_output, output, hint=hint) as watcher, torch.no_grad():
             for group in groups:
                 ran_as = ran_as or (group.dtype, group.device)
                 reference, margin = reference_input(group, pairs, mode)
@@ -582,13 +599,23 @@ def probe(
             module.training = modes[name]
     protocol = {
         "mode": mode,
+        "mode_reason": choice.reason,
         "shifts": [list(pair) for pair in pairs],
         "images": images,
         "input_shapes": [list(shape) for shape in shapes],
         "dtype": str(ran_as[0] if ran_as else dtype).replace("torch.", ""),
         "device": str(ran_as[1] if ran_as else device),
         "layers_watched": len(watched),
+        "layers_left_out": {
+            name: f"folds patches or windows into the batch axis ({count} outputs per image)"
+            for name, count in left_out.items()
+        },
         "layouts": plan.method,
+        "layout_doubts": {
+            layer.label: layer.layout.doubt
+            for layer in measurement.layers.values()
+            if layer.layout.doubt and layer.part != "prefix"
+        },
         "batch_size": batch_size,
         "output": watcher.output_found,
     }
@@ -633,6 +660,8 @@ def _layout_plan(
     layouts: Sequence[tuple[str, str]],
     strides: Sequence[tuple[str, tuple[int, int]]],
     output_key: str | None = None,
+    *,
+    hint: str = "",
 ) -> LayoutPlan:
     """The layout plan for ``example``'s size, made once per model, module structure, size, layers and overrides.
 
@@ -652,7 +681,7 @@ def _layout_plan(
                 example,
                 layouts=layouts,
                 strides=strides,
-                run=lambda batch: _recorded(model, watched, batch, output_key),
+                run=lambda batch: _recorded(model, watched, batch, output_key, hint),
                 output_key=output_key,
             )
         if len(plans) >= _PLANS_PER_MODEL:
@@ -682,15 +711,30 @@ def _check_finite(model: nn.Module, output: Any, count: int, first: int, shifts:
     )
 
 
-def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException) -> NoReturn:
+def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException, hint: str = "") -> NoReturn:
     fail(
         f"model {type(model).__name__}",
-        f"rejected an input of shape {tuple(batch.shape)}: {type(error).__name__}: {first_line(error)}",
+        f"rejected an input of shape {tuple(batch.shape)}: {type(error).__name__}: {first_line(error)}{hint}",
+    )
+
+
+def _crop_hint(pairs: Sequence[Shift], reason: str) -> str:
+    """What to do when a model rejects the crop windows: they are the input less the largest shift on each side."""
+    margin_y, margin_x = crop_margin(pairs)
+    chosen = " (chosen by mode auto)" if reason.startswith("auto") else ""
+    return (
+        f"; crop shifts{chosen} show the model the input less the largest shift on each side ({margin_y} rows, "
+        f"{margin_x} columns): a model that takes one input size needs images that much larger on each side, or "
+        "another mode"
     )
 
 
 def _recorded(
-    model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor, output_key: str | None = None
+    model: nn.Module,
+    watched: Sequence[tuple[str, nn.Module]],
+    batch: torch.Tensor,
+    output_key: str | None = None,
+    hint: str = "",
 ) -> list[Any]:
     """:func:`shiftlab.layouts.record_outputs`, a model's failure reported as bad input."""
     try:
@@ -698,7 +742,7 @@ def _recorded(
     except ShiftlabError:
         raise
     except Exception as error:
-        _rejected(model, batch, error)
+        _rejected(model, batch, error, hint)
 
 
 COLUMNS = (
@@ -776,12 +820,17 @@ class ProbeResult:
         return rows
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per layer: stride and the mean and max relative error over the shifts (the zero shift excluded)."""
+        """One row per layer: stride and the mean and max relative error over the shifts (the zero shift excluded).
+
+        A layer whose layout is unknown has no number: its errors are NaN, and its stride and count of exact shifts
+        ``None``.
+        """
         table = []
         for layer in self.layers:
             rows = self.layer_rows(layer)
             moved = [row for row in rows if (row["dy"], row["dx"]) != (0, 0)] or rows
             errors = [row["rel_l2"] for row in moved if not math.isnan(row["rel_l2"])]
+            known = rows[0]["layout"] != "unknown"
             table.append(
                 {
                     "layer": layer,
@@ -792,7 +841,7 @@ class ProbeResult:
                     "stride": rows[0]["stride"],
                     "mean_rel_l2": sum(errors) / len(errors) if errors else math.nan,
                     "max_rel_l2": max(errors) if errors else math.nan,
-                    "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= ROUNDING_LEVEL),
+                    "exact_shifts": sum(1 for row in moved if row["rel_l2"] <= ROUNDING_LEVEL) if known else None,
                     "shifts": len(moved),
                 }
             )
@@ -804,7 +853,8 @@ class ProbeResult:
     )  # fmt: skip
 
     def summary_table(self) -> list[list[str]]:
-        """:meth:`summary` as text cells under :attr:`SUMMARY_HEADERS`, as the report and notebooks show it."""
+        """:meth:`summary` as text cells under :attr:`SUMMARY_HEADERS`, as the report, notebooks and the command line
+        show it (``n/a`` for the stride and exact shifts of a layer whose layout is unknown)."""
         return [
             [
                 str(row["depth"]),
@@ -812,30 +862,28 @@ class ProbeResult:
                 row["type"],
                 row["layout"],
                 "x".join(map(str, row["shape"])),
-                format_stride(row["stride"]),
+                format_stride(row["stride"], known=row["exact_shifts"] is not None),
                 format_error(row["mean_rel_l2"]),
                 format_error(row["max_rel_l2"]),
-                f"{row['exact_shifts']} / {row['shifts']}",
+                "n/a" if row["exact_shifts"] is None else f"{row['exact_shifts']} / {row['shifts']}",
             ]
             for row in self.summary()
         ]
 
     def unknown_layouts(self) -> list[dict[str, Any]]:
         """The layers whose layout could not be determined (they carry no metric), once each, with why and the
-        override that would measure them."""
+        override that would measure them (``None`` for an output folded into the batch axis, which none can)."""
         found = []
         for layer in self.layers:
             row = self.layer_rows(layer)[0]
             if row["layout"] == "unknown":
                 name = layer.split(":")[0]
+                why = row["note"].removeprefix(f"{NOTE_UNKNOWN}: ")
+                override: str | None = f"layouts={{{name!r}: 'NCHW'}} (or NHWC, tokens, global); --layout '{name}=NCHW'"
+                if why.startswith(FOLDED):  # no override can help: no layout reads the batch axis
+                    override = None
                 found.append(
-                    {
-                        "layer": layer,
-                        "type": row["type"],
-                        "shape": row["shape"],
-                        "why": row["note"].removeprefix(f"{NOTE_UNKNOWN}: "),
-                        "override": f"layouts={{{name!r}: 'NCHW'}} (or NHWC, tokens, global); --layout '{name}=NCHW'",
-                    }
+                    {"layer": layer, "type": row["type"], "shape": row["shape"], "why": why, "override": override}
                 )
         return found
 

@@ -229,8 +229,8 @@ with its size, so it is (-1, 8) again
         check(
             height > 2 * largest[0] and width > 2 * largest[1],
             "shifts",
-            f"crop windows for shifts up to {largest} need an input larger than {2 * largest[0]}x{2 * largest[1]}, "
-            f"got {height}x{width}",
+            f"crop windows for shifts up to {largest} need an input of at least"
+            f" {2 * largest[0] + 1}x{2 * largest[1] + 1} pixels, got {height}x{width}",
         )
         return
     for dy, dx in shifts:

@@ -8,6 +8,10 @@ the dtype of ``f(x)`` (see :data:`DEFAULT_TOLERANCES`).
 A failure raises ``AssertionError`` whose message names the worst shift, the
 position of the worst difference, and, for an ``nn.Module`` that is not
 equivariant, the first layer where equivariance breaks.
+
+The shift mode is ``auto`` by default, as for :func:`shiftlab.probe`: for an ``nn.Module``, ``circular`` when every
+padding in it is circular or there is none, ``crop`` otherwise (:mod:`shiftlab.borders`); for any other callable,
+whose padding cannot be seen, ``circular``. A failure message says which mode ``auto`` chose, and why.
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ import torch
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor
-from shiftlab.equivariance import EquivarianceResult, ShiftError, call_fn, equivariance_error, shifted_inputs
+from shiftlab.borders import AUTO, ModeChoice, choose_mode
+from shiftlab.equivariance import (
+    EquivarianceResult,
+    ShiftError,
+    call_fn,
+    equivariance_error,
+    reference_input,
+    shifted_input,
+    shifted_inputs,
+)
 from shiftlab.shifts import check_shifts, shift_with_mask
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
@@ -48,7 +61,7 @@ def assert_shift_equivariant(
     x: Any,
     shifts: Iterable[tuple[float, float]],
     *,
-    mode: str = "circular",
+    mode: str = AUTO,
     stride: int | tuple[int, int] | None = None,
     atol: float | None = None,
     rtol: float | None = None,
@@ -63,7 +76,7 @@ def assert_shift_equivariant(
         fn: function or ``nn.Module`` of tensors.
         x: input, ``(..., H, W)``.
         shifts: ``(dy, dx)`` pairs.
-        mode: shift mode (see :mod:`shiftlab.shifts`).
+        mode: shift mode: ``auto`` (default, see the module docstring) or one of :mod:`shiftlab.shifts`.
         stride: cumulative stride of the output (found from the sizes by default).
         atol, rtol: tolerances; defaults from :data:`DEFAULT_TOLERANCES`.
 
@@ -82,6 +95,8 @@ def assert_shift_equivariant(
         ...
         AssertionError: not shift-equivariant under mode='circular': shift (0, 1) gives max abs error ...
     """
+    choice = choose_mode(fn, mode)
+    mode = choice.mode
     tensor, _ = as_float_tensor(x, "x")
     result = equivariance_error(fn, tensor, shifts, mode=mode, stride=stride)
     reference_dtype = tensor.dtype
@@ -100,23 +115,35 @@ def assert_shift_equivariant(
         f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {result.reference_scale:.3g}); relative "
         f"L2 error {worst.rel_l2:.3g}"
     )
-    message += _position_clause(fn, tensor, result, worst, mode)
+    message += _position_clause(fn, tensor, result, worst, mode, check_shifts(shifts, mode))
     if not worst.multiple:
         message += f"; the shift is not a multiple of the stride {worst.stride}, so no whole-pixel alignment can match"
     message += f"; {len(failures)} of {len(result.errors)} shifts fail"
     if isinstance(fn, nn.Module) and tensor.ndim == 4:
         message += _layer_clause(fn, tensor, [(worst.dy, worst.dx)], mode, rtol)
-    raise AssertionError(message)
+    raise AssertionError(message + _auto_clause(choice))
+
+
+def _auto_clause(choice: ModeChoice) -> str:
+    """Which mode ``auto`` chose, and why (nothing for a mode given by the caller)."""
+    return f"; mode {choice.mode!r} chosen by {choice.reason}" if choice.reason.startswith(AUTO) else ""
 
 
 def _position_clause(
-    fn: Callable[[Any], Any], tensor: torch.Tensor, result: EquivarianceResult, worst: ShiftError, mode: str
+    fn: Callable[[Any], Any],
+    tensor: torch.Tensor,
+    result: EquivarianceResult,
+    worst: ShiftError,
+    mode: str,
+    shifts: list[tuple[float, float]],
 ) -> str:
-    """Where the worst difference is, recomputed for the worst shift only."""
+    """Where the worst difference is, recomputed for the worst shift only (in ``crop`` mode in the window that all the
+    ``shifts`` share, as the result was measured)."""
     if worst.stride is None:
         return ""
-    reference_input, moved = shifted_inputs(tensor, [(worst.dy, worst.dx)], mode)
-    reference, output = call_fn(fn, reference_input), call_fn(fn, moved[0])
+    unshifted, margin = reference_input(tensor, shifts, mode)
+    moved = shifted_input(tensor, worst.dy, worst.dx, mode, margin)
+    reference, output = call_fn(fn, unshifted), call_fn(fn, moved)
     circular = mode in ("circular", "fourier")
     aligned, valid = shift_with_mask(
         reference, worst.aligned_dy, worst.aligned_dx, mode="circular" if circular else "zero"
@@ -161,7 +188,7 @@ def assert_shift_invariant(
     x: Any,
     shifts: Iterable[tuple[float, float]],
     *,
-    mode: str = "circular",
+    mode: str = AUTO,
     atol: float | None = None,
     rtol: float | None = None,
 ) -> None:
@@ -175,6 +202,8 @@ def assert_shift_invariant(
         ...
         AssertionError: not shift-invariant under mode='circular': shift (0, 1) changes the output by up to 3 ...
     """
+    choice = choose_mode(fn, mode)
+    mode = choice.mode
     tensor, _ = as_float_tensor(x, "x")
     pairs = check_shifts(shifts, mode)
     reference_input, moved = shifted_inputs(tensor, pairs, mode)
@@ -205,5 +234,5 @@ def assert_shift_invariant(
         f"not shift-invariant under mode={mode!r}: shift ({pair[0]:g}, {pair[1]:g}) changes the output by up to "
         f"{largest:.4g} "
         f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {scale:.3g}), at output index {position}; "
-        f"{failing} of {len(pairs)} shifts fail"
+        f"{failing} of {len(pairs)} shifts fail{_auto_clause(choice)}"
     )

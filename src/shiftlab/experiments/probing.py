@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from shiftlab._format import name_bytes, printable
+from shiftlab.borders import ModeChoice, choose_mode
 from shiftlab.data import Preprocess
 from shiftlab.errors import check
 from shiftlab.explore import ExplorerData, explorer_data, representative_layers
 from shiftlab.models import ModelInfo, describe_preprocessing, load_model, resolve_device, resolve_dtype
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_stride
+from shiftlab.shifts import check_shifts, crop_margin
 
 __all__ = [
     "DEMO_IMAGES",
@@ -38,6 +42,8 @@ def _prepared(
     spec: str,
     images: Sequence[Any],
     *,
+    shifts: Sequence[tuple[float, float]],
+    mode: str,
     weights: str | None,
     size: int | None,
     normalize: str,
@@ -45,28 +51,66 @@ def _prepared(
     device: str,
     dtype: str,
     seed: int,
-) -> tuple[nn.Module, ModelInfo, list[Any], Preprocess, dict[str, Any]]:
-    """The model (on its device, in its precision), its info, the prepared inputs, the preprocessing applied and
-    its record.
+) -> tuple[nn.Module, ModelInfo, list[Any], Preprocess, dict[str, Any], ModeChoice]:
+    """The model (on its device, in its precision), its info, the prepared inputs, the preprocessing applied, its
+    record, and the shift mode.
 
     The preprocessing is the model's own (:meth:`shiftlab.models.ModelInfo.preprocessing`: a pretrained model's
     transforms, ImageNet statistics for a torchvision architecture, nothing for the others); ``size`` (the shorter
-    side, then the centre square), ``interpolation`` and ``normalize`` other than ``"auto"`` replace its parts.
+    side, then the centre square), ``interpolation`` and ``normalize`` other than ``"auto"`` replace its parts. In
+    ``crop`` mode a model's own centre crop is the size of the crop windows (:func:`_crop_room`).
     """
     check(len(images) > 0, "images", "give at least one image")
     target, precision = resolve_device(device), resolve_dtype(dtype)
     model, info = load_model(spec, weights=weights, seed=seed)
     model = model.to(device=target, dtype=precision)
+    choice = choose_mode(model, mode)
     prepare, record = info.preprocessing(resize=size, crop=size, interpolation=interpolation, normalize=normalize)
+    room = None
+    if choice.mode == "crop" and size is None and prepare.crop is not None:
+        prepare, record, room = _crop_room(prepare, record, shifts)
     inputs = [prepare(source) for source in images]
-    return model, info, inputs, prepare, record
+    if room is not None:
+        inputs = [TF.center_crop(image, list(room)) for image in inputs]
+    return model, info, inputs, prepare, record, choice
+
+
+def _crop_room(
+    prepare: Preprocess, record: dict[str, Any], shifts: Sequence[tuple[float, float]]
+) -> tuple[Preprocess, dict[str, Any], tuple[int, int]]:
+    """A model's own centre crop as the crop windows' size: the image is cut larger by twice the largest shift per
+    axis, so that every window is the input the model expects (Zhang 2019: 224-pixel windows inside the 256-pixel
+    resized image). A resize too small to hold that is enlarged to it.
+
+    Returns the preprocessing (its square crop holds both axes' room), its record, and the room ``(h, w)`` that the
+    prepared images are then cut to.
+    """
+    margin_y, margin_x = crop_margin(check_shifts(shifts, "crop"))
+    window = prepare.crop
+    assert window is not None
+    room = (window + 2 * margin_y, window + 2 * margin_x)
+    square = max(room)
+    resize = square if prepare.resize is not None and prepare.resize < square else prepare.resize
+    widened = replace(prepare.with_choices(resize=resize, crop=square)[0], squash=prepare.squash)
+    record = dict(record, crop_room=list(room))
+    if resize != prepare.resize and widened.resizing is not None:
+        record["resize"] = f"{widened.resizing.describe()} (enlarged to hold the crop windows)"
+    record["crop"] = (
+        f"{room[0]}x{room[1]} centre, room for crop windows of {window}x{window} (the model's input) moved by up "
+        f"to {margin_y} rows and {margin_x} columns"
+    )
+    return widened, record, room
 
 
 def _protocol(
     spec: str, info: ModelInfo, images: Sequence[Any], prepare: Preprocess, record: dict[str, Any]
 ) -> dict[str, Any]:
     steps = [prepare.resizing.describe()] if prepare.resizing else []
-    steps += [f"centre crop {prepare.crop}x{prepare.crop}"] if prepare.crop else []
+    room = record.get("crop_room")
+    if room:  # (crop mode: room around the model's input size for the crop windows)
+        steps.append(f"centre crop {room[0]}x{room[1]}, room for crop windows")
+    elif prepare.crop:
+        steps.append(f"centre crop {prepare.crop}x{prepare.crop}")
     used = [str(source) for source in images]
     raw = [name_bytes(name) for name in used]
     return {
@@ -88,7 +132,7 @@ def run_probe(
     images: Sequence[Any],
     *,
     shifts: Sequence[tuple[float, float]],
-    mode: str = "circular",
+    mode: str = "auto",
     weights: str | None = None,
     layers: Any = None,
     layouts: Any = None,
@@ -108,11 +152,14 @@ def run_probe(
     The images are prepared as the model expects them (its own preprocessing: see
     :meth:`shiftlab.models.ModelInfo.preprocessing`); ``size``, ``interpolation`` and a ``normalize`` other than
     ``"auto"`` override it. ``output`` names the main tensor of a structured output (see :func:`shiftlab.probe`).
-    The protocol records the preprocessing and where it came from.
+    The protocol records the preprocessing and where it came from. ``mode="auto"`` shifts circularly when every
+    padding in the model is circular or there is none, and takes crop windows otherwise (see :mod:`shiftlab.borders`).
     """
-    model, info, inputs, prepare, record = _prepared(
+    model, info, inputs, prepare, record, choice = _prepared(
         spec,
         images,
+        shifts=shifts,
+        mode=mode,
         weights=weights,
         size=size,
         normalize=normalize,
@@ -125,7 +172,7 @@ def run_probe(
         model,
         inputs,
         shifts=shifts,
-        mode=mode,
+        mode=choice,
         layers=layers,
         layouts=layouts,
         strides=strides,
@@ -142,7 +189,7 @@ def run_explorer(
     images: Sequence[Any],
     *,
     shifts: Sequence[tuple[float, float]],
-    mode: str = "circular",
+    mode: str = "auto",
     weights: str | None = None,
     layers: Any = None,
     show: Sequence[str] | None = None,
@@ -163,9 +210,11 @@ def run_explorer(
 
     The probe's result is the returned data's ``.result``, its protocol completed as :func:`run_probe` completes it.
     """
-    model, info, inputs, prepare, record = _prepared(
+    model, info, inputs, prepare, record, choice = _prepared(
         spec,
         images,
+        shifts=shifts,
+        mode=mode,
         weights=weights,
         size=size,
         normalize=normalize,
@@ -178,7 +227,7 @@ def run_explorer(
         model,
         inputs,
         shifts,
-        mode=mode,
+        mode=choice,
         layers=layers,
         show=show,
         channels=channels,
@@ -213,6 +262,20 @@ def probe_findings(result: ProbeResult) -> list[Finding]:
                 None,
             )
         )
+    left_out = result.protocol.get("layers_left_out", {})
+    if left_out:
+        findings.append(
+            Finding(
+                f"{len(left_out)} layer(s) left out of the default layers: their outputs fold patches into the batch "
+                "axis, which no layout reads",
+                ", ".join(list(left_out)[:6])
+                + (f" and {len(left_out) - 6} more" if len(left_out) > 6 else "")
+                + "; the layers around them (which unfold and fold the patches) are measured",
+                None,
+            )
+        )
+    for layer, doubt in result.protocol.get("layout_doubts", {}).items():
+        findings.append(Finding(f"The layout of '{layer}' fits more than one reading", doubt, None))
     inexact = result.first_inexact_layer(EXACT)
     if inexact is None:
         findings.append(
@@ -321,6 +384,8 @@ def probe_section(
         check(explorer.result is result, "explorers", "an explorer of another probe cannot show this probe's numbers")
     layers = list(heatmap_layers) if heatmap_layers else representative_layers(result)
     protocol = result.protocol
+    reason = protocol.get("mode_reason", "given")
+    why = "" if reason == "given" else f" (mode {reason})"
     shifts_text = ", ".join(f"({dy:g}, {dx:g})" for dy, dx in protocol["shifts"][:12]) + (
         " ..." if len(protocol["shifts"]) > 12 else ""
     )
@@ -338,7 +403,7 @@ def probe_section(
     return Section(
         key,
         title,
-        intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}; {protocol['images']} image(s) of size "
+        intro + f"\n\nProtocol: {protocol['mode']} shifts {shifts_text}{why}; {protocol['images']} image(s) of size "
         f"{', '.join('x'.join(map(str, s[-2:])) for s in protocol['input_shapes'])}; {protocol['dtype']} on "
         f"{protocol['device']}; {protocol['layers_watched']} layers watched; layouts from {protocol['layouts']}.",
         figures=figures,
@@ -374,16 +439,13 @@ DEMO_SHOWN = {
 def demo_probe_sections() -> list[Section]:
     """The demo's probing sections: a typical small CNN, then one built to be exactly equivariant; each with an
     explorer of its probe."""
+    # mode "auto" (the default) takes crop for simple_cnn's zero padding and circular for circular_cnn, as the
+    # sections' words say (tests/test_demo.py checks it)
     typical, _ = run_explorer(
-        "simple_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, mode="crop", size=DEMO_SIZE, show=DEMO_SHOWN["simple_cnn"]
+        "simple_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, size=DEMO_SIZE, show=DEMO_SHOWN["simple_cnn"]
     )
     exact, _ = run_explorer(
-        "circular_cnn",
-        DEMO_IMAGES,
-        shifts=DEMO_SHIFTS,
-        mode="circular",
-        size=DEMO_SIZE,
-        show=DEMO_SHOWN["circular_cnn"],
+        "circular_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, size=DEMO_SIZE, show=DEMO_SHOWN["circular_cnn"]
     )
     return [
         probe_section(
@@ -394,8 +456,9 @@ def demo_probe_sections() -> list[Section]:
             "with zero padding, batch norm, ReLU, a 2x2 max pooling, a stride-2 convolution, global average "
             f"pooling and a linear head; seeded random weights) on the bundled photos ({DEMO_SIZE}x{DEMO_SIZE}, "
             "the shorter side resized, the centre kept). "
-            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019), so every input is "
-            "real image content, and pixels whose receptive field reaches the border are left out. "
+            "Each image is cut at 16 offsets (dy, dx in 0..3, the crop protocol of Zhang 2019: the probe's default, "
+            "mode auto, chooses it because the network pads with zeros), so every input is real image content, and "
+            "pixels whose receptive field reaches the border are left out. "
             "Before the first downsampling every layer is exactly equivariant. After it, only shifts that are a "
             "multiple of the cumulative stride still line up; the others alias. "
             "Move the input yourself in the explorer below: the first ReLU's map follows the cat pixel for pixel, "
@@ -407,7 +470,8 @@ def demo_probe_sections() -> list[Section]:
             key="probe-circular-cnn",
             title="A CNN that is exactly equivariant: circular padding, no stride",
             intro="The same network with circular padding and without its pooling and stride (circular_cnn), under "
-            "circular shifts. Every spatial layer commutes with every shift, to float precision, and the "
+            "circular shifts (mode auto chooses them: every padding is circular). Every spatial layer commutes with "
+            "every shift, to float precision, and the "
             "global average pooling makes the output invariant: the known answer that the measurement must "
             "reproduce. In the explorer the difference stays blank whatever the shift.",
             explorers=[("Move the cat through circular_cnn", exact)],
