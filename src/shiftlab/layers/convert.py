@@ -28,7 +28,9 @@ parent outside it, when there is exactly one and the strides agree. That covers 
 (``downsample``), its RegNets (``proj``, which runs before the main path: whichever linked layer runs first
 chooses) and the usual CIFAR ResNets (``shortcut``). Its limits: shortcuts under other names, blocks with several
 downsampling layers on the main path, and shortcuts written inside ``forward`` (``F.avg_pool2d(x, 2)``) are not
-linked; the change table says so where it sees a shortcut it could not link.
+linked; the change table says so where it sees a shortcut it could not link. A child of one of those names that
+holds its parent's only downsampling (timm's ConvNeXt ``stages.N.downsample``, a ViT's ``patch_embed.proj``) is
+the path itself, not a shortcut, and gets no note.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ from shiftlab.errors import check, check_choice, check_int, fail
 from shiftlab.layers._edits import Edit, apply_edits, qualified
 from shiftlab.layers.aps import APS_NORMS, APSPool2d, PhaseLink
 from shiftlab.layers.blurpool import MAX_BLUR_KERNEL_SIZE, BlurPool2d
-from shiftlab.layers.circular import circular_pads, external_padding, plan_circular, unpadded_pool
+from shiftlab.layers.circular import (
+    check_strided_convolution,
+    circular_pads,
+    external_padding,
+    plan_circular,
+    unpadded_pool,
+)
 from shiftlab.layers.discovery import Geometry, find_downsampling_layers, geometry, is_shiftlab_layer
 from shiftlab.layers.subsampled_conv import APSConv2d, BlurConv2d
 from shiftlab.ops import MaxPool
@@ -116,6 +124,8 @@ def _plan_downsampling(name: str, module: nn.Module, options: _Options, external
     replaced_by_blur = isinstance(module, nn.AvgPool2d) and options.method == "blurpool"  # the window goes
     pads = None
     if options.circular and not replaced_by_blur:
+        if isinstance(module, nn.Conv2d):
+            check_strided_convolution(name, module, shape, external)
         pads = circular_pads(name, module, shape, external, max(stride))
     # The stride-1 map is X - shrink pixels for an input of X: the original's own padding, or the circular one.
     padding = shape.padding or (0, 0)
@@ -184,7 +194,9 @@ def _residual_links(
             prefix = qualified(block_name, child_name)
             inside = [name for name in names if _within(name, prefix)]
             main = [name for name in names if _within(name, block_name) and not _within(name, prefix)]
-            if not inside or linked & set(inside):
+            # A parent whose only downsampling is inside this child (timm's ConvNeXt stages.N.downsample, a ViT's
+            # patch_embed.proj) has no main path beside it: the child is the path itself, not a shortcut.
+            if not inside or not main or linked & set(inside):
                 continue
             if len(inside) == 1 and len(main) == 1 and strides[main[0]] == strides[inside[0]] and main[0] not in linked:
                 pairs.append((main[0], inside[0]))
