@@ -52,6 +52,7 @@ from shiftlab.layers.circular import (
     unpadded_pool,
 )
 from shiftlab.layers.discovery import Geometry, find_downsampling_layers, geometry, is_shiftlab_layer
+from shiftlab.layers.recipes import convert_with_recipe, recipe_arguments
 from shiftlab.layers.subsampled_conv import APSConv2d, BlurConv2d
 from shiftlab.ops import MaxPool
 
@@ -226,8 +227,9 @@ def _aps_layer(module: nn.Module) -> APSPool2d:
 
 def make_shift_invariant(
     model: nn.Module,
-    method: str = "blurpool",
+    method: str | None = None,
     *,
+    recipe: str = "shiftlab",
     padding: str | None = None,
     kernel_size: int | None = None,
     norm: str = "l2",
@@ -235,14 +237,22 @@ def make_shift_invariant(
 ) -> tuple[nn.Module, list[dict[str, str]]]:
     """Replace every downsampling layer of ``model`` by its anti-aliased (BlurPool) or adaptive-polyphase form.
 
-    See the module docstring for the recipes, the residual-shortcut rule and what is exact.
+    See the module docstring for shiftlab's recipe, the residual-shortcut rule and what is exact, and
+    :mod:`shiftlab.layers.recipes` for the authors' own layouts.
 
     Args:
-        model: any ``nn.Module`` (torchvision's ResNet, VGG, MobileNet, EfficientNet, ConvNeXt, your own).
-        method: ``"blurpool"`` (Zhang 2019) or ``"aps"`` (Chaman & Dokmanic 2021).
+        model: any ``nn.Module`` (torchvision's ResNet, VGG, MobileNet, EfficientNet, ConvNeXt, your own); with
+            a published recipe, one of the torchvision architectures it covers.
+        method: ``"blurpool"`` (Zhang 2019) or ``"aps"`` (Chaman & Dokmanic 2021); by default blurpool, or the
+            recipe's own method.
+        recipe: ``"shiftlab"`` (default: every downsampling layer of any model, where it is), ``"zhang2019"``
+            (Zhang's released networks, layer for layer: :mod:`shiftlab.layers.zhang2019`) or ``"chaman2021"``
+            (Chaman & Dokmanic's APS ResNets: :mod:`shiftlab.layers.chaman2021`). The published recipes give the
+            authors' state_dict keys, so their checkpoints load into the converted model.
         padding: ``None`` keeps every padding as it is; ``"circular"`` also makes every padding circular (see
             :func:`shiftlab.layers.make_circular`), which exact invariance to circular shifts needs; blur filters
-            then pad circularly too (else reflect, Zhang's default).
+            then pad circularly too (else reflect, Zhang's default). ``chaman2021`` is circular in any case;
+            ``zhang2019`` refuses it.
         kernel_size: binomial filter size, 1 to 7; by default 4 for BlurPool and 1 (no blur) for APS. With APS, a
             size above 1 blurs at stride 1 before the choice ("APS + LPF").
         norm: how APS measures a polyphase component: ``"l2"``, ``"l1"`` or ``"linf"``.
@@ -250,12 +260,14 @@ def make_shift_invariant(
 
     Returns:
         ``(model, changes)``: the converted model, and one row per changed layer, in model order:
-        ``{"layer", "change" ("downsampling" or "padding"), "before", "after", "note"}``, all strings.
+        ``{"layer", "change" ("downsampling", "padding" or, for a recipe's other changes, "layout"), "before",
+        "after", "note"}``, all strings.
 
     Raises:
         ShiftlabError: bad arguments; a model with no downsampling layer, or converted already; a layer that
             subsamples in a way no recipe covers, or whose padding cannot be made circular (the message names
-            it). Nothing is changed when it raises.
+            it); an architecture a published recipe does not cover (the message names those it does). Nothing
+            is changed when it raises.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -272,8 +284,7 @@ def make_shift_invariant(
         (False, True)
     """
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    method = check_choice(method, "method", METHODS)
-    padding = check_choice(padding, "padding", (None, "circular"))
+    recipe, method, padding = recipe_arguments(recipe, method, padding)
     if kernel_size is None:
         size = DEFAULT_KERNEL_SIZE[method]
     else:
@@ -283,6 +294,8 @@ def make_shift_invariant(
     done = next(((name, module) for name, module in model.named_modules() if is_shiftlab_layer(module)), None)
     if done is not None:
         fail(subject, f"was converted already (layer '{done[0]}' is a {type(done[1]).__name__}); convert the original")
+    if recipe != "shiftlab":
+        return convert_with_recipe(model, recipe, kernel_size=size, norm=norm, inplace=inplace)
     layers = find_downsampling_layers(model)
     check(
         layers,
