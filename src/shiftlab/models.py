@@ -240,7 +240,8 @@ def digits_cnn_variant(spec: str) -> str | None:
         if conversion is None:
             return base, None
         method = conversion.method
-        return base, (method, conversion.padding, method and (conversion.kernel_size or DEFAULT_KERNEL_SIZE[method]))
+        size = method and (conversion.kernel_size or DEFAULT_KERNEL_SIZE[method])
+        return base, (method, conversion.padding, size, conversion.recipe)
 
     wanted = layers(spec)
     if wanted is None:
@@ -332,7 +333,12 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
             "imagenet",
             f"torchvision {spec}, random weights (seed {seed})" if weights is None else f"torchvision {spec}",
         )
+    state = None if weights is None else _read_state_dict(Path(weights))
     if conversion is not None:
+        # A published recipe gives the authors' keys: weights that fit the model as it was load before converting.
+        if state is not None and conversion.recipe != "shiftlab" and not _mismatches(model, state)[1]:
+            _load_state(model, state, Path(str(weights)))
+            state = None
         model, changes = conversion.apply(model)
         described = f"{info.description}, converted ({conversion.suffix[1:]}: {len(changes)} layers changed)"
         if spec == "digits_cnn" and weights is None:  # a shipped variant's own weights, else the baseline's
@@ -343,8 +349,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
             else:
                 described += f"; the baseline's weights ({DIGITS_CNN_WEIGHTS}), converted without retraining"
         info = dataclasses.replace(info, spec=full_spec, description=described)
-    if weights is not None:
-        load_weights(model, weights)
+    if state is not None:
+        _load_state(model, state, Path(str(weights)))
     return model.eval(), info
 
 
@@ -457,20 +463,41 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state_dict into ``model``, refusing anything but plain tensors; every key must match.
 
+    Keys saved from ``nn.DataParallel`` (``module.`` in front) and the old keys of torchvision's DenseNet layers
+    (``denselayer1.norm.1.weight`` for ``denselayer1.norm1.weight``, as in the DenseNet checkpoints torchvision and
+    antialiased-cnns published) are renamed, as torchvision does; a batch norm's ``num_batches_tracked`` may be
+    absent (files saved before PyTorch 0.4.1; the model keeps its own count, used in training only).
+
     Raises:
         ShiftlabError: unreadable file, not a state_dict, missing or unexpected
             keys, or tensors of the wrong shape (the message names a few).
     """
     path = Path(path)
-    state = _read_state_dict(path)
-    state = {key.removeprefix("module."): value for key, value in state.items()}  # saved from DataParallel
+    return _load_state(model, _read_state_dict(path), path)
+
+
+#: A key of torchvision's DenseNet layers before its modules lost their dots (``norm.1`` is now ``norm1``).
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+def _mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with its keys renamed to the model's (see :func:`load_weights`), and what still does not fit."""
     own = model.state_dict()
-    missing = [key for key in own if key not in state]
-    unexpected = [key for key in state if key not in own]
+    renamed = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")  # saved from DataParallel
+        legacy = _DENSENET_LEGACY_KEY.match(key)
+        if key not in own and legacy and legacy.group(1) + legacy.group(2) in own:
+            key = legacy.group(1) + legacy.group(2)
+        renamed[key] = value
+    missing = [key for key in own if key not in renamed and not key.endswith(".num_batches_tracked")]
+    unexpected = [key for key in renamed if key not in own]
     wrong = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        f"{key} {tuple(renamed[key].shape)} vs {tuple(own[key].shape)}"
         for key in own
-        if key in state and state[key].shape != own[key].shape
+        if key in renamed and renamed[key].shape != own[key].shape
     ]
     problems = []
     if missing:
@@ -481,8 +508,13 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         )
     if wrong:
         problems.append(f"{len(wrong)} of the wrong shape ({'; '.join(wrong[:2])}{'; ...' if len(wrong) > 2 else ''})")
+    return renamed, problems
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    renamed, problems = _mismatches(model, state)
     check(not problems, f"weights '{path}'", "do not fit the model: " + ", ".join(problems))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(renamed, strict=True)
     return model
 
 
