@@ -466,7 +466,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     Keys saved from ``nn.DataParallel`` (``module.`` in front) and the old keys of torchvision's DenseNet layers
     (``denselayer1.norm.1.weight`` for ``denselayer1.norm1.weight``, as in the DenseNet checkpoints torchvision and
     antialiased-cnns published) are renamed, as torchvision does; a batch norm's ``num_batches_tracked`` may be
-    absent (files saved before PyTorch 0.4.1; the model keeps its own count, used in training only).
+    absent where its statistics are there (files saved before PyTorch 0.4.1; the model keeps its own count).
 
     Raises:
         ShiftlabError: unreadable file, not a state_dict, missing or unexpected
@@ -492,7 +492,7 @@ def _mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[
         if key not in own and legacy and legacy.group(1) + legacy.group(2) in own:
             key = legacy.group(1) + legacy.group(2)
         renamed[key] = value
-    missing = [key for key in own if key not in renamed and not key.endswith(".num_batches_tracked")]
+    missing = [key for key in own if key not in renamed and not _count_before_pytorch_041(key, renamed)]
     unexpected = [key for key in renamed if key not in own]
     wrong = [
         f"{key} {tuple(renamed[key].shape)} vs {tuple(own[key].shape)}"
@@ -509,6 +509,12 @@ def _mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[
     if wrong:
         problems.append(f"{len(wrong)} of the wrong shape ({'; '.join(wrong[:2])}{'; ...' if len(wrong) > 2 else ''})")
     return renamed, problems
+
+
+def _count_before_pytorch_041(key: str, state: dict[str, torch.Tensor]) -> bool:
+    """A batch norm's ``num_batches_tracked`` absent from a file that has the norm's statistics (an old file)."""
+    prefix, _, name = key.rpartition(".")
+    return name == "num_batches_tracked" and f"{prefix}.running_mean" in state
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
