@@ -14,11 +14,13 @@ it following the published recipes:
 
 Parameters are kept: the same values under the same state_dict keys (the new filters are non-persistent
 buffers), so weights saved before the conversion load into the converted model and the other way round, and a
-trained model can be fine-tuned. Where the recipes differ from the reference code (the blur placed right after a
-strided convolution rather than after the ReLU that follows it), :mod:`shiftlab.layers.subsampled_conv` explains.
-Every downsampling layer is converted, the stem included: Zhang's ResNets leave the 7x7 stem convolution strided by
-default (``pool_only=True``, to save its cost at stride 1), and Zhang's ResNet swaps the stem's 3x3 max pool for a
-2x2 one; here every layer keeps its own window.
+trained model can be fine-tuned. This is shiftlab's recipe (``recipe="shiftlab"``, the default), for any model; it
+is not the authors' networks layer for layer: the blur comes right after a strided convolution rather than after
+the ReLU that follows it (:mod:`shiftlab.layers.subsampled_conv` explains), every downsampling layer is converted,
+the stem included (Zhang's ResNets leave the 7x7 stem convolution strided, ``pool_only=True``), and every layer
+keeps its own window (Zhang's ResNet swaps the stem's 3x3 max pool for a 2x2 one). ``recipe="zhang2019"`` and
+``recipe="chaman2021"`` build the authors' own layouts, with their state_dict keys, for the architectures they
+released (:mod:`shiftlab.layers.recipes`).
 
 Residual shortcuts and APS. A residual block adds its main path to its shortcut; when both subsample, they must
 keep the same polyphase component or the sum is no longer a shifted copy of the original sum. The rule: a child
