@@ -42,7 +42,7 @@ from torchvision import models
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from shiftlab.layers._edits import Spliced, rebuilt_conv
+from shiftlab.layers._edits import Edit, Spliced, rebuilt_conv
 from shiftlab.layers._layouts import Layout, Plan, check_covered, expect, expect_shortcut, is_pool, planned
 from shiftlab.layers.blurpool import BlurPool2d
 
@@ -140,24 +140,34 @@ def _resnet(model: nn.Module, kernel_size: int, norm: str) -> Plan:
     return Plan(edits)
 
 
-def _vgg(model: nn.Module, kernel_size: int, norm: str) -> Plan:
-    assert isinstance(model, models.VGG)
+def _pools_of_features(model: nn.Module, window: int, kernel_size: int) -> list[Edit]:
+    """Every max pool of ``model.features`` (``window`` at stride 2): the same window at stride 1, then the blur."""
+    features = model.get_submodule("features")
+    assert isinstance(features, nn.Sequential)
     edits, channels = [], 3
-    for index, layer in enumerate(model.features):
+    for index, layer in enumerate(features):
         if isinstance(layer, nn.Conv2d):
             channels = layer.out_channels
         elif isinstance(layer, nn.MaxPool2d):
             name = f"features.{index}"
-            expect(is_pool(layer, nn.MaxPool2d, 2, 2, 0), RECIPE, model, name, "MaxPool2d(2, stride=2)")
+            expected = f"MaxPool2d({window}, stride=2)"
+            expect(is_pool(layer, nn.MaxPool2d, window, 2, 0), RECIPE, model, name, expected)
             edits.append(
                 planned(
                     model,
                     name,
                     "downsampling",
-                    partial(_pool_then_blur, window=2, blur=partial(_blur, kernel_size, (2, 2), channels)),
-                    "a 2x2 max pool at stride 1, then the blur, both in 'features': the layers after them move up",
+                    partial(_pool_then_blur, window=window, blur=partial(_blur, kernel_size, (2, 2), channels)),
+                    f"the {window}x{window} max pool at stride 1, then the blur, both in 'features': the layers "
+                    "after them move up",
                 )
             )
+    return edits
+
+
+def _vgg(model: nn.Module, kernel_size: int, norm: str) -> Plan:
+    assert isinstance(model, models.VGG)
+    edits = _pools_of_features(model, 2, kernel_size)
     check_covered(RECIPE, model, edits)
     return Plan(edits)
 
@@ -277,22 +287,7 @@ def _alexnet(model: nn.Module, kernel_size: int, norm: str) -> Plan:
             "the ReLU, then the blur at stride 2, in 'features': the layers after them move up",
         ),
     ]
-    channels = stem.out_channels
-    for index, layer in enumerate(features):
-        if isinstance(layer, nn.Conv2d):
-            channels = layer.out_channels
-        elif isinstance(layer, nn.MaxPool2d):
-            name = f"features.{index}"
-            expect(is_pool(layer, nn.MaxPool2d, 3, 2, 0), RECIPE, model, name, "MaxPool2d(3, stride=2)")
-            edits.append(
-                planned(
-                    model,
-                    name,
-                    "downsampling",
-                    partial(_pool_then_blur, window=3, blur=partial(_blur, kernel_size, (2, 2), channels)),
-                    "the 3x3 max pool at stride 1, then the blur, both in 'features': the layers after them move up",
-                )
-            )
+    edits += _pools_of_features(model, 3, kernel_size)
     check_covered(RECIPE, model, edits)
     return Plan(edits)
 
