@@ -15,6 +15,7 @@ the unconverted model load before the conversion; specs, the command and every r
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import json
@@ -472,3 +473,25 @@ class TestConvertCommand:
         assert status == 2
         assert stderr.strip().splitlines() == [f"shiftlab: error: {message}"]
         assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("recipe", ["zhang2019", "chaman2021"])
+def test_cuda_model_converted_on_its_device(recipe):
+    model = torchvision_model("resnet18")
+    converted, _ = make_shift_invariant(copy.deepcopy(model).cuda(), recipe=recipe, kernel_size=3)
+    assert all(tensor.device.type == "cuda" for tensor in converted.state_dict().values())
+    x = images(64)
+    with torch.no_grad():
+        output = converted(x.cuda()).cpu()
+    assert output.shape == (2, 1000) and bool(output.isfinite().all())
+    if recipe == "zhang2019":  # no data-dependent choice: the same numbers as on the CPU, to TF32-free rounding
+        reference, _ = make_shift_invariant(model, recipe=recipe, kernel_size=3)
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            with torch.no_grad():
+                output = converted(x.cuda()).cpu()
+                torch.testing.assert_close(output, reference(x), rtol=1e-4, atol=1e-5)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
