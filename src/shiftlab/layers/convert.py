@@ -1,7 +1,8 @@
 """Make a trained or untrained model more shift-invariant: every downsampling layer replaced by BlurPool or APS.
 
 :func:`make_shift_invariant` finds every downsampling layer (see :mod:`shiftlab.layers.discovery`) and replaces
-it following the published recipes:
+it by the papers' rules, applied to each layer where it is (shiftlab's recipe; the authors' own networks, layer for
+layer, are ``recipe="zhang2019"`` and ``recipe="chaman2021"``):
 
 * ``method="blurpool"`` (Zhang 2019): ``MaxPool(k, s)`` becomes ``MaxPool(k, stride=1)`` then ``BlurPool(s)``; a
   strided convolution becomes the same convolution at stride 1 then ``BlurPool(s)`` (a :class:`BlurConv2d`); an
