@@ -364,6 +364,17 @@ class TestRefusals:
             "'shiftlab' for a changed network"
         )
 
+    def test_chaman2021_needs_convolutions_that_keep_the_size(self):
+        model = torchvision.models.resnet18()
+        model.layer1[1].conv2.padding = (0, 0)
+        with pytest.raises(ShiftlabError) as error:
+            make_shift_invariant(model, recipe="chaman2021")
+        assert str(error.value) == (
+            "model ResNet: recipe 'chaman2021' follows torchvision's ResNet, and 'layer1.1.conv2' is Conv2d(64, 64, "
+            "kernel_size=(3, 3), stride=(1, 1), bias=False) where it expects a square convolution padded to keep the "
+            "map's size; use recipe 'shiftlab' for a changed network"
+        )
+
 
 class TestSpecs:
     def test_recipe_suffixes(self):

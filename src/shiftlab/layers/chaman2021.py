@@ -40,6 +40,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from shiftlab.layers._edits import Spliced, rebuilt_conv
 from shiftlab.layers._layouts import Layout, Plan, check_covered, expect, expect_shortcut, is_pool, planned
 from shiftlab.layers.aps import APSPool2d
+from shiftlab.layers.discovery import geometry
 
 __all__ = ["CHAMAN2021_LAYOUTS", "APSResidualBlock"]
 
@@ -144,12 +145,21 @@ def _resnet(model: nn.Module, kernel_size: int, norm: str) -> Plan:
         strided = "conv1" if isinstance(block, BasicBlock) else "conv2"
         for part, conv in block.named_children():
             if isinstance(conv, nn.Conv2d) and conv.kernel_size != (1, 1):
+                shape = geometry(conv)
+                expect(
+                    shape is not None and shape.total_padding() == (shape.extent[0] - 1,) * 2,
+                    RECIPE,
+                    model,
+                    f"{name}.{part}",
+                    "a square convolution padded to keep the map's size",
+                )
                 change = "downsampling" if conv.stride != (1, 1) else "padding"
                 note = "circular padding in front, the convolution without padding (their keys: .0 and .1)"
                 if conv.stride != (1, 1):
                     note += f"; at stride 1: the subsampling moves to '{name}.aps_down', after its batch norm and ReLU"
                 edits.append(planned(model, f"{name}.{part}", change, _padded, note))
         conv = block.get_submodule(strided)
+        expect(isinstance(conv, nn.Conv2d), RECIPE, model, f"{name}.{strided}", "a 3x3 Conv2d")
         if conv.stride == (1, 1):
             continue
         stride, channels = (conv.stride[0], conv.stride[1]), conv.out_channels

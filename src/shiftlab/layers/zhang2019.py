@@ -104,6 +104,7 @@ def _resnet(model: nn.Module, kernel_size: int, norm: str) -> Plan:
         else:
             continue
         conv = block.get_submodule(strided)
+        expect(isinstance(conv, nn.Conv2d), RECIPE, model, f"{name}.{strided}", "a 3x3 Conv2d")
         if conv.stride == (1, 1):
             continue
         stride, channels = (conv.stride[0], conv.stride[1]), conv.out_channels
