@@ -1,6 +1,12 @@
-"""Shared fixtures: deterministic random sources."""
+"""Shared fixtures: deterministic random sources. The tests never use a network."""
 
 from __future__ import annotations
+
+import os
+
+# Hugging Face's libraries read this once, when first imported (before any test module imports them): with it they
+# never make a request, and a file that is not cached is an error. shiftlab reads it for every zoo (see shiftlab.zoo).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest

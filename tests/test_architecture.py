@@ -17,10 +17,10 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "shiftlab"
 LAYERS: list[set[str]] = [
     {"errors", "_format"},  # vocabulary
     {"_tensors", "_io", "_pandas", "accumulate", "distributed"},  # plumbing; optional pandas; torchrun's group
-    {"images", "kernels", "shifts", "metrics", "digits"},  # inputs and formulas; the bundled labelled digits
-    {"data", "ops", "_compare", "datasets", "views"},  # preparing inputs, operators, the comparison hot path
+    {"images", "kernels", "shifts", "metrics", "digits", "weights"},  # inputs and formulas; digits; weights files
+    {"data", "ops", "_compare", "datasets", "views", "outputs"},  # inputs, operators, comparisons; model outputs
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
-    {"equivariance", "models", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
+    {"equivariance", "models", "zoo", "layouts", "invariance"},  # one map's equivariance; networks; their maps' axes
     {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
     {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
     {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from shiftlab.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess, center_crop, prepare_images, resize_shorter_side
+from shiftlab.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    Resize,
+    center_crop,
+    prepare_images,
+    resize_shorter_side,
+)
 from shiftlab.errors import ShiftlabError
 
 
@@ -131,6 +139,10 @@ class TestPreprocess:
             ({"mean": [0, 0, 0], "std": [1, 0, 1]}, "std: must be a positive number, got 0"),
             ({"resize": 0}, "resize: must be an integer >= 1, got 0"),
             ({"crop": "x"}, "crop: must be an integer, got 'x'"),
+            (
+                {"resize": 32, "interpolation": "lanczos"},
+                "interpolation: must be one of bilinear, bicubic, nearest, nearest-exact, got 'lanczos'",
+            ),
         ],
     )
     def test_errors(self, kwargs, message):
@@ -142,3 +154,63 @@ class TestPreprocess:
         with pytest.raises(ShiftlabError) as caught:
             prepare_images([np.zeros((20, 30), dtype=np.float32)], channels=1, crop=24)
         assert str(caught.value) == "crop: 24x24 does not fit in an image of 20x30; resize it first (a larger --resize)"
+
+
+class TestResize:
+    """Resize through torchvision.transforms.v2: the shorter side or both sides, the model's interpolation."""
+
+    @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "nearest-exact"])
+    @pytest.mark.parametrize("squash", [False, True])
+    def test_matches_torchvision(self, interpolation, squash):
+        from torchvision.transforms import InterpolationMode, v2
+
+        image = torch.rand(3, 61, 90, generator=torch.Generator().manual_seed(5))
+        size = [40, 40] if squash else 40
+        reference = v2.Resize(size, interpolation=InterpolationMode(interpolation), antialias=True)(image)
+        ours = Resize.make(40, interpolation=interpolation, squash=squash)(image)
+        assert ours.shape == reference.shape == ((3, 40, 40) if squash else (3, 40, 59))
+        torch.testing.assert_close(ours, reference.clamp(0, 1), atol=1e-6, rtol=0)
+
+    def test_bicubic_overshoot_is_clamped(self):
+        edge = torch.zeros(1, 40, 40)
+        edge[:, :, 20:] = 1.0
+        ours = Resize.make(13, interpolation="bicubic")(edge)
+        assert float(ours.min()) == 0.0 and float(ours.max()) == 1.0
+
+    def test_gray_and_batched(self):
+        resize = Resize.make(10)
+        assert resize(torch.rand(20, 30)).shape == (10, 15)
+        assert resize(torch.rand(2, 3, 30, 20)).shape == (2, 3, 15, 10)
+
+    def test_same_size_is_untouched(self):
+        image = torch.rand(3, 10, 12)
+        assert Resize.make(10)(image) is image
+
+    def test_describe(self):
+        assert Resize.make(8, interpolation="nearest").describe() == "shorter side 8 (nearest, no antialias)"
+        assert Resize.make(8, antialias=False).describe() == "shorter side 8 (bilinear, no antialias)"
+
+
+class TestWithChoices:
+    OWN = Preprocess.make(
+        channels=3, resize=248, crop=224, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic", squash=True
+    )
+
+    def test_nothing_chosen_keeps_everything(self):
+        assert self.OWN.with_choices() == (self.OWN, [])
+
+    def test_each_choice_replaces_its_field(self):
+        chosen, changed = self.OWN.with_choices(resize=256, interpolation="bilinear", mean=[0.4] * 3, std=[0.2] * 3)
+        assert changed == ["resize", "interpolation", "normalize"]
+        # an explicit resize is the shorter side (as --resize says), not the model's squash
+        assert (chosen.resize, chosen.squash, chosen.crop, chosen.interpolation) == (256, False, 224, "bilinear")
+        assert (chosen.mean, chosen.normalize) == ((0.4,) * 3, "custom")
+
+    def test_normalize_presets(self):
+        chosen, _ = self.OWN.with_choices(normalize="none")
+        assert chosen.mean is None and chosen.normalize == "none"
+        chosen, _ = self.OWN.with_choices(normalize="imagenet")
+        assert chosen.mean == IMAGENET_MEAN and chosen.normalize == "imagenet"
+
+    def test_statistics_equal_to_a_preset_are_named_after_it(self):
+        assert Preprocess.make(mean=IMAGENET_MEAN, std=IMAGENET_STD).normalize == "imagenet"

@@ -215,7 +215,8 @@ class TestBundledDigitsCNN:
     def test_info(self):
         model, info = load_model("digits_cnn")
         assert isinstance(model, DigitsCNN) and not model.training
-        assert info == ModelInfo("digits_cnn", "bundled", 1, "none", BUNDLED_MODELS["digits_cnn"][2])
+        shipped = "digits_cnn_baseline.safetensors (shipped)"
+        assert info == ModelInfo("digits_cnn", "bundled", 1, "none", BUNDLED_MODELS["digits_cnn"][2], weights=shipped)
 
     def test_loads_the_shipped_weights(self, record):
         from safetensors.torch import load_file

@@ -11,6 +11,7 @@ import torch
 from helpers import states_equal
 from torch import nn
 
+from shiftlab.data import Preprocess
 from shiftlab.errors import ShiftlabError
 from shiftlab.models import (
     BUNDLED_MODELS,
@@ -88,7 +89,10 @@ class TestBundledModels:
     def test_load(self, name, channels):
         model, info = load_model(name)
         assert isinstance(model, nn.Module)
-        assert info == ModelInfo(name, "bundled", channels, "none", BUNDLED_MODELS[name][2])
+        weights = (
+            "digits_cnn_baseline.safetensors (shipped)" if name == "digits_cnn" else "random initialisation, seed 0"
+        )
+        assert info == ModelInfo(name, "bundled", channels, "none", BUNDLED_MODELS[name][2], weights=weights)
         assert not any(module.training for module in model.modules())
 
     def test_whitespace_is_stripped(self):
@@ -163,13 +167,15 @@ class TestTorchvisionModels:
         other, _ = load_model("mobilenet_v3_small", seed=1)
         assert states_equal(first.state_dict(), second.state_dict())
         assert not states_equal(first.state_dict(), other.state_dict())
-        assert info == ModelInfo(
+        assert (info.spec, info.source, info.in_channels, info.normalize, info.description, info.weights) == (
             "mobilenet_v3_small",
             "torchvision",
             3,
             "imagenet",
             "torchvision mobilenet_v3_small, random weights (seed 0)",
+            "random initialisation, seed 0",
         )
+        assert info.preprocess == Preprocess.make(channels=3, normalize="imagenet")
         assert not first.training
 
     def test_never_touches_the_network(self, tmp_path, monkeypatch):
@@ -204,7 +210,7 @@ class TestTorchvisionModels:
             load_model("zzz_no_such_net")
         assert str(info.value) == (
             "model: unknown model 'zzz_no_such_net': not bundled (article, simple_cnn, circular_cnn, digits_cnn) "
-            "nor a torchvision architecture; or give package.module:callable"
+            "nor a torchvision architecture; or give timm:NAME, hf:ORG/NAME or package.module:callable"
         )
 
     def test_unknown_name_suggests_similar(self):
@@ -224,7 +230,8 @@ class TestImportSpecs:
         name = user_module(MODULE_SOURCE)
         model, info = load_model(f"{name}:build")
         assert type(model).__name__ == "Tiny"
-        assert info == ModelInfo(f"{name}:build", "import", 2, "none", f"imported from {name}:build")
+        own = "the callable's own (any random initialisation seeded with 0)"
+        assert info == ModelInfo(f"{name}:build", "import", 2, "none", f"imported from {name}:build", weights=own)
         assert not model.training
 
     def test_class_is_a_callable(self, user_module):

@@ -1043,6 +1043,7 @@ class TestTables:
             "layers_watched": 4,
             "layouts": "two input sizes, 16x16 and 80x80",
             "batch_size": 16,
+            "output": "a tensor",
         }
 
 
@@ -1150,7 +1151,7 @@ class TestRunProbe:
         assert protocol["model"] == "circular_cnn" and protocol["model_source"] == "bundled"
         assert protocol["weights"] == "random initialisation, seed 0"
         assert protocol["images_used"] == ["chelsea"]
-        assert protocol["resize"] == "shorter side 24, centre crop 24x24"
+        assert protocol["resize"] == "shorter side 24 (bilinear, antialiased), centre crop 24x24"
         assert protocol["normalize"] == "none"
         assert protocol["input_shapes"] == [[3, 24, 24]]
         assert all(row["rel_l2"] <= 1e-5 for row in result.rows)

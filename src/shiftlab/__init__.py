@@ -21,6 +21,7 @@ from shiftlab.layers import make_shift_invariant
 from shiftlab.metrics import MapError, compare_maps
 from shiftlab.models import load_model, load_weights
 from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
+from shiftlab.outputs import main_output
 from shiftlab.probe import ProbeResult, probe, select_layers
 from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask
 
@@ -53,6 +54,7 @@ __all__ = [
     "load_image",
     "load_model",
     "load_weights",
+    "main_output",
     "make_shift_invariant",
     "max_pool",
     "max_pyramid_depth",

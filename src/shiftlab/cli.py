@@ -185,6 +185,8 @@ def run_probe(args: argparse.Namespace) -> int:
             "strides": args.stride,
             "size": args.size,
             "normalize": args.normalize,
+            "interpolation": args.interpolation,
+            "output": args.output,
             "device": args.device,
             "dtype": args.dtype,
             "seed": args.seed,
@@ -213,6 +215,8 @@ def run_probe(args: argparse.Namespace) -> int:
             write_report([section], staging, title=f"shiftlab probe: {args.model}", protocol=result.protocol)
             result.to_csv(staging / "probe.csv")
             result.to_json(staging / "probe.json")
+    print(f"model: {info.description}")
+    print(f"preprocessing: {result.protocol['preprocessing']}")
     _print_summary(result)
     out = Path(args.out)
     report = out / "report.html"
@@ -280,8 +284,8 @@ def run_convert(args: argparse.Namespace) -> int:
         "method": method,
         "padding": padding,
         "kernel_size": kernel_size,
-        "weights": None if args.weights is None else str(args.weights),
-        "seed": args.seed if args.weights is None else None,
+        "weights": info.weights,
+        "seed": args.seed if "random" in info.weights else None,
         "changes": changes,
     }
     with staged_directory(args.out) as staging:
@@ -398,6 +402,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         mean=_floats(args.mean, "--mean"),
         std=_floats(args.std, "--std"),
+        interpolation=args.interpolation,
+        output=args.output,
         weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
         seed=args.seed,
         batch_size=args.batch_size,
@@ -441,6 +447,11 @@ def _print_evaluation(result) -> None:
 
     rows = result.summary()
     width = max(len(row["model"]) for row in rows)
+    from shiftlab.models import describe_preprocessing
+
+    for label, record in result.protocol["models"].items():
+        print(f"{label}: {record['description']}")
+        print(f"  preprocessing: {describe_preprocessing(record['preprocessing'])}")
     print(
         f"{result.images['evaluated']} of {result.images['total']} images evaluated, {result.images['skipped']} skipped"
     )
@@ -493,8 +504,19 @@ def _add_format(parser: argparse.ArgumentParser) -> None:
 #: What a model SPEC may be, for every command that takes one.
 MODEL_SPEC_HELP = (
     "SPEC: a bundled network (article, simple_cnn, circular_cnn, digits_cnn), a torchvision architecture (resnet18, "
-    "vgg11, ...; random weights, seeded, unless --weights), or package.module:callable / file.py:callable; each "
-    "optionally converted by suffixes such as +blurpool, +aps, +circular (resnet18+circular+aps)."
+    "vgg11, deeplabv3_mobilenet_v3_large, ...; random weights, seeded, unless --weights), timm:NAME[.TAG] (timm's "
+    "pretrained weights; pip install 'shiftlab[timm]'), hf:ORG/NAME (a Hugging Face image classifier, pretrained; "
+    "pip install 'shiftlab[hf]'), or package.module:callable / file.py:callable; each optionally converted by "
+    "suffixes such as +blurpool, +aps, +circular (resnet18+circular+aps). Pretrained weights come from the zoos' "
+    "caches, downloaded when missing unless HF_HUB_OFFLINE=1 or SHIFTLAB_OFFLINE=1; a pretrained model brings its "
+    "own preprocessing (resize, crop, interpolation, mean and std), which explicit options override."
+)
+
+#: What --weights may be.
+WEIGHTS_HELP = (
+    "a state_dict file (.pt/.pth loaded with weights_only=True, or .safetensors); for a torchvision architecture the "
+    "name of its pretrained weights (DEFAULT, IMAGENET1K_V1, ...: downloaded into TORCH_HOME); or random (a "
+    "timm:/hf: architecture with random weights)"
 )
 
 
@@ -503,7 +525,21 @@ def _add_normalize(parser: argparse.ArgumentParser) -> None:
         "--normalize",
         choices=("auto", "imagenet", "none"),
         default="auto",
-        help="input normalisation (default: auto = ImageNet statistics for torchvision models)",
+        help="input normalisation (default: auto = the model's own: a pretrained model's statistics, ImageNet's for "
+        "a torchvision architecture, none otherwise)",
+    )
+    parser.add_argument(
+        "--interpolation",
+        choices=("bilinear", "bicubic", "nearest", "nearest-exact"),
+        default=None,
+        help="how images are resized (default: the model's own, else bilinear; always antialiased)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="KEY",
+        default=None,
+        help="the model's main output when it returns a dict, tuple or ModelOutput (default: logits, else out, else "
+        "the first tensor)",
     )
 
 
@@ -583,12 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=MODEL_SPEC_HELP,
     )
     probe.add_argument("--model", required=True, metavar="SPEC", help="the model (see below)")
-    probe.add_argument(
-        "--weights",
-        metavar="FILE",
-        default=None,
-        help="state_dict as .pt/.pth (loaded with weights_only=True) or .safetensors",
-    )
+    probe.add_argument("--weights", metavar="FILE|NAME", default=None, help=WEIGHTS_HELP)
     probe.add_argument(
         "--images",
         nargs="+",
@@ -632,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=int,
         default=None,
-        help="resize the shorter side to SIZE and centre-crop SIZExSIZE (default: images as they are)",
+        help="resize the shorter side to SIZE and centre-crop SIZExSIZE (default: the model's own preprocessing, "
+        "else images as they are)",
     )
     _add_normalize(probe)
     _add_precision(probe, "cpu, cuda, cuda:1, ... (default: cpu)", "model and input precision (default: float32)")
@@ -712,9 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument(
         "--weights",
-        metavar="FILE",
+        metavar="FILE|NAME",
         default=None,
-        help="state_dict of the model before conversion (.pt/.pth or .safetensors)",
+        help=f"weights of the model before conversion: {WEIGHTS_HELP}",
     )
     convert.add_argument(
         "--seed", type=int, default=0, help="seed of the random initialisation when no weights are given (default: 0)"
@@ -743,8 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         action="append",
         default=None,
-        metavar="FILE",
-        help="state_dict (.pt/.safetensors) for each --model, in order; - for a model without",
+        metavar="FILE|NAME",
+        help=f"weights for each --model, in order (- for a model without): {WEIGHTS_HELP}",
     )
     evaluation.add_argument("--data", required=True, metavar="DATA", help="folder, list file or bundled data set")
     evaluation.add_argument(
@@ -792,13 +824,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="diagonal: crop windows when --resize leaves room around --crop, else circular (default: auto)",
     )
     evaluation.add_argument(
-        "--resize", type=int, default=None, help="shorter side of every image before views are cut (e.g. 256)"
+        "--resize",
+        type=int,
+        default=None,
+        help="shorter side of every image before views are cut (e.g. 256; default: the models' own)",
     )
     evaluation.add_argument(
         "--crop",
         type=int,
         default=None,
-        help="model input: the centre CROPxCROP window (e.g. 224; default: whole image)",
+        help="model input: the centre CROPxCROP window (e.g. 224; default: the models' own, else the whole image)",
     )
     _add_normalize(evaluation)
     evaluation.add_argument(

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from shiftlab.data import resize_shorter_side
+from shiftlab.data import Resize
 from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
 from shiftlab.images import load_image
 
@@ -333,7 +333,10 @@ class LoadedImage:
 
 
 class EvaluationDataset(torch.utils.data.Dataset):
-    """Loads image ``i`` of an :class:`ImageSet` with ``channels`` channels, its shorter side resized to ``resize``.
+    """Loads image ``i`` of an :class:`ImageSet` with ``channels`` channels, resized by ``resize``.
+
+    ``resize`` is a :class:`~shiftlab.data.Resize` (a model's own interpolation, or both sides with ``squash``), or
+    an integer: the shorter side, bilinear and antialiased.
 
     Images are *not* normalised or cropped here: shifted views are cut from this
     base image first (a crop window needs the pixels around it), and each model
@@ -345,11 +348,16 @@ class EvaluationDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, images: ImageSet, *, channels: int, resize: int | None = None, min_size: tuple[int, int] = (1, 1)
+        self,
+        images: ImageSet,
+        *,
+        channels: int,
+        resize: int | Resize | None = None,
+        min_size: tuple[int, int] = (1, 1),
     ) -> None:
         self.images = images
         self.channels = channels
-        self.resize = resize
+        self.resize = Resize.make(resize) if isinstance(resize, int) else resize
         self.min_size = min_size
 
     def __len__(self) -> int:
@@ -378,7 +386,7 @@ class EvaluationDataset(torch.utils.data.Dataset):
             image = torch.from_numpy(array)
             image = image[None].expand(self.channels, -1, -1) if image.ndim == 2 else image
         if self.resize is not None:
-            image = resize_shorter_side(image, self.resize).clamp_(0.0, 1.0)  # antialiasing overshoots a little
+            image = self.resize(image)
         height, width = image.shape[-2:]
         need_height, need_width = self.min_size
         check(

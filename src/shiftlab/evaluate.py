@@ -50,12 +50,13 @@ from torch import nn
 from shiftlab._io import atomic_write_bytes, atomic_write_text, csv_text, json_text, to_jsonable
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
-from shiftlab.data import Preprocess
+from shiftlab.data import Preprocess, Resize
 from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loader, open_images
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, check, check_int, describe, fail, first_line
 from shiftlab.invariance import METRIC_NAMES, Metric, MetricState, make_metric, sample_seed
-from shiftlab.models import _first_conv_channels, load_model, resolve_device, resolve_dtype
+from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve_device, resolve_dtype
+from shiftlab.outputs import describe_output, main_output
 from shiftlab.views import Geometry, ViewKey, build_view, view_key
 
 __all__ = ["COLUMNS", "EvaluationResult", "evaluate"]
@@ -76,6 +77,7 @@ class _Model:
     channels: int
     preprocess: Preprocess
     record: dict[str, Any]
+    output: str | None = None  # the main tensor of a structured output, by name (None: the rule of shiftlab.outputs)
 
 
 def _file_digest(path: Path) -> str:
@@ -96,7 +98,11 @@ def _resolve_models(
     normalize: str,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    interpolation: str | None = None,
+    output: str | None = None,
 ) -> list[_Model]:
+    """The models with their preprocessing: a spec's own (see :meth:`shiftlab.models.ModelInfo.preprocessing`),
+    an ``nn.Module``'s none, with the explicit choices in place of its parts."""
     pairs: list[tuple[str | None, Any]]
     if isinstance(models, Mapping):
         pairs = [(str(label), model) for label, model in models.items()]
@@ -117,33 +123,63 @@ def _resolve_models(
         weight = weights[position] if weights is not None else None
         if isinstance(model, str):
             module, info = load_model(model, weights=weight, seed=seed)
-            channels, preset = info.in_channels, info.normalize
+            channels = info.in_channels
             record: dict[str, Any] = {"spec": model, "source": info.source, "description": info.description}
+            is_file = weight is not None and Path(str(weight)).is_file()
             record["weights"] = (
-                {"file": str(weight), "sha256": _file_digest(Path(weight))}
-                if weight
-                else f"none given: the spec's own (any random initialisation seeded with {seed})"
+                {"file": str(weight), "sha256": _file_digest(Path(str(weight)))}
+                if is_file
+                else info.weights
+                if weight is not None
+                else f"the spec's own: {info.weights}"
             )
-            default_label = model if weight is None else f"{model} ({Path(str(weight)).name})"
+            default_label = model if not is_file else f"{model} ({Path(str(weight)).name})"
+            default_label = default_label if weight is None or is_file else f"{model} ({weight})"
         elif isinstance(model, nn.Module):
             check(weight is None, "weights", "apply to model specs only; load them into your nn.Module yourself")
-            module, channels, preset = model, _first_conv_channels(model), "none"
+            module, channels = model, _first_conv_channels(model)
+            info = ModelInfo(type(model).__name__, "nn.Module", channels, "none", type(model).__name__)
             record = {"spec": None, "source": "nn.Module", "description": type(model).__name__}
             default_label = type(model).__name__
         else:
             fail("model", f"expected an nn.Module or a model spec string, got {describe(model)}")
-        chosen = preset if normalize == "auto" else normalize
-        preprocess = Preprocess.make(channels=channels, resize=resize, crop=crop, normalize=chosen, mean=mean, std=std)
+        preprocess, preprocessing = info.preprocessing(
+            resize=resize, crop=crop, interpolation=interpolation, normalize=normalize, mean=mean, std=std
+        )
+        record["preprocessing"] = preprocessing
         record["normalize"] = preprocess.normalize
         record["mean"] = list(preprocess.mean) if preprocess.mean else None
         record["std"] = list(preprocess.std) if preprocess.std else None
         record["channels"] = channels
-        resolved.append(_Model(label or default_label, module, channels, preprocess, record))
+        resolved.append(_Model(label or default_label, module, channels, preprocess, record, output))
     labels = [model.label for model in resolved]
     for position, model in enumerate(resolved):
         if labels.count(model.label) > 1:
             model.label = f"{model.label} #{labels[:position].count(labels[position]) + 1}"
     return resolved
+
+
+def _shared_geometry(entries: Sequence[_Model]) -> tuple[Resize | None, int | None]:
+    """The resize and crop of every model: views are cut once, from one resized image, for all of them.
+
+    Models without a resize or crop of their own (bundled, imported, random torchvision ones) take any; the others
+    must agree (an explicit ``resize`` and ``crop`` make them agree).
+    """
+    own = {(entry.preprocess.resizing, entry.preprocess.crop) for entry in entries}
+    own.discard((None, None))
+    if len(own) > 1:
+        described = "; ".join(
+            f"{entry.label}: resize {entry.preprocess.resizing.describe() if entry.preprocess.resizing else 'none'},"
+            f" crop {entry.preprocess.crop or 'none'}"
+            for entry in entries
+            if entry.preprocess.resizing is not None or entry.preprocess.crop is not None
+        )
+        fail(
+            "models",
+            f"their own preprocessing differs ({described}), and their views are cut from one resized image: "
+            "give --resize, --crop (and --interpolation) to compare them on the same inputs",
+        )
+    return next(iter(own), (None, None))
 
 
 def _model_inputs(views: torch.Tensor, model: _Model, dtype: torch.dtype) -> torch.Tensor:
@@ -165,14 +201,18 @@ def _model_inputs(views: torch.Tensor, model: _Model, dtype: torch.dtype) -> tor
 def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> torch.Tensor:
     try:
         with torch.inference_mode():
-            output = model.module(inputs)
+            returned = model.module(inputs)
     except ShiftlabError:
         raise
     except Exception as error:  # the user's model may raise anything
         shape = "x".join(map(str, inputs.shape))
         fail(f"model '{model.label}'", f"fails on inputs of shape {shape}: {type(error).__name__}: {first_line(error)}")
-    if not isinstance(output, torch.Tensor):
-        fail(f"model '{model.label}'", f"returns a {type(output).__name__}, not a tensor (N, classes)")
+    try:
+        output = main_output(returned, model.output)
+    except ShiftlabError as error:
+        fail(f"model '{model.label}'", str(error))
+    if "output" not in model.record:  # how a structured output is read, for the protocol (the first pass says)
+        model.record["output"] = describe_output(returned, model.output)
     check(
         output.ndim >= 1 and output.shape[0] == inputs.shape[0],
         f"model '{model.label}'",
@@ -357,6 +397,8 @@ def evaluate(
     normalize: str = "auto",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    interpolation: str | None = None,
+    output: str | None = None,
     classes: str | Sequence[str] | None = None,
     weights: Sequence[str | Path | None] | None = None,
     seed: int = 0,
@@ -380,12 +422,18 @@ def evaluate(
             (see :func:`shiftlab.datasets.open_images`).
         metrics: names from :data:`shiftlab.invariance.METRIC_NAMES` or
             :class:`~shiftlab.invariance.Metric` objects (for their options).
-        resize: the shorter side of every image, before views are cut (e.g. 256).
-        crop: the model's input: the centre ``crop x crop`` window (e.g. 224); default the whole image.
-        normalize: ``"auto"`` (ImageNet statistics for torchvision models, none otherwise),
-            ``"imagenet"`` or ``"none"``; ``mean`` and ``std`` override it.
+        resize: the shorter side of every image, before views are cut (e.g. 256); default: the models' own
+            (a pretrained model's preprocessing; see :meth:`shiftlab.models.ModelInfo.preprocessing`), else none.
+        crop: the model's input: the centre ``crop x crop`` window (e.g. 224); default: the models' own, else
+            the whole image. Views are cut from one resized image for all models, so models whose own resize or
+            crop differ need an explicit ``resize`` and ``crop``.
+        normalize: ``"auto"`` (each model's own statistics: a pretrained model's, ImageNet's for a torchvision
+            architecture, none otherwise), ``"imagenet"`` or ``"none"``; ``mean`` and ``std`` override it.
+        interpolation: the resize's interpolation (``bilinear``, ``bicubic``, ``nearest``); default: the models'.
+        output: the name of the main tensor of structured outputs (see :mod:`shiftlab.outputs`); default: the
+            rule (``logits``, ``out``, else the first tensor).
         classes: class names in index order (``"a,b"``, a list, or a file); default: sorted folder names.
-        weights: one weights file (or None) per model spec.
+        weights: one weights file, torchvision weights name or ``"random"`` (or None) per model spec.
         seed: seeds the random shifts (and the random initialisation of models without weights).
         batch_size: most inputs per forward pass; fixes which images share a pass (part of the protocol).
         workers: loader processes that decode images (0: decode in this process).
@@ -418,8 +466,26 @@ def evaluate(
     metric_list = _resolve_metrics(metrics)
     image_set = data if isinstance(data, ImageSet) else open_images(data, classes=classes)
     entries = _resolve_models(
-        models, weights=weights, seed=seed, resize=resize, crop=crop, normalize=normalize, mean=mean, std=std
+        models,
+        weights=weights,
+        seed=seed,
+        resize=resize,
+        crop=crop,
+        normalize=normalize,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+        output=output,
     )
+    resizing, crop = _shared_geometry(entries)
+    resize = resizing.size if resizing is not None else None
+    for entry in entries:  # a model without a resize or crop of its own gets the shared ones: its record says so
+        if (entry.preprocess.resizing, entry.preprocess.crop) != (resizing, crop):
+            entry.record["preprocessing"].update(
+                resize=resizing.describe() if resizing else "none",
+                crop=f"{crop}x{crop} centre" if crop else "none",
+                source=entry.record["preprocessing"]["source"] + "; resize and crop shared with the other models",
+            )
     for metric in metric_list:
         check(
             not metric.needs_labels or image_set.labels is not None,
@@ -432,10 +498,10 @@ def evaluate(
             problem = metric.problem(smallest)
             check(problem is None, f"metric {metric.name}", f"{problem} (--resize {resize}, --crop {crop})")
     base_channels = 3 if any(entry.channels == 3 for entry in entries) else 1
-    dataset = EvaluationDataset(image_set, channels=base_channels, resize=resize)
+    dataset = EvaluationDataset(image_set, channels=base_channels, resize=resizing)
 
     settings = _Settings(
-        resize, crop, seed, batch_size, workers, precision, dtype, checkpoint, checkpoint_every, resume, progress
+        resizing, crop, seed, batch_size, workers, precision, dtype, checkpoint, checkpoint_every, resume, progress
     )
     flags = [(module, module.training) for entry in entries for module in entry.module.modules()]
     try:
@@ -448,7 +514,7 @@ def evaluate(
 
 @dataclass(frozen=True)
 class _Settings:
-    resize: int | None
+    resize: Resize | None
     crop: int | None
     seed: int
     batch_size: int
@@ -587,7 +653,7 @@ def _protocol(
                 "fingerprint": images.fingerprint(),
             },
             "preparation": {
-                "resize": f"shorter side {resize} (bilinear, antialiased)" if resize else "none",
+                "resize": resize.describe() if resize else "none",
                 "model_input": f"centre {crop}x{crop} window" if crop else "the whole image",
                 "loaded_channels": 3 if any(entry.channels == 3 for entry in entries) else 1,
             },

@@ -497,6 +497,7 @@ def explorer_data(
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     names: Sequence[str] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    output: str | None = None,
 ) -> ExplorerData:
     """Probe ``model`` on ``images`` and capture, for one image, the frames of a few layers under every shift.
 
@@ -516,6 +517,7 @@ def explorer_data(
         normalization: the ``(mean, std)`` the images were normalised with; undone for the screen only.
         names: the images' names, for captions.
         progress: the probe's progress callback (see :func:`shiftlab.probe`).
+        output: the main tensor of a structured model output, as for :func:`shiftlab.probe`.
 
     Returns:
         An :class:`ExplorerData`; ``.result`` is the probe's result over all images.
@@ -558,8 +560,10 @@ def explorer_data(
         strides=strides,
         batch_size=batch_size,
         progress=progress,
+        output=output,
     )
-    chosen = _shown(result, layers, show)
+    modules = {name for name, _ in model.named_modules() if name}
+    chosen = _shown(result, layers, show, modules)
     captures = {}
     for label in chosen:
         rows = result.layer_rows(label)
@@ -568,10 +572,10 @@ def explorer_data(
         check(len(rows) == len(pairs), "show", f"layer {label!r} has {len(rows)} rows for {len(pairs)} shifts")
         prefix = label.endswith(PREFIX)
         base = label.removesuffix(PREFIX)
-        module_name = "" if base.split(":")[0] == "output" else base.split(":")[0]
+        module_name = "" if _is_output_row(base, modules) else base.split(":")[0]
         captures[label] = _Capture(label, module_name, "prefix" if prefix else "map", rows)
     _check_frame_budget(captures, channels, len(pairs))
-    data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels)
+    data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels, output)
     display = _display_image(inputs[image], normalization)
     display_shifted = None
     if mode == "fourier":
@@ -621,7 +625,13 @@ def _check_frame_budget(captures: dict[str, _Capture], channels: int | Sequence[
     check(total <= MAX_FRAME_VALUES, "explorer", _frame_budget_message(total))
 
 
-def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None) -> list[str]:
+def _is_output_row(label: str, modules: set[str]) -> bool:
+    """A row of the model's own output: ``output``, or ``output.KEY`` for another tensor of a structured output."""
+    name = label.split(":")[0]
+    return name == "output" or (name.startswith("output.") and name not in modules)
+
+
+def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None, modules: set[str]) -> list[str]:
     if show is None:
         named = isinstance(layers, str) and layers.strip() != "all"
         named = named or (isinstance(layers, (list, tuple)) and all(isinstance(item, str) for item in layers))
@@ -629,7 +639,7 @@ def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None) -
             return [
                 label
                 for label in result.layers
-                if result.layer_rows(label)[0]["layout"] != "unknown" and label.split(":")[0] != "output"
+                if result.layer_rows(label)[0]["layout"] != "unknown" and not _is_output_row(label, modules)
             ]
         return representative_layers(result)
     chosen = [show] if isinstance(show, str) else list(show)
@@ -656,6 +666,7 @@ def _capture(
     strides: Any,
     batch_size: int,
     channels: int | Sequence[int],
+    output: str | None,
 ) -> list[ExplorerLayer]:
     """Run the shown image and its shifted copies as the probe does, the hooks keeping frames and sums."""
     watched = select_layers(model, layers)
@@ -673,7 +684,8 @@ def _capture(
     try:
         model.eval()
         # The probe's own plan (remembered per model): planned from the first image, as the probe planned it.
-        plan = _layout_plan(model, watched, reference_input(first, pairs, mode)[0], layout_overrides, stride_overrides)
+        example = reference_input(first, pairs, mode)[0]
+        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output)
         identity = [index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0]
         # With one image the probe's numbers are this image's: its passes were these very passes.
         recorder = _Recorder(
@@ -683,7 +695,7 @@ def _capture(
         chunk = max(1, min(len(active), batch_size - 1))
         chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
         modules = [(name, module) for name, module in watched if name in hooked]
-        with _Watcher(model, modules, recorder) as watcher, torch.no_grad():
+        with _Watcher(model, modules, recorder, output) as watcher, torch.no_grad():
             reference, margin = reference_input(shown, pairs, mode)
             recorder.input_size = (reference.shape[-2], reference.shape[-1])
             if mode in ("zero", "crop"):

@@ -55,8 +55,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftlab.equivariance import feature_stride
-from shiftlab.errors import check, check_pair, fail, first_line
+from shiftlab.errors import ShiftlabError, check, check_pair, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
+from shiftlab.outputs import output_parts
 
 __all__ = [
     "GROWTH",
@@ -205,25 +206,33 @@ class _Seen:
     shape: tuple[int, ...] | None  # None: not a floating-point tensor
 
 
-def record_outputs(model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor) -> list[_Seen]:
-    """Every module's output shape in one forward pass, in call order, labelled as the probe labels watched ones."""
+def record_outputs(
+    model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor, output_key: str | None = None
+) -> list[_Seen]:
+    """Every module's output shape in one forward pass, in call order, labelled as the probe labels watched ones.
+
+    The model's own output is its main tensor ``output`` and every other tensor ``output.KEY``
+    (:func:`shiftlab.outputs.output_parts`, with ``output_key`` overriding the rule).
+    """
     names = {id(module): name for name, module in watched}
     seen: list[_Seen] = []
     calls: dict[str, int] = {}
 
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        label = None
-        name = names.get(id(module))
-        if module is model:
-            name = ""
+        count = 0
+        name = "" if module is model else names.get(id(module))
         if name is not None:
             count = calls.get(name, 0) + 1
             calls[name] = count
-            base = name or "output"
-            label = base if count == 1 else f"{base}:{count}"
-        tensor = isinstance(output, torch.Tensor) and output.is_floating_point()
-        declares = isinstance(module, DECLARE_NCHW) and tensor and output.ndim == 4
-        seen.append(_Seen(label, declares, tuple(output.shape) if tensor else None))
+        parts = output_parts(output, output_key) if module is model else [("", output)]
+        for part, value in parts:
+            label = None
+            if name is not None:
+                base = (name or "output") + (f".{part}" if part else "")
+                label = base if count == 1 else f"{base}:{count}"
+            tensor = isinstance(value, torch.Tensor) and value.is_floating_point()
+            declares = isinstance(module, DECLARE_NCHW) and tensor and value.ndim == 4
+            seen.append(_Seen(label, declares, tuple(value.shape) if tensor else None))
 
     handles = [module.register_forward_hook(hook) for _, module in model.named_modules()]
     try:
@@ -304,6 +313,7 @@ def plan_layouts(
     layouts: Sequence[tuple[str, str]] = (),
     strides: Sequence[tuple[str, tuple[int, int]]] = (),
     run: Callable[[torch.Tensor], list[_Seen]] | None = None,
+    output_key: str | None = None,
 ) -> LayoutPlan:
     """Plan the layouts of the watched outputs of ``model`` for inputs like ``example`` (see the module docstring).
 
@@ -317,8 +327,9 @@ def plan_layouts(
         layouts, strides: overrides from :func:`resolve_overrides`.
         run: records the forward pass at the example's own size, when needed (default :func:`record_outputs`); the
             probe passes one that reports a model's failure there as bad input.
+        output_key: the name of the model output's main tensor, overriding :mod:`shiftlab.outputs`' rule.
     """
-    record = run or (lambda batch: record_outputs(model, watched, batch))
+    record = run or (lambda batch: record_outputs(model, watched, batch, output_key))
     height, width = example.shape[-2], example.shape[-1]
     step = -GROWTH if min(height, width) > 2 * GROWTH else GROWTH
     other_size = (height + step, width + step)
@@ -327,7 +338,9 @@ def plan_layouts(
     else:
         other_input = F.interpolate(example, size=other_size, mode="bilinear", align_corners=False)
     try:
-        seen = record_outputs(model, watched, other_input)  # the model's own error, if any, is quoted below
+        seen = record_outputs(model, watched, other_input, output_key)  # the model's own error is quoted below
+    except ShiftlabError:  # an output key that names no tensor of the output: not a matter of the input's size
+        raise
     except Exception as error:  # the model refuses another size (a fixed position embedding...): one size only
         refused = f"{type(error).__name__}: {first_line(error)}"
         seen = record(example)

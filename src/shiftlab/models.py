@@ -4,22 +4,35 @@ A model spec is one of:
 
 * the name of a bundled network (:data:`BUNDLED_MODELS`: ``article``, ``simple_cnn``, ``circular_cnn``,
   ``digits_cnn``);
-* a torchvision architecture name (``resnet18``, ``vgg11``, ``mobilenet_v3_small``,
-  ``convnext_tiny``, ...), when torchvision is installed; built with random weights
-  (``weights=None``: nothing is ever downloaded);
+* a torchvision architecture name (``resnet18``, ``vgg11``, ``convnext_tiny``, ..., and the semantic segmentation
+  models ``deeplabv3_mobilenet_v3_large``, ``lraspp_mobilenet_v3_large``, ...): random weights, unless ``weights``
+  names a member of its weights enum (``DEFAULT``, ``IMAGENET1K_V2``), loaded through torchvision's weights API;
+* ``timm:NAME`` or ``timm:NAME.TAG`` (``timm:convnext_tiny.fb_in22k_ft_in1k``): timm's pretrained weights;
+* ``hf:ORG/NAME`` (``hf:microsoft/resnet-50``): a Hugging Face ``transformers`` image classifier, pretrained;
 * ``package.module:callable`` (or ``path/to/file.py:callable``): a function or class
   returning an ``nn.Module``, called with no arguments, or an ``nn.Module`` object;
 * any of these followed by conversion suffixes (see :mod:`shiftlab.layers.spec`):
-  ``resnet18+blurpool``, ``resnet18+aps``, ``resnet18+circular+aps``, ``resnet18+blurpool5``.
-  The conversion (:func:`shiftlab.layers.make_shift_invariant`) happens before weights are loaded;
-  it keeps state_dict keys, so weights of the unconverted model load too.
+  ``resnet18+blurpool``, ``resnet18+aps``, ``resnet18+circular+aps``, ``resnet18+blurpool5``, and the authors'
+  own networks ``resnet50+blurpool@zhang2019``, ``resnet18+aps@chaman2021``. The conversion
+  (:func:`shiftlab.layers.make_shift_invariant`) keeps state_dict keys, so weights of the unconverted model load
+  too; a published recipe gives the authors' keys, so their checkpoints load, and a weights file that fits the
+  unconverted model instead is loaded before the conversion.
+
+``weights`` is a state_dict file (any spec), a torchvision weights name (torchvision specs only), or ``"random"``
+(torchvision, timm and Hugging Face specs: the architecture with seeded random weights). Pretrained weights come
+through each zoo's own cache (:mod:`shiftlab.zoo`): a file that is neither cached nor downloadable gives one line
+that names it and where to put it, never a silent random network.
+
+A pretrained model brings its own preprocessing (:attr:`ModelInfo.preprocess`: the weights' transforms, timm's data
+config, the image processor), with its source; :meth:`ModelInfo.preprocessing` puts a caller's explicit choices in
+its place.
 
 Random initialisation is seeded (``seed=0`` by default) without touching the
 caller's global random state, so the same spec gives the same network every time.
 
-Weights come from a ``state_dict`` saved with ``torch.save`` (``.pt``, ``.pth``,
-``.bin``), read with ``torch.load(weights_only=True)`` so that no arbitrary
-object is ever unpickled, or from a ``.safetensors`` file.
+Weights files are read by :mod:`shiftlab.weights`: a ``state_dict`` saved with ``torch.save`` (``.pt``, ``.pth``,
+``.bin``), read with ``torch.load(weights_only=True)`` so that no arbitrary object is ever unpickled, or a
+``.safetensors`` file.
 """
 
 from __future__ import annotations
@@ -27,10 +40,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import pickle
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -39,8 +51,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from shiftlab.data import Preprocess
 from shiftlab.errors import ShiftlabError, check, check_choice, check_int, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
+from shiftlab.weights import fits, load_state, load_weights, read_state_dict
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -50,6 +64,7 @@ __all__ = [
     "ModelInfo",
     "SimpleCNN",
     "DTYPES",
+    "describe_preprocessing",
     "digits_cnn_variant",
     "load_model",
     "load_weights",
@@ -182,13 +197,75 @@ class DigitsCNN(nn.Module):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Where a model came from and what input it expects."""
+    """Where a model came from, which weights it has, and what input it expects.
+
+    ``preprocess`` is the model's own preprocessing (``None``: images as they are, no normalisation), from
+    ``preprocess_source``; ``unsupported`` lists ``(field, why)`` for the parts of a zoo's preprocessing that
+    shiftlab cannot reproduce, which a caller must then choose (see :meth:`preprocessing`).
+    """
 
     spec: str
-    source: str  # "bundled", "torchvision" or "import"
+    source: str  # "bundled", "torchvision", "timm", "hf" or "import"
     in_channels: int
-    normalize: str  # "imagenet" or "none": what the CLI applies to images for this model
+    normalize: str  # the name of the model's own normalisation: "imagenet", "custom" or "none"
     description: str = ""
+    preprocess: Preprocess | None = None
+    preprocess_source: str = ""
+    unsupported: tuple[tuple[str, str], ...] = ()
+    weights: str = ""  # which weights: "random (seed 0)", "IMAGENET1K_V2", a file, "pretrained (timm)", ...
+
+    def preprocessing(
+        self,
+        *,
+        resize: int | None = None,
+        crop: int | None = None,
+        interpolation: str | None = None,
+        normalize: str = "auto",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> tuple[Preprocess, dict[str, Any]]:
+        """The model's preprocessing with the caller's explicit choices in place (``None``, ``"auto"``: the
+        model's own), and its record for a protocol: what it is, where it came from, what was overridden.
+
+        Raises:
+            ShiftlabError: a part of the model's own preprocessing that shiftlab cannot reproduce was not chosen.
+
+        Example:
+            >>> _, info = load_model("resnet18")
+            >>> prepare, record = info.preprocessing(resize=64, crop=56)
+            >>> prepare.resize, prepare.crop, prepare.normalize, record["overridden"]
+            (64, 56, 'imagenet', ['resize', 'crop'])
+        """
+        own = self.preprocess or Preprocess.make(channels=self.in_channels)
+        chosen, changed = own.with_choices(
+            resize=resize, crop=crop, interpolation=interpolation, normalize=normalize, mean=mean, std=std
+        )
+        for field, why in self.unsupported:
+            check(
+                field in changed,
+                f"model {self.spec}",
+                f"{why}: choose its {field} yourself (resize and crop: --size, or --resize and --crop; "
+                "--interpolation; --normalize)",
+            )
+        source = self.preprocess_source or "none of its own (images as they are)"
+        record = {**chosen.describe(), "source": source, "overridden": changed}
+        return chosen, record
+
+
+def describe_preprocessing(record: dict[str, Any]) -> str:
+    """A preprocessing record (:meth:`ModelInfo.preprocessing`) on one line, as the command line prints it.
+
+    Example:
+        >>> _, info = load_model("resnet18")
+        >>> describe_preprocessing(info.preprocessing(resize=64, crop=56)[1])
+        'resize shorter side 64 (bilinear, antialiased), crop 56x56 centre, normalize imagenet; from ImageNet mean and \
+std (a torchvision architecture without pretrained weights: no resize or crop); resize, crop as given'
+    """
+    normalize = record["normalize"]
+    if normalize == "custom":
+        normalize = f"custom: mean {record['mean']}, std {record['std']}"
+    given = f"; {', '.join(record['overridden'])} as given" if record["overridden"] else ""
+    return f"resize {record['resize']}, crop {record['crop']}, normalize {normalize}; from {record['source']}{given}"
 
 
 #: The weights of ``digits_cnn``, written by ``scripts/train_reference.py`` (protocol and accuracy in the JSON beside).
@@ -272,12 +349,13 @@ BUNDLED_MODELS: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
 
 
 def torchvision_models() -> list[str]:
-    """The classification architectures torchvision offers (empty when torchvision is not installed)."""
+    """The classification and semantic segmentation architectures torchvision offers (empty without torchvision)."""
     try:
-        import torchvision
+        from shiftlab.zoo import torchvision_architectures
+
+        return list(torchvision_architectures())
     except ImportError:
         return []
-    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def _first_conv_channels(model: nn.Module, default: int = 3) -> int:
@@ -293,20 +371,49 @@ def _seeded(seed: int, build: Callable[[], Any]) -> Any:
         return build()
 
 
+#: The ``weights`` value that asks for an architecture's seeded random initialisation (torchvision, timm, hf specs).
+RANDOM_WEIGHTS = "random"
+
+#: A torchvision weights name: an enum member (``DEFAULT``, ``IMAGENET1K_V2``), with its enum's name or without.
+_WEIGHTS_NAME = re.compile(r"(?:[A-Za-z0-9]+_Weights\.)?[A-Z][A-Z0-9_]*")
+
+
+def _weights_kind(weights: str | Path | None) -> str | None:
+    """What ``weights`` asks for: ``None``, ``"random"``, ``"name"`` (torchvision's) or ``"file"``.
+
+    An existing file is a file, whatever its name; ``random`` is the word; a name in capitals (``DEFAULT``,
+    ``IMAGENET1K_V1``, ``ResNet50_Weights.IMAGENET1K_V2``) is a weights name; anything else a file.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, Path):
+        return "file"
+    text = str(weights).strip()
+    if text == RANDOM_WEIGHTS:
+        return "random"
+    if not Path(text).exists() and _WEIGHTS_NAME.fullmatch(text):
+        return "name"
+    return "file"
+
+
 def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, ModelInfo]:
     """Build a model from a spec (see the module docstring) and optionally load its weights.
 
     Args:
-        spec: bundled name, torchvision name, or ``module:callable``.
-        weights: optional ``.pt``/``.pth``/``.bin`` state_dict or ``.safetensors`` file.
+        spec: bundled name, torchvision name, ``timm:NAME[.TAG]``, ``hf:ORG/NAME``, or ``module:callable``;
+            optionally with conversion suffixes.
+        weights: a ``.pt``/``.pth``/``.bin`` state_dict or ``.safetensors`` file; for a torchvision
+            architecture a weights name (``DEFAULT``, ``IMAGENET1K_V1``, ...); or ``"random"`` for a zoo
+            architecture's seeded random weights. Default: random for torchvision, pretrained for timm and hf.
         seed: seed of the random initialisation.
 
     Returns:
         ``(model, info)``; the model is on the CPU in eval mode.
 
     Raises:
-        ShiftlabError: unknown spec, torchvision missing, an import that fails
-            or does not give an ``nn.Module``, weights that do not fit.
+        ShiftlabError: unknown spec, a missing optional package (the line names the ``pip install``), an import
+            that fails or does not give an ``nn.Module``, weights that are unknown, not cached and not
+            downloadable, or do not fit.
 
     Example:
         >>> model, info = load_model("simple_cnn")
@@ -317,27 +424,71 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
     from shiftlab.layers.spec import split_model_spec
 
     full_spec, (spec, conversion) = spec.strip(), split_model_spec(spec.strip())
+    kind = _weights_kind(weights)
+    zoo = spec.startswith(("timm:", "hf:")) or not (spec in BUNDLED_MODELS or ":" in spec)
+    if kind == "name" and (spec in BUNDLED_MODELS or ":" in spec):
+        fail(
+            "weights",
+            f"{weights!r} names pretrained weights of a torchvision architecture, and {spec!r} is not one; "
+            + (
+                "it loads its pretrained weights by itself (pick them in the spec), or give a state_dict FILE or "
+                f"{RANDOM_WEIGHTS}"
+                if spec.startswith(("timm:", "hf:"))
+                else "give a state_dict file (.pt, .pth, .safetensors)"
+            ),
+        )
+    check(
+        kind != "random" or zoo,
+        "weights",
+        f"{RANDOM_WEIGHTS!r} applies to torchvision, timm: and hf: models; {spec!r} has its own weights",
+    )
+    described_weights = f"random initialisation, seed {seed}"
     if spec in BUNDLED_MODELS:
         factory, channels, description = BUNDLED_MODELS[spec]
         model = _seeded(seed, factory)
         info = ModelInfo(spec, "bundled", channels, "none", description)
+        described_weights = f"{DIGITS_CNN_WEIGHTS} (shipped)" if spec == "digits_cnn" else described_weights
+    elif spec.startswith("timm:"):
+        from shiftlab.zoo import load_timm
+
+        found = _seeded(seed, lambda: load_timm(spec[5:], pretrained=kind is None, spec=spec))
+        info = _zoo_info(spec, "timm", found)
+        model = found.model
+        described_weights = "pretrained (timm)" if kind is None else described_weights
+    elif spec.startswith("hf:"):
+        from shiftlab.zoo import load_hf
+
+        found = _seeded(seed, lambda: load_hf(spec[3:], pretrained=kind is None, spec=spec))
+        info = _zoo_info(spec, "hf", found)
+        model = found.model
+        described_weights = "pretrained (Hugging Face)" if kind is None else described_weights
     elif ":" in spec:
         model = _seeded(seed, lambda: _import_model(spec, seed))
         info = ModelInfo(spec, "import", _first_conv_channels(model), "none", f"imported from {spec}")
+        described_weights = f"the callable's own (any random initialisation seeded with {seed})"
     else:
-        model = _seeded(seed, lambda: _torchvision_model(spec))
-        info = ModelInfo(
-            spec,
-            "torchvision",
-            _first_conv_channels(model),
-            "imagenet",
-            f"torchvision {spec}, random weights (seed {seed})" if weights is None else f"torchvision {spec}",
-        )
-    state = None if weights is None else _read_state_dict(Path(weights))
+        _check_torchvision_name(spec)
+        from shiftlab.zoo import load_torchvision
+
+        named = str(weights).strip() if kind == "name" else None
+        found = _seeded(seed, lambda: load_torchvision(spec, named))
+        if named is None:  # no pretrained weights: ImageNet statistics, images otherwise as they are
+            own = Preprocess.make(channels=_first_conv_channels(found.model), normalize="imagenet")
+            found = dataclasses.replace(
+                found,
+                preprocess=own,
+                preprocess_source="ImageNet mean and std (a torchvision architecture without pretrained weights: "
+                "no resize or crop)",
+                description=f"{found.description} (seed {seed})" if kind != "file" else f"torchvision {spec}",
+            )
+        info = _zoo_info(spec, "torchvision", found)
+        model = found.model
+        described_weights = named or described_weights
+    state = read_state_dict(weights) if kind == "file" and weights is not None else None
     if conversion is not None:
         # A published recipe gives the authors' keys: weights that fit the model as it was load before converting.
-        if state is not None and conversion.recipe != "shiftlab" and not _mismatches(model, state)[1]:
-            _load_state(model, state, Path(str(weights)))
+        if state is not None and conversion.recipe != "shiftlab" and fits(model, state):
+            load_state(model, state, f"weights '{weights}'")
             state = None
         model, changes = conversion.apply(model)
         described = f"{info.description}, converted ({conversion.suffix[1:]}: {len(changes)} layers changed)"
@@ -346,17 +497,34 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
             if variant is not None:
                 _load_asset_weights(model, f"digits_cnn_{variant}.safetensors")
                 described += f"; weights digits_cnn_{variant}.safetensors, trained as converted"
+                described_weights = f"digits_cnn_{variant}.safetensors (shipped)"
             else:
                 described += f"; the baseline's weights ({DIGITS_CNN_WEIGHTS}), converted without retraining"
         info = dataclasses.replace(info, spec=full_spec, description=described)
-    if state is not None:
-        _load_state(model, state, Path(str(weights)))
-    return model.eval(), info
+    if kind == "file":
+        if state is not None:
+            load_state(model, state, f"weights '{weights}'")
+        described_weights = str(weights)
+    return model.eval(), dataclasses.replace(info, weights=described_weights)
 
 
-def _torchvision_model(name: str) -> nn.Module:
+def _zoo_info(spec: str, source: str, found: Any) -> ModelInfo:
+    own = found.preprocess
+    return ModelInfo(
+        spec,
+        source,
+        own.channels if own is not None else _first_conv_channels(found.model),
+        own.normalize if own is not None else "none",
+        found.description,
+        own,
+        found.preprocess_source,
+        found.unsupported,
+    )
+
+
+def _check_torchvision_name(name: str) -> None:
     try:
-        import torchvision
+        import torchvision  # noqa: F401
     except ImportError:
         fail(
             "model",
@@ -370,9 +538,8 @@ def _torchvision_model(name: str) -> nn.Module:
         fail(
             "model",
             f"unknown model {name!r}: not bundled ({', '.join(BUNDLED_MODELS)}) nor a torchvision "
-            f"architecture{hint}; or give package.module:callable",
+            f"architecture{hint}; or give timm:NAME, hf:ORG/NAME or package.module:callable",
         )
-    return torchvision.models.get_model(name, weights=None)
 
 
 def _import_model(spec: str, seed: int = 0) -> nn.Module:
@@ -412,115 +579,6 @@ def _import_model(spec: str, seed: int = 0) -> nn.Module:
         "model",
         f"{spec!r}: '{attribute}()' returned {type(model).__name__}, not a torch.nn.Module",
     )
-    return model
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    subject = f"weights '{path}'"
-    check(path.exists(), subject, "no such file")
-    check(path.is_file(), subject, "is not a file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            fail(subject, f"is not a readable .safetensors file ({first_line(error)})")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        if "Unsupported operand" in text:  # bytes that are not a pickle at all: a damaged or foreign file
-            fail(subject, "is not a torch.save file (unreadable pickle data)")
-        refused = re.search(
-            r"GLOBAL (\S+) was not an allowed global|Unsupported class (\S+)|whose module (\S+) is blocked", text
-        )
-        detail = f"it references {next(group for group in refused.groups() if group)}" if refused else first_line(error)
-        fail(
-            subject,
-            "holds more than plain tensors, and weights_only loading refuses arbitrary objects: save "
-            f"model.state_dict() instead ({detail})",
-        )
-    except (
-        Exception
-    ) as error:  # a damaged file makes the unpickler raise almost anything (IndexError, EOFError, RuntimeError, ...)
-        fail(subject, f"is not a torch.save file ({first_line(error)})")
-    if isinstance(loaded, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(loaded.get(key), dict):
-                loaded = loaded[key]
-                break
-    check(
-        isinstance(loaded, dict)
-        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()),
-        subject,
-        "is not a state_dict (a dict of names to tensors); save model.state_dict()",
-    )
-    return loaded
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state_dict into ``model``, refusing anything but plain tensors; every key must match.
-
-    Keys saved from ``nn.DataParallel`` (``module.`` in front) and the old keys of torchvision's DenseNet layers
-    (``denselayer1.norm.1.weight`` for ``denselayer1.norm1.weight``, as in the DenseNet checkpoints torchvision and
-    antialiased-cnns published) are renamed, as torchvision does; a batch norm's ``num_batches_tracked`` may be
-    absent where its statistics are there (files saved before PyTorch 0.4.1; the model keeps its own count).
-
-    Raises:
-        ShiftlabError: unreadable file, not a state_dict, missing or unexpected
-            keys, or tensors of the wrong shape (the message names a few).
-    """
-    path = Path(path)
-    return _load_state(model, _read_state_dict(path), path)
-
-
-#: A key of torchvision's DenseNet layers before its modules lost their dots (``norm.1`` is now ``norm1``).
-_DENSENET_LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
-)
-
-
-def _mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """``state`` with its keys renamed to the model's (see :func:`load_weights`), and what still does not fit."""
-    own = model.state_dict()
-    renamed = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")  # saved from DataParallel
-        legacy = _DENSENET_LEGACY_KEY.match(key)
-        if key not in own and legacy and legacy.group(1) + legacy.group(2) in own:
-            key = legacy.group(1) + legacy.group(2)
-        renamed[key] = value
-    missing = [key for key in own if key not in renamed and not _count_before_pytorch_041(key, renamed)]
-    unexpected = [key for key in renamed if key not in own]
-    wrong = [
-        f"{key} {tuple(renamed[key].shape)} vs {tuple(own[key].shape)}"
-        for key in own
-        if key in renamed and renamed[key].shape != own[key].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
-        )
-    if wrong:
-        problems.append(f"{len(wrong)} of the wrong shape ({'; '.join(wrong[:2])}{'; ...' if len(wrong) > 2 else ''})")
-    return renamed, problems
-
-
-def _count_before_pytorch_041(key: str, state: dict[str, torch.Tensor]) -> bool:
-    """A batch norm's ``num_batches_tracked`` absent from a file that has the norm's statistics (an old file)."""
-    prefix, _, name = key.rpartition(".")
-    return name == "num_batches_tracked" and f"{prefix}.running_mean" in state
-
-
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    renamed, problems = _mismatches(model, state)
-    check(not problems, f"weights '{path}'", "do not fit the model: " + ", ".join(problems))
-    model.load_state_dict(renamed, strict=True)
     return model
 
 

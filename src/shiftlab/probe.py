@@ -46,6 +46,7 @@ from shiftlab.equivariance import Measured, ShiftComparison, border_core, refere
 from shiftlab.errors import InternalError, ShiftlabError, check, check_choice, check_int, describe, fail, first_line
 from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
+from shiftlab.outputs import describe_output, output_parts
 from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, crop_margin
 
 __all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
@@ -164,10 +165,13 @@ class _Watcher:
         model: nn.Module,
         layers: list[tuple[str, nn.Module]],
         on_output: Callable[[str, nn.Module, torch.Tensor], None],
+        output_key: str | None = None,
     ) -> None:
         self.model = model
         self.layers = layers
         self.on_output = on_output
+        self.output_key = output_key
+        self.output_found: str | None = None  # how the model's output was read (see describe_output)
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.calls: dict[str, int] = {}
         self.failure: tuple[str, BaseException] | None = None
@@ -182,16 +186,23 @@ class _Watcher:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             count = self.calls.get(name, 0) + 1
             self.calls[name] = count
-            label = (name or "output") if count == 1 else f"{name or 'output'}:{count}"
-            if not (isinstance(output, torch.Tensor) and output.is_floating_point()):
-                return
-            try:
-                self.on_output(label, module, output)
-            except ShiftlabError:
-                raise
-            except Exception as error:
-                self.failure = (label, error)
-                raise
+            # The model's own output: its main tensor as "output", every other tensor as "output.KEY".
+            parts = [("", output)]
+            if module is self.model:
+                parts = output_parts(output, self.output_key)
+                self.output_found = describe_output(output, self.output_key)
+            for part, tensor in parts:
+                base = (name or "output") + (f".{part}" if part else "")
+                label = base if count == 1 else f"{base}:{count}"
+                if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+                    continue
+                try:
+                    self.on_output(label, module, tensor)
+                except ShiftlabError:
+                    raise
+                except Exception as error:
+                    self.failure = (label, error)
+                    raise
 
         return hook
 
@@ -439,6 +450,7 @@ def probe(
     strides: Any = None,
     batch_size: int = 64,
     progress: Callable[[int, int | None], None] | None = None,
+    output: str | None = None,
 ) -> ProbeResult:
     """Measure the translation equivariance of every watched layer of ``model``.
 
@@ -461,6 +473,9 @@ def probe(
             ``1 + len(shifts)`` exceeds it).
         progress: called as ``progress(done, total)`` after each forward pass
             (``total`` is None when the inputs are a stream of unknown length).
+        output: the name of the main tensor of a structured model output (a dict, a tuple, a Hugging Face
+            ``ModelOutput``), overriding :mod:`shiftlab.outputs`' rule (``logits``, ``out``, the first tensor).
+            The main tensor is the row ``output``; every other tensor of the output is a row ``output.NAME``.
 
     Returns:
         A :class:`ProbeResult`: one row per watched layer and shift (and per token map's prefix
@@ -510,11 +525,11 @@ def probe(
         first = next(groups)
         # The layouts, from the first image (as it will be run: the reference input), before the hooks go on.
         example = reference_input(first[:1], pairs, mode)[0]
-        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides)
+        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output)
         measurement = _Measurement(pairs, mode, plan)
         groups = _handed_over([first], groups)
         del first, example  # the stream's first batch is freed once measured, as every other one
-        with _Watcher(model, watched, measurement.on_output) as watcher, torch.no_grad():
+        with _Watcher(model, watched, measurement.on_output, output) as watcher, torch.no_grad():
             for group in groups:
                 ran_as = ran_as or (group.dtype, group.device)
                 reference, margin = reference_input(group, pairs, mode)
@@ -555,6 +570,7 @@ def probe(
         "layers_watched": len(watched),
         "layouts": plan.method,
         "batch_size": batch_size,
+        "output": watcher.output_found,
     }
     return ProbeResult.from_layers(measurement.layers.values(), protocol)
 
@@ -596,6 +612,7 @@ def _layout_plan(
     example: torch.Tensor,
     layouts: Sequence[tuple[str, str]],
     strides: Sequence[tuple[str, tuple[int, int]]],
+    output_key: str | None = None,
 ) -> LayoutPlan:
     """The layout plan for ``example``'s size, made once per model, module structure, size, layers and overrides.
 
@@ -603,7 +620,8 @@ def _layout_plan(
     again. The structure is every module's name, identity and type, so a replaced module is a new plan.
     """
     structure = tuple((name, id(module), type(module)) for name, module in model.named_modules())
-    key = (tuple(example.shape[1:]), tuple(name for name, _ in watched), structure, tuple(layouts), tuple(strides))
+    watched_names = tuple(name for name, _ in watched)
+    key = (tuple(example.shape[1:]), watched_names, structure, tuple(layouts), tuple(strides), output_key)
     plans = _PLANS.setdefault(model, {})
     plan = plans.get(key)
     if plan is None:
@@ -614,7 +632,8 @@ def _layout_plan(
                 example,
                 layouts=layouts,
                 strides=strides,
-                run=lambda batch: _recorded(model, watched, batch),
+                run=lambda batch: _recorded(model, watched, batch, output_key),
+                output_key=output_key,
             )
         if len(plans) >= _PLANS_PER_MODEL:
             plans.pop(next(iter(plans)))
@@ -629,10 +648,12 @@ def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException) -> No
     )
 
 
-def _recorded(model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor) -> list[Any]:
+def _recorded(
+    model: nn.Module, watched: Sequence[tuple[str, nn.Module]], batch: torch.Tensor, output_key: str | None = None
+) -> list[Any]:
     """:func:`shiftlab.layouts.record_outputs`, a model's failure reported as bad input."""
     try:
-        return record_outputs(model, watched, batch)
+        return record_outputs(model, watched, batch, output_key)
     except ShiftlabError:
         raise
     except Exception as error:

@@ -53,10 +53,11 @@ def _overview(result: EvaluationResult, key: str, title: str | None = None, lead
             record["weights"]["file"] if isinstance(record.get("weights"), dict) else (record.get("weights") or "-"),
             record.get("normalize"),
             record.get("channels"),
+            record["preprocessing"]["source"] if "preprocessing" in record else "-",
         ]
         for label, record in protocol["models"].items()
     ]
-    tables = [Table("Models", ["model", "spec", "weights", "normalisation", "channels"], model_rows)]
+    tables = [Table("Models", ["model", "spec", "weights", "normalisation", "channels", "preprocessing"], model_rows)]
     findings = [
         Finding(
             "Images evaluated",

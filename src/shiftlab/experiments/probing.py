@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from shiftlab.data import NORMALIZATIONS, prepare_images
+from shiftlab.data import Preprocess
 from shiftlab.errors import check
 from shiftlab.explore import ExplorerData, explorer_data, representative_layers
-from shiftlab.models import ModelInfo, load_model, resolve_device, resolve_dtype
+from shiftlab.models import ModelInfo, describe_preprocessing, load_model, resolve_device, resolve_dtype
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import Finding, Section, Table, format_number, format_stride
 
@@ -40,32 +40,42 @@ def _prepared(
     weights: str | None,
     size: int | None,
     normalize: str,
+    interpolation: str | None,
     device: str,
     dtype: str,
     seed: int,
-) -> tuple[nn.Module, ModelInfo, list[Any], str]:
-    """The model (on its device, in its precision), its info, the prepared inputs and the normalisation applied.
+) -> tuple[nn.Module, ModelInfo, list[Any], Preprocess, dict[str, Any]]:
+    """The model (on its device, in its precision), its info, the prepared inputs, the preprocessing applied and
+    its record.
 
-    ``normalize="auto"`` applies ImageNet normalisation to torchvision models and nothing to the others.
+    The preprocessing is the model's own (:meth:`shiftlab.models.ModelInfo.preprocessing`: a pretrained model's
+    transforms, ImageNet statistics for a torchvision architecture, nothing for the others); ``size`` (the shorter
+    side, then the centre square), ``interpolation`` and ``normalize`` other than ``"auto"`` replace its parts.
     """
+    check(len(images) > 0, "images", "give at least one image")
     target, precision = resolve_device(device), resolve_dtype(dtype)
     model, info = load_model(spec, weights=weights, seed=seed)
     model = model.to(device=target, dtype=precision)
-    chosen = info.normalize if normalize == "auto" else normalize
-    inputs = prepare_images(images, channels=info.in_channels, size=size, normalize=chosen)
-    return model, info, inputs, chosen
+    prepare, record = info.preprocessing(resize=size, crop=size, interpolation=interpolation, normalize=normalize)
+    inputs = [prepare(source) for source in images]
+    return model, info, inputs, prepare, record
 
 
 def _protocol(
-    spec: str, info: ModelInfo, images: Sequence[Any], weights: str | None, seed: int, size: int | None, chosen: str
+    spec: str, info: ModelInfo, images: Sequence[Any], prepare: Preprocess, record: dict[str, Any]
 ) -> dict[str, Any]:
+    steps = [prepare.resizing.describe()] if prepare.resizing else []
+    steps += [f"centre crop {prepare.crop}x{prepare.crop}"] if prepare.crop else []
     return {
         "model": spec,
         "model_source": info.source,
-        "weights": str(weights) if weights else f"random initialisation, seed {seed}",
+        "weights": info.weights,
         "images_used": [str(source) for source in images],
-        "resize": f"shorter side {size}, centre crop {size}x{size}" if size else "none",
-        "normalize": chosen,
+        "resize": ", ".join(steps) or "none",
+        "normalize": prepare.normalize,
+        "mean": list(prepare.mean) if prepare.mean else None,
+        "std": list(prepare.std) if prepare.std else None,
+        "preprocessing": describe_preprocessing(record),
     }
 
 
@@ -81,19 +91,31 @@ def run_probe(
     strides: Any = None,
     size: int | None = None,
     normalize: str = "auto",
+    interpolation: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
     batch_size: int = 64,
     progress: Callable[[int, int | None], None] | None = None,
+    output: str | None = None,
 ) -> tuple[ProbeResult, ModelInfo]:
     """Load a model from its spec, prepare the images for it, and probe it.
 
-    ``normalize="auto"`` applies ImageNet normalisation to torchvision models
-    and nothing to the others.
+    The images are prepared as the model expects them (its own preprocessing: see
+    :meth:`shiftlab.models.ModelInfo.preprocessing`); ``size``, ``interpolation`` and a ``normalize`` other than
+    ``"auto"`` override it. ``output`` names the main tensor of a structured output (see :func:`shiftlab.probe`).
+    The protocol records the preprocessing and where it came from.
     """
-    model, info, inputs, chosen = _prepared(
-        spec, images, weights=weights, size=size, normalize=normalize, device=device, dtype=dtype, seed=seed
+    model, info, inputs, prepare, record = _prepared(
+        spec,
+        images,
+        weights=weights,
+        size=size,
+        normalize=normalize,
+        interpolation=interpolation,
+        device=device,
+        dtype=dtype,
+        seed=seed,
     )
     result = probe(
         model,
@@ -105,8 +127,9 @@ def run_probe(
         strides=strides,
         batch_size=batch_size,
         progress=progress,
+        output=output,
     )
-    result.protocol.update(_protocol(spec, info, images, weights, seed, size, chosen))
+    result.protocol.update(_protocol(spec, info, images, prepare, record))
     return result, info
 
 
@@ -124,18 +147,28 @@ def run_explorer(
     strides: Any = None,
     size: int | None = None,
     normalize: str = "auto",
+    interpolation: str | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
     batch_size: int = 64,
     progress: Callable[[int, int | None], None] | None = None,
+    output: str | None = None,
 ) -> tuple[ExplorerData, ModelInfo]:
     """:func:`run_probe`, with an explorer's frames of the first image (:func:`shiftlab.explore.explorer_data`).
 
     The probe's result is the returned data's ``.result``, its protocol completed as :func:`run_probe` completes it.
     """
-    model, info, inputs, chosen = _prepared(
-        spec, images, weights=weights, size=size, normalize=normalize, device=device, dtype=dtype, seed=seed
+    model, info, inputs, prepare, record = _prepared(
+        spec,
+        images,
+        weights=weights,
+        size=size,
+        normalize=normalize,
+        interpolation=interpolation,
+        device=device,
+        dtype=dtype,
+        seed=seed,
     )
     data = explorer_data(
         model,
@@ -148,11 +181,12 @@ def run_explorer(
         layouts=layouts,
         strides=strides,
         batch_size=batch_size,
-        normalization=NORMALIZATIONS.get(chosen),
+        normalization=(prepare.mean, prepare.std) if prepare.mean and prepare.std else None,
         names=[str(source) for source in images],
         progress=progress,
+        output=output,
     )
-    data.result.protocol.update(_protocol(spec, info, images, weights, seed, size, chosen))
+    data.result.protocol.update(_protocol(spec, info, images, prepare, record))
     return data, info
 
 
