@@ -313,6 +313,19 @@ class TestWeightsAndCopies:
             "(a shortcut is linked when each side has exactly one, at the same stride)"
         )
 
+    @pytest.mark.parametrize("name", ["convnext_atto", "vit_tiny_patch16_224"])
+    def test_a_path_that_is_the_only_downsampling_is_no_shortcut(self, name):
+        # timm's ConvNeXt stages.N.downsample and a ViT's patch_embed.proj carry a shortcut's name, but their parent
+        # has no other downsampling path: nothing to link, and no note that says otherwise.
+        timm = pytest.importorskip("timm")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(name, pretrained=False)
+        _, changes = make_shift_invariant(model, "aps")
+        named = [row for row in changes if row["layer"].split(".")[-2:-1] in (["downsample"], ["patch_embed"])]
+        assert named and all(row["note"] == "" for row in named)
+        assert not any("linked" in row["note"] for row in changes)
+
 
 # --------------------------------------------------------------------------- bad input
 
@@ -388,6 +401,32 @@ class TestBadInput:
         )
         assert repr(model) == before
         make_shift_invariant(model, "aps")  # without circular padding it converts (not exact)
+
+    @pytest.mark.parametrize("method", ["aps", "blurpool"])
+    def test_strided_valid_convolution_refused_under_circular_padding(self, method):
+        model = nn.Sequential(nn.Conv2d(1, 6, 5, stride=2), nn.Flatten(), nn.Linear(1176, 10))
+        before = repr(model)
+        with pytest.raises(ShiftlabError) as error:
+            make_shift_invariant(model, method, padding="circular", inplace=True)
+        assert str(error.value) == (
+            "layer '0' (Conv2d): cannot be made circular: it is a \"valid\" convolution (a 5x5 window at stride 2, "
+            "no padding), and circular padding would change its output size (H: floor((H - 5) / 2) + 1 would become "
+            "ceil(H / 2); W: floor((W - 5) / 2) + 1 would become ceil(W / 2)); only layers that keep the size commute "
+            "with circular shifts"
+        )
+        assert repr(model) == before
+        converted, _ = make_shift_invariant(model, method)  # without circular padding: the same size, it runs
+        assert converted(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+    def test_strided_convolutions_that_need_no_padding_pass(self):
+        # A window no wider than the stride (1x1, patchify) has nothing to pad; padded ones get circular padding.
+        model = nn.Sequential(
+            nn.Conv2d(3, 4, 2, stride=2), nn.Conv2d(4, 4, 1, stride=2), nn.Conv2d(4, 4, (1, 3), stride=(2, 3)),
+            nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(4 * 2 * 1, 3),
+        )  # fmt: skip
+        converted, _ = make_shift_invariant(model, "aps", padding="circular")
+        x = torch.rand(1, 3, 32, 24, generator=torch.Generator().manual_seed(0))
+        assert converted(x).shape == model(x).shape == (1, 3)
 
     def test_strided_layer_with_too_much_padding(self):
         model = nn.Sequential(nn.ZeroPad2d(3), nn.Conv2d(3, 4, 3, stride=2, padding=1))

@@ -674,7 +674,10 @@ class TestEquivarianceErrors:
     def test_input_too_small_for_the_crop_margin(self):
         with pytest.raises(ShiftlabError) as info:
             equivariance_error(lambda t: t, torch.zeros(1, 8, 8), [(0, 4)], mode="crop")
-        assert str(info.value) == "shifts: crop windows for shifts up to (0, 4) need an input of at least 1x9 pixels, got 8x8"
+        assert (
+            str(info.value)
+            == "shifts: crop windows for shifts up to (0, 4) need an input of at least 1x9 pixels, got 8x8"
+        )
 
     def test_zero_shift_out_of_the_frame(self):
         with pytest.raises(ShiftlabError) as info:

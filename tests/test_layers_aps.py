@@ -99,6 +99,25 @@ class TestTies:
             assert aps_pool2d(x, 2, norm, return_phase=True)[1].tolist() == [[0, 1]]
         assert aps_pool2d(torch.ones(2, 3, 6, 6), 3, return_phase=True)[1].tolist() == [[0, 0], [0, 0]]
 
+    def test_column_major_order_is_chamans(self):
+        # Chaman's reference lists the components (0, 0), (1, 0), (0, 1), (1, 1) and takes the first maximum.
+        x = torch.zeros(1, 1, 4, 4)
+        x[0, 0, 0, 1] = x[0, 0, 1, 0] = 2.0  # phases (0, 1) and (1, 0) tie
+        for norm in NORMS:
+            assert aps_pool2d(x, 2, norm, return_phase=True, tie_break="column-major")[1].tolist() == [[1, 0]]
+            assert APSPool2d(2, norm, tie_break="column-major")(x).flatten().tolist() == [2.0, 0.0, 0.0, 0.0]
+        y = torch.zeros(1, 1, 6, 6)
+        y[0, 0, 0, 2] = y[0, 0, 2, 1] = 1.0  # stride 3: phases (0, 2) and (2, 1) tie
+        assert aps_pool2d(y, 3, return_phase=True)[1].tolist() == [[0, 2]]
+        assert aps_pool2d(y, 3, return_phase=True, tie_break="column-major")[1].tolist() == [[2, 1]]
+
+    @pytest.mark.parametrize("stride", STRIDES, ids=str)
+    def test_without_ties_the_order_does_not_matter(self, rng, stride):
+        x = torch.from_numpy(rng.standard_normal((4, 3, 9, 12)))
+        rows = aps_pool2d(x, stride, return_phase=True)
+        columns = aps_pool2d(x, stride, return_phase=True, tie_break="column-major")
+        assert torch.equal(rows[0], columns[0]) and torch.equal(rows[1], columns[1])
+
     def test_rounding_does_not_flip_the_choice(self, generator):
         # components whose float32 sums differ only in summation order: the float64 norms must agree
         x = torch.rand(1, 64, 32, 32, generator=generator)
@@ -154,6 +173,22 @@ class TestModuleAndLink:
         layer = APSPool2d(2, kernel_size=3, padding="circular")
         assert torch.equal(layer(x), aps_pool2d(blur_pool2d(x, 3, 1, "circular"), 2))
         assert "(blur): BlurPool2d(kernel_size=3, stride=1, padding='circular')" in repr(layer)
+
+    def test_per_channel_filter_as_chamans_apspool(self, generator):
+        x = torch.randn(2, 3, 8, 8, generator=generator)
+        layer = APSPool2d(2, kernel_size=3, channels=3, tie_break="column-major")
+        assert {key: tuple(value.shape) for key, value in layer.state_dict().items()} == {"filt": (3, 1, 3, 3)}
+        assert torch.equal(layer(x), aps_pool2d(blur_pool2d(x, 3, 1, "circular"), 2, tie_break="column-major"))
+        assert repr(layer) == (
+            "APSPool2d(stride=2, norm='l2', tie_break='column-major', kernel_size=3, padding='circular', channels=3)"
+        )
+        assert APSPool2d(2, channels=3).state_dict() == {}  # no blur, no filter: as the reference at size 1
+        with pytest.raises(ShiftlabError) as error:
+            layer(torch.randn(2, 4, 8, 8, generator=generator))
+        assert str(error.value) == (
+            "x: expected shape (N, 3, H, W): this APSPool2d keeps one filter per channel, got tensor of shape "
+            "(2, 4, 8, 8) and dtype float32"
+        )
 
     def test_shortcut_follows_the_main_path(self, generator):
         main, shortcut = APSPool2d(2), APSPool2d(2)
@@ -247,6 +282,14 @@ class TestBadInput:
             (lambda: aps_pool2d(torch.zeros(1, 1, 4, 4), norm="l3"), "norm: must be one of l2, l1, linf, got 'l3'"),
             (lambda: APSPool2d(stride=0), "stride: must be an integer >= 1, got 0"),
             (lambda: APSPool2d(kernel_size=9), "kernel_size: binomial filters go from 1 to 7, got 9"),
+            (
+                lambda: APSPool2d(tie_break="first"),
+                "tie_break: must be one of row-major, column-major, got 'first'",
+            ),
+            (
+                lambda: aps_pool2d(torch.zeros(1, 1, 4, 4), tie_break="last"),
+                "tie_break: must be one of row-major, column-major, got 'last'",
+            ),
         ]:
             with pytest.raises(ShiftlabError) as error:
                 call()

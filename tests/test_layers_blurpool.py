@@ -196,6 +196,42 @@ class TestModule:
         assert layer.state_dict() == {}
         assert "filter" in dict(layer.named_buffers())
 
+    @pytest.mark.parametrize("kernel", range(1, 8))
+    def test_per_channel_filter_is_zhangs_layer_down_to_its_state_dict(self, generator, kernel):
+        antialiased_cnns = pytest.importorskip("antialiased_cnns")
+        reference = antialiased_cnns.BlurPool(6, filt_size=kernel, stride=2)
+        layer = BlurPool2d(kernel, 2, channels=6)
+        assert {key: value.shape for key, value in layer.state_dict().items()} == {
+            key: value.shape for key, value in reference.state_dict().items()
+        }
+        assert torch.equal(layer.filt, reference.filt)
+        x = torch.rand(2, 6, 11, 14, generator=generator)
+        assert torch.equal(layer(x), reference(x)) and torch.equal(layer(x), BlurPool2d(kernel, 2)(x))
+        assert repr(layer) == f"BlurPool2d(kernel_size={kernel}, stride=2, padding='reflect', channels=6)"
+
+    def test_per_channel_filter_applies_what_was_loaded(self, generator):
+        layer = BlurPool2d(3, 2, "zero", channels=2)
+        weights = torch.rand(2, 1, 3, 3, generator=generator)
+        layer.load_state_dict({"filt": weights})  # as Zhang's layer would: the buffer is the filter
+        x = torch.rand(1, 2, 8, 8, generator=generator)
+        expected = F.conv2d(F.pad(x, (1, 1, 1, 1)), weights, stride=2, groups=2)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-7)
+        with pytest.raises(RuntimeError, match="size mismatch for filt"):  # another filter size: refused by shape
+            layer.load_state_dict({"filt": torch.rand(2, 1, 4, 4)})
+
+    def test_per_channel_filter_needs_its_channels(self):
+        layer = BlurPool2d(3, channels=4)
+        for x in (torch.zeros(1, 3, 6, 6), torch.zeros(4, 6, 6)):
+            with pytest.raises(ShiftlabError) as error:
+                layer(x)
+            assert str(error.value) == (
+                "x: expected shape (N, 4, H, W): this BlurPool2d keeps one filter per channel, got tensor of shape "
+                f"{tuple(x.shape)} and dtype float32"
+            )
+        with pytest.raises(ShiftlabError) as error:
+            BlurPool2d(3, channels=0)
+        assert str(error.value) == "channels: must be an integer >= 1, got 0"
+
     def test_follows_dtype(self, generator):
         layer = BlurPool2d(3, 2).double()
         assert layer.filter.dtype == torch.float64

@@ -280,23 +280,36 @@ def run_convert(args: argparse.Namespace) -> int:
     import json
 
     from shiftlab._io import staged_directory
-    from shiftlab.errors import check_choice, check_int
+    from shiftlab.errors import check, check_choice, check_int
     from shiftlab.layers.blurpool import MAX_BLUR_KERNEL_SIZE
     from shiftlab.layers.convert import METHODS, make_shift_invariant
+    from shiftlab.layers.recipes import RECIPES, recipe_arguments
     from shiftlab.layers.tables import changes_to_csv
     from shiftlab.models import load_model
 
-    method = check_choice(args.method, "--method", METHODS)
+    recipe = check_choice(args.recipe, "--recipe", RECIPES)
+    method = None if args.method is None else check_choice(args.method, "--method", METHODS)
+    check(
+        method is not None or recipe != "shiftlab",
+        "--method",
+        "give blurpool or aps (or a published --recipe, zhang2019 or chaman2021, which implies it)",
+    )
     padding = None if args.padding is None else check_choice(args.padding, "--padding", ("circular",))
+    recipe, method, padding = recipe_arguments(recipe, method, padding, ("--recipe", "--method", "--padding"))
     kernel_size = None
     if args.kernel_size is not None:
         kernel_size = check_int(_integer(args.kernel_size), "--kernel-size", minimum=1, maximum=MAX_BLUR_KERNEL_SIZE)
     model, info = load_model(args.model, weights=args.weights, seed=args.seed)
-    model, changes = make_shift_invariant(model, method, padding=padding, kernel_size=kernel_size, inplace=True)
-    suffix = ("+circular" if padding else "") + f"+{method}" + ("" if kernel_size is None else str(kernel_size))
+    model, changes = make_shift_invariant(
+        model, method, recipe=recipe, padding=padding, kernel_size=kernel_size, inplace=True
+    )
+    suffix = "+circular" if padding and recipe == "shiftlab" else ""  # chaman2021 is circular by itself
+    suffix += f"+{method}" + ("" if kernel_size is None else str(kernel_size))
+    suffix += "" if recipe == "shiftlab" else f"@{recipe}"
     record = {
         "model": args.model,
         "converted_spec": f"{args.model}{suffix}",
+        "recipe": recipe,
         "method": method,
         "padding": padding,
         "kernel_size": kernel_size,
@@ -778,20 +791,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="make a model more shift-invariant (BlurPool or APS) and save its weights and the change table",
         description=(
             "Replace every downsampling layer of a model by BlurPool (anti-aliasing, Zhang 2019) or adaptive "
-            "polyphase sampling (APS, Chaman & Dokmanic 2021), keeping its weights; write weights.safetensors, "
-            "changes.csv and changes.json."
+            "polyphase sampling (APS, Chaman & Dokmanic 2021), keeping its weights, or rebuild it as the authors' "
+            "own network (--recipe); write weights.safetensors, changes.csv and changes.json."
         ),
         epilog=(
-            f"{MODEL_SPEC_HELP} The converted weights keep their state_dict keys: load them with "
-            "--model SPEC+METHOD (e.g. resnet18+circular+aps)."
+            f"{MODEL_SPEC_HELP} The converted weights keep their state_dict keys (with --recipe zhang2019 or "
+            "chaman2021: the authors' keys): load them with the spec the command prints, e.g. "
+            "resnet18+circular+aps or resnet50+blurpool@zhang2019."
         ),
     )
     convert.add_argument("--model", required=True, metavar="SPEC", help="the model to convert")
     convert.add_argument(
         "--method",
-        required=True,
+        default=None,
         metavar="METHOD",
-        help="blurpool (better consistency) or aps (exact for circular shifts with --padding circular)",
+        help="blurpool (better consistency) or aps (exact for circular shifts with --padding circular); "
+        "a published --recipe implies its own",
+    )
+    convert.add_argument(
+        "--recipe",
+        default="shiftlab",
+        metavar="RECIPE",
+        help="shiftlab (default: every downsampling layer of any model, where it is), zhang2019 (Zhang's released "
+        "anti-aliased ResNet, VGG, DenseNet, MobileNetV2, AlexNet, layer for layer) or chaman2021 (Chaman & "
+        "Dokmanic's APS ResNets); the published ones take their authors' checkpoints",
     )
     convert.add_argument(
         "--padding",
@@ -803,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel-size",
         default=None,
         metavar="K",
-        help="binomial filter size 1-7 (default: 4 for blurpool, 1 = none for aps)",
+        help="binomial filter size 1-7 (default: 4 for blurpool and zhang2019, 1 = none for aps and chaman2021)",
     )
     convert.add_argument(
         "--weights",

@@ -12,9 +12,11 @@ A model spec is one of:
 * ``package.module:callable`` (or ``path/to/file.py:callable``): a function or class
   returning an ``nn.Module``, called with no arguments, or an ``nn.Module`` object;
 * any of these followed by conversion suffixes (see :mod:`shiftlab.layers.spec`):
-  ``resnet18+blurpool``, ``resnet18+aps``, ``resnet18+circular+aps``, ``resnet18+blurpool5``.
-  The conversion (:func:`shiftlab.layers.make_shift_invariant`) keeps state_dict keys, so weights of the
-  unconverted model load too.
+  ``resnet18+blurpool``, ``resnet18+aps``, ``resnet18+circular+aps``, ``resnet18+blurpool5``, and the authors'
+  own networks ``resnet50+blurpool@zhang2019``, ``resnet18+aps@chaman2021``. The conversion
+  (:func:`shiftlab.layers.make_shift_invariant`) keeps state_dict keys, so weights of the unconverted model load
+  too; a published recipe gives the authors' keys, so their checkpoints load, and a weights file that fits the
+  unconverted model instead is loaded before the conversion.
 
 ``weights`` is a state_dict file (any spec), a torchvision weights name (torchvision specs only), or ``"random"``
 (torchvision, timm and Hugging Face specs: the architecture with seeded random weights). Pretrained weights come
@@ -52,7 +54,7 @@ from torch import nn
 from shiftlab.data import Preprocess
 from shiftlab.errors import ShiftlabError, check, check_choice, check_int, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
-from shiftlab.weights import load_weights
+from shiftlab.weights import fits, load_state, load_weights, read_state_dict
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -315,7 +317,8 @@ def digits_cnn_variant(spec: str) -> str | None:
         if conversion is None:
             return base, None
         method = conversion.method
-        return base, (method, conversion.padding, method and (conversion.kernel_size or DEFAULT_KERNEL_SIZE[method]))
+        size = method and (conversion.kernel_size or DEFAULT_KERNEL_SIZE[method])
+        return base, (method, conversion.padding, size, conversion.recipe)
 
     wanted = layers(spec)
     if wanted is None:
@@ -481,7 +484,12 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
         info = _zoo_info(spec, "torchvision", found)
         model = found.model
         described_weights = named or described_weights
+    state = read_state_dict(weights) if kind == "file" and weights is not None else None
     if conversion is not None:
+        # A published recipe gives the authors' keys: weights that fit the model as it was load before converting.
+        if state is not None and conversion.recipe != "shiftlab" and fits(model, state):
+            load_state(model, state, f"weights '{weights}'")
+            state = None
         model, changes = conversion.apply(model)
         described = f"{info.description}, converted ({conversion.suffix[1:]}: {len(changes)} layers changed)"
         if spec == "digits_cnn" and weights is None:  # a shipped variant's own weights, else the baseline's
@@ -494,8 +502,8 @@ def load_model(spec: str, *, weights: str | Path | None = None, seed: int = 0) -
                 described += f"; the baseline's weights ({DIGITS_CNN_WEIGHTS}), converted without retraining"
         info = dataclasses.replace(info, spec=full_spec, description=described)
     if kind == "file":
-        assert weights is not None
-        load_weights(model, weights)
+        if state is not None:
+            load_state(model, state, f"weights '{weights}'")
         described_weights = str(weights)
     return model.eval(), dataclasses.replace(info, weights=described_weights)
 

@@ -6,6 +6,7 @@ Nothing but tensors is ever unpickled; a file that holds more is refused with a 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from shiftlab._io import torch_load_problem
 from shiftlab.errors import check, fail, first_line
 
-__all__ = ["load_weights", "read_state_dict"]
+__all__ = ["fits", "load_state", "load_weights", "read_state_dict"]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -69,20 +70,54 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state_dict into ``model``, refusing anything but plain tensors; every key must match.
 
+    Keys saved from ``nn.DataParallel`` (``module.`` in front) and the old keys of torchvision's DenseNet layers
+    (``denselayer1.norm.1.weight`` for ``denselayer1.norm1.weight``, as in the DenseNet checkpoints torchvision and
+    antialiased-cnns published) are renamed, as torchvision does; a batch norm's ``num_batches_tracked`` may be
+    absent where its statistics are there (files saved before PyTorch 0.4.1; the model keeps its own count).
+
     Raises:
         ShiftlabError: unreadable file, not a state_dict, missing or unexpected
             keys, or tensors of the wrong shape (the message names a few).
     """
     path = Path(path)
-    state = read_state_dict(path)
-    state = {key.removeprefix("module."): value for key, value in state.items()}  # saved from DataParallel
+    return load_state(model, read_state_dict(path), f"weights '{path}'")
+
+
+def fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether :func:`load_state` would load ``state`` into ``model``."""
+    return not _matched(model, state)[1]
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], subject: str) -> nn.Module:
+    """Load the tensors ``state`` into ``model`` as :func:`load_weights` does; ``subject`` names them in messages."""
+    renamed, problems = _matched(model, state)
+    check(not problems, subject, "do not fit the model: " + ", ".join(problems))
+    model.load_state_dict(renamed, strict=True)
+    return model
+
+
+#: A key of torchvision's DenseNet layers before its modules lost their dots (``norm.1`` is now ``norm1``).
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+def _matched(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` with its keys renamed to the model's (see :func:`load_weights`), and what still does not fit."""
     own = model.state_dict()
-    missing = [key for key in own if key not in state]
-    unexpected = [key for key in state if key not in own]
+    renamed = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")  # saved from DataParallel
+        legacy = _DENSENET_LEGACY_KEY.match(key)
+        if key not in own and legacy and legacy.group(1) + legacy.group(2) in own:
+            key = legacy.group(1) + legacy.group(2)
+        renamed[key] = value
+    missing = [key for key in own if key not in renamed and not _count_before_pytorch_041(key, renamed)]
+    unexpected = [key for key in renamed if key not in own]
     wrong = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        f"{key} {tuple(renamed[key].shape)} vs {tuple(own[key].shape)}"
         for key in own
-        if key in state and state[key].shape != own[key].shape
+        if key in renamed and renamed[key].shape != own[key].shape
     ]
     problems = []
     if missing:
@@ -93,6 +128,10 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         )
     if wrong:
         problems.append(f"{len(wrong)} of the wrong shape ({'; '.join(wrong[:2])}{'; ...' if len(wrong) > 2 else ''})")
-    check(not problems, f"weights '{path}'", "do not fit the model: " + ", ".join(problems))
-    model.load_state_dict(state, strict=True)
-    return model
+    return renamed, problems
+
+
+def _count_before_pytorch_041(key: str, state: dict[str, torch.Tensor]) -> bool:
+    """A batch norm's ``num_batches_tracked`` absent from a file that has the norm's statistics (an old file)."""
+    prefix, _, name = key.rpartition(".")
+    return name == "num_batches_tracked" and f"{prefix}.running_mean" in state

@@ -10,10 +10,11 @@ circular shift of the original output. The property is exact, not approximate, u
   (circular padding everywhere, no layer that shrinks the map);
 * the map's height and width are multiples of the stride (at every APS layer of a network);
 * the largest norm is unique. Ties are broken deterministically, by the first phase in row-major order
-  ``(0, 0), (0, 1), ..., (1, 0), ...`` (Chaman's reference orders them ``(0, 0), (1, 0), (0, 1), (1, 1)``); a tie
-  between distinct components (a constant or periodic map) can break exactness. Norms are accumulated in float64
-  (float32 on MPS), so rounding cannot pick a different phase for a shifted input unless two norms agree to about
-  1e-15.
+  ``(0, 0), (0, 1), ..., (1, 0), ...``, or with ``tie_break="column-major"`` in Chaman's reference order
+  ``(0, 0), (1, 0), (0, 1), (1, 1)`` (the ``chaman2021`` recipe uses it); a tie between distinct components (a
+  constant or periodic map) can break exactness. Norms are accumulated in float64 (float32 on MPS), so rounding
+  cannot pick a different phase for a shifted input unless two norms agree to about 1e-15 (the reference computes
+  them in the map's own precision: where two norms agree to about 1e-7 in float32, it can choose otherwise).
 
 Under an input shift ``t`` the chosen phase ``r`` becomes ``(r + t) mod s`` and the output moves by
 ``floor((r + t) / s)`` pixels: the floor or the ceiling of ``t / s``.
@@ -40,12 +41,14 @@ from torch import nn
 
 from shiftlab.errors import check_choice, check_pair, describe, fail
 from shiftlab.layers._maps import PADDING_MODES, check_maps
-from shiftlab.layers.blurpool import BlurPool2d
+from shiftlab.layers.blurpool import BlurPool2d, blur_with_filter, check_channels, per_channel_filter
 
-__all__ = ["APS_NORMS", "APSPool2d", "PhaseLink", "aps_pool2d", "polyphase_norms"]
+__all__ = ["APS_NORMS", "APS_TIE_BREAKS", "APSPool2d", "PhaseLink", "aps_pool2d", "polyphase_norms"]
 
 #: How a polyphase component's size is measured: Euclidean (the default), sum of magnitudes, largest magnitude.
 APS_NORMS: tuple[str, ...] = ("l2", "l1", "linf")
+#: Which phase wins a tie: the first in row-major order (the default), or in column-major order (Chaman's reference).
+APS_TIE_BREAKS: tuple[str, ...] = ("row-major", "column-major")
 
 
 def _components(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
@@ -78,12 +81,15 @@ def _norms(components: torch.Tensor, norm: str) -> torch.Tensor:
     return torch.linalg.vector_norm(components, ord=order, dim=dims, dtype=_accumulator(components.device))
 
 
-def _choose(components: torch.Tensor, norm: str) -> torch.Tensor:
+def _choose(components: torch.Tensor, norm: str, tie_break: str = "row-major") -> torch.Tensor:
     norms = _norms(components, norm)
-    columns = norms.shape[2]
-    # argmax returns the first maximum: ties go to the first phase in row-major order.
-    index = norms.flatten(1).argmax(dim=1)
-    return torch.stack([index // columns, index % columns], dim=1)
+    rows, columns = norms.shape[1:]
+    # argmax returns the first maximum: ties go to the first phase in the order the norms are flattened in.
+    if tie_break == "row-major":
+        index = norms.flatten(1).argmax(dim=1)
+        return torch.stack([index // columns, index % columns], dim=1)
+    index = norms.transpose(1, 2).flatten(1).argmax(dim=1)
+    return torch.stack([index % rows, index // rows], dim=1)
 
 
 def _take(components: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
@@ -125,6 +131,7 @@ def aps_pool2d(
     *,
     phase: Any = None,
     return_phase: bool = False,
+    tie_break: str = "row-major",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Adaptive polyphase sampling: per sample, keep the polyphase component with the largest norm.
 
@@ -138,6 +145,8 @@ def aps_pool2d(
         phase: ``(N, 2)`` integer ``(row, column)`` offsets to use instead of choosing (a follower: a residual
             shortcut applying the main path's choice).
         return_phase: also return the ``(N, 2)`` phase used.
+        tie_break: which of equal largest norms wins: the first phase in ``"row-major"`` order (default) or in
+            ``"column-major"`` order (Chaman's reference: ``(0, 0), (1, 0), (0, 1), (1, 1)``).
 
     Returns:
         The ``(N, C, ceil(H / sy), ceil(W / sx))`` component, and with ``return_phase`` the phase.
@@ -163,16 +172,17 @@ def aps_pool2d(
     maps = check_maps(x, "x", batched=True)
     strides = check_pair(stride, "stride", minimum=1)
     norm = check_choice(norm, "norm", APS_NORMS)
+    order = check_choice(tie_break, "tie_break", APS_TIE_BREAKS)
     given = None if phase is None else _check_phase(phase, maps.shape[0], strides, maps.device)
-    out, used = _aps(maps, strides, norm, given)
+    out, used = _aps(maps, strides, norm, given, order)
     return (out, used) if return_phase else out
 
 
 def _aps(
-    x: torch.Tensor, stride: tuple[int, int], norm: str, phase: torch.Tensor | None
+    x: torch.Tensor, stride: tuple[int, int], norm: str, phase: torch.Tensor | None, tie_break: str = "row-major"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     components = _components(x, stride)
-    used = _choose(components, norm) if phase is None else phase
+    used = _choose(components, norm, tie_break) if phase is None else phase
     return _take(components, used), used
 
 
@@ -271,6 +281,11 @@ class APSPool2d(nn.Module):
         kernel_size: size of a binomial blur applied at stride 1 before choosing (1: none, Chaman's default;
             Chaman's "APS + LPF" variants use 2 to 7).
         padding: padding mode of that blur; ``"circular"`` keeps exact invariance.
+        channels: keep the blur filter per channel, as Chaman's ``ApsPool(C, filt_size=k)`` does: a persistent
+            buffer ``filt`` of shape ``(C, 1, ky, kx)`` on this module (only when ``kernel_size > 1``, as in the
+            reference), applied as loaded, so that the reference's state_dicts load; inputs must have ``C``
+            channels. By default the filter is not in the state_dict.
+        tie_break: ``"row-major"`` (default) or ``"column-major"`` (Chaman's order): see :func:`aps_pool2d`.
 
     Shape:
         - input: :math:`(N, C, H, W)`
@@ -280,7 +295,11 @@ class APSPool2d(nn.Module):
         >>> pool = APSPool2d(stride=3)
         >>> pool(torch.rand(2, 4, 9, 12)).shape, pool.last_phase.shape
         (torch.Size([2, 4, 3, 4]), torch.Size([2, 2]))
+        >>> list(APSPool2d(2, kernel_size=3, channels=4).state_dict())
+        ['filt']
     """
+
+    filt: torch.Tensor
 
     def __init__(
         self,
@@ -289,12 +308,20 @@ class APSPool2d(nn.Module):
         *,
         kernel_size: int | tuple[int, int] = 1,
         padding: str = "circular",
+        channels: int | None = None,
+        tie_break: str = "row-major",
     ) -> None:
         super().__init__()
         self.stride = check_pair(stride, "stride", minimum=1)
         self.norm = check_choice(norm, "norm", APS_NORMS)
+        self.tie_break = check_choice(tie_break, "tie_break", APS_TIE_BREAKS)
         blur = BlurPool2d(kernel_size, stride=1, padding=check_choice(padding, "padding", PADDING_MODES))
-        self.blur = blur if blur.kernel_size != (1, 1) else None
+        self.blur: BlurPool2d | None = blur if blur.kernel_size != (1, 1) and channels is None else None
+        self.channels: int | None = None
+        self.blur_padding = blur.padding
+        if channels is not None and blur.kernel_size != (1, 1):
+            self.register_buffer("filt", per_channel_filter(blur.kernel_size, channels))
+            self.channels = self.filt.shape[0]
         self.last_phase: torch.Tensor | None = None
         self.link: PhaseLink | None = None
         self.link_name = ""
@@ -303,12 +330,16 @@ class APSPool2d(nn.Module):
         maps = check_maps(x, "x", batched=True)
         if self.blur is not None:
             maps = self.blur(maps)
+        elif self.channels is not None:
+            maps = check_channels(maps, self.channels, "APSPool2d")
+            weight = self.filt.to(device=maps.device, dtype=maps.dtype)
+            maps = blur_with_filter(maps, weight, (1, 1), self.blur_padding)
         given = None
         if phase is not None:
             given = _check_phase(phase, maps.shape[0], self.stride, maps.device)
         elif self.link is not None:
             given = self.link.take(self.link_name, maps, self.stride)
-        out, used = _aps(maps, self.stride, self.norm, given)
+        out, used = _aps(maps, self.stride, self.norm, given, self.tie_break)
         if self.link is not None and phase is None and given is None:
             self.link.publish(self.link_name, used, maps, self.stride)
         self.last_phase = used.detach()
@@ -317,6 +348,12 @@ class APSPool2d(nn.Module):
     def extra_repr(self) -> str:
         stride = self.stride[0] if self.stride[0] == self.stride[1] else self.stride
         text = f"stride={stride}, norm={self.norm!r}"
+        if self.tie_break != "row-major":
+            text += f", tie_break={self.tie_break!r}"
+        if self.channels is not None:
+            rows, columns = self.filt.shape[-2:]
+            size = rows if rows == columns else (rows, columns)
+            text += f", kernel_size={size}, padding={self.blur_padding!r}, channels={self.channels}"
         if self.link is not None:
             text += f", linked with {', '.join(m for m in self.link.members if m != self.link_name)}"
         return text

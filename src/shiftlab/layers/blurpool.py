@@ -15,7 +15,9 @@ Conventions, and how they compare with the implementations people meet (checked 
   then a depthwise convolution at the stride. ``k = 1`` is plain subsampling ``x[..., ::s, ::s]``. shiftlab follows
   all of this, and adds ``padding="circular"`` (needed for exact circular equivariance elsewhere in a network),
   strides per axis, and any ``(..., H, W)`` input; the output is ``ceil(H / s) x ceil(W / s)``. Zhang's filter is a
-  *persistent* buffer (``filt`` in the state_dict); here it is not stored in the state_dict.
+  *persistent* buffer, one copy per channel (``filt``, ``(C, 1, k, k)``, in the state_dict); here it is not stored
+  in the state_dict, unless the layer is built with ``channels=C``, which keeps Zhang's buffer so that his
+  checkpoints load (the ``zhang2019`` recipe of :func:`shiftlab.layers.make_shift_invariant` does).
 * **kornia** 0.9 (``kornia.filters.BlurPool2D(kernel_size, stride=2)``, ``blur_pool2d``): the same binomial filter
   and Zhang's padding amounts, ``(k - 1) // 2`` before and ``k // 2`` after, in zero mode only. Its output equals
   ``blur_pool2d(x, k, s, padding="zero")``, shape included, for every ``k``, stride and map size
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftlab.errors import check_choice, check_pair, fail
+from shiftlab.errors import check_choice, check_int, check_pair, describe, fail
 from shiftlab.kernels import binomial_kernel
 from shiftlab.layers._maps import PADDING_MODES, check_maps, pad2d
 
@@ -91,17 +93,22 @@ def _blur_pads(kernel: tuple[int, int]) -> tuple[int, int, int, int]:
     return (columns - 1) // 2, columns // 2, (rows - 1) // 2, rows // 2
 
 
-def _blur_pool(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: str) -> torch.Tensor:
-    """The computation shared by :func:`blur_pool2d` and :class:`BlurPool2d`: ``weight`` is the ``(ky, kx)`` filter."""
+def blur_with_filter(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: str) -> torch.Tensor:
+    """The computation shared by the blur layers: pad ``x`` Zhang's way, convolve depthwise, subsample.
+
+    ``weight`` is one ``(ky, kx)`` filter for every map, or ``(C, 1, ky, kx)``, one per channel of an
+    ``(N, C, H, W)`` input (Zhang's stored layout). A 1x1 filter is plain subsampling, as in Zhang's code.
+    """
     height, width = x.shape[-2:]
     maps = x if x.ndim == 4 else x.reshape(-1, 1, height, width)
     channels = maps.shape[1]
-    pads = _blur_pads((weight.shape[0], weight.shape[1]))
-    if weight.numel() == 1:  # no blur: subsampling (Zhang's size-1 filter)
+    rows, columns = weight.shape[-2:]
+    if (rows, columns) == (1, 1):  # no blur: subsampling (Zhang's size-1 filter)
         out = maps[..., :: stride[0], :: stride[1]]
     else:
-        padded = pad2d(maps, pads, padding)
-        out = F.conv2d(padded, weight.expand(channels, 1, *weight.shape), stride=stride, groups=channels)
+        padded = pad2d(maps, _blur_pads((rows, columns)), padding)
+        kernel = weight if weight.ndim == 4 else weight.expand(channels, 1, rows, columns)
+        out = F.conv2d(padded, kernel, stride=stride, groups=channels)
     return out if x.ndim == 4 else out.reshape(*x.shape[:-2], *out.shape[-2:])
 
 
@@ -145,7 +152,7 @@ def blur_pool2d(
     kernel = _check_kernel_size(kernel_size)
     strides = check_pair(stride, "stride", minimum=1)
     mode = check_choice(padding, "padding", PADDING_MODES)
-    return _blur_pool(maps, binomial_filter(kernel, device=maps.device, dtype=maps.dtype), strides, mode)
+    return blur_with_filter(maps, binomial_filter(kernel, device=maps.device, dtype=maps.dtype), strides, mode)
 
 
 def max_blur_pool2d(
@@ -188,41 +195,74 @@ def max_blur_pool2d(
     return blur_pool2d(pooled, kernel_size, stride, padding)
 
 
+def per_channel_filter(kernel_size: tuple[int, int], channels: Any) -> torch.Tensor:
+    """Zhang's stored filter: the binomial filter repeated for every channel, ``(C, 1, ky, kx)``."""
+    count = check_int(channels, "channels", minimum=1)
+    return binomial_filter(kernel_size).expand(count, 1, *kernel_size).clone()
+
+
+def check_channels(maps: torch.Tensor, channels: int, layer: str) -> torch.Tensor:
+    """``maps`` as ``(N, C, H, W)`` with the ``channels`` a layer's per-channel filter was built for."""
+    if maps.ndim != 4 or maps.shape[1] != channels:
+        problem = f"expected shape (N, {channels}, H, W): this {layer} keeps one filter per channel"
+        fail("x", f"{problem}, got {describe(maps)}")
+    return maps
+
+
 class BlurPool2d(nn.Module):
     """Module form of :func:`blur_pool2d`; channels are taken from the input.
 
     The filter is a non-persistent buffer (it follows ``.to()`` but is not in the state_dict, so converting a
     model to BlurPool leaves its state_dict keys unchanged) and is cast to the input's dtype.
 
+    With ``channels=C`` the layer is Zhang's ``BlurPool(C, filt_size=k, stride=s)`` down to its state_dict: the
+    filter is kept per channel in a persistent buffer ``filt`` of shape ``(C, 1, ky, kx)``, so that his checkpoints
+    load (a checkpoint of another filter size is refused by its shape), and that buffer, as loaded, is what the
+    layer applies; inputs must then be ``(N, C, H, W)``.
+
     Shape:
-        - input: :math:`(*, H, W)`
+        - input: :math:`(*, H, W)`; :math:`(N, C, H, W)` with ``channels=C``
         - output: :math:`(*, \\lceil H / s_y \\rceil, \\lceil W / s_x \\rceil)`
 
     Example:
         >>> BlurPool2d(kernel_size=4, stride=2)(torch.zeros(2, 8, 9, 16)).shape
         torch.Size([2, 8, 5, 8])
+        >>> {key: tuple(value.shape) for key, value in BlurPool2d(3, channels=8).state_dict().items()}
+        {'filt': (8, 1, 3, 3)}
     """
 
     filter: torch.Tensor
+    filt: torch.Tensor
 
     def __init__(
         self,
         kernel_size: int | tuple[int, int] = 4,
         stride: int | tuple[int, int] = 2,
         padding: str = "reflect",
+        *,
+        channels: int | None = None,
     ) -> None:
         super().__init__()
         self.kernel_size = _check_kernel_size(kernel_size)
         self.stride = check_pair(stride, "stride", minimum=1)
         self.padding = check_choice(padding, "padding", PADDING_MODES)
         self.register_buffer("filter", binomial_filter(self.kernel_size), persistent=False)
+        self.channels: int | None = None
+        if channels is not None:
+            self.register_buffer("filt", per_channel_filter(self.kernel_size, channels))
+            self.channels = self.filt.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = check_maps(x, "x")
-        return _blur_pool(maps, self.filter.to(device=maps.device, dtype=maps.dtype), self.stride, self.padding)
+        if self.channels is None:
+            weight = self.filter
+        else:
+            maps, weight = check_channels(maps, self.channels, "BlurPool2d"), self.filt
+        return blur_with_filter(maps, weight.to(device=maps.device, dtype=maps.dtype), self.stride, self.padding)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={_compact(self.kernel_size)}, stride={_compact(self.stride)}, padding={self.padding!r}"
+        text = f"kernel_size={_compact(self.kernel_size)}, stride={_compact(self.stride)}, padding={self.padding!r}"
+        return text if self.channels is None else f"{text}, channels={self.channels}"
 
 
 class MaxBlurPool2d(nn.Module):

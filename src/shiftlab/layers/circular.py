@@ -12,8 +12,10 @@ circular padding:
 * shiftlab's :class:`~shiftlab.ops.Convolve` with ``padding="same"`` gets ``padding="circular"``.
 
 What cannot be made circular raises, naming the layer: a layer at stride 1 that shrinks or grows the map (a
-"valid" convolution), a ``ConvTranspose2d`` with a window larger than one pixel (torch pads it with zeros only), a
-padding module that crops. 1-D and 3-D layers are left alone (in 2-D networks they work on channels, as in
+"valid" convolution), a strided "valid" convolution whose window is wider than its stride (see
+:func:`check_strided_convolution`; :func:`shiftlab.layers.make_shift_invariant` checks it), a
+``ConvTranspose2d`` with a window larger than one pixel (torch pads it with zeros only), a padding module that
+crops. 1-D and 3-D layers are left alone (in 2-D networks they work on channels, as in
 channel attention), and so is padding written inside a ``forward`` method (``F.pad``), which cannot be seen.
 Strided layers are not changed here: :func:`shiftlab.layers.make_shift_invariant` replaces them.
 """
@@ -71,6 +73,33 @@ def circular_pads(name: str, module: nn.Module, shape: Geometry, external: Pads 
         total = (own_total[0] + top + bottom, own_total[1] + left + right)
         fail(layer_subject(name, module), _size_message(shape, total, stride))
     return before[1], after[1], before[0], after[0]
+
+
+def check_strided_convolution(name: str, module: nn.Module, shape: Geometry, external: Pads | None) -> None:
+    """Refuse a strided "valid" convolution: no padding at all, and a window wider than its stride on some axis.
+
+    Such a layer shrinks the map beyond its subsampling (``floor((X - e) / s) + 1`` outputs); with circular padding
+    it would give ``ceil(X / s)``, so whatever follows (a ``Flatten`` and a ``Linear``) would no longer fit. A
+    window no wider than the stride (a 1x1 or a patchify convolution) needs no padding and passes.
+    """
+    own = shape.total_padding()
+    if any(own) or (external is not None and any(external)):
+        return
+    axes = [
+        f"{symbol}: floor(({symbol} - {shape.extent[axis]}) / {shape.stride[axis]}) + 1 would become "
+        f"ceil({symbol} / {shape.stride[axis]})"
+        for axis, symbol in enumerate("HW")
+        if shape.extent[axis] > shape.stride[axis]
+    ]
+    if axes:
+        window, stride = shape.extent, shape.stride
+        step = stride[0] if stride[0] == stride[1] else stride
+        fail(
+            layer_subject(name, module),
+            f'cannot be made circular: it is a "valid" convolution (a {window[0]}x{window[1]} window at stride '
+            f"{step}, no padding), and circular padding would change its output size ({'; '.join(axes)}); only "
+            "layers that keep the size commute with circular shifts",
+        )
 
 
 def _size_message(shape: Geometry, total: tuple[int, int], stride: int = 1) -> str:

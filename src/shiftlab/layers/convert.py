@@ -1,7 +1,8 @@
 """Make a trained or untrained model more shift-invariant: every downsampling layer replaced by BlurPool or APS.
 
 :func:`make_shift_invariant` finds every downsampling layer (see :mod:`shiftlab.layers.discovery`) and replaces
-it following the published recipes:
+it by the papers' rules, applied to each layer where it is (shiftlab's recipe; the authors' own networks, layer for
+layer, are ``recipe="zhang2019"`` and ``recipe="chaman2021"``):
 
 * ``method="blurpool"`` (Zhang 2019): ``MaxPool(k, s)`` becomes ``MaxPool(k, stride=1)`` then ``BlurPool(s)``; a
   strided convolution becomes the same convolution at stride 1 then ``BlurPool(s)`` (a :class:`BlurConv2d`); an
@@ -14,11 +15,13 @@ it following the published recipes:
 
 Parameters are kept: the same values under the same state_dict keys (the new filters are non-persistent
 buffers), so weights saved before the conversion load into the converted model and the other way round, and a
-trained model can be fine-tuned. Where the recipes differ from the reference code (the blur placed right after a
-strided convolution rather than after the ReLU that follows it), :mod:`shiftlab.layers.subsampled_conv` explains.
-Every downsampling layer is converted, the stem included: Zhang's ResNets leave the 7x7 stem convolution strided by
-default (``pool_only=True``, to save its cost at stride 1), and Zhang's ResNet swaps the stem's 3x3 max pool for a
-2x2 one; here every layer keeps its own window.
+trained model can be fine-tuned. This is shiftlab's recipe (``recipe="shiftlab"``, the default), for any model; it
+is not the authors' networks layer for layer: the blur comes right after a strided convolution rather than after
+the ReLU that follows it (:mod:`shiftlab.layers.subsampled_conv` explains), every downsampling layer is converted,
+the stem included (Zhang's ResNets leave the 7x7 stem convolution strided, ``pool_only=True``), and every layer
+keeps its own window (Zhang's ResNet swaps the stem's 3x3 max pool for a 2x2 one). ``recipe="zhang2019"`` and
+``recipe="chaman2021"`` build the authors' own layouts, with their state_dict keys, for the architectures they
+released (:mod:`shiftlab.layers.recipes`).
 
 Residual shortcuts and APS. A residual block adds its main path to its shortcut; when both subsample, they must
 keep the same polyphase component or the sum is no longer a shifted copy of the original sum. The rule: a child
@@ -28,7 +31,9 @@ parent outside it, when there is exactly one and the strides agree. That covers 
 (``downsample``), its RegNets (``proj``, which runs before the main path: whichever linked layer runs first
 chooses) and the usual CIFAR ResNets (``shortcut``). Its limits: shortcuts under other names, blocks with several
 downsampling layers on the main path, and shortcuts written inside ``forward`` (``F.avg_pool2d(x, 2)``) are not
-linked; the change table says so where it sees a shortcut it could not link.
+linked; the change table says so where it sees a shortcut it could not link. A child of one of those names that
+holds its parent's only downsampling (timm's ConvNeXt ``stages.N.downsample``, a ViT's ``patch_embed.proj``) is
+the path itself, not a shortcut, and gets no note.
 """
 
 from __future__ import annotations
@@ -42,8 +47,15 @@ from shiftlab.errors import check, check_choice, check_int, fail
 from shiftlab.layers._edits import Edit, apply_edits, qualified
 from shiftlab.layers.aps import APS_NORMS, APSPool2d, PhaseLink
 from shiftlab.layers.blurpool import MAX_BLUR_KERNEL_SIZE, BlurPool2d
-from shiftlab.layers.circular import circular_pads, external_padding, plan_circular, unpadded_pool
+from shiftlab.layers.circular import (
+    check_strided_convolution,
+    circular_pads,
+    external_padding,
+    plan_circular,
+    unpadded_pool,
+)
 from shiftlab.layers.discovery import Geometry, find_downsampling_layers, geometry, is_shiftlab_layer
+from shiftlab.layers.recipes import convert_with_recipe, recipe_arguments
 from shiftlab.layers.subsampled_conv import APSConv2d, BlurConv2d
 from shiftlab.ops import MaxPool
 
@@ -116,6 +128,8 @@ def _plan_downsampling(name: str, module: nn.Module, options: _Options, external
     replaced_by_blur = isinstance(module, nn.AvgPool2d) and options.method == "blurpool"  # the window goes
     pads = None
     if options.circular and not replaced_by_blur:
+        if isinstance(module, nn.Conv2d):
+            check_strided_convolution(name, module, shape, external)
         pads = circular_pads(name, module, shape, external, max(stride))
     # The stride-1 map is X - shrink pixels for an input of X: the original's own padding, or the circular one.
     padding = shape.padding or (0, 0)
@@ -184,7 +198,9 @@ def _residual_links(
             prefix = qualified(block_name, child_name)
             inside = [name for name in names if _within(name, prefix)]
             main = [name for name in names if _within(name, block_name) and not _within(name, prefix)]
-            if not inside or linked & set(inside):
+            # A parent whose only downsampling is inside this child (timm's ConvNeXt stages.N.downsample, a ViT's
+            # patch_embed.proj) has no main path beside it: the child is the path itself, not a shortcut.
+            if not inside or not main or linked & set(inside):
                 continue
             if len(inside) == 1 and len(main) == 1 and strides[main[0]] == strides[inside[0]] and main[0] not in linked:
                 pairs.append((main[0], inside[0]))
@@ -214,8 +230,9 @@ def _aps_layer(module: nn.Module) -> APSPool2d:
 
 def make_shift_invariant(
     model: nn.Module,
-    method: str = "blurpool",
+    method: str | None = None,
     *,
+    recipe: str = "shiftlab",
     padding: str | None = None,
     kernel_size: int | None = None,
     norm: str = "l2",
@@ -223,14 +240,22 @@ def make_shift_invariant(
 ) -> tuple[nn.Module, list[dict[str, str]]]:
     """Replace every downsampling layer of ``model`` by its anti-aliased (BlurPool) or adaptive-polyphase form.
 
-    See the module docstring for the recipes, the residual-shortcut rule and what is exact.
+    See the module docstring for shiftlab's recipe, the residual-shortcut rule and what is exact, and
+    :mod:`shiftlab.layers.recipes` for the authors' own layouts.
 
     Args:
-        model: any ``nn.Module`` (torchvision's ResNet, VGG, MobileNet, EfficientNet, ConvNeXt, your own).
-        method: ``"blurpool"`` (Zhang 2019) or ``"aps"`` (Chaman & Dokmanic 2021).
+        model: any ``nn.Module`` (torchvision's ResNet, VGG, MobileNet, EfficientNet, ConvNeXt, your own); with
+            a published recipe, one of the torchvision architectures it covers.
+        method: ``"blurpool"`` (Zhang 2019) or ``"aps"`` (Chaman & Dokmanic 2021); by default blurpool, or the
+            recipe's own method.
+        recipe: ``"shiftlab"`` (default: every downsampling layer of any model, where it is), ``"zhang2019"``
+            (Zhang's released networks, layer for layer: :mod:`shiftlab.layers.zhang2019`) or ``"chaman2021"``
+            (Chaman & Dokmanic's APS ResNets: :mod:`shiftlab.layers.chaman2021`). The published recipes give the
+            authors' state_dict keys, so their checkpoints load into the converted model.
         padding: ``None`` keeps every padding as it is; ``"circular"`` also makes every padding circular (see
             :func:`shiftlab.layers.make_circular`), which exact invariance to circular shifts needs; blur filters
-            then pad circularly too (else reflect, Zhang's default).
+            then pad circularly too (else reflect, Zhang's default). ``chaman2021`` is circular in any case;
+            ``zhang2019`` refuses it.
         kernel_size: binomial filter size, 1 to 7; by default 4 for BlurPool and 1 (no blur) for APS. With APS, a
             size above 1 blurs at stride 1 before the choice ("APS + LPF").
         norm: how APS measures a polyphase component: ``"l2"``, ``"l1"`` or ``"linf"``.
@@ -238,12 +263,14 @@ def make_shift_invariant(
 
     Returns:
         ``(model, changes)``: the converted model, and one row per changed layer, in model order:
-        ``{"layer", "change" ("downsampling" or "padding"), "before", "after", "note"}``, all strings.
+        ``{"layer", "change" ("downsampling", "padding" or, for a recipe's other changes, "layout"), "before",
+        "after", "note"}``, all strings.
 
     Raises:
         ShiftlabError: bad arguments; a model with no downsampling layer, or converted already; a layer that
             subsamples in a way no recipe covers, or whose padding cannot be made circular (the message names
-            it). Nothing is changed when it raises.
+            it); an architecture a published recipe does not cover (the message names those it does). Nothing
+            is changed when it raises.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -260,8 +287,7 @@ def make_shift_invariant(
         (False, True)
     """
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    method = check_choice(method, "method", METHODS)
-    padding = check_choice(padding, "padding", (None, "circular"))
+    recipe, method, padding = recipe_arguments(recipe, method, padding)
     if kernel_size is None:
         size = DEFAULT_KERNEL_SIZE[method]
     else:
@@ -271,6 +297,8 @@ def make_shift_invariant(
     done = next(((name, module) for name, module in model.named_modules() if is_shiftlab_layer(module)), None)
     if done is not None:
         fail(subject, f"was converted already (layer '{done[0]}' is a {type(done[1]).__name__}); convert the original")
+    if recipe != "shiftlab":
+        return convert_with_recipe(model, recipe, kernel_size=size, norm=norm, inplace=inplace)
     layers = find_downsampling_layers(model)
     check(
         layers,
