@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,9 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from shiftlab.errors import fail
+from shiftlab.errors import InternalError, fail
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "csv_text", "json_text", "staged_directory", "to_jsonable"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "csv_text",
+    "json_text",
+    "safetensors_bytes",
+    "staged_directory",
+    "to_jsonable",
+]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -130,3 +139,26 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
             }
         )
     return buffer.getvalue()
+
+
+def safetensors_bytes(state: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A ``.safetensors`` file of the tensors in ``state`` (a ``state_dict``), the same bytes for the same tensors.
+
+    The tensors are copied to the CPU, contiguous and unshared (safetensors refuses tensors that share memory, such
+    as tied weights). safetensors writes its metadata from a hash map, in an order that changes from one process to
+    the next; the header is rewritten with the same content and ``metadata`` in the order given (the same length,
+    so every offset stays valid), so the same weights give the same sha256.
+    """
+    from safetensors.torch import save
+
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
+    data = save(tensors, metadata=dict(metadata) if metadata else None)
+    if not metadata:
+        return data
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(metadata)  # same key, same place in the header; only its items are reordered
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > size or data[8 + len(text) : 8 + size].strip():
+        raise InternalError("safetensors_bytes: the header changed length when its metadata was reordered")
+    return data[:8] + text.ljust(size) + data[8 + size :]

@@ -295,12 +295,9 @@ def _integer(text: str) -> int | str:
 
 
 def _save_state_dict(model, path: Path) -> None:
-    from safetensors.torch import save
+    from shiftlab._io import safetensors_bytes
 
-    # Copies: safetensors refuses tensors that share memory (tied weights), and needs them contiguous.
-    path.write_bytes(
-        save({key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()})
-    )
+    path.write_bytes(safetensors_bytes(model.state_dict()))
 
 
 def _subpixel_shifts(spec: str) -> list[tuple[float, float]]:
