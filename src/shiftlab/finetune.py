@@ -97,6 +97,7 @@ from shiftlab.views import IDENTITY, Geometry, ViewKey, build_view
 __all__ = [
     "FINETUNE_SHIFT_MODES",
     "LABELS",
+    "STAGES",
     "DistillationLoss",
     "FinetuneResult",
     "FinetuneSettings",
@@ -131,14 +132,21 @@ _DROPOUT_STREAM = zlib.crc32(b"finetune dropout")
 def _loss_terms(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: ``T^2 KL(softmax(t/T) || softmax(s/T))`` and the cross-entropy (0 without a label)."""
-    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    """Per image: ``T^2 KL(softmax(t/T) || softmax(s/T))`` and the cross-entropy (0 without a label).
+
+    Half-precision logits are taken to float32 first: a softmax of 16-bit values loses the small probabilities
+    that the temperature is there to show.
+    """
+    if student_logits.dtype in (torch.float16, torch.bfloat16):
+        student_logits = student_logits.float()
+    teacher_logits = teacher_logits.to(student_logits.dtype)
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
     divergence = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(dim=1)
     divergence = divergence * temperature**2
     if labels is None:
         return divergence, torch.zeros_like(divergence)
-    cross_entropy = F.cross_entropy(student_logits.float(), labels, reduction="none", ignore_index=-1)
+    cross_entropy = F.cross_entropy(student_logits, labels, reduction="none", ignore_index=-1)
     return divergence, cross_entropy
 
 
@@ -500,7 +508,8 @@ class FinetuneResult:
             ``loss`` (the epoch's mean), ``holdout_accuracy`` (of the student, unshifted).
         evaluation: :func:`shiftlab.evaluate` on the held-out images, models :data:`STAGES`.
         skipped: ``[{"index", "name", "reason"}]`` for the training images that could not be used.
-        seconds: wall time of the training steps and of the held-out evaluations.
+        seconds: ``training`` (wall time of the training steps), ``training_cpu`` (their CPU time, every thread of
+            this process), ``evaluation`` (wall time of the held-out measurements).
     """
 
     student: nn.Module
@@ -572,25 +581,58 @@ class FinetuneResult:
 # --------------------------------------------------------------------------- finetune
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How the run is carried out (none of it changes what is learnt, except ``max_steps`` and ``cache_teacher``)."""
+
+    views: int
+    workers: int
+    cache_teacher: bool | None
+    checkpoint: Path | None
+    checkpoint_every: int
+    resume: bool
+    progress: bool | None
+    max_steps: int | None
+
+
+@dataclass
+class _Log:
+    """What the run has recorded so far: the rows of :class:`FinetuneResult` and the time spent."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"training": 0.0, "training_cpu": 0.0, "evaluation": 0.0})
+
+    def add_training(self, started: tuple[float, float]) -> tuple[float, float]:
+        """Add the wall and CPU time (all threads) since ``started``; return now, to start the next span."""
+        now = (time.perf_counter(), time.process_time())
+        self.seconds["training"] += now[0] - started[0]
+        self.seconds["training_cpu"] += now[1] - started[1]
+        return now
+
+
 @dataclass
 class _Run:
     """Everything one process needs while it trains."""
 
     teacher: nn.Module
     student: nn.Module
-    trained: nn.Module  # the student, wrapped for DDP under torchrun
     data: _Data
     dataset: EvaluationDataset
     preprocess: Preprocess
     settings: FinetuneSettings
     mode: str
-    limit: int
     use_labels: bool
     processes: Processes
-    workers: int
-    teacher_outputs: torch.Tensor | None  # (training images, classes), or None: computed per step
-    usable: list[int]  # training images that load
+    options: _Options
+    trained: nn.Module | None = None  # the student, wrapped for DDP under torchrun
+    limit: int = 0  # R: shifts in [-R, R)
+    teacher_outputs: torch.Tensor | None = None  # (training images, classes), or None: computed per step
+    usable: list[int] = field(default_factory=list)  # training images that load
     geometries: dict[int, Geometry] = field(default_factory=dict)
+    steps_per_epoch: int = 0
+    total: int = 0  # steps of the whole schedule
+    evaluation: dict[str, Any] = field(default_factory=dict)  # evaluate()'s options for the held-out images
 
 
 def finetune(
@@ -616,6 +658,7 @@ def finetune(
     checkpoint_every: int = 50,
     resume: bool = False,
     progress: bool | None = False,
+    max_steps: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``student`` (a converted copy of ``teacher``) to give ``teacher``'s answers under shifts.
 
@@ -646,6 +689,8 @@ def finetune(
         checkpoint: file for the run's state, written every ``checkpoint_every`` steps and after every epoch.
         resume: continue from ``checkpoint`` (refused if it was made with other settings).
         progress: progress bars on stderr (``None``: only on a terminal).
+        max_steps: stop after this many steps, the learning-rate schedule still the full run's (for quick
+            checks: the first steps of a run, exactly).
 
     Returns:
         A :class:`FinetuneResult`; in every process of a torchrun group, the same.
@@ -667,6 +712,7 @@ def finetune(
     views = check_int(views, "views", minimum=2)
     workers = check_int(workers, "workers", minimum=0)
     checkpoint_every = check_int(checkpoint_every, "checkpoint every", minimum=1)
+    max_steps = None if max_steps is None else check_int(max_steps, "max steps", minimum=1)
     check(not resume or checkpoint is not None, "resume", "needs the checkpoint file of the run to continue")
     target = resolve_device(device)
     mode = conversion_shift_mode(student) if settings.shift_mode == "auto" else settings.shift_mode
@@ -692,28 +738,20 @@ def finetune(
     student_flags = [(module, module.training) for module in student.modules()]
     teacher_flags = [(module, module.training) for module in teacher.modules()]
     gradients = [(parameter, parameter.requires_grad) for parameter in teacher.parameters()]
+    options = _Options(
+        views,
+        workers,
+        cache_teacher,
+        Path(checkpoint) if checkpoint is not None else None,
+        checkpoint_every,
+        resume,
+        progress,
+        max_steps,
+    )
     try:
         with process_group(target) as processes:
-            return _finetune(
-                teacher,
-                student,
-                chosen,
-                dataset,
-                preprocess,
-                settings,
-                mode,
-                margin_for,
-                use_labels,
-                views,
-                workers,
-                cache_teacher,
-                processes,
-                Path(checkpoint) if checkpoint is not None else None,
-                checkpoint_every,
-                resume,
-                progress,
-                normalize,
-            )
+            run = _Run(teacher, student, chosen, dataset, preprocess, settings, mode, use_labels, processes, options)
+            return _finetune(run, margin_for)
     except BaseException:
         for module, training in student_flags:  # a failed run leaves the caller's flags as they were
             module.train(training)
@@ -725,58 +763,37 @@ def finetune(
             parameter.requires_grad_(needed)
 
 
-def _finetune(
-    teacher: nn.Module,
-    student: nn.Module,
-    data: _Data,
-    dataset: EvaluationDataset,
-    preprocess: Preprocess,
-    settings: FinetuneSettings,
-    mode: str,
-    margin_for: Callable[[int], int],
-    use_labels: bool,
-    views: int,
-    workers: int,
-    cache_teacher: bool | None,
-    processes: Processes,
-    checkpoint: Path | None,
-    checkpoint_every: int,
-    resume: bool,
-    progress: bool | None,
-    normalize: str,
-) -> FinetuneResult:
+def _finetune(run: _Run, margin_for: Callable[[int], int]) -> FinetuneResult:
+    settings, processes, options, data = run.settings, run.processes, run.options, run.data
     device = processes.device
     check(
         settings.batch_size >= processes.world,
         "batch size",
         f"{settings.batch_size} is smaller than the number of processes ({processes.world}): each needs an image",
     )
+    teacher, student = run.teacher, run.student
     teacher.to(device).eval().requires_grad_(False)
     student.to(device)
     before = copy.deepcopy(student).eval()  # the converted model, not fine-tuned: the "before" of the report
-    run = _Run(
-        teacher,
-        student,
-        student,
-        data,
-        dataset,
-        preprocess,
-        settings,
-        mode,
-        0,
-        use_labels,
-        processes,
-        workers,
-        None,
-        [],
-    )
-    classes, skipped = _teacher_pass(run, cache_teacher, progress)
+    classes, skipped = _teacher_pass(run)
     run.limit = margin_for(min(run.geometries[run.usable[0]].size))
     _check_labels(run, classes)
-    holdout = _holdout_with_labels(run, classes)
-    protocol = _protocol(run, before, holdout, normalize, views, classes, cache_teacher)
-    steps_per_epoch = _steps_per_epoch(len(run.usable), settings.batch_size, processes.world)
-    total = settings.epochs * steps_per_epoch
+    holdout = _holdout_with_labels(run)
+    run.steps_per_epoch = _steps_per_epoch(len(run.usable), settings.batch_size, processes.world)
+    run.total = settings.epochs * run.steps_per_epoch
+    run.evaluation = {
+        "resize": data.resize,
+        "crop": data.crop,
+        "normalize": run.preprocess.normalize if run.preprocess.normalize != "custom" else "none",
+        "mean": run.preprocess.mean if run.preprocess.normalize == "custom" else None,
+        "std": run.preprocess.std if run.preprocess.normalize == "custom" else None,
+        "seed": settings.seed,
+        "batch_size": max(settings.batch_size, 16),
+        "workers": options.workers,
+        "device": str(device),
+    }
+    protocol = _protocol(run, before, holdout, classes)
+    run.trained = student
     if processes.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -788,65 +805,34 @@ def _finetune(
         nesterov=settings.momentum > 0,
         weight_decay=settings.weight_decay,
     )
-    evaluation_options: dict[str, Any] = {
-        "resize": data.resize,
-        "crop": data.crop,
-        "normalize": preprocess.normalize if preprocess.normalize != "custom" else "none",
-        "mean": preprocess.mean if preprocess.normalize == "custom" else None,
-        "std": preprocess.std if preprocess.normalize == "custom" else None,
-        "seed": settings.seed,
-        "batch_size": max(settings.batch_size, 16),
-        "workers": workers,
-        "device": str(device),
-    }
-    step_rows: list[dict[str, Any]] = []
-    epoch_rows: list[dict[str, Any]] = []
+    log = _Log()
     done = 0
-    if resume and checkpoint is not None:
-        done = _load_checkpoint(checkpoint, protocol, run, optimizer, step_rows, epoch_rows)
-    seconds = {"training": 0.0, "evaluation": 0.0}
-    if not epoch_rows:
+    if options.resume and options.checkpoint is not None:
+        done = _load_checkpoint(run, protocol, optimizer, log)
+    if not log.epochs:
         started = time.perf_counter()
-        epoch_rows.append(
-            {
-                "epoch": 0,
-                "step": 0,
-                "loss": None,
-                "holdout_accuracy": _holdout_accuracy(student, holdout, evaluation_options),
-            }
-        )
-        seconds["evaluation"] += time.perf_counter() - started
-    _train(
-        run,
-        optimizer,
-        done,
-        total,
-        steps_per_epoch,
-        step_rows,
-        epoch_rows,
-        holdout,
-        evaluation_options,
-        checkpoint,
-        checkpoint_every,
-        protocol,
-        progress,
-        seconds,
-    )
+        accuracy = _holdout_accuracy(student, holdout, run.evaluation)
+        log.epochs.append({"epoch": 0, "step": 0, "loss": None, "holdout_accuracy": accuracy})
+        log.seconds["evaluation"] += time.perf_counter() - started
+    _train(run, optimizer, done, log, holdout, protocol)
     student.eval()
     started = time.perf_counter()
-    metrics: list[Any] = [Consistency("circular", views=views, max_shift=run.limit), ShiftAccuracy(WORST_CASE_SHIFTS)]
-    if _crop_fits(holdout, data, 2 * run.limit):
-        metrics.append(Consistency("crop", views=views, max_shift=2 * run.limit))
+    metrics: list[Any] = [
+        Consistency("circular", views=options.views, max_shift=run.limit),
+        ShiftAccuracy(WORST_CASE_SHIFTS),
+    ]
+    if _crop_fits(data, 2 * run.limit):
+        metrics.append(Consistency("crop", views=options.views, max_shift=2 * run.limit))
     evaluation = evaluate(
         dict(zip(STAGES, (teacher, before, student))),
         holdout,
         metrics=metrics,
-        progress=progress,
-        **evaluation_options,
+        progress=options.progress,
+        **run.evaluation,
     )
-    seconds["evaluation"] += time.perf_counter() - started
+    log.seconds["evaluation"] += time.perf_counter() - started
     protocol["holdout"]["metrics"] = evaluation.protocol["metrics"]
-    return FinetuneResult(student, protocol, step_rows, epoch_rows, evaluation, skipped, seconds)
+    return FinetuneResult(student, protocol, log.steps, log.epochs, evaluation, skipped, log.seconds)
 
 
 def _steps_per_epoch(images: int, batch_size: int, world: int) -> int:
@@ -854,7 +840,7 @@ def _steps_per_epoch(images: int, batch_size: int, world: int) -> int:
     return full + (1 if rest >= world else 0)
 
 
-def _crop_fits(holdout: ImageSet, data: _Data, offsets: int) -> bool:
+def _crop_fits(data: _Data, offsets: int) -> bool:
     """Whether the crop protocol's windows (offsets up to ``offsets``) fit in the held-out images."""
     if data.crop is None:
         return False
@@ -923,7 +909,7 @@ def _geometry(run: _Run, item: LoadedImage) -> Geometry | str:
     return Geometry.of(height, width, crop)
 
 
-def _teacher_pass(run: _Run, cache_teacher: bool | None, progress: bool | None) -> tuple[int, list[dict[str, Any]]]:
+def _teacher_pass(run: _Run) -> tuple[int, list[dict[str, Any]]]:
     """One pass over the training images: which load, where their window is, and (cached) the teacher's outputs.
 
     Returns the number of classes and the skipped images; sets ``run.usable``, ``run.geometries`` and
@@ -946,12 +932,13 @@ def _teacher_pass(run: _Run, cache_teacher: bool | None, progress: bool | None) 
         desc="teacher",
         unit="img",
         file=sys.stderr,
-        disable=_bar_disabled(progress, processes),
+        disable=_bar_disabled(run.options.progress, processes),
         leave=False,
         dynamic_ncols=True,
     )
+    cache_teacher = run.options.cache_teacher
     try:
-        for items in make_loader(run.dataset, mine, workers=run.workers) if mine else ():
+        for items in make_loader(run.dataset, mine, workers=run.options.workers) if mine else ():
             bar.update(len(items))
             usable = []
             for item in items:
@@ -1011,7 +998,7 @@ def _teacher_pass(run: _Run, cache_teacher: bool | None, progress: bool | None) 
     return classes, skipped
 
 
-def _holdout_with_labels(run: _Run, classes: int) -> ImageSet:
+def _holdout_with_labels(run: _Run) -> ImageSet:
     """The held-out images with their labels, or with the teacher's top-1 as labels when they have none."""
     holdout = run.data.holdout
     if holdout.labels is not None:
@@ -1021,7 +1008,7 @@ def _holdout_with_labels(run: _Run, classes: int) -> ImageSet:
     packs = [list(range(start, min(count, start + 64))) for start in range(0, count, 64)]
     mine = shard(packs, run.processes.rank, run.processes.world)
     local: dict[int, int] = {}
-    for items in make_loader(dataset, mine, workers=run.workers) if mine else ():
+    for items in make_loader(dataset, mine, workers=run.options.workers) if mine else ():
         usable = []
         for item in items:
             if item.image is None:
@@ -1067,17 +1054,8 @@ def _describe_model(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _protocol(
-    run: _Run,
-    before: nn.Module,
-    holdout: ImageSet,
-    normalize: str,
-    views: int,
-    classes: int,
-    cache_teacher: bool | None,
-) -> dict[str, Any]:
+def _protocol(run: _Run, before: nn.Module, holdout: ImageSet, classes: int) -> dict[str, Any]:
     data, settings, processes = run.data, run.settings, run.processes
-    steps_per_epoch = _steps_per_epoch(len(run.usable), settings.batch_size, processes.world)
     size = run.geometries[run.usable[0]].size
     if run.mode == "circular":
         how = f"circular rolls of the model input, (dy, dx) uniform in [-{run.limit}, {run.limit}) per axis"
@@ -1101,7 +1079,7 @@ def _protocol(
                 "fingerprint": holdout.fingerprint(),
                 "labels": data.holdout.labels is not None,
                 "split": data.split,
-                "views_per_image": views,
+                "views_per_image": run.options.views,
             },
             "preparation": {
                 "resize": f"shorter side {data.resize} (bilinear, antialiased)" if data.resize else "none",
@@ -1123,8 +1101,9 @@ def _protocol(
                 "crc32('finetune dropout'), k * 2^16 + r)"
             ),
             "classes": classes,
-            "steps": settings.epochs * steps_per_epoch,
-            "steps_per_epoch": steps_per_epoch,
+            "steps": run.total,
+            "steps_per_epoch": run.steps_per_epoch,
+            "max_steps": run.options.max_steps,
             "teacher_outputs": "computed once, kept" if run.teacher_outputs is not None else "computed on every batch",
             "processes": processes.world,
             "device": processes.device.type,
@@ -1146,59 +1125,48 @@ def _epoch_order(seed: int, epoch: int, usable: Sequence[int]) -> list[int]:
 
 
 def _train(
-    run: _Run,
-    optimizer: torch.optim.Optimizer,
-    done: int,
-    total: int,
-    steps_per_epoch: int,
-    step_rows: list[dict[str, Any]],
-    epoch_rows: list[dict[str, Any]],
-    holdout: ImageSet,
-    evaluation_options: dict[str, Any],
-    checkpoint: Path | None,
-    checkpoint_every: int,
-    protocol: dict[str, Any],
-    progress: bool | None,
-    seconds: dict[str, float],
+    run: _Run, optimizer: torch.optim.Optimizer, done: int, log: _Log, holdout: ImageSet, protocol: dict[str, Any]
 ) -> None:
     from tqdm.auto import tqdm
 
-    settings, processes = run.settings, run.processes
-    batch_size = settings.batch_size
+    settings, processes, options = run.settings, run.processes, run.options
+    batch_size, per_epoch = settings.batch_size, run.steps_per_epoch
+    stop = run.total if options.max_steps is None else min(run.total, options.max_steps)
     bar = tqdm(
-        total=total,
-        initial=done,
+        total=stop,
+        initial=min(done, stop),
         desc="fine-tune",
         unit="step",
         file=sys.stderr,
-        disable=_bar_disabled(progress, processes),
+        disable=_bar_disabled(options.progress, processes),
         leave=False,
         dynamic_ncols=True,
     )
     step = done
     try:
-        while step < total:
-            epoch = step // steps_per_epoch
+        while step < stop:
+            epoch = step // per_epoch
             order = _epoch_order(settings.seed, epoch, run.usable)
+            last = min(per_epoch, stop - epoch * per_epoch)
             batches = [
                 order[number * batch_size : (number + 1) * batch_size]
-                for number in range(step - epoch * steps_per_epoch, steps_per_epoch)
+                for number in range(step - epoch * per_epoch, last)
             ]
             mine = [shard(batch, processes.rank, processes.world) for batch in batches]
-            started = time.perf_counter()
-            for batch, items in zip(batches, make_loader(run.dataset, mine, workers=run.workers)):
-                step_rows.append(_step(run, optimizer, step, total, epoch, len(batch), items))
+            started = (time.perf_counter(), time.process_time())
+            for batch, items in zip(batches, make_loader(run.dataset, mine, workers=options.workers)):
+                log.steps.append(_step(run, optimizer, step, epoch, len(batch), items))
                 step += 1
                 bar.update()
-                bar.set_postfix(loss=f"{step_rows[-1]['loss']:.4f}", refresh=False)
-                finished = step % steps_per_epoch == 0
+                bar.set_postfix(loss=f"{log.steps[-1]['loss']:.4f}", refresh=False)
+                finished = step % per_epoch == 0
                 if finished:
-                    seconds["training"] += time.perf_counter() - started
-                    started = time.perf_counter()
+                    log.add_training(started)
                     _sync_buffers(run)
-                    losses = [row["loss"] for row in step_rows if row["epoch"] == epoch + 1]
-                    accuracy = _holdout_accuracy(run.student, holdout, evaluation_options)
-                    epoch_rows.append(
+                    evaluated = time.perf_counter()
+                    losses = [row["loss"] for row in log.steps if row["epoch"] == epoch + 1]
+                    accuracy = _holdout_accuracy(run.student, holdout, run.evaluation)
+                    log.epochs.append(
                         {
                             "epoch": epoch + 1,
                             "step": step,
@@ -1206,12 +1174,12 @@ def _train(
                             "holdout_accuracy": accuracy,
                         }
                     )
-                    seconds["evaluation"] += time.perf_counter() - started
-                    started = time.perf_counter()
-                if checkpoint is not None and (finished or step % checkpoint_every == 0):
-                    _save_checkpoint(run, checkpoint, protocol, optimizer, step, total, step_rows, epoch_rows)
-            if step % steps_per_epoch:
-                seconds["training"] += time.perf_counter() - started
+                    log.seconds["evaluation"] += time.perf_counter() - evaluated
+                    started = (time.perf_counter(), time.process_time())
+                if options.checkpoint is not None and (finished or step % options.checkpoint_every == 0):
+                    _save_checkpoint(run, protocol, optimizer, step, log)
+            if step % per_epoch:
+                log.add_training(started)
     finally:
         bar.close()
     _sync_buffers(run)
@@ -1227,13 +1195,7 @@ def _sync_buffers(run: _Run) -> None:
 
 
 def _step(
-    run: _Run,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    total: int,
-    epoch: int,
-    batch: int,
-    items: Sequence[LoadedImage],
+    run: _Run, optimizer: torch.optim.Optimizer, step: int, epoch: int, batch: int, items: Sequence[LoadedImage]
 ) -> dict[str, Any]:
     """One optimisation step on this process's share of a batch of ``batch`` images."""
     settings, processes = run.settings, run.processes
@@ -1244,7 +1206,7 @@ def _step(
             f"image '{run.data.training.name(item.index)}'",
             f"loaded before and cannot be read now ({item.reason}): the data changed during the run",
         )
-    rate = settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    rate = settings.lr * 0.5 * (1.0 + math.cos(math.pi * step / run.total))
     for group in optimizer.param_groups:
         group["lr"] = rate
     keys = [
@@ -1262,6 +1224,7 @@ def _step(
     run.student.train()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(sample_seed(settings.seed, _DROPOUT_STREAM, (step << 16) | processes.rank))
+        assert run.trained is not None
         logits = run.trained(inputs)
     divergence, cross_entropy = _loss_terms(logits, targets, labels, settings.temperature)
     # DDP averages the processes' gradients: scaled so, the average is the gradient of the batch's mean loss
@@ -1293,41 +1256,31 @@ def _partial_path(checkpoint: Path) -> Path:
 
 
 def _save_checkpoint(
-    run: _Run,
-    path: Path,
-    protocol: dict[str, Any],
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    total: int,
-    step_rows: list[dict[str, Any]],
-    epoch_rows: list[dict[str, Any]],
+    run: _Run, protocol: dict[str, Any], optimizer: torch.optim.Optimizer, step: int, log: _Log
 ) -> None:
-    if not run.processes.main:
+    if not run.processes.main or run.options.checkpoint is None:
         return
+    path = run.options.checkpoint
     payload = {
         "format": CHECKPOINT_FORMAT,
         "settings": json.dumps(protocol, sort_keys=True),
         "step": step,
         "student": run.student.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "steps": json.dumps(step_rows),
-        "epochs": json.dumps(epoch_rows),
+        "steps": json.dumps(log.steps),
+        "epochs": json.dumps(log.epochs),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)  # only now: bad input found before the run writes nothing
     atomic_write_bytes(path, buffer.getvalue())
-    atomic_write_text(_partial_path(path), json_text({"complete": step == total, "steps_done": step, "steps": total}))
+    progress = {"complete": step == run.total, "steps_done": step, "steps": run.total}
+    atomic_write_text(_partial_path(path), json_text(progress))
 
 
-def _load_checkpoint(
-    path: Path,
-    protocol: dict[str, Any],
-    run: _Run,
-    optimizer: torch.optim.Optimizer,
-    step_rows: list[dict[str, Any]],
-    epoch_rows: list[dict[str, Any]],
-) -> int:
+def _load_checkpoint(run: _Run, protocol: dict[str, Any], optimizer: torch.optim.Optimizer, log: _Log) -> int:
+    path = run.options.checkpoint
+    assert path is not None
     subject = "--resume"
     check(path.is_file(), subject, f"'{path}' holds no checkpoint: there is no run to continue")
     try:
@@ -1343,7 +1296,7 @@ def _load_checkpoint(
     check(difference is None, subject, f"'{path}' was made with other settings ({difference}); start a new run instead")
     run.student.load_state_dict(payload["student"])
     optimizer.load_state_dict(payload["optimizer"])
-    step_rows[:] = json.loads(payload["steps"])
-    epoch_rows[:] = json.loads(payload["epochs"])
+    log.steps[:] = json.loads(payload["steps"])
+    log.epochs[:] = json.loads(payload["epochs"])
     step: int = payload["step"]
     return step
