@@ -461,10 +461,9 @@ def _resolve_data(
         margin = margin_for(28)
         training, test = _bundled_digits(margin)
         if holdout is None:
-            split = "the 1,000 bundled test digits, never trained on (the 4,000 training digits are the training data)"
-            return _Data(training, test, 28, None, split, margin)
+            return _Data(training, test, 28, None, "the 1,000 bundled test digits, never trained on", margin)
         held = holdout if isinstance(holdout, ImageSet) else open_images(holdout, classes=classes)
-        return _Data(training, held, 28, None, f"the held-out data: {held.description}", margin)
+        return _Data(training, held, 28, None, "the held-out data given, never trained on", margin)
     images = data if isinstance(data, ImageSet) else open_images(data, classes=classes)
     if holdout is not None:
         held = holdout if isinstance(holdout, ImageSet) else open_images(holdout, classes=classes)
@@ -477,7 +476,7 @@ def _resolve_data(
                 f"{len(shared)} of its image(s) are also in the training data ({shared[0] if shared else ''}"
                 f"{', ...' if len(shared) > 1 else ''}): held-out images must never be trained on",
             )
-        return _Data(images, held, crop, resize, f"the held-out data: {held.description}")
+        return _Data(images, held, crop, resize, "the held-out data given, never trained on")
     kept, held_out = holdout_split(images, holdout_fraction)
     split = (
         f"{len(held_out)} of the {len(images)} images of the data ({holdout_fraction:g} on average), chosen by "
@@ -1046,10 +1045,12 @@ def _state_digest(model: nn.Module) -> str:
 
 
 def _describe_model(model: nn.Module) -> dict[str, Any]:
+    """The model's class, size, weights and layers (a conversion keeps the weights and changes the layers)."""
     return {
         "type": type(model).__name__,
         "parameters": sum(parameter.numel() for parameter in model.parameters()),
         "weights_sha256": _state_digest(model),
+        "layers_sha256": hashlib.sha256(repr(model).encode()).hexdigest()[:16],
     }
 
 

@@ -95,7 +95,7 @@ def _findings(result: FinetuneResult) -> list[Finding]:
     findings.append(
         Finding(
             "The held-out images were never trained on",
-            f"{result.protocol['holdout']['images']:,} held-out images ({result.protocol['holdout']['split']}); "
+            f"{result.protocol['holdout']['images']:,} held-out images: {result.protocol['holdout']['split']}; "
             f"{result.protocol['data']['usable']:,} training images",
         )
     )
