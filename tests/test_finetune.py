@@ -8,6 +8,7 @@ two processes sharing the batch. The held-out split is checked by instrumenting 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,21 +16,24 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from finetune_nets import small_cnn
-from helpers import states_equal
+from helpers import ACCURACY_TOLERANCE, load_script, states_equal
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
 from shiftlab import cli
+from shiftlab._io import safetensors_bytes
 from shiftlab.datasets import open_images
 from shiftlab.digits import load_digits
 from shiftlab.errors import ShiftlabError
+from shiftlab.experiments.variants import FINETUNED_VARIANTS, finetune_record, training_record
 from shiftlab.finetune import (
     DistillationLoss,
     FinetuneSettings,
@@ -44,6 +48,7 @@ from shiftlab.models import load_model
 TESTS = Path(__file__).parent
 SOURCE = TESTS.parent / "src"
 NETS = TESTS / "finetune_nets.py"
+ASSETS = resources.files("shiftlab").joinpath("assets")
 
 
 def _seeded(build, seed: int = 0) -> nn.Module:
@@ -632,3 +637,73 @@ def test_two_processes_under_torchrun(capsys, folders, tmp_path):
     assert second["protocol"]["processes"] == 2 and first["protocol"]["processes"] == 1
     for row, other in zip(first["steps"], second["steps"]):
         assert other["loss"] == pytest.approx(row["loss"], rel=1e-4)
+
+
+# --------------------------------------------------------------------------- the shipped fine-tuned weights
+
+
+@pytest.fixture(scope="module")
+def reference_script():
+    return load_script("finetune_reference")
+
+
+class TestShippedFinetuned:
+    """The three conversions of the trained digits_cnn that ship fine-tuned (scripts/finetune_reference.py)."""
+
+    @pytest.mark.parametrize("variant", FINETUNED_VARIANTS)
+    def test_file_record_and_spec(self, variant):
+        record = finetune_record(variant)
+        with resources.as_file(ASSETS.joinpath(record["weights"])) as path:
+            data = path.read_bytes()
+            model, _ = load_model(record["spec"], weights=path)
+        assert hashlib.sha256(data).hexdigest() == record["weights_sha256"]
+        shipped = load_file(str(ASSETS.joinpath(record["weights"])))
+        assert states_equal(model.state_dict(), shipped)
+        metadata = {"variant": f"finetuned_{variant}", "seed": "0"}
+        assert safetensors_bytes(shipped, metadata) == data  # the same weights, the same bytes
+        assert record["settings"] == FinetuneSettings(seed=0).describe()  # the defaults, as documented
+
+    @pytest.mark.parametrize("variant", FINETUNED_VARIANTS)
+    def test_targets_and_recorded_accuracy(self, variant):
+        """>= 97.6% on the 1,000 test digits (within 0.5 points of the original's 98.1%), as recorded."""
+        record = finetune_record(variant)
+        images, labels = load_digits("test")
+        with resources.as_file(ASSETS.joinpath(record["weights"])) as path:
+            model, _ = load_model(record["spec"], weights=path)
+        original, _ = load_model("digits_cnn")
+        with torch.no_grad():
+            correct = int((model(images).argmax(1) == labels).sum())
+            model.load_state_dict(original.state_dict())  # the same layers with the original's weights: before
+            before = int((model(images).argmax(1) == labels).sum())
+        assert abs(correct - record["test_correct"]) <= ACCURACY_TOLERANCE * 1000, (correct, record["test_correct"])
+        assert abs(before - record["metrics"]["converted"]["correct"]) <= ACCURACY_TOLERANCE * 1000
+        assert record["test_correct"] >= 976 and correct >= 976 - ACCURACY_TOLERANCE * 1000
+        assert record["metrics"]["original"]["correct"] == training_record("baseline")["test_correct"]
+        if variant == "circular_aps":
+            after = record["metrics"]["fine-tuned"]
+            assert after["agreeing_pairs"] == after["pairs"] == 6000
+
+    def test_shipped_circular_aps_is_exact_on_every_test_digit(self):
+        record = finetune_record("circular_aps")
+        images, _ = load_digits("test")
+        with resources.as_file(ASSETS.joinpath(record["weights"])) as path:
+            model, _ = load_model(record["spec"], weights=path)
+        with torch.no_grad():
+            reference = model(images)
+            for dy, dx in [(dy, dx) for dy in range(4) for dx in range(4)]:
+                shifted = model(torch.roll(images, (dy, dx), dims=(-2, -1)))
+                assert torch.equal(shifted.argmax(1), reference.argmax(1)), (dy, dx)
+
+    def test_the_script_reproduces_the_first_steps(self, reference_script):
+        """The shipped run, replayed for its first steps: the same losses (to another CPU's rounding)."""
+        record = finetune_record("blurpool")
+        images, labels = load_digits("test")
+        result, replayed = reference_script.run("blurpool", holdout=(images[:20], labels[:20]), max_steps=6)
+        assert len(result.steps) == 6 and replayed["threads"] == record["threads"]
+        for row, shipped in zip(result.steps, record["steps"]):
+            assert row["step"] == shipped["step"] and row["lr"] == shipped["lr"]
+            assert row["loss"] == pytest.approx(shipped["loss"], rel=1e-4)
+            assert row["distillation"] == pytest.approx(shipped["distillation"], rel=1e-4)
+        assert replayed["protocol"]["data"] == record["protocol"]["data"]
+        assert replayed["protocol"]["settings"] == record["protocol"]["settings"]
+        assert replayed["protocol"]["seeding"] == record["protocol"]["seeding"]
