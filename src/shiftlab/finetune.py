@@ -427,6 +427,18 @@ class _Data:
     split: str
     canvas: int = 0  # black pixels added around bundled images (0: none)
 
+    @property
+    def room(self) -> int:
+        """Pixels around the model input in the held-out images, per axis (0: unknown), for crop windows."""
+        if self.split == BUNDLED_TEST_SPLIT:
+            return 2 * self.canvas
+        if self.resize is not None and self.crop is not None:
+            return max(0, self.resize - self.crop)
+        return 0
+
+
+BUNDLED_TEST_SPLIT = "the 1,000 bundled test digits, never trained on"
+
 
 def _bundled_digits(margin: int) -> tuple[ImageSet, ImageSet]:
     sets = []
@@ -461,7 +473,7 @@ def _resolve_data(
         margin = margin_for(28)
         training, test = _bundled_digits(margin)
         if holdout is None:
-            return _Data(training, test, 28, None, "the 1,000 bundled test digits, never trained on", margin)
+            return _Data(training, test, 28, None, BUNDLED_TEST_SPLIT, margin)
         held = holdout if isinstance(holdout, ImageSet) else open_images(holdout, classes=classes)
         return _Data(training, held, 28, None, "the held-out data given, never trained on", margin)
     images = data if isinstance(data, ImageSet) else open_images(data, classes=classes)
@@ -840,13 +852,7 @@ def _steps_per_epoch(images: int, batch_size: int, world: int) -> int:
 
 def _crop_fits(data: _Data, offsets: int) -> bool:
     """Whether the crop protocol's windows (offsets up to ``offsets``) fit in the held-out images."""
-    if data.crop is None:
-        return False
-    if data.canvas:
-        return 2 * data.canvas >= offsets
-    if data.resize is None:
-        return False
-    return data.resize >= data.crop + offsets
+    return data.crop is not None and data.room >= offsets
 
 
 def _check_labels(run: _Run, classes: int) -> None:
@@ -923,6 +929,7 @@ def _teacher_pass(run: _Run) -> tuple[int, list[dict[str, Any]]]:
     outputs: dict[int, torch.Tensor] = {}
     geometries: dict[int, Geometry] = {}
     reasons: dict[int, str] = {}
+    sizes: set[tuple[int, int]] = set()
     classes: int | None = None
     keep = False
     bar = tqdm(
@@ -945,8 +952,9 @@ def _teacher_pass(run: _Run) -> tuple[int, list[dict[str, Any]]]:
                     reasons[item.index] = outcome
                 else:
                     geometries[item.index] = outcome
+                    sizes.add(outcome.size)
                     usable.append(item)
-            if not usable or len({geometry.size for geometry in geometries.values()}) > 1:
+            if not usable or len(sizes) > 1:
                 continue  # several sizes are refused below, once every process has said what it saw
             run.geometries = geometries
             with torch.inference_mode():
@@ -968,9 +976,9 @@ def _teacher_pass(run: _Run) -> tuple[int, list[dict[str, Any]]]:
     found = gather_objects((outputs, geometries, reasons, classes), processes.world)
     geometries = {index: geometry for part in found for index, geometry in part[1].items()}
     reasons = {index: reason for part in found for index, reason in part[2].items()}
-    sizes = sorted({geometry.size for geometry in geometries.values()})
+    sizes = {geometry.size for geometry in geometries.values()}
     if len(sizes) > 1:
-        shown = ", ".join(f"{height}x{width}" for height, width in sizes[:3])
+        shown = ", ".join(f"{height}x{width}" for height, width in sorted(sizes)[:3])
         fail(
             "data",
             f"the model inputs differ in size ({shown}): give a resize and a crop (--resize, --crop) so that every "
