@@ -331,13 +331,13 @@ FINETUNE_ONLY = (
 
 def _finetune_settings(args: argparse.Namespace):
     """The fine-tuning settings from convert's options, or ``None`` without --finetune (which refuses its options)."""
-    from shiftlab.finetune import FinetuneSettings
-
     if args.finetune is None:
         options = [option for option, attribute in FINETUNE_ONLY if getattr(args, attribute) is not None]
         if options:
             fail(options[0], "only applies with --finetune DATA (add it, or leave the option out)")
         return None
+    from shiftlab.finetune import FinetuneSettings
+
     names = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "label_weight", "shift_mode")
     given = {name: getattr(args, name) for name in (*names, "max_shift") if getattr(args, name) is not None}
     return FinetuneSettings(seed=args.seed, **given)
