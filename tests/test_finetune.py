@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -543,6 +544,17 @@ class TestCommandLine:
         out.write_text("a file")
         status, _, err = run(capsys, *_convert(folders), "--out", str(out))
         assert_one_line_error(status, err, f"output folder '{out}': exists and is not a folder")
+
+    def test_help_quotes_the_defaults(self, capsys):
+        """The parser does not import torch, so its help states FinetuneSettings' defaults itself: they must agree."""
+        with pytest.raises(SystemExit):
+            cli.main(["convert", "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        defaults = FinetuneSettings()
+        for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "label_weight"):
+            option = "--" + name.replace("_", "-")
+            quoted = re.search(r"\(default: ([^)]*)\)", text[text.rindex(f"{option} ") :])  # the help, after the usage
+            assert quoted is not None and quoted.group(1) == f"{getattr(defaults, name):g}", (option, quoted)
 
     def test_resume_at_a_run_with_other_settings(self, capsys, folders, tmp_path):
         out = tmp_path / "out"
