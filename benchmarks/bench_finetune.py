@@ -10,7 +10,9 @@
      epoch) as the target, the distillation loss plus the cross-entropy, backward, step.
 
    The figure is the plain loop's time divided by fine-tuning's time for the epoch's steps (target >= 0.8), the
-   median over ``--rounds`` rounds, the two interleaved in every round. The one-off teacher pass (one forward pass of
+   median over ``--rounds`` rounds, the two interleaved in every round, each going first in every other round (on
+   a loaded machine the second of a pair was often the slower, whichever it was: an even number of rounds
+   balances the order). The one-off teacher pass (one forward pass of
    the teacher over the images, before the first epoch) is reported beside it, as a share of an epoch.
 
 2. **Two processes against one.** The same fine-tuning (``--epochs``, default 1) under ``torchrun --nproc_per_node
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("epoch", "processes", "both"), default="both")
     parser.add_argument("--variant", choices=sorted(DIGITS_CNN_VARIANTS), default="circular_aps")
     parser.add_argument("--images", type=int, default=1024, help="training digits (default: 1024, 16 steps)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds, each order in half of them (default: 6)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the epoch part (default: 2)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the processes part (default: 1)")
     parser.add_argument("--json", default=None, help="write every figure here")

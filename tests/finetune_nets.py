@@ -49,3 +49,26 @@ class SlowCNN(nn.Sequential):
 
 def slow_cnn() -> nn.Module:
     return SlowCNN(*_layers(normalise=True))
+
+
+def finetune_in_process(rank: int, world: int, port: int, out: str) -> None:
+    """Process ``rank`` of ``world``: fine-tune ``small_cnn`` converted to APS on 40 random images; save the student.
+
+    Started by ``torch.multiprocessing`` with the environment torchrun would set, so that a test can compare what
+    every process ends with.
+    """
+    from shiftlab.finetune import FinetuneSettings, finetune
+    from shiftlab.layers import make_shift_invariant
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    teacher = small_cnn().eval()
+    student, _ = make_shift_invariant(teacher, "aps", padding="circular")
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(40, 1, 16, 16, generator=generator), torch.randint(0, 3, (40,), generator=generator)
+    held = torch.rand(9, 1, 16, 16, generator=generator)
+    result = finetune(teacher, student, (images, labels), FinetuneSettings(epochs=2, batch_size=8), holdout=held)
+    torch.save({"state": student.state_dict(), "steps": result.steps, "epochs": result.epochs}, f"{out}/{rank}.pt")

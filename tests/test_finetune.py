@@ -651,6 +651,27 @@ def test_two_processes_under_torchrun(capsys, folders, tmp_path):
         assert other["loss"] == pytest.approx(row["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_every_process_ends_with_the_same_student(tmp_path):
+    """With batch normalisation each process normalises with its own images; DDP keeps the parameters equal, and at
+    the end process 0's running statistics become everyone's: the same student, bit for bit, in every process."""
+    import socket
+
+    import torch.multiprocessing as multiprocessing
+    from finetune_nets import finetune_in_process
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    multiprocessing.start_processes(
+        finetune_in_process, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn", join=True
+    )
+    first, second = (torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in range(2))
+    assert states_equal(first["state"], second["state"])
+    assert any("running_mean" in key for key in first["state"])
+    assert first["steps"] == second["steps"] and first["epochs"] == second["epochs"]
+
+
 # --------------------------------------------------------------------------- the shipped fine-tuned weights
 
 
