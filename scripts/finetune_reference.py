@@ -33,13 +33,10 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from shiftlab.errors import check_choice
@@ -104,16 +101,7 @@ def run(
         "metrics": {stage: result.metrics(stage) for stage in STAGES},
         "epochs": result.epochs,
         "steps": result.steps,
-        "threads": threads,
-        "deterministic_algorithms": True,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-        },
+        **_train_reference().environment(threads),
         "training_seconds": round(result.seconds["training"], 1),
         "training_cpu_seconds": round(result.seconds["training_cpu"], 1),
         "evaluation_seconds": round(result.seconds["evaluation"], 1),

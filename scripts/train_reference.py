@@ -93,6 +93,22 @@ def deterministic(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous_threads)
 
 
+def environment(threads: int) -> dict[str, Any]:
+    """The software and the machine of a run, for its record: the weights depend on them in the last bits."""
+    return {
+        "threads": threads,
+        "deterministic_algorithms": True,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+        },
+    }
+
+
 def initialise(model: nn.Module, generator: torch.Generator) -> nn.Module:
     """Draw every weight from ``generator``: He-normal convolutions (fan-out, as torchvision's ResNets), unit batch
     norm, and the linear layer as PyTorch's default (uniform, bound ``1 / sqrt(fan_in)``)."""
@@ -231,16 +247,7 @@ def train(
         },
         "lr_schedule": f"linear warm-up from 0 over {warmup} steps (one epoch), then cosine to 0 at step {total_steps}",
         "loss": "cross-entropy",
-        "threads": threads,
-        "deterministic_algorithms": True,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-        },
+        **environment(threads),
         "wall_seconds": round(wall_seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),
         "load_average_before": load_before,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import free_port, run_group
 from PIL import Image
 
 from shiftlab import cli
@@ -193,26 +193,6 @@ def test_python_dash_m_shiftlab(tmp_path):
     assert completed.returncode == 0 and "--resume" in completed.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run_group(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
-    """Run ``command`` in its own process group, and end the whole group if it overruns (torchrun's workers too)."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{command[:6]} ran past {timeout} s: {stderr[-2000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 def _environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{SOURCE}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1", **extra}
 
@@ -229,8 +209,8 @@ def test_two_processes_under_torchrun_give_the_single_process_numbers(capsys, fo
         torch.set_num_threads(threads)
     assert status == 0, err
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    completed = _run_group(
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    completed = run_group(
         launcher + ["-m", "shiftlab", "evaluate", *arguments, "--out", str(tmp_path / "two")], 240, env=_environment()
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -257,7 +237,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_numbers(capsys, folder, tmp_p
     done = json.loads(partial.read_text())
     assert 3 <= done["packs_done"] < done["packs"]
     assert not (interrupted / "evaluation.json").exists() and not (interrupted / "report.html").exists()
-    resumed = _run_group(command + ["--resume"], 240, env=_environment())
+    resumed = run_group(command + ["--resume"], 240, env=_environment())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     status, _, err = run(capsys, *arguments, "--out", str(reference))
     assert status == 0, err

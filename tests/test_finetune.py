@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from finetune_nets import small_cnn
-from helpers import ACCURACY_TOLERANCE, load_script, states_equal
+from helpers import ACCURACY_TOLERANCE, free_port, load_script, run_group, states_equal
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
@@ -572,19 +572,6 @@ def _environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{SOURCE}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1", **extra}
 
 
-def _run_group(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{command[:6]} ran past {timeout} s: {stderr[-2000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(folders, tmp_path):
     train, held = folders
@@ -605,9 +592,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(folders, tmp_path):
     done = json.loads(partial.read_text())
     assert 2 <= done["steps_done"] < done["steps"] == 6
     assert not (interrupted / "weights.safetensors").exists()
-    resumed = _run_group(command + ["--resume"], 240, env=_environment())
+    resumed = run_group(command + ["--resume"], 240, env=_environment())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    uninterrupted = _run_group([sys.executable, *arguments, "--out", str(reference)], 240, env=_environment())
+    uninterrupted = run_group([sys.executable, *arguments, "--out", str(reference)], 240, env=_environment())
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     assert (interrupted / "weights.safetensors").read_bytes() == (reference / "weights.safetensors").read_bytes()
     assert not (interrupted / "checkpoint.pt").exists()  # removed once the outputs are written
@@ -619,11 +606,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(folders, tmp_path):
 @pytest.mark.slow
 def test_two_processes_under_torchrun(capsys, folders, tmp_path):
     """Without batch normalisation, two processes sharing each batch give one process's weights (to rounding)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     arguments = _convert(folders)
     arguments[arguments.index(f"{NETS}:small_cnn")] = f"{NETS}:plain_cnn"
     threads = torch.get_num_threads()
@@ -635,7 +618,7 @@ def test_two_processes_under_torchrun(capsys, folders, tmp_path):
     assert status == 0, err
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     launcher += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
-    completed = _run_group(
+    completed = run_group(
         launcher + ["-m", "shiftlab", *arguments, "--out", str(tmp_path / "two")], 300, env=_environment()
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -655,16 +638,11 @@ def test_two_processes_under_torchrun(capsys, folders, tmp_path):
 def test_every_process_ends_with_the_same_student(tmp_path):
     """With batch normalisation each process normalises with its own images; DDP keeps the parameters equal, and at
     the end process 0's running statistics become everyone's: the same student, bit for bit, in every process."""
-    import socket
-
     import torch.multiprocessing as multiprocessing
     from finetune_nets import finetune_in_process
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     multiprocessing.start_processes(
-        finetune_in_process, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn", join=True
+        finetune_in_process, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True
     )
     first, second = (torch.load(tmp_path / f"{rank}.pt", weights_only=True) for rank in range(2))
     assert states_equal(first["state"], second["state"])
