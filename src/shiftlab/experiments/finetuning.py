@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shiftlab.experiments.evaluation import evaluation_sections
+from shiftlab.experiments.evaluation import _percent, evaluation_sections
 from shiftlab.finetune import STAGES, FinetuneResult
 from shiftlab.sections import Finding, Section, Table
 
@@ -23,10 +23,6 @@ STAGE_NAMES: dict[str, str] = {
 }
 #: The accuracy the fine-tuned model may lose against the original before the report says so (0.5 points).
 ACCURACY_ALLOWANCE = 0.005
-
-
-def _percent(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
 
 
 def _count(part: int | None, whole: int | None) -> str:
