@@ -247,7 +247,6 @@ class VariantsResult:
             "agreeing_pairs": circular["agreeing_pairs"],
             "pairs": circular["pairs"],
             "crop_consistency": crop["consistency"],
-            "worst_case_accuracy": accuracy["worst_case_accuracy"],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,7 +320,10 @@ def run_variants(
         for variant in FINETUNED_VARIANTS
         for stage in ("converted", "fine-tuned")
     }
-    finetuning = evaluate(converted, (canvas, labels), **measure)
+    # the worst case over 16 shifts costs two thirds of the evaluation: measured for the variants above only
+    finetuning = evaluate(
+        converted, (canvas, labels), **{**measure, "metrics": [metrics[0], metrics[1], ShiftAccuracy([(0, 0)])]}
+    )
     probes: dict[str, ProbeResult] = {}
     per_digit: dict[str, dict[str, float]] = {}
     for variant, spec in VARIANT_SPECS.items():
@@ -423,7 +425,6 @@ FINETUNE_COLUMNS = (
     "test accuracy (1,000 digits)",
     "circular consistency",
     "crop consistency",
-    "worst-case accuracy",
 )
 
 
@@ -439,7 +440,6 @@ def _finetune_rows(result: VariantsResult) -> list[list[str]]:
                     f"{item['test_correct']:,} / {item['test_images']:,}",
                     _percent(item["circular_consistency"]),
                     _percent(item["crop_consistency"]),
-                    _percent(item["worst_case_accuracy"]),
                 ]
             )
     return rows
@@ -800,9 +800,9 @@ def finetune_findings(result: VariantsResult) -> list[Finding]:
             Finding(
                 "... and APS with circular padding is still exactly consistent under circular shifts after "
                 "fine-tuning (the weights change, the architecture's guarantee does not)",
-                f"{after['agreeing_pairs']} of {after['pairs']} view pairs agree; worst-case accuracy "
-                f"{_percent(after['worst_case_accuracy'])}, unshifted {_percent(after['accuracy'])}",
-                after["agreeing_pairs"] == after["pairs"] and after["worst_case_accuracy"] == after["accuracy"],
+                f"{after['agreeing_pairs']} of {after['pairs']} view pairs agree "
+                f"({result.evaluation.images['evaluated']} digits)",
+                after["agreeing_pairs"] == after["pairs"],
             )
         )
     cost = ", ".join(
