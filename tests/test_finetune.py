@@ -694,9 +694,10 @@ class TestShippedFinetuned:
             after = record["metrics"]["fine-tuned"]
             assert after["agreeing_pairs"] == after["pairs"] == 6000
 
-    def test_shipped_circular_aps_is_exact_on_every_test_digit(self):
+    def test_shipped_circular_aps_is_exact(self):
+        """The first 200 test digits under every phase of the stride 4 (the record: all 1,000, 6,000 view pairs)."""
         record = finetune_record("circular_aps")
-        images, _ = load_digits("test")
+        images = load_digits("test")[0][:200]
         with resources.as_file(ASSETS.joinpath(record["weights"])) as path:
             model, _ = load_model(record["spec"], weights=path)
         with torch.no_grad():
@@ -705,6 +706,7 @@ class TestShippedFinetuned:
                 shifted = model(torch.roll(images, (dy, dx), dims=(-2, -1)))
                 assert torch.equal(shifted.argmax(1), reference.argmax(1)), (dy, dx)
 
+    @pytest.mark.slow
     def test_the_script_reproduces_the_first_steps(self, reference_script):
         """The shipped run, replayed for its first steps: the same losses (to another CPU's rounding)."""
         record = finetune_record("blurpool")
