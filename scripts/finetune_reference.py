@@ -16,8 +16,9 @@ default settings and seed 0 on the 4,000 bundled training digits; the original m
 * ``digits_cnn_finetuned_<variant>.json``: the protocol, the training curve, accuracy and consistency before and
   after on the 1,000 test digits (never trained on), the times, the machine and the weights' sha256.
 
-Determinism: as ``scripts/train_reference.py`` (``deterministic``: a fixed number of threads, 2 by default, and
-torch's deterministic algorithms); the same torch build and thread count give the same weights bit for bit.
+Determinism: as ``scripts/train_reference.py`` (``deterministic``: a fixed number of threads, 1 by default (see
+:data:`THREADS`), and torch's deterministic algorithms); the same torch build and thread count give the same weights
+bit for bit.
 
 Timing in the JSON: ``training_seconds`` (wall) and ``training_cpu_seconds`` (the process's CPU time, all threads)
 for the training steps alone, ``evaluation_seconds`` for the held-out measurements, and ``load_average_before``
@@ -52,8 +53,10 @@ VARIANTS: dict[str, str] = {
     name: DIGITS_CNN_VARIANTS[name] for name in ("blurpool", "circular_blurpool", "circular_aps")
 }
 
-#: Threads of the shipped runs (the weights depend on it, in the last bits).
-THREADS = 2
+#: Threads of the shipped runs (the weights depend on it, in the last bits). One: on a machine shared with other
+#: jobs, two OpenMP threads that wait for each other at every operation ran 13 times slower than one (measured:
+#: 8 steps in 14.4 s against 1.1 s at a load average of 8), and the digits' small convolutions gain little from two.
+THREADS = 1
 
 
 def _train_reference() -> Any:
