@@ -755,7 +755,7 @@ def _finetune_tables(result: VariantsResult) -> list[Table]:
             ]
         )
     runs = Table(
-        "Fine-tuning (scripts/finetune_reference.py): the training steps' wall and CPU time (both threads), taken on "
+        "Fine-tuning (scripts/finetune_reference.py, one thread): the training steps' wall and CPU time, taken on "
         "a shared 2-core machine (load average before the run beside them)",
         ["spec", "weights", "budget", "wall time", "CPU time", "load before", "test correct", "sha256"],
         rows,
@@ -806,13 +806,15 @@ def finetune_findings(result: VariantsResult) -> list[Finding]:
             )
         )
     cost = ", ".join(
-        f"{VARIANT_SPECS[variant]} {record['training_cpu_seconds']:g} s (from scratch "
-        f"{result.records[variant]['cpu_seconds']:g} s)"
+        f"{VARIANT_SPECS[variant]} {record['training_seconds']:g} s ({record['training_cpu_seconds']:g} s of CPU)"
         for variant, record in result.finetune_records.items()
     )
+    threads = {record["threads"] for record in result.finetune_records.values()}
     findings.append(
         Finding(
-            "CPU time of the fine-tuning steps (both threads; a shared machine), against training from scratch", cost
+            f"Wall time of the fine-tuning steps, 3 epochs ({', '.join(map(str, sorted(threads)))} thread(s); "
+            "a machine shared with other jobs)",
+            cost,
         )
     )
     return findings
