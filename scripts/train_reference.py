@@ -25,7 +25,7 @@ augmentation taught it. MNIST digits are centred by their centre of mass, so the
 Determinism: explicit ``torch.Generator`` seeds for the initialisation and for the data order,
 ``torch.use_deterministic_algorithms(True)``, a fixed number of threads (2 by default, restored afterwards), no
 DataLoader workers. The same seed, thread count and torch build give the same weights bit for bit, and the same
-file byte for byte (see :func:`safetensors_bytes`).
+file byte for byte (see :func:`shiftlab._io.safetensors_bytes`).
 
 Timing in the JSON: ``wall_seconds`` from loading the data to the last step, ``cpu_seconds`` the process's CPU time
 over the same span (all threads), and ``load_average_before`` the 1-minute load average when training started: on
@@ -41,7 +41,6 @@ import json
 import math
 import os
 import platform
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shiftlab._io import safetensors_bytes
 from shiftlab.digits import DIGITS_SIZES, load_digits
 from shiftlab.errors import check_choice, check_int, check_real
 from shiftlab.layers.spec import split_model_spec
@@ -91,6 +91,22 @@ def deterministic(threads: int) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn)
         torch.set_num_threads(previous_threads)
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """The software and the machine of a run, for its record: the weights depend on them in the last bits."""
+    return {
+        "threads": threads,
+        "deterministic_algorithms": True,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+        },
+    }
 
 
 def initialise(model: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -231,16 +247,7 @@ def train(
         },
         "lr_schedule": f"linear warm-up from 0 over {warmup} steps (one epoch), then cosine to 0 at step {total_steps}",
         "loss": "cross-entropy",
-        "threads": threads,
-        "deterministic_algorithms": True,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-        },
+        **environment(threads),
         "wall_seconds": round(wall_seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),
         "load_average_before": load_before,
@@ -251,28 +258,10 @@ def train(
     return model.eval(), protocol
 
 
-def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """The safetensors file of ``state``, with the metadata in the order given.
-
-    safetensors writes its metadata from a hash map, in an order that changes from one process to the next, so the
-    same weights would give files with different sha256 digests. The header is rewritten with the same content in
-    a fixed order (the same length, so every offset stays valid).
-    """
-    from safetensors.torch import save
-
-    data = save(state, metadata=metadata)
-    size = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8 : 8 + size])
-    header["__metadata__"] = dict(metadata)  # same key, same place in the header; only its items are reordered
-    text = json.dumps(header, separators=(",", ":")).encode()
-    assert len(text) <= size and not data[8 + len(text) : 8 + size].strip(), "the header changed length"
-    return data[:8] + text.ljust(size) + data[8 + size :]
-
-
 def save(model: nn.Module, protocol: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Write ``digits_cnn_<variant>.safetensors`` and ``.json`` into ``out``; the JSON records the weights' sha256.
 
-    The same weights give the same file, byte for byte (see :func:`safetensors_bytes`).
+    The same weights give the same file, byte for byte (see :func:`shiftlab._io.safetensors_bytes`).
     """
     out.mkdir(parents=True, exist_ok=True)
     stem = f"digits_cnn_{protocol['variant']}"

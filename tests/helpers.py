@@ -1,12 +1,17 @@
-"""Small helpers shared by the tests of the bundled digits, models and trained variants."""
+"""Small helpers shared by the tests: state_dicts, the scripts, subprocesses and torchrun groups."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,3 +36,24 @@ def load_script(name: str) -> ModuleType:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
     return sys.modules[module_name]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a torchrun group's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_group(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
+    """Run ``command`` in its own process group, and end the whole group if it overruns (torchrun's workers too)."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command[:6]} ran past {timeout} s: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     # maps; networks; zoos; axes; metrics; dense metrics; how layers treat the border (mode auto)
     {"equivariance", "models", "zoo", "layouts", "invariance", "dense", "borders"},
     {"probe", "testing", "evaluate", "explore"},  # measuring models (layer by layer; predictions; frames under shifts)
+    {"finetune"},  # training a converted model by self-distillation, judged by the evaluation
     {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
     {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display
     {"cli", "__main__"},  # the command line, on top
@@ -34,6 +35,7 @@ ALLOWED = {
     ("evaluate", "invariance_figures"): "EvaluationResult.plot_*: thin shortcuts, imported when called",
     ("probe", "notebook"): "ProbeResult._repr_html_: Jupyter's display hook, imported when called",
     ("evaluate", "notebook"): "EvaluationResult._repr_html_: Jupyter's display hook, imported when called",
+    ("finetune", "figures"): "FinetuneResult.plot_curve: a thin shortcut, imported when called",
 }
 
 

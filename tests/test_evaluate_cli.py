@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import free_port, run_group
 from PIL import Image
 
 from shiftlab import cli
@@ -194,26 +194,6 @@ def test_python_dash_m_shiftlab(tmp_path):
     assert completed.returncode == 0 and "--resume" in completed.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run_group(command: list[str], timeout: float, **options) -> subprocess.CompletedProcess:
-    """Run ``command`` in its own process group, and end the whole group if it overruns (torchrun's workers too)."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{command[:6]} ran past {timeout} s: {stderr[-2000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 def _environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{SOURCE}{os.pathsep}{TESTS}", "OMP_NUM_THREADS": "1", **extra}
 
@@ -230,8 +210,8 @@ def test_two_processes_under_torchrun_give_the_single_process_numbers(capsys, fo
         torch.set_num_threads(threads)
     assert status == 0, err
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    completed = _run_group(
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    completed = run_group(
         launcher + ["-m", "shiftlab", "evaluate", *arguments, "--out", str(tmp_path / "two")], 240, env=_environment()
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -260,7 +240,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_numbers(capsys, folder, tmp_p
     done = json.loads(partial.read_text())
     assert 3 <= done["packs_done"] < done["packs"]
     assert not (interrupted / "evaluation.json").exists() and not (interrupted / "report.html").exists()
-    resumed = _run_group(command + ["--resume"], 240, env=_environment())
+    resumed = run_group(command + ["--resume"], 240, env=_environment())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     status, _, err = run(capsys, *arguments, "--out", str(reference))
     assert status == 0, err
@@ -615,11 +595,11 @@ def test_under_torchrun_a_failed_or_killed_process_is_named_as_such_by_the_other
     """Process 1 fails (its own one line) or is killed: process 0 says it lost its peer, in one line, never
     'internal error'."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     arguments = ["evaluate", "--model", f"{NETS}:Stopping", "--data", str(folder), *COMMON, "--batch-size", "8"]
     arguments += ["--metrics", "consistency", "--checkpoint-every", "1", "--out", str(tmp_path / "out")]
     environment = _environment(SHIFTLAB_TEST_FAIL=how, SHIFTLAB_TEST_FAIL_AT="3", SHIFTLAB_TEST_FAIL_RANK="1")
-    completed = _run_group(launcher + ["-m", "shiftlab", *arguments], 240, env=environment)
+    completed = run_group(launcher + ["-m", "shiftlab", *arguments], 240, env=environment)
     assert completed.returncode != 0
     lines = [line for line in completed.stderr.splitlines() if line.startswith("shiftlab:")]
     survivor = (

@@ -22,6 +22,7 @@ from shiftlab.errors import ShiftlabError
 from shiftlab.experiments.variants import (
     DEMO_VARIANT_DIGITS,
     VARIANT_SPECS,
+    readme_finetune_table,
     readme_table,
     run_variants,
     training_record,
@@ -248,6 +249,28 @@ def assert_printed_as(value: float, text: str, where: object, digits: int = 3) -
         return
     assert low >= ROUNDING_LEVEL, f"{where}: {value} is float rounding, printed as {text!r}"
     assert float(format_error(low, digits)) <= float(text) <= float(format_error(high, digits)), (where, value, text)
+
+    def test_readme_finetune_table_is_what_shiftlab_measures(self, demo_result):
+        """Before, after and from scratch: counts within 3 of 1,000 digits, percentages within 1 point (a digit or a
+        few view pairs of the 200 that another CPU may flip); APS with circular padding exactly 100% consistent."""
+        measured = readme_finetune_table(demo_result).splitlines()
+        readme = (ROOT / "README.md").read_text()
+        shown = readme[readme.index(measured[0]) :].splitlines()[: len(measured)]
+        assert shown[:2] == measured[:2] and len(shown) == len(measured) == 2 + 9
+        for line, expected in zip(shown[2:], measured[2:]):
+            for cell, want in zip(line.split("|")[1:-1], expected.split("|")[1:-1]):
+                cell, want = cell.strip(), want.strip()
+                if cell.endswith("%"):
+                    assert abs(float(cell[:-1]) - float(want[:-1])) <= 1.0, (line, expected)
+                elif " / " in cell:
+                    (count, total), (wanted, whole) = (
+                        [int(part.replace(",", "")) for part in text.split(" / ")] for text in (cell, want)
+                    )
+                    assert total == whole and abs(count - wanted) <= 3, (line, expected)
+                else:
+                    assert cell == want
+        aps = demo_result.finetune_numbers("circular_aps", "fine-tuned")
+        assert aps["agreeing_pairs"] == aps["pairs"] and "| converted from digits_cnn, fine-tuned | " in readme
 
 
 # --------------------------------------------------------------------------- training

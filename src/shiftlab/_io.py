@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from shiftlab._format import printable
-from shiftlab.errors import fail, first_line
+from shiftlab.errors import InternalError, fail, first_line
 
 __all__ = [
     "atomic_write_bytes",
@@ -39,6 +40,7 @@ __all__ = [
     "json_text",
     "claim_output_folder",
     "remove_stale",
+    "safetensors_bytes",
     "staged_directory",
     "to_jsonable",
     "torch_load_problem",
@@ -338,3 +340,26 @@ def torch_load_problem(error: BaseException) -> str:
     if "Unsupported operand" in text:
         return "unreadable pickle data"
     return "it holds objects that weights_only loading refuses"
+
+
+def safetensors_bytes(state: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A ``.safetensors`` file of the tensors in ``state`` (a ``state_dict``), the same bytes for the same tensors.
+
+    The tensors are copied to the CPU, contiguous and unshared (safetensors refuses tensors that share memory, such
+    as tied weights). safetensors writes its metadata from a hash map, in an order that changes from one process to
+    the next; the header is rewritten with the same content and ``metadata`` in the order given (the same length,
+    so every offset stays valid), so the same weights give the same sha256.
+    """
+    from safetensors.torch import save
+
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
+    data = save(tensors, metadata=dict(metadata) if metadata else None)
+    if not metadata:
+        return data
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(metadata)  # same key, same place in the header; only its items are reordered
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > size or data[8 + len(text) : 8 + size].strip():
+        raise InternalError("safetensors_bytes: the header changed length when its metadata was reordered")
+    return data[:8] + text.ljust(size) + data[8 + size :]

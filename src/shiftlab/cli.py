@@ -299,9 +299,11 @@ def run_convert(args: argparse.Namespace) -> int:
     kernel_size = None
     if args.kernel_size is not None:
         kernel_size = check_int(_integer(args.kernel_size), "--kernel-size", minimum=1, maximum=MAX_BLUR_KERNEL_SIZE)
+    settings = _finetune_settings(args)
     model, info = load_model(args.model, weights=args.weights, seed=args.seed)
-    model, changes = make_shift_invariant(
-        model, method, recipe=recipe, padding=padding, kernel_size=kernel_size, inplace=True
+    # fine-tuning needs the original as the teacher: the conversion then works on a copy
+    converted, changes = make_shift_invariant(
+        model, method, recipe=recipe, padding=padding, kernel_size=kernel_size, inplace=settings is None
     )
     suffix = "+circular" if padding and recipe == "shiftlab" else ""  # chaman2021 is circular by itself
     suffix += f"+{method}" + ("" if kernel_size is None else str(kernel_size))
@@ -317,16 +319,29 @@ def run_convert(args: argparse.Namespace) -> int:
         "seed": args.seed if "random" in info.weights else None,
         "changes": changes,
     }
-    with staged_directory(args.out) as staging:
-        _save_state_dict(model, staging / "weights.safetensors")
+    out = Path(args.out)
+    result = None
+    if settings is not None:
+        result = _finetune_converted(args, model, converted, info, settings)
+        if result is None:
+            return 0  # a torchrun process other than the first: the first one writes
+        record["finetune"] = {stage: result.metrics(stage) for stage in ("original", "converted", "fine-tuned")}
+    with staged_directory(out) as staging:
+        if result is None:
+            _save_state_dict(converted, staging / "weights.safetensors")
+        else:
+            _write_finetune(result, staging, record["converted_spec"])
         (staging / "changes.csv").write_text(changes_to_csv(changes), encoding="utf-8")
         (staging / "changes.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if result is not None:
+        _remove_checkpoint(out / "checkpoint.pt")
     width = min(40, max(len(row["layer"]) for row in changes))
     for row in changes:
         print(f"{row['layer'][:width]:<{width}}  {row['change']:<12}  {row['before']}")
         print(f"{'':<{width}}  {'':<12}  -> {row['after']}" + (f"  ({row['note']})" if row["note"] else ""))
-    out = Path(args.out)
     print(f"{len(changes)} layer(s) changed in {printable(info.spec)}")
+    if result is not None:
+        _print_finetune(result, out)
     print(
         f"weights: {printable((out / 'weights.safetensors').resolve())};"
         f" table: {printable((out / 'changes.csv').resolve())}, changes.json"
@@ -335,6 +350,130 @@ def run_convert(args: argparse.Namespace) -> int:
         f"load with: --model '{printable(record['converted_spec'])}' --weights {printable(out / 'weights.safetensors')}"
     )
     return 0
+
+
+#: convert's options that apply only with --finetune: (option, attribute).
+FINETUNE_ONLY = (
+    ("--holdout", "holdout"),
+    ("--holdout-fraction", "holdout_fraction"),
+    ("--labels", "labels"),
+    ("--classes", "classes"),
+    ("--epochs", "epochs"),
+    ("--batch-size", "batch_size"),
+    ("--lr", "lr"),
+    ("--momentum", "momentum"),
+    ("--weight-decay", "weight_decay"),
+    ("--temperature", "temperature"),
+    ("--label-weight", "label_weight"),
+    ("--shift-mode", "shift_mode"),
+    ("--max-shift", "max_shift"),
+    ("--views", "views"),
+    ("--resize", "resize"),
+    ("--crop", "crop"),
+    ("--workers", "workers"),
+    ("--checkpoint-every", "checkpoint_every"),
+    ("--resume", "resume"),
+    ("--normalize", "normalize"),
+    ("--device", "device"),
+)
+
+
+def _finetune_settings(args: argparse.Namespace):
+    """The fine-tuning settings from convert's options, or ``None`` without --finetune (which refuses its options)."""
+    if args.finetune is None:
+        options = [option for option, attribute in FINETUNE_ONLY if getattr(args, attribute) is not None]
+        if options:
+            fail(options[0], "only applies with --finetune DATA (add it, or leave the option out)")
+        return None
+    from shiftlab.finetune import FinetuneSettings
+
+    names = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "temperature", "label_weight", "shift_mode")
+    given = {name: getattr(args, name) for name in (*names, "max_shift") if getattr(args, name) is not None}
+    return FinetuneSettings(seed=args.seed, **given)
+
+
+def _finetune_converted(args: argparse.Namespace, model, converted, info, settings):
+    """Fine-tune ``converted`` with ``model`` as its teacher; ``None`` in a torchrun process that writes nothing."""
+    import os
+
+    from shiftlab.errors import check
+    from shiftlab.finetune import finetune
+
+    out = Path(args.out)
+    check(not out.exists() or out.is_dir(), f"output folder '{out}'", "exists and is not a folder")
+    check(
+        args.holdout is None or args.holdout_fraction is None,
+        "--holdout-fraction",
+        "applies only without --holdout (the held-out images are given)",
+    )
+    result = finetune(
+        model,
+        converted,
+        args.finetune,
+        settings,
+        holdout=args.holdout,
+        holdout_fraction=0.1 if args.holdout_fraction is None else args.holdout_fraction,
+        labels=args.labels,
+        classes=args.classes,
+        resize=args.resize,
+        crop=args.crop,
+        normalize=info.normalize if args.normalize in (None, "auto") else args.normalize,
+        views=4 if args.views is None else args.views,
+        workers=0 if args.workers is None else args.workers,
+        device=args.device or "cpu",
+        checkpoint=out / "checkpoint.pt",
+        checkpoint_every=50 if args.checkpoint_every is None else args.checkpoint_every,
+        resume=bool(args.resume),
+        progress=None,
+    )
+    return result if int(os.environ.get("RANK", "0")) == 0 else None
+
+
+def _write_finetune(result, staging: Path, spec: str) -> None:
+    from shiftlab.experiments.finetuning import finetune_protocol, finetune_sections
+    from shiftlab.report import write_report
+
+    result.save_weights(staging / "weights.safetensors")
+    result.to_json(staging / "finetune.json")
+    figure = result.plot_curve()
+    figure.savefig(staging / "training_curve.png", dpi=120)
+    write_report(
+        finetune_sections(result, figure=figure),
+        staging,
+        title=f"shiftlab convert --finetune: {spec}",
+        summary=FINETUNE_SUMMARY,
+        protocol=finetune_protocol(result),
+    )
+
+
+FINETUNE_SUMMARY = (
+    "A model converted to BlurPool or APS computes another function than the one that was trained. Fine-tuned by "
+    "self-distillation, the original teaching its converted copy under shifts, it keeps the original's accuracy "
+    "while gaining the conversion's consistency; all numbers are measured on held-out images."
+)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """The run is complete and written: its checkpoint (the model and the optimiser's state) is not needed."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.stem + ".partial.json").unlink(missing_ok=True)
+
+
+def _print_finetune(result, out: Path) -> None:
+    name = result.accuracy_name
+    print(
+        f"fine-tuned {len(result.steps)} steps on {result.protocol['data']['usable']} images; held-out images: "
+        f"{result.protocol['holdout']['images']}"
+    )
+    print(f"{'model':<28} {name:>28} {'circular consistency':>22} {'crop consistency':>18}")
+    labels = {"original": "original", "converted": "converted, not fine-tuned", "fine-tuned": "converted, fine-tuned"}
+    for stage, label in labels.items():
+        item = result.metrics(stage)
+        accuracy = f"{100 * item['accuracy']:.1f}% ({item['correct']}/{item['images']})"
+        crop = "n/a" if item["crop_consistency"] is None else f"{100 * item['crop_consistency']:.2f}%"
+        print(f"{label:<28} {accuracy:>28} {100 * item['circular_consistency']:>21.2f}% {crop:>18}")
+    print(f"report: {(out / 'report.html').resolve()}; curve: {(out / 'training_curve.png').resolve()}")
+    print(f"numbers: {(out / 'finetune.json').resolve()}")
 
 
 def _integer(text: str) -> int | str:
@@ -346,12 +485,9 @@ def _integer(text: str) -> int | str:
 
 
 def _save_state_dict(model, path: Path) -> None:
-    from safetensors.torch import save
+    from shiftlab._io import safetensors_bytes
 
-    # Copies: safetensors refuses tensors that share memory (tied weights), and needs them contiguous.
-    path.write_bytes(
-        save({key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()})
-    )
+    path.write_bytes(safetensors_bytes(model.state_dict()))
 
 
 def _subpixel_shifts(spec: str) -> list[tuple[float, float]]:
@@ -628,6 +764,94 @@ def _add_normalize(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_finetune_options(parser: argparse.ArgumentParser) -> None:
+    """convert's fine-tuning options; None here means "not given": the defaults are FinetuneSettings' (a test checks
+    that the help quotes them; the parser does not import torch)."""
+    group = parser.add_argument_group("fine-tuning (with --finetune DATA; defaults explained in the README)")
+    group.add_argument(
+        "--finetune",
+        metavar="DATA",
+        default=None,
+        help="fine-tune the converted model on these images, the original model teaching it: a folder, a list "
+        "file, or digits (the 4,000 bundled training digits; the 1,000 test digits are held out)",
+    )
+    group.add_argument(
+        "--holdout",
+        metavar="DATA",
+        default=None,
+        help="held-out images for the report, never trained on (default: --holdout-fraction of DATA)",
+    )
+    group.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="without --holdout: the share of DATA held out, chosen by a hash of each image's name (default: 0.1)",
+    )
+    group.add_argument(
+        "--labels",
+        choices=("use", "ignore"),
+        default=None,
+        help="add a cross-entropy term with the data's labels, or distil only (default: use them when DATA has them)",
+    )
+    group.add_argument("--classes", default=None, help="class names in index order, comma-separated or a file")
+    group.add_argument("--epochs", type=int, default=None, help="passes over DATA (default: 3)")
+    group.add_argument("--batch-size", type=int, default=None, help="images per step, all processes (default: 64)")
+    group.add_argument("--lr", type=float, default=None, help="peak learning rate, cosine to 0 (default: 0.01)")
+    group.add_argument("--momentum", type=float, default=None, help="SGD Nesterov momentum (default: 0.9)")
+    group.add_argument("--weight-decay", type=float, default=None, help="L2 penalty (default: 0.0001)")
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="distillation temperature T (default: 4)",
+    )
+    group.add_argument(
+        "--label-weight",
+        type=float,
+        default=None,
+        help="weight of the cross-entropy term when labels are used (default: 0.5)",
+    )
+    group.add_argument(
+        "--shift-mode",
+        choices=("auto", "circular", "crop"),
+        default=None,
+        help="the student's views: circular rolls or crop windows (default: auto = circular for APS with circular "
+        "padding, crop otherwise)",
+    )
+    group.add_argument(
+        "--max-shift",
+        type=int,
+        default=None,
+        metavar="R",
+        help="shifts uniform in [-R, R) per axis (default: an eighth of the input's shorter side, rounded up)",
+    )
+    group.add_argument(
+        "--views", type=int, default=None, help="views per held-out image for the consistency metrics (default: 4)"
+    )
+    group.add_argument("--resize", type=int, default=None, help="shorter side of every image first (e.g. 256)")
+    group.add_argument("--crop", type=int, default=None, help="model input: the centre CROPxCROP window (e.g. 224)")
+    group.add_argument(
+        "--normalize",
+        choices=("auto", "imagenet", "none"),
+        default=None,
+        help="input normalisation (default: auto = ImageNet statistics for torchvision models)",
+    )
+    group.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu; under torchrun: one GPU per process)"
+    )
+    group.add_argument("--workers", type=int, default=None, help="image-decoding worker processes (default: 0)")
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="write a checkpoint every N steps and after every epoch (default: 50)",
+    )
+    group.add_argument(
+        "--resume", action="store_true", default=None, help="continue the fine-tuning whose checkpoint is in --out"
+    )
+
+
 def _add_precision(parser: argparse.ArgumentParser, device_help: str, dtype_help: str) -> None:
     parser.add_argument("--device", default="cpu", help=device_help)
     parser.add_argument(
@@ -792,7 +1016,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Replace every downsampling layer of a model by BlurPool (anti-aliasing, Zhang 2019) or adaptive "
             "polyphase sampling (APS, Chaman & Dokmanic 2021), keeping its weights, or rebuild it as the authors' "
-            "own network (--recipe); write weights.safetensors, changes.csv and changes.json."
+            "own network (--recipe); write weights.safetensors, changes.csv and changes.json. With --finetune DATA, "
+            "the original then teaches the converted model on those images under shifts (self-distillation; no "
+            "labels needed), and report.html, finetune.json and training_curve.png show accuracy and consistency "
+            "before and after, on held-out images. Runs under torchrun too: torchrun --nproc_per_node N -m shiftlab "
+            "convert ... --finetune DATA"
         ),
         epilog=(
             f"{MODEL_SPEC_HELP} The converted weights keep their state_dict keys (with --recipe zhang2019 or "
@@ -835,8 +1063,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"weights of the model before conversion: {WEIGHTS_HELP}",
     )
     convert.add_argument(
-        "--seed", type=int, default=0, help="seed of the random initialisation when no weights are given (default: 0)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random initialisation when no weights are given, and of the fine-tuning (default: 0)",
     )
+    _add_finetune_options(convert)
     _add_out(convert, "convert")
     convert.set_defaults(handler=run_convert)
 

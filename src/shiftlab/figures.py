@@ -9,7 +9,7 @@ Jupyter when returned from a cell. Save them with ``fig.savefig("x.png")`` or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from shiftlab._format import figure_text, format_stride
 from shiftlab.errors import check, check_choice, describe
 from shiftlab.metrics import peak_position
 
+if TYPE_CHECKING:
+    from shiftlab.finetune import FinetuneResult
+
 __all__ = [
     "show_convergence",
     "show_error_vs_depth",
@@ -26,6 +29,7 @@ __all__ = [
     "show_feature_map",
     "show_pyramid",
     "show_shift_table",
+    "show_training_curve",
     "shade_stride_bands",
 ]
 
@@ -497,4 +501,63 @@ def show_shift_heatmaps(
         axes.set_title(f"{figure_text(name)}\nstride {stride}", fontsize=9)
     if image is not None:
         figure.colorbar(image, ax=list(panels), shrink=0.85, label=_METRIC_LABELS[metric])
+    return figure
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The mean of the last ``window`` values at every position (fewer at the start)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def show_training_curve(result: FinetuneResult, *, dpi: int = 100) -> Figure:
+    """A fine-tuning run (:func:`shiftlab.finetune`): the loss per step, and the held-out accuracy after each epoch.
+
+    Left: the loss of every step (thin) and its running mean over a tenth of an epoch, with the distillation term
+    alone when labels were used too; dotted lines end the epochs. Right: the student's held-out accuracy (or its
+    agreement with the original, without labels) before the first step and after each epoch, against the
+    original model's (dashed).
+    """
+    steps = result.steps
+    figure = Figure(figsize=(10.0, 3.6), dpi=dpi, layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(1, 2, width_ratios=[1.6, 1.0])
+    if steps:
+        numbers = np.array([row["step"] for row in steps])
+        per_epoch = max(1, result.protocol["steps_per_epoch"])
+        window = max(1, per_epoch // 10)
+        series = [("loss", "loss (the training objective)", "#3d405b")]
+        if steps[0]["cross_entropy"] is not None:
+            series.append(("distillation", "distillation term", "#2e86ab"))
+        for key, label, colour in series:
+            values = np.array([row[key] for row in steps], dtype=float)
+            loss_axes.plot(numbers, values, color=colour, linewidth=0.6, alpha=0.35)
+            loss_axes.plot(numbers, _running_mean(values, window), color=colour, linewidth=1.6, label=label)
+        for row in result.epochs[1:-1]:
+            loss_axes.axvline(row["step"], color="#9aa3b5", linestyle=":", linewidth=0.9)
+        loss_axes.set_yscale("log")
+        loss_axes.legend(fontsize=8)
+    loss_axes.set_xlabel("step")
+    loss_axes.set_ylabel("loss (log scale)")
+    loss_axes.set_title(f"training: {result.protocol['data']['usable']} images, {len(steps)} steps", fontsize=9)
+    loss_axes.grid(alpha=0.3)
+    name = result.accuracy_name
+    epochs = [row for row in result.epochs if row["holdout_accuracy"] is not None]
+    accuracy_axes.plot(
+        [row["epoch"] for row in epochs],
+        [100 * row["holdout_accuracy"] for row in epochs],
+        "o-",
+        color="#d1495b",
+        label="converted, fine-tuned",
+    )
+    original = result.metrics("original")["accuracy"]
+    if original is not None:
+        accuracy_axes.axhline(100 * original, color="#3d405b", linestyle="--", linewidth=1.2, label="original")
+    accuracy_axes.set_xticks([row["epoch"] for row in result.epochs])
+    accuracy_axes.set_xlabel("epoch (0: converted, before fine-tuning)")
+    accuracy_axes.set_ylabel(f"held-out {name} (%)")
+    accuracy_axes.set_title(f"{result.protocol['holdout']['images']} held-out images, unshifted", fontsize=9)
+    accuracy_axes.grid(alpha=0.3)
+    accuracy_axes.legend(fontsize=8, loc="lower right")
     return figure

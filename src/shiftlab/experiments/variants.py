@@ -30,6 +30,12 @@ numbers of each class), the same digits and the same shifts for every variant:
   "Aliasing" is the probe's mean relative L2 error at the downsampling layers (``features.3``, stride 2;
   ``features.7``, stride 4) over the shifts that are not a multiple of their stride.
 
+Converting instead of retraining. Three of the conversions also ship applied to the *trained* ``digits_cnn`` and
+fine-tuned by self-distillation (:mod:`shiftlab.finetune`, ``scripts/finetune_reference.py``): the original model
+teaching its converted copy under shifts, 3 epochs on the 4,000 training digits. The comparison measures each of
+them before fine-tuning (the baseline's weights, converted), after it, and beside the variant trained from scratch
+with the same layers, on the same digits with the same protocol.
+
 The probe aligns every digit with one shift per layer. APS moves each digit's maps by the floor or the ceiling of
 ``t / s``, depending on the phase it picks for that digit, so over several digits its strided layers show an error
 that no single alignment removes, although every map is an exact shifted copy: probed one digit at a time (so
@@ -54,18 +60,22 @@ from shiftlab.errors import check, check_int
 from shiftlab.evaluate import EvaluationResult, evaluate
 from shiftlab.figures import shade_stride_bands
 from shiftlab.invariance import Consistency, ShiftAccuracy
-from shiftlab.models import DIGITS_CNN_VARIANTS, load_model
+from shiftlab.models import DIGITS_CNN_VARIANTS, DIGITS_CNN_WEIGHTS, load_model
 from shiftlab.probe import ProbeResult, probe
 from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_number
 
 __all__ = [
     "CANVAS_MARGIN",
     "DEMO_VARIANT_DIGITS",
+    "FINETUNED_VARIANTS",
+    "FINETUNE_STAGES",
     "PROBE_LAYERS",
     "PROBE_SHIFTS",
     "VARIANT_SPECS",
     "VariantsResult",
     "demo_variants_sections",
+    "finetune_record",
+    "readme_finetune_table",
     "readme_table",
     "run_variants",
     "training_record",
@@ -85,6 +95,16 @@ DOWNSAMPLING_LAYERS: tuple[str, ...] = ("features.3", "features.7")
 #: How many test digits the demo (and the README's table) uses: a prefix, 20 of each class.
 DEMO_VARIANT_DIGITS = 200
 EXACT = ROUNDING_LEVEL  # relative L2 error at or below which a layer counts as exact (float32 rounding)
+#: The conversions that also ship applied to the trained baseline and fine-tuned (scripts/finetune_reference.py).
+FINETUNED_VARIANTS: tuple[str, ...] = ("blurpool", "circular_blurpool", "circular_aps")
+#: How each conversion of the trained baseline is shown: stage -> its label's ending (after the spec).
+FINETUNE_STAGES: dict[str, str] = {
+    "converted": "converted from digits_cnn, not fine-tuned",
+    "fine-tuned": "converted from digits_cnn, fine-tuned",
+    "scratch": "trained from scratch",
+}
+#: The accuracy a fine-tuned conversion may lose against the original, in test digits of 1,000 (0.5 points).
+FINETUNE_ALLOWANCE = 5
 
 
 def training_record(variant: str) -> dict[str, Any]:
@@ -103,6 +123,37 @@ def training_record(variant: str) -> dict[str, Any]:
     return record
 
 
+def finetune_record(variant: str) -> dict[str, Any]:
+    """The JSON that ``scripts/finetune_reference.py`` wrote beside the variant's fine-tuned weights.
+
+    Example:
+        >>> record = finetune_record("circular_aps")
+        >>> record["spec"], record["weights"]
+        ('digits_cnn+circular+aps', 'digits_cnn_finetuned_circular_aps.safetensors')
+    """
+    check(
+        variant in FINETUNED_VARIANTS,
+        "variant",
+        f"must be one of {', '.join(FINETUNED_VARIANTS)}, got {variant!r}",
+    )
+    text = resources.files("shiftlab").joinpath(f"assets/digits_cnn_finetuned_{variant}.json").read_text()
+    record: dict[str, Any] = json.loads(text)
+    return record
+
+
+def finetune_label(variant: str, stage: str) -> str:
+    """The evaluation's label of one stage of a conversion of the trained baseline (see :data:`FINETUNE_STAGES`)."""
+    return VARIANT_SPECS[variant] if stage == "scratch" else f"{VARIANT_SPECS[variant]}, {FINETUNE_STAGES[stage]}"
+
+
+def _converted_baseline(variant: str, stage: str) -> torch.nn.Module:
+    """``digits_cnn`` converted to ``variant`` with the baseline's weights, or with the fine-tuned ones."""
+    name = DIGITS_CNN_WEIGHTS if stage == "converted" else f"digits_cnn_finetuned_{variant}.safetensors"
+    with resources.as_file(resources.files("shiftlab").joinpath(f"assets/{name}")) as path:
+        model, _ = load_model(VARIANT_SPECS[variant], weights=path)
+    return model
+
+
 @dataclass
 class VariantsResult:
     """The numbers of the comparison: an evaluation of all variants, a probe of each, and their training records.
@@ -114,6 +165,10 @@ class VariantsResult:
             is probed alone (only for the variants probed so).
         records: variant -> its training record (:func:`training_record`).
         protocol: what was measured, how.
+        finetuning: the same evaluation of the conversions of the trained baseline, before and after fine-tuning
+            (labels: :func:`finetune_label`).
+        finetune_records: variant -> its fine-tuning record (:func:`finetune_record`), for
+            :data:`FINETUNED_VARIANTS`.
     """
 
     evaluation: EvaluationResult
@@ -121,6 +176,8 @@ class VariantsResult:
     per_digit: dict[str, dict[str, float]]
     records: dict[str, dict[str, Any]]
     protocol: dict[str, Any] = field(default_factory=dict)
+    finetuning: EvaluationResult | None = None
+    finetune_records: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: How many of the evaluated digits have ink within :data:`CANVAS_MARGIN` pixels of their border, where some
     #: crop windows cut it off (a crop of the others is a circular roll: only black pixels leave and enter).
     digits_near_border: int = 0
@@ -166,10 +223,44 @@ class VariantsResult:
             "per_digit_error": max(self.per_digit[variant].values()) if variant in self.per_digit else None,
         }
 
+    def finetune_numbers(self, variant: str, stage: str) -> dict[str, Any]:
+        """One stage (:data:`FINETUNE_STAGES`) of a conversion of the trained baseline: counts and fractions."""
+        evaluation = self.evaluation if stage == "scratch" else self.finetuning
+        assert evaluation is not None
+        results = evaluation.results[finetune_label(variant, stage)]
+        accuracy, circular = results["shift-accuracy"], results["consistency"]
+        crop = results["crop-consistency"]
+        if stage == "scratch":
+            record = self.records[variant]
+            correct, images = record["test_correct"], record["test_images"]
+        else:
+            record = self.finetune_records[variant]["metrics"]["fine-tuned" if stage == "fine-tuned" else "converted"]
+            correct, images = record["correct"], record["images"]
+        return {
+            "variant": variant,
+            "stage": stage,
+            "label": finetune_label(variant, stage),
+            "test_correct": correct,
+            "test_images": images,
+            "accuracy": accuracy["accuracy_unshifted"],
+            "circular_consistency": circular["consistency"],
+            "agreeing_pairs": circular["agreeing_pairs"],
+            "pairs": circular["pairs"],
+            "crop_consistency": crop["consistency"],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "protocol": self.protocol,
             "numbers": [self.numbers(variant) for variant in self.variants],
+            "finetuned": [
+                self.finetune_numbers(variant, stage) for variant in self.finetune_records for stage in FINETUNE_STAGES
+            ],
+            "finetuning": None if self.finetuning is None else self.finetuning.to_dict(),
+            "finetune_records": {
+                variant: {key: value for key, value in record.items() if key != "steps"}
+                for variant, record in self.finetune_records.items()
+            },
             "evaluation": self.evaluation.to_dict(),
             "probes": {variant: result.summary() for variant, result in self.probes.items()},
             "records": self.records,
@@ -216,13 +307,22 @@ def run_variants(
         Consistency("crop", views=views, max_shift=2 * margin),
         ShiftAccuracy(PROBE_SHIFTS, mode="circular"),
     ]
-    evaluation = evaluate(
-        {spec: spec for spec in VARIANT_SPECS.values()},
-        (canvas, labels),
-        crop=images.shape[-1],
-        classes=DIGITS_CLASSES,
-        metrics=metrics,
-        batch_size=batch_size,
+    measure: dict[str, Any] = {
+        "crop": images.shape[-1],
+        "classes": DIGITS_CLASSES,
+        "metrics": metrics,
+        "batch_size": batch_size,
+    }
+    evaluation = evaluate({spec: spec for spec in VARIANT_SPECS.values()}, (canvas, labels), **measure)
+    # the same digits, views and seed: each model's numbers do not depend on the others evaluated with it
+    converted = {
+        finetune_label(variant, stage): _converted_baseline(variant, stage)
+        for variant in FINETUNED_VARIANTS
+        for stage in ("converted", "fine-tuned")
+    }
+    # the worst case over 16 shifts costs two thirds of the evaluation: measured for the variants above only
+    finetuning = evaluate(
+        converted, (canvas, labels), **{**measure, "metrics": [metrics[0], metrics[1], ShiftAccuracy([(0, 0)])]}
     )
     probes: dict[str, ProbeResult] = {}
     per_digit: dict[str, dict[str, float]] = {}
@@ -255,14 +355,20 @@ def run_variants(
         "per-digit probe": (
             f"the same probe on each of the first {per_digit_count} digits alone, for {', '.join(per_digit_variants)}"
         ),
+        "converted from the trained baseline": (
+            f"{', '.join(VARIANT_SPECS[variant] for variant in FINETUNED_VARIANTS)} with the weights of digits_cnn "
+            f"({DIGITS_CNN_WEIGHTS}), before and after fine-tuning by self-distillation "
+            "(scripts/finetune_reference.py; the fine-tuned weights ship as assets/digits_cnn_finetuned_<variant>)"
+        ),
         "seed": 0,
         "batch size": batch_size,
     }
     records = {variant: training_record(variant) for variant in VARIANT_SPECS}
+    finetune_records = {variant: finetune_record(variant) for variant in FINETUNED_VARIANTS}
     inside = torch.zeros(images.shape[-2:], dtype=torch.bool)
     inside[margin:-margin, margin:-margin] = True
     near_border = int((images[..., ~inside] != 0).flatten(1).any(1).sum())
-    return VariantsResult(evaluation, probes, per_digit, records, protocol, near_border)
+    return VariantsResult(evaluation, probes, per_digit, records, protocol, finetuning, finetune_records, near_border)
 
 
 def _percent(value: float | None, digits: int = 1) -> str:
@@ -309,6 +415,41 @@ def readme_table(result: VariantsResult) -> str:
     """The side-by-side table as Markdown, as the README shows it (a test checks that the two agree)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in _table_rows(result)]
+    return "\n".join(lines)
+
+
+#: The columns of the table of conversions of the trained baseline (the README's as well).
+FINETUNE_COLUMNS = (
+    "conversion",
+    "model",
+    "test accuracy (1,000 digits)",
+    "circular consistency",
+    "crop consistency",
+)
+
+
+def _finetune_rows(result: VariantsResult) -> list[list[str]]:
+    rows = []
+    for variant in result.finetune_records:
+        for stage in FINETUNE_STAGES:
+            item = result.finetune_numbers(variant, stage)
+            rows.append(
+                [
+                    f"`{VARIANT_SPECS[variant]}`" if stage == "converted" else "",
+                    FINETUNE_STAGES[stage],
+                    f"{item['test_correct']:,} / {item['test_images']:,}",
+                    _percent(item["circular_consistency"]),
+                    _percent(item["crop_consistency"]),
+                ]
+            )
+    return rows
+
+
+def readme_finetune_table(result: VariantsResult) -> str:
+    """The conversions of the trained baseline as Markdown, as the README shows them (a test compares the numbers
+    with what shiftlab measures, within what another CPU may change)."""
+    lines = ["| " + " | ".join(FINETUNE_COLUMNS) + " |", "| " + " | ".join("---" for _ in FINETUNE_COLUMNS) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in _finetune_rows(result)]
     return "\n".join(lines)
 
 
@@ -554,6 +695,15 @@ def variants_section(result: VariantsResult, *, key: str = "variants", lead: str
         f"{len(PROBE_SHIFTS)} circular shifts in 0..3 (every phase of the stride 4). The probe's profile (figure) "
         "shows where each variant loses equivariance."
     )
+    if result.finetune_records:
+        intro += (
+            "\n\nConverting instead of retraining: the trained digits_cnn converted without retraining loses "
+            "accuracy, because the converted layers compute something else. Fine-tuned by self-distillation "
+            "(shiftlab convert ... --finetune digits; the original teaches its converted copy under shifts, 3 "
+            "epochs on the 4,000 training digits), each conversion keeps the original's accuracy and gains its "
+            "consistency. The last tables show each conversion before fine-tuning, after it, and trained from "
+            "scratch, measured on the same digits."
+        )
     figures = [
         ("The headline numbers of every variant on one scale.", show_variant_summary(result)),
         (
@@ -573,10 +723,101 @@ def variants_section(result: VariantsResult, *, key: str = "variants", lead: str
         "BlurPool and APS, trained: the digit classifier six ways, side by side",
         intro,
         figures=figures,
-        tables=[table, _training_table(result), protocol],
-        findings=variant_findings(result),
+        tables=[table, _training_table(result), *_finetune_tables(result), protocol],
+        findings=variant_findings(result) + finetune_findings(result),
         data=result.to_dict(),
     )
+
+
+def _finetune_tables(result: VariantsResult) -> list[Table]:
+    if not result.finetune_records:
+        return []
+    comparison = Table(
+        "The trained digits_cnn converted, before and after fine-tuning, beside the same layers trained from "
+        "scratch: test accuracy on all 1,000 test digits (the records'), the rest on the "
+        f"{result.evaluation.images['evaluated']} digits above",
+        list(FINETUNE_COLUMNS),
+        [[cell.strip("`") for cell in row] for row in _finetune_rows(result)],
+    )
+    rows = []
+    for variant, record in result.finetune_records.items():
+        settings = record["settings"]
+        rows.append(
+            [
+                VARIANT_SPECS[variant],
+                record["weights"],
+                f"{settings['epochs']} epochs, {len(record['steps'])} steps of {settings['batch_size']}",
+                f"{record['training_seconds']:g} s",
+                f"{record['training_cpu_seconds']:g} s",
+                format_number(record["load_average_before"]),
+                f"{record['test_correct']} / {record['test_images']}",
+                record["weights_sha256"][:12],
+            ]
+        )
+    runs = Table(
+        "Fine-tuning (scripts/finetune_reference.py, one thread): the training steps' wall and CPU time, taken on "
+        "a shared 2-core machine (load average before the run beside them)",
+        ["spec", "weights", "budget", "wall time", "CPU time", "load before", "test correct", "sha256"],
+        rows,
+    )
+    return [comparison, runs]
+
+
+def finetune_findings(result: VariantsResult) -> list[Finding]:
+    """Before and after fine-tuning, in sentences with their numbers (none without the fine-tuning records)."""
+    if not result.finetune_records:
+        return []
+    original = result.records["baseline"]
+    stages = {
+        variant: {stage: result.finetune_numbers(variant, stage) for stage in FINETUNE_STAGES}
+        for variant in result.finetune_records
+    }
+
+    def counts(stage: str) -> str:
+        return ", ".join(f"{VARIANT_SPECS[variant]} {item[stage]['test_correct']}" for variant, item in stages.items())
+
+    findings = [
+        Finding(
+            "Converted without retraining, the trained digits_cnn loses accuracy: the converted layers compute "
+            "another function than the one that was trained",
+            f"test digits right, of 1,000: digits_cnn {original['test_correct']}; converted {counts('converted')}",
+            all(item["converted"]["test_correct"] < original["test_correct"] for item in stages.values()),
+        ),
+        Finding(
+            "Fine-tuned by self-distillation, every conversion is back within 0.5 points of the original's test "
+            "accuracy",
+            f"test digits right, of 1,000: fine-tuned {counts('fine-tuned')}; trained from scratch "
+            f"{counts('scratch')}; digits_cnn {original['test_correct']}",
+            all(
+                item["fine-tuned"]["test_correct"] >= original["test_correct"] - FINETUNE_ALLOWANCE
+                for item in stages.values()
+            ),
+        ),
+    ]
+    if "circular_aps" in stages:
+        after = stages["circular_aps"]["fine-tuned"]
+        findings.append(
+            Finding(
+                "... and APS with circular padding is still exactly consistent under circular shifts after "
+                "fine-tuning (the weights change, the architecture's guarantee does not)",
+                f"{after['agreeing_pairs']} of {after['pairs']} view pairs agree "
+                f"({result.evaluation.images['evaluated']} digits)",
+                after["agreeing_pairs"] == after["pairs"],
+            )
+        )
+    cost = ", ".join(
+        f"{VARIANT_SPECS[variant]} {record['training_seconds']:g} s ({record['training_cpu_seconds']:g} s of CPU)"
+        for variant, record in result.finetune_records.items()
+    )
+    threads = {record["threads"] for record in result.finetune_records.values()}
+    findings.append(
+        Finding(
+            f"Wall time of the fine-tuning steps, 3 epochs ({', '.join(map(str, sorted(threads)))} thread(s); "
+            "a machine shared with other jobs)",
+            cost,
+        )
+    )
+    return findings
 
 
 def demo_variants_sections() -> list[Section]:
