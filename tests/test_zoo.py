@@ -704,6 +704,7 @@ class TestCommands:
             "--views", "3", "--max-shift", "4", "--workers", "0", "--out", str(out),
         )  # fmt: skip
         assert status == 0, err
+        assert "Loading weights" not in err  # transformers' own progress bar stays off
         protocol = json.loads((out / "evaluation.json").read_text())["protocol"]
         record = protocol["models"][f"hf:{HF_RESNET}"]
         assert record["preprocessing"]["source"] == f"image processor of {HF_RESNET} (ConvNextImageProcessor)"

@@ -477,6 +477,9 @@ def load_hf(repo: str, *, pretrained: bool, spec: str) -> ZooModel:
         if pretrained:
             weights = _hf_file(repo, HF_WEIGHT_FILES, f"weights of {spec}", whole=True)
             assert weights is not None
+            # transformers draws a progress bar for loading weights on stderr: the command's one-line contract
+            # has no room for it (shiftlab draws its own bars for long work)
+            transformers.utils.logging.disable_progress_bar()
             model, loading = transformers.AutoModelForImageClassification.from_pretrained(
                 repo, output_loading_info=True, **options
             )
