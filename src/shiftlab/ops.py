@@ -40,7 +40,7 @@ _PADDINGS = ("valid", "same", "circular")
 _BLOCK_ELEMENTS = 1 << 20
 # Above this many taps a direct convolution beats shift-and-add.
 _MAX_SHIFT_ADD_TAPS = 81
-Taps = list[tuple[int, float]]
+_Taps = list[tuple[int, float]]
 
 
 def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu: bool = True) -> Any:
@@ -169,7 +169,7 @@ def _weighted_sum(terms: list[tuple[torch.Tensor, float]], out: torch.Tensor) ->
 
 
 @functools.lru_cache(maxsize=256)  # a convolution layer asks for the same kernel on every call
-def _separable_factors(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[Taps, Taps] | None:
+def _separable_factors(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_Taps, _Taps] | None:
     """The non-zero taps ``(column taps, row taps)`` of a rank-1 kernel given as rows of floats, or None.
 
     No SVD: the factors are the column and the row through a pivot entry,
