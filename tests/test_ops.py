@@ -256,6 +256,18 @@ class TestConvolve:
             for c in range(3):
                 torch.testing.assert_close(result[n, c], convolve(stack[n, c], kernel, padding=padding, relu=False))
 
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("padding", PADDINGS)
+    @pytest.mark.parametrize("kernel", ["sobel_y", "laplacian", "gaussian5"])
+    def test_half_precision_tensors(self, generator, dtype, padding, kernel):
+        # Computed in the input's own dtype, every pass rounding to it: at most 5 passes (Laplacian)
+        # on values up to about 4, each off by up to half an eps of the value, so within 10 eps.
+        image = torch.rand(2, 9, 10, generator=generator).to(dtype)
+        result = convolve(image, kernel, padding=padding, relu=False)
+        assert result.dtype == dtype
+        expected = per_map(reference_correlate, image.double().numpy(), get_kernel(kernel).double(), padding, False)
+        np.testing.assert_allclose(result.double().numpy(), expected, rtol=0, atol=10 * torch.finfo(dtype).eps)
+
     @pytest.mark.parametrize("shape", [(7, 7), (2, 7, 7)])
     def test_output_shapes(self, shape):
         image = np.zeros(shape, dtype=np.float32)
