@@ -39,6 +39,11 @@ machine falls on all of them alike. Ratios are taken between medians of the
 same run. The machine is described at the top of the output (CPU, cores,
 thread counts, library versions, load average) because the ratios depend on it.
 
+``--baseline FILE`` adds another version of ``ops.py`` (e.g. ``git show
+COMMIT:src/shiftlab/ops.py > /tmp/ops_before.py``) to the ``convolve`` rows as
+"shiftlab baseline", timed in the same rounds: a before/after comparison on
+the same machine at the same moment.
+
 ``--block-elements V ...`` instead sweeps ``shiftlab.ops._BLOCK_ELEMENTS`` (the
 row-block size of the shift-and-add convolution), timing shiftlab's convolve
 and cv2.filter2D in interleaved rounds; it is how that constant was chosen.
@@ -48,6 +53,7 @@ Usage (from the repository root, with shiftlab installed)::
     python benchmarks/bench_ops.py
     python benchmarks/bench_ops.py --sizes 512 2048 --repeats 7 --json out/bench_ops.json
     python benchmarks/bench_ops.py --kernel laplacian
+    python benchmarks/bench_ops.py --baseline /tmp/ops_before.py
     python benchmarks/bench_ops.py --block-elements 16384 65536 262144
 """
 
@@ -56,6 +62,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -97,6 +104,8 @@ PYRAMID_LEVELS = 6
 RTOL = ATOL = 1e-5
 LOOPS = "article loops"
 SHIFTLAB = "shiftlab"
+BASELINE = "shiftlab baseline"
+baseline_convolve: Callable[..., Any] | None = None  # ``convolve`` of the --baseline file
 
 Impl = Callable[[np.ndarray], Any]
 
@@ -142,6 +151,8 @@ def convolve_impls() -> tuple[dict[str, Impl], dict[str, str]]:
     kh, kw = KERNEL.shape
     crop = (slice(kh // 2, kh // 2 - kh + 1 or None), slice(kw // 2, kw // 2 - kw + 1 or None))
     impls: dict[str, Impl] = {SHIFTLAB: lambda x: convolve(x, KERNEL)}
+    if baseline_convolve is not None:
+        impls[BASELINE] = functools.partial(baseline_convolve, kernel=KERNEL)
     skipped: dict[str, str] = {}
 
     if ndimage is not None:
@@ -415,7 +426,9 @@ def ratios(results: list[Result]) -> list[dict[str, Any]]:
         if operator == "convolve":
             row["speedup_vs_scipy"] = times.get("scipy.ndimage.correlate", float("nan")) / ours
             row["shiftlab_over_cv2"] = ours / times.get("cv2.filter2D", float("nan"))
-        peers = {n: t for n, t in times.items() if n not in (SHIFTLAB, LOOPS) and t == t}
+        peers = {n: t for n, t in times.items() if n not in (SHIFTLAB, LOOPS, BASELINE) and t == t}
+        if BASELINE in times:
+            row["shiftlab_over_baseline"] = ours / times[BASELINE]
         if peers:
             fastest = min(peers, key=peers.get)
             row["fastest_peer"] = fastest
@@ -450,6 +463,8 @@ def print_report(results: list[Result], summary: list[dict[str, Any]]) -> None:
             scipy_ratio, cv2_ratio = row["speedup_vs_scipy"], row["shiftlab_over_cv2"]
             parts.append(f"{scipy_ratio:.2f}x faster than scipy" if scipy_ratio == scipy_ratio else "no scipy")
             parts.append(f"shiftlab/cv2 = {cv2_ratio:.2f}" if cv2_ratio == cv2_ratio else "no cv2")
+        if "shiftlab_over_baseline" in row:
+            parts.append(f"shiftlab/baseline = {row['shiftlab_over_baseline']:.2f}")
         if "fastest_peer" in row:
             parts.append(f"shiftlab/fastest peer ({row['fastest_peer']}) = {row['shiftlab_over_fastest_peer']:.2f}")
         print("  " + "; ".join(parts))
@@ -530,6 +545,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "e.g. laplacian for a kernel that is not separable",
     )
     parser.add_argument(
+        "--baseline", type=Path, help="another version of shiftlab/ops.py whose convolve is timed alongside"
+    )
+    parser.add_argument(
         "--block-elements", type=int, nargs="+", help="instead: sweep shiftlab.ops._BLOCK_ELEMENTS over these values"
     )
     args = parser.parse_args(argv)
@@ -546,13 +564,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         if cv2 is not None:
             cv2.setNumThreads(args.threads)
-    global KERNEL
+    global KERNEL, baseline_convolve
     KERNEL = get_kernel(args.kernel, dtype=torch.float32).numpy()
+    if args.baseline:
+        spec = importlib.util.spec_from_file_location("baseline_ops", args.baseline)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"--baseline {args.baseline}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        baseline_convolve = module.convolve
     if KERNEL.shape[0] % 2 == 0 or KERNEL.shape[1] % 2 == 0:
         raise SystemExit(f"--kernel {args.kernel}: the peers' crops assume an odd-sized kernel, got {KERNEL.shape}")
     started = datetime.datetime.now(datetime.timezone.utc)
     info = machine()
     info["kernel"] = f"{args.kernel} {KERNEL.tolist()}"
+    info["baseline"] = str(args.baseline) if args.baseline else None
     print(f"shiftlab operator benchmark, {started:%Y-%m-%d %H:%M UTC}")
     print("command: python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]))
     for key, value in info.items():

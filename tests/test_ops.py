@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 import shiftlab
-from shiftlab import ops
 from shiftlab._tensors import as_float_tensor, like_input, require_spatial
 from shiftlab.errors import ShiftlabError
 from shiftlab.kernels import get_kernel
@@ -35,6 +34,8 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 PADDINGS = ("valid", "same", "circular")
 KERNEL_SHAPES = [(1, 1), (2, 2), (3, 3), (2, 3), (4, 1), (1, 5), (3, 5), (5, 4), (6, 6)]
 IMAGE_SHAPES = [(9, 13), (12, 7), (6, 6)]
+# Over a million values each: one map larger than a million values, and many small maps.
+LARGE_SHAPES = [(1, 1030, 1030), (40, 180, 160)]
 
 
 # --------------------------------------------------------------------------- references
@@ -77,12 +78,16 @@ def per_map(function, stack: np.ndarray, *args) -> np.ndarray:
     return results.reshape(*stack.shape[:-2], *results.shape[-2:])
 
 
-@pytest.fixture(params=["shift_add", "conv2d"])
-def conv_path(request, monkeypatch):
-    """Run a test through each of convolve's two CPU code paths."""
-    if request.param == "conv2d":
-        monkeypatch.setattr(ops, "_MAX_SHIFT_ADD_TAPS", 0)
-    return request.param
+@pytest.fixture(params=["fixed", "learnable"])
+def as_kernel(request):
+    """The kernel as given, or as a float64 tensor that requires grad (a learnable filter).
+
+    A learnable filter makes ``convolve`` build an autograd graph for it; the
+    results must not differ from those for the same kernel held fixed.
+    """
+    if request.param == "fixed":
+        return lambda spec: spec
+    return lambda spec: get_kernel(spec, dtype=torch.float64).requires_grad_()
 
 
 # --------------------------------------------------------------------------- _tensors
@@ -178,10 +183,10 @@ class TestConvolve:
     @pytest.mark.parametrize("kernel_shape", KERNEL_SHAPES, ids=str)
     @pytest.mark.parametrize("padding", PADDINGS)
     @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
-    def test_matches_scipy(self, rng, conv_path, image_shape, kernel_shape, padding, relu):
+    def test_matches_scipy(self, rng, as_kernel, image_shape, kernel_shape, padding, relu):
         image = rng.random(image_shape).astype(np.float32)
         kernel = rng.normal(size=kernel_shape).astype(np.float32)
-        result = convolve(image, kernel, padding=padding, relu=relu)
+        result = convolve(image, as_kernel(kernel), padding=padding, relu=relu)
         expected = reference_correlate(image, kernel, padding, relu)
         assert isinstance(result, np.ndarray) and result.dtype == np.float32
         assert result.shape == expected.shape
@@ -190,37 +195,40 @@ class TestConvolve:
     @pytest.mark.parametrize("backend", ["numpy", "torch"])
     @pytest.mark.parametrize("dtype", ["float32", "float64"])
     @pytest.mark.parametrize("padding", PADDINGS)
-    def test_dtypes_and_backends(self, rng, conv_path, backend, dtype, padding):
+    def test_dtypes_and_backends(self, rng, as_kernel, backend, dtype, padding):
         image = rng.normal(size=(11, 8)).astype(dtype)
         kernel = rng.normal(size=(3, 4)).astype(dtype)
         expected = reference_correlate(image, kernel, padding, relu=False)
         if backend == "numpy":
-            result = convolve(image, kernel, padding=padding, relu=False)
+            result = convolve(image, as_kernel(kernel), padding=padding, relu=False)
             assert isinstance(result, np.ndarray)
             assert result.dtype == np.dtype(dtype)
         else:
-            result = convolve(torch.from_numpy(image), torch.from_numpy(kernel), padding=padding, relu=False)
+            result = convolve(torch.from_numpy(image), as_kernel(torch.from_numpy(kernel)), padding=padding, relu=False)
             assert isinstance(result, torch.Tensor)
             assert result.dtype == getattr(torch, dtype)
-            result = result.numpy()
+            result = result.detach().numpy()
         tolerance = 1e-5 if dtype == "float32" else 1e-12
         np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance)
 
     @pytest.mark.parametrize("padding", PADDINGS)
     def test_large_kernel(self, rng, padding):
-        # 10x10 = 100 taps: past the shift-and-add limit, so conv2d runs even without gradients.
+        # 10x10 = 100 taps, and an even size.
         image = rng.random((14, 17))
         kernel = rng.normal(size=(10, 10))
         result = convolve(image, kernel, padding=padding, relu=False)
         np.testing.assert_allclose(result, reference_correlate(image, kernel, padding, False), rtol=1e-12, atol=1e-12)
 
-    @pytest.mark.parametrize("block_elements", [1, 7, 40, 1000])
+    @pytest.mark.parametrize("shape", LARGE_SHAPES, ids=str)
+    @pytest.mark.parametrize("kernel_shape", [(3, 2), (5, 3)], ids=str)
     @pytest.mark.parametrize("padding", PADDINGS)
-    def test_row_blocks(self, rng, monkeypatch, block_elements, padding):
-        # The shift-and-add path works in row blocks: results must not depend on the block size.
-        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", block_elements)
-        stack = rng.random((3, 13, 9))
-        kernel = rng.normal(size=(3, 2))
+    def test_large_inputs(self, rng, shape, kernel_shape, padding):
+        # Over a million values: inputs this large are filtered piece by piece (rows of a map, groups of
+        # maps); the pieces' seams must not show. A (5, 3) rank-1 kernel with zero taps, a (3, 2) general one.
+        stack = rng.random(shape)
+        kernel = (
+            rank_one_kernel(rng, kernel_shape, zero_taps=True) if kernel_shape == (5, 3) else rng.normal(size=(3, 2))
+        )
         result = convolve(stack, kernel, padding=padding)
         np.testing.assert_allclose(
             result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-12, atol=1e-12
@@ -228,27 +236,37 @@ class TestConvolve:
 
     @pytest.mark.parametrize("padding", PADDINGS)
     @pytest.mark.parametrize("shape", [(2, 3, 9, 10), (3, 9, 10), (1, 1, 9, 10), (2, 1, 3, 9, 10)], ids=str)
-    def test_batches_equal_per_map(self, rng, conv_path, padding, shape):
+    def test_batches_equal_per_map(self, rng, as_kernel, padding, shape):
         stack = rng.random(shape).astype(np.float32)
-        kernel = rng.normal(size=(3, 3)).astype(np.float32)
+        kernel = as_kernel(rng.normal(size=(3, 3)).astype(np.float32))
         result = convolve(stack, kernel, padding=padding)
         maps = stack.reshape(-1, *shape[-2:])
         singles = np.stack([convolve(one, kernel, padding=padding) for one in maps])
         assert result.shape == (*shape[:-2], *singles.shape[-2:])
         np.testing.assert_allclose(result.reshape(singles.shape), singles, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(
-            result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-5, atol=1e-5
-        )
+        expected = per_map(reference_correlate, stack, get_kernel(kernel, dtype=torch.float64).detach(), padding, True)
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
 
     @pytest.mark.parametrize("padding", PADDINGS)
-    def test_torch_batches(self, generator, conv_path, padding):
+    def test_torch_batches(self, generator, as_kernel, padding):
         stack = torch.rand(2, 3, 8, 11, generator=generator, dtype=torch.float64)
-        result = convolve(stack, "laplacian", padding=padding, relu=False)
+        kernel = as_kernel("laplacian")
+        result = convolve(stack, kernel, padding=padding, relu=False)
         for n in range(2):
             for c in range(3):
-                torch.testing.assert_close(
-                    result[n, c], convolve(stack[n, c], "laplacian", padding=padding, relu=False)
-                )
+                torch.testing.assert_close(result[n, c], convolve(stack[n, c], kernel, padding=padding, relu=False))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("padding", PADDINGS)
+    @pytest.mark.parametrize("kernel", ["sobel_y", "laplacian", "gaussian5"])
+    def test_half_precision_tensors(self, generator, dtype, padding, kernel):
+        # Computed in the input's own dtype, every pass rounding to it: at most 5 passes (Laplacian)
+        # on values up to about 4, each off by up to half an eps of the value, so within 10 eps.
+        image = torch.rand(2, 9, 10, generator=generator).to(dtype)
+        result = convolve(image, kernel, padding=padding, relu=False)
+        assert result.dtype == dtype
+        expected = per_map(reference_correlate, image.double().numpy(), get_kernel(kernel).double(), padding, False)
+        np.testing.assert_allclose(result.double().numpy(), expected, rtol=0, atol=10 * torch.finfo(dtype).eps)
 
     @pytest.mark.parametrize("shape", [(7, 7), (2, 7, 7)])
     def test_output_shapes(self, shape):
@@ -258,9 +276,9 @@ class TestConvolve:
         assert convolve(image, np.ones((3, 2)), padding="circular").shape == shape
 
     @pytest.mark.parametrize("dtype", [bool, np.uint8, np.int16, np.int32, np.int64, np.uint16])
-    def test_integer_and_bool_numpy_give_float32(self, conv_path, dtype):
+    def test_integer_and_bool_numpy_give_float32(self, as_kernel, dtype):
         image = (np.arange(30).reshape(5, 6) % 2).astype(dtype)
-        result = convolve(image, "box3", relu=False)
+        result = convolve(image, as_kernel("box3"), relu=False)
         assert isinstance(result, np.ndarray) and result.dtype == np.float32
         np.testing.assert_allclose(
             result, reference_correlate(image, np.full((3, 3), 1 / 9), "valid", False), rtol=1e-6
@@ -279,7 +297,7 @@ class TestConvolve:
 
     @pytest.mark.parametrize("view", ["flip_cols", "flip_rows", "flip_both_strided", "transposed"])
     @pytest.mark.parametrize("padding", PADDINGS)
-    def test_numpy_views(self, rng, conv_path, view, padding):
+    def test_numpy_views(self, rng, as_kernel, view, padding):
         base = rng.random((12, 14)).astype(np.float32)
         image = {
             "flip_cols": base[:, ::-1],
@@ -288,7 +306,7 @@ class TestConvolve:
             "transposed": base.T,
         }[view]
         kernel = rng.normal(size=(2, 3)).astype(np.float32)
-        result = convolve(image, kernel, padding=padding)
+        result = convolve(image, as_kernel(kernel), padding=padding)
         np.testing.assert_allclose(
             result, reference_correlate(image.copy(), kernel, padding, True), rtol=1e-5, atol=1e-5
         )
@@ -305,7 +323,7 @@ class TestConvolve:
         )
 
     @pytest.mark.parametrize("padding", PADDINGS)
-    def test_non_contiguous_tensors(self, generator, conv_path, padding):
+    def test_non_contiguous_tensors(self, generator, as_kernel, padding):
         base = torch.rand(2, 3, 10, 12, generator=generator)
         kernel = torch.randn(3, 2, generator=generator)
         views = [
@@ -317,17 +335,17 @@ class TestConvolve:
         ]
         for image in views:
             assert not image.is_contiguous() or image.stride() != base.stride()
-            result = convolve(image, kernel.t(), padding=padding)
+            result = convolve(image, as_kernel(kernel.t()), padding=padding)
             expected = per_map(reference_correlate, image.numpy().copy(), kernel.t().numpy(), padding, True)
-            np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(result.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
 
-    def test_input_is_not_modified(self, rng, conv_path):
+    def test_input_is_not_modified(self, rng, as_kernel):
         image = rng.normal(size=(2, 9, 9)).astype(np.float32)
         copy = image.copy()
         tensor = torch.from_numpy(copy.copy())
         for padding in PADDINGS:
-            convolve(image, "laplacian", padding=padding)
-            convolve(tensor, "laplacian", padding=padding)
+            convolve(image, as_kernel("laplacian"), padding=padding)
+            convolve(tensor, as_kernel("laplacian"), padding=padding)
         np.testing.assert_array_equal(image, copy)
         np.testing.assert_array_equal(tensor.numpy(), copy)
 
@@ -337,12 +355,12 @@ class TestConvolve:
         out[:] = 9
         assert (image == 1).all()
 
-    def test_read_only_numpy(self, rng, conv_path):
+    def test_read_only_numpy(self, rng, as_kernel):
         image = rng.random((6, 7)).astype(np.float32)
         image.flags.writeable = False
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            result = convolve(image, "sobel_y", padding="same")
+            result = convolve(image, as_kernel("sobel_y"), padding="same")
         np.testing.assert_allclose(
             result, reference_correlate(image, get_kernel("sobel_y").numpy(), "same", True), atol=1e-5
         )
@@ -368,23 +386,22 @@ class TestConvolve:
         np.testing.assert_array_equal(convolve(image, "sobel_y"), [[0.0, 0.0]])
         np.testing.assert_array_equal(convolve(image, "sobel_y", relu=False), [[-4.0, -4.0]])
 
-    def test_identity_kernel(self, rng, conv_path):
-        image = rng.normal(size=(7, 5))
+    def test_identity_kernel(self, rng, as_kernel):
+        image, identity = rng.normal(size=(7, 5)), as_kernel("identity")
         for padding in ("same", "circular"):
-            np.testing.assert_array_equal(convolve(image, "identity", padding=padding, relu=False), image)
-        np.testing.assert_array_equal(convolve(image, "identity", relu=False), image[1:-1, 1:-1])
+            np.testing.assert_array_equal(convolve(image, identity, padding=padding, relu=False), image)
+        np.testing.assert_array_equal(convolve(image, identity, relu=False), image[1:-1, 1:-1])
 
-    def test_even_kernel_centre_is_k_over_2(self, conv_path):
+    def test_even_kernel_centre_is_k_over_2(self, as_kernel):
         # The centre of a 2x2 kernel is its [1, 1] tap: that tap alone copies the image,
         # the [0, 0] tap alone moves it one pixel down and right.
         image = np.arange(1.0, 17.0).reshape(4, 4)
-        np.testing.assert_array_equal(convolve(image, [[0, 0], [0, 1]], padding="same"), image)
+        centre, corner = as_kernel([[0, 0], [0, 1]]), as_kernel([[1, 0], [0, 0]])
+        np.testing.assert_array_equal(convolve(image, centre, padding="same"), image)
         moved = np.zeros_like(image)
         moved[1:, 1:] = image[:-1, :-1]
-        np.testing.assert_array_equal(convolve(image, [[1, 0], [0, 0]], padding="same"), moved)
-        np.testing.assert_array_equal(
-            convolve(image, [[1, 0], [0, 0]], padding="circular"), np.roll(image, (1, 1), axis=(0, 1))
-        )
+        np.testing.assert_array_equal(convolve(image, corner, padding="same"), moved)
+        np.testing.assert_array_equal(convolve(image, corner, padding="circular"), np.roll(image, (1, 1), axis=(0, 1)))
 
     def test_known_answer_box(self):
         image = np.arange(16.0).reshape(4, 4)
@@ -393,12 +410,12 @@ class TestConvolve:
         np.testing.assert_allclose(convolve(image, "box2", padding="same")[0, 0], 0.0)
         np.testing.assert_allclose(convolve(image, "box2", padding="same")[1, 1], (0 + 1 + 4 + 5) / 4)
 
-    def test_kernel_as_big_as_the_image(self, rng, conv_path):
+    def test_kernel_as_big_as_the_image(self, rng, as_kernel):
         image = rng.random((4, 5))
         kernel = rng.normal(size=(4, 5))
         for padding in PADDINGS:
             np.testing.assert_allclose(
-                convolve(image, kernel, padding=padding, relu=False),
+                convolve(image, as_kernel(kernel), padding=padding, relu=False),
                 reference_correlate(image, kernel, padding, False),
                 rtol=1e-12,
                 atol=1e-12,
@@ -490,33 +507,27 @@ class TestConvolveGradients:
     @pytest.mark.parametrize("padding", PADDINGS)
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     @pytest.mark.parametrize("kernel_shape", [(1, 1), (3, 3), (2, 5), (4, 4)], ids=str)
-    def test_grad_and_no_grad_paths_agree(self, generator, padding, dtype, kernel_shape):
+    def test_with_and_without_gradients_agree(self, generator, padding, dtype, kernel_shape):
         image = torch.randn(2, 3, 11, 9, generator=generator, dtype=dtype)
         kernel = torch.randn(*kernel_shape, generator=generator, dtype=dtype)
         with torch.no_grad():
-            fast = convolve(image, kernel, padding=padding, relu=False)  # shift-and-add
-        with_grad = convolve(image.clone().requires_grad_(), kernel, padding=padding, relu=False)  # conv2d
+            fast = convolve(image, kernel, padding=padding, relu=False)
+        with_grad = convolve(image.clone().requires_grad_(), kernel, padding=padding, relu=False)
         assert with_grad.requires_grad and not fast.requires_grad
         tolerance = 1e-5 if dtype == torch.float32 else 1e-12
         torch.testing.assert_close(with_grad.detach(), fast, rtol=tolerance, atol=tolerance)
         kernel_grad = convolve(image, kernel.clone().requires_grad_(), padding=padding, relu=True)
         torch.testing.assert_close(kernel_grad.detach(), fast.clamp(min=0), rtol=tolerance, atol=tolerance)
 
-    def test_no_grad_context_disables_the_conv2d_path(self, monkeypatch):
-        calls = []
-        real_conv2d = F.conv2d
-
-        def spy(*args, **kwargs):
-            calls.append(1)
-            return real_conv2d(*args, **kwargs)
-
-        monkeypatch.setattr(ops.F, "conv2d", spy)
-        image = torch.rand(6, 6, requires_grad=True)
+    @pytest.mark.parametrize("padding", PADDINGS)
+    def test_no_grad_context(self, generator, padding):
+        # Under no_grad an input that requires grad gives a plain result, equal to the differentiable one.
+        image = torch.rand(2, 8, 9, generator=generator, dtype=torch.float64, requires_grad=True)
         with torch.no_grad():
-            convolve(image, "sobel_y")
-        assert calls == []
-        convolve(image, "sobel_y")
-        assert calls == [1]
+            plain = convolve(image, "sobel_y", padding=padding)
+        differentiable = convolve(image, "sobel_y", padding=padding)
+        assert not plain.requires_grad and differentiable.requires_grad
+        torch.testing.assert_close(differentiable.detach(), plain, rtol=1e-12, atol=1e-12)
 
 
 class TestConvolveErrors:
@@ -647,15 +658,15 @@ class TestConvolveModule:
         np.testing.assert_array_equal(result, [[4.0, 4.0]])
 
 
-# --------------------------------------------------------------------------- separable path
+# --------------------------------------------------------------------------- rank-1 kernels
 
 
 def rank_one_kernel(rng: np.random.Generator, shape: tuple[int, int], zero_taps: bool) -> np.ndarray:
     """``outer(column, row)`` of random factors with mixed signs.
 
-    With ``zero_taps``, one tap of the row, and of the column too where the factored
-    kernel still takes fewer passes than taps (the separable path's condition), is
-    zero, so whole columns and rows of the kernel are zero (as in a Sobel kernel).
+    With ``zero_taps``, one tap of the row, and of the column too where the kernel
+    keeps more non-zero taps than its two factors, is zero, so whole columns and
+    rows of the kernel are zero (as in a Sobel kernel).
     """
     column, row = (rng.normal(size=length) for length in shape)
     for factor in (column, row):
@@ -668,37 +679,21 @@ def rank_one_kernel(rng: np.random.Generator, shape: tuple[int, int], zero_taps:
     return np.outer(column, row)
 
 
-@pytest.fixture
-def paths_taken(monkeypatch):
-    """Names of the CPU shift-and-add paths that ``convolve`` ran, in call order."""
-    calls = []
-    for name in ("_separable_shift_and_add", "_shift_and_add"):
-        real = getattr(ops, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            calls.append(_name.strip("_"))
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(ops, name, spy)
-    return calls
-
-
 SEPARABLE_SHAPES = [(3, 3), (2, 3), (3, 2), (4, 4), (5, 3), (3, 7), (6, 5), (2, 5)]
 
 
-class TestSeparablePath:
-    """Rank-1 kernels run as a row pass then a column pass; everything else as before."""
+class TestRankOneKernels:
+    """Rank-1 kernels (Sobel, box, binomial, Gaussian, random outer products) and near misses, against scipy."""
 
     @pytest.mark.parametrize("kernel_shape", SEPARABLE_SHAPES, ids=str)
     @pytest.mark.parametrize("zero_taps", [False, True], ids=["dense", "zero-taps"])
     @pytest.mark.parametrize("padding", PADDINGS)
     @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
     @pytest.mark.parametrize("dtype", ["float32", "float64"])
-    def test_matches_scipy(self, rng, paths_taken, kernel_shape, zero_taps, padding, relu, dtype):
+    def test_matches_scipy(self, rng, kernel_shape, zero_taps, padding, relu, dtype):
         image = rng.normal(size=(13, 11)).astype(dtype)
         kernel = rank_one_kernel(rng, kernel_shape, zero_taps).astype(dtype)
         result = convolve(image, kernel, padding=padding, relu=relu)
-        assert paths_taken == ["separable_shift_and_add"]
         assert isinstance(result, np.ndarray) and result.dtype == np.dtype(dtype)
         expected = reference_correlate(image, kernel, padding, relu)
         tolerance = 1e-5 if dtype == "float32" else 1e-12
@@ -707,104 +702,77 @@ class TestSeparablePath:
     @pytest.mark.parametrize("padding", PADDINGS)
     @pytest.mark.parametrize("shape", [(2, 3, 12, 10), (4, 9, 14), (1, 1, 8, 8), (2, 1, 2, 9, 10)], ids=str)
     @pytest.mark.parametrize("backend", ["numpy", "torch"])
-    def test_batches(self, rng, paths_taken, padding, shape, backend):
+    def test_batches(self, rng, padding, shape, backend):
         stack = rng.normal(size=shape)
         kernel = rank_one_kernel(rng, (3, 4), zero_taps=True)
         source = stack if backend == "numpy" else torch.from_numpy(stack)
         result = convolve(source, kernel, padding=padding, relu=False)
-        assert set(paths_taken) == {"separable_shift_and_add"}
         assert isinstance(result, np.ndarray if backend == "numpy" else torch.Tensor)
         expected = per_map(reference_correlate, stack, kernel, padding, False)
         np.testing.assert_allclose(np.asarray(result), expected, rtol=1e-12, atol=1e-12)
 
-    @pytest.mark.parametrize("block_elements", [1, 7, 40, 200, 500, 1000])
-    @pytest.mark.parametrize("padding", PADDINGS)
-    def test_row_blocks_and_map_chunks(self, rng, monkeypatch, block_elements, padding):
-        # Results must not depend on the block size, including blocks of fewer maps than
-        # the batch (with 500 elements: 4 + 1 maps valid, 2 + 2 + 1 padded; 1 map each below).
-        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", block_elements)
-        stack = rng.normal(size=(5, 13, 12))
-        kernel = rank_one_kernel(rng, (5, 3), zero_taps=True)
-        result = convolve(stack, kernel, padding=padding)
-        np.testing.assert_allclose(
-            result, per_map(reference_correlate, stack, kernel, padding, True), rtol=1e-12, atol=1e-12
-        )
-
-    def test_blocks_split_the_batch_when_rows_are_few(self, monkeypatch):
-        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 200)
-        # 5 maps x 12 columns leave 3 rows per block, fewer than 4 x 2 extra intermediate rows.
-        assert ops._blocks(5, 12, 11, 2) == (2, 8)
-        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", 1 << 20)
-        assert ops._blocks(5, 12, 11, 2) == (5, (1 << 20) // 60)
-
     @pytest.mark.parametrize("name", ["sobel_y", "sobel_x", "box3", "box5", "gaussian3", "gaussian7", "binomial5"])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-    def test_named_rank_one_kernels_are_separable(self, generator, paths_taken, name, dtype):
+    def test_named_kernels(self, generator, name, dtype):
         # Gaussians included in float32, where rounding leaves them rank 1 only to about 3e-8.
         image = torch.rand(2, 15, 16, generator=generator, dtype=dtype)
         result = convolve(image, name, padding="circular", relu=False)
-        assert paths_taken == ["separable_shift_and_add"]
         kernel = get_kernel(name, dtype=dtype).double().numpy()
         expected = per_map(reference_correlate, image.double().numpy(), kernel, "circular", False)
         tolerance = 1e-5 if dtype == torch.float32 else 1e-12
         np.testing.assert_allclose(result.numpy(), expected, rtol=tolerance, atol=tolerance)
+
+    @pytest.mark.parametrize("name", ["sobel_y", "sobel_x", "laplacian", "binomial3", "box2", "identity"])
+    @pytest.mark.parametrize("padding", PADDINGS)
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_small_integer_images_are_exact(self, rng, name, padding, dtype):
+        # Small integers times these kernels' entries (integers, or powers of two) are exact
+        # in float32, and so are their sums: any rounding on the way, from factoring the kernel or
+        # otherwise, would show.
+        image = rng.integers(-50, 50, size=(3, 11, 12)).astype(dtype)
+        kernel = get_kernel(name, dtype=torch.float64).numpy()
+        expected = per_map(reference_correlate, image, kernel, padding, False)
+        np.testing.assert_array_equal(convolve(image, name, padding=padding, relu=False), expected)
 
     @pytest.mark.parametrize(
         "kernel",
         ["laplacian", "identity", "box2", "[[1, 2, 3]]", "1; 2; 3; 4", "0 0 0; 1 2 1; 0 0 0", "[[0, 0], [0, 0]]"],
         ids=["laplacian", "one-tap", "2x2", "one-row", "one-column", "one-non-zero-row", "zeros"],
     )
-    def test_other_kernels_take_the_general_path(self, rng, paths_taken, kernel):
-        # Not rank 1, or rank 1 without fewer passes when factored (a single row, column or 2x2).
+    def test_other_kernels(self, rng, kernel):
+        # Not rank 1, or rank 1 but a single row, column or 2x2; all zeros.
         image = rng.normal(size=(9, 10))
         result = convolve(image, kernel, padding="same", relu=False)
-        assert paths_taken == ([] if kernel == "[[0, 0], [0, 0]]" else ["shift_and_add"])  # no taps: zeros
         expected = reference_correlate(image, get_kernel(kernel, dtype=torch.float64).numpy(), "same", False)
         np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
-
-    def test_sobel_factors(self):
-        column, row = ops._separable_factors(get_kernel("sobel_y"))
-        # The column and the row through the first entry equal to 1 ([0, 2]), zero taps dropped.
-        assert column == [(0, 1.0), (1, 2.0), (2, 1.0)]
-        assert row == [(0, -1.0), (2, 1.0)]
-        # Without an entry equal to 1, through the largest one: [1, 1] of the binomial.
-        column, row = ops._separable_factors(get_kernel("binomial3", dtype=torch.float64))
-        assert column == [(0, 0.5), (1, 1.0), (2, 0.5)]
-        assert row == [(0, 0.125), (1, 0.25), (2, 0.125)]
-        assert ops._separable_factors(get_kernel("laplacian")) is None
 
     @pytest.mark.parametrize(
         ("dtype", "relative"),
         [("float64", 1e-13), ("float64", 1e-6), ("float32", 1e-5), ("float32", 1e-2)],
     )
     @pytest.mark.parametrize("padding", PADDINGS)
-    def test_near_rank_one_takes_the_general_path(self, rng, paths_taken, dtype, relative, padding):
-        # A rank-1 kernel plus a perturbation above 8 eps of the dtype is not rank 1: factoring
-        # it would drop the perturbation, so it must go the general way and still be right.
+    def test_near_rank_one(self, rng, dtype, relative, padding):
+        # A rank-1 kernel plus a perturbation above 8 eps of the dtype is not rank 1: treating it as
+        # one would drop the perturbation, which the float64 comparison would see.
         kernel = rank_one_kernel(rng, (3, 4), zero_taps=False)
         kernel[1, 2] += relative * np.abs(kernel).max()
         kernel = kernel.astype(dtype)
-        assert ops._separable_factors(torch.from_numpy(kernel)) is None
         image = rng.normal(size=(2, 10, 12)).astype(dtype)
         result = convolve(image, kernel, padding=padding, relu=False)
-        assert set(paths_taken) == {"shift_and_add"}
         tolerance = 1e-5 if dtype == "float32" else 1e-12
         expected = per_map(reference_correlate, image, kernel, padding, False)
         np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance)
 
     @pytest.mark.parametrize("kernel_shape", [(3, 3), (2, 4), (5, 3), (4, 6)], ids=str)
     @pytest.mark.parametrize("dtype", ["float32", "float64"])
-    @pytest.mark.parametrize("block_elements", [1 << 20, 30])
+    @pytest.mark.parametrize("shape", [(2, 19, 23), (1, 1030, 1030)], ids=["small", "over-a-million-values"])
     @pytest.mark.parametrize("trial", range(3))
-    def test_circular_is_exactly_shift_equivariant(
-        self, rng, monkeypatch, paths_taken, kernel_shape, dtype, block_elements, trial
-    ):
-        # Every output pixel goes through the same float operations in the same order,
-        # wherever it lies in its row or block: rolling commutes with filtering bit for bit.
-        monkeypatch.setattr(ops, "_BLOCK_ELEMENTS", block_elements)
-        image = rng.random((2, 19, 23)).astype(dtype)
+    def test_circular_is_exactly_shift_equivariant(self, rng, kernel_shape, dtype, shape, trial):
+        # Every output pixel goes through the same float operations in the same order, wherever it
+        # lies in its row or in the input: rolling commutes with filtering bit for bit.
+        image = rng.random(shape).astype(dtype)
         kernel = rank_one_kernel(rng, kernel_shape, zero_taps=bool(trial % 2)).astype(dtype)
-        shift = (int(rng.integers(-19, 19)), int(rng.integers(-23, 23)))
+        shift = tuple(int(rng.integers(-size, size)) for size in shape[-2:])
         for relu in (False, True):
             shifted_then_filtered = convolve(
                 np.roll(image, shift, axis=(-2, -1)), kernel, padding="circular", relu=relu
@@ -813,12 +781,11 @@ class TestSeparablePath:
                 convolve(image, kernel, padding="circular", relu=relu), shift, axis=(-2, -1)
             )
             np.testing.assert_array_equal(shifted_then_filtered, filtered_then_shifted)
-        assert set(paths_taken) == {"separable_shift_and_add"}
 
     @pytest.mark.parametrize("kernel", ["sobel_y", "laplacian"])
     def test_output_memory(self, rng, kernel):
-        # Numpy callers may get numpy-allocated memory, torch callers a plain (resizable) torch tensor;
-        # neither aliases the input nor the intermediate.
+        # Every call returns fresh, writable memory that aliases neither the input nor an earlier
+        # result; torch callers get an ordinary, resizable tensor.
         image = rng.normal(size=(2, 9, 9)).astype(np.float32)
         first = convolve(image, kernel, relu=False)
         second = convolve(image, kernel, relu=False)
@@ -826,58 +793,7 @@ class TestSeparablePath:
         first[...] = 7
         np.testing.assert_array_equal(second, convolve(image, kernel, relu=False))
         tensor = convolve(torch.from_numpy(image), kernel, relu=False)
-        tensor.resize_(3, 3)  # a numpy-backed tensor would refuse: "storage that is not resizable"
-
-    @pytest.mark.parametrize("padding", PADDINGS)
-    def test_gradients_still_use_conv2d(self, generator, paths_taken, padding):
-        image = torch.rand(2, 8, 9, generator=generator, dtype=torch.float64, requires_grad=True)
-        result = convolve(image, "sobel_y", padding=padding, relu=False)
-        assert paths_taken == [] and result.requires_grad
-        with torch.no_grad():
-            fast = convolve(image, "sobel_y", padding=padding, relu=False)
-        assert paths_taken == ["separable_shift_and_add"]
-        torch.testing.assert_close(result.detach(), fast, rtol=1e-12, atol=1e-12)
-
-
-class TestPaddedRows:
-    """The shift-and-add paths pad block by block into a reused slab, not with F.pad up front."""
-
-    @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 0, 0), (2, 1, 0, 3), (3, 2, 3, 2), (0, 1, 2, 0)], ids=str)
-    @pytest.mark.parametrize("circular", [True, False], ids=["circular", "zeros"])
-    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-    def test_rows_equal_f_pad(self, generator, pads, circular, dtype):
-        maps = torch.randn(3, 4, 6, generator=generator).to(dtype)
-        for view in (maps, maps.transpose(-1, -2)[..., :4, :], maps[:, 1:, ::2]):
-            expected = F.pad(view.unsqueeze(1), pads, mode="circular" if circular else "constant").squeeze(1)
-            source = ops._PaddedRows(view, pads, circular)
-            assert source.shape == expected.shape
-            source.reserve(3, expected.shape[1])
-            rows = expected.shape[1]
-            for first, last in ((0, 3), (1, 2), (2, 3)):
-                for start, stop in ((0, rows), (0, 1), (1, rows - 1), (rows - 2, rows), (2, 3)):
-                    result = source.rows(first, last, start, stop)
-                    torch.testing.assert_close(result, expected[first:last, start:stop], rtol=0, atol=0)
-
-    def test_valid_rows_are_views(self, generator):
-        maps = torch.randn(2, 5, 6, generator=generator)
-        source = ops._PaddedRows(maps, None, circular=False)
-        source.reserve(2, 5)
-        assert source.shape == (2, 5, 6)
-        assert source.rows(0, 2, 0, 5) is maps
-        assert source.rows(1, 2, 1, 3).data_ptr() == maps[1, 1].data_ptr()
-
-    @pytest.mark.parametrize("padding", ["same", "circular"])
-    def test_f_pad_only_on_the_conv2d_path(self, monkeypatch, generator, padding):
-        calls = []
-        real = F.pad
-        monkeypatch.setattr(ops.F, "pad", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
-        image = torch.rand(7, 8, generator=generator, requires_grad=True)
-        with torch.no_grad():
-            convolve(image, "laplacian", padding=padding)
-            convolve(image, "sobel_y", padding=padding)
-        assert calls == []
-        convolve(image, "sobel_y", padding=padding)
-        assert calls == [1]
+        tensor.resize_(3, 3)
 
 
 # --------------------------------------------------------------------------- equivariance
@@ -886,7 +802,7 @@ class TestPaddedRows:
 class TestConvolutionShiftProperties:
     @pytest.mark.parametrize("kernel_shape", [(3, 3), (2, 2), (4, 3), (1, 5)], ids=str)
     @pytest.mark.parametrize("trial", range(4))
-    def test_circular_is_exactly_shift_equivariant(self, rng, conv_path, kernel_shape, trial):
+    def test_circular_is_exactly_shift_equivariant(self, rng, as_kernel, kernel_shape, trial):
         image = rng.random((2, 12, 17)).astype(np.float32)
         kernel = rng.normal(size=kernel_shape).astype(np.float32)
         shift = (int(rng.integers(-12, 12)), int(rng.integers(-17, 17)))
@@ -901,7 +817,7 @@ class TestConvolutionShiftProperties:
 
     @pytest.mark.parametrize("kernel_shape", [(3, 3), (2, 4), (5, 1)], ids=str)
     @pytest.mark.parametrize("offset", [(0, 1), (3, 5), (2, 0), (7, 6)], ids=str)
-    def test_valid_commutes_with_shifts_away_from_borders(self, rng, conv_path, kernel_shape, offset):
+    def test_valid_commutes_with_shifts_away_from_borders(self, rng, as_kernel, kernel_shape, offset):
         scene = rng.random((30, 34))
         kernel = rng.normal(size=kernel_shape)
         height, width = 20, 22

@@ -6,19 +6,18 @@ gives torch out on the same device, with the same floating dtype (integers and
 booleans become float32). Gradients flow through the torch path.
 
 How they are fast on the CPU, in short: a small kernel is applied by
-multiply-adding shifted views of the input, one row block at a time so that the
-block stays in cache (padding, too, is built block by block); a rank-1 kernel
-(Sobel, box, binomial, Gaussian) as a row pass then a column pass. Max pooling
-is a running maximum of strided views, row pass then column pass. On one
-channel both are several times faster than ``torch.nn.functional.conv2d`` and
-``max_pool2d``, which are not tuned for it. ``benchmarks/bench_ops.py``
-measures them against those, scipy.ndimage, OpenCV and the article's loops;
-``benchmarks/RESULTS.md`` ("Operators") has the figures.
+multiply-adding shifted views of the input (a rank-1 kernel such as Sobel,
+box, binomial or Gaussian as a row pass then a column pass), over blocks of
+rows that stay in cache. Max pooling is a running maximum of strided views,
+row pass then column pass. On one channel both are several times faster than
+``torch.nn.functional.conv2d`` and ``max_pool2d``, which are not tuned for it.
+``benchmarks/bench_ops.py`` measures them against those, scipy.ndimage, OpenCV
+and the article's loops; ``benchmarks/RESULTS.md`` ("Operators") has the figures.
 """
 
 from __future__ import annotations
 
-import threading
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -35,14 +34,13 @@ __all__ = ["Convolve", "MaxPool", "convolve", "max_pool", "max_pyramid_depth", "
 Padding = Literal["valid", "same", "circular"]
 _PADDINGS = ("valid", "same", "circular")
 
-# Elements per row block of the shift-and-add paths. Each block costs one torch
-# call (and a thread-pool round trip) per pass, which dominates for small blocks:
-# on a 2-core EPYC, 2**20 (4 MiB of float32 output, plus the input rows it
-# reads, within L3) beat 2**14..2**18 on 512x512 and 2048x2048 maps and on
-# batches, for the general and the separable path; see benchmarks/RESULTS.md.
+# Elements of input per block of the shift-and-add convolution: each block costs a few torch calls, so
+# blocks should be large, yet small enough for a block and its intermediate to stay in cache. 2**20
+# (4 MiB of float32) was the best or close to it on 512x512, 2048x2048 and batched maps (benchmarks/RESULTS.md).
 _BLOCK_ELEMENTS = 1 << 20
-# Above this many taps a direct convolution (or an FFT) beats shift-and-add.
+# Above this many taps a direct convolution beats shift-and-add.
 _MAX_SHIFT_ADD_TAPS = 81
+_Taps = list[tuple[int, float]]
 
 
 def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu: bool = True) -> Any:
@@ -92,312 +90,108 @@ def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu
     if kernel_height > height or kernel_width > width:
         fail("image", f"map of size {height}x{width} is smaller than the {kernel_height}x{kernel_width} kernel")
     maps = tensor.reshape(-1, height, width)
-    # (left, right, top, bottom): the centre sits at (kh // 2, kw // 2), as in scipy.ndimage.
-    pads = (kernel_width // 2, (kernel_width - 1) // 2, kernel_height // 2, (kernel_height - 1) // 2)
-    if _uses_shift_and_add(maps, weight):
-        source = _PaddedRows(maps, None if padding == "valid" else pads, circular=padding == "circular")
-        result = _correlate_cpu(source, weight, relu, numpy_out=from_numpy)
-    else:
-        if padding != "valid":
-            mode = "constant" if padding == "same" else "circular"
-            maps = F.pad(maps.unsqueeze(1), pads, mode=mode).squeeze(1)
+    if padding != "valid":
+        # (left, right, top, bottom): the centre sits at (kh // 2, kw // 2), as in scipy.ndimage.
+        pads = (kernel_width // 2, (kernel_width - 1) // 2, kernel_height // 2, (kernel_height - 1) // 2)
+        maps = F.pad(maps.unsqueeze(1), pads, mode="constant" if padding == "same" else "circular").squeeze(1)
+    needs_grad = torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad)
+    if maps.device.type == "cpu" and not needs_grad and weight.numel() <= _MAX_SHIFT_ADD_TAPS:
+        result = _shift_and_add(maps, weight, relu)
+    else:  # autograd, GPUs, large kernels
         result = F.conv2d(maps.unsqueeze(1), weight[None, None]).squeeze(1)
         if relu:
             result = torch.relu(result)
     return like_input(result.reshape(*tensor.shape[:-2], *result.shape[-2:]), from_numpy)
 
 
-def _uses_shift_and_add(maps: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the CPU shift-and-add paths apply: CPU, no gradient needed, a small kernel.
+def _shift_and_add(maps: torch.Tensor, weight: torch.Tensor, relu: bool) -> torch.Tensor:
+    """Valid cross-correlation of ``(B, H, W)`` maps with a small kernel, as sums of shifted views.
 
-    Elsewhere ``F.conv2d`` runs (autograd, GPUs, kernels of more than
-    ``_MAX_SHIFT_ADD_TAPS`` taps).
+    A rank-1 kernel ``outer(column, row)`` takes a row pass into an
+    intermediate, then a column pass: the Sobel kernel costs 1 + 2 passes this
+    way (see :func:`_weighted_sum`) instead of 6. The work goes by blocks of
+    about ``_BLOCK_ELEMENTS`` input elements (whole maps where they fit, else
+    rows of one map), so that a block's input and intermediate are still in
+    cache when the next pass reads them; the intermediate's memory is
+    allocated once per call and reused by every block.
     """
-    needs_grad = torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad)
-    return maps.device.type == "cpu" and not needs_grad and weight.numel() <= _MAX_SHIFT_ADD_TAPS
-
-
-def _correlate_cpu(source: _PaddedRows, weight: torch.Tensor, relu: bool, numpy_out: bool) -> torch.Tensor:
-    """Valid cross-correlation of the padded maps with a ``(kh, kw)`` kernel, by shift-and-add.
-
-    ``numpy_out``: the result goes back to the caller as a numpy array, so it may
-    live in numpy-allocated memory (see :func:`_empty`).
-    """
-    batch, height, width = source.shape
+    batch, height, width = maps.shape
     kernel_height, kernel_width = weight.shape
-    out_shape = (batch, height - kernel_height + 1, width - kernel_width + 1)
-    factors = _separable_factors(weight)
+    out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
+    out = maps.new_empty((batch, out_height, out_width))
+    values = tuple(map(tuple, weight.tolist()))
+    factors = _separable_factors(values, weight.dtype)
+    taps = [(a, b, value) for a, row in enumerate(values) for b, value in enumerate(row) if value != 0.0]
+    if not taps:  # zero taps add nothing to finite input
+        return out.zero_()
+    maps_per_block = max(1, _BLOCK_ELEMENTS // (height * width))
+    rows_per_block = max(1, _BLOCK_ELEMENTS // (maps_per_block * width))
     if factors is not None:
-        return _separable_shift_and_add(source, out_shape, *factors, relu, numpy_out)
-    # Zero taps add nothing to finite input, and half of an edge kernel is zeros.
-    taps = [(a, b, w) for (a, b), w in _taps(weight) if w != 0.0]
-    if not taps:
-        return source.maps.new_zeros(out_shape)
-    return _shift_and_add(source, out_shape, taps, relu, numpy_out)
-
-
-def _shift_and_add(
-    source: _PaddedRows,
-    out_shape: tuple[int, int, int],
-    taps: list[tuple[int, int, float]],
-    relu: bool,
-    numpy_out: bool,
-) -> torch.Tensor:
-    """``out = sum(w * shifted view)`` over the non-zero taps ``(a, b, w)``, one row block at a time."""
-    batch, out_height, out_width = out_shape
-    out = _empty(out_shape, source.maps, numpy_out)
-    first_row, last_row = min(a for a, _, _ in taps), max(a for a, _, _ in taps)
-    extra = last_row - first_row  # input rows a block reads beyond its output rows
-    chunk, rows_per_block = _blocks(batch, source.shape[2], out_height, extra)
-    source.reserve(chunk, min(rows_per_block, out_height) + extra)
-    for start in range(0, batch, chunk):
-        stop = min(batch, start + chunk)
-        # (Slicing a tensor costs about 1 us: on small maps it adds up, so only what is needed.)
-        out_group = out if chunk == batch else out[start:stop]
+        block_rows = min(rows_per_block, out_height) + kernel_height - 1
+        scratch = maps.new_empty(min(maps_per_block, batch) * block_rows * out_width)
+    for start in range(0, batch, maps_per_block):
         for top in range(0, out_height, rows_per_block):
-            rows = min(rows_per_block, out_height - top)
-            inputs = source.rows(start, stop, top + first_row, top + last_row + rows)
-            block = out_group if rows == out_height else out_group[:, top : top + rows]
-            _apply_taps(
-                block, [(inputs[:, a - first_row : a - first_row + rows, b : b + out_width], w) for a, b, w in taps]
-            )
+            block = out[start : start + maps_per_block, top : top + rows_per_block]
+            count, rows = block.shape[:2]
+            inputs = maps[start : start + count, top : top + rows + kernel_height - 1]
+            if factors is None:
+                terms = [(inputs[:, a : a + rows, b : b + out_width], value) for a, b, value in taps]
+            else:
+                column, row = factors
+                intermediate = scratch[: inputs.shape[0] * inputs.shape[1] * out_width].view(*inputs.shape[:2], -1)
+                _weighted_sum([(inputs[..., b : b + out_width], value) for b, value in row], intermediate)
+                terms = [(intermediate[:, a : a + rows], value) for a, value in column]
+            _weighted_sum(terms, block)
             if relu:
                 block.clamp_(min=0)
     return out
 
 
-def _separable_shift_and_add(
-    source: _PaddedRows,
-    out_shape: tuple[int, int, int],
-    column_taps: list[tuple[int, float]],
-    row_taps: list[tuple[int, float]],
-    relu: bool,
-    numpy_out: bool,
-) -> torch.Tensor:
-    """Valid cross-correlation with ``outer(column, row)``: a row pass, then a column pass.
+def _weighted_sum(terms: list[tuple[torch.Tensor, float]], out: torch.Tensor) -> None:
+    """``out = sum(w * term)``, writing ``out`` once per term, and one pass fewer where a weight is 1.
 
-    Both passes run on one row block at a time, so the intermediate (the block's
-    rows plus the rows the column taps reach beyond them, for every map of the
-    block) is still in cache when the column pass reads it. The Sobel kernel
-    takes 1 + 2 passes this way (see :func:`_apply_taps`) instead of 6.
+    The first term is written, not added to a zero-filled ``out``. A term of
+    weight exactly 1 opens the sum and takes a second term along in the same
+    call, ``out = term + w * other``. Every element goes through the same
+    operations in the same order, so no result depends on an element's
+    position (circular convolution stays exactly equivariant to circular
+    shifts).
     """
-    batch, out_height, out_width = out_shape
-    out = _empty(out_shape, source.maps, numpy_out)
-    first_row, last_row = column_taps[0][0], column_taps[-1][0]
-    extra = last_row - first_row  # intermediate rows a block needs beyond its output rows
-    chunk, rows_per_block = _blocks(batch, source.shape[2], out_height, extra)
-    block_rows = min(rows_per_block, out_height) + extra
-    source.reserve(chunk, block_rows)
-    scratch = _scratch("intermediate", chunk * block_rows * out_width, source.maps.dtype)
-    for start in range(0, batch, chunk):
-        stop = min(batch, start + chunk)
-        out_group = out if chunk == batch else out[start:stop]
-        for top in range(0, out_height, rows_per_block):
-            rows = min(rows_per_block, out_height - top)
-            shape = (stop - start, rows + extra, out_width)
-            intermediate = scratch[: shape[0] * shape[1] * shape[2]].view(shape)
-            inputs = source.rows(start, stop, top + first_row, top + last_row + rows)
-            _apply_taps(intermediate, [(inputs[..., b : b + out_width], w) for b, w in row_taps])
-            block = out_group if rows == out_height else out_group[:, top : top + rows]
-            _apply_taps(block, [(intermediate[:, a - first_row : a - first_row + rows], w) for a, w in column_taps])
-            if relu:
-                block.clamp_(min=0)
-    return out
-
-
-def _blocks(batch: int, width: int, out_height: int, extra: int) -> tuple[int, int]:
-    """``(maps per block, output rows per block)`` for blocks of about ``_BLOCK_ELEMENTS`` input elements.
-
-    All maps at once, unless that leaves so few rows per block that the ``extra``
-    rows every block reads (or, padded, copies; or, separable, recomputes) beyond
-    its output rows would cost more than a quarter of its work: then fewer maps
-    per block, each with more rows.
-    """
-    rows = max(1, _BLOCK_ELEMENTS // max(1, batch * width))
-    wanted = min(out_height, 4 * extra)
-    if rows >= wanted:
-        return batch, rows
-    chunk = max(1, _BLOCK_ELEMENTS // max(1, width * wanted))
-    return chunk, max(1, _BLOCK_ELEMENTS // max(1, chunk * width))
-
-
-class _PaddedRows:
-    """Row ranges of the padded ``(B, H, W)`` maps, built block by block.
-
-    Without padding these are views of the maps. With padding each block's rows
-    are copied into a reused slab (see :func:`_scratch`) instead of padding the
-    whole input up front as ``F.pad`` does: that saves a pass over memory and a
-    second full-size allocation per call, which glibc often hands back to the
-    kernel and must then page-fault in again. Circular Sobel on a 2048x2048
-    numpy map, median of 60 calls: 2.0 ms with ``F.pad`` (mean 2.9 ms), 5.5 ms
-    (4,600 page faults a call) with ``F.pad`` beside a numpy-allocated output
-    (see :func:`_empty`), 1.1 ms block by block (valid padding: 0.9 ms).
-    """
-
-    def __init__(self, maps: torch.Tensor, pads: tuple[int, int, int, int] | None, circular: bool) -> None:
-        self.maps, self.pads, self.circular = maps, pads, circular
-        left, right, top, bottom = pads or (0, 0, 0, 0)
-        batch, height, width = maps.shape
-        self.shape = (batch, height + top + bottom, width + left + right)
-        self.slab: torch.Tensor | None = None
-
-    def reserve(self, maps: int, rows: int) -> None:
-        """Make room for blocks of up to ``maps`` maps and ``rows`` padded rows."""
-        if self.pads is not None:
-            self.slab = _scratch("padded", maps * rows * self.shape[2], self.maps.dtype)
-
-    def rows(self, first: int, last: int, start: int, stop: int) -> torch.Tensor:
-        """Padded rows ``start:stop`` of maps ``first:last``, as a ``(last - first, stop - start, W')`` tensor."""
-        group = self.maps if last - first == self.maps.shape[0] else self.maps[first:last]
-        if self.pads is None:
-            return group if stop - start == group.shape[1] else group[:, start:stop]
-        assert self.slab is not None, "reserve() first"
-        left, right, top, _ = self.pads
-        height, width = group.shape[1:]
-        slab = self.slab[: (last - first) * (stop - start) * self.shape[2]].view(
-            last - first, stop - start, self.shape[2]
-        )
-        row = start
-        while row < stop:  # one run of consecutive input rows (or of zero rows) at a time
-            index = row - top
-            if self.circular:
-                index %= height
-            if 0 <= index < height:
-                count = min(stop - row, height - index)
-                slab[:, row - start : row - start + count, left : left + width] = group[:, index : index + count]
-            else:  # zero padding above or below the maps
-                count = min(stop - row, -index) if index < 0 else stop - row
-                slab[:, row - start : row - start + count].zero_()
-            row += count
-        if self.circular:  # (every pad is at most the map's size, so these never overlap)
-            if left:
-                slab[..., :left] = slab[..., width : width + left]
-            if right:
-                slab[..., left + width :] = slab[..., left : left + right]
-        else:
-            if left:
-                slab[..., :left].zero_()
-            if right:
-                slab[..., left + width :].zero_()
-        return slab
-
-
-def _empty(shape: tuple[int, ...], like: torch.Tensor, numpy_out: bool) -> torch.Tensor:
-    """An uninitialised CPU tensor for an output that every pass then overwrites.
-
-    When the result goes back to the caller as numpy anyway, numpy allocates it:
-    numpy asks the kernel for transparent huge pages on arrays of 4 MiB and more,
-    so a 16 MiB output (2048x2048 float32) that glibc has to map afresh is
-    faulted in 2 MiB at a time instead of 4 KiB (4,096 faults, about 3 ms). In
-    four runs of benchmarks/bench_ops.py on 2048x2048 (other libraries'
-    allocations in between), 13 of 28 Sobel timings took about 4 ms instead of
-    1 ms with torch-allocated outputs; with numpy-allocated ones, none. (In a
-    tight loop of convolve calls alone faults are rarer either way, and a huge
-    page that must first be compacted can stall a call for ~20 ms instead.)
-    Torch callers get an ordinary torch tensor: a numpy-backed one cannot be
-    resized (``resize_``, ``out=`` of another shape), which they may rely on.
-    """
-    if numpy_out and like.dtype in _NUMPY_DTYPES:
-        return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[like.dtype]))
-    return like.new_empty(shape)
-
-
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-_SCRATCH = threading.local()
-
-
-def _scratch(purpose: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A flat CPU buffer of ``numel`` elements, reused from call to call (per thread, purpose and dtype).
-
-    Only buffers of up to ``2 * _BLOCK_ELEMENTS`` elements are kept (8 MiB in
-    float32, each); larger ones are allocated per call. Allocating even the
-    small ones afresh cost more than the convolution: on a 512x512 map a fresh
-    1 MiB intermediate beside the 1 MiB output made glibc hand the freed memory
-    back to the kernel after every call (2 MiB at the top of the heap crosses
-    its trim threshold), and touching it again took 512 page faults: 0.65 ms a
-    call instead of 0.1 ms.
-    """
-    cache = _SCRATCH.__dict__.setdefault("buffers", {})
-    buffer = cache.get((purpose, dtype))
-    if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel, dtype=dtype)
-        if numel <= 2 * _BLOCK_ELEMENTS:
-            cache[(purpose, dtype)] = buffer
-    return buffer[:numel]
-
-
-def _apply_taps(out: torch.Tensor, sources: list[tuple[torch.Tensor, float]]) -> None:
-    """``out = sum(w * source)``, writing ``out`` once per source (one pass fewer where a weight is 1).
-
-    The first term is written, not added to a zero-filled ``out``: that saves a
-    pass. Where a weight is exactly 1 its source opens the sum and takes a second
-    term along in the same call, ``out = source + w * other``. The order of the
-    terms is fixed per call, and every element goes through the same operations
-    in it, so no result depends on an element's position (circular convolution
-    stays exactly equivariant to circular shifts).
-    """
-    ones = [index for index, (_, weight) in enumerate(sources) if weight == 1.0]
-    if ones and len(sources) > 1:
-        first = sources[ones[0]][0]
-        rest = sources[: ones[0]] + sources[ones[0] + 1 :]
+    terms = sorted(terms, key=lambda term: term[1] != 1.0)  # a weight-1 term first, the order otherwise kept
+    (first, weight), rest = terms[0], terms[1:]
+    if weight == 1.0 and rest:
         (second, weight), rest = rest[0], rest[1:]
         torch.add(first, second, alpha=weight, out=out)
     else:
-        (first, weight), rest = sources[0], sources[1:]
         torch.mul(first, weight, out=out)
-    for source, weight in rest:
-        out.add_(source, alpha=weight)
+    for term, weight in rest:
+        out.add_(term, alpha=weight)
 
 
-def _separable_factors(weight: torch.Tensor) -> tuple[list[tuple[int, float]], list[tuple[int, float]]] | None:
-    """The non-zero taps ``(column taps, row taps)`` of a rank-1 kernel, or None.
+@functools.lru_cache(maxsize=256)  # a convolution layer asks for the same kernel on every call
+def _separable_factors(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_Taps, _Taps] | None:
+    """The non-zero taps ``(column taps, row taps)`` of a rank-1 kernel given as rows of floats, or None.
 
     No SVD: the factors are the column and the row through a pivot entry,
     ``column = K[:, j] / K[i, j]`` and ``row = K[i, :]``. The pivot is an entry
-    equal to 1 where there is one (Sobel, Prewitt: then both factors are exact
-    copies of kernel entries and each pass saves a call, see :func:`_apply_taps`),
-    else the largest entry. A kernel is used as ``outer(column, row)`` only when
-    that product, computed from the factors as rounded to the kernel's dtype,
-    reproduces every entry to within ``8 * eps * max|K|`` of the dtype: Sobel,
-    box, binomial and Gaussian kernels pass, a Laplacian does not, and neither
-    does a rank-1 kernel plus a perturbation above that level. The bound scales
-    with the dtype because a float32 kernel, such as a float32 Gaussian, is only
-    rank 1 up to its own rounding (about 3e-8 of its largest entry), and float32
-    arithmetic cannot tell a smaller perturbation from rounding anyway; in
-    float64 it is about 2e-15.
-
-    Only kernels with at least two non-zero taps along both axes, and more taps
-    in all than in their two factors, are returned: for the others (one row, one
-    column, 2x2) the direct shift-and-add makes no more passes.
+    equal to 1 where there is one (Sobel: then the factors are copies of kernel
+    entries and each pass saves a call, see :func:`_weighted_sum`), else the
+    largest entry. The factors, rounded to ``dtype``, must reproduce every
+    entry to within ``8 * eps * max|K|`` of ``dtype``: Sobel, box, binomial and
+    Gaussian kernels pass (a float32 Gaussian is rank 1 only to its own
+    rounding), a Laplacian does not, nor does a rank-1 kernel plus a larger
+    perturbation. Kernels with fewer than two non-zero taps along an axis, or
+    no fewer taps factored than in all (a 2x2), are not worth factoring.
     """
-    if weight.dtype not in _NUMPY_DTYPES:
-        return None
-    values = weight.detach().cpu().tolist()  # float32 and float64 values are exact as Python floats
-    key = (weight.dtype, tuple(map(tuple, values)))
-    if key not in _FACTORS:
-        if len(_FACTORS) >= 256:
-            _FACTORS.clear()
-        _FACTORS[key] = _factor(values, _NUMPY_DTYPES[weight.dtype])
-    return _FACTORS[key]
-
-
-# Kernel (dtype, values) -> _separable_factors' answer: a convolution layer asks for the same kernel every call.
-_FACTORS: dict[tuple[Any, ...], Any] = {}
-
-
-def _factor(values: list[list[float]], working: type) -> tuple[list[tuple[int, float]], list[tuple[int, float]]] | None:
-    """:func:`_separable_factors` of a kernel given as rows of floats, in the ``working`` numpy dtype."""
-    height, width = len(values), len(values[0])
     magnitudes = [abs(value) for row in values for value in row]
-    scale = max(magnitudes)
-    if scale == 0.0:
+    if dtype not in (torch.float32, torch.float64) or max(magnitudes) == 0.0:
         return None
+    working = np.float32 if dtype == torch.float32 else np.float64
     pivots = [(i, j) for i, row in enumerate(values) for j, value in enumerate(row) if value == 1.0][:1]
-    pivots.append(divmod(magnitudes.index(scale), width))
-    tolerance = 8 * float(np.finfo(working).eps) * scale
+    pivots.append(divmod(magnitudes.index(max(magnitudes)), len(values[0])))
+    tolerance = 8 * float(np.finfo(working).eps) * max(magnitudes)
     for i, j in pivots:
-        # The factors as they will be applied, rounded to the working dtype (exact for a pivot of 1).
-        column = np.array([values[a][j] / values[i][j] for a in range(height)], dtype=working).tolist()
+        column = np.array([row[j] / values[i][j] for row in values], dtype=working).tolist()
         row = np.array(values[i], dtype=working).tolist()
         if all(abs(c * r - k) <= tolerance for c, kernel_row in zip(column, values) for r, k in zip(row, kernel_row)):
             break
@@ -409,11 +203,6 @@ def _factor(values: list[list[float]], working: type) -> tuple[list[tuple[int, f
     if len(column_taps) < 2 or len(row_taps) < 2 or taps <= passes:
         return None
     return column_taps, row_taps
-
-
-def _taps(weight: torch.Tensor) -> list[tuple[tuple[int, int], float]]:
-    values = weight.detach().cpu().double().tolist()
-    return [((a, b), value) for a, row in enumerate(values) for b, value in enumerate(row)]
 
 
 def pool_output_size(size: int, kernel_size: int, stride: int) -> int:
