@@ -26,7 +26,6 @@ on the maps' colour scale.
 from __future__ import annotations
 
 import base64
-import json
 import zlib
 from typing import Any
 
@@ -40,9 +39,7 @@ __all__ = [
     "COLORMAPS",
     "DISPLAY_PERCENTILE",
     "colormap_tables",
-    "decode_frames",
     "explorer_payload",
-    "payload_bytes",
     "predict_plane",
     "quantise",
     "restore_plane",
@@ -253,38 +250,3 @@ def explorer_payload(data: ExplorerData, *, title: str = "", key: str = "explore
             "data": base64.b64encode(packed).decode("ascii"),
         }
     )
-
-
-def payload_bytes(payload: dict[str, Any]) -> int:
-    """The payload's size in the page, in bytes (its JSON text)."""
-    return len(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8"))
-
-
-def decode_frames(payload: dict[str, Any], layer: int, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 8-bit frames of one layer and kept channel, decoded as the explorer script decodes them:
-    ``(original (h, w), shifted (S, h, w))``. For tests and for checking a payload by hand.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from shiftlab.explore import explorer_data
-        >>> net = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
-        >>> x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        >>> data = explorer_data(net, x, [(0, 0), (1, 2)], show=["output"])
-        >>> original, shifted = decode_frames(explorer_payload(data), 0, 0)
-        >>> bool((shifted[1] == np.roll(original, (1, 2), axis=(0, 1))).all())
-        True
-    """
-    blob = np.frombuffer(zlib.decompress(base64.b64decode(payload["data"])), dtype=np.uint8)
-    entry = payload["layers"][layer]
-    height, width = entry["height"], entry["width"]
-    size = height * width
-    start = entry["channels"][channel]["offset"]
-    original = restore_plane(blob[start : start + size].reshape(height, width))
-    shifted = []
-    for index, row in enumerate(entry["rows"]):
-        residual = blob[start + (1 + index) * size : start + (2 + index) * size].reshape(height, width)
-        offset = (int(row["aligned_dy"]), int(row["aligned_dx"]))
-        predicted = original if entry["part"] == "whole" else move_map(original, offset, circular=entry["circular"])
-        shifted.append(predicted + residual)
-    return original, np.stack(shifted)
