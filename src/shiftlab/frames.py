@@ -42,7 +42,6 @@ __all__ = [
     "explorer_payload",
     "predict_plane",
     "quantise",
-    "restore_plane",
 ]
 
 #: The maps' colour scale ends at this percentile of the original output (the static figures do the same), so that a
@@ -81,30 +80,15 @@ def _med(plane: np.ndarray) -> np.ndarray:
 
 
 def predict_plane(plane: np.ndarray) -> np.ndarray:
-    """An 8-bit ``(h, w)`` plane as its residual from :func:`_med`, modulo 256 (:func:`restore_plane` inverts it).
+    """An 8-bit ``(h, w)`` plane as its residual from :func:`_med`, modulo 256 (the explorer script restores the
+    plane pixel by pixel, adding back the prediction from the pixels it has restored).
 
     Example:
         >>> plane = np.array([[10, 12, 14], [11, 13, 15]], dtype=np.uint8)
         >>> predict_plane(plane).tolist()
         [[10, 2, 2], [1, 1, 1]]
-        >>> restore_plane(predict_plane(plane)).tolist() == plane.tolist()
-        True
     """
     return (plane.astype(np.int16) - _med(plane)).astype(np.uint8)
-
-
-def restore_plane(residual: np.ndarray) -> np.ndarray:
-    """The plane that :func:`predict_plane` turned into ``residual``: pixel by pixel, as the explorer script does."""
-    height, width = residual.shape
-    plane = np.zeros((height, width), dtype=np.int16)
-    for y in range(height):
-        for x in range(width):
-            a = int(plane[y, x - 1]) if x else 0
-            b = int(plane[y - 1, x]) if y else 0
-            c = int(plane[y - 1, x - 1]) if x and y else 0
-            guess = min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c
-            plane[y, x] = (int(residual[y, x]) + guess) & 255
-    return plane.astype(np.uint8)
 
 
 def colormap_tables() -> dict[str, list[int]]:
