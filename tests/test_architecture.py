@@ -151,7 +151,7 @@ def runtime_imports(path: Path, text: str | None = None) -> set[str]:
                 base = package[: len(package) - node.level + 1]
                 module = ".".join(base + ([node.module] if node.module else []))
             elif node.module == "shiftlab" or (node.module or "").startswith("shiftlab."):
-                module = node.module.removeprefix("shiftlab").removeprefix(".")  # type: ignore[union-attr]
+                module = (node.module or "").removeprefix("shiftlab").removeprefix(".")
             else:
                 module = None
             if module is not None:
