@@ -23,18 +23,24 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 
 from shiftlab.data import NORMALIZATIONS, prepare_images
 from shiftlab.explore import explorer_data
-from shiftlab.frames import explorer_payload, payload_bytes
+from shiftlab.frames import explorer_payload
 from shiftlab.report import write_report
 from shiftlab.sections import Section
 from shiftlab.shifts import shift_grid
 
 BUDGET = 5_000_000
+
+
+def payload_bytes(payload: dict[str, Any]) -> int:
+    """The payload's size in the page, in bytes (its JSON text, as the report writes it)."""
+    return len(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8"))
 
 
 def main() -> None:

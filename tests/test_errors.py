@@ -14,7 +14,6 @@ from shiftlab.errors import (
     check_int,
     check_pair,
     check_real,
-    check_shape,
     describe,
     fail,
 )
@@ -170,14 +169,3 @@ class TestValidationVocabulary:
         with pytest.raises(ShiftlabError) as caught:
             check_choice("roll", "mode", ("circular", "crop"))
         assert str(caught.value) == "mode: must be one of circular, crop, got 'roll'"
-
-    def test_check_shape(self):
-        assert check_shape(torch.zeros(2, 3, 4, 5), "x", "N C H W") == {"N": 2, "C": 3, "H": 4, "W": 5}
-        assert check_shape(np.zeros((4, 5)), "x", "* H W") == {"H": 4, "W": 5}
-        assert check_shape(torch.zeros(7, 2, 4, 5), "x", "* H W") == {"H": 4, "W": 5}
-        with pytest.raises(ShiftlabError) as caught:
-            check_shape(torch.zeros(2, 1, 4, 5), "images", "N 3 H W")
-        expected = "images: expected shape (N, 3, H, W), got tensor of shape (2, 1, 4, 5) and dtype float32"
-        assert str(caught.value) == expected
-        with pytest.raises(ShiftlabError, match=r"^x: expected shape \(\*, H, W\), got numpy array of shape \(4,\)"):
-            check_shape(np.zeros(4), "x", "* H W")

@@ -14,16 +14,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shiftlab.errors import ShiftlabError
-from shiftlab.layers import BlurPool2d, MaxBlurPool2d, binomial_filter, blur_pool2d, max_blur_pool2d
+from shiftlab.errors import InternalError, ShiftlabError
+from shiftlab.layers import (
+    APSPool2d,
+    BlurConv2d,
+    BlurPool2d,
+    MaxBlurPool2d,
+    binomial_filter,
+    blur_pool2d,
+    max_blur_pool2d,
+)
 from shiftlab.layers._maps import pad2d
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # Hundreds of tiny tensors: one thread, or the pool's hand-offs cost 100x the work on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PADDINGS = ("reflect", "replicate", "zero", "circular")
-NUMPY_MODES = {"reflect": "reflect", "replicate": "edge", "zero": "constant", "circular": "wrap"}
+PADDINGS = ("zeros", "reflect", "replicate", "circular")
+NUMPY_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 SHAPES = [(2, 3, 9, 13), (1, 2, 8, 6), (1, 1, 2, 3)]  # odd, even and non-square, smaller than most filters
 
 
@@ -111,9 +119,9 @@ class TestKnownAnswers:
         # kornia.filters.blur_pool2d / max_blur_pool2d docstrings: torch.eye(5)[None, None], kernel 3, stride 2.
         eye = torch.eye(5)[None, None]
         expected = [[0.3125, 0.0625, 0.0], [0.0625, 0.3750, 0.0625], [0.0, 0.0625, 0.3125]]
-        torch.testing.assert_close(blur_pool2d(eye, 3, 2, "zero"), torch.tensor(expected)[None, None])
+        torch.testing.assert_close(blur_pool2d(eye, 3, 2, "zeros"), torch.tensor(expected)[None, None])
         torch.testing.assert_close(
-            max_blur_pool2d(eye, 3, 2, 2, "zero"), torch.tensor([[[[0.5625, 0.3125], [0.3125, 0.8750]]]])
+            max_blur_pool2d(eye, 3, 2, 2, "zeros"), torch.tensor([[[[0.5625, 0.3125], [0.3125, 0.8750]]]])
         )
 
     def test_timm_convention_differs_for_even_kernels(self, rng):
@@ -136,7 +144,7 @@ class TestKnownAnswers:
             maps = x[..., : size[0], : size[1]]
             for stride in (1, 2, 3):
                 expected = kornia.filters.blur_pool2d(maps, kernel, stride=stride)
-                ours = blur_pool2d(maps, kernel, stride, "zero")
+                ours = blur_pool2d(maps, kernel, stride, "zeros")
                 assert ours.shape == expected.shape, (size, stride)
                 torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
                 torch.testing.assert_close(
@@ -144,7 +152,7 @@ class TestKnownAnswers:
                 )
             for pool in (2, 3):
                 expected = kornia.filters.max_blur_pool2d(maps, kernel, stride=2, max_pool_size=pool)
-                ours = max_blur_pool2d(maps, kernel, 2, pool, "zero")
+                ours = max_blur_pool2d(maps, kernel, 2, pool, "zeros")
                 assert ours.shape == expected.shape, (size, pool)
                 torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
 
@@ -156,7 +164,7 @@ class TestKnownAnswers:
         x = torch.full((1, 1, 7, 6), 2.5, dtype=torch.float64)
         for padding in ("reflect", "replicate", "circular"):
             assert torch.allclose(blur_pool2d(x, 5, 2, padding), torch.full((1, 1, 4, 3), 2.5, dtype=torch.float64))
-        assert blur_pool2d(x, 5, 2, "zero")[0, 0, 0, 0] < 2.5
+        assert blur_pool2d(x, 5, 2, "zeros")[0, 0, 0, 0] < 2.5
 
 
 class TestMaxBlurPool:
@@ -210,7 +218,7 @@ class TestModule:
         assert repr(layer) == f"BlurPool2d(kernel_size={kernel}, stride=2, padding='reflect', channels=6)"
 
     def test_per_channel_filter_applies_what_was_loaded(self, generator):
-        layer = BlurPool2d(3, 2, "zero", channels=2)
+        layer = BlurPool2d(3, 2, "zeros", channels=2)
         weights = torch.rand(2, 1, 3, 3, generator=generator)
         layer.load_state_dict({"filt": weights})  # as Zhang's layer would: the buffer is the filter
         x = torch.rand(1, 2, 8, 8, generator=generator)
@@ -240,7 +248,8 @@ class TestModule:
 
     def test_repr(self):
         assert (
-            repr(BlurPool2d((3, 1), (2, 1), "zero")) == "BlurPool2d(kernel_size=(3, 1), stride=(2, 1), padding='zero')"
+            repr(BlurPool2d((3, 1), (2, 1), "zeros"))
+            == "BlurPool2d(kernel_size=(3, 1), stride=(2, 1), padding='zeros')"
         )
         assert repr(BlurPool2d()) == "BlurPool2d(kernel_size=4, stride=2, padding='reflect')"
 
@@ -280,6 +289,54 @@ class TestGradientsDevicesDtypes:
         assert max_blur_pool2d(x.cuda(), 3, 2, 2, "circular").device.type == "cuda"
 
 
+class TestDeprecatedZero:
+    """``"zero"``, the layers' former name for torch's ``"zeros"``, still works, with a warning at the caller."""
+
+    MESSAGE = r"^padding: 'zero' is deprecated, use 'zeros' \(torch's name\)$"
+
+    def test_functions_and_modules(self, generator):
+        x = torch.rand(2, 3, 9, 8, generator=generator)
+        calls = [
+            lambda padding: blur_pool2d(x, 3, 2, padding),
+            lambda padding: max_blur_pool2d(x, 3, 2, 2, padding),
+            lambda padding: BlurPool2d(3, 2, padding)(x),
+            lambda padding: MaxBlurPool2d(3, 2, 2, padding)(x),
+        ]
+        for call in calls:
+            with pytest.warns(DeprecationWarning, match=self.MESSAGE) as record:
+                old = call("zero")
+            assert len(record) == 1 and torch.equal(old, call("zeros"))
+        with pytest.warns(DeprecationWarning, match=self.MESSAGE):
+            layer = BlurPool2d(3, 2, "zero")
+        assert layer.padding == "zeros" and "padding='zeros'" in repr(layer)  # stored, and shown, as torch names it
+
+    def test_warning_points_at_the_caller(self):
+        x = torch.zeros(1, 1, 4, 4)
+        calls = [
+            lambda: blur_pool2d(x, padding="zero"),
+            lambda: max_blur_pool2d(x, padding="zero"),
+            lambda: BlurPool2d(padding="zero"),
+        ]
+        for call in calls:
+            with pytest.warns(DeprecationWarning) as record:
+                call()
+            assert record[0].filename == __file__
+
+    def test_other_layers_that_take_a_padding(self, generator):
+        x = torch.rand(2, 3, 8, 8, generator=generator)
+        with pytest.warns(DeprecationWarning, match=self.MESSAGE):
+            pool = APSPool2d(2, kernel_size=3, padding="zero", channels=3)
+        assert pool.blur_padding == "zeros"
+        assert torch.equal(pool(x), APSPool2d(2, kernel_size=3, padding="zeros", channels=3)(x))
+        with pytest.warns(DeprecationWarning, match=self.MESSAGE):
+            layer = BlurConv2d(3, 4, 3, stride=2, padding=1, blur_kernel_size=3, blur_padding="zero")
+        assert layer.blur.padding == "zeros"
+
+    def test_unknown_mode_is_not_padded_by_guess(self):
+        with pytest.raises(InternalError, match=r"pad2d: unknown padding mode 'zero'"):
+            pad2d(torch.zeros(1, 1, 4, 4), (1, 1, 1, 1), "zero")
+
+
 class TestBadInput:
     @pytest.mark.parametrize(
         ("kwargs", "message"),
@@ -289,7 +346,7 @@ class TestBadInput:
             ({"kernel_size": 2.5}, "kernel_size: must be an integer, got 2.5"),
             ({"stride": 0}, "stride: must be an integer >= 1, got 0"),
             ({"stride": (2, 2, 2)}, "stride: must be an integer or a pair of integers, got (2, 2, 2)"),
-            ({"padding": "wrap"}, "padding: must be one of reflect, replicate, zero, circular, got 'wrap'"),
+            ({"padding": "wrap"}, "padding: must be one of zeros, reflect, replicate, circular, got 'wrap'"),
         ],
     )
     def test_arguments(self, kwargs, message):

@@ -59,14 +59,14 @@ class TestBlurConv2d:
         original.load_state_dict(layer.state_dict())
 
     @pytest.mark.parametrize("bias", [True, False])
-    @pytest.mark.parametrize("blur_padding", ["reflect", "zero", "circular"])
+    @pytest.mark.parametrize("blur_padding", ["reflect", "zeros", "circular"])
     def test_one_by_one_blurs_first_when_that_is_the_same(self, generator, bias, blur_padding):
         original = conv(kernel_size=1, padding=0, bias=bias)
         layer = BlurConv2d.from_conv(original, blur_kernel_size=3, blur_padding=blur_padding)
         x = torch.rand(2, 3, 9, 8, generator=generator, dtype=torch.float64)
         dense = F.conv2d(x, original.weight, original.bias)
         torch.testing.assert_close(layer(x), blur_pool2d(dense, 3, 2, blur_padding))
-        assert layer._blur_first() == (not bias or blur_padding != "zero")
+        assert layer._blur_first() == (not bias or blur_padding != "zeros")
 
     def test_pre_padding(self, generator):
         original = conv(kernel_size=4, stride=4, padding=0)

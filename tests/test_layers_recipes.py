@@ -109,7 +109,7 @@ class TestZhang2019:
     def test_the_comparison_sees_a_small_difference(self):
         # One blur of 8 padded with zeros instead of reflection: no longer Zhang's network, and the test says so.
         converted, _ = make_shift_invariant(torchvision_model("resnet18"), recipe="zhang2019")
-        converted.layer3[0].conv2[0].padding = "zero"
+        converted.layer3[0].conv2[0].padding = "zeros"
         with pytest.raises(AssertionError):
             assert_same_network(converted, zhang_model("resnet18", 4), 64)
 

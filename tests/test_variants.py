@@ -20,10 +20,10 @@ from shiftlab._format import ROUNDING_LEVEL, format_error
 from shiftlab.digits import load_digits
 from shiftlab.errors import ShiftlabError
 from shiftlab.experiments.variants import (
+    COLUMNS,
     DEMO_VARIANT_DIGITS,
+    FINETUNE_COLUMNS,
     VARIANT_SPECS,
-    readme_finetune_table,
-    readme_table,
     run_variants,
     training_record,
     variants_section,
@@ -201,7 +201,9 @@ class TestComparison:
         which they moved between those kernels; a value below the rounding level is printed, and checked, as such
         ("< 1e-05").
         """
-        expected = markdown_table(readme_table(demo_result))
+        table = variants_section(demo_result).tables[0]  # the report's table, which the README shows
+        assert table.columns == [column.replace("model spec", "spec") for column in COLUMNS]
+        expected = [table.columns, *table.rows]
         shown = markdown_table((ROOT / "README.md").read_text(), header=expected[0])
         assert len(shown) == len(expected) and shown[0] == expected[0]
         floats = [index for index, column in enumerate(expected[0]) if column in ("aliasing", "output error")]
@@ -215,9 +217,42 @@ class TestComparison:
                 else:
                     assert readme_cell == measured_cell, (variant, expected[0][index])
 
+    def test_readme_finetune_table_is_what_shiftlab_measures(self, demo_result):
+        """Before, after and from scratch: counts within 3 of 1,000 digits, percentages within 1 point (a digit or a
+        few view pairs of the 200 that another CPU may flip); APS with circular padding exactly 100% consistent."""
+        tables = variants_section(demo_result).tables
+        table = next(table for table in tables if table.columns == list(FINETUNE_COLUMNS))
+        readme = (ROOT / "README.md").read_text()
+        shown = markdown_table(readme, header=table.columns)
+        assert len(shown) == 1 + len(table.rows) == 1 + 9
+        for line, expected in zip(shown[1:], table.rows, strict=True):
+            for cell, want in zip(line, expected, strict=True):
+                if cell.endswith("%"):
+                    assert abs(float(cell[:-1]) - float(want[:-1])) <= 1.0, (line, expected)
+                elif " / " in cell:
+                    (count, total), (wanted, whole) = (
+                        [int(part.replace(",", "")) for part in text.split(" / ")] for text in (cell, want)
+                    )
+                    assert total == whole and abs(count - wanted) <= 3, (line, expected)
+                else:
+                    assert cell == want, (line, expected)
+        aps = demo_result.finetune_numbers("circular_aps", "fine-tuned")
+        assert aps["agreeing_pairs"] == aps["pairs"] and "| converted from digits_cnn, fine-tuned | " in readme
+
+    def test_script_prints_the_readme_tables(self, demo_result):
+        """scripts/variants_tables.py: the report's tables as the README's Markdown (specs in backticks)."""
+        script = load_script("variants_tables")
+        tables = variants_section(demo_result).tables
+        text = script.markdown(tables[0])
+        assert text.splitlines()[0] == "| " + " | ".join(tables[0].columns) + " |"
+        assert text.splitlines()[2].startswith("| `digits_cnn` | zeros | strided | ")
+        lines = (ROOT / "README.md").read_text().splitlines()
+        assert text.splitlines()[0] in lines and text.splitlines()[1] in lines
+
 
 def markdown_table(text: str, header: list[str] | None = None) -> list[list[str]]:
-    """The cells of the first Markdown table in ``text`` (of the one whose header is ``header``), rule dropped."""
+    """The cells of the first Markdown table in ``text`` (of the one whose header is ``header``), rule dropped, and
+    the backticks around a model spec too (the report's tables, which the README shows, have none)."""
     lines = text.splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("| ") and (header is None or _cells(line) == header)]
     assert starts, f"no table with the header {header}"
@@ -225,7 +260,7 @@ def markdown_table(text: str, header: list[str] | None = None) -> list[list[str]
     for line in lines[starts[0] :]:
         if not line.startswith("|"):
             break
-        rows.append(_cells(line))
+        rows.append([cell.strip("`") for cell in _cells(line)])
     return [row for row in rows if set("".join(row)) != {"-"}]
 
 
@@ -249,28 +284,6 @@ def assert_printed_as(value: float, text: str, where: object, digits: int = 3) -
         return
     assert low >= ROUNDING_LEVEL, f"{where}: {value} is float rounding, printed as {text!r}"
     assert float(format_error(low, digits)) <= float(text) <= float(format_error(high, digits)), (where, value, text)
-
-    def test_readme_finetune_table_is_what_shiftlab_measures(self, demo_result):
-        """Before, after and from scratch: counts within 3 of 1,000 digits, percentages within 1 point (a digit or a
-        few view pairs of the 200 that another CPU may flip); APS with circular padding exactly 100% consistent."""
-        measured = readme_finetune_table(demo_result).splitlines()
-        readme = (ROOT / "README.md").read_text()
-        shown = readme[readme.index(measured[0]) :].splitlines()[: len(measured)]
-        assert shown[:2] == measured[:2] and len(shown) == len(measured) == 2 + 9
-        for line, expected in zip(shown[2:], measured[2:]):
-            for cell, want in zip(line.split("|")[1:-1], expected.split("|")[1:-1]):
-                cell, want = cell.strip(), want.strip()
-                if cell.endswith("%"):
-                    assert abs(float(cell[:-1]) - float(want[:-1])) <= 1.0, (line, expected)
-                elif " / " in cell:
-                    (count, total), (wanted, whole) = (
-                        [int(part.replace(",", "")) for part in text.split(" / ")] for text in (cell, want)
-                    )
-                    assert total == whole and abs(count - wanted) <= 3, (line, expected)
-                else:
-                    assert cell == want
-        aps = demo_result.finetune_numbers("circular_aps", "fine-tuned")
-        assert aps["agreeing_pairs"] == aps["pairs"] and "| converted from digits_cnn, fine-tuned | " in readme
 
 
 # --------------------------------------------------------------------------- training

@@ -9,7 +9,7 @@ import torchvision.transforms.functional as TF
 
 from shiftlab.errors import ShiftlabError
 from shiftlab.shifts import shift
-from shiftlab.views import IDENTITY, Geometry, build_view, build_views, view_key
+from shiftlab.views import IDENTITY, Geometry, build_view, view_key
 
 
 @pytest.fixture
@@ -56,8 +56,3 @@ def test_view_key_merges_every_description_of_the_unshifted_input():
     for key in [("roll", 0, 0), ("fourier", 0.0, 0.0), ("window", 3, 8), ("zero", 3, 8), IDENTITY]:
         assert view_key(key, geometry) == IDENTITY
     assert view_key(("window", 3, 9), geometry) == ("window", 3, 9)
-
-
-def test_build_views_stacks(base):
-    geometry = Geometry.of(30, 41, crop=24)
-    assert tuple(build_views(base, [IDENTITY, ("roll", 1, 1), ("zero", -3, 30)], geometry).shape) == (3, 3, 24, 24)

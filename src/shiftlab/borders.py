@@ -71,7 +71,6 @@ _PAD_MODULES: dict[type[nn.Module], str] = {
 }
 _PADDING_MODES = {
     "zeros": "pad with zeros",
-    "zero": "pad with zeros",
     "same": "pad with zeros",
     "reflect": "pad by reflection",
     "replicate": "pad by replication",

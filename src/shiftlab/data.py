@@ -44,7 +44,6 @@ __all__ = [
     "Resize",
     "center_crop",
     "prepare_images",
-    "resize_shorter_side",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -121,25 +120,6 @@ class Resize:
         if self.squash:
             return f"both sides {self.size} (squash; {self.interpolation}, {smooth})"
         return f"shorter side {self.size} ({self.interpolation}, {smooth})"
-
-
-def resize_shorter_side(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``(..., H, W)`` so that its shorter side is ``size`` (bilinear, antialiased), as torchvision's ``Resize``.
-
-    Unlike :class:`Resize`, the values are not clamped.
-
-    Example:
-        >>> tuple(resize_shorter_side(torch.zeros(3, 30, 45), 20).shape)
-        (3, 20, 30)
-    """
-    resize = Resize.make(size)
-    height, width = image.shape[-2:]
-    size_out = resize.output_size(height, width)
-    if size_out == (height, width):
-        return image
-    batch = image if image.ndim >= 3 else image[None]
-    resized = TF.resize(batch, list(size_out), interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return resized if image.ndim >= 3 else resized[0]
 
 
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:

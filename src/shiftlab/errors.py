@@ -24,7 +24,6 @@ __all__ = [
     "check_int",
     "check_pair",
     "check_real",
-    "check_shape",
     "describe",
     "fail",
     "first_line",
@@ -244,35 +243,3 @@ def check_choice(value: Any, subject: str, choices: Iterable[T]) -> T:
         if value == option:
             return option
     fail(subject, f"must be one of {', '.join(map(str, options))}, got {value!r}")
-
-
-def check_shape(value: Any, subject: str, shape: str) -> dict[str, int]:
-    """Check the shape of a tensor or array against a pattern such as ``"N C H W"``, ``"* H W"`` or ``"N 3 H W"``.
-
-    Each name stands for any size, a number for exactly that size, a leading ``*`` for any number of
-    leading axes (none included). Returns the size of each named axis.
-
-    Example:
-        >>> import torch
-        >>> check_shape(torch.zeros(2, 3, 8, 8), "images", "N 3 H W")
-        {'N': 2, 'H': 8, 'W': 8}
-        >>> check_shape(torch.zeros(8, 8), "images", "N C H W")
-        Traceback (most recent call last):
-        ...
-        shiftlab.errors.ShiftlabError: images: expected shape (N, C, H, W), got tensor of shape (8, 8) and dtype float32
-    """
-    names = shape.split()
-    leading = bool(names) and names[0] == "*"
-    names = names[1:] if leading else names
-    actual = tuple(getattr(value, "shape", ()))
-    pattern = "(" + ", ".join((["*"] if leading else []) + names) + ")"
-    if len(actual) < len(names) if leading else len(actual) != len(names):
-        fail(subject, f"expected shape {pattern}, got {describe(value)}")
-    sizes: dict[str, int] = {}
-    for name, size in zip(names, actual[len(actual) - len(names) :]):
-        if name.isdigit():
-            if int(name) != size:
-                fail(subject, f"expected shape {pattern}, got {describe(value)}")
-        else:
-            sizes[name] = int(size)
-    return sizes

@@ -26,7 +26,6 @@ on the maps' colour scale.
 from __future__ import annotations
 
 import base64
-import json
 import zlib
 from typing import Any
 
@@ -40,12 +39,9 @@ __all__ = [
     "COLORMAPS",
     "DISPLAY_PERCENTILE",
     "colormap_tables",
-    "decode_frames",
     "explorer_payload",
-    "payload_bytes",
     "predict_plane",
     "quantise",
-    "restore_plane",
 ]
 
 #: The maps' colour scale ends at this percentile of the original output (the static figures do the same), so that a
@@ -84,30 +80,15 @@ def _med(plane: np.ndarray) -> np.ndarray:
 
 
 def predict_plane(plane: np.ndarray) -> np.ndarray:
-    """An 8-bit ``(h, w)`` plane as its residual from :func:`_med`, modulo 256 (:func:`restore_plane` inverts it).
+    """An 8-bit ``(h, w)`` plane as its residual from :func:`_med`, modulo 256 (the explorer script restores the
+    plane pixel by pixel, adding back the prediction from the pixels it has restored).
 
     Example:
         >>> plane = np.array([[10, 12, 14], [11, 13, 15]], dtype=np.uint8)
         >>> predict_plane(plane).tolist()
         [[10, 2, 2], [1, 1, 1]]
-        >>> restore_plane(predict_plane(plane)).tolist() == plane.tolist()
-        True
     """
     return (plane.astype(np.int16) - _med(plane)).astype(np.uint8)
-
-
-def restore_plane(residual: np.ndarray) -> np.ndarray:
-    """The plane that :func:`predict_plane` turned into ``residual``: pixel by pixel, as the explorer script does."""
-    height, width = residual.shape
-    plane = np.zeros((height, width), dtype=np.int16)
-    for y in range(height):
-        for x in range(width):
-            a = int(plane[y, x - 1]) if x else 0
-            b = int(plane[y - 1, x]) if y else 0
-            c = int(plane[y - 1, x - 1]) if x and y else 0
-            guess = min(a, b) if c >= max(a, b) else max(a, b) if c <= min(a, b) else a + b - c
-            plane[y, x] = (int(residual[y, x]) + guess) & 255
-    return plane.astype(np.uint8)
 
 
 def colormap_tables() -> dict[str, list[int]]:
@@ -253,38 +234,3 @@ def explorer_payload(data: ExplorerData, *, title: str = "", key: str = "explore
             "data": base64.b64encode(packed).decode("ascii"),
         }
     )
-
-
-def payload_bytes(payload: dict[str, Any]) -> int:
-    """The payload's size in the page, in bytes (its JSON text)."""
-    return len(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8"))
-
-
-def decode_frames(payload: dict[str, Any], layer: int, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 8-bit frames of one layer and kept channel, decoded as the explorer script decodes them:
-    ``(original (h, w), shifted (S, h, w))``. For tests and for checking a payload by hand.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> from shiftlab.explore import explorer_data
-        >>> net = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
-        >>> x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        >>> data = explorer_data(net, x, [(0, 0), (1, 2)], show=["output"])
-        >>> original, shifted = decode_frames(explorer_payload(data), 0, 0)
-        >>> bool((shifted[1] == np.roll(original, (1, 2), axis=(0, 1))).all())
-        True
-    """
-    blob = np.frombuffer(zlib.decompress(base64.b64decode(payload["data"])), dtype=np.uint8)
-    entry = payload["layers"][layer]
-    height, width = entry["height"], entry["width"]
-    size = height * width
-    start = entry["channels"][channel]["offset"]
-    original = restore_plane(blob[start : start + size].reshape(height, width))
-    shifted = []
-    for index, row in enumerate(entry["rows"]):
-        residual = blob[start + (1 + index) * size : start + (2 + index) * size].reshape(height, width)
-        offset = (int(row["aligned_dy"]), int(row["aligned_dx"]))
-        predicted = original if entry["part"] == "whole" else move_map(original, offset, circular=entry["circular"])
-        shifted.append(predicted + residual)
-    return original, np.stack(shifted)

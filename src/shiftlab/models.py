@@ -46,13 +46,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from shiftlab.data import Preprocess
 from shiftlab.errors import ShiftlabError, check, check_choice, check_int, fail, first_line
+from shiftlab.layers import PADDING_MODES, PaddingMode
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.weights import fits, load_state, load_weights, read_state_dict
 
@@ -118,7 +119,7 @@ class SimpleCNN(nn.Module):
         in_channels: int = 3,
         classes: int = 10,
         width: int = 16,
-        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
+        padding_mode: PaddingMode = "zeros",
         strided: bool = True,
     ) -> None:
         super().__init__()
@@ -138,12 +139,6 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
-
-
-PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
-
-#: The padding modes of :class:`torch.nn.Conv2d`.
-PADDING_MODES: tuple[PaddingMode, ...] = ("zeros", "reflect", "replicate", "circular")
 
 
 class DigitsCNN(nn.Module):

@@ -9,9 +9,7 @@ no request of any kind.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import io
 import json
 import platform
 from collections.abc import Sequence
@@ -23,8 +21,8 @@ import jinja2
 import numpy as np
 import torch
 from markupsafe import Markup
-from matplotlib.figure import Figure
 
+from shiftlab._embed import figure_data_uri  # re-exported: it was defined here
 from shiftlab._format import format_stride
 from shiftlab._io import atomic_write_text, json_text, to_jsonable
 from shiftlab.explore import ExplorerData
@@ -40,15 +38,6 @@ __all__ = [
     "to_jsonable",
     "write_report",
 ]
-
-FIGURE_DPI = 110
-
-
-def figure_data_uri(figure: Figure, dpi: int = FIGURE_DPI) -> str:
-    """The figure as a ``data:image/png;base64,...`` URI."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def environment() -> dict[str, str]:

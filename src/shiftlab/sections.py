@@ -7,7 +7,7 @@ into HTML and JSON. Neither side knows about the other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
@@ -17,7 +17,9 @@ from shiftlab._format import (  # re-exported: tables are written with them
     format_number,
     format_stride,
 )
-from shiftlab.explore import ExplorerData
+
+if TYPE_CHECKING:  # plain data: the type of an explorer, without importing the module that computes it
+    from shiftlab.explore import ExplorerData
 
 __all__ = ["ROUNDING_LEVEL", "Finding", "Section", "Table", "format_error", "format_number", "format_stride"]
 

@@ -32,7 +32,6 @@ that protocols that all need the unshifted image share one forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +39,7 @@ import torch
 from shiftlab.errors import check
 from shiftlab.shifts import fourier_shift
 
-__all__ = ["IDENTITY", "Geometry", "ViewKey", "build_view", "build_views", "round_to_8bit", "view_key"]
+__all__ = ["IDENTITY", "Geometry", "ViewKey", "build_view", "round_to_8bit", "view_key"]
 
 ViewKey = tuple
 IDENTITY: ViewKey = ("identity",)
@@ -146,8 +145,3 @@ def build_view(base: torch.Tensor, key: ViewKey, geometry: Geometry) -> torch.Te
     if kind == "fourier":
         return fourier_shift(centre, float(key[1]), float(key[2]))
     raise ValueError(f"unknown view kind {kind!r}")  # shiftlab's own keys only: a bug, not user input
-
-
-def build_views(base: torch.Tensor, keys: Sequence[ViewKey], geometry: Geometry) -> torch.Tensor:
-    """Every view of ``keys``, stacked: ``(len(keys), C, h, w)``."""
-    return torch.stack([build_view(base, key, geometry) for key in keys])

@@ -66,8 +66,10 @@ from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_er
 
 __all__ = [
     "CANVAS_MARGIN",
+    "COLUMNS",
     "DEMO_VARIANT_DIGITS",
     "FINETUNED_VARIANTS",
+    "FINETUNE_COLUMNS",
     "FINETUNE_STAGES",
     "PROBE_LAYERS",
     "PROBE_SHIFTS",
@@ -75,8 +77,6 @@ __all__ = [
     "VariantsResult",
     "demo_variants_sections",
     "finetune_record",
-    "readme_finetune_table",
-    "readme_table",
     "run_variants",
     "training_record",
     "variants_section",
@@ -375,7 +375,7 @@ def _percent(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f}%"
 
 
-#: The columns of the side-by-side table (the README's as well).
+#: The columns of the side-by-side table (the README's as well, printed by scripts/variants_tables.py).
 COLUMNS = (
     "model spec",
     "padding",
@@ -411,13 +411,6 @@ def _table_rows(result: VariantsResult) -> list[list[str]]:
     return rows
 
 
-def readme_table(result: VariantsResult) -> str:
-    """The side-by-side table as Markdown, as the README shows it (a test checks that the two agree)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(result)]
-    return "\n".join(lines)
-
-
 #: The columns of the table of conversions of the trained baseline (the README's as well).
 FINETUNE_COLUMNS = (
     "conversion",
@@ -443,14 +436,6 @@ def _finetune_rows(result: VariantsResult) -> list[list[str]]:
                 ]
             )
     return rows
-
-
-def readme_finetune_table(result: VariantsResult) -> str:
-    """The conversions of the trained baseline as Markdown, as the README shows them (a test compares the numbers
-    with what shiftlab measures, within what another CPU may change)."""
-    lines = ["| " + " | ".join(FINETUNE_COLUMNS) + " |", "| " + " | ".join("---" for _ in FINETUNE_COLUMNS) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in _finetune_rows(result)]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- figures

@@ -13,6 +13,7 @@
 * :mod:`~shiftlab.layers.spec`: the ``+blurpool``, ``+aps``, ``+circular``, ``@RECIPE`` suffixes of model specs.
 """
 
+from shiftlab.layers._maps import PADDING_MODES, PaddingMode
 from shiftlab.layers.aps import APS_NORMS, APS_TIE_BREAKS, APSPool2d, PhaseLink, aps_pool2d, polyphase_norms
 from shiftlab.layers.blurpool import BlurPool2d, MaxBlurPool2d, binomial_filter, blur_pool2d, max_blur_pool2d
 from shiftlab.layers.circular import make_circular
@@ -26,6 +27,7 @@ __all__ = [
     "APS_NORMS",
     "APS_TIE_BREAKS",
     "METHODS",
+    "PADDING_MODES",
     "RECIPES",
     "APSConv2d",
     "APSPool2d",
@@ -33,6 +35,7 @@ __all__ = [
     "BlurPool2d",
     "Conversion",
     "MaxBlurPool2d",
+    "PaddingMode",
     "PhaseLink",
     "aps_pool2d",
     "binomial_filter",

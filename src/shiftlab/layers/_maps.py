@@ -1,5 +1,9 @@
 """What the layers share: checking their input maps, and padding them by any amount in the four modes offered.
 
+The modes are torch's names, as ``nn.Conv2d(padding_mode=...)`` spells them: ``"zeros"``, ``"reflect"``,
+``"replicate"``, ``"circular"`` (:data:`PADDING_MODES`). The layers once spelled the first ``"zero"``; that name is
+still accepted, with a ``DeprecationWarning`` (:func:`check_padding`).
+
 ``torch.nn.functional.pad`` refuses reflect padding of ``p >= H`` pixels and
 circular padding of ``p > H``; the small maps at the end of a network (a 2x2
 map under a size-4 blur) meet exactly that. Such maps are padded here by
@@ -10,15 +14,39 @@ onto itself. Everything else goes to ``F.pad``.
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal, cast
+
 import torch
 import torch.nn.functional as F
 
-from shiftlab.errors import describe, fail
+from shiftlab.errors import InternalError, check_choice, describe, fail
 
-__all__ = ["PADDING_MODES", "check_maps", "pad2d"]
+__all__ = ["PADDING_MODES", "PaddingMode", "check_maps", "check_padding", "pad2d"]
 
-#: The padding modes of the blur and polyphase layers.
-PADDING_MODES: tuple[str, ...] = ("reflect", "replicate", "zero", "circular")
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+#: The padding modes, as :class:`torch.nn.Conv2d` names them; the blur and polyphase layers take them all.
+PADDING_MODES: tuple[PaddingMode, ...] = ("zeros", "reflect", "replicate", "circular")
+#: The layers' former name for ``"zeros"``, still accepted (with a ``DeprecationWarning``).
+_DEPRECATED_ZERO = "zero"
+
+
+def check_padding(padding: object, subject: str = "padding") -> PaddingMode:
+    """``padding`` as one of :data:`PADDING_MODES`; the former ``"zero"`` becomes ``"zeros"``, with a warning.
+
+    Example:
+        >>> check_padding("circular")
+        'circular'
+        >>> check_padding("wrap")
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: padding: must be one of zeros, reflect, replicate, circular, got 'wrap'
+    """
+    if isinstance(padding, str) and padding == _DEPRECATED_ZERO:
+        # stacklevel 3: the warning points at the line that called the layer or function, not at this check.
+        warnings.warn(f"{subject}: 'zero' is deprecated, use 'zeros' (torch's name)", DeprecationWarning, stacklevel=3)
+        return "zeros"
+    return cast(PaddingMode, check_choice(padding, subject, PADDING_MODES))
 
 
 def check_maps(x: object, subject: str, *, batched: bool = False) -> torch.Tensor:
@@ -39,7 +67,9 @@ def pad2d(x: torch.Tensor, pads: tuple[int, int, int, int], mode: str) -> torch.
         return x
     left, right, top, bottom = pads
     height, width = x.shape[-2:]
-    if mode == "zero":
+    if mode not in PADDING_MODES:  # the layers check their mode when built: anything else is shiftlab's bug
+        raise InternalError(f"pad2d: unknown padding mode {mode!r}")
+    if mode == "zeros":
         return F.pad(x, pads)
     if mode == "replicate":
         return F.pad(x, pads, mode="replicate")

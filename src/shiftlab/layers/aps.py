@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from shiftlab.errors import check_choice, check_pair, describe, fail
-from shiftlab.layers._maps import PADDING_MODES, check_maps
+from shiftlab.layers._maps import check_maps, check_padding
 from shiftlab.layers.blurpool import BlurPool2d, blur_with_filter, check_channels, per_channel_filter
 
 __all__ = ["APS_NORMS", "APS_TIE_BREAKS", "APSPool2d", "PhaseLink", "aps_pool2d", "polyphase_norms"]
@@ -280,7 +280,8 @@ class APSPool2d(nn.Module):
         norm: ``"l2"``, ``"l1"`` or ``"linf"``.
         kernel_size: size of a binomial blur applied at stride 1 before choosing (1: none, Chaman's default;
             Chaman's "APS + LPF" variants use 2 to 7).
-        padding: padding mode of that blur; ``"circular"`` keeps exact invariance.
+        padding: padding mode of that blur (torch's names: ``"zeros"``, ``"reflect"``, ``"replicate"``,
+            ``"circular"``); ``"circular"`` keeps exact invariance.
         channels: keep the blur filter per channel, as Chaman's ``ApsPool(C, filt_size=k)`` does: a persistent
             buffer ``filt`` of shape ``(C, 1, ky, kx)`` on this module (only when ``kernel_size > 1``, as in the
             reference), applied as loaded, so that the reference's state_dicts load; inputs must have ``C``
@@ -315,7 +316,7 @@ class APSPool2d(nn.Module):
         self.stride = check_pair(stride, "stride", minimum=1)
         self.norm = check_choice(norm, "norm", APS_NORMS)
         self.tie_break = check_choice(tie_break, "tie_break", APS_TIE_BREAKS)
-        blur = BlurPool2d(kernel_size, stride=1, padding=check_choice(padding, "padding", PADDING_MODES))
+        blur = BlurPool2d(kernel_size, stride=1, padding=check_padding(padding))
         self.blur: BlurPool2d | None = blur if blur.kernel_size != (1, 1) and channels is None else None
         self.channels: int | None = None
         self.blur_padding = blur.padding

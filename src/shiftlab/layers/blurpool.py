@@ -20,15 +20,18 @@ Conventions, and how they compare with the implementations people meet (checked 
   checkpoints load (the ``zhang2019`` recipe of :func:`shiftlab.layers.make_shift_invariant` does).
 * **kornia** 0.9 (``kornia.filters.BlurPool2D(kernel_size, stride=2)``, ``blur_pool2d``): the same binomial filter
   and Zhang's padding amounts, ``(k - 1) // 2`` before and ``k // 2`` after, in zero mode only. Its output equals
-  ``blur_pool2d(x, k, s, padding="zero")``, shape included, for every ``k``, stride and map size
+  ``blur_pool2d(x, k, s, padding="zeros")``, shape included, for every ``k``, stride and map size
   (``tests/test_layers_blurpool.py`` checks this against the installed kornia). ``MaxBlurPool2D(kernel_size,
   stride=2, max_pool_size=2)`` is a stride-1 max pool of ``max_pool_size`` without padding followed by that blur
-  pool: ``max_blur_pool2d(x, k, s, m, padding="zero")``.
+  pool: ``max_blur_pool2d(x, k, s, m, padding="zeros")``.
 * **timm** (``timm.layers.BlurPool2d(channels=None, filt_size=3, stride=2, pad_mode='reflect')``): the same filter,
   reflect padding by default, but symmetric padding of ``((s - 1) + (k - 1)) // 2`` on every side, and ``k > 1``.
   That equals Zhang's for odd ``k`` at stride 2 (``k = 3``: one pixel per side). For even ``k`` it differs: with
   ``k = 4, s = 2`` timm pads two pixels on each side, so its windows start one pixel earlier and a map of even size
   gives one more row and column.
+
+Padding modes are torch's names (``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"``, as
+``nn.Conv2d(padding_mode=...)``); the former ``"zero"`` still works, with a ``DeprecationWarning``.
 
 Maps smaller than the padding (a 2x2 map under ``k = 4``), which ``torch.nn.functional.pad`` refuses in reflect
 mode, are padded by repeated reflection (numpy's convention) or by wrapping around as often as needed.
@@ -42,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftlab.errors import check_choice, check_int, check_pair, describe, fail
+from shiftlab.errors import check_int, check_pair, describe, fail
 from shiftlab.kernels import binomial_kernel
-from shiftlab.layers._maps import PADDING_MODES, check_maps, pad2d
+from shiftlab.layers._maps import check_maps, check_padding, pad2d
 
 __all__ = ["MAX_BLUR_KERNEL_SIZE", "BlurPool2d", "MaxBlurPool2d", "binomial_filter", "blur_pool2d", "max_blur_pool2d"]
 
@@ -127,7 +130,8 @@ def blur_pool2d(
         x: floating-point tensor ``(..., H, W)``; every map is filtered independently.
         kernel_size: binomial filter size, 1 to 7 (or a ``(ky, kx)`` pair); 1 is plain subsampling.
         stride: subsampling factor (or a ``(sy, sx)`` pair).
-        padding: ``"reflect"`` (Zhang's default), ``"replicate"``, ``"zero"`` or ``"circular"``.
+        padding: ``"reflect"`` (Zhang's default), ``"replicate"``, ``"zeros"`` or ``"circular"`` (torch's names;
+            ``"zero"``, the former name, is deprecated).
 
     Returns:
         The blurred and subsampled maps, same device and dtype.
@@ -151,7 +155,7 @@ def blur_pool2d(
     maps = check_maps(x, "x")
     kernel = _check_kernel_size(kernel_size)
     strides = check_pair(stride, "stride", minimum=1)
-    mode = check_choice(padding, "padding", PADDING_MODES)
+    mode = check_padding(padding)
     return blur_with_filter(maps, binomial_filter(kernel, device=maps.device, dtype=maps.dtype), strides, mode)
 
 
@@ -180,7 +184,7 @@ def max_blur_pool2d(
         - output: :math:`(*, \\lceil (H - m_y + 1) / s_y \\rceil, \\lceil (W - m_x + 1) / s_x \\rceil)`
 
     Example:
-        >>> max_blur_pool2d(torch.eye(5)[None, None], kernel_size=3, stride=2, padding="zero")
+        >>> max_blur_pool2d(torch.eye(5)[None, None], kernel_size=3, stride=2, padding="zeros")
         tensor([[[[0.5625, 0.3125],
                   [0.3125, 0.8750]]]])
     """
@@ -189,6 +193,7 @@ def max_blur_pool2d(
     height, width = maps.shape[-2:]
     if height < window[0] or width < window[1]:
         fail("x", f"map of size {height}x{width} is smaller than the {window[0]}x{window[1]} max pool")
+    padding = check_padding(padding)  # here, so that a warning for the former "zero" points at the caller
     batch = maps if maps.ndim == 4 else maps.reshape(-1, 1, height, width)
     pooled = F.max_pool2d(batch, window, stride=1)
     pooled = pooled if maps.ndim == 4 else pooled.reshape(*maps.shape[:-2], *pooled.shape[-2:])
@@ -245,7 +250,7 @@ class BlurPool2d(nn.Module):
         super().__init__()
         self.kernel_size = _check_kernel_size(kernel_size)
         self.stride = check_pair(stride, "stride", minimum=1)
-        self.padding = check_choice(padding, "padding", PADDING_MODES)
+        self.padding = check_padding(padding)
         self.register_buffer("filter", binomial_filter(self.kernel_size), persistent=False)
         self.channels: int | None = None
         if channels is not None:

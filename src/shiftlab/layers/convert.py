@@ -55,14 +55,12 @@ from shiftlab.layers.circular import (
     unpadded_pool,
 )
 from shiftlab.layers.discovery import Geometry, find_downsampling_layers, geometry, is_shiftlab_layer
-from shiftlab.layers.recipes import convert_with_recipe, recipe_arguments
+from shiftlab.layers.recipes import METHODS, convert_with_recipe, recipe_arguments
 from shiftlab.layers.subsampled_conv import APSConv2d, BlurConv2d
 from shiftlab.ops import MaxPool
 
 __all__ = ["DEFAULT_KERNEL_SIZE", "METHODS", "SHORTCUT_NAMES", "make_shift_invariant"]
 
-#: The conversion methods.
-METHODS: tuple[str, ...] = ("blurpool", "aps")
 #: The blur filter size when none is given: Zhang's recommended 4 for BlurPool; none (1) for APS, as in Chaman's
 #: reference models (``filter_size=1``; 2-7 give their "APS + LPF" variants).
 DEFAULT_KERNEL_SIZE: dict[str, int] = {"blurpool": 4, "aps": 1}

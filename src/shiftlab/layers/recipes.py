@@ -22,8 +22,10 @@ from shiftlab.layers._edits import apply_edits, splice
 from shiftlab.layers._layouts import Layout
 from shiftlab.layers.aps import APSPool2d, PhaseLink
 
-__all__ = ["RECIPES", "convert_with_recipe", "recipe_arguments", "supported"]
+__all__ = ["METHODS", "RECIPES", "convert_with_recipe", "recipe_arguments", "supported"]
 
+#: The conversion methods (:mod:`shiftlab.layers.convert` builds them); a published recipe implies one.
+METHODS: tuple[str, ...] = ("blurpool", "aps")
 #: The recipes, the default first.
 RECIPES: tuple[str, ...] = ("shiftlab", "zhang2019", "chaman2021")
 #: The method each published recipe is, and what it is called in messages.
@@ -66,8 +68,6 @@ def recipe_arguments(
         >>> recipe_arguments("shiftlab", None, "circular")
         ('shiftlab', 'blurpool', 'circular')
     """
-    from shiftlab.layers.convert import METHODS
-
     recipe = check_choice(recipe, names[0], RECIPES)
     method = None if method is None else check_choice(method, names[1], METHODS)
     padding = check_choice(padding, names[2], (None, "circular"))

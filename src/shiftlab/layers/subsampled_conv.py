@@ -17,19 +17,17 @@ For a 1x1 convolution without padding, blurring first is the same computation at
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from shiftlab.errors import check, check_pair
-from shiftlab.layers._maps import pad2d
+from shiftlab.layers._maps import PaddingMode, pad2d
 from shiftlab.layers.aps import APSPool2d
 from shiftlab.layers.blurpool import BlurPool2d
 
 __all__ = ["APSConv2d", "BlurConv2d"]
-
-PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 
 def _check_pre_padding(pre_padding: Any) -> tuple[int, int, int, int] | None:
@@ -157,7 +155,7 @@ class BlurConv2d(_StrideOneConv2d):
             self.kernel_size == (1, 1)
             and self.padding in ((0, 0), "valid")
             and self.pre_padding is None
-            and (self.bias is None or self.blur.padding != "zero")
+            and (self.bias is None or self.blur.padding != "zeros")
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
