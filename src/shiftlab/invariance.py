@@ -980,7 +980,7 @@ class CosineState(MetricState):
         fixed = _fixed_point(cosine)
         self.images += fixed.shape[0]
         self.cosine_fixed += fixed.sum(dim=0)
-        self.minimum_fixed = torch.minimum(self.minimum_fixed, fixed.min(dim=0).values)
+        torch.minimum(self.minimum_fixed, fixed.min(dim=0).values, out=self.minimum_fixed)
 
     def compute(self) -> dict[str, Any]:
         images = int(self.images)
