@@ -259,11 +259,10 @@ class BlurPool2d(nn.Module):
         self.kernel_size = _check_kernel_size(kernel_size)
         self.stride = check_pair(stride, "stride", minimum=1)
         self.padding = check_choice(padding, "padding", PADDING_MODES)
-        place = {"device": device, "dtype": dtype}
-        self.register_buffer("filter", binomial_filter(self.kernel_size, **place), persistent=False)
+        self.register_buffer("filter", binomial_filter(self.kernel_size, device=device, dtype=dtype), persistent=False)
         self.channels: int | None = None
         if channels is not None:
-            self.register_buffer("filt", per_channel_filter(self.kernel_size, channels, **place))
+            self.register_buffer("filt", per_channel_filter(self.kernel_size, channels, device=device, dtype=dtype))
             self.channels = self.filt.shape[0]
 
     @torch.no_grad()
