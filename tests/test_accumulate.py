@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -86,7 +87,7 @@ def test_reset_and_checkpoint_round_trip():
     restored = Stats().load_state_dict(saved)
     assert restored.compute() == stats.compute()
     stats.reset()
-    assert stats.compute() == (0.0, 0, float(torch.finfo(torch.float64).min), float(torch.finfo(torch.float64).max))
+    assert stats.compute() == (0.0, 0, -math.inf, math.inf)  # the declared defaults, -inf included
     with pytest.raises(ShiftlabError, match="checkpoint state 'mean:x'"):
         Stats().load_state_dict({"mean:x": torch.zeros(())})
 
@@ -142,3 +143,112 @@ def test_clone_is_independent():
     copy.update(VALUES)
     assert stats.compute()[1] == 12 and copy.compute()[1] == 24
     assert type(copy) is Stats
+
+
+def test_reset_restores_declared_defaults_not_zeros():
+    stats = Stats()
+    stats.add_state("offset", torch.tensor([2.5, -1.0], dtype=torch.float64))
+    stats.add_state("floor", torch.full((), 7, dtype=torch.int64), reduce="max")
+    stats.update(VALUES)
+    stats.offset += 1.0
+    stats.floor = torch.maximum(stats.floor, torch.tensor(9))
+    stats.reset()
+    assert stats.offset.tolist() == [2.5, -1.0] and int(stats.floor) == 7
+    stats.offset += 1.0  # the default is a copy: changing a state in place never changes it
+    stats.reset()
+    assert stats.offset.tolist() == [2.5, -1.0]
+
+
+def test_a_state_is_read_as_an_attribute_and_listed_by_name():
+    stats = Stats()
+    stats.update(VALUES)
+    assert stats.state_names == ("total", "count", "largest", "smallest")
+    assert [float(getattr(stats, name)) for name in stats.state_names] == [float(VALUES.sum()), 12.0, 1.75, -1.0]
+    assert not hasattr(stats, "state") and not hasattr(stats, "set_state") and not hasattr(stats, "states")
+    with pytest.raises(AttributeError, match="'Stats' has no attribute or state 'missing'"):
+        _ = stats.missing
+
+
+def test_a_state_cannot_hide_a_method():
+    with pytest.raises(ShiftlabError, match="state 'compute': would hide the attribute 'compute' of Stats"):
+        Stats().add_state("compute", torch.zeros(()))
+
+
+def test_loaded_states_that_were_not_declared_reset_to_their_reductions_identity():
+    saved = {
+        "sum:added": torch.tensor([3, 4]),
+        "max:high": torch.tensor([2.0]),
+        "min:low": torch.tensor([5], dtype=torch.int32),
+        "max:seen": torch.tensor([True]),
+    }
+    stats = Stats().load_state_dict(saved)
+    assert stats.added.tolist() == [3, 4] and stats.high.tolist() == [2.0]
+    stats.reset()
+    assert stats.added.tolist() == [0, 0] and stats.high.tolist() == [-math.inf]
+    assert stats.low.tolist() == [torch.iinfo(torch.int32).max] and stats.seen.tolist() == [False]
+
+
+def test_merge_declares_the_other_sides_state_with_its_default():
+    first, second = Stats(), Stats()
+    second.add_state("peak", torch.full((2,), -math.inf), reduce="max")
+    second.peak = torch.tensor([1.0, 2.0])
+    first.merge(second)
+    assert first.peak.tolist() == [1.0, 2.0]
+    first.reset()
+    assert first.peak.tolist() == [-math.inf, -math.inf]
+
+
+def test_to_casts_floating_states_and_their_defaults_only():
+    stats = Stats().to(torch.float32)
+    assert [getattr(stats, name).dtype for name in stats.state_names] == [
+        torch.float32,
+        torch.int64,
+        torch.float32,
+        torch.float32,
+    ]
+    stats.update(VALUES)
+    assert stats.total.dtype == torch.float32 and stats.compute() == (float(VALUES.sum()), 12, 1.75, -1.0)
+    stats.reset()
+    assert stats.largest.dtype == torch.float32 and float(stats.largest) == -math.inf
+    stats.add_state("later", torch.zeros(2, dtype=torch.float64))  # declared after .to(): follows
+    assert stats.later.dtype == torch.float32
+    merged = Stats().merge(stats)  # a float64 accumulator takes float32 partial states at its own type
+    assert merged.total.dtype == torch.float64
+    with pytest.raises(ShiftlabError, match="dtype: states can be cast to a floating-point type only, got torch.int32"):
+        stats.to(torch.int32)
+
+
+def test_to_moves_states_defaults_and_later_states():
+    stats = Stats()
+    stats.update(VALUES)
+    assert stats.to("meta") is stats
+    assert {getattr(stats, name).device.type for name in stats.state_names} == {"meta"}
+    stats.reset()  # the defaults moved too
+    assert {getattr(stats, name).device.type for name in stats.state_names} == {"meta"}
+    assert stats.largest.dtype == torch.float64 and stats.count.dtype == torch.int64
+    stats.add_state("later", torch.zeros(3))
+    other = Stats()
+    other.add_state("extra", torch.ones(2))
+    stats.merge(other)  # a CPU accumulator merged into a meta one: its states come over
+    assert stats.later.device.type == stats.extra.device.type == stats.total.device.type == "meta"
+    on_cpu = Stats()
+    on_cpu.clone().to("meta").reset()  # a clone moves alone
+    assert on_cpu.total.device.type == "cpu"
+    on_cpu.reset()
+    assert on_cpu.total.device.type == "cpu"
+    restored = stats.load_state_dict(Stats().state_dict())  # a checkpoint loads where the states are
+    assert restored.total.device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_states_on_cuda_give_the_cpu_result():
+    on_cpu, on_gpu = Stats(), Stats().to("cuda")
+    on_cpu.update(VALUES)
+    on_gpu.update(VALUES[:5].cuda())
+    part = Stats()
+    part.update(VALUES[5:])
+    on_gpu.merge(part)
+    assert on_gpu.total.device.type == "cuda" and on_gpu.compute() == on_cpu.compute()
+    on_gpu.reset()
+    assert on_gpu.largest.device.type == "cuda" and float(on_gpu.largest) == -math.inf
+    assert Stats().load_state_dict(on_gpu.to("cpu").state_dict()).compute() == (0.0, 0, -math.inf, math.inf)

@@ -160,7 +160,7 @@ def test_merged_states_equal_one_state():
     first.update(scores[:2], torch.full((2,), -1), infos[:2])
     second.update(scores[2:], torch.full((3,), -1), infos[2:])
     merged = first.merge(second)
-    assert all(torch.equal(value, dict(whole.states())[name]) for name, value in merged.states())
+    assert all(torch.equal(getattr(merged, name), getattr(whole, name)) for name in merged.state_names)
     assert merged.compute() == whole.compute()
 
 

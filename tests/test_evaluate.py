@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import statistics
+import zlib
 
 import numpy as np
 import pytest
@@ -49,7 +53,7 @@ def test_pixel_model_known_answers():
         ShiftAccuracy(grid, mode="crop"),
         TranslationSequence(max_shift=2),
         DiagonalShift("crop"),
-        Consistency("circular", views=8, max_shift=4),
+        Consistency("circular", views=8, max_shift=1),  # rolls in {-1, 0} per axis: a quarter of them are (0, 0)
     ]
     result = evaluate(PixelProbe(), (images, labels), metrics=metrics, crop=8)
     accuracy = result.results["PixelProbe"]["shift-accuracy"]
@@ -63,15 +67,50 @@ def test_pixel_model_known_answers():
     diagonal = result.results["PixelProbe"]["diagonal"]
     assert diagonal["p_top1_change"] == 1.0
     assert diagonal["mac"] == pytest.approx(math.e / (1 + math.e) - 0.5, abs=1e-9)
-    # consistency: view k is class 1 iff its roll is (0, 0); the rolls follow the documented seeding
-    stream = Consistency("circular").stream
-    agreeing = 0
+    # consistency: view k is class 1 iff its roll is (0, 0); the rolls as documented, derived in this file
+    agreeing, by_distance = 0, {0: [0, 0], 1: [0, 0]}  # distance: [pairs, agreeing]; (1, 1) is sqrt(2), rounded 1
     for index in range(6):
-        generator = torch.Generator().manual_seed(sample_seed(0, stream, index))
-        classes = (torch.randint(-4, 4, (8, 2), generator=generator) == 0).all(dim=1).tolist()
-        agreeing += sum(classes[a] == classes[b] for a in range(8) for b in range(a + 1, 8))
+        rolls = documented_rolls(0, "consistency", index, views=8, max_shift=1)
+        for a in range(8):
+            for b in range(a + 1, 8):
+                agree = (rolls[a] == (0, 0)) == (rolls[b] == (0, 0))
+                agreeing += agree
+                by_distance[int(rolls[a] != rolls[b])][0] += 1
+                by_distance[int(rolls[a] != rolls[b])][1] += agree
     consistency = result.results["PixelProbe"]["consistency"]
     assert consistency["agreeing_pairs"] == agreeing and consistency["pairs"] == 6 * 28
+    assert 0 < agreeing < 6 * 28  # some views land on (0, 0) and some do not: the count tells rolls apart
+    assert {item["distance"]: [item["pairs"], item["agreeing"]] for item in consistency["by_distance"]} == by_distance
+
+
+def splitmix64(state: int) -> int:
+    """SplitMix64's output for ``state`` (Steele, Lea & Flood 2014; Vigna's reference ``splitmix64.c``)."""
+    mask = (1 << 64) - 1
+    z = (state + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def documented_rolls(seed: int, metric: str, index: int, views: int, max_shift: int) -> list[tuple[int, int]]:
+    """The circular rolls of image ``index``, written out from the documented protocol alone: the image's
+    generator is seeded with ``splitmix64(splitmix64(splitmix64(seed) ^ crc32(metric)) ^ index)`` kept to 63
+    bits, and draws ``views`` ``(dy, dx)`` pairs uniform in ``[-max_shift, max_shift)``."""
+    mixed = splitmix64(splitmix64(splitmix64(seed) ^ zlib.crc32(metric.encode())) ^ index) & ((1 << 63) - 1)
+    generator = torch.Generator().manual_seed(mixed)
+    drawn = torch.randint(-max_shift, max_shift, (views, 2), generator=generator)
+    return [(int(dy), int(dx)) for dy, dx in drawn.tolist()]
+
+
+def test_the_documented_seed_derivation():
+    assert splitmix64(0) == 0xE220A8397B1DCDAF  # the first output of SplitMix64 from state 0, as published
+    rolls = [documented_rolls(0, "consistency", index, views=4, max_shift=4) for index in range(3)]
+    assert len({tuple(item) for item in rolls}) == 3  # neighbouring images get unrelated rolls
+    assert all(-4 <= dy < 4 and -4 <= dx < 4 for item in rolls for dy, dx in item)
+    assert [sample_seed(7, zlib.crc32(b"consistency"), index) for index in range(3)] == [
+        splitmix64(splitmix64(splitmix64(7) ^ zlib.crc32(b"consistency")) ^ index) & ((1 << 63) - 1)
+        for index in range(3)
+    ]
 
 
 def test_a_model_invariant_to_circular_shifts_is_fully_consistent():
@@ -346,6 +385,37 @@ def test_unreadable_images_are_skipped_named_and_counted(tmp_path):
     assert result.results["Sequential"]["consistency"]["images"] == 2
 
 
+CONSISTENCY_STATISTICS = ("consistency", "all_views_agree")
+
+
+def brute_force_consistency_and_diagonal(model, images: torch.Tensor) -> dict[str, tuple[float, int, tuple | None]]:
+    """``Consistency(views=3, max_shift=4)`` and ``DiagonalShift("circular")`` by their published definitions, one
+    image and one view at a time: ``{statistic: (value, count, 95% interval or None)}``."""
+    fractions, all_agree, changed, absolute_changes = [], 0, 0, []
+    with torch.no_grad():
+        for index, image in enumerate(images):
+            rolls = documented_rolls(0, "consistency", index, views=3, max_shift=4)
+            classes = [int(model(image.roll(roll, dims=(-2, -1))[None]).argmax()) for roll in rolls]
+            agreeing = sum(classes[a] == classes[b] for a in range(3) for b in range(a + 1, 3))
+            fractions.append(agreeing / 3)
+            all_agree += agreeing == 3
+            # Azulay & Weiss: the content moved one pixel up and left; the change of the top-1 class's probability
+            before = torch.softmax(model(image[None]).double(), dim=-1)[0]
+            after = torch.softmax(model(image.roll((-1, -1), dims=(-2, -1))[None]).double(), dim=-1)[0]
+            top1 = int(before.argmax())
+            changed += int(after.argmax()) != top1
+            absolute_changes.append(abs(float(before[top1] - after[top1])))
+    count = len(images)
+    mean = sum(fractions) / count
+    half = 1.96 * statistics.stdev(fractions) / math.sqrt(count)
+    return {
+        "consistency": (mean, 3 * count, (max(0.0, mean - half), min(1.0, mean + half))),
+        "all_views_agree": (all_agree / count, count, None),
+        "p_top1_change": (changed / count, count, None),
+        "mac": (sum(absolute_changes) / count, count, None),
+    }
+
+
 def test_several_models_side_by_side_and_tidy_outputs(tmp_path):
     images, labels = random_images(5)
     result = evaluate(
@@ -357,7 +427,25 @@ def test_several_models_side_by_side_and_tidy_outputs(tmp_path):
     lines = result.to_csv(tmp_path / "out.csv").splitlines()
     assert lines[0] == ",".join(COLUMNS)
     assert len(lines) == 1 + len(result.rows)
-    assert json.loads((tmp_path / "out.csv").read_text().splitlines()[1].split(",")[4] or "0") is not None
+    # the headline numbers as written, against a brute-force evaluation of each model on the documented views
+    written = {
+        (row["model"], row["metric"], row["statistic"]): row
+        for row in csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text()))
+        if not row["at"]
+    }
+    models = {"invariant": ChannelMax(), "aliasing": small_classifier()}
+    for name, model in models.items():
+        expected = brute_force_consistency_and_diagonal(model, images)
+        assert set(expected) == {key[2] for key in written if key[0] == name}
+        for statistic, (value, count, ci) in expected.items():
+            row = written[name, "consistency" if statistic in CONSISTENCY_STATISTICS else "diagonal", statistic]
+            assert float(row["value"]) == pytest.approx(value, rel=1e-12, abs=1e-9), (name, statistic)
+            assert int(row["count"]) == count
+            assert [float(row["ci_low"]), float(row["ci_high"])] == pytest.approx(ci) if ci else not row["ci_low"]
+    assert written["invariant", "consistency", "consistency"]["value"] == "1.0"  # ChannelMax ignores rolls
+    assert written["invariant", "diagonal", "p_top1_change"]["value"] == "0.0"
+    # the random-weight net answers one class throughout (consistency 1), but its probabilities move with a shift
+    assert float(written["aliasing", "diagonal", "mac"]["value"]) > 1e-6
     assert json.loads(result.to_json(tmp_path / "out.json"))["models"] == ["invariant", "aliasing"]
     assert {row["model"] for row in result.summary()} == {"invariant", "aliasing"}
     figure = result.plot_consistency()

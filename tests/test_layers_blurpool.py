@@ -155,6 +155,11 @@ class TestKnownAnswers:
                 ours = max_blur_pool2d(maps, kernel, 2, pool, "zeros")
                 assert ours.shape == expected.shape, (size, pool)
                 torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+                module = MaxBlurPool2d(kernel, 2, pool, "zero", dtype=torch.float64)
+                torch.testing.assert_close(module(maps), expected, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(
+                    kornia.filters.MaxBlurPool2D(kernel, 2, pool)(maps), ours, rtol=1e-12, atol=1e-12
+                )
 
     def test_size_one_is_plain_subsampling(self, rng):
         x = torch.from_numpy(rng.standard_normal((2, 3, 7, 8)))
@@ -176,8 +181,35 @@ class TestMaxBlurPool:
         pooled = np.stack([x[..., i : i + rows, j : j + cols] for i in range(window) for j in range(window)]).max(
             axis=0
         )
+        expected = reference_blur_pool(pooled, 4, 2, padding)
         result = max_blur_pool2d(torch.from_numpy(x), 4, 2, window, padding).numpy()
-        np.testing.assert_allclose(result, reference_blur_pool(pooled, 4, 2, padding), atol=1e-12)
+        np.testing.assert_allclose(result, expected, atol=1e-12)
+        layer = MaxBlurPool2d(4, 2, window, padding, dtype=torch.float64)
+        np.testing.assert_allclose(layer(torch.from_numpy(x)).numpy(), expected, atol=1e-12)
+
+    def test_module_applies_its_registered_filter(self, generator):
+        """The blur is the layer's buffer, not a filter rebuilt per call: a filter written into the buffer is used."""
+        layer = MaxBlurPool2d(3, 2, 2, "zero")
+        assert [name for name, _ in layer.named_buffers()] == ["blur.filter"]
+        weights = torch.rand(3, 3, generator=generator, dtype=torch.float64)
+        layer.blur.filter.copy_(weights)  # float32 buffer: the filter the layer must apply
+        x = torch.rand(2, 3, 9, 10, generator=generator, dtype=torch.float64)
+        pooled = F.max_pool2d(x, 2, stride=1)
+        expected = F.conv2d(
+            F.pad(pooled, (1, 1, 1, 1)), weights.float().double().expand(3, 1, 3, 3), stride=2, groups=3
+        )
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(layer(x), max_blur_pool2d(x, 3, 2, 2, "zero"))
+
+    def test_buffers_created_where_and_as_asked(self, generator):
+        layer = MaxBlurPool2d(4, 2, dtype=torch.float64)
+        assert layer.blur.filter.dtype == torch.float64
+        assert torch.equal(layer.blur.filter, binomial_filter(4, dtype=torch.float64))
+        x = torch.rand(1, 2, 9, 9, generator=generator, dtype=torch.float64)
+        assert torch.equal(layer(x), max_blur_pool2d(x, 4, 2))
+        on_meta = MaxBlurPool2d(4, 2, device="meta")
+        assert on_meta.blur.filter.device.type == "meta"
+        assert on_meta(torch.empty(2, 3, 9, 8, device="meta")).shape == (2, 3, 4, 4)
 
     def test_module_equals_function(self, generator):
         x = torch.rand(2, 3, 11, 10, generator=generator)
@@ -240,6 +272,25 @@ class TestModule:
             BlurPool2d(3, channels=0)
         assert str(error.value) == "channels: must be an integer >= 1, got 0"
 
+    def test_device_and_dtype_like_timm(self, generator):
+        """Buffers created where ``device``/``dtype`` say; on ``meta``, materialised by ``to_empty`` and
+        ``reset_parameters``, as timm's layers are."""
+        layer = BlurPool2d(3, 2, channels=4, device="meta", dtype=torch.float64)
+        assert {name: (buffer.device.type, buffer.dtype) for name, buffer in layer.named_buffers()} == {
+            "filter": ("meta", torch.float64),
+            "filt": ("meta", torch.float64),
+        }
+        assert layer(torch.empty(1, 4, 7, 7, device="meta", dtype=torch.float64)).shape == (1, 4, 4, 4)
+        layer.to_empty(device="cpu")
+        layer.reset_parameters()
+        fresh = BlurPool2d(3, 2, channels=4, dtype=torch.float64)
+        assert torch.equal(layer.filter, fresh.filter) and torch.equal(layer.filt, fresh.filt)
+        assert torch.equal(
+            fresh.filt[2, 0] * 16, torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float64)
+        )
+        x = torch.rand(1, 4, 7, 7, generator=generator, dtype=torch.float64)
+        assert torch.equal(layer(x), blur_pool2d(x, 3, 2))
+
     def test_follows_dtype(self, generator):
         layer = BlurPool2d(3, 2).double()
         assert layer.filter.dtype == torch.float64
@@ -287,6 +338,14 @@ class TestGradientsDevicesDtypes:
         assert result.device.type == "cuda" and result.dtype == dtype
         torch.testing.assert_close(result.float().cpu(), blur_pool2d(x, 4, 2), atol=1e-2, rtol=1e-2)
         assert max_blur_pool2d(x.cuda(), 3, 2, 2, "circular").device.type == "cuda"
+        built_there = MaxBlurPool2d(3, 2, 2, "circular", device="cuda", dtype=dtype)
+        assert built_there.blur.filter.device.type == "cuda" and built_there.blur.filter.dtype == dtype
+        torch.testing.assert_close(
+            built_there(x.to("cuda", dtype)).float().cpu(),
+            max_blur_pool2d(x, 3, 2, 2, "circular"),
+            atol=1e-2,
+            rtol=1e-2,
+        )
 
 
 class TestDeprecatedZero:

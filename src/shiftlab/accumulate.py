@@ -9,7 +9,11 @@ states (``"sum"``, ``"max"`` or ``"min"``). Then
   loader worker, another shard, a checkpoint),
 * :meth:`~Accumulator.all_reduce` combines the states of every process of a
   ``torch.distributed`` group, one collective per state, and
-* :meth:`~Accumulator.compute` turns the state into results.
+* :meth:`~Accumulator.compute` turns the state into results,
+* :meth:`~Accumulator.reset` restores every state's declared default, and
+* :meth:`~Accumulator.to` moves the states (and their defaults) to a device.
+
+A state is read and written as an attribute (``self.count += 1``), nothing else.
 
 Because merging is the state's reduction and nothing else, a result never
 depends on how the inputs were split: integer states (counts) are exact under
@@ -24,7 +28,7 @@ have declared the same states, which :meth:`~Accumulator.all_reduce` checks.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import math
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -50,6 +54,10 @@ def _combine(reduction: str, first: torch.Tensor, second: torch.Tensor) -> torch
 class Accumulator:
     """Named tensor states with a reduction each; subclasses add ``update`` and ``compute``.
 
+    A state is read and written as an attribute (``self.total += ...``), as in torchmetrics;
+    :attr:`state_names` lists them. Each state keeps the default it was declared with:
+    :meth:`reset` restores it, and :meth:`to` moves states and defaults together.
+
     Example:
         >>> class Mean(Accumulator):
         ...     def __init__(self):
@@ -70,17 +78,32 @@ class Accumulator:
 
     def __init__(self) -> None:
         self._reductions: dict[str, str] = {}
+        self._defaults: dict[str, torch.Tensor] = {}
         self._states: dict[str, torch.Tensor] = {}
+        # where states declared later go (set by .to(); None: where their default is)
+        self._device: torch.device | None = None
+        self._dtype: torch.dtype | None = None
 
     # -- declaring and reading states
 
     def add_state(self, name: str, default: torch.Tensor, reduce: Reduction = "sum") -> None:
-        """Declare a state: its initial value (copied) and how two partial values combine."""
+        """Declare a state: its default (copied; :meth:`reset` restores it) and how two partial values combine.
+
+        After :meth:`to`, the default is first moved (and, if floating-point, cast) as the other states were.
+        """
         check_choice(reduce, f"reduction of state {name!r}", REDUCTIONS)
         if name in self._states:
             fail(f"state {name!r}", "is already declared")
+        if hasattr(type(self), name) or name in self.__dict__:
+            fail(f"state {name!r}", f"would hide the attribute {name!r} of {type(self).__name__}")
         self._reductions[name] = reduce
-        self._states[name] = default.detach().clone()
+        self._defaults[name] = self._placed(default.detach()).clone()
+        self._states[name] = self._defaults[name].clone()
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The names of the states, in the order they were declared (read each as an attribute)."""
+        return tuple(self._states)
 
     def has_state(self, name: str) -> bool:
         return name in self._states
@@ -98,15 +121,31 @@ class Accumulator:
         else:
             super().__setattr__(name, value)
 
-    def state(self, name: str) -> torch.Tensor:
-        return self._states[name]
+    # -- where the states live
 
-    def set_state(self, name: str, value: torch.Tensor) -> None:
-        self._states[name] = value
+    def to(
+        self: Self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None
+    ) -> Self:
+        """Move every state and its default to ``device``; cast the floating-point ones to ``dtype``; returns ``self``.
 
-    def states(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(name, tensor)`` for every state, in the order they were declared."""
-        return iter(list(self._states.items()))
+        As ``nn.Module.to``: ``acc.to("cuda")``, ``acc.to(torch.float32)``, ``acc.to("cuda", torch.float64)``.
+        Integer and boolean states (counts, bitmaps) keep their type. States declared later follow.
+        """
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype is not None and not dtype.is_floating_point:
+            fail("dtype", f"states can be cast to a floating-point type only, got {dtype}")
+        if device is not None:
+            self._device = torch.device(device)
+        if dtype is not None:
+            self._dtype = dtype
+        self._defaults = {name: self._placed(value) for name, value in self._defaults.items()}
+        self._states = {name: self._placed(value) for name, value in self._states.items()}
+        return self
+
+    def _placed(self, value: torch.Tensor) -> torch.Tensor:
+        dtype = self._dtype if self._dtype is not None and value.is_floating_point() else None
+        return value.to(device=self._device, dtype=dtype)
 
     # -- the accumulator protocol
 
@@ -116,21 +155,26 @@ class Accumulator:
     def compute(self) -> Any:
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """Every state back to the default it was declared with."""
+        self._states = {name: default.clone() for name, default in self._defaults.items()}
+
     def merge(self: Self, other: Accumulator) -> Self:
         """Combine ``other``'s states into this one (each by its reduction); returns ``self``.
 
-        A state that only one side has declared is taken as it is.
+        A state that only ``other`` has declared is taken as it is (with ``other``'s default).
         """
         if type(other) is not type(self):
             fail("merge", f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
-        for name, value in other.states():
-            if name not in self._states:
-                self.add_state(name, value, other._reductions[name])  # type: ignore[arg-type]
+        for name, value in other._states.items():
+            if name not in self._states:  # taken as it is
+                self.add_state(name, other._defaults[name], other._reductions[name])  # type: ignore[arg-type]
+                self._states[name] = self._placed(value).clone()
                 continue
             mine = self._states[name]
             if mine.shape != value.shape or self._reductions[name] != other._reductions[name]:
                 fail("merge", f"state {name!r} has shape {tuple(value.shape)} there and {tuple(mine.shape)} here")
-            self._states[name] = _combine(self._reductions[name], mine, value.to(mine.device))
+            self._states[name] = _combine(self._reductions[name], mine, value.to(device=mine.device, dtype=mine.dtype))
         return self
 
     def all_reduce(self: Self, group: Any = None) -> Self:
@@ -160,42 +204,45 @@ class Accumulator:
         return self
 
     def clone(self: Self) -> Self:
-        """A copy whose states can change (merge, all-reduce) without touching this one's."""
+        """A copy whose states can change (merge, all-reduce, reset, ``to``) without touching this one's."""
         duplicate = copy.copy(self)
-        duplicate.__dict__["_states"] = {name: value.clone() for name, value in self.states()}
+        duplicate.__dict__["_states"] = {name: value.clone() for name, value in self._states.items()}
+        duplicate.__dict__["_defaults"] = dict(self._defaults)  # never changed in place: shared
         duplicate.__dict__["_reductions"] = dict(self._reductions)
         return duplicate
 
-    def reset(self) -> None:
-        """Every state back to zero (sums), or its identity (max, min)."""
-        for name, value in self.states():
-            if self._reductions[name] == "sum":
-                self._states[name] = torch.zeros_like(value)
-            else:
-                identity = _identity(value.dtype, self._reductions[name])
-                self._states[name] = torch.full_like(value, identity)
+    # -- checkpoints
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The states as CPU tensors (for a checkpoint), named ``"<reduction>:<name>"``."""
-        return {f"{self._reductions[name]}:{name}": value.detach().cpu() for name, value in self.states()}
+        return {f"{self._reductions[name]}:{name}": value.detach().cpu() for name, value in self._states.items()}
 
     def load_state_dict(self: Self, state: dict[str, torch.Tensor]) -> Self:
-        """Replace the states by those of :meth:`state_dict` (declaring any that are missing); returns ``self``."""
+        """Replace the states by those of :meth:`state_dict`; returns ``self``.
+
+        A state this accumulator has not declared is declared with the identity of its reduction as its
+        default (zero for a sum; -inf or the type's minimum for a maximum; +inf or the maximum for a minimum).
+        """
         for key, value in state.items():
             reduction, _, name = key.partition(":")
             check_choice(reduction, f"checkpoint state {key!r}", REDUCTIONS)
-            if name in self._states:
-                device = self._states[name].device
-                self._states[name] = value.to(device)
-            else:
-                self.add_state(name, value, reduction)  # type: ignore[arg-type]
+            if name not in self._states:
+                identity = torch.full_like(value, _identity(value.dtype, reduction), device="cpu")
+                self.add_state(name, identity, reduction)  # type: ignore[arg-type]
+            mine = self._states[name]
+            self._states[name] = value.to(device=mine.device, dtype=mine.dtype)
         return self
 
 
 def _identity(dtype: torch.dtype, reduction: str) -> float | int | bool:
+    """The value that leaves every other unchanged under ``reduction``."""
+    if reduction == "sum":
+        return 0
     if dtype == torch.bool:
         return reduction == "min"
-    info = torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)
+    if dtype.is_floating_point:
+        return -math.inf if reduction == "max" else math.inf
+    info = torch.iinfo(dtype)
     return info.min if reduction == "max" else info.max
 
 

@@ -251,7 +251,7 @@ class MetricState(Accumulator):
 
     def count(self) -> int:
         """How many images have been added (a checkpoint's packs done must account for exactly these)."""
-        return int(self.state("images"))
+        return int(self.images)
 
     def rows(self) -> list[dict[str, Any]]:
         """The results as tidy rows: ``statistic``, ``at`` (a shift, difficulty, distance or ""), ``value``,
@@ -980,7 +980,7 @@ class CosineState(MetricState):
         fixed = _fixed_point(cosine)
         self.images += fixed.shape[0]
         self.cosine_fixed += fixed.sum(dim=0)
-        self.set_state("minimum_fixed", torch.minimum(self.state("minimum_fixed"), fixed.min(dim=0).values))
+        torch.minimum(self.minimum_fixed, fixed.min(dim=0).values, out=self.minimum_fixed)
 
     def compute(self) -> dict[str, Any]:
         images = int(self.images)

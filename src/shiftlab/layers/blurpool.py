@@ -188,22 +188,31 @@ def max_blur_pool2d(
         tensor([[[[0.5625, 0.3125],
                   [0.3125, 0.8750]]]])
     """
-    maps = check_maps(x, "x")
     window = check_pair(max_pool_size, "max_pool_size", minimum=1)
+    padding = check_padding(padding)  # here, so that a warning for the former "zero" points at the caller
+    return blur_pool2d(_dense_max_pool(check_maps(x, "x"), window), kernel_size, stride, padding)
+
+
+def _dense_max_pool(maps: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """The stride-1 max pool of :func:`max_blur_pool2d`, without padding, on ``(..., H, W)``."""
     height, width = maps.shape[-2:]
     if height < window[0] or width < window[1]:
         fail("x", f"map of size {height}x{width} is smaller than the {window[0]}x{window[1]} max pool")
-    padding = check_padding(padding)  # here, so that a warning for the former "zero" points at the caller
     batch = maps if maps.ndim == 4 else maps.reshape(-1, 1, height, width)
     pooled = F.max_pool2d(batch, window, stride=1)
-    pooled = pooled if maps.ndim == 4 else pooled.reshape(*maps.shape[:-2], *pooled.shape[-2:])
-    return blur_pool2d(pooled, kernel_size, stride, padding)
+    return pooled if maps.ndim == 4 else pooled.reshape(*maps.shape[:-2], *pooled.shape[-2:])
 
 
-def per_channel_filter(kernel_size: tuple[int, int], channels: Any) -> torch.Tensor:
+def per_channel_filter(
+    kernel_size: tuple[int, int],
+    channels: Any,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Zhang's stored filter: the binomial filter repeated for every channel, ``(C, 1, ky, kx)``."""
     count = check_int(channels, "channels", minimum=1)
-    return binomial_filter(kernel_size).expand(count, 1, *kernel_size).clone()
+    return binomial_filter(kernel_size, device=device, dtype=dtype).expand(count, 1, *kernel_size).clone()
 
 
 def check_channels(maps: torch.Tensor, channels: int, layer: str) -> torch.Tensor:
@@ -218,7 +227,9 @@ class BlurPool2d(nn.Module):
     """Module form of :func:`blur_pool2d`; channels are taken from the input.
 
     The filter is a non-persistent buffer (it follows ``.to()`` but is not in the state_dict, so converting a
-    model to BlurPool leaves its state_dict keys unchanged) and is cast to the input's dtype.
+    model to BlurPool leaves its state_dict keys unchanged) and is cast to the input's dtype. As in timm's layers,
+    ``device`` and ``dtype`` say where the buffers are created, and :meth:`reset_parameters` refills them (after
+    a model built on the ``meta`` device is materialised with ``to_empty``).
 
     With ``channels=C`` the layer is Zhang's ``BlurPool(C, filt_size=k, stride=s)`` down to its state_dict: the
     filter is kept per channel in a persistent buffer ``filt`` of shape ``(C, 1, ky, kx)``, so that his checkpoints
@@ -246,16 +257,25 @@ class BlurPool2d(nn.Module):
         padding: str = "reflect",
         *,
         channels: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.kernel_size = _check_kernel_size(kernel_size)
         self.stride = check_pair(stride, "stride", minimum=1)
         self.padding = check_padding(padding)
-        self.register_buffer("filter", binomial_filter(self.kernel_size), persistent=False)
+        self.register_buffer("filter", binomial_filter(self.kernel_size, device=device, dtype=dtype), persistent=False)
         self.channels: int | None = None
         if channels is not None:
-            self.register_buffer("filt", per_channel_filter(self.kernel_size, channels))
+            self.register_buffer("filt", per_channel_filter(self.kernel_size, channels, device=device, dtype=dtype))
             self.channels = self.filt.shape[0]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Refill the filter buffers with the binomial filter, where and as they are (timm's convention)."""
+        buffers = [self.filter] + ([self.filt] if self.channels is not None else [])
+        for buffer in buffers:
+            buffer.copy_(binomial_filter(self.kernel_size, device=buffer.device, dtype=buffer.dtype).expand_as(buffer))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = check_maps(x, "x")
@@ -271,7 +291,9 @@ class BlurPool2d(nn.Module):
 
 
 class MaxBlurPool2d(nn.Module):
-    """Module form of :func:`max_blur_pool2d`: stride-1 max pooling, then a blur pool at the stride.
+    """Module form of :func:`max_blur_pool2d`: stride-1 max pooling, then a :class:`BlurPool2d` at the stride.
+
+    The blur applies its registered filter buffer (``blur.filter``), built once, where ``device``/``dtype`` say.
 
     Shape:
         - input: :math:`(*, H, W)`
@@ -288,13 +310,16 @@ class MaxBlurPool2d(nn.Module):
         stride: int | tuple[int, int] = 2,
         max_pool_size: int | tuple[int, int] = 2,
         padding: str = "reflect",
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.max_pool_size = check_pair(max_pool_size, "max_pool_size", minimum=1)
-        self.blur = BlurPool2d(kernel_size, stride, padding)
+        self.blur = BlurPool2d(kernel_size, stride, padding, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return max_blur_pool2d(x, self.blur.kernel_size, self.blur.stride, self.max_pool_size, self.blur.padding)
+        return self.blur(_dense_max_pool(check_maps(x, "x"), self.max_pool_size))
 
     def extra_repr(self) -> str:
         return f"max_pool_size={_compact(self.max_pool_size)}"
