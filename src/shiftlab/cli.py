@@ -20,10 +20,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shiftlab import __version__
-from shiftlab._command import EXIT_INTERRUPTED
-from shiftlab._format import printable
-from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
+from shiftlab._command import EXIT_INTERRUPTED, interrupted_imports
+
+with interrupted_imports():  # Ctrl-C while the command starts: one line, status 130
+    from shiftlab import __version__
+    from shiftlab._format import printable
+    from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
@@ -696,11 +698,11 @@ def run_samples(args: argparse.Namespace) -> int:
 
 
 def run_kernels(args: argparse.Namespace) -> int:
-    from shiftlab.kernels import KERNEL_NAMES, describe_kernel, get_kernel
+    from shiftlab.kernels import KERNEL_NAMES, describe_kernel, named_kernel
 
     width = max(len(name) for name in KERNEL_NAMES)
     for name in KERNEL_NAMES:
-        values = get_kernel(name, dtype=None).tolist()
+        values = named_kernel(name).astype("float32").tolist()  # as get_kernel's float32 tensor prints them
         print(f"{name:<{width}}  {describe_kernel(name)}")
         if len(values) <= 3:
             print(f"{'':<{width}}  {[[round(v, 4) for v in row] for row in values]}")
@@ -1253,11 +1255,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_BAD_INPUT
     except Exception as error:  # not bad input: a bug in shiftlab, reported as one, with its traceback
+        if _interrupted_import(error):
+            print("shiftlab: interrupted; nothing was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
         traceback.print_exc()
         if not isinstance(error, InternalError):
             error = InternalError(f"{type(error).__name__}: {first_line(error)}")
         print(f"shiftlab: {error}", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+def _interrupted_import(error: BaseException) -> bool:
+    """Whether ``error`` is an ImportError raised because Ctrl-C interrupted an import (numpy turns it into one)."""
+    if not isinstance(error, ImportError):
+        return False
+    cause = error.__cause__ or error.__context__
+    while cause is not None and not isinstance(cause, KeyboardInterrupt):
+        cause = cause.__cause__ or cause.__context__
+    return cause is not None
 
 
 def _output_folder(args: argparse.Namespace) -> contextlib.AbstractContextManager:
