@@ -40,12 +40,10 @@ INVOCATIONS: dict[str, list[str]] = {
 }
 
 
-def wall_time(arguments: list[str]) -> float:
-    """Seconds from starting ``python ARGUMENTS`` to its exit (which must be 0)."""
-    environment = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")])),
-    }
+def wall_time(arguments: list[str], source: Path) -> float:
+    """Seconds from starting ``python ARGUMENTS`` (shiftlab from ``source``) to its exit (which must be 0)."""
+    path = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "PYTHONPATH": path}
     started = time.perf_counter()
     process = subprocess.run([sys.executable, *arguments], capture_output=True, env=environment, check=False)
     elapsed = time.perf_counter() - started
