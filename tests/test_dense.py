@@ -259,19 +259,15 @@ def test_images_of_several_sizes_without_a_crop(tmp_path):
 
 def test_the_result_does_not_depend_on_the_batch_size():
     metric = DenseConsistency("crop", views=4, max_shift=3)
-    first = evaluate(
-        ZeroPaddedSegmenter(),
-        _images(7),
-        metrics=metric,
-        preprocess=PreprocessChoices(crop=16),
-        options=EvaluateOptions(batch_size=4, dtype="float64"),
-    )
-    second = evaluate(
-        ZeroPaddedSegmenter(),
-        _images(7),
-        metrics=metric,
-        preprocess=PreprocessChoices(crop=16),
-        options=EvaluateOptions(batch_size=64, dtype="float64"),
+    first, second = (
+        evaluate(
+            ZeroPaddedSegmenter(),
+            _images(7),
+            metrics=metric,
+            preprocess=PreprocessChoices(crop=16),
+            options=EvaluateOptions(batch_size=size, dtype="float64"),
+        )
+        for size in (4, 64)
     )
     assert _dense(first, "ZeroPaddedSegmenter") == _dense(second, "ZeroPaddedSegmenter")
 

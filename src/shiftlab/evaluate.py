@@ -158,21 +158,21 @@ DEPRECATED_KEYWORDS: dict[str, str] = {
 def _grouped(
     preprocess: Preprocess | PreprocessChoices | None, options: EvaluateOptions | None, deprecated: dict[str, Any]
 ) -> tuple[Preprocess | PreprocessChoices | None, EvaluateOptions]:
-    """``preprocess`` and ``options`` with the deprecated loose keywords folded into them (each with a warning)."""
+    """``preprocess`` and ``options`` with the deprecated loose keywords folded into them (and one warning)."""
     for name in deprecated:
         if name not in DEPRECATED_KEYWORDS:
             raise TypeError(f"evaluate() got an unexpected keyword argument {name!r}")
+    groups = {"preprocess": (preprocess, PreprocessChoices), "options": (options, EvaluateOptions)}
     loose = {
-        group: {k: v for k, v in deprecated.items() if DEPRECATED_KEYWORDS[k] == group}
-        for group in DEPRECATED_KEYWORDS.values()
+        group: {key: value for key, value in deprecated.items() if DEPRECATED_KEYWORDS[key] == group}
+        for group in groups
     }
-    for group, given in (("preprocess", preprocess), ("options", options)):
+    for group, (given, _) in groups.items():
         if loose[group] and given is not None:
             fail(next(iter(loose[group])), f"give it in {group}=, not beside it")
     if deprecated:
         replacement = "; ".join(
-            f"{group}={'PreprocessChoices' if group == 'preprocess' else 'EvaluateOptions'}"
-            f"({', '.join(f'{key}=...' for key in keys)})"
+            f"{group}={groups[group][1].__name__}({', '.join(f'{key}=...' for key in keys)})"
             for group, keys in loose.items()
             if keys
         )
