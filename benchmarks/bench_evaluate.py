@@ -51,8 +51,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from shiftlab.data import Preprocess
 from shiftlab.datasets import EvaluationDataset, make_loader, open_images
-from shiftlab.evaluate import evaluate
+from shiftlab.evaluate import EvaluateOptions, evaluate
 from shiftlab.invariance import Consistency
 from shiftlab.views import Geometry, build_view
 
@@ -96,12 +97,12 @@ def shiftlab_run(model: nn.Module, folder: Path, args: argparse.Namespace, worke
         model,
         folder,
         metrics=Consistency("crop", views=args.views, max_shift=32),
-        resize=256,
-        crop=224,
-        normalize="imagenet",
-        batch_size=args.batch_size,
-        workers=_workers(args.workers[0]) if workers is None else workers,
-        device=args.device,
+        preprocess=Preprocess.make(resize=256, crop=224, normalize="imagenet"),
+        options=EvaluateOptions(
+            batch_size=args.batch_size,
+            workers=_workers(args.workers[0]) if workers is None else workers,
+            device=args.device,
+        ),
     )
     return result.results[result.models[0]]["crop-consistency"]["pairs"]
 

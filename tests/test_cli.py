@@ -769,15 +769,38 @@ class TestExits:
             "import sys\nfrom shiftlab.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n"
         )
         environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
-        for command in ([sys.executable, str(script), "samples"], [sys.executable, "-m", "shiftlab", "samples"]):
+        edges = ["edges", "chelsea", "--out", str(tmp_path / "edges")]  # imports torch and matplotlib: seconds
+        for command in ([sys.executable, str(script), *edges], [sys.executable, "-m", "shiftlab", *edges]):
             process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
             )
-            time.sleep(0.3)  # Python has started, and is importing torch
+            time.sleep(0.5)  # Python has started, and imports the command's modules (torch: seconds)
             process.send_signal(signal.SIGINT)
             stdout, stderr = process.communicate(timeout=60)
             assert process.returncode == 130, stderr
             assert stderr in ("shiftlab: interrupted\n", "shiftlab: interrupted; nothing was written\n"), stderr
+            assert not (tmp_path / "edges").exists()
+
+    @pytest.mark.parametrize("arguments", [["--help"], ["probe", "--help"], ["samples"], ["kernels"]])
+    def test_the_quick_commands_import_neither_torch_nor_matplotlib(self, arguments):
+        """--help, samples and kernels answer in a fraction of a second: they load no heavy module (the timing is
+        benchmarks/bench_cli.py's; this checks what makes it)."""
+        runner = (
+            "import runpy, sys\n"
+            "sys.argv = ['shiftlab', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('shiftlab', run_name='__main__')\n"
+            "except SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
+            "heavy = sorted(name for name in ('torch', 'matplotlib', 'torchvision', 'scipy', 'pandas')"
+            " if name in sys.modules)\n"
+            "print('heavy:', ','.join(heavy), file=sys.stderr)\n"
+        )
+        environment = {**os.environ, "PYTHONPATH": str(SOURCE)}
+        process = subprocess.run(
+            [sys.executable, "-c", runner, *arguments], capture_output=True, text=True, env=environment, timeout=60
+        )
+        assert process.returncode == 0, process.stderr
+        assert process.stdout.strip(), "the command printed nothing"
+        assert process.stderr.splitlines()[-1] == "heavy: ", process.stderr
 
     def test_a_nan_model_is_refused_by_the_probe(self, capsys, tmp_path):
         module = tmp_path / "nan_net.py"

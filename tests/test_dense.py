@@ -24,6 +24,7 @@ from shiftlab.dense import (
     predicted_classes,
 )
 from shiftlab.errors import ShiftlabError
+from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
 from shiftlab.invariance import FIXED_POINT_SCALE, Consistency, make_metric, sample_seed
 from shiftlab.views import Geometry
 
@@ -190,7 +191,7 @@ def _dense(result, model: str) -> dict:
 
 def test_a_circular_network_without_stride_is_fully_consistent_under_rolls():
     metric = DenseConsistency("circular", views=5, max_shift=12)
-    result = evaluate(CircularSegmenter(), _images(), metrics=metric, dtype="float64")
+    result = evaluate(CircularSegmenter(), _images(), metrics=metric, options=EvaluateOptions(dtype="float64"))
     values = _dense(result, "CircularSegmenter")
     assert values["classes_present"] >= 3  # the known answer is not a trivial constant map
     assert values["consistency"] == values["miou"] == values["unchanged_maps"] == 1.0
@@ -199,7 +200,7 @@ def test_a_circular_network_without_stride_is_fully_consistent_under_rolls():
 
 def test_a_circular_network_with_stride_is_consistent_under_shifts_that_are_multiples_of_it():
     metric = DenseConsistency("circular", views=5, max_shift=12, step=2)
-    result = evaluate(CircularSegmenter(stride=2), _images(), metrics=metric, dtype="float64")
+    result = evaluate(CircularSegmenter(stride=2), _images(), metrics=metric, options=EvaluateOptions(dtype="float64"))
     values = _dense(result, "CircularSegmenter")
     assert values["consistency"] == 1.0 and values["pixels"] == 5 * 4 * 12 * 12
 
@@ -212,7 +213,12 @@ def test_zero_padding_breaks_consistency_and_a_per_pixel_classifier_keeps_it_in_
     assert zero_padded["consistency"] < 0.99
     for mode in ("circular", "crop", "zero"):
         values = _dense(
-            evaluate(PixelClassifier(), _images(), metrics=DenseConsistency(mode, views=5, max_shift=6), crop=12),
+            evaluate(
+                PixelClassifier(),
+                _images(),
+                metrics=DenseConsistency(mode, views=5, max_shift=6),
+                preprocess=PreprocessChoices(crop=12),
+            ),
             "PixelClassifier",
         )
         assert values["consistency"] == values["miou"] == 1.0, mode
@@ -222,7 +228,7 @@ def test_zero_padding_breaks_consistency_and_a_per_pixel_classifier_keeps_it_in_
 def test_crop_mode_compares_only_the_overlap_of_the_two_windows():
     """A per-pixel classifier agrees on every compared pixel; the count is the overlap, exactly."""
     metric = DenseConsistency("crop", views=4, max_shift=3)
-    result = evaluate(PixelClassifier(), _images(size=20), metrics=metric, crop=12)
+    result = evaluate(PixelClassifier(), _images(size=20), metrics=metric, preprocess=PreprocessChoices(crop=12))
     expected = 0
     for index in range(5):
         _, infos = metric.views(
@@ -244,15 +250,25 @@ def test_images_of_several_sizes_without_a_crop(tmp_path):
     for index, (height, width) in enumerate([(20, 24), (24, 20), (20, 24), (18, 30)]):
         Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{index}.png")
     metric = DenseConsistency("circular", views=3, max_shift=5)
-    result = evaluate(CircularSegmenter(), tmp_path, metrics=metric, dtype="float64", batch_size=12)
+    result = evaluate(
+        CircularSegmenter(), tmp_path, metrics=metric, options=EvaluateOptions(batch_size=12, dtype="float64")
+    )
     values = _dense(result, "CircularSegmenter")
     assert values["consistency"] == 1.0 and values["pixels"] == 2 * (480 + 480 + 480 + 540)
 
 
 def test_the_result_does_not_depend_on_the_batch_size():
     metric = DenseConsistency("crop", views=4, max_shift=3)
-    first = evaluate(ZeroPaddedSegmenter(), _images(7), metrics=metric, crop=16, batch_size=4, dtype="float64")
-    second = evaluate(ZeroPaddedSegmenter(), _images(7), metrics=metric, crop=16, batch_size=64, dtype="float64")
+    first, second = (
+        evaluate(
+            ZeroPaddedSegmenter(),
+            _images(7),
+            metrics=metric,
+            preprocess=PreprocessChoices(crop=16),
+            options=EvaluateOptions(batch_size=size, dtype="float64"),
+        )
+        for size in (4, 64)
+    )
     assert _dense(first, "ZeroPaddedSegmenter") == _dense(second, "ZeroPaddedSegmenter")
 
 
@@ -292,7 +308,10 @@ def test_torchvision_lraspp_against_a_direct_computation(segmenter):
 
 def test_torchvision_lraspp_in_crop_mode(segmenter):
     result = evaluate(
-        {"lraspp": segmenter}, _images(2, size=80), metrics=DenseConsistency("crop", views=3, max_shift=8), crop=64
+        {"lraspp": segmenter},
+        _images(2, size=80),
+        metrics=DenseConsistency("crop", views=3, max_shift=8),
+        preprocess=PreprocessChoices(crop=64),
     )
     values = _dense(result, "lraspp")
     assert values["pairs"] == 4 and 0.0 < values["consistency"] <= 1.0 and values["miou"] is not None
@@ -354,7 +373,9 @@ def test_maps_at_a_stride_the_shifts_do_not_respect():
 
 def test_crop_mode_needs_room_around_the_crop():
     metric = DenseConsistency("crop", views=3, max_shift=4)
-    assert _message(lambda: evaluate(PixelClassifier(), _images(), metrics=metric, resize=24, crop=20)) == (
+    assert _message(
+        lambda: evaluate(PixelClassifier(), _images(), metrics=metric, preprocess=PreprocessChoices(resize=24, crop=20))
+    ) == (
         "metric dense-consistency: needs 28x28 pixels (the 20x20 window moved up to 4 px each way),"
         " the image has 24x24 (--resize 24, --crop 20)"
     )
@@ -445,7 +466,10 @@ def test_cli_bad_dense_step(capsys, photos, tmp_path):
 def test_figures():
     metric = DenseConsistency("crop", views=4, max_shift=3)
     result = evaluate(
-        {"circular": CircularSegmenter(), "zero-padded": ZeroPaddedSegmenter()}, _images(), metrics=metric, crop=16
+        {"circular": CircularSegmenter(), "zero-padded": ZeroPaddedSegmenter()},
+        _images(),
+        metrics=metric,
+        preprocess=PreprocessChoices(crop=16),
     )
     positions = result.plot_dense_positions()
     assert [axes.get_title().split("\n")[0] for axes in positions.axes[:2]] == ["circular", "zero-padded"]

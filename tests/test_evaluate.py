@@ -8,6 +8,7 @@ import json
 import math
 import statistics
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,9 +17,10 @@ from evaluation_nets import ChannelMax, FeatureMap, InfWhenBright, NaNLogits, Pe
 from PIL import Image
 
 from shiftlab import evaluate
+from shiftlab.data import Preprocess
 from shiftlab.dense import DenseConsistency
 from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import COLUMNS, EvaluationResult, _checksum
+from shiftlab.evaluate import COLUMNS, EvaluateOptions, EvaluationResult, PreprocessChoices, _checksum
 from shiftlab.invariance import (
     Consistency,
     DiagonalShift,
@@ -55,7 +57,7 @@ def test_pixel_model_known_answers():
         DiagonalShift("crop"),
         Consistency("circular", views=8, max_shift=1),  # rolls in {-1, 0} per axis: a quarter of them are (0, 0)
     ]
-    result = evaluate(PixelProbe(), (images, labels), metrics=metrics, crop=8)
+    result = evaluate(PixelProbe(), (images, labels), metrics=metrics, preprocess=PreprocessChoices(crop=8))
     accuracy = result.results["PixelProbe"]["shift-accuracy"]
     assert accuracy["accuracy_unshifted"] == 1.0 and accuracy["worst_case_accuracy"] == 0.0
     assert [item["accuracy"] for item in accuracy["per_shift"]] == [float(shift == (0, 0)) for shift in grid]
@@ -149,7 +151,13 @@ def test_results_do_not_depend_on_the_batch_size(single_thread):
     """With a model whose outputs cannot depend on the batch, every number is equal for any batch size."""
     images, labels = random_images(5, size=20)
     runs = [
-        evaluate(PerSample(small_classifier()), (images, labels), metrics=ALL_METRICS, crop=16, batch_size=size)
+        evaluate(
+            PerSample(small_classifier()),
+            (images, labels),
+            metrics=ALL_METRICS,
+            preprocess=PreprocessChoices(crop=16),
+            options=EvaluateOptions(batch_size=size),
+        )
         for size in (1, 5, 64)
     ]
     texts = [json.loads(run.to_json()) for run in runs]
@@ -174,32 +182,45 @@ class Breaks(torch.nn.Module):
 
 def test_resume_after_a_failure_gives_the_uninterrupted_numbers(tmp_path):
     images, labels = random_images(9, size=20)
-    options = {"metrics": ALL_METRICS, "crop": 16, "batch_size": 16}
-    full = evaluate({"net": Breaks()}, (images, labels), **options)
+    common = {"metrics": ALL_METRICS, "preprocess": PreprocessChoices(crop=16)}
+    run = EvaluateOptions(batch_size=16)
+    full = evaluate({"net": Breaks()}, (images, labels), **common, options=run)
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     with pytest.raises(ShiftlabError, match="the machine went away"):
-        evaluate({"net": Breaks(fail_at=12)}, (images, labels), **options, checkpoint=checkpoint, checkpoint_every=1)
+        evaluate(
+            {"net": Breaks(fail_at=12)},
+            (images, labels),
+            **common,
+            options=replace(run, checkpoint=checkpoint, checkpoint_every=1),
+        )
     partial = json.loads((tmp_path / "run" / "checkpoint.partial.json").read_text())
     assert 0 < partial["packs_done"] < partial["packs"]
-    resumed = evaluate({"net": Breaks()}, (images, labels), **options, checkpoint=checkpoint, resume=True)
+    resumed = evaluate(
+        {"net": Breaks()}, (images, labels), **common, options=replace(run, checkpoint=checkpoint, resume=True)
+    )
     assert resumed.to_json() == full.to_json()
     assert not (tmp_path / "run" / "checkpoint.partial.json").exists()
-    again = evaluate({"net": Breaks()}, (images, labels), **options, checkpoint=checkpoint, resume=True)
+    again = evaluate(
+        {"net": Breaks()}, (images, labels), **common, options=replace(run, checkpoint=checkpoint, resume=True)
+    )
     assert again.to_json() == full.to_json()  # a finished run resumes to its result
 
 
 def test_resume_refuses_other_settings(tmp_path):
     images, labels = random_images(3)
     checkpoint = tmp_path / "checkpoint.pt"
-    evaluate({"net": small_classifier()}, (images, labels), metrics="consistency", checkpoint=checkpoint, seed=0)
+    evaluate(
+        {"net": small_classifier()},
+        (images, labels),
+        metrics="consistency",
+        options=EvaluateOptions(seed=0, checkpoint=checkpoint),
+    )
     with pytest.raises(ShiftlabError) as error:
         evaluate(
             {"net": small_classifier()},
             (images, labels),
             metrics="consistency",
-            checkpoint=checkpoint,
-            seed=1,
-            resume=True,
+            options=EvaluateOptions(seed=1, checkpoint=checkpoint, resume=True),
         )
     assert str(error.value) == (
         f"--resume: '{checkpoint}' was made with other settings (seed: 0 there, 1 here); start a new run instead"
@@ -207,17 +228,27 @@ def test_resume_refuses_other_settings(tmp_path):
     with pytest.raises(
         ShiftlabError, match=r"^--resume: '.*missing.pt' holds no checkpoint: there is no run to continue$"
     ):
-        evaluate(small_classifier(), (images, labels), checkpoint=tmp_path / "missing.pt", resume=True)
+        evaluate(
+            small_classifier(),
+            (images, labels),
+            options=EvaluateOptions(checkpoint=tmp_path / "missing.pt", resume=True),
+        )
 
 
 def _checkpoint_run(tmp_path, **extra):
     """A finished run with a checkpoint (9 images, 3 packs), and what resuming it takes."""
     images, labels = random_images(9, size=20)
-    options = {"metrics": [Consistency(views=4, max_shift=4)], "crop": 16, "batch_size": 12, **extra}
+    common = {"metrics": [Consistency(views=4, max_shift=4)], "preprocess": PreprocessChoices(crop=16), **extra}
+    run = EvaluateOptions(batch_size=12)
     checkpoint = tmp_path / "checkpoint.pt"
-    result = evaluate({"net": small_classifier()}, (images, labels), **options, checkpoint=checkpoint)
+    result = evaluate(
+        {"net": small_classifier()}, (images, labels), **common, options=replace(run, checkpoint=checkpoint)
+    )
     return result, lambda: evaluate(
-        {"net": small_classifier()}, (images, labels), **options, checkpoint=checkpoint, resume=True
+        {"net": small_classifier()},
+        (images, labels),
+        **common,
+        options=replace(run, checkpoint=checkpoint, resume=True),
     )
 
 
@@ -267,17 +298,25 @@ def test_resume_refuses_a_bit_flipped_on_disk(tmp_path):
 def test_resume_refuses_packs_marked_done_that_were_not(tmp_path):
     """All 3 packs marked done over counts of one (a failure at the second), checksum and all: refused."""
     images, labels = random_images(9, size=20)
-    options = {"metrics": [Consistency(views=4, max_shift=4)], "crop": 16, "batch_size": 12}
+    common = {"metrics": [Consistency(views=4, max_shift=4)], "preprocess": PreprocessChoices(crop=16)}
+    run = EvaluateOptions(batch_size=12)
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(ShiftlabError, match="the machine went away"):
-        evaluate({"net": Breaks(fail_at=3)}, (images, labels), **options, checkpoint=checkpoint, checkpoint_every=1)
+        evaluate(
+            {"net": Breaks(fail_at=3)},
+            (images, labels),
+            **common,
+            options=replace(run, checkpoint=checkpoint, checkpoint_every=1),
+        )
 
     def mark_all_done(payload):
         payload["run"]["max:packs_done"].fill_(1)
 
     _resave(checkpoint, mark_all_done, sign=True)
     with pytest.raises(ShiftlabError) as error:
-        evaluate({"net": Breaks()}, (images, labels), **options, checkpoint=checkpoint, resume=True)
+        evaluate(
+            {"net": Breaks()}, (images, labels), **common, options=replace(run, checkpoint=checkpoint, resume=True)
+        )
     assert str(error.value) == (
         f"--resume: '{checkpoint}' is inconsistent: its packs done hold 9 usable image(s), but the counts of"
         " model 'net', metric consistency cover 3; start a new run instead"
@@ -293,22 +332,38 @@ def test_resume_refuses_a_malicious_checkpoint_without_torchs_advice(tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     torch.save({"format": "x", "evil": Payload()}, checkpoint)
     with pytest.raises(ShiftlabError) as error:
-        evaluate(small_classifier(), (images, labels), metrics="consistency", checkpoint=checkpoint, resume=True)
+        evaluate(
+            small_classifier(),
+            (images, labels),
+            metrics="consistency",
+            options=EvaluateOptions(checkpoint=checkpoint, resume=True),
+        )
     assert str(error.value) == f"--resume: '{checkpoint}' is not a readable checkpoint (it references print)"
     assert "weights_only=False" not in str(error.value) and "Re-running" not in str(error.value)
 
 
 def test_a_failure_says_where_the_counts_so_far_are(tmp_path):
     images, labels = random_images(9, size=20)
-    options = {"metrics": [Consistency(views=4, max_shift=4)], "crop": 16, "batch_size": 12}
+    common = {"metrics": [Consistency(views=4, max_shift=4)], "preprocess": PreprocessChoices(crop=16)}
+    run = EvaluateOptions(batch_size=12)
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(ShiftlabError) as error:
-        evaluate({"net": Breaks(fail_at=3)}, (images, labels), **options, checkpoint=checkpoint, checkpoint_every=1)
+        evaluate(
+            {"net": Breaks(fail_at=3)},
+            (images, labels),
+            **common,
+            options=replace(run, checkpoint=checkpoint, checkpoint_every=1),
+        )
     assert error.value.__notes__ == [
         f"the counts so far are kept in '{checkpoint}': the same run with --resume (resume=True) continues from there"
     ]
     with pytest.raises(ShiftlabError) as error:  # failed before its first checkpoint: nothing to point to
-        evaluate({"net": Breaks(fail_at=1)}, (images, labels), **options, checkpoint=tmp_path / "other.pt")
+        evaluate(
+            {"net": Breaks(fail_at=1)},
+            (images, labels),
+            **common,
+            options=replace(run, checkpoint=tmp_path / "other.pt"),
+        )
     assert not hasattr(error.value, "__notes__")
 
 
@@ -327,7 +382,7 @@ def test_infinite_outputs_name_the_first_image_that_gives_them():
     images = torch.full((6, 3, 16, 16), 0.2)
     images[4] = 0.9  # only image 4 is bright; the first image checks the model before the run
     with pytest.raises(ShiftlabError) as error:
-        evaluate(InfWhenBright(), images, metrics="consistency", batch_size=8)
+        evaluate(InfWhenBright(), images, metrics="consistency", options=EvaluateOptions(batch_size=8))
     assert str(error.value).startswith("model 'InfWhenBright': outputs NaN or infinity for image '#4'")
 
 
@@ -342,7 +397,7 @@ def test_labels_that_no_metric_uses_do_not_block_a_run():
 def test_a_run_in_which_no_image_can_be_evaluated_is_refused():
     images, _ = random_images(3, size=16)
     with pytest.raises(ShiftlabError) as error:
-        evaluate(small_classifier(), images, metrics="consistency", crop=20)
+        evaluate(small_classifier(), images, metrics="consistency", preprocess=PreprocessChoices(crop=20))
     assert str(error.value) == (
         "data: no image could be evaluated (all 3 skipped); the first: image '#0': is 16x16, smaller than the"
         " 20x20 crop"
@@ -375,7 +430,11 @@ def test_unreadable_images_are_skipped_named_and_counted(tmp_path):
     Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tmp_path / "d.png")  # smaller than the crop
     seen = []
     result = evaluate(
-        small_classifier(), tmp_path, metrics="consistency", crop=16, on_skip=lambda name, reason: seen.append(name)
+        small_classifier(),
+        tmp_path,
+        metrics="consistency",
+        on_skip=lambda name, reason: seen.append(name),
+        preprocess=PreprocessChoices(crop=16),
     )
     assert result.images == {"total": 4, "evaluated": 2, "skipped": 2}
     assert [item["name"] for item in result.skipped] == [str(tmp_path / "b.png"), str(tmp_path / "d.png")]
@@ -476,7 +535,9 @@ def test_bad_input_messages(tmp_path):
         str(error.value) == "metric shift-accuracy: needs labels, and the data has none (3 images in memory (3x16x16))"
     )
     with pytest.raises(ShiftlabError) as error:
-        evaluate(small_classifier(), images, metrics="crop-consistency", resize=20, crop=16)
+        evaluate(
+            small_classifier(), images, metrics="crop-consistency", preprocess=PreprocessChoices(resize=20, crop=16)
+        )
     assert str(error.value) == (
         "metric crop-consistency: needs 47x47 pixels (a 16x16 window at offsets 0 to 31), the image has 20x20"
         " (--resize 20, --crop 16)"
@@ -495,11 +556,71 @@ def test_the_callers_train_flags_are_restored():
 
 def test_workers_auto_is_recorded_outside_the_protocol_it_does_not_change(tmp_path):
     images, labels = random_images(4)
-    auto = evaluate(small_classifier(), (images, labels), metrics="consistency", workers="auto")
-    given = evaluate(small_classifier(), (images, labels), metrics="consistency", workers=0)
+    auto = evaluate(
+        small_classifier(), (images, labels), metrics="consistency", options=EvaluateOptions(workers="auto")
+    )
+    given = evaluate(small_classifier(), (images, labels), metrics="consistency", options=EvaluateOptions(workers=0))
     assert auto.protocol["loader"] == {"workers": 0, "chosen": "auto: the images are in memory: nothing to decode"}
     assert given.protocol["loader"] == {"workers": 0, "chosen": "given"}
     assert auto.results == given.results
     with pytest.raises(ShiftlabError) as error:
-        evaluate(small_classifier(), images, metrics="consistency", workers="many")
+        evaluate(small_classifier(), images, metrics="consistency", options=EvaluateOptions(workers="many"))
     assert str(error.value) == "workers: expected a number of processes or 'auto', got 'many'"
+
+
+# --------------------------------------------------------------------------- the preprocessing and options objects
+
+
+def test_a_preprocess_replaces_each_models_own_and_choices_replace_parts_of_it():
+    """resnet18's own normalisation is ImageNet's: choices keep it, a whole Preprocess (normalize none) does not."""
+    images, labels = random_images(3, size=20)
+    chosen = evaluate("resnet18", (images, labels), preprocess=PreprocessChoices(resize=18, crop=16))
+    whole = evaluate("resnet18", (images, labels), preprocess=Preprocess.make(resize=18, crop=16))
+    chosen_record = chosen.protocol["models"]["resnet18"]["preprocessing"]
+    whole_record = whole.protocol["models"]["resnet18"]["preprocessing"]
+    assert (chosen_record["normalize"], chosen_record["overridden"]) == ("imagenet", ["resize", "crop"])
+    assert (whole_record["normalize"], whole_record["crop"]) == ("none", "16x16 centre")
+    assert whole_record["source"] == "given (a Preprocess, in place of the model's own)"
+    imagenet = evaluate(
+        "resnet18", (images, labels), preprocess=Preprocess.make(resize=18, crop=16, normalize="imagenet")
+    )
+    assert imagenet.results == chosen.results  # the same inputs, named two ways
+
+
+def test_the_old_keywords_the_readme_showed_still_work_with_a_deprecation_warning():
+    images, labels = random_images(4, size=20)
+    metric = Consistency("crop", views=3, max_shift=4)
+    current = evaluate(
+        small_classifier(),
+        (images, labels),
+        metrics=metric,
+        preprocess=PreprocessChoices(resize=20, crop=16, normalize="none"),
+        options=EvaluateOptions(batch_size=8, workers=0, device="cpu"),
+    )
+    with pytest.warns(DeprecationWarning) as caught:
+        old = evaluate(
+            small_classifier(), (images, labels), metrics=metric, resize=20, crop=16, normalize="none", batch_size=8,
+            workers=0, device="cpu",
+        )  # fmt: skip
+    assert str(caught[0].message) == (
+        "evaluate(resize=, crop=, normalize=, batch_size=, workers=, device=) is deprecated: give "
+        "preprocess=PreprocessChoices(resize=..., crop=..., normalize=...); "
+        "options=EvaluateOptions(batch_size=..., workers=..., device=...)"
+    )
+    assert caught[0].filename == __file__  # the warning points at the caller
+    assert old.to_json() == current.to_json()
+
+
+def test_the_grouped_options_are_checked():
+    images, _ = random_images(2)
+    with pytest.raises(TypeError, match=r"^evaluate\(\) got an unexpected keyword argument 'seed'$"):
+        evaluate(small_classifier(), images, seed=1)  # never a loose keyword in the README: options= only
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), images, crop=8, preprocess=PreprocessChoices(resize=12))
+    assert str(error.value) == "crop: give it in preprocess=, not beside it"
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), images, options={"seed": 1})
+    assert str(error.value).startswith("options: expected EvaluateOptions, got ")
+    with pytest.raises(ShiftlabError) as error:
+        evaluate(small_classifier(), images, preprocess="imagenet")
+    assert str(error.value).startswith("preprocess: expected a Preprocess, got ")

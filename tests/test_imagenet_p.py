@@ -20,6 +20,7 @@ from torch import nn
 
 from shiftlab import cli, evaluate
 from shiftlab.errors import ShiftlabError
+from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
 from shiftlab.invariance import TranslationSequence, make_metric
 from shiftlab.views import Geometry, build_view, round_to_8bit
 
@@ -78,7 +79,13 @@ def reference_counts(model: nn.Module, pictures: torch.Tensor, metric: Translati
 
 
 def assert_matches_reference(model: nn.Module, pictures: torch.Tensor, metric: TranslationSequence, crop: int) -> dict:
-    result = evaluate(model, pictures, metrics=[metric], crop=crop, batch_size=16)
+    result = evaluate(
+        model,
+        pictures,
+        metrics=[metric],
+        preprocess=PreprocessChoices(crop=crop),
+        options=EvaluateOptions(batch_size=16),
+    )
     (values,) = [item["imagenet-p"] for item in result.results.values()]
     expected = reference_counts(model, pictures, metric, crop)
     for item in values["per_difficulty"]:

@@ -229,14 +229,14 @@ class TestEvaluateReadsStructuredOutputs:
         return torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
 
     def test_logits_of_a_dict_as_of_the_tensor_alone(self):
-        from shiftlab import evaluate
+        from shiftlab.evaluate import EvaluateOptions, evaluate
 
         class Plain(Classifier):
             def forward(self, x):
                 return super().forward(x)["logits"]
 
-        structured = evaluate(Classifier(), self.images(), metrics="consistency", seed=1)
-        plain = evaluate(Plain(), self.images(), metrics="consistency", seed=1)
+        structured = evaluate(Classifier(), self.images(), metrics="consistency", options=EvaluateOptions(seed=1))
+        plain = evaluate(Plain(), self.images(), metrics="consistency", options=EvaluateOptions(seed=1))
         assert structured.rows == [dict(row, model="Classifier") for row in plain.rows]
         assert structured.protocol["models"]["Classifier"]["output"] == (
             "'logits' of a dict (the rule: logits, out, else the first tensor; other tensors: features)"

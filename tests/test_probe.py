@@ -1228,9 +1228,11 @@ class TestProbeFindings:
 
 class TestRunProbe:
     def test_bundled_model(self):
-        from shiftlab.experiments.probing import run_probe
+        from shiftlab.experiments.probing import ModelOptions, run_probe
 
-        result, info = run_probe("circular_cnn", ["chelsea"], shifts=[(0, 1), (3, -2)], size=24)
+        result, info, _ = run_probe(
+            "circular_cnn", ["chelsea"], shifts=[(0, 1), (3, -2)], options=ModelOptions(size=24)
+        )
         assert info.source == "bundled" and info.in_channels == 3
         protocol = result.protocol
         assert protocol["model"] == "circular_cnn" and protocol["model_source"] == "bundled"
@@ -1243,9 +1245,11 @@ class TestRunProbe:
         assert all(row["top1_agreement"] == 1.0 for row in result.layer_rows("output"))
 
     def test_grayscale_model_and_dtype(self):
-        from shiftlab.experiments.probing import run_probe
+        from shiftlab.experiments.probing import ModelOptions, run_probe
 
-        result, info = run_probe("article", ["coffee"], shifts=[(0, 8), (0, 1)], size=34, dtype="float64", mode="crop")
+        result, info, _ = run_probe(
+            "article", ["coffee"], shifts=[(0, 8), (0, 1)], options=ModelOptions(size=34, dtype="float64"), mode="crop"
+        )
         assert info.in_channels == 1
         assert result.protocol["dtype"] == "float64" and result.protocol["input_shapes"] == [[1, 34, 34]]
         rows = rows_of(result, "output")
@@ -1253,22 +1257,30 @@ class TestRunProbe:
 
     def test_torchvision_normalises_automatically(self):
         pytest.importorskip("torchvision")
-        from shiftlab.experiments.probing import run_probe
+        from shiftlab.experiments.probing import ModelOptions, run_probe
 
-        result, info = run_probe(
-            "mobilenet_v3_small", ["chelsea"], shifts=[(0, 32)], mode="circular", size=64, layers="features.0.0"
+        result, info, _ = run_probe(
+            "mobilenet_v3_small",
+            ["chelsea"],
+            shifts=[(0, 32)],
+            mode="circular",
+            options=ModelOptions(size=64),
+            layers="features.0.0",
         )
         assert info.normalize == "imagenet" and result.protocol["normalize"] == "imagenet"
         assert result.layers == ["features.0.0", "output"]
 
     def test_weights_in_protocol(self, tmp_path):
-        from shiftlab.experiments.probing import run_probe
+        from shiftlab.experiments.probing import ModelOptions, run_probe
 
         model, _ = load_model("circular_cnn", seed=4)
         path = tmp_path / "w.pt"
         torch.save(model.state_dict(), path)
-        result, _ = run_probe(
-            "circular_cnn", ["chelsea"], shifts=[(0, 1)], size=16, weights=str(path), normalize="imagenet"
+        result, _, _ = run_probe(
+            "circular_cnn",
+            ["chelsea"],
+            shifts=[(0, 1)],
+            options=ModelOptions(size=16, weights=str(path), normalize="imagenet"),
         )
         assert result.protocol["weights"] == str(path)
         assert result.protocol["normalize"] == "imagenet"
@@ -1281,18 +1293,18 @@ class TestRunProbe:
         ],
     )
     def test_errors(self, kwargs, message):
-        from shiftlab.experiments.probing import run_probe
+        from shiftlab.experiments.probing import ModelOptions, run_probe
 
         with pytest.raises(ShiftlabError) as info:
-            run_probe("circular_cnn", ["chelsea"], shifts=[(0, 1)], **kwargs)
+            run_probe("circular_cnn", ["chelsea"], shifts=[(0, 1)], options=ModelOptions(**kwargs))
         assert str(info.value) == message
 
     @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
     def test_cuda_missing(self):
-        from shiftlab.experiments.probing import run_probe
+        from shiftlab.experiments.probing import ModelOptions, run_probe
 
         with pytest.raises(ShiftlabError) as info:
-            run_probe("circular_cnn", ["chelsea"], shifts=[(0, 1)], device="cuda")
+            run_probe("circular_cnn", ["chelsea"], shifts=[(0, 1)], options=ModelOptions(device="cuda"))
         assert str(info.value) == "device: CUDA was asked for, but torch sees no CUDA device here"
 
     def test_probe_section(self):

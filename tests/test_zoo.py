@@ -583,7 +583,7 @@ class TestEvaluateUsesTheModelsPreprocessing:
         assert record["mean"] == [0.5, 0.5, 0.5] and record["preprocessing"]["overridden"] == []
 
     def test_models_whose_own_preprocessing_differs(self, zoo, photos):
-        from shiftlab import evaluate
+        from shiftlab.evaluate import PreprocessChoices, evaluate
 
         with pytest.raises(ShiftlabError) as caught:
             evaluate(["timm:test_resnet", "timm:test_vit"], str(photos), metrics="consistency")
@@ -597,7 +597,7 @@ class TestEvaluateUsesTheModelsPreprocessing:
             ["timm:test_resnet", "timm:test_vit", "simple_cnn"],
             str(photos),
             metrics="consistency",
-            interpolation="bicubic",
+            preprocess=PreprocessChoices(interpolation="bicubic"),
         )
         models = result.protocol["models"]
         assert models["timm:test_resnet"]["preprocessing"]["overridden"] == ["interpolation"]

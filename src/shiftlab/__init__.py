@@ -1,40 +1,71 @@
 """shiftlab: see and measure how convolutional networks respond to translation.
 
 The public API, re-exported from the modules that define it (nothing is defined here).
+
+The names load on first use (PEP 562): ``import shiftlab`` costs next to nothing, and ``shiftlab.probe`` imports
+torch and the probe when it is first read, so that ``shiftlab --help`` answers without them. ``from shiftlab
+import X`` works as before.
 """
 
-from shiftlab._command import interrupted_imports
+from __future__ import annotations
 
-with interrupted_imports():  # Ctrl-C while the command starts: one line, status 130
-    from shiftlab.data import Preprocess, prepare_images
-    from shiftlab.equivariance import (
-        EquivarianceResult,
-        ShiftComparison,
-        ShiftError,
-        equivariance_error,
-        feature_stride,
-    )
-    from shiftlab.errors import InternalError, ShiftlabError
-    from shiftlab.evaluate import EvaluationResult, evaluate
-    from shiftlab.figures import (
-        show_convergence,
-        show_error_vs_depth,
-        show_feature_map,
-        show_pyramid,
-        show_shift_heatmaps,
-        show_shift_table,
-    )
-    from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
-    from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
-    from shiftlab.layers import make_shift_invariant
-    from shiftlab.metrics import MapError, compare_maps
-    from shiftlab.models import load_model, load_weights
-    from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
-    from shiftlab.outputs import main_output
-    from shiftlab.probe import ProbeResult, probe, select_layers
-    from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: Every public name -> the module that defines it.
+_ORIGINS: dict[str, str] = {
+    "Preprocess": "shiftlab.data",
+    "prepare_images": "shiftlab.data",
+    "EquivarianceResult": "shiftlab.equivariance",
+    "ShiftComparison": "shiftlab.equivariance",
+    "ShiftError": "shiftlab.equivariance",
+    "equivariance_error": "shiftlab.equivariance",
+    "feature_stride": "shiftlab.equivariance",
+    "InternalError": "shiftlab.errors",
+    "ShiftlabError": "shiftlab.errors",
+    "EvaluationResult": "shiftlab.evaluate",
+    "evaluate": "shiftlab.evaluate",
+    "show_convergence": "shiftlab.figures",
+    "show_error_vs_depth": "shiftlab.figures",
+    "show_feature_map": "shiftlab.figures",
+    "show_pyramid": "shiftlab.figures",
+    "show_shift_heatmaps": "shiftlab.figures",
+    "show_shift_table": "shiftlab.figures",
+    "SAMPLES": "shiftlab.images",
+    "load_image": "shiftlab.images",
+    "sample_image": "shiftlab.images",
+    "single_pixel_image": "shiftlab.images",
+    "KERNEL_NAMES": "shiftlab.kernels",
+    "binomial_kernel": "shiftlab.kernels",
+    "box_kernel": "shiftlab.kernels",
+    "gaussian_kernel": "shiftlab.kernels",
+    "get_kernel": "shiftlab.kernels",
+    "make_shift_invariant": "shiftlab.layers",
+    "MapError": "shiftlab.metrics",
+    "compare_maps": "shiftlab.metrics",
+    "load_model": "shiftlab.models",
+    "load_weights": "shiftlab.models",
+    "Convolve": "shiftlab.ops",
+    "MaxPool": "shiftlab.ops",
+    "convolve": "shiftlab.ops",
+    "max_pool": "shiftlab.ops",
+    "max_pyramid_depth": "shiftlab.ops",
+    "pool_pyramid": "shiftlab.ops",
+    "main_output": "shiftlab.outputs",
+    "ProbeResult": "shiftlab.probe",
+    "probe": "shiftlab.probe",
+    "select_layers": "shiftlab.probe",
+    "SHIFT_MODES": "shiftlab.shifts",
+    "parse_shifts": "shiftlab.shifts",
+    "shift": "shiftlab.shifts",
+    "shift_grid": "shiftlab.shifts",
+    "shift_range": "shiftlab.shifts",
+    "shift_with_mask": "shiftlab.shifts",
+}
 
 __all__ = [
     "KERNEL_NAMES",
@@ -85,3 +116,71 @@ __all__ = [
     "show_shift_table",
     "single_pixel_image",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (then cached in this module's namespace).
+
+    A submodule that is not a public name (``shiftlab.cli``) is not found here: Python's import system finds it.
+    """
+    origin = _ORIGINS.get(name)
+    if origin is None:
+        raise AttributeError(f"module 'shiftlab' has no attribute {name!r}")
+    from shiftlab._command import interrupted_imports
+
+    with interrupted_imports():  # Ctrl-C while the command imports torch: one line, status 130
+        value = getattr(importlib.import_module(origin), name)
+    # ``shiftlab.probe`` is both a function and a submodule: importing the submodule set the attribute to the
+    # module, so the public name is written after the import, and wins
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package's module object: ``probe`` and ``evaluate`` name both a function and the submodule defining it.
+
+    Importing a submodule binds it on its package; for these two the public function keeps the name, as it did when
+    ``__init__`` imported everything (``from shiftlab import probe`` is the function, whatever was imported first).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _ORIGINS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
+    from shiftlab.data import Preprocess, prepare_images
+    from shiftlab.equivariance import (
+        EquivarianceResult,
+        ShiftComparison,
+        ShiftError,
+        equivariance_error,
+        feature_stride,
+    )
+    from shiftlab.errors import InternalError, ShiftlabError
+    from shiftlab.evaluate import EvaluationResult, evaluate
+    from shiftlab.figures import (
+        show_convergence,
+        show_error_vs_depth,
+        show_feature_map,
+        show_pyramid,
+        show_shift_heatmaps,
+        show_shift_table,
+    )
+    from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
+    from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
+    from shiftlab.layers import make_shift_invariant
+    from shiftlab.metrics import MapError, compare_maps
+    from shiftlab.models import load_model, load_weights
+    from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
+    from shiftlab.outputs import main_output
+    from shiftlab.probe import ProbeResult, probe, select_layers
+    from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask

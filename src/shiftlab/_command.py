@@ -1,10 +1,11 @@
 """Whether this process is the ``shiftlab`` command, and Ctrl-C while the command is still importing.
 
-``import shiftlab`` loads torch, matplotlib and the rest: a second or more, before the command's
-:func:`shiftlab.cli.main` can catch anything. :func:`interrupted_imports` wraps those imports in
-``shiftlab/__init__.py``: when this process is the command (the ``shiftlab`` script, ``python -m shiftlab``,
+The command imports torch, matplotlib and the rest only in the commands that need them, inside
+:func:`shiftlab.cli.main`, which turns Ctrl-C into one line. :func:`interrupted_imports` wraps the imports that run
+before ``main`` can catch anything: :mod:`shiftlab.cli`'s own, and a public name of ``shiftlab`` loaded on first use
+(``shiftlab/__init__.py``). When this process is the command (the ``shiftlab`` script, ``python -m shiftlab``,
 ``torchrun -m shiftlab``), Ctrl-C there ends it with one line and status 130 instead of a long traceback;
-anywhere else (a library user's ``import shiftlab``), the ``KeyboardInterrupt`` goes on unchanged.
+anywhere else (a library user's ``from shiftlab import probe``), the ``KeyboardInterrupt`` goes on unchanged.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def is_command(argv: list[str] | None = None, orig_argv: list[str] | None = None
 
 @contextlib.contextmanager
 def interrupted_imports() -> Iterator[None]:
-    """Around the package's imports: Ctrl-C in the command ends it with ``shiftlab: interrupted`` and status 130."""
+    """Around imports that run before :func:`shiftlab.cli.main`: Ctrl-C in the command ends it with one line,
+    ``shiftlab: interrupted``, and status 130."""
     try:
         yield
     except KeyboardInterrupt:

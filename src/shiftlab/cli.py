@@ -20,10 +20,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shiftlab import __version__
-from shiftlab._command import EXIT_INTERRUPTED
-from shiftlab._format import printable
-from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
+from shiftlab._command import EXIT_INTERRUPTED, interrupted_imports
+
+with interrupted_imports():  # Ctrl-C while the command starts: one line, status 130
+    from shiftlab import __version__
+    from shiftlab._format import printable
+    from shiftlab.errors import InternalError, ShiftlabError, fail, first_line
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL_ERROR = 1
@@ -169,7 +171,7 @@ DEMO_SUMMARY = (
 
 def run_probe(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
-    from shiftlab.experiments.probing import probe_section, run_explorer
+    from shiftlab.experiments.probing import ExploreOptions, ModelOptions, probe_section
     from shiftlab.experiments.probing import run_probe as probe_model
     from shiftlab.report import write_report
     from shiftlab.shifts import parse_shifts
@@ -192,32 +194,34 @@ def run_probe(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-        common = {
-            "shifts": shifts,
-            "mode": args.mode,
-            "weights": args.weights,
-            "layers": args.layers,
-            "layouts": args.layout,
-            "strides": args.stride,
-            "size": args.size,
-            "normalize": args.normalize,
-            "interpolation": args.interpolation,
-            "output": args.output,
-            "device": args.device,
-            "dtype": args.dtype,
-            "seed": args.seed,
-            "batch_size": args.batch_size,
-            "progress": progress,
-        }
-        explorers = []
+        options = ModelOptions(
+            weights=args.weights,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            size=args.size,
+            normalize=args.normalize,
+            interpolation=args.interpolation,
+            batch_size=args.batch_size,
+            output=args.output,
+        )
+        explore = None
         if args.explore:
             shown = [name.strip() for name in (args.explore_layers or "").split(",") if name.strip()] or None
-            channels = 4 if args.explore_channels is None else args.explore_channels
-            data, info = run_explorer(args.model, args.images, show=shown, channels=channels, **common)
-            result = data.result
-            explorers.append((f"Move the input through {printable(args.model)}", data))
-        else:
-            result, info = probe_model(args.model, args.images, **common)
+            explore = ExploreOptions(shown, 4 if args.explore_channels is None else args.explore_channels)
+        result, info, explorer = probe_model(
+            args.model,
+            args.images,
+            shifts=shifts,
+            mode=args.mode,
+            layers=args.layers,
+            layouts=args.layout,
+            strides=args.stride,
+            options=options,
+            explore=explore,
+            progress=progress,
+        )
+        explorers = [] if explorer is None else [(f"Move the input through {printable(args.model)}", explorer)]
         section = probe_section(
             result,
             key="probe",
@@ -535,7 +539,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
     from shiftlab.datasets import open_images
     from shiftlab.errors import fail
-    from shiftlab.evaluate import evaluate
+    from shiftlab.evaluate import EvaluateOptions, PreprocessChoices, evaluate
     from shiftlab.experiments.evaluation import evaluation_protocol, evaluation_sections
     from shiftlab.invariance import METRIC_NAMES, make_metric
     from shiftlab.report import write_report
@@ -587,18 +591,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    result = evaluate(
-        args.model,
-        images,
-        metrics=metrics,
+    preprocess = PreprocessChoices(
         resize=args.resize,
         crop=args.crop,
+        interpolation=args.interpolation,
         normalize=args.normalize,
         mean=_floats(args.mean, "--mean"),
         std=_floats(args.std, "--std"),
-        interpolation=args.interpolation,
-        output=args.output,
-        weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
+    )
+    run_options = EvaluateOptions(
         seed=args.seed,
         batch_size=args.batch_size,
         workers=_workers(args.workers),
@@ -608,6 +609,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         progress=None,
+    )
+    result = evaluate(
+        args.model,
+        images,
+        metrics=metrics,
+        preprocess=preprocess,
+        options=run_options,
+        weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
+        output=args.output,
         on_skip=report_skip if main_process else None,
     )
     if not main_process:
@@ -696,11 +706,11 @@ def run_samples(args: argparse.Namespace) -> int:
 
 
 def run_kernels(args: argparse.Namespace) -> int:
-    from shiftlab.kernels import KERNEL_NAMES, describe_kernel, get_kernel
+    from shiftlab.kernels import KERNEL_NAMES, describe_kernel, named_kernel
 
     width = max(len(name) for name in KERNEL_NAMES)
     for name in KERNEL_NAMES:
-        values = get_kernel(name, dtype=None).tolist()
+        values = named_kernel(name).astype("float32").tolist()  # as get_kernel's float32 tensor prints them
         print(f"{name:<{width}}  {describe_kernel(name)}")
         if len(values) <= 3:
             print(f"{'':<{width}}  {[[round(v, 4) for v in row] for row in values]}")
@@ -721,6 +731,9 @@ def _add_out(parser: argparse.ArgumentParser, command: str) -> None:
 def _add_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("png", "svg", "pdf"), default="png", help="figure format (default: png)")
 
+
+#: ``add_parser`` of the subcommands: each command's builder makes its parser with it.
+AddParser = Callable[..., argparse.ArgumentParser]
 
 #: What a model SPEC may be, for every command that takes one.
 MODEL_SPEC_HELP = (
@@ -867,8 +880,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shiftlab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (_add_demo, _add_edges, _add_pool, _add_probe, _add_convert, _add_evaluate, _add_listings):
+        add_command(commands.add_parser)
+    return parser
 
-    demo = commands.add_parser(
+
+def _add_demo(add_parser: AddParser) -> None:
+    """``shiftlab demo``: the reference article's experiments, as a report."""
+    demo = add_parser(
         "demo",
         help="rerun the reference article's experiments on bundled images and write an HTML report",
         description="Rerun every experiment of the reference article on bundled images (no download) and write "
@@ -877,7 +896,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(demo, "demo")
     demo.set_defaults(handler=run_demo)
 
-    edges = commands.add_parser(
+
+def _add_edges(add_parser: AddParser) -> None:
+    """``shiftlab edges IMAGE``: a convolution and its edge map."""
+    edges = add_parser(
         "edges",
         help="convolve an image with a kernel (+ ReLU) and show it beside its edge map",
         description="Cross-correlate IMAGE (as grayscale) with a kernel, apply ReLU, and save the figure and the map "
@@ -901,7 +923,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(edges, "edges")
     edges.set_defaults(handler=run_edges)
 
-    pool = commands.add_parser(
+
+def _add_pool(add_parser: AddParser) -> None:
+    """``shiftlab pool IMAGE``: repeated max pooling, level by level."""
+    pool = add_parser(
         "pool",
         help="max-pool an image repeatedly and show every level with its shape",
         description="Max-pool IMAGE (as grayscale) repeatedly, as the article's visualize_pooling does, and save the "
@@ -920,7 +945,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(pool, "pool")
     pool.set_defaults(handler=run_pool)
 
-    probe = commands.add_parser(
+
+def _add_probe(add_parser: AddParser) -> None:
+    """``shiftlab probe``: a model's equivariance, layer by layer."""
+    probe = add_parser(
         "probe",
         help="measure the translation equivariance of a model, layer by layer, and write a report",
         description="Shift the images, run the model with hooks on its layers, and measure per layer and shift how "
@@ -929,46 +957,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--model", required=True, metavar="SPEC", help="the model (see below)")
     probe.add_argument("--weights", metavar="FILE|NAME", default=None, help=WEIGHTS_HELP)
-    probe.add_argument(
-        "--images",
-        nargs="+",
-        metavar="IMAGE",
-        default=["chelsea"],
-        help="image files or sample names (default: chelsea)",
-    )
-    probe.add_argument(
-        "--shifts",
-        default="0:8",
-        help="shifts in input pixels: 0:8 (horizontal 0..7), diag:0:8, grid:-2:3 or grid:0:4,0:8, or explicit "
-        "'1,2;0,-3' (default: 0:8)",
-    )
-    probe.add_argument(
-        "--mode",
-        choices=("auto", "circular", "zero", "crop", "fourier"),  # borders.PROBE_MODES, without importing torch
-        default="auto",
-        help="how images are shifted: auto (default) takes circular when every padding in the model is circular or "
-        "there is none, crop otherwise (the summary says which, and why); circular, zero, crop or fourier",
-    )
-    probe.add_argument(
-        "--layers",
-        default=None,
-        help="comma-separated layer names or glob patterns, or 'all' (default: the repeated blocks, such as residual "
-        "or transformer blocks, and every conv, pooling, normalisation, activation and linear layer outside them; "
-        "'all': those layers inside the blocks too; 'output', the model's output, is always watched)",
-    )
-    probe.add_argument(
-        "--layout",
-        action="append",
-        metavar="PATTERN=LAYOUT",
-        help="the layout of the outputs of layers matching PATTERN: NCHW, NHWC, tokens or global (repeatable; "
-        "default: found from the model, see README)",
-    )
-    probe.add_argument(
-        "--stride",
-        action="append",
-        metavar="PATTERN=SY,SX",
-        help="the cumulative stride of layers matching PATTERN (repeatable; default: found from two input sizes)",
-    )
+    _add_probe_inputs(probe)
+    _add_probe_layers(probe)
     probe.add_argument(
         "--size",
         type=int,
@@ -987,30 +977,86 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated layers for the shift heat maps (default: a few representative ones)",
     )
-    probe.add_argument(
+    _add_explore_options(probe)
+    _add_out(probe, "probe")
+    probe.set_defaults(handler=run_probe)
+
+
+def _add_probe_inputs(parser: argparse.ArgumentParser) -> None:
+    """probe's images, shifts and shift mode."""
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        metavar="IMAGE",
+        default=["chelsea"],
+        help="image files or sample names (default: chelsea)",
+    )
+    parser.add_argument(
+        "--shifts",
+        default="0:8",
+        help="shifts in input pixels: 0:8 (horizontal 0..7), diag:0:8, grid:-2:3 or grid:0:4,0:8, or explicit "
+        "'1,2;0,-3' (default: 0:8)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "circular", "zero", "crop", "fourier"),  # borders.PROBE_MODES, without importing torch
+        default="auto",
+        help="how images are shifted: auto (default) takes circular when every padding in the model is circular or "
+        "there is none, crop otherwise (the summary says which, and why); circular, zero, crop or fourier",
+    )
+
+
+def _add_probe_layers(parser: argparse.ArgumentParser) -> None:
+    """probe's watched layers, their layouts and strides."""
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layer names or glob patterns, or 'all' (default: the repeated blocks, such as residual "
+        "or transformer blocks, and every conv, pooling, normalisation, activation and linear layer outside them; "
+        "'all': those layers inside the blocks too; 'output', the model's output, is always watched)",
+    )
+    parser.add_argument(
+        "--layout",
+        action="append",
+        metavar="PATTERN=LAYOUT",
+        help="the layout of the outputs of layers matching PATTERN: NCHW, NHWC, tokens or global (repeatable; "
+        "default: found from the model, see README)",
+    )
+    parser.add_argument(
+        "--stride",
+        action="append",
+        metavar="PATTERN=SY,SX",
+        help="the cumulative stride of layers matching PATTERN (repeatable; default: found from two input sizes)",
+    )
+
+
+def _add_explore_options(parser: argparse.ArgumentParser) -> None:
+    """probe's explorer in the report."""
+    parser.add_argument(
         "--explore",
         action="store_true",
         help="add an explorer to the report: move the input over the shifts and watch a few layers' maps follow it "
         "(the first image; frames packed into the page)",
     )
-    probe.add_argument(
+    parser.add_argument(
         "--explore-layers",
         default=None,
         metavar="LAYERS",
         help="comma-separated probed layers the explorer shows, as the rows name them (conv1, layer1.0, output; "
         "default: the layers --layers names, else four representative ones)",
     )
-    probe.add_argument(
+    parser.add_argument(
         "--explore-channels",
         type=int,
         default=None,
         metavar="N",
         help="channels kept per layer for the explorer, the strongest first (default: 4)",
     )
-    _add_out(probe, "probe")
-    probe.set_defaults(handler=run_probe)
 
-    convert = commands.add_parser(
+
+def _add_convert(add_parser: AddParser) -> None:
+    """``shiftlab convert``: BlurPool or APS in a model's downsampling layers, optionally fine-tuned."""
+    convert = add_parser(
         "convert",
         help="make a model more shift-invariant (BlurPool or APS) and save its weights and the change table",
         description=(
@@ -1072,7 +1118,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(convert, "convert")
     convert.set_defaults(handler=run_convert)
 
-    evaluation = commands.add_parser(
+
+def _add_evaluate(add_parser: AddParser) -> None:
+    """``shiftlab evaluate``: shift metrics of models over a data set."""
+    evaluation = add_parser(
         "evaluate",
         help="measure how often models' predictions change under translation, over a whole data set",
         description=(
@@ -1102,7 +1151,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="class names in index order, comma-separated or a file (default: sorted folder names)",
     )
-    evaluation.add_argument(
+    _add_metric_options(evaluation)
+    _add_input_options(evaluation)
+    _add_run_options(evaluation)
+    _add_out(evaluation, "evaluate")
+    evaluation.set_defaults(handler=run_evaluate)
+
+
+def _add_metric_options(parser: argparse.ArgumentParser) -> None:
+    """evaluate's metrics and their protocols (:func:`shiftlab.invariance.make_metric`)."""
+    parser.add_argument(
         "--metrics",
         default="auto",
         help=(
@@ -1110,87 +1168,95 @@ def build_parser() -> argparse.ArgumentParser:
             "dense-consistency (segmentation maps) (default: auto = every classification metric the data allows)"
         ),
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--views",
         type=int,
         default=8,
         help="views per image of the consistency metrics; dense-consistency: the unshifted and K-1 shifts (default: 8)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--max-shift",
         type=int,
         default=32,
         help="consistency: rolls in [-R, R), crop offsets in [0, R); dense-consistency: shifts in [-R, R] (default 32)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--shifts",
         default="grid:-2:3",
         help="shift grid of shift-accuracy and cosine, as for probe (default: grid:-2:3)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--shift-mode",
         choices=("circular", "crop", "zero", "fourier"),
         default="circular",
         help="how shift-accuracy and cosine shift (default: circular)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--subpixel-shifts",
         default="0,0.5;0.5,0;0.5,0.5",
         help="fractional dy,dx pairs for subpixel (default: 0,0.5;0.5,0;0.5,0.5)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--sequence-shift", type=int, default=20, help="imagenet-p frames shift by -T..T px (default: 20)"
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--imagenet-p-8bit",
         action="store_true",
         help="imagenet-p: round the (resized) picture to 8-bit levels before the frames are cut, as ImageNet-P's "
         "published frames were (default: frames in floating point)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--diagonal-mode",
         choices=("auto", "crop", "circular", "zero", "fourier"),
         default="auto",
         help="diagonal: crop windows when --resize leaves room around --crop, else circular (default: auto)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--dense-mode",
         choices=("circular", "crop", "zero"),
         default="circular",
         help="dense-consistency: roll the input, move the crop window, or move the picture with black fill; crop and "
         "zero compare the overlap of the two views (default: circular)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--dense-step",
         type=int,
         default=1,
         help="dense-consistency: shifts are multiples of this; a model whose maps are smaller than its input by a "
         "stride S needs a multiple of S (default: 1)",
     )
-    evaluation.add_argument(
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    """evaluate's preprocessing choices (:class:`shiftlab.evaluate.PreprocessChoices`)."""
+    parser.add_argument(
         "--resize",
         type=int,
         default=None,
         help="shorter side of every image before views are cut (e.g. 256; default: the models' own)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--crop",
         type=int,
         default=None,
         help="model input: the centre CROPxCROP window (e.g. 224; default: the models' own, else the whole image)",
     )
-    _add_normalize(evaluation)
-    evaluation.add_argument(
+    _add_normalize(parser)
+    parser.add_argument(
         "--mean", default=None, help="per-channel mean, e.g. 0.5,0.5,0.5 (with --std; overrides --normalize)"
     )
-    evaluation.add_argument("--std", default=None, help="per-channel standard deviation (with --mean)")
-    evaluation.add_argument(
+    parser.add_argument("--std", default=None, help="per-channel standard deviation (with --mean)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """evaluate's run options (:class:`shiftlab.evaluate.EvaluateOptions`)."""
+    parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random shifts and of random initialisation (default: 0)"
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--batch-size", type=int, default=64, help="most inputs per forward pass; part of the protocol (default: 64)"
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--workers",
         default="auto",
         metavar="N|auto",
@@ -1199,29 +1265,29 @@ def build_parser() -> argparse.ArgumentParser:
         "at most 8 (default: auto)",
     )
     _add_precision(
-        evaluation,
+        parser,
         "cpu, cuda, cuda:1, ... (default: cpu; under torchrun: one GPU per process)",
         "model precision (default: float32)",
     )
-    evaluation.add_argument(
+    parser.add_argument(
         "--checkpoint-every", type=int, default=50, help="write partial results every N steps (default: 50)"
     )
-    evaluation.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
-    _add_out(evaluation, "evaluate")
-    evaluation.set_defaults(handler=run_evaluate)
+    parser.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
 
-    samples = commands.add_parser(
+
+def _add_listings(add_parser: AddParser) -> None:
+    """``shiftlab samples`` and ``shiftlab kernels``: what the names mean."""
+    samples = add_parser(
         "samples",
         help="list the bundled sample images",
         description="List the images bundled with shiftlab; their names work wherever an IMAGE is expected.",
     )
     samples.set_defaults(handler=run_samples)
 
-    kernels = commands.add_parser(
+    kernels = add_parser(
         "kernels", help="list the named kernels", description="List the named kernels and what they respond to."
     )
     kernels.set_defaults(handler=run_kernels)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1253,11 +1319,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_BAD_INPUT
     except Exception as error:  # not bad input: a bug in shiftlab, reported as one, with its traceback
+        if _interrupted_import(error):
+            print("shiftlab: interrupted; nothing was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
         traceback.print_exc()
         if not isinstance(error, InternalError):
             error = InternalError(f"{type(error).__name__}: {first_line(error)}")
         print(f"shiftlab: {error}", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+def _interrupted_import(error: BaseException) -> bool:
+    """Whether ``error`` is an ImportError raised because Ctrl-C interrupted an import (numpy turns it into one)."""
+    if not isinstance(error, ImportError):
+        return False
+    cause = error.__cause__ or error.__context__
+    while cause is not None and not isinstance(cause, KeyboardInterrupt):
+        cause = cause.__cause__ or cause.__context__
+    return cause is not None
 
 
 def _output_folder(args: argparse.Namespace) -> contextlib.AbstractContextManager:

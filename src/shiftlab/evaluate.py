@@ -39,8 +39,9 @@ import io
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,113 @@ from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve
 from shiftlab.outputs import describe_output, main_output, named_tensors
 from shiftlab.views import Geometry, ViewKey, build_view, view_key
 
-__all__ = ["COLUMNS", "EvaluationResult", "evaluate"]
+__all__ = ["COLUMNS", "EvaluateOptions", "EvaluationResult", "PreprocessChoices", "evaluate"]
 
 CHECKPOINT_FORMAT = "shiftlab-evaluate-checkpoint/2"
 
 #: The columns of :attr:`EvaluationResult.rows` (and of its CSV).
 COLUMNS: tuple[str, ...] = ("model", "metric", "statistic", "at", "value", "count", "ci_low", "ci_high")
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class PreprocessChoices:
+    """Choices in place of parts of every model's own preprocessing, as the command line's options give them.
+
+    ``None`` (and ``normalize="auto"``) keeps each model's own part (see
+    :meth:`shiftlab.models.ModelInfo.preprocessing`): ``PreprocessChoices(resize=256, crop=224)`` resizes and crops
+    every model's input alike and normalises it as the model expects. A :class:`~shiftlab.data.Preprocess` given to
+    :func:`evaluate` instead is the whole preprocessing of every model.
+
+    Example:
+        >>> PreprocessChoices(resize=256, crop=224).normalize
+        'auto'
+    """
+
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str | None = None
+    normalize: str = "auto"
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How :func:`evaluate` runs. ``seed``, ``batch_size``, the device and ``dtype`` are part of the protocol (a
+    resumed run must use the same); the others never change a number.
+
+    Attributes:
+        seed: seeds the random shifts (and the random initialisation of model specs without weights).
+        batch_size: most inputs per forward pass; fixes which images share a pass.
+        workers: loader processes that decode images (0: decode in this process), or ``"auto"``: chosen from
+            the CPU cores, the device and the number of images (:func:`shiftlab.datasets.choose_workers`;
+            the command line's default). The result's ``protocol["loader"]`` says how many decoded and why.
+        device, dtype: where and in which precision the models run.
+        checkpoint: file for partial results, written every ``checkpoint_every`` steps.
+        resume: continue from ``checkpoint`` (refused if it was made with other settings).
+        progress: show a progress bar on stderr (``None``: only on a terminal).
+
+    Example:
+        >>> EvaluateOptions(batch_size=256, device="cuda").workers
+        0
+    """
+
+    seed: int = 0
+    batch_size: int = 64
+    workers: int | str = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    checkpoint: str | Path | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
+    progress: bool | None = False
+
+
+#: The keywords :func:`evaluate` took before its options were grouped and that the README showed, with their group;
+#: they still work, with a DeprecationWarning.
+DEPRECATED_KEYWORDS: dict[str, str] = {
+    "resize": "preprocess",
+    "crop": "preprocess",
+    "normalize": "preprocess",
+    "batch_size": "options",
+    "workers": "options",
+    "device": "options",
+    "checkpoint": "options",
+}
+
+
+def _grouped(
+    preprocess: Preprocess | PreprocessChoices | None, options: EvaluateOptions | None, deprecated: dict[str, Any]
+) -> tuple[Preprocess | PreprocessChoices | None, EvaluateOptions]:
+    """``preprocess`` and ``options`` with the deprecated loose keywords folded into them (and one warning)."""
+    for name in deprecated:
+        if name not in DEPRECATED_KEYWORDS:
+            raise TypeError(f"evaluate() got an unexpected keyword argument {name!r}")
+    groups = {"preprocess": (preprocess, PreprocessChoices), "options": (options, EvaluateOptions)}
+    loose = {
+        group: {key: value for key, value in deprecated.items() if DEPRECATED_KEYWORDS[key] == group}
+        for group in groups
+    }
+    for group, (given, _) in groups.items():
+        if loose[group] and given is not None:
+            fail(next(iter(loose[group])), f"give it in {group}=, not beside it")
+    if deprecated:
+        replacement = "; ".join(
+            f"{group}={groups[group][1].__name__}({', '.join(f'{key}=...' for key in keys)})"
+            for group, keys in loose.items()
+            if keys
+        )
+        warnings.warn(
+            f"evaluate({', '.join(f'{key}=' for key in deprecated)}) is deprecated: give {replacement}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    if loose["preprocess"]:
+        preprocess = PreprocessChoices(**loose["preprocess"])
+    return preprocess, options if options is not None else EvaluateOptions(**loose["options"])
 
 
 # --------------------------------------------------------------------------- models
@@ -110,16 +212,11 @@ def _resolve_models(
     *,
     weights: Sequence[str | Path | None] | None,
     seed: int,
-    resize: int | None,
-    crop: int | None,
-    normalize: str,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    interpolation: str | None = None,
+    preprocess: Preprocess | PreprocessChoices | None,
     output: str | None = None,
 ) -> list[_Model]:
     """The models with their preprocessing: a spec's own (see :meth:`shiftlab.models.ModelInfo.preprocessing`),
-    an ``nn.Module``'s none, with the explicit choices in place of its parts."""
+    an ``nn.Module``'s none, with the explicit choices in place of its parts, or the whole given ``Preprocess``."""
     pairs: list[tuple[str | None, Any]]
     if isinstance(models, Mapping):
         pairs = [(str(label), model) for label, model in models.items()]
@@ -164,20 +261,45 @@ def _resolve_models(
             default_label = type(model).__name__
         else:
             fail("model", f"expected an nn.Module or a model spec string, got {describe(model)}")
-        preprocess, preprocessing = info.preprocessing(
-            resize=resize, crop=crop, interpolation=interpolation, normalize=normalize, mean=mean, std=std
-        )
+        chosen, preprocessing = _preprocessing(info, preprocess)
         record["preprocessing"] = preprocessing
-        record["normalize"] = preprocess.normalize
-        record["mean"] = list(preprocess.mean) if preprocess.mean else None
-        record["std"] = list(preprocess.std) if preprocess.std else None
+        record["normalize"] = chosen.normalize
+        record["mean"] = list(chosen.mean) if chosen.mean else None
+        record["std"] = list(chosen.std) if chosen.std else None
         record["channels"] = channels
-        resolved.append(_Model(printable(label or default_label), module, channels, preprocess, record, output))
+        resolved.append(_Model(printable(label or default_label), module, channels, chosen, record, output))
     labels = [model.label for model in resolved]
     for position, model in enumerate(resolved):
         if labels.count(model.label) > 1:
             model.label = f"{model.label} #{labels[:position].count(labels[position]) + 1}"
     return resolved
+
+
+def _preprocessing(info: ModelInfo, preprocess: Preprocess | PreprocessChoices | None) -> tuple[Preprocess, dict]:
+    """A model's preprocessing and its record: its own, with ``PreprocessChoices`` in place, or a whole ``Preprocess``
+    (at the model's channels)."""
+    if preprocess is None:
+        return info.preprocessing()
+    if isinstance(preprocess, PreprocessChoices):
+        return info.preprocessing(**{item.name: getattr(preprocess, item.name) for item in fields(preprocess)})
+    check(isinstance(preprocess, Preprocess), "preprocess", f"expected a Preprocess, got {describe(preprocess)}")
+    chosen = Preprocess.make(
+        channels=info.in_channels,
+        resize=preprocess.resize,
+        crop=preprocess.crop,
+        normalize="none",
+        mean=preprocess.mean,
+        std=preprocess.std,
+        interpolation=preprocess.interpolation,
+        antialias=preprocess.antialias,
+        squash=preprocess.squash,
+    )
+    parts = ["resize", "crop", "interpolation", "normalize"]
+    return chosen, {
+        **chosen.describe(),
+        "source": "given (a Preprocess, in place of the model's own)",
+        "overridden": parts,
+    }
 
 
 def _lossless(key: str, name: str) -> dict[str, str]:
@@ -449,25 +571,13 @@ def evaluate(
     data: Any,
     *,
     metrics: Any = ("consistency",),
-    resize: int | None = None,
-    crop: int | None = None,
-    normalize: str = "auto",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    interpolation: str | None = None,
-    output: str | None = None,
-    classes: str | Sequence[str] | None = None,
+    preprocess: Preprocess | PreprocessChoices | None = None,
+    options: EvaluateOptions | None = None,
     weights: Sequence[str | Path | None] | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    workers: int | str = 0,
-    device: str = "cpu",
-    dtype: str = "float32",
-    checkpoint: str | Path | None = None,
-    checkpoint_every: int = 50,
-    resume: bool = False,
-    progress: bool | None = False,
+    classes: str | Sequence[str] | None = None,
+    output: str | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    **deprecated: Any,
 ) -> EvaluationResult:
     """Measure how the predictions of one or more models change under translation, over a whole data set.
 
@@ -479,29 +589,23 @@ def evaluate(
             (see :func:`shiftlab.datasets.open_images`).
         metrics: names from :data:`shiftlab.invariance.METRIC_NAMES` or
             :class:`~shiftlab.invariance.Metric` objects (for their options).
-        resize: the shorter side of every image, before views are cut (e.g. 256); default: the models' own
-            (a pretrained model's preprocessing; see :meth:`shiftlab.models.ModelInfo.preprocessing`), else none.
-        crop: the model's input: the centre ``crop x crop`` window (e.g. 224); default: the models' own, else
-            the whole image. Views are cut from one resized image for all models, so models whose own resize or
-            crop differ need an explicit ``resize`` and ``crop``.
-        normalize: ``"auto"`` (each model's own statistics: a pretrained model's, ImageNet's for a torchvision
-            architecture, none otherwise), ``"imagenet"`` or ``"none"``; ``mean`` and ``std`` override it.
-        interpolation: the resize's interpolation (``bilinear``, ``bicubic``, ``nearest``); default: the models'.
+        preprocess: how images become model inputs. ``None``: each model's own (a pretrained model's
+            preprocessing, ImageNet's normalisation for a torchvision architecture, else the images as they are;
+            see :meth:`shiftlab.models.ModelInfo.preprocessing`). A :class:`~shiftlab.data.Preprocess`
+            (``Preprocess.make(resize=256, crop=224, normalize="imagenet")``): the whole preprocessing of every
+            model, its resize, centre crop, interpolation and normalisation (each model keeps its channels). A
+            :class:`PreprocessChoices`: some parts in place of each model's own. Views are cut from one resized
+            image for all models, so models whose own resize or crop differ need an explicit one; the crop is the
+            model input (without one, the whole image).
+        options: how the run goes (:class:`EvaluateOptions`: seed, batch size, loader workers, device, dtype,
+            checkpoint, resume, progress bar); ``None``: the defaults.
+        weights: one weights file, torchvision weights name or ``"random"`` (or None) per model spec.
+        classes: class names in index order (``"a,b"``, a list, or a file); default: sorted folder names.
         output: the name of the main tensor of structured outputs (see :mod:`shiftlab.outputs`); default: the
             rule (``logits``, ``out``, else the first tensor).
-        classes: class names in index order (``"a,b"``, a list, or a file); default: sorted folder names.
-        weights: one weights file, torchvision weights name or ``"random"`` (or None) per model spec.
-        seed: seeds the random shifts (and the random initialisation of models without weights).
-        batch_size: most inputs per forward pass; fixes which images share a pass (part of the protocol).
-        workers: loader processes that decode images (0: decode in this process), or ``"auto"``: chosen from
-            the CPU cores, the device and the number of images (:func:`shiftlab.datasets.choose_workers`;
-            the command line's default). Never changes a result; the result's ``protocol["loader"]`` says
-            how many decoded and why.
-        device, dtype: where and in which precision the models run.
-        checkpoint: file for partial results, written every ``checkpoint_every`` steps.
-        resume: continue from ``checkpoint`` (refused if it was made with other settings).
-        progress: show a progress bar on stderr (``None``: only on a terminal).
         on_skip: called with ``(name, reason)`` for every image that cannot be used.
+        deprecated: ``resize``, ``crop``, ``normalize`` (now in ``preprocess``), ``batch_size``, ``workers``,
+            ``device``, ``checkpoint`` (now in ``options``): still accepted, with a DeprecationWarning.
 
     Returns:
         An :class:`EvaluationResult`; in every process of a torchrun group, the same.
@@ -520,29 +624,25 @@ def evaluate(
         >>> result.value("SimpleCNN", "consistency", "consistency")
         1.0
     """
-    seed = check_int(seed, "seed", minimum=0)
-    batch_size = check_int(batch_size, "batch size", minimum=1)
+    preprocess, options = _grouped(preprocess, options, deprecated)
+    check(isinstance(options, EvaluateOptions), "options", f"expected EvaluateOptions, got {describe(options)}")
+    seed = check_int(options.seed, "seed", minimum=0)
+    batch_size = check_int(options.batch_size, "batch size", minimum=1)
+    workers = options.workers
     if isinstance(workers, str):
         check(workers == "auto", "workers", f"expected a number of processes or 'auto', got {workers!r}")
     else:
         workers = check_int(workers, "workers", minimum=0)
-    checkpoint_every = check_int(checkpoint_every, "checkpoint every", minimum=1)
-    check(not resume or checkpoint is not None, "resume", "needs the checkpoint file of the run to continue")
-    target, precision = resolve_device(device), resolve_dtype(dtype)
+    checkpoint_every = check_int(options.checkpoint_every, "checkpoint every", minimum=1)
+    check(
+        not options.resume or options.checkpoint is not None,
+        "resume",
+        "needs the checkpoint file of the run to continue",
+    )
+    target, precision = resolve_device(options.device), resolve_dtype(options.dtype)
     metric_list = _resolve_metrics(metrics)
     image_set = data if isinstance(data, ImageSet) else open_images(data, classes=classes)
-    entries = _resolve_models(
-        models,
-        weights=weights,
-        seed=seed,
-        resize=resize,
-        crop=crop,
-        normalize=normalize,
-        mean=mean,
-        std=std,
-        interpolation=interpolation,
-        output=output,
-    )
+    entries = _resolve_models(models, weights=weights, seed=seed, preprocess=preprocess, output=output)
     resizing, crop = _shared_geometry(entries)
     resize = resizing.size if resizing is not None else None
     for entry in entries:  # a model without a resize or crop of its own gets the shared ones: its record says so
@@ -572,9 +672,9 @@ def evaluate(
     base_channels = 3 if any(entry.channels == 3 for entry in entries) else 1
     dataset = EvaluationDataset(image_set, channels=base_channels, resize=resizing)
 
-    settings = _Settings(
-        resizing, crop, seed, batch_size, workers, precision, dtype, checkpoint, checkpoint_every, resume, progress
-    )
+    validated = {"seed": seed, "batch_size": batch_size, "workers": workers, "checkpoint_every": checkpoint_every}
+    given = {item.name: getattr(options, item.name) for item in fields(options)}
+    settings = _Settings(**{**given, **validated}, resize=resizing, crop=crop, precision=precision)
     flags = [(module, module.training) for entry in entries for module in entry.module.modules()]
     try:
         with process_group(target) as processes:
@@ -585,18 +685,12 @@ def evaluate(
 
 
 @dataclass(frozen=True)
-class _Settings:
-    resize: Resize | None
-    crop: int | None
-    seed: int
-    batch_size: int
-    workers: int | str
-    precision: torch.dtype
-    dtype: str
-    checkpoint: str | Path | None
-    checkpoint_every: int
-    resume: bool
-    progress: bool | None
+class _Settings(EvaluateOptions):
+    """The run's options, validated, and what :func:`evaluate` resolved: the shared resize and crop, the precision."""
+
+    resize: Resize | None = None
+    crop: int | None = None
+    precision: torch.dtype = torch.float32
 
 
 def _evaluate(

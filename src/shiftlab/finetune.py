@@ -90,7 +90,7 @@ from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loa
 from shiftlab.digits import DIGITS_CLASSES, load_digits
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, check, check_choice, check_int, check_real, describe, fail, first_line
-from shiftlab.evaluate import EvaluationResult, _first_difference, evaluate
+from shiftlab.evaluate import EvaluateOptions, EvaluationResult, PreprocessChoices, _first_difference, evaluate
 from shiftlab.invariance import Consistency, ShiftAccuracy, sample_seed
 from shiftlab.layers.aps import APSPool2d
 from shiftlab.models import _first_conv_channels, resolve_device
@@ -792,15 +792,16 @@ def _finetune(run: _Run, margin_for: Callable[[int], int]) -> FinetuneResult:
     run.steps_per_epoch = _steps_per_epoch(len(run.usable), settings.batch_size, processes.world)
     run.total = settings.epochs * run.steps_per_epoch
     run.evaluation = {
-        "resize": data.resize,
-        "crop": data.crop,
-        "normalize": run.preprocess.normalize if run.preprocess.normalize != "custom" else "none",
-        "mean": run.preprocess.mean if run.preprocess.normalize == "custom" else None,
-        "std": run.preprocess.std if run.preprocess.normalize == "custom" else None,
-        "seed": settings.seed,
-        "batch_size": max(settings.batch_size, 16),
-        "workers": options.workers,
-        "device": str(device),
+        "preprocess": PreprocessChoices(
+            resize=data.resize,
+            crop=data.crop,
+            normalize=run.preprocess.normalize if run.preprocess.normalize != "custom" else "none",
+            mean=run.preprocess.mean if run.preprocess.normalize == "custom" else None,
+            std=run.preprocess.std if run.preprocess.normalize == "custom" else None,
+        ),
+        "options": EvaluateOptions(
+            seed=settings.seed, batch_size=max(settings.batch_size, 16), workers=options.workers, device=str(device)
+        ),
     }
     protocol = _protocol(run, before, holdout, classes)
     run.trained = student
@@ -837,8 +838,8 @@ def _finetune(run: _Run, margin_for: Callable[[int], int]) -> FinetuneResult:
         dict(zip(STAGES, (teacher, before, student))),
         holdout,
         metrics=metrics,
-        progress=options.progress,
-        **run.evaluation,
+        preprocess=run.evaluation["preprocess"],
+        options=replace(run.evaluation["options"], progress=options.progress),
     )
     log.seconds["evaluation"] += time.perf_counter() - started
     protocol["holdout"]["metrics"] = evaluation.protocol["metrics"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shiftlab.errors import ShiftlabError, check, describe, fail, first_line
@@ -89,7 +89,9 @@ def load_image(source: Any, *, grayscale: bool = True, max_pixels: int = MAX_PIX
     elif isinstance(source, Image.Image):
         subject = "image (PIL)"
         channels_last = _from_pil(source, subject, max_pixels)
-    elif isinstance(source, torch.Tensor):
+    elif _is_tensor(source):
+        import torch
+
         subject = f"image ({describe(source)})"
         values = source.detach().cpu()
         if values.is_floating_point() and values.dtype != torch.float64:
@@ -104,6 +106,13 @@ def load_image(source: Any, *, grayscale: bool = True, max_pixels: int = MAX_PIX
             f"expected a path, sample name, numpy array, PIL image or torch tensor, got {type(source).__name__}",
         )
     return _finish(channels_last, subject, grayscale, max_pixels)
+
+
+def _is_tensor(source: Any) -> bool:
+    """Whether ``source`` is a torch tensor, without importing torch: a tensor exists only once torch is imported
+    (``shiftlab samples`` and the image commands' parsing then start without it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(source, torch.Tensor)
 
 
 def _read_file(path: Path, max_pixels: int) -> np.ndarray:

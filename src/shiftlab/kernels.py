@@ -25,12 +25,14 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import torch
 
 from shiftlab.errors import check, describe, fail, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "KERNEL_NAMES",
@@ -40,9 +42,11 @@ __all__ = [
     "describe_kernel",
     "gaussian_kernel",
     "get_kernel",
+    "named_kernel",
 ]
 
-KernelSpec = str | Path | np.ndarray | torch.Tensor | list
+# torch is imported where a tensor is made: the names, descriptions and values need none (``shiftlab kernels``)
+KernelSpec: TypeAlias = "str | Path | np.ndarray | torch.Tensor | list"
 
 _SOBEL_Y = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
 _LAPLACIAN = [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]
@@ -85,7 +89,27 @@ def describe_kernel(name: str) -> str:
     fail("kernel", f"unknown name {name!r}; known: {', '.join(KERNEL_NAMES)}")
 
 
+def named_kernel(name: str) -> np.ndarray:
+    """The float64 values of a named kernel (see :data:`KERNEL_NAMES`; sized families take any size), as numpy.
+
+    Example:
+        >>> named_kernel("binomial3") * 16
+        array([[1., 2., 1.],
+               [2., 4., 2.],
+               [1., 2., 1.]])
+    """
+    text = name.strip()
+    if text in _FIXED:
+        return np.array(_FIXED[text][0], dtype=np.float64)
+    match = _SIZED.match(text)
+    if match is None:
+        fail("kernel", f"unknown name {name!r}; known: {', '.join(KERNEL_NAMES)}")
+    return _SIZED_GRIDS[match.group(1)](int(match.group(2)))
+
+
 def _factory_tensor(values: Any, device: torch.device | str | None, dtype: torch.dtype | None) -> torch.Tensor:
+    import torch
+
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).to(device=device, dtype=dtype or torch.float32)
 
 
@@ -99,8 +123,12 @@ def box_kernel(
         tensor([[0.2500, 0.2500],
                 [0.2500, 0.2500]])
     """
+    return _factory_tensor(_box_grid(size), device, dtype)
+
+
+def _box_grid(size: int) -> np.ndarray:
     _check_size(size, "box")
-    return _factory_tensor(np.full((size, size), 1.0 / size**2), device, dtype)
+    return np.full((size, size), 1.0 / size**2)
 
 
 def binomial_kernel(
@@ -117,10 +145,14 @@ def binomial_kernel(
                 [2., 4., 2.],
                 [1., 2., 1.]])
     """
+    return _factory_tensor(_binomial_grid(size), device, dtype)
+
+
+def _binomial_grid(size: int) -> np.ndarray:
     _check_size(size, "binomial")
     row = np.array([math.comb(size - 1, i) for i in range(size)], dtype=np.float64)
     grid = np.outer(row, row)
-    return _factory_tensor(grid / grid.sum(), device, dtype)
+    return grid / grid.sum()
 
 
 def gaussian_kernel(
@@ -141,6 +173,10 @@ def gaussian_kernel(
         >>> round(float(gaussian_kernel(5).sum()), 6)
         1.0
     """
+    return _factory_tensor(_gaussian_grid(size, sigma), device, dtype)
+
+
+def _gaussian_grid(size: int, sigma: float | None = None) -> np.ndarray:
     _check_size(size, "gaussian")
     if sigma is None:
         sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
@@ -148,7 +184,7 @@ def gaussian_kernel(
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
     row = np.exp(-(offsets**2) / (2 * sigma**2))
     grid = np.outer(row, row)
-    return _factory_tensor(grid / grid.sum(), device, dtype)
+    return grid / grid.sum()
 
 
 def _check_size(size: Any, family: str) -> None:
@@ -159,10 +195,10 @@ def _check_size(size: Any, family: str) -> None:
     )
 
 
-_SIZED_FACTORIES: dict[str, Callable[..., torch.Tensor]] = {
-    "box": box_kernel,
-    "gaussian": gaussian_kernel,
-    "binomial": binomial_kernel,
+_SIZED_GRIDS: dict[str, Callable[[int], np.ndarray]] = {
+    "box": _box_grid,
+    "gaussian": _gaussian_grid,
+    "binomial": _binomial_grid,
 }
 
 
@@ -191,10 +227,13 @@ def get_kernel(
         tensor([[-1.,  0.,  1.],
                 [-2.,  0.,  2.],
                 [-1.,  0.,  1.]])
+        >>> import torch
         >>> get_kernel("1 0; 0 -1", dtype=torch.float64)
         tensor([[ 1.,  0.],
                 [ 0., -1.]], dtype=torch.float64)
     """
+    import torch
+
     trusted = False  # named kernels are built from finite constants: no need to scan them for NaN
     if isinstance(spec, torch.Tensor):
         kernel = spec
@@ -229,12 +268,11 @@ def get_kernel(
 
 def _parse_text_spec(spec: str | Path) -> tuple[torch.Tensor, str, bool]:
     """``(kernel, label for messages, trusted)``: names are trusted to be finite, files and literals are not."""
+    import torch
+
     text = str(spec).strip()
-    if text in _FIXED:
-        return torch.tensor(_FIXED[text][0], dtype=torch.float64), f"kernel {text!r}", True
-    match = _SIZED.match(text)
-    if match:
-        return _SIZED_FACTORIES[match.group(1)](int(match.group(2)), dtype=torch.float64), f"kernel {text!r}", True
+    if text in _FIXED or _SIZED.match(text):
+        return torch.from_numpy(named_kernel(text)), f"kernel {text!r}", True
     if text.lower().endswith(".npy") or Path(text).is_file():
         return _load_npy(Path(text)), f"kernel file '{text}'", False
     if any(char.isdigit() for char in text) and re.fullmatch(r"[\s\d.,;:+\-eE\[\]()]+", text):
@@ -255,6 +293,8 @@ def _parse_literal(text: str) -> torch.Tensor:
         array = np.asarray(values, dtype=np.float64)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         fail(f"kernel literal {text!r}", "could not be read as a 2-D array of numbers with rows of equal length")
+    import torch
+
     return torch.from_numpy(array)
 
 
@@ -267,4 +307,6 @@ def _load_npy(path: Path) -> torch.Tensor:
     except (ValueError, OSError, EOFError) as error:
         fail(subject, f"is not a readable .npy array ({first_line(error)})")
     check(isinstance(array, np.ndarray) and array.dtype.kind in "biuf", subject, "must hold an array of real numbers")
+    import torch
+
     return torch.from_numpy(np.asarray(array, dtype=np.float64))

@@ -426,7 +426,7 @@ DEMO_DIGITS = 200
 def demo_evaluation_sections() -> list[Section]:
     """The demo's evaluation: the bundled digit classifier on the first 200 held-out digits, three protocols."""
     from shiftlab.digits import DIGITS_CLASSES, load_digits
-    from shiftlab.evaluate import evaluate
+    from shiftlab.evaluate import EvaluateOptions, evaluate
     from shiftlab.invariance import Consistency, DiagonalShift, TranslationSequence
 
     images, labels = load_digits("test")
@@ -439,7 +439,7 @@ def demo_evaluation_sections() -> list[Section]:
             DiagonalShift("circular"),
             TranslationSequence(max_shift=4),
         ],
-        batch_size=64,
+        options=EvaluateOptions(batch_size=64),
     )
     lead = (
         f"From pictures to predictions: shiftlab's bundled digit classifier (digits_cnn: 3x3 convolutions with zero "

@@ -1,14 +1,15 @@
 """Probing a model on images: prepare the inputs, run :func:`shiftlab.probe`, and turn the result into a report section.
 
-Used by ``shiftlab probe`` (with ``--explore``, the section also gets an explorer: :func:`run_explorer`) and by the
-demo (which probes bundled networks on the bundled photos, and lets the reader move the input through them).
+Used by ``shiftlab probe`` (with ``--explore``, the section also gets an explorer: :func:`run_probe`'s
+``explore``) and by the demo (which probes bundled networks on the bundled photos, and lets the reader move the
+input through them).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -31,7 +32,8 @@ __all__ = [
     "probe_findings",
     "probe_section",
     "representative_layers",
-    "run_explorer",
+    "ExploreOptions",
+    "ModelOptions",
     "run_probe",
 ]
 
@@ -44,13 +46,7 @@ def _prepared(
     *,
     shifts: Sequence[tuple[float, float]],
     mode: str,
-    weights: str | None,
-    size: int | None,
-    normalize: str,
-    interpolation: str | None,
-    device: str,
-    dtype: str,
-    seed: int,
+    options: ModelOptions,
 ) -> tuple[nn.Module, ModelInfo, list[Any], Preprocess, dict[str, Any], ModeChoice]:
     """The model (on its device, in its precision), its info, the prepared inputs, the preprocessing applied, its
     record, and the shift mode.
@@ -61,11 +57,14 @@ def _prepared(
     ``crop`` mode a model's own centre crop is the size of the crop windows (:func:`_crop_room`).
     """
     check(len(images) > 0, "images", "give at least one image")
-    target, precision = resolve_device(device), resolve_dtype(dtype)
-    model, info = load_model(spec, weights=weights, seed=seed)
+    target, precision = resolve_device(options.device), resolve_dtype(options.dtype)
+    model, info = load_model(spec, weights=options.weights, seed=options.seed)
     model = model.to(device=target, dtype=precision)
     choice = choose_mode(model, mode)
-    prepare, record = info.preprocessing(resize=size, crop=size, interpolation=interpolation, normalize=normalize)
+    size = options.size
+    prepare, record = info.preprocessing(
+        resize=size, crop=size, interpolation=options.interpolation, normalize=options.normalize
+    )
     room = None
     if choice.mode == "crop" and size is None and prepare.crop is not None:
         prepare, record, room = _crop_room(prepare, record, shifts)
@@ -127,120 +126,89 @@ def _protocol(
     }
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """How :func:`run_probe` loads a model spec, prepares its images and runs it (the command line's options).
+
+    Attributes:
+        weights, seed: as :func:`shiftlab.load_model` takes them.
+        device, dtype: where and in which precision the model runs.
+        size: the shorter side of every image, then the centre ``size x size`` square (default: the model's own
+            preprocessing, else the images as they are).
+        normalize, interpolation: ``"auto"`` and ``None``: the model's own.
+        batch_size: most inputs per forward pass.
+        output: the main tensor of a structured output (see :func:`shiftlab.probe`).
+    """
+
+    weights: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    size: int | None = None
+    normalize: str = "auto"
+    interpolation: str | None = None
+    batch_size: int = 64
+    output: str | None = None
+
+
+@dataclass(frozen=True)
+class ExploreOptions:
+    """What :func:`run_probe`'s explorer shows: ``show``, the probed layers (default: the layers asked for, else
+    representative ones), and ``channels`` per layer, the strongest first."""
+
+    show: Sequence[str] | None = None
+    channels: int = 4
+
+
 def run_probe(
     spec: str,
     images: Sequence[Any],
     *,
     shifts: Sequence[tuple[float, float]],
     mode: str = "auto",
-    weights: str | None = None,
     layers: Any = None,
     layouts: Any = None,
     strides: Any = None,
-    size: int | None = None,
-    normalize: str = "auto",
-    interpolation: str | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    seed: int = 0,
-    batch_size: int = 64,
+    options: ModelOptions | None = None,
+    explore: ExploreOptions | None = None,
     progress: Callable[[int, int | None], None] | None = None,
-    output: str | None = None,
-) -> tuple[ProbeResult, ModelInfo]:
-    """Load a model from its spec, prepare the images for it, and probe it.
+) -> tuple[ProbeResult, ModelInfo, ExplorerData | None]:
+    """Load a model from its spec, prepare the images for it, and probe it; with ``explore``, also an explorer's
+    frames of the first image (:func:`shiftlab.explore.explorer_data`).
 
     The images are prepared as the model expects them (its own preprocessing: see
-    :meth:`shiftlab.models.ModelInfo.preprocessing`); ``size``, ``interpolation`` and a ``normalize`` other than
-    ``"auto"`` override it. ``output`` names the main tensor of a structured output (see :func:`shiftlab.probe`).
-    The protocol records the preprocessing and where it came from. ``mode="auto"`` shifts circularly when every
-    padding in the model is circular or there is none, and takes crop windows otherwise (see :mod:`shiftlab.borders`).
+    :meth:`shiftlab.models.ModelInfo.preprocessing`); ``options.size``, ``options.interpolation`` and a
+    ``options.normalize`` other than ``"auto"`` override it. The protocol records the preprocessing and where it came
+    from. ``mode="auto"`` shifts circularly when every padding in the model is circular or there is none, and takes
+    crop windows otherwise (see :mod:`shiftlab.borders`).
+
+    Returns:
+        The probe's result, the model's info, and the explorer's data (``None`` without ``explore``; its
+        ``.result`` is the probe's result).
     """
-    model, info, inputs, prepare, record, choice = _prepared(
-        spec,
-        images,
-        shifts=shifts,
-        mode=mode,
-        weights=weights,
-        size=size,
-        normalize=normalize,
-        interpolation=interpolation,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-    )
-    result = probe(
-        model,
-        inputs,
-        shifts=shifts,
-        mode=choice,
-        layers=layers,
-        layouts=layouts,
-        strides=strides,
-        batch_size=batch_size,
-        progress=progress,
-        output=output,
-    )
+    options = options or ModelOptions()
+    model, info, inputs, prepare, record, choice = _prepared(spec, images, shifts=shifts, mode=mode, options=options)
+    watched: dict[str, Any] = {"layers": layers, "layouts": layouts, "strides": strides}
+    run: dict[str, Any] = {"batch_size": options.batch_size, "progress": progress, "output": options.output}
+    data = None
+    if explore is None:
+        result = probe(model, inputs, shifts=shifts, mode=choice, **watched, **run)
+    else:
+        data = explorer_data(
+            model,
+            inputs,
+            shifts,
+            mode=choice,
+            show=explore.show,
+            channels=explore.channels,
+            normalization=(prepare.mean, prepare.std) if prepare.mean and prepare.std else None,
+            names=[str(source) for source in images],
+            **watched,
+            **run,
+        )
+        result = data.result
     result.protocol.update(_protocol(spec, info, images, prepare, record))
-    return result, info
-
-
-def run_explorer(
-    spec: str,
-    images: Sequence[Any],
-    *,
-    shifts: Sequence[tuple[float, float]],
-    mode: str = "auto",
-    weights: str | None = None,
-    layers: Any = None,
-    show: Sequence[str] | None = None,
-    channels: int = 4,
-    layouts: Any = None,
-    strides: Any = None,
-    size: int | None = None,
-    normalize: str = "auto",
-    interpolation: str | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    seed: int = 0,
-    batch_size: int = 64,
-    progress: Callable[[int, int | None], None] | None = None,
-    output: str | None = None,
-) -> tuple[ExplorerData, ModelInfo]:
-    """:func:`run_probe`, with an explorer's frames of the first image (:func:`shiftlab.explore.explorer_data`).
-
-    The probe's result is the returned data's ``.result``, its protocol completed as :func:`run_probe` completes it.
-    """
-    model, info, inputs, prepare, record, choice = _prepared(
-        spec,
-        images,
-        shifts=shifts,
-        mode=mode,
-        weights=weights,
-        size=size,
-        normalize=normalize,
-        interpolation=interpolation,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-    )
-    data = explorer_data(
-        model,
-        inputs,
-        shifts,
-        mode=choice,
-        layers=layers,
-        show=show,
-        channels=channels,
-        layouts=layouts,
-        strides=strides,
-        batch_size=batch_size,
-        normalization=(prepare.mean, prepare.std) if prepare.mean and prepare.std else None,
-        names=[str(source) for source in images],
-        progress=progress,
-        output=output,
-    )
-    data.result.protocol.update(_protocol(spec, info, images, prepare, record))
-    return data, info
+    return result, info, data
 
 
 def probe_findings(result: ProbeResult) -> list[Finding]:
@@ -441,15 +409,21 @@ def demo_probe_sections() -> list[Section]:
     explorer of its probe."""
     # mode "auto" (the default) takes crop for simple_cnn's zero padding and circular for circular_cnn, as the
     # sections' words say (tests/test_demo.py checks it)
-    typical, _ = run_explorer(
-        "simple_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, size=DEMO_SIZE, show=DEMO_SHOWN["simple_cnn"]
+    sized = ModelOptions(size=DEMO_SIZE)
+    typical, _, typical_explorer = run_probe(
+        "simple_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, options=sized, explore=ExploreOptions(DEMO_SHOWN["simple_cnn"])
     )
-    exact, _ = run_explorer(
-        "circular_cnn", DEMO_IMAGES, shifts=DEMO_SHIFTS, size=DEMO_SIZE, show=DEMO_SHOWN["circular_cnn"]
+    exact, _, exact_explorer = run_probe(
+        "circular_cnn",
+        DEMO_IMAGES,
+        shifts=DEMO_SHIFTS,
+        options=sized,
+        explore=ExploreOptions(DEMO_SHOWN["circular_cnn"]),
     )
+    assert typical_explorer is not None and exact_explorer is not None  # asked for: explore was given
     return [
         probe_section(
-            typical.result,
+            typical,
             key="probe-simple-cnn",
             title="Probing a small CNN layer by layer",
             intro="The article's ideas, measured inside a network: shiftlab's bundled simple_cnn (3x3 convolutions "
@@ -463,10 +437,10 @@ def demo_probe_sections() -> list[Section]:
             "multiple of the cumulative stride still line up; the others alias. "
             "Move the input yourself in the explorer below: the first ReLU's map follows the cat pixel for pixel, "
             "the pooled maps line up only at even shifts and change in between.",
-            explorers=[("Move the cat through simple_cnn", typical)],
+            explorers=[("Move the cat through simple_cnn", typical_explorer)],
         ),
         probe_section(
-            exact.result,
+            exact,
             key="probe-circular-cnn",
             title="A CNN that is exactly equivariant: circular padding, no stride",
             intro="The same network with circular padding and without its pooling and stride (circular_cnn), under "
@@ -474,6 +448,6 @@ def demo_probe_sections() -> list[Section]:
             "every shift, to float precision, and the "
             "global average pooling makes the output invariant: the known answer that the measurement must "
             "reproduce. In the explorer the difference stays blank whatever the shift.",
-            explorers=[("Move the cat through circular_cnn", exact)],
+            explorers=[("Move the cat through circular_cnn", exact_explorer)],
         ),
     ]

@@ -57,7 +57,7 @@ from matplotlib.figure import Figure
 from shiftlab._format import format_stride
 from shiftlab.digits import DIGITS_CLASSES, DIGITS_SIZES, load_digits
 from shiftlab.errors import check, check_int
-from shiftlab.evaluate import EvaluationResult, evaluate
+from shiftlab.evaluate import EvaluateOptions, EvaluationResult, PreprocessChoices, evaluate
 from shiftlab.figures import shade_stride_bands
 from shiftlab.invariance import Consistency, ShiftAccuracy
 from shiftlab.models import DIGITS_CNN_VARIANTS, DIGITS_CNN_WEIGHTS, load_model
@@ -308,10 +308,10 @@ def run_variants(
         ShiftAccuracy(PROBE_SHIFTS, mode="circular"),
     ]
     measure: dict[str, Any] = {
-        "crop": images.shape[-1],
+        "preprocess": PreprocessChoices(crop=images.shape[-1]),
         "classes": DIGITS_CLASSES,
         "metrics": metrics,
-        "batch_size": batch_size,
+        "options": EvaluateOptions(batch_size=batch_size),
     }
     evaluation = evaluate({spec: spec for spec in VARIANT_SPECS.values()}, (canvas, labels), **measure)
     # the same digits, views and seed: each model's numbers do not depend on the others evaluated with it
