@@ -15,6 +15,7 @@ from evaluation_nets import CircularSegmenter, PixelClassifier, ZeroPaddedSegmen
 from PIL import Image
 
 from shiftlab import cli, evaluate
+from shiftlab.catalog import make_metric
 from shiftlab.dense import (
     POSITION_BINS,
     DenseConsistency,
@@ -25,7 +26,7 @@ from shiftlab.dense import (
 )
 from shiftlab.errors import ShiftlabError
 from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
-from shiftlab.invariance import FIXED_POINT_SCALE, Consistency, make_metric, sample_seed
+from shiftlab.invariance import FIXED_POINT_SCALE, Consistency, sample_seed
 from shiftlab.views import Geometry
 
 # --------------------------------------------------------------------------- the pieces

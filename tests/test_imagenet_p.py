@@ -19,9 +19,10 @@ from PIL import Image
 from torch import nn
 
 from shiftlab import cli, evaluate
+from shiftlab.catalog import make_metric
 from shiftlab.errors import ShiftlabError
 from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
-from shiftlab.invariance import TranslationSequence, make_metric
+from shiftlab.invariance import TranslationSequence
 from shiftlab.views import Geometry, build_view, round_to_8bit
 
 NETS = Path(__file__).parent / "evaluation_nets.py"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
+from shiftlab.catalog import make_metric
 from shiftlab.errors import ShiftlabError
 from shiftlab.invariance import (
     FIXED_POINT_SCALE,
@@ -19,7 +20,6 @@ from shiftlab.invariance import (
     ShiftAccuracy,
     SubpixelConsistency,
     TranslationSequence,
-    make_metric,
     sample_seed,
     top_k_distance,
 )

@@ -537,11 +537,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from shiftlab._io import staged_directory
+    from shiftlab.catalog import METRIC_NAMES, MetricOptions, make_metric
     from shiftlab.datasets import open_images
     from shiftlab.errors import fail
     from shiftlab.evaluate import EvaluateOptions, PreprocessChoices, evaluate
     from shiftlab.experiments.evaluation import evaluation_protocol, evaluation_sections
-    from shiftlab.invariance import METRIC_NAMES, make_metric
     from shiftlab.report import write_report
     from shiftlab.shifts import parse_shifts
 
@@ -557,19 +557,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name in names:
         if name not in METRIC_NAMES:
             fail("--metrics", f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)} (or auto)")
-    options = {
-        "views": args.views,
-        "max_shift": args.max_shift,
-        "shifts": parse_shifts(args.shifts),
-        "shift_mode": args.shift_mode,
-        "subpixel_shifts": _subpixel_shifts(args.subpixel_shifts),
-        "sequence_shift": args.sequence_shift,
-        "sequence_8bit": args.imagenet_p_8bit,
-        "diagonal_mode": diagonal_mode,
-        "dense_mode": args.dense_mode,
-        "dense_step": args.dense_step,
-    }
-    metrics = [make_metric(name, **options) for name in names]
+    options = MetricOptions(
+        views=args.views,
+        max_shift=args.max_shift,
+        shifts=parse_shifts(args.shifts),
+        shift_mode=args.shift_mode,
+        subpixel_shifts=_subpixel_shifts(args.subpixel_shifts),
+        sequence_shift=args.sequence_shift,
+        sequence_8bit=args.imagenet_p_8bit,
+        diagonal_mode=diagonal_mode,
+        dense_mode=args.dense_mode,
+        dense_step=args.dense_step,
+    )
+    metrics = [make_metric(name, options) for name in names]
     main_process = _main_process()
     if main_process and images.labels is not None and not any(metric.needs_labels for metric in metrics):
         kinds = f"{len(images.classes)} classes" if images.classes else "class indices"
@@ -1159,7 +1159,7 @@ def _add_evaluate(add_parser: AddParser) -> None:
 
 
 def _add_metric_options(parser: argparse.ArgumentParser) -> None:
-    """evaluate's metrics and their protocols (:func:`shiftlab.invariance.make_metric`)."""
+    """evaluate's metrics and their protocols (:func:`shiftlab.catalog.make_metric`)."""
     parser.add_argument(
         "--metrics",
         default="auto",

@@ -59,6 +59,7 @@ from shiftlab._io import (
 )
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
+from shiftlab.catalog import METRIC_NAMES, make_metric
 from shiftlab.data import Preprocess, Resize
 from shiftlab.datasets import (
     TOO_SMALL,
@@ -72,7 +73,7 @@ from shiftlab.datasets import (
 )
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, add_note, check, check_int, describe, fail, first_line
-from shiftlab.invariance import METRIC_NAMES, Metric, MetricState, make_metric, sample_seed
+from shiftlab.invariance import Metric, MetricState, sample_seed
 from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve_device, resolve_dtype
 from shiftlab.outputs import describe_output, main_output, named_tensors
 from shiftlab.views import Geometry, ViewKey, build_view, view_key

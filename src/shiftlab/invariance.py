@@ -76,14 +76,13 @@ from typing import Any
 import torch
 
 from shiftlab.accumulate import Accumulator
-from shiftlab.errors import check, check_choice, check_int, check_real, describe, fail
+from shiftlab.errors import check, check_choice, check_int, check_real, describe
 from shiftlab.views import IDENTITY, Geometry, ViewKey
 
 __all__ = [
     "DEFAULT_GRID",
     "FIXED_POINT_SCALE",
     "GRID_MODES",
-    "METRIC_NAMES",
     "Consistency",
     "DiagonalShift",
     "FeatureSimilarity",
@@ -91,7 +90,6 @@ __all__ = [
     "ShiftAccuracy",
     "SubpixelConsistency",
     "TranslationSequence",
-    "make_metric",
     "sample_seed",
     "top_k_distance",
 ]
@@ -1013,62 +1011,3 @@ class CosineState(MetricState):
         for item in result["per_shift"]:
             rows.append(_row("mean_cosine", item["mean_cosine"], images, at=_format_shift(*item["shift"])))
         return rows
-
-
-# --------------------------------------------------------------------------- names
-
-
-#: The metrics by CLI name, in the order a report shows them.
-METRIC_NAMES: tuple[str, ...] = (
-    "consistency",
-    "crop-consistency",
-    "shift-accuracy",
-    "subpixel",
-    "imagenet-p",
-    "diagonal",
-    "cosine",
-    "dense-consistency",
-)
-
-
-def make_metric(
-    name: str,
-    *,
-    views: int = 8,
-    max_shift: int = 32,
-    shifts: Sequence[tuple[float, float]] = DEFAULT_GRID,
-    shift_mode: str = "circular",
-    subpixel_shifts: Sequence[tuple[float, float]] = ((0.0, 0.5), (0.5, 0.0), (0.5, 0.5)),
-    sequence_shift: int = 20,
-    sequence_8bit: bool = False,
-    diagonal_mode: str = "crop",
-    dense_mode: str = "circular",
-    dense_step: int = 1,
-) -> Metric:
-    """A metric from its CLI name (:data:`METRIC_NAMES`) and the options that concern it.
-
-    ``views`` and ``max_shift`` also set ``dense-consistency``'s views (the unshifted input and
-    ``views - 1`` shifts) and reach (:class:`shiftlab.dense.DenseConsistency`).
-
-    Example:
-        >>> make_metric("crop-consistency", views=4).describe()["pairs_per_image"]
-        6
-    """
-    name = check_choice(name, "metric", METRIC_NAMES)
-    if name in ("consistency", "crop-consistency"):
-        return Consistency("circular" if name == "consistency" else "crop", views=views, max_shift=max_shift)
-    if name == "shift-accuracy":
-        return ShiftAccuracy(shifts, mode=shift_mode)
-    if name == "subpixel":
-        return SubpixelConsistency(subpixel_shifts)
-    if name == "imagenet-p":
-        return TranslationSequence(max_shift=sequence_shift, eight_bit=sequence_8bit)
-    if name == "diagonal":
-        return DiagonalShift(diagonal_mode)
-    if name == "cosine":
-        return FeatureSimilarity(shifts, mode=shift_mode)
-    if name == "dense-consistency":
-        from shiftlab.dense import DenseConsistency  # dense.py builds on this module's Metric
-
-        return DenseConsistency(dense_mode, views=views, max_shift=max_shift, step=dense_step)
-    fail("metric", f"unknown metric {name!r}")
