@@ -168,3 +168,44 @@ def test_shift_heatmaps_put_each_error_at_its_shift_and_leave_the_others_blank()
     assert conv.get_title() == "conv \\$a\nstride 1" and pool.get_title() == "pool\nstride 2"
     assert conv.images[0].get_clim() == (0.0, 0.7)  # one colour scale for every panel
     assert sorted(text.get_text() for text in conv.texts) == ["0", "0.10", "0.20", "0.30"]
+
+
+def test_training_curve_plots_the_losses_their_running_mean_and_the_accuracy_per_epoch():
+    from types import SimpleNamespace
+
+    from shiftlab.figures import show_training_curve
+
+    epoch = [4.0, 2.0, 3.0, 1.0, 0.5, 0.25, 2.0, 1.0, 0.5, 0.125, 1.0, 0.5, 0.25, 0.5, 1.0, 2.0, 1.0, 0.5, 0.25, 0.125]
+    losses = epoch + [value / 2 for value in epoch]  # two epochs of 20 steps
+    steps = [
+        {"step": step, "loss": loss, "cross_entropy": 0.1, "distillation": loss / 2}
+        for step, loss in enumerate(losses, start=1)
+    ]
+    epochs = [
+        {"epoch": 0, "step": 0, "holdout_accuracy": 0.5},
+        {"epoch": 1, "step": 20, "holdout_accuracy": 0.625},
+        {"epoch": 2, "step": 40, "holdout_accuracy": 0.75},
+    ]
+    result = SimpleNamespace(
+        steps=steps,
+        epochs=epochs,
+        protocol={"steps_per_epoch": 20, "data": {"usable": 80}, "holdout": {"images": 16}},
+        accuracy_name="accuracy",
+        metrics=lambda which: {"accuracy": 0.8},
+    )
+    figure = rendered(show_training_curve(result))
+    loss_axes, accuracy_axes = figure.axes
+    raw, mean, raw_distillation, mean_distillation, epoch_end = loss_axes.lines
+    np.testing.assert_allclose(raw.get_ydata(), losses)
+    np.testing.assert_allclose(raw_distillation.get_ydata(), np.array(losses) / 2)
+    window = 2  # a tenth of the 20 steps of an epoch
+    running = [np.mean(losses[max(0, end - window) : end]) for end in range(1, len(losses) + 1)]
+    np.testing.assert_allclose(mean.get_ydata(), running)
+    np.testing.assert_allclose(mean_distillation.get_ydata(), np.array(running) / 2)
+    assert list(epoch_end.get_xdata()) == [20, 20]  # the first epoch ends at step 20
+    points, original = accuracy_axes.lines
+    np.testing.assert_allclose(points.get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(points.get_ydata(), [50.0, 62.5, 75.0])
+    np.testing.assert_allclose(original.get_ydata(), [80.0, 80.0])
+    assert loss_axes.get_title() == "training: 80 images, 40 steps"
+    assert accuracy_axes.get_ylabel() == "held-out accuracy (%)"
