@@ -25,6 +25,7 @@ from torch import nn
 
 from shiftlab import evaluate
 from shiftlab.dense import DenseConsistency
+from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
 from shiftlab.invariance import (
     Consistency,
     ConsistencyState,
@@ -43,7 +44,13 @@ FIXED_POINT = 1e-9  # values summed by shiftlab in units of 2^-32 per image
 
 def run_evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, metrics, *, crop=None, seed=SEED):
     """The only call of shiftlab's ``evaluate`` (its signature may change: adapt it here): results by metric name."""
-    result = evaluate(model, (images, labels), metrics=metrics, crop=crop, seed=seed, batch_size=16)
+    result = evaluate(
+        model,
+        (images, labels),
+        metrics=metrics,
+        preprocess=PreprocessChoices(crop=crop),
+        options=EvaluateOptions(seed=seed, batch_size=16),
+    )
     return result, result.results[result.models[0]]
 
 

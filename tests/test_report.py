@@ -15,8 +15,9 @@ import torch
 from matplotlib.figure import Figure
 from nets import pooled_net
 
+from shiftlab._embed import FIGURE_DPI, figure_data_uri
 from shiftlab.explore import explorer_data
-from shiftlab.report import FIGURE_DPI, environment, figure_data_uri, render_report, script_json, write_report
+from shiftlab.report import environment, render_report, script_json, write_report
 from shiftlab.sections import Finding, Section, Table
 
 ENV = {"shiftlab": "9.9", "python": "3.x", "torch": "t", "numpy": "n", "platform": "p", "created": "2026-01-02"}
