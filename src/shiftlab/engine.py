@@ -51,9 +51,9 @@ OUTPUT = "output"
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the ``with`` block; every module's own train/eval flag restored on the way out,
-    also when the block raises (a model may hold modules in both states, as a partly frozen one does).
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """The ``models`` in eval mode for the ``with`` block; every module's own train/eval flag restored on the way
+    out, also when the block raises (a model may hold modules in both states, as a partly frozen one does).
 
     Example:
         >>> net = nn.Sequential(nn.Dropout(), nn.Dropout().eval())
@@ -63,10 +63,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         >>> [module.training for module in net.modules()]
         [True, True, False]
     """
-    flags = {module: module.training for module in model.modules()}
+    flags = {module: module.training for model in models for module in model.modules()}
     try:
-        model.eval()
-        yield model
+        for model in models:
+            model.eval()
+        yield
     finally:
         for module, training in flags.items():
             module.training = training

@@ -70,6 +70,7 @@ from shiftlab.datasets import (
     open_images,
 )
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
+from shiftlab.engine import eval_mode
 from shiftlab.errors import ShiftlabError, add_note, check, check_int, describe, fail, first_line
 from shiftlab.invariance import METRIC_NAMES, Metric, MetricState, make_metric, sample_seed
 from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve_device, resolve_dtype
@@ -575,13 +576,8 @@ def evaluate(
     settings = _Settings(
         resizing, crop, seed, batch_size, workers, precision, dtype, checkpoint, checkpoint_every, resume, progress
     )
-    flags = [(module, module.training) for entry in entries for module in entry.module.modules()]
-    try:
-        with process_group(target) as processes:
-            return _evaluate(entries, image_set, dataset, metric_list, settings, processes, on_skip)
-    finally:
-        for module, training in flags:  # the caller's train/eval flags, as they were
-            module.train(training)
+    with eval_mode(*(entry.module for entry in entries)), process_group(target) as processes:
+        return _evaluate(entries, image_set, dataset, metric_list, settings, processes, on_skip)  # flags restored
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@
   :class:`~shiftlab.probe.ProbeResult` (``.result``); each shown layer carries the probe's rows for it, one per
   shift, unchanged (``rel_l2`` is over *all* images, with the alignment the probe chose for all of them);
 * the **frames** are one image's: the chosen layers' outputs for the original input and for every shifted input,
-  captured with forward hooks (the probe's own hooks, labels and layout plan: ``layer1.0.relu:2`` is the second call,
-  ``LAYER[prefix]`` a token map's prefix tokens), split into ``(C, h, w)`` maps by
+  kept by a callback on the probe's own passes (:func:`shiftlab.probe.probe_with` on a
+  :class:`~shiftlab.engine.ShiftedForward`: the same hooks, labels and layout plan, ``layer1.0.relu:2`` the second
+  call, ``LAYER[prefix]`` a token map's prefix tokens; no pass runs twice), split into ``(C, h, w)`` maps by
   :meth:`shiftlab.layouts.Layout.split`, a few channels kept;
-* the **per-image error** of the shown image, computed the probe's way (the same sums, the same border core, the
+* the **per-image error** of the shown image, computed the probe's way (a
+  :class:`~shiftlab.equivariance.ShiftComparison` of that image alone: the same sums, the same border core, the
   same moves) at the alignment the probe chose for all images: the error of the maps on screen. With one image it
   is the probe's number.
 

@@ -23,6 +23,11 @@ Linear layers inside ConvNeXt blocks) are recognised by their size and
 compared, and listed, as ``(C, H, W)``. The model's final output is the row
 ``output``; for ``(N, classes)`` logits it also carries ``top1_agreement``,
 the share of images whose top-1 class is unchanged by the shift.
+
+The passes themselves (batching, hooks, train/eval flags, layout plans, border cores) are
+:class:`shiftlab.engine.ShiftedForward`'s; the probe is a callback on it. Each call of :func:`probe` plans the
+layouts anew (one single-image pass at another size); to probe the same model again at the same size without that
+pass, keep its engine: ``engine = probe_engine(model, layers)``, then ``probe_with(engine, inputs, shifts)``.
 """
 
 from __future__ import annotations
