@@ -29,7 +29,7 @@ import torch
 import torchvision
 
 from shiftlab.data import NORMALIZATIONS, prepare_images
-from shiftlab.explore import explorer_data
+from shiftlab.explore import Screen, explorer_data
 from shiftlab.frames import explorer_payload
 from shiftlab.report import write_report
 from shiftlab.sections import Section
@@ -61,7 +61,7 @@ def main() -> None:
     start = time.perf_counter()
     data = explorer_data(
         model, images, shifts, mode="crop", layers=layers, channels=args.channels,
-        normalization=NORMALIZATIONS["imagenet"], names=["chelsea"],
+        screen=Screen(normalization=NORMALIZATIONS["imagenet"], names=["chelsea"]),
     )  # fmt: skip
     captured = time.perf_counter() - start
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def main() -> None:
         "shifts": len(shifts),
         "layers": {layer.label: list(layer.reference.shape) for layer in data.layers},
         "channels": args.channels,
-        "frame_values": data.frame_values(),
+        "frame_values": sum(layer.reference.size + layer.shifted.size for layer in data.layers),
         "raw_bytes": payload["rawBytes"],
         "packed_bytes": len(payload["data"]),
         "payload_bytes": payload_bytes(payload),

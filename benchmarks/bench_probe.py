@@ -7,9 +7,10 @@ resnet18 at 224x224, random weights, horizontal shifts 1..8, circular mode):
   8 shifted copies: 9 inputs), with no hooks: the floor;
 * shiftlab.probe: hooks on every layer of --layers (default "all": convolutions,
   pooling, normalisation, activations, linear layers, residual blocks) computing
-  every metric inside the hooks; timed as later calls (the model's layout plan
-  already made) and, apart, as a first call (planning layouts: one more
-  single-image forward pass at another size);
+  every metric inside the hooks; timed as later calls on a kept engine
+  (shiftlab.probe.probe_engine + probe_with: the layout plan already made) and,
+  apart, as a call of shiftlab.probe() (which plans the layouts on every call:
+  one more single-image forward pass at another size);
 * read once: the same hooks, each only reading its layer's output once, a floor
   for any probe that looks at every activation from a hook;
 * the naive way: for each shift, two single-image forward passes (original and
@@ -54,7 +55,7 @@ from torch import nn
 
 from shiftlab._compare import alignment_candidates
 from shiftlab.equivariance import feature_stride, shifted_inputs
-from shiftlab.probe import probe, select_layers
+from shiftlab.probe import ProbeOptions, probe, probe_engine, probe_with, select_layers
 
 
 def build(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[tuple[int, int]]]:
@@ -320,15 +321,14 @@ def main() -> None:
     watched = layer_spec(args.layer_types, args.layers)
     times: dict[str, list[float]] = {"bare": [], "read_once": [], "probe": [], "probe_first": [], "naive": []}
 
-    def first_probe() -> None:  # as a first call: the model's layout plan forgotten, so it is made again
-        sys.modules["shiftlab.probe"]._PLANS.clear()
-        probe(model, image, shifts=shifts, mode=args.mode, layers=watched)
-
+    # Later calls: an engine kept, its layout plan made once; a call of probe() plans the layouts again, every time.
+    engine = probe_engine(model, watched)
+    options = ProbeOptions()
     variants: dict[str, Callable[[], Any]] = {
         "bare": lambda: model(batch),
         "read_once": lambda: read_once(model, batch, watched),
-        "probe": lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=watched),
-        "probe_first": first_probe,
+        "probe": lambda: probe_with(engine, image, shifts, args.mode, options=options, leave_out_folded=False),
+        "probe_first": lambda: probe(model, image, shifts=shifts, mode=args.mode, layers=watched),
         "naive": lambda: naive(model, image, shifts, args.mode, watched),
     }
     with torch.no_grad():
@@ -396,7 +396,7 @@ def main() -> None:
     for name in ("bare", "probe", "naive"):
         print(f"{name:<8} {medians[name]:>10.4f} {memory[name] / 2**20:>10.1f}")
     print(f"read_once {medians['read_once']:>9.4f}          (floor: the same hooks, each reading its output once)")
-    print(f"first    {medians['probe_first']:>10.4f}          (a first probe of the model at this size: plans layouts)")
+    print(f"first    {medians['probe_first']:>10.4f}          (a call of probe(): plans layouts every time)")
     print(
         f"probe / bare time   {result['probe_over_bare']:.3f}   (target <= 1.5 on CPU, stretch 1.3;"
         f" floor read_once / bare {result['read_once_over_bare']:.3f})"

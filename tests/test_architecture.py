@@ -27,14 +27,10 @@ LAYERS: list[set[str]] = [
     {"data", "ops", "_compare", "datasets", "views", "outputs"},  # inputs, operators, comparisons; model outputs
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
     # maps; networks; zoos; axes; metrics; dense metrics; how layers treat the border (mode auto)
-    {"equivariance", "models", "zoo", "layouts", "invariance", "dense", "borders"},
-    {
-        "catalog",
-        "probe",
-        "testing",
-        "evaluate",
-        "explore",
-    },  # measuring models (layer by layer; predictions; frames under shifts)
+    # the shifted forward pass (ShiftMode's runner: batching, hooks, train flags, layout plans, border cores)
+    {"equivariance", "engine", "models", "zoo", "layouts", "invariance", "dense", "borders"},
+    # the metrics by name; measuring models (layer by layer; predictions; frames under shifts)
+    {"catalog", "probe", "testing", "evaluate", "explore"},
     {"finetune"},  # training a converted model by self-distillation, judged by the evaluation
     {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
     {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display

@@ -13,9 +13,9 @@ from test_layouts import ChannelsLastNet, TokenNet
 from torch import nn
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.explore import ExplorerData, explorer_data, move_map, representative_layers
-from shiftlab.probe import PREFIX, probe
-from shiftlab.shifts import shift
+from shiftlab.explore import ExplorerData, Screen, explorer_data, move_map, representative_layers
+from shiftlab.probe import PREFIX, ProbeOptions, probe
+from shiftlab.shifts import ShiftMode, shift
 
 EXACT = 1e-5
 
@@ -91,7 +91,9 @@ class TestFrames:
             window = shift(x, dy, dx, mode="crop", margin=(2, 2))
             expected = model[0](window)[0, layer.channels].detach().numpy()
             np.testing.assert_allclose(layer.shifted[index], expected, atol=1e-5)
-            np.testing.assert_allclose(data.shifted_display(index), window[0].numpy(), atol=1e-6)
+            # the display moved as the model got it: the crop window at margin - shift
+            shown = ShiftMode.of(data.mode).shifted(torch.from_numpy(data.display), dy, dx, data.margin)
+            np.testing.assert_allclose(shown.numpy(), window[0].numpy(), atol=1e-6)
         assert data.margin == (2, 2)
 
     def test_whole_output_is_a_row_of_values_never_moved(self):
@@ -102,6 +104,49 @@ class TestFrames:
         assert layer.reference.shape == (1, 1, 5) and layer.channels == [0]
         np.testing.assert_array_equal(layer.moved_reference(1), layer.reference)
         assert layer.compared(1).all()
+
+
+class TestOnePass:
+    """The frames are a callback on the probe's own passes: no image runs twice (counted with a forward hook)."""
+
+    @staticmethod
+    def forward_batches(model: nn.Module, run) -> list[int]:
+        batches: list[int] = []
+        handle = model.register_forward_hook(lambda _module, inputs, _output: batches.append(inputs[0].shape[0]))
+        try:
+            run()
+        finally:
+            handle.remove()
+        return batches
+
+    @pytest.mark.parametrize(
+        ("shifts", "batch_size", "passes"),
+        [
+            # 2 shifted copies and the reference: 2 images a pass (the zero shift rides along)
+            ([(0, 0), (0, 1), (1, 1)], 6, [6, 3]),
+            # 4 shifted copies in two chunks of 2: one image a pass, two passes per image
+            ([(0, 1), (0, 2), (1, 1), (2, 0)], 3, [3, 3, 3, 3, 3, 3]),
+        ],
+    )
+    @pytest.mark.parametrize("image", [0, 2])
+    def test_one_forward_pass_per_chunk(self, shifts, batch_size, passes, image):
+        model = pooled_net()
+        x = images(count=3)
+        options = ProbeOptions(batch_size=batch_size)
+        probed = self.forward_batches(model, lambda: probe(model, x, shifts=shifts, batch_size=batch_size))
+        shown = self.forward_batches(
+            model, lambda: explorer_data(model, x, shifts, show=["0", "3"], image=image, options=options)
+        )
+        assert probed == [1, *passes]  # its layout plan (one image at another size), then its passes
+        # the explorer: the preview (its plan, one image) and the probe's own passes, planned already; nothing more
+        assert shown == [1, 1, *passes]
+
+    def test_border_modes_add_only_the_border_passes(self):
+        model = fcn_stride_four()
+        x = images(count=2, size=20)
+        shown = self.forward_batches(model, lambda: explorer_data(model, x, [(0, 1), (2, 2)], mode="crop", show=["0"]))
+        # plan, the preview's border pass and pass; then the probe's border pass and one pass of 2 images x 3
+        assert shown == [1, 1, 1, 1, 6]
 
 
 class TestNumbers:
@@ -242,7 +287,7 @@ class TestChoices:
         mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
         raw = images(count=1)
         normalised = (raw - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-        data = explorer_data(pooled_net(), normalised, [(0, 1)], show=["0"], normalization=(mean, std))
+        data = explorer_data(pooled_net(), normalised, [(0, 1)], show=["0"], screen=Screen(normalization=(mean, std)))
         np.testing.assert_allclose(data.display, raw[0].numpy(), atol=1e-5)
 
     def test_hooks_removed_and_modes_restored(self):

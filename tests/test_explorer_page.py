@@ -11,7 +11,7 @@ import torch
 from nets import pooled_net
 
 from shiftlab._format import format_error
-from shiftlab.explore import explorer_data
+from shiftlab.explore import Screen, explorer_data
 from shiftlab.report import write_report
 from shiftlab.sections import Section
 
@@ -24,7 +24,9 @@ SHIFTS = [(2, 1), (0, 0), (1, 2), (0, 2), (2, 0), (1, 0), (0, 1), (2, 2), (1, 1)
 @pytest.fixture(scope="module")
 def page_path(tmp_path_factory):
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    data = explorer_data(pooled_net(), x, SHIFTS, show=["0", "2", "3"], channels=2, names=["first", "second"])
+    data = explorer_data(
+        pooled_net(), x, SHIFTS, show=["0", "2", "3"], channels=2, screen=Screen(names=["first", "second"])
+    )
     folder = tmp_path_factory.mktemp("explorer")
     html, results = write_report([Section("pooled", "pooled", "", explorers=[("Pooled", data)])], folder, title="t")
     return html, json.loads(results.read_text())["sections"]["pooled"]["explorers"][0]

@@ -52,7 +52,7 @@ from shiftlab.layers.circular import external_padding
 from shiftlab.layers.discovery import Geometry, geometry
 from shiftlab.layers.subsampled_conv import APSConv2d, BlurConv2d
 from shiftlab.ops import Convolve
-from shiftlab.shifts import SHIFT_MODES
+from shiftlab.shifts import SHIFT_MODES, ShiftMode
 
 __all__ = ["AUTO", "PROBE_MODES", "EdgeLayer", "ModeChoice", "choose_mode", "edge_layers"]
 
@@ -91,12 +91,8 @@ class EdgeLayer:
     how: str
 
 
-@dataclass(frozen=True)
-class ModeChoice:
-    """The shift mode a measurement uses, and why: ``"given"``, or ``"auto: ..."`` with the layers that decided it."""
-
-    mode: str
-    reason: str
+#: The mode a measurement uses and why: a :class:`~shiftlab.shifts.ShiftMode` (``mode``, ``reason``).
+ModeChoice = ShiftMode
 
 
 def _cuts(shape: Geometry, extra: tuple[int, int] = (0, 0)) -> bool:
@@ -200,8 +196,11 @@ def _padding_before(model: nn.Module) -> dict[int, tuple[int, int, int, int]]:
     return found
 
 
-def choose_mode(model: object, mode: str | ModeChoice = AUTO) -> ModeChoice:
+def choose_mode(model: object, mode: str | ShiftMode = AUTO) -> ShiftMode:
     """The shift mode to measure ``model`` with: ``mode`` itself when it is a shift mode, else the ``auto`` choice.
+
+    This is where a mode given as a string is validated, once: a :class:`~shiftlab.shifts.ShiftMode` passes
+    through.
 
     ``auto``: ``circular`` when no layer of the model treats the border as an edge (:func:`edge_layers`), ``crop``
     otherwise; a callable that is not an ``nn.Module`` shows no layers, and gets ``circular``. The reason names the
@@ -216,24 +215,24 @@ def choose_mode(model: object, mode: str | ModeChoice = AUTO) -> ModeChoice:
         >>> choose_mode(nn.Conv2d(3, 8, 3, padding=1)).reason
         'auto: 1 layer pads with zeros (the model)'
         >>> choose_mode(nn.Conv2d(3, 8, 3, padding=1, padding_mode="circular"))
-        ModeChoice(mode='circular', reason='auto: every padding is circular (1 layer: the model)')
+        ShiftMode(mode='circular', reason='auto: every padding is circular (1 layer: the model)')
         >>> choose_mode(nn.Conv2d(3, 8, 3, padding=1), "zero")
-        ModeChoice(mode='zero', reason='given')
+        ShiftMode(mode='zero', reason='given')
     """
-    if isinstance(mode, ModeChoice):
+    if isinstance(mode, ShiftMode):
         return mode
     check_choice(mode, "mode", PROBE_MODES)
     if mode != AUTO:
-        return ModeChoice(mode, "given")
+        return ShiftMode(mode, "given")
     if not isinstance(model, nn.Module):
-        return ModeChoice("circular", "auto: a function, not an nn.Module: its padding cannot be seen")
+        return ShiftMode("circular", "auto: a function, not an nn.Module: its padding cannot be seen")
     edges = edge_layers(model)
     if not edges:
         circular = [name for name, module in model.named_modules() if _pads_circularly(module)]
         if circular:
             layers = f"{_count(circular, 'layer')}: {_names(circular)}"
-            return ModeChoice("circular", f"auto: every padding is circular ({layers})")
-        return ModeChoice(
+            return ShiftMode("circular", f"auto: every padding is circular ({layers})")
+        return ShiftMode(
             "circular",
             "auto: no layer pads or cuts the border (padding written inside a forward, such as F.pad, cannot be "
             "seen: give mode crop if the model pads there)",
@@ -242,7 +241,7 @@ def choose_mode(model: object, mode: str | ModeChoice = AUTO) -> ModeChoice:
     for edge in edges:
         groups.setdefault(edge.how, []).append(edge.name)
     parts = [f"{_count(names, 'layer')} {_verb(how, len(names))} ({_names(names)})" for how, names in groups.items()]
-    return ModeChoice("crop", "auto: " + "; ".join(parts))
+    return ShiftMode("crop", "auto: " + "; ".join(parts))
 
 
 def _pads_circularly(module: nn.Module) -> bool:

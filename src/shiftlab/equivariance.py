@@ -42,9 +42,11 @@ import torch
 from shiftlab._compare import Pair, PairSums, Scratch, comparison_pairs, pair_sums, whole_sums
 from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.accumulate import Accumulator
-from shiftlab.errors import ShiftlabError, check, check_choice, check_pair, describe, fail, first_line
-from shiftlab.metrics import map_error
-from shiftlab.shifts import SHIFT_MODES, Shift, check_shifts, check_shifts_fit, crop_margin, shift
+from shiftlab.engine import border_core
+from shiftlab.errors import ShiftlabError, check, check_pair, describe, fail, first_line
+from shiftlab.layouts import feature_stride
+from shiftlab.metrics import MapError, map_error
+from shiftlab.shifts import Shift, ShiftMode, check_shifts, crop_margin
 
 __all__ = [
     "EquivarianceResult",
@@ -70,37 +72,6 @@ _NOTES = {
     (True, True): NOTE_WHOLE_MAP,
     (False, True): f"{NOTE_NOT_MULTIPLE}; {NOTE_WHOLE_MAP}",
 }
-
-
-def feature_stride(input_size: Sequence[int], output_size: Sequence[int]) -> tuple[int, int]:
-    """Cumulative stride of a map, from the input and output sizes, per axis.
-
-    Padding and dropped border pixels make ``H / h`` inexact (a 114-pixel input
-    gives 8 pixels after a stride of 16; a valid 3x3 convolution turns 6 pixels
-    into 4), so: more than half the pixels left means stride 1; otherwise a
-    power of two ``p`` with ``|H / p - h| < 1`` is preferred, else ``round(H / h)``.
-    Pass the stride explicitly where this guess cannot know better.
-
-    Example:
-        >>> feature_stride((224, 224), (56, 56))
-        (4, 4)
-        >>> feature_stride((114, 99), (8, 99))
-        (16, 1)
-        >>> feature_stride((90, 6), (30, 4))
-        (3, 1)
-    """
-    return tuple(_axis_stride(size_in, size_out) for size_in, size_out in zip(input_size[-2:], output_size[-2:]))  # type: ignore[return-value]
-
-
-def _axis_stride(size_in: int, size_out: int) -> int:
-    if size_out > size_in / 2 + 0.5:
-        return 1
-    power = 2
-    while power <= size_in:
-        if abs(size_in / power - size_out) < 1:
-            return power
-        power *= 2
-    return max(1, round(size_in / size_out))
 
 
 @dataclass(frozen=True)
@@ -283,6 +254,22 @@ class ShiftComparison(Accumulator):
             for index in range(len(self.shifts))
         ]
 
+    def error_at(self, index: int, aligned: tuple[int, int]) -> MapError:
+        """The metrics of shift ``index`` at the whole-pixel alignment ``aligned`` (``(0, 0)`` for an output compared
+        as a whole), over everything added: a :func:`shiftlab.metrics.map_error` result.
+
+        Raises:
+            ValueError: ``aligned`` is not one of the shift's candidate alignments.
+        """
+        position = self.pairs.index((index, (int(aligned[0]), int(aligned[1]))))
+        difference, reference, output = self.squares[position].tolist()
+        largest, compared, total = (
+            float(self.largest[position]),
+            int(self.compared[position]),
+            int(self.total[position]),
+        )
+        return map_error(difference, reference, output, largest, compared, total)
+
     def _row(self, index: int, candidates: list[tuple[tuple[int, int], Any]], whole_map: bool) -> ShiftError:
         dy, dx = self.shifts[index]
         if self.stride is None:
@@ -317,49 +304,32 @@ def _rank(rel_l2: float) -> float:
 # --------------------------------------------------------------------------- inputs
 
 
-def reference_input(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
-    """The unshifted input that every shift is compared with, and the crop margin (``crop`` mode only).
-
-    For ``crop`` the reference is the centre window, smaller than ``x`` by the
-    largest shift on each side, and every shifted input is a window of ``x`` too.
+def reference_input(
+    x: torch.Tensor, shifts: Sequence[Shift], mode: ShiftMode | str
+) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """The unshifted input that every shift is compared with, and the crop margin (:meth:`ShiftMode.reference
+    <shiftlab.shifts.ShiftMode.reference>`).
 
     Raises:
         ShiftlabError: shifts that mean nothing for ``x``'s size (:func:`shiftlab.shifts.check_shifts_fit`).
     """
-    check_choice(mode, "mode", SHIFT_MODES)
-    check_shifts_fit(shifts, mode, x.shape[-2], x.shape[-1])
-    if mode == "crop":
-        largest = crop_margin(shifts)
-        return shift(x, 0, 0, mode="crop", margin=largest), largest
-    return x, None
+    return ShiftMode.of(mode).reference(x, shifts)
 
 
-def shifted_input(x: torch.Tensor, dy: float, dx: float, mode: str, margin: tuple[int, int] | None) -> torch.Tensor:
+def shifted_input(
+    x: torch.Tensor, dy: float, dx: float, mode: ShiftMode | str, margin: tuple[int, int] | None
+) -> torch.Tensor:
     """``x`` shifted by ``(dy, dx)``, shaped like the :func:`reference_input` (``margin`` from it)."""
-    return shift(x, dy, dx, mode=mode, margin=margin) if mode == "crop" else shift(x, dy, dx, mode=mode)
+    return ShiftMode.of(mode).shifted(x, dy, dx, margin)
 
 
-def shifted_inputs(x: torch.Tensor, shifts: Sequence[Shift], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def shifted_inputs(
+    x: torch.Tensor, shifts: Sequence[Shift], mode: ShiftMode | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference input and the stack of shifted inputs, shape ``(len(shifts), *reference.shape)``."""
-    reference, margin = reference_input(x, shifts, mode)
-    return reference, torch.stack([shifted_input(x, dy, dx, mode, margin) for dy, dx in shifts])
-
-
-def border_core(reference_input: torch.Tensor, band: tuple[int, int], run: Callable[[torch.Tensor], Any]) -> None:
-    """Run one input whose outer ``band`` is NaN through ``run``; the caller reads which outputs stayed finite.
-
-    ``reference_input`` is one ``(C, H, W)`` (or ``(H, W)``) input; ``run``
-    receives it with a batch axis added.
-    """
-    tainted = reference_input.clone()
-    band_y, band_x = band
-    if band_y:
-        tainted[..., :band_y, :] = math.nan
-        tainted[..., -band_y:, :] = math.nan
-    if band_x:
-        tainted[..., :, :band_x] = math.nan
-        tainted[..., :, -band_x:] = math.nan
-    run(tainted[None])
+    mode = ShiftMode.of(mode)
+    reference, margin = mode.reference(x, shifts)
+    return reference, torch.stack([mode.shifted(x, dy, dx, margin) for dy, dx in shifts])
 
 
 @dataclass
@@ -396,7 +366,7 @@ def equivariance_error(
     x: Any,
     shifts: Iterable[tuple[float, float]],
     *,
-    mode: str = "circular",
+    mode: ShiftMode | str = "circular",
     stride: int | tuple[int, int] | None = None,
 ) -> EquivarianceResult:
     """How far ``fn`` is from commuting with each shift: ``fn(T_t x)`` against ``T_{t/s} fn(x)``.
@@ -407,7 +377,8 @@ def equivariance_error(
             An output of another rank, or a 1x1 map, is compared as a whole (invariance).
         x: the input, ``(..., H, W)`` array or tensor; ``fn`` gets it as a tensor.
         shifts: ``(dy, dx)`` pairs in input pixels (down, right).
-        mode: ``"circular"`` (default), ``"zero"``, ``"crop"`` or ``"fourier"`` (see :mod:`shiftlab.shifts`).
+        mode: ``"circular"`` (default), ``"zero"``, ``"crop"`` or ``"fourier"`` (see :mod:`shiftlab.shifts`), or a
+            :class:`~shiftlab.shifts.ShiftMode`.
         stride: the map's cumulative stride; found from the sizes when omitted.
 
     Returns:
@@ -429,6 +400,7 @@ def equivariance_error(
     """
     tensor, _ = as_float_tensor(x, "x")
     require_spatial(tensor, "x")
+    mode = ShiftMode.of(mode)  # validated here, once
     pairs = check_shifts(shifts, mode)
     reference_input, moved = shifted_inputs(tensor, pairs, mode)
     reference = call_fn(fn, reference_input)
@@ -437,7 +409,7 @@ def equivariance_error(
     )
     given = None if stride is None else check_pair(stride, "stride", minimum=1)
     core = None
-    if spatial and mode in ("zero", "crop"):
+    if spatial and mode.needs_core:
         band = crop_margin(pairs)
         outputs: list[torch.Tensor] = []
         border_core(reference_input, band, lambda tainted: outputs.append(call_fn(fn, tainted[0])))
@@ -452,14 +424,12 @@ def equivariance_error(
         )
         outputs.append(output)
     map_stride = (given or feature_stride(reference_input.shape, reference.shape)) if spatial else None
-    comparison = ShiftComparison(
-        pairs, stride=map_stride, circular=mode in ("circular", "fourier"), device=reference.device
-    )
+    comparison = ShiftComparison(pairs, stride=map_stride, circular=mode.wraps, device=reference.device)
     whole_map = core is not None and not bool(core.any())
     comparison.update(torch.stack([reference, *outputs]), core=core, whole_map=whole_map)
     errors = [error for error in comparison.compute() if error is not None]
     scale = float(reference.abs().max()) if reference.numel() else 0.0
-    return EquivarianceResult(errors, mode, tuple(reference_input.shape), tuple(reference.shape), scale, core)
+    return EquivarianceResult(errors, mode.mode, tuple(reference_input.shape), tuple(reference.shape), scale, core)
 
 
 def call_fn(fn: Callable[[Any], Any], tensor: torch.Tensor) -> torch.Tensor:

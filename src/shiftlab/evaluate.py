@@ -72,6 +72,7 @@ from shiftlab.datasets import (
     open_images,
 )
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
+from shiftlab.engine import eval_mode
 from shiftlab.errors import ShiftlabError, add_note, check, check_int, describe, fail, first_line
 from shiftlab.invariance import Metric, MetricState, sample_seed
 from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve_device, resolve_dtype
@@ -676,13 +677,8 @@ def evaluate(
     validated = {"seed": seed, "batch_size": batch_size, "workers": workers, "checkpoint_every": checkpoint_every}
     given = {item.name: getattr(options, item.name) for item in fields(options)}
     settings = _Settings(**{**given, **validated}, resize=resizing, crop=crop, precision=precision)
-    flags = [(module, module.training) for entry in entries for module in entry.module.modules()]
-    try:
-        with process_group(target) as processes:
-            return _evaluate(entries, image_set, dataset, metric_list, settings, processes, on_skip)
-    finally:
-        for module, training in flags:  # the caller's train/eval flags, as they were
-            module.train(training)
+    with eval_mode(*(entry.module for entry in entries)), process_group(target) as processes:
+        return _evaluate(entries, image_set, dataset, metric_list, settings, processes, on_skip)  # flags restored
 
 
 @dataclass(frozen=True)

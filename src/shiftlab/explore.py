@@ -6,10 +6,12 @@
   :class:`~shiftlab.probe.ProbeResult` (``.result``); each shown layer carries the probe's rows for it, one per
   shift, unchanged (``rel_l2`` is over *all* images, with the alignment the probe chose for all of them);
 * the **frames** are one image's: the chosen layers' outputs for the original input and for every shifted input,
-  captured with forward hooks (the probe's own hooks, labels and layout plan: ``layer1.0.relu:2`` is the second call,
-  ``LAYER[prefix]`` a token map's prefix tokens), split into ``(C, h, w)`` maps by
+  kept by a callback on the probe's own passes (:func:`shiftlab.probe.probe_with` on a
+  :class:`~shiftlab.engine.ShiftedForward`: the same hooks, labels and layout plan, ``layer1.0.relu:2`` the second
+  call, ``LAYER[prefix]`` a token map's prefix tokens; no pass runs twice), split into ``(C, h, w)`` maps by
   :meth:`shiftlab.layouts.Layout.split`, a few channels kept;
-* the **per-image error** of the shown image, computed the probe's way (the same sums, the same border core, the
+* the **per-image error** of the shown image, computed the probe's way (a
+  :class:`~shiftlab.equivariance.ShiftComparison` of that image alone: the same sums, the same border core, the
   same moves) at the alignment the probe chose for all images: the error of the maps on screen. With one image it
   is the probe's number.
 
@@ -24,7 +26,7 @@ logits, prefix tokens) is not moved: invariance is what is expected of it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,29 +34,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftlab._compare import PairSums, pair_sums, whole_sums
-from shiftlab.borders import AUTO, ModeChoice, choose_mode
-from shiftlab.equivariance import border_core, reference_input, shifted_input
+from shiftlab.borders import AUTO, choose_mode
+from shiftlab.engine import Seen, ShiftedForward
+from shiftlab.equivariance import ShiftComparison
 from shiftlab.errors import InternalError, check, check_int, describe, fail
-from shiftlab.layouts import resolve_overrides
-from shiftlab.metrics import map_error
 from shiftlab.probe import (
     OUTPUT,
     PREFIX,
     LayerSpec,
+    ProbeOptions,
     ProbeResult,
-    _layout_plan,
-    _model_device_dtype,
-    _Watcher,
-    probe,
-    select_layers,
+    probe_engine,
+    probe_with,
 )
-from shiftlab.shifts import check_shifts, crop_margin
+from shiftlab.shifts import Shift, ShiftMode, check_shifts, crop_margin
 
 __all__ = [
     "MAX_FRAME_VALUES",
     "ExplorerData",
     "ExplorerLayer",
+    "Screen",
     "explorer_data",
     "move_map",
     "representative_layers",
@@ -125,9 +124,14 @@ class ExplorerLayer:
         leaves zeros where nothing moved in (those pixels are not compared, see :meth:`compared`).
 
         Example:
-            >>> layer = _toy_layer(circular=False)
+            >>> reference = np.arange(6, dtype=np.float32).reshape(1, 2, 3)  # one 2x3 channel, moved by (1, 1)
+            >>> row = {key: 0 for key in ROW_KEYS} | {"aligned_dy": 1, "aligned_dx": 1}
+            >>> layer = ExplorerLayer("toy", "Toy", "NCHW", "map", (1, 1), (1, 2, 3), [0], 1, reference,
+            ...                       reference[None], None, [row], [], circular=False)
             >>> layer.moved_reference(0)[0].tolist()
             [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+            >>> layer.compared(0).tolist()  # where the shifted output and the moved original meet
+            [[False, False, False], [False, True, True]]
         """
         if self.part == "whole":
             return self.reference.copy()
@@ -135,11 +139,7 @@ class ExplorerLayer:
 
     def compared(self, index: int) -> np.ndarray:
         """``(h, w)`` bool: the pixels the probe compares for shift ``index``, those where the shifted output and the
-        moved original meet, each in the border core when there is one.
-
-        Example:
-            >>> _toy_layer(circular=False).compared(0).tolist()
-            [[False, False, False], [False, True, True]]
+        moved original meet, each in the border core when there is one (see :meth:`moved_reference` for an example).
         """
         height, width = self.reference.shape[-2:]
         if self.part == "whole" or self.circular:
@@ -176,15 +176,6 @@ def move_map(array: np.ndarray, offset: tuple[int, int], *, circular: bool) -> n
 def _span(offset: int, length: int) -> slice:
     """Where content lands along an axis of ``length`` when moved by ``offset`` (zero fill)."""
     return slice(min(length, max(0, offset)), max(0, length + min(0, offset)))
-
-
-def _toy_layer(circular: bool) -> ExplorerLayer:
-    """A 2x3 single-channel layer moved by (1, 1), for the doctests."""
-    reference = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
-    row = {key: 0 for key in ROW_KEYS} | {"aligned_dy": 1, "aligned_dx": 1}
-    return ExplorerLayer(
-        "toy", "Toy", "NCHW", "map", (1, 1), (1, 2, 3), [0], 1, reference, reference[None], None, [row], [], circular
-    )
 
 
 @dataclass
@@ -227,18 +218,6 @@ class ExplorerData:
                 return layer
         fail("layer", f"{label!r} is not shown; shown layers: {', '.join(layer.label for layer in self.layers)}")
 
-    def shifted_display(self, index: int) -> np.ndarray:
-        """The shown input moved by shift ``index``, as the model got it (the crop window, in ``crop`` mode)."""
-        if self.display_shifted is not None:
-            return self.display_shifted[index]
-        dy, dx = (int(value) for value in self.shifts[index])
-        image = torch.from_numpy(self.display)
-        return shifted_input(image, dy, dx, self.mode, self.margin).numpy()
-
-    def frame_values(self) -> int:
-        """How many frame values the explorer keeps (layers x channels x (shifts + 1) x pixels)."""
-        return sum(layer.reference.size + layer.shifted.size for layer in self.layers)
-
     def to_dict(self) -> dict[str, Any]:
         """The numbers (no frames): protocol, and per shown layer the probe's rows and the shown image's errors."""
         return {
@@ -270,6 +249,7 @@ def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
     """A few layers worth a look: the first, the first with a stride, one in the middle, and the output.
 
     Example:
+        >>> from shiftlab.probe import probe
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1))
         >>> representative_layers(probe(net, torch.rand(1, 1, 8, 8), shifts=[(0, 1)]))
         ['0', '1', '2', 'output']
@@ -337,17 +317,18 @@ def _display_image(image: torch.Tensor, normalization: tuple[Sequence[float], Se
 
 @dataclass
 class _Capture:
-    """One shown layer while its frames are captured."""
+    """One shown layer while its frames are captured on the probe's passes."""
 
     label: str
     module_name: str
     part: str  # "map" or "prefix" (of the module's output); "whole" is decided from the layout
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # the preview's row until the probe has run, then the probe's rows
     channels: list[int] | None = None
     channel_count: int = 0
     frames: torch.Tensor | None = None  # (1 + S, k, h, w): the original output, then one per shift
     core: torch.Tensor | None = None
     whole_map: bool = False
+    comparison: ShiftComparison | None = None  # the shown image's own sums, at every alignment the probe weighs
     errors: dict[int, dict[str, float]] = field(default_factory=dict)
     values_kept: int | None = None
 
@@ -365,122 +346,103 @@ def _choose_channels(reference: torch.Tensor, channels: int | Sequence[int], lab
     return chosen
 
 
-def _metrics(sums: Any, position: int) -> dict[str, float]:
-    difference, reference, output = sums.squares[position].tolist()
-    error = map_error(
-        difference,
-        reference,
-        output,
-        float(sums.largest[position]),
-        int(sums.compared[position]),
-        sums.total,
-    )
-    return {
-        "rel_l2": error.rel_l2,
-        "max_abs": error.max_abs,
-        "cosine": error.cosine,
-        "valid_fraction": error.valid_fraction,
-    }
-
-
 class _Recorder:
-    """The hooks' callback: for the shown layers, keep the kept channels' frames and add up the image's errors.
+    """A callback on the probe's own passes: for the shown image and the shown layers, keep the kept channels' frames
+    and the image's own comparison sums (the probe's comparison, for one image).
 
-    Each pass is the reference input then the shifted inputs ``indices``, as the probe runs them; the zero shifts
-    (``identity``) compare the reference with itself, as the probe does, with the first pass.
+    The shown image sits at ``slot`` of the passes of its image group; the zero shifts (``identity`` of the group's
+    first pass) compare the reference with itself, as the probe does.
     """
 
     def __init__(
         self,
         captures: dict[str, _Capture],
-        plan: Any,
+        image: int,
         channels: int | Sequence[int],
-        circular: bool,
-        identity: Sequence[int],
+        mode: ShiftMode,
+        shifts: list[Shift],
         measure: bool,
-        shift_count: int,
     ) -> None:
         self.captures = captures
-        self.measure = measure
-        self.plan = plan
+        self.image = image
         self.channels = channels
-        self.circular = circular
-        self.identity = tuple(identity)
-        self.shift_count = shift_count
-        self.input_size: tuple[int, int] = (0, 0)
-        self.recording_cores = False
-        self.indices: tuple[int, ...] = ()  # the shifts of the current pass (after the reference)
+        self.mode = mode
+        self.shifts = shifts
+        self.measure = measure
 
-    def __call__(self, label: str, module: nn.Module, output: torch.Tensor) -> None:
-        targets = [capture for capture in (self.captures.get(label), self.captures.get(label + PREFIX)) if capture]
-        if not targets:
-            return
-        layout = self.plan.layout(label, module, (1, *output.shape[1:]))
-        spatial, prefix = layout.split(output, self.input_size)
-        for capture in targets:
-            tensor = prefix if capture.part == "prefix" else spatial
+    def __call__(self, seen: Seen) -> None:
+        step = seen.step
+        if not step.first <= self.image < step.first + step.images or not seen.fits:
+            return  # another image's pass, or an output the probe cannot compare (refused when shown)
+        slot = self.image - step.first
+        for capture in (self.captures.get(seen.label), self.captures.get(seen.label + PREFIX)):
+            if capture is None:
+                continue
+            tensor = seen.prefix if capture.part == "prefix" else seen.spatial
             if tensor is None:
                 continue  # no frame: the capture is reported missing, as the probe measured this output
-            if self.recording_cores:
-                if capture.part == "map" and layout.spatial:
-                    core = torch.isfinite(tensor[0]).all(dim=0)
-                    capture.core, capture.whole_map = core, not bool(core.any())
-                continue
-            if capture.part == "prefix" or not layout.spatial:
+            if capture.part == "prefix" or not seen.layout.spatial:
                 capture.part = "whole"
-            self._record(capture, tensor.detach())
+            elif seen.core is not None:
+                capture.core, capture.whole_map = seen.core
+            # (1 + k, 1, ...): the shown image's variants, one image each, the probe's grouping
+            mine = tensor.detach().reshape(step.variants, step.images, *tensor.shape[1:])[:, slot : slot + 1]
+            self._record(capture, mine, step.indices, step.identity, seen.layout.stride)
 
-    def _record(self, capture: _Capture, tensor: torch.Tensor) -> None:
-        # (1 + k, 1, ...): one image per variant, the probe's grouping, so that the sums are the probe's
-        grouped = tensor.reshape(tensor.shape[0], 1, *tensor.shape[1:])
-        first = capture.frames is None
-        measured: list[tuple[tuple[int, ...], tuple[list[int], PairSums]]] = []
+    def _record(
+        self,
+        capture: _Capture,
+        grouped: torch.Tensor,
+        indices: tuple[int, ...],
+        identity: tuple[int, ...],
+        stride: tuple[int, int] | None,
+    ) -> None:
+        maps = grouped[:, 0]
         if capture.part == "whole":
-            flat = tensor.reshape(tensor.shape[0], -1)
+            flat = maps.reshape(maps.shape[0], -1)
             kept = min(flat.shape[1], MAX_WHOLE_VALUES)
             capture.values_kept = kept if kept < flat.shape[1] else None
             frames = flat[:, None, None, :kept]  # one frame: a row of L values
             capture.channels, capture.channel_count = [0], 1
-            if self.measure and self.indices:
-                measured.append((self.indices, (list(range(len(self.indices))), whole_sums(grouped[0], grouped[1:]))))
-            if self.measure and first and self.identity:
-                same = grouped[0][None].expand(len(self.identity), *grouped.shape[1:])
-                measured.append((self.identity, (list(range(len(self.identity))), whole_sums(grouped[0], same))))
         else:
             if capture.channels is None:
-                capture.channels = _choose_channels(tensor[0], self.channels, capture.label)
-                capture.channel_count = tensor.shape[1]
-            frames = tensor[:, capture.channels]
-            core = None if (self.circular or capture.whole_map) else capture.core
-            if self.measure and self.indices:
-                measured.append((self.indices, self._pair_sums(capture, grouped, self.indices, core)))
-            if self.measure and first and self.identity:
-                same = grouped[0][None].expand(1 + len(self.identity), *grouped.shape[1:])
-                measured.append((self.identity, self._pair_sums(capture, same, self.identity, core)))
-        if first:  # every frame of the layer in one tensor, the original first
-            capture.frames = torch.empty((1 + self.shift_count, *frames.shape[1:]), dtype=torch.float32)
-            capture.frames[0] = frames[0]
-            for index in self.identity:  # the zero shift's output is the original's, as the probe takes it
-                capture.frames[1 + index] = frames[0]
-        assert capture.frames is not None
-        for slot, index in enumerate(self.indices):
-            capture.frames[1 + index] = frames[1 + slot]
-        for indices, (slots, sums) in measured:
-            for position, slot in enumerate(slots):
-                capture.errors[indices[slot]] = _metrics(sums, position)
-
-    def _pair_sums(
-        self, capture: _Capture, maps: torch.Tensor, indices: tuple[int, ...], core: torch.Tensor | None
-    ) -> tuple[list[int], PairSums]:
-        """The probe's sums for the shifts ``indices`` (``maps[1 + j]`` is shift ``indices[j]``), each at the
-        alignment the probe chose over all images; with the slot ``j`` of each of the sums, in their order."""
-        by_alignment: dict[tuple[int, int], list[int]] = {}
+                capture.channels = _choose_channels(maps[0], self.channels, capture.label)
+                capture.channel_count = maps.shape[1]
+            frames = maps[:, capture.channels]
+        if capture.frames is None:  # every frame of the layer in one tensor, the original first
+            shape = (1 + len(self.shifts), *frames.shape[1:])
+            capture.frames = torch.empty(shape, dtype=torch.float32)
+        capture.frames[0] = frames[0]
+        for index in identity:  # the zero shift's output is the original's, as the probe takes it
+            capture.frames[1 + index] = frames[0]
         for slot, index in enumerate(indices):
-            row = capture.rows[index]
-            by_alignment.setdefault((int(row["aligned_dy"]), int(row["aligned_dx"])), []).append(slot)
-        # pair_sums takes (and returns) its pairs grouped by alignment
-        pairs = [(slot, offset) for offset, slots in by_alignment.items() for slot in slots]
-        return [slot for slot, _ in pairs], pair_sums(maps, pairs, circular=self.circular, core=core)
+            capture.frames[1 + index] = frames[1 + slot]
+        if not self.measure:
+            return
+        if capture.comparison is None:
+            whole = capture.part == "whole"
+            capture.comparison = ShiftComparison(
+                self.shifts, stride=None if whole else stride, circular=self.mode.wraps, device=grouped.device
+            )
+        core = None if capture.part == "whole" else capture.core
+        if indices:
+            capture.comparison.update(grouped, indices, core=core, whole_map=capture.whole_map)
+        if identity:  # f(x) against itself, as the probe measures the zero shifts
+            same = grouped[0][None].expand(1 + len(identity), *grouped.shape[1:])
+            capture.comparison.update(same, identity, core=core, whole_map=capture.whole_map)
+
+
+@dataclass(frozen=True)
+class Screen:
+    """How the shown image is put on the screen.
+
+    Attributes:
+        normalization: the ``(mean, std)`` the images were normalised with; undone for the screen only.
+        names: the images' names, for captions.
+    """
+
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None
+    names: Sequence[str] | None = None
 
 
 def explorer_data(
@@ -488,25 +450,23 @@ def explorer_data(
     images: Any,
     shifts: Any,
     *,
-    mode: str | ModeChoice = AUTO,
+    mode: str | ShiftMode = AUTO,
     layers: LayerSpec = None,
     show: Sequence[str] | None = None,
     channels: int | Sequence[int] = 4,
     image: int = 0,
-    layouts: Any = None,
-    strides: Any = None,
-    batch_size: int = 64,
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-    names: Sequence[str] | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
-    output: str | None = None,
+    options: ProbeOptions | None = None,
+    screen: Screen | None = None,
 ) -> ExplorerData:
-    """Probe ``model`` on ``images`` and capture, for one image, the frames of a few layers under every shift.
+    """Probe ``model`` on ``images`` and keep, for one image, the frames of a few layers under every shift.
+
+    The frames are kept by a callback on the probe's own passes: the shown image's outputs are those the probe
+    measured, and no pass runs twice.
 
     Args:
         model: any ``nn.Module`` taking ``(N, C, H, W)`` images.
-        images: a ``(N, C, H, W)`` or ``(C, H, W)`` tensor, or a list of them (read twice: by the probe, then for
-            the frames; so not a stream).
+        images: a ``(N, C, H, W)`` or ``(C, H, W)`` tensor, or a list of them (the first is read once before the
+            probe, for a preview of its rows; so not a stream).
         shifts: ``(dy, dx)`` pairs in input pixels (see :func:`shiftlab.probe`).
         mode: how the input is shifted: ``auto`` (default; as :func:`shiftlab.probe` chooses), ``circular``,
             ``zero``, ``crop`` or ``fourier``.
@@ -516,11 +476,9 @@ def explorer_data(
             else four representative ones (:func:`representative_layers`).
         channels: how many channels to keep per map (the strongest in the original output), or which ones.
         image: which image to draw (its index among ``images``).
-        layouts, strides, batch_size: as for :func:`shiftlab.probe`.
-        normalization: the ``(mean, std)`` the images were normalised with; undone for the screen only.
-        names: the images' names, for captions.
-        progress: the probe's progress callback (see :func:`shiftlab.probe`).
-        output: the main tensor of a structured model output, as for :func:`shiftlab.probe`.
+        options: the probe's other options (layouts, strides, batch size, output, progress; see
+            :class:`~shiftlab.probe.ProbeOptions`).
+        screen: the normalisation to undo for the screen and the images' names (:class:`Screen`).
 
     Returns:
         An :class:`ExplorerData`; ``.result`` is the probe's result over all images.
@@ -540,6 +498,8 @@ def explorer_data(
         True
     """
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
+    options = options or ProbeOptions()
+    screen = screen or Screen()
     inputs = _images(images)
     image = check_int(image, "image", minimum=0, maximum=len(inputs) - 1)
     check(
@@ -553,49 +513,51 @@ def explorer_data(
     else:
         channels = check_int(channels, "channels", minimum=1)
     choice = choose_mode(model, mode)
-    mode = choice.mode
-    pairs = check_shifts(shifts, mode)
-    common = {"layers": layers, "layouts": layouts, "strides": strides, "output": output}
+    pairs = check_shifts(shifts, choice)
+    check_int(options.batch_size, "batch_size", minimum=2)
+    # One engine for the preview and the probe: the layout plan the preview makes is the one the probe uses.
+    engine = probe_engine(model, layers, options)
     modules = {name for name, _ in model.named_modules() if name}
     # The shown layers and the frames' size, known before the probe runs: from a preview of its rows.
-    preview = _preview(model, inputs[0], pairs, mode=mode, **common)
-    _check_frame_budget(_captures(preview, _shown(preview, layers, show, modules), 1, modules), channels, len(pairs))
-    result = probe(model, inputs, shifts=pairs, mode=choice, batch_size=batch_size, progress=progress, **common)
-    captures = _captures(result, _shown(result, layers, show, modules), len(pairs), modules)
-    data = _capture(model, inputs, image, pairs, mode, captures, layers, layouts, strides, batch_size, channels, output)
-    display = _display_image(inputs[image], normalization)
+    preview = _preview(engine, inputs[0], pairs, choice, leave_out_folded=layers is None)
+    captures = _captures(preview, _shown(preview, layers, show, modules), 1, modules)
+    _check_frame_budget(captures, channels, len(pairs))
+    result, shown = _capture(engine, inputs, image, pairs, choice, captures, channels, options, layers is None)
+    display = _display_image(inputs[image], screen.normalization)
     display_shifted = None
-    if mode == "fourier":
+    if choice.subpixel:  # the other modes are whole-pixel moves of the display, done where it is drawn
         display_shifted = np.stack(
-            [shifted_input(torch.from_numpy(display), dy, dx, mode, None).clamp(0, 1).numpy() for dy, dx in pairs]
+            [choice.shifted(torch.from_numpy(display), dy, dx, None).clamp(0, 1).numpy() for dy, dx in pairs]
         )
-    margin = crop_margin(pairs) if mode == "crop" else None
-    explorer = ExplorerData(
+    margin = crop_margin(pairs) if choice.mode == "crop" else None
+    return ExplorerData(
         result,
         pairs,
-        mode,
+        choice.mode,
         image,
         len(inputs),
         tuple(inputs[image].shape),
         display,
         display_shifted,
         margin,
-        data,
-        list(names or []),
+        shown,
+        list(screen.names or []),
     )
-    return explorer
 
 
-def _preview(model: nn.Module, first: torch.Tensor, pairs: list[tuple[float, float]], **common: Any) -> ProbeResult:
+def _preview(
+    engine: ShiftedForward, first: torch.Tensor, pairs: list[Shift], mode: ShiftMode, leave_out_folded: bool
+) -> ProbeResult:
     """The rows of the probe's result, less its shifts: the first image as the probe will run it (its reference
     input), compared with itself.
 
     The same layers, labels, layouts, shapes and strides as the probe's, for one forward pass of one image (and its
-    border pass in ``zero`` and ``crop`` modes); the layout plan it makes is the one the probe then reuses. Bad
-    shifts, layers and layouts are refused here, before any work.
+    border pass in ``zero`` and ``crop`` modes); the layout plan it makes is kept by ``engine``, which the probe
+    then runs. Bad shifts, layers and layouts are refused here, before any work.
     """
-    reference, _ = reference_input(first[None], pairs, common["mode"])
-    return probe(model, reference, shifts=[(0, 0)], batch_size=2, **common)
+    reference, _ = mode.reference(first[None], pairs)
+    options = ProbeOptions(batch_size=2)  # (the layouts, strides and output key are the engine's)
+    return probe_with(engine, reference, [(0, 0)], mode, options=options, leave_out_folded=leave_out_folded)
 
 
 def _captures(result: ProbeResult, chosen: list[str], shift_count: int, modules: set[str]) -> dict[str, _Capture]:
@@ -679,73 +641,42 @@ def _shown(result: ProbeResult, layers: LayerSpec, show: Sequence[str] | None, m
 
 
 def _capture(
-    model: nn.Module,
+    engine: ShiftedForward,
     inputs: list[torch.Tensor],
     image: int,
-    pairs: list[tuple[float, float]],
-    mode: str,
+    pairs: list[Shift],
+    mode: ShiftMode,
     captures: dict[str, _Capture],
-    layers: LayerSpec,
-    layouts: Any,
-    strides: Any,
-    batch_size: int,
     channels: int | Sequence[int],
-    output: str | None,
-) -> list[ExplorerLayer]:
-    """Run the shown image and its shifted copies as the probe does, the hooks keeping frames and sums."""
-    watched = select_layers(model, layers)
-    by_name = dict(watched)
-    hooked = {capture.module_name for capture in captures.values() if capture.module_name}
-    missing = sorted(name for name in hooked if name not in by_name)
-    if missing:
-        raise InternalError(f"the explorer's layers {missing} are probe rows of no watched module")
-    device, dtype = _model_device_dtype(model)
-    first = inputs[0][None].to(device=device or inputs[0].device, dtype=dtype or inputs[0].dtype)
-    shown = inputs[image][None].to(device=device or inputs[image].device, dtype=dtype or inputs[image].dtype)
-    layout_overrides, stride_overrides = resolve_overrides(layouts, strides)
-    circular = mode in ("circular", "fourier")
-    modes = {name: module.training for name, module in model.named_modules()}
-    try:
-        model.eval()
-        # The probe's own plan (remembered per model): planned from the first image, as the probe planned it.
-        example = reference_input(first, pairs, mode)[0]
-        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output)
-        identity = [index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0]
-        # With one image the probe's numbers are this image's: its passes were these very passes.
-        recorder = _Recorder(
-            captures, plan, channels, circular, identity, measure=len(inputs) > 1, shift_count=len(pairs)
-        )
-        active = [index for index in range(len(pairs)) if index not in identity]
-        chunk = max(1, min(len(active), batch_size - 1))
-        chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
-        modules = [(name, module) for name, module in watched if name in hooked]
-        with _Watcher(model, modules, recorder, output) as watcher, torch.no_grad():
-            reference, margin = reference_input(shown, pairs, mode)
-            recorder.input_size = (reference.shape[-2], reference.shape[-1])
-            if mode in ("zero", "crop"):
-                recorder.recording_cores = True
-                border_core(reference[0], crop_margin(pairs), watcher.run)
-                recorder.recording_cores = False
-            for indices in chunks:
-                batch = reference.new_empty((1 + len(indices), *reference.shape[1:]))
-                batch[0] = reference[0]
-                for slot, index in enumerate(indices, start=1):
-                    batch[slot] = shifted_input(shown, *pairs[index], mode, margin)[0]
-                recorder.indices = indices
-                watcher.run(batch)
-    finally:
-        for name, module in model.named_modules():
-            module.training = modes[name]
+    options: ProbeOptions,
+    leave_out_folded: bool,
+) -> tuple[ProbeResult, list[ExplorerLayer]]:
+    """The probe over all ``inputs``, its passes keeping the shown image's frames and sums (:class:`_Recorder`)."""
+    # With one image the probe's numbers are this image's: its passes were these very passes.
+    measure = len(inputs) > 1
+    recorder = _Recorder(captures, image, channels, mode, pairs, measure)
+    result = probe_with(engine, inputs, pairs, mode, options=options, leave_out_folded=leave_out_folded, also=recorder)
     shown_layers = []
     for capture in captures.values():
+        capture.rows = result.layer_rows(capture.label)
+        if len(capture.rows) != len(pairs):
+            raise InternalError(
+                f"the explorer's layer {capture.label!r} has {len(capture.rows)} probe rows for {len(pairs)} shifts"
+            )
         if capture.frames is None:
             raise InternalError(f"the explorer saw no output of layer {capture.label!r}, which the probe measured")
-        if len(inputs) == 1:
+        if not measure:
             capture.errors = {index: {key: row[key] for key in IMAGE_KEYS} for index, row in enumerate(capture.rows)}
-        shown_layers.append(_finish(capture, len(pairs), circular))
+        else:
+            assert capture.comparison is not None
+            for index, row in enumerate(capture.rows):
+                aligned = (0, 0) if capture.part == "whole" else (int(row["aligned_dy"]), int(row["aligned_dx"]))
+                error = capture.comparison.error_at(index, aligned)
+                capture.errors[index] = {key: getattr(error, key) for key in IMAGE_KEYS}
+        shown_layers.append(_finish(capture, len(pairs), mode.wraps))
     total = sum(layer.reference.size + layer.shifted.size for layer in shown_layers)
     check(total <= MAX_FRAME_VALUES, "explorer", _frame_budget_message(total))
-    return shown_layers
+    return result, shown_layers
 
 
 def _finish(capture: _Capture, shift_count: int, circular: bool) -> ExplorerLayer:

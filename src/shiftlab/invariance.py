@@ -77,6 +77,7 @@ import torch
 
 from shiftlab.accumulate import Accumulator
 from shiftlab.errors import check, check_choice, check_int, check_real, describe
+from shiftlab.shifts import SHIFT_MODES
 from shiftlab.views import IDENTITY, Geometry, ViewKey
 
 __all__ = [
@@ -98,8 +99,8 @@ __all__ = [
 FIXED_POINT_SCALE = 2**32
 #: The default grid of shift-accuracy and cosine: every (dy, dx) in -2..2.
 DEFAULT_GRID: tuple[tuple[float, float], ...] = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3))
-#: How a grid metric shifts: circular rolls, crop windows, windows with black fill, or Fourier shifts.
-GRID_MODES: tuple[str, ...] = ("circular", "crop", "zero", "fourier")
+#: How a grid metric shifts: circular rolls, windows with black fill (zero), crop windows, or Fourier shifts.
+GRID_MODES = SHIFT_MODES  # the one tuple of shift modes (shiftlab.shifts)
 Z_95 = 1.959963984540054  # the two-sided 95% quantile of the normal distribution
 
 _MASK64 = (1 << 64) - 1

@@ -72,7 +72,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftlab.equivariance import feature_stride
 from shiftlab.errors import ShiftlabError, check, check_pair, fail, first_line
 from shiftlab.ops import Convolve, MaxPool
 from shiftlab.outputs import output_parts
@@ -84,6 +83,7 @@ __all__ = [
     "MAX_PREFIX",
     "Layout",
     "LayoutPlan",
+    "feature_stride",
     "parse_layout",
     "plan_layouts",
     "resolve_overrides",
@@ -104,6 +104,37 @@ DECLARE_NCHW: tuple[type[nn.Module], ...] = (
     nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d, nn.PixelShuffle, nn.PixelUnshuffle,
     Convolve, MaxPool,
 )  # fmt: skip
+
+
+def feature_stride(input_size: Sequence[int], output_size: Sequence[int]) -> tuple[int, int]:
+    """Cumulative stride of a map, from the input and output sizes, per axis.
+
+    Padding and dropped border pixels make ``H / h`` inexact (a 114-pixel input
+    gives 8 pixels after a stride of 16; a valid 3x3 convolution turns 6 pixels
+    into 4), so: more than half the pixels left means stride 1; otherwise a
+    power of two ``p`` with ``|H / p - h| < 1`` is preferred, else ``round(H / h)``.
+    Pass the stride explicitly where this guess cannot know better.
+
+    Example:
+        >>> feature_stride((224, 224), (56, 56))
+        (4, 4)
+        >>> feature_stride((114, 99), (8, 99))
+        (16, 1)
+        >>> feature_stride((90, 6), (30, 4))
+        (3, 1)
+    """
+    return tuple(_axis_stride(size_in, size_out) for size_in, size_out in zip(input_size[-2:], output_size[-2:]))  # type: ignore[return-value]
+
+
+def _axis_stride(size_in: int, size_out: int) -> int:
+    if size_out > size_in / 2 + 0.5:
+        return 1
+    power = 2
+    while power <= size_in:
+        if abs(size_in / power - size_out) < 1:
+            return power
+        power *= 2
+    return max(1, round(size_in / size_out))
 
 
 @dataclass(frozen=True)

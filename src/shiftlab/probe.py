@@ -23,6 +23,11 @@ Linear layers inside ConvNeXt blocks) are recognised by their size and
 compared, and listed, as ``(C, H, W)``. The model's final output is the row
 ``output``; for ``(N, classes)`` logits it also carries ``top1_agreement``,
 the share of images whose top-1 class is unchanged by the shift.
+
+The passes themselves (batching, hooks, train/eval flags, layout plans, border cores) are
+:class:`shiftlab.engine.ShiftedForward`'s; the probe is a callback on it. Each call of :func:`probe` plans the
+layouts anew (one single-image pass at another size); to probe the same model again at the same size without that
+pass, keep its engine: ``engine = probe_engine(model, layers)``, then ``probe_with(engine, inputs, shifts)``.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,15 +47,25 @@ from shiftlab._compare import Scratch
 from shiftlab._format import ROUNDING_LEVEL, format_error, format_stride
 from shiftlab._io import atomic_write_text, csv_text, json_text
 from shiftlab._pandas import data_frame
-from shiftlab.borders import AUTO, ModeChoice, choose_mode
-from shiftlab.equivariance import Measured, ShiftComparison, border_core, reference_input, shifted_input
-from shiftlab.errors import InternalError, ShiftlabError, check, check_int, describe, fail, first_line
-from shiftlab.layouts import FOLDED, Layout, LayoutPlan, plan_layouts, record_outputs, resolve_overrides
+from shiftlab.borders import AUTO, choose_mode
+from shiftlab.engine import OUTPUT, Pass, RunInfo, Seen, ShiftedForward
+from shiftlab.equivariance import Measured, ShiftComparison
+from shiftlab.errors import check, check_int, fail
+from shiftlab.layouts import FOLDED, Layout, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
-from shiftlab.outputs import describe_output, output_parts
-from shiftlab.shifts import Shift, check_shifts, check_shifts_fit, crop_margin
+from shiftlab.shifts import Shift, ShiftMode, check_shifts
 
-__all__ = ["DEFAULT_LAYER_TYPES", "ProbeResult", "probe", "select_layers"]
+__all__ = [
+    "DEFAULT_LAYER_TYPES",
+    "OUTPUT",
+    "PREFIX",
+    "ProbeOptions",
+    "ProbeResult",
+    "probe",
+    "probe_engine",
+    "probe_with",
+    "select_layers",
+]
 
 #: Leaf layers watched by default: convolutions, pooling, normalisation, activations, linear heads.
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
@@ -63,8 +78,6 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 _DEFAULT_TYPES = DEFAULT_LAYER_TYPES + (Convolve, MaxPool)  # shiftlab's own operator modules too
 _BLOCK_WORDS = ("block", "bottleneck", "residual")
-#: The row of the model's final output (always watched; "output:2" if the model calls itself again).
-OUTPUT = "output"
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 LayerSpec = None | str | Sequence[str | type] | Callable[[str, nn.Module], bool]
 
@@ -162,88 +175,6 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
     return [(name, module) for name, module in named if name in chosen]
 
 
-class _Watcher:
-    """Forward hooks on the watched layers; removed on exit, even after an exception (torchcam style).
-
-    A hook that fails records which layer and why in :attr:`failure`, so that the caller can tell
-    shiftlab's own errors apart from the model's.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layers: list[tuple[str, nn.Module]],
-        on_output: Callable[[str, nn.Module, torch.Tensor], None],
-        output_key: str | None = None,
-        *,
-        hint: str = "",
-    ) -> None:
-        self.model = model
-        self.layers = layers
-        self.on_output = on_output
-        self.output_key = output_key
-        self.output_found: str | None = None  # how the model's output was read (see describe_output)
-        self.hint = hint  # added to the message when the model rejects an input
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        self.calls: dict[str, int] = {}
-        self.failure: tuple[str, BaseException] | None = None
-
-    def __enter__(self) -> _Watcher:
-        for name, module in self.layers:
-            self.handles.append(module.register_forward_hook(self._hook(name)))
-        self.handles.append(self.model.register_forward_hook(self._hook("")))
-        return self
-
-    def _hook(self, name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            count = self.calls.get(name, 0) + 1
-            self.calls[name] = count
-            # The model's own output: its main tensor as "output", every other tensor as "output.KEY".
-            parts = [("", output)]
-            if module is self.model:
-                parts = output_parts(output, self.output_key)
-                self.output_found = describe_output(output, self.output_key)
-            for part, tensor in parts:
-                base = (name or OUTPUT) + (f".{part}" if part else "")
-                label = base if count == 1 else f"{base}:{count}"
-                if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
-                    continue
-                try:
-                    self.on_output(label, module, tensor)
-                except ShiftlabError:
-                    raise
-                except Exception as error:
-                    self.failure = (label, error)
-                    raise
-
-        return hook
-
-    def run(self, batch: torch.Tensor) -> Any:
-        """The model on ``batch``, with the hooks measuring.
-
-        Raises:
-            ShiftlabError: the model rejected the input (its own error, quoted).
-            InternalError: one of shiftlab's hooks failed (a bug in shiftlab).
-        """
-        self.calls, self.failure = {}, None
-        try:
-            return self.model(batch)
-        except ShiftlabError:
-            raise
-        except Exception as error:
-            if self.failure is not None:
-                label, cause = self.failure
-                raise InternalError(
-                    f"the probe's hook on layer {label!r} failed: {type(cause).__name__}: {first_line(cause)}"
-                ) from cause
-            _rejected(self.model, batch, error, self.hint)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-
 #: The row of a token map's prefix tokens (class, distillation, register) is its layer's name with this suffix.
 PREFIX = "[prefix]"
 
@@ -261,69 +192,47 @@ class _Layer:
     comparison: ShiftComparison | None  # None: the layout is unknown, nothing is measured
 
 
-@dataclass
-class _Pass:
-    """One forward pass: ``images`` originals followed by their copies for the shifts ``indices``.
+class _Measurement:
+    """The probe's callback on a :class:`~shiftlab.engine.ShiftedForward` run: one
+    :class:`~shiftlab.equivariance.ShiftComparison` per watched output (and per token map's prefix tokens), fed
+    from every pass, and the rows of outputs whose layout is unknown.
 
-    The zero shifts in ``identity`` compare ``f(x)`` with itself: they ride along with the first
-    pass of every image group and cost no forward pass of their own.
+    Args:
+        shifts: the run's shifts.
+        mode: the run's shift mode.
     """
 
-    images: int
-    indices: tuple[int, ...]
-    identity: tuple[int, ...]
-
-    @property
-    def variants(self) -> int:
-        return 1 + len(self.indices)
-
-
-class _Measurement:
-    """The state of one probe run: per-layer comparisons, layouts, border cores, and the pass being measured."""
-
-    def __init__(self, shifts: list[Shift], mode: str, plan: LayoutPlan) -> None:
-        self.shifts = shifts
+    def __init__(self, shifts: Sequence[Shift], mode: ShiftMode) -> None:
+        self.shifts = list(shifts)
         self.mode = mode
-        self.plan = plan
-        self.circular = mode in ("circular", "fourier")
         self.layers: dict[str, _Layer] = {}
         self.scratch = Scratch()
-        self.cores: dict[str, tuple[torch.Tensor, bool]] = {}  # label -> (core, whole map), for the current size
-        self.recording_cores = False
-        self.current: _Pass | None = None
-        self.input_size: tuple[int, int] = (0, 0)
-        # The last output measured, by weak reference, with its layout and its measurements (see on_output).
-        self.last: tuple[weakref.ref, int, Layout, list[list[Measured]]] | None = None
+        # The last output measured, by weak reference, with its pass, layout and measurements (see __call__).
+        self.last: tuple[weakref.ref, int, Pass, Layout, list[list[Measured]]] | None = None
 
-    def on_output(self, label: str, module: nn.Module, output: torch.Tensor) -> None:
-        inputs = 1 if self.recording_cores or self.current is None else self.current.variants * self.current.images
-        folded = output.shape[0] // inputs if output.shape[0] % inputs == 0 else 1  # outputs per input (MobileViT: 4)
-        layout = self.plan.layout(label, module, (folded, *output.shape[1:]))
-        spatial, prefix = layout.split(output, self.input_size)
-        if self.recording_cores:
-            if layout.spatial and spatial is not None:
-                core = torch.isfinite(spatial[0]).all(dim=0)
-                self.cores[label] = (core, not bool(core.any()))
-            return
-        current = self.current
-        assert current is not None
-        if spatial is None or output.shape[0] != current.variants * current.images:
+    def __call__(self, seen: Seen) -> None:
+        label, module, output, layout, step = seen.label, seen.module, seen.output, seen.layout, seen.step
+        if not seen.fits:
             reason = layout.source if layout.kind == "unknown" else f"shape {tuple(output.shape)} does not fit it"
-            shape = (folded, *output.shape[1:]) if folded != 1 else tuple(output.shape[1:])
+            shape = (seen.folded, *output.shape[1:]) if seen.folded != 1 else tuple(output.shape[1:])
             self._unknown(label, module, shape, replace(layout, kind="unknown", source=reason))
             return
-        targets = [(self._layer(label, module, layout, "map" if layout.spatial else "whole", spatial), spatial)]
-        if prefix is not None:
-            targets.append((self._layer(label + PREFIX, module, layout, "prefix", prefix), prefix))
+        assert seen.spatial is not None
+        part = "map" if layout.spatial else "whole"
+        targets = [(self._layer(label, module, layout, part, seen.spatial), seen.spatial, seen.core)]
+        if seen.prefix is not None:
+            targets.append((self._layer(label + PREFIX, module, layout, "prefix", seen.prefix), seen.prefix, None))
         last = self.last
-        if last is not None and last[0]() is output and last[1] == output._version and last[2] == layout:
-            measured = last[3]  # the same tensor, unchanged, seen by a second hook: measured once
+        if last is not None and last[0]() is output and last[1] == output._version and last[2] is step:
+            measured = last[4] if last[3] == layout else None
         else:
-            measured = [self._measure(layer, tensor, current) for layer, tensor in targets]
+            measured = None
+        if measured is None:  # (the same tensor, unchanged, seen by a second hook, is measured once)
+            measured = [self._measure(layer, tensor, step, core) for layer, tensor, core in targets]
             # Only a weak reference: the output is freed when the model drops it (a strong one would keep a
             # whole activation alive until the next watched layer); a dead reference cannot match reused memory.
-            self.last = (weakref.ref(output), output._version, layout, measured)
-        for (layer, _), batches in zip(targets, measured):
+            self.last = (weakref.ref(output), output._version, step, layout, measured)
+        for (layer, _, _), batches in zip(targets, measured):
             assert layer.comparison is not None
             for batch in batches:
                 layer.comparison.add(batch)
@@ -334,7 +243,7 @@ class _Measurement:
             comparison = ShiftComparison(
                 self.shifts,
                 stride=layout.stride if part == "map" else None,
-                circular=self.circular,
+                circular=self.mode.wraps,
                 logits=tensor.ndim == 2,
                 device=tensor.device,
             )
@@ -349,113 +258,114 @@ class _Measurement:
             depth = len(self.layers) + 1
             self.layers[label] = _Layer(label, type(module).__name__, depth, shape, layout, "map", None)
 
-    def _measure(self, layer: _Layer, tensor: torch.Tensor, current: _Pass) -> list[Measured]:
+    def _measure(
+        self, layer: _Layer, tensor: torch.Tensor, step: Pass, found: tuple[torch.Tensor, bool] | None
+    ) -> list[Measured]:
         """Compare one part of an output (its map, its prefix tokens, or the whole of it) for this pass."""
         comparison = layer.comparison
         assert comparison is not None
-        grouped = tensor.reshape(current.variants, current.images, *tensor.shape[1:])
-        core, whole_map = self.cores.get(layer.label, (None, False)) if layer.part == "map" else (None, False)
+        grouped = tensor.reshape(step.variants, step.images, *tensor.shape[1:])
+        core, whole_map = found if found is not None and layer.part == "map" else (None, False)
         measured = []
-        if current.indices:
+        if step.indices:
             measured.append(
-                comparison.measure(grouped, current.indices, core=core, whole_map=whole_map, scratch=self.scratch)
+                comparison.measure(grouped, step.indices, core=core, whole_map=whole_map, scratch=self.scratch)
             )
-        if current.identity:  # f(x) against itself: the reference stands in for the shifted copies
-            reference = grouped[0][None].expand(1 + len(current.identity), *grouped.shape[1:])
+        if step.identity:  # f(x) against itself: the reference stands in for the shifted copies
+            reference = grouped[0][None].expand(1 + len(step.identity), *grouped.shape[1:])
             measured.append(
-                comparison.measure(reference, current.identity, core=core, whole_map=whole_map, scratch=self.scratch)
+                comparison.measure(reference, step.identity, core=core, whole_map=whole_map, scratch=self.scratch)
             )
         return measured
 
+    def result(self, info: RunInfo, batch_size: int) -> ProbeResult:
+        """The :class:`ProbeResult` of the run that fed this measurement, with its protocol."""
+        assert info.plan is not None
+        protocol = {
+            "mode": self.mode.mode,
+            "mode_reason": self.mode.reason,
+            "shifts": [list(pair) for pair in self.shifts],
+            "images": info.images,
+            "input_shapes": [list(shape) for shape in info.shapes],
+            "dtype": str(info.dtype).replace("torch.", ""),
+            "device": str(info.device),
+            "layers_watched": info.watched,
+            "layers_left_out": {
+                name: f"folds patches or windows into the batch axis ({count} outputs per image)"
+                for name, count in info.left_out.items()
+            },
+            "layouts": info.plan.method,
+            "layout_doubts": {
+                layer.label: layer.layout.doubt
+                for layer in self.layers.values()
+                if layer.layout.doubt and layer.part != "prefix"
+            },
+            "batch_size": batch_size,
+            "output": info.output_found,
+        }
+        return ProbeResult.from_layers(self.layers.values(), protocol)
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return None, None
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How a probe runs, beyond the model, the inputs, the shifts and the mode: the arguments of :func:`probe` of the
+    same names, bundled for the functions that run a probe for you (:func:`shiftlab.explore.explorer_data`)."""
+
+    layouts: Any = None
+    strides: Any = None
+    batch_size: int = 64
+    output: str | None = None
+    progress: Callable[[int, int | None], None] | None = None
 
 
-def _as_image_batch(item: Any, where: str) -> torch.Tensor:
-    """One item of the input stream as an ``(N, C, H, W)`` floating tensor."""
-    if isinstance(item, (tuple, list)) and item and not isinstance(item[0], (int, float)):
-        item = item[0]  # (images, labels) from a DataLoader: the images
-    tensor = item if isinstance(item, torch.Tensor) else None
-    if tensor is None:
-        try:
-            tensor = torch.as_tensor(item)
-        except (TypeError, ValueError, RuntimeError):
-            fail(where, f"expected an image tensor (C, H, W) or a batch (N, C, H, W), got {describe(item)}")
-    check(tensor.ndim in (3, 4), where, f"expected (C, H, W) or (N, C, H, W), got {describe(item)}")
-    check(tensor.numel() > 0, where, f"is empty: {describe(tensor)}")
-    check(tensor.is_floating_point(), where, f"expected floating-point images, got {describe(tensor)}")
-    return tensor if tensor.ndim == 4 else tensor[None]
-
-
-def _image_stream(inputs: Any) -> Iterator[torch.Tensor]:
-    """The inputs as a stream of ``(N, C, H, W)`` batches, read one at a time (never all at once)."""
-    if isinstance(inputs, torch.Tensor):
-        yield _as_image_batch(inputs, "inputs")
-        return
-    check(
-        isinstance(inputs, Iterable),
-        "inputs",
-        f"expected a tensor, a list of them or an iterable of batches, got {describe(inputs)}",
+def probe_engine(model: nn.Module, layers: LayerSpec = None, options: ProbeOptions | None = None) -> ShiftedForward:
+    """The :class:`~shiftlab.engine.ShiftedForward` that :func:`probe` runs for ``model``, its ``layers`` and
+    ``options``: keep it to probe the same model again at the same input size without planning layouts again
+    (:func:`probe_with`)."""
+    check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
+    options = options or ProbeOptions()
+    layout_overrides, stride_overrides = resolve_overrides(options.layouts, options.strides)
+    return ShiftedForward(
+        model,
+        select_layers(model, layers),
+        layouts=layout_overrides,
+        strides=stride_overrides,
+        output_key=options.output,
     )
-    empty = True
-    for position, item in enumerate(inputs):
-        empty = False
-        yield _as_image_batch(item, f"inputs[{position}]")
-    check(not empty, "inputs", "is empty")
 
 
-def _groups(stream: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
-    """Consecutive images of one shape, ``size`` at a time: passes never mix shapes, and single images share them."""
-    pending: list[torch.Tensor] = []
-    count = 0
-    for batch in stream:
-        if pending and batch.shape[1:] != pending[0].shape[1:]:
-            yield torch.cat(pending) if len(pending) > 1 else pending[0]
-            pending, count = [], 0
-        start = 0
-        while start < batch.shape[0]:
-            take = min(size - count, batch.shape[0] - start)
-            pending.append(batch[start : start + take])
-            count += take
-            start += take
-            if count == size:
-                yield torch.cat(pending) if len(pending) > 1 else pending[0]
-                pending, count = [], 0
-    if pending:
-        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+def probe_with(
+    engine: ShiftedForward,
+    inputs: Any,
+    shifts: Iterable[tuple[float, float]],
+    mode: str | ShiftMode = AUTO,
+    *,
+    options: ProbeOptions | None = None,
+    leave_out_folded: bool = True,
+    also: Callable[[Seen], None] | None = None,
+) -> ProbeResult:
+    """:func:`probe` on an engine you keep (:func:`probe_engine`), optionally with another callback, ``also``, on
+    the same passes (the explorer keeps its frames so, without a pass of its own).
 
-
-def _handed_over(head: list[torch.Tensor], rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """``head``'s item, then ``rest``, holding no reference to the item once it is handed over
-    (``itertools.chain`` would keep it until the end)."""
-    yield head.pop()
-    yield from rest
-
-
-def _known_shapes(inputs: Any) -> list[tuple[int, ...]] | None:
-    """The shape of every image of a tensor or a list of tensors, in order (None for other streams: not known)."""
-    if isinstance(inputs, torch.Tensor):
-        return [tuple(inputs.shape[-3:])] * (inputs.shape[0] if inputs.ndim == 4 else 1)
-    if not isinstance(inputs, (list, tuple)) or not all(isinstance(item, torch.Tensor) for item in inputs):
-        return None
-    return [tuple(item.shape[-3:]) for item in inputs for _ in range(item.shape[0] if item.ndim == 4 else 1)]
-
-
-def _count_passes(shapes: list[tuple[int, ...]] | None, images_per_pass: int, chunks: int) -> int | None:
-    """How many forward passes images of these shapes need, in this order (None: not known in advance)."""
-    if shapes is None:
-        return None
-    total, run = 0, 0
-    for position, shape in enumerate(shapes):
-        run += 1
-        if position + 1 == len(shapes) or shapes[position + 1] != shape:
-            total += math.ceil(run / images_per_pass) * chunks
-            run = 0
-    return total
+    ``leave_out_folded``: the default layer choice's rule, leaving out outputs folded into the batch axis (see
+    :func:`probe`); give False for layers named explicitly.
+    """
+    options = options or ProbeOptions()
+    choice = choose_mode(engine.model, mode)
+    batch_size = check_int(options.batch_size, "batch_size", minimum=2)
+    pairs = check_shifts(shifts, choice)
+    measurement = _Measurement(pairs, choice)
+    callbacks: list[Callable[[Seen], None]] = [measurement] if also is None else [measurement, also]
+    info = engine.run(
+        inputs,
+        pairs,
+        choice,
+        callbacks,
+        batch_size=batch_size,
+        progress=options.progress,
+        leave_out_folded=leave_out_folded,
+    )
+    return measurement.result(info, batch_size)
 
 
 def probe(
@@ -463,7 +373,7 @@ def probe(
     inputs: Any,
     *,
     shifts: Iterable[tuple[float, float]],
-    mode: str | ModeChoice = AUTO,
+    mode: str | ShiftMode = AUTO,
     layers: LayerSpec = None,
     layouts: Any = None,
     strides: Any = None,
@@ -522,104 +432,12 @@ def probe(
         [(1, False, 0.217), (2, True, 0.0)]
     """
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
-    choice = choose_mode(model, mode)
-    mode = choice.mode
-    batch_size = check_int(batch_size, "batch_size", minimum=2)
-    pairs = check_shifts(shifts, mode)
-    watched = select_layers(model, layers)
-    layout_overrides, stride_overrides = resolve_overrides(layouts, strides)
-    device, dtype = _model_device_dtype(model)
-    # The zero shift is the identity: its row compares f(x) with itself, and costs no forward pass.
-    identity = tuple(index for index, (dy, dx) in enumerate(pairs) if dy == 0 and dx == 0)
-    active = [index for index in range(len(pairs)) if index not in identity]
-    chunk = max(1, min(len(active), batch_size - 1))
-    chunks = [tuple(active[start : start + chunk]) for start in range(0, len(active), chunk)] or [()]
-    images_per_pass = max(1, batch_size // (1 + chunk))
-    shapes_known = _known_shapes(inputs)
-    for size in dict.fromkeys(shape[-2:] for shape in shapes_known or [] if len(shape) >= 2):
-        check_shifts_fit(pairs, mode, *size)  # every size known in advance: refused before any pass, not midway
-    total = _count_passes(shapes_known, images_per_pass, len(chunks))
-    band = crop_margin(pairs)
-    cores_by_size: dict[tuple[int, ...], dict[str, tuple[torch.Tensor, bool]]] = {}
-    images, done = 0, 0
-    shapes: list[tuple[int, ...]] = []
-    ran_as: tuple[torch.dtype, torch.device] | None = None  # the inputs' dtype and device, for the protocol
-    modes = {name: module.training for name, module in model.named_modules()}
-    left_out: dict[str, int] = {}
-    try:
-        model.eval()
-        groups: Iterator[torch.Tensor] = (
-            group.to(device=device or group.device, dtype=dtype or group.dtype)
-            for group in _groups(_image_stream(inputs), images_per_pass)
-        )
-        first = next(groups)
-        # The layouts, from the first image (as it will be run: the reference input), before the hooks go on.
-        example = reference_input(first[:1], pairs, mode)[0]
-        hint = _crop_hint(pairs, choice.reason) if mode == "crop" else ""
-        plan = _layout_plan(model, watched, example, layout_overrides, stride_overrides, output, hint=hint)
-        if layers is None:  # outputs that fold patches into the batch axis: no layout reads them (see the docstring)
-            left_out = {name: plan.folded[name] for name, _ in watched if name in plan.folded}
-            watched = [(name, module) for name, module in watched if name not in left_out]
-        measurement = _Measurement(pairs, mode, plan)
-        groups = _handed_over([first], groups)
-        del first, example  # the stream's first batch is freed once measured, as every other one
-        if progress is not None:
-            progress(0, total)  # what is ahead, before the first pass (the command line announces long runs)
-        with _Watcher(model, watched, measurement.on_output, output, hint=hint) as watcher, torch.no_grad():
-            for group in groups:
-                ran_as = ran_as or (group.dtype, group.device)
-                reference, margin = reference_input(group, pairs, mode)
-                measurement.input_size = (reference.shape[-2], reference.shape[-1])
-                if tuple(group.shape[1:]) not in shapes:
-                    shapes.append(tuple(group.shape[1:]))
-                if mode in ("zero", "crop"):
-                    size = tuple(group.shape[1:])
-                    if size not in cores_by_size:  # one border pass per input size
-                        measurement.cores, measurement.recording_cores = {}, True
-                        border_core(reference[0], band, watcher.run)
-                        measurement.recording_cores = False
-                        cores_by_size[size] = measurement.cores
-                    measurement.cores = cores_by_size[size]
-                for position, indices in enumerate(chunks):
-                    # Built pass by pass: the shifted copies of all shifts never coexist.
-                    batch = reference.new_empty((1 + len(indices), *reference.shape))
-                    batch[0] = reference
-                    for slot, index in enumerate(indices, start=1):
-                        batch[slot] = shifted_input(group, *pairs[index], mode, margin)
-                    measurement.current = _Pass(group.shape[0], indices, identity if position == 0 else ())
-                    measurement.last = None
-                    output = watcher.run(batch.flatten(0, 1))
-                    _check_finite(model, output, group.shape[0], images, [(0.0, 0.0)] + [pairs[i] for i in indices])
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                images += group.shape[0]
-    finally:
-        for name, module in model.named_modules():
-            module.training = modes[name]
-    protocol = {
-        "mode": mode,
-        "mode_reason": choice.reason,
-        "shifts": [list(pair) for pair in pairs],
-        "images": images,
-        "input_shapes": [list(shape) for shape in shapes],
-        "dtype": str(ran_as[0] if ran_as else dtype).replace("torch.", ""),
-        "device": str(ran_as[1] if ran_as else device),
-        "layers_watched": len(watched),
-        "layers_left_out": {
-            name: f"folds patches or windows into the batch axis ({count} outputs per image)"
-            for name, count in left_out.items()
-        },
-        "layouts": plan.method,
-        "layout_doubts": {
-            layer.label: layer.layout.doubt
-            for layer in measurement.layers.values()
-            if layer.layout.doubt and layer.part != "prefix"
-        },
-        "batch_size": batch_size,
-        "output": watcher.output_found,
-    }
-    return ProbeResult.from_layers(measurement.layers.values(), protocol)
+    choice = choose_mode(model, mode)  # the mode and the shifts refused before any layer is looked at
+    check_int(batch_size, "batch_size", minimum=2)
+    pairs = check_shifts(shifts, choice)
+    options = ProbeOptions(layouts, strides, batch_size, output, progress)
+    engine = probe_engine(model, layers, options)
+    return probe_with(engine, inputs, pairs, choice, options=options, leave_out_folded=layers is None)
 
 
 def _unknown_row(layer: _Layer, dy: float, dx: float) -> dict[str, Any]:
@@ -645,104 +463,6 @@ def _unknown_row(layer: _Layer, dy: float, dx: float) -> dict[str, Any]:
         "top1_agreement": None,
         "note": f"{NOTE_UNKNOWN}: {layer.layout.source}",
     }
-
-
-#: Layout plans, by model (weakly: a model that is freed takes its plans with it), then by all a plan depends on.
-_PLANS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], LayoutPlan]] = weakref.WeakKeyDictionary()
-#: The most plans remembered per model (input sizes, layer choices, overrides).
-_PLANS_PER_MODEL = 8
-
-
-def _layout_plan(
-    model: nn.Module,
-    watched: Sequence[tuple[str, nn.Module]],
-    example: torch.Tensor,
-    layouts: Sequence[tuple[str, str]],
-    strides: Sequence[tuple[str, tuple[int, int]]],
-    output_key: str | None = None,
-    *,
-    hint: str = "",
-) -> LayoutPlan:
-    """The layout plan for ``example``'s size, made once per model, module structure, size, layers and overrides.
-
-    Planning costs one single-image forward pass; a later probe of the same model at the same size does not pay it
-    again. The structure is every module's name, identity and type, so a replaced module is a new plan.
-    """
-    structure = tuple((name, id(module), type(module)) for name, module in model.named_modules())
-    watched_names = tuple(name for name, _ in watched)
-    key = (tuple(example.shape[1:]), watched_names, structure, tuple(layouts), tuple(strides), output_key)
-    plans = _PLANS.setdefault(model, {})
-    plan = plans.get(key)
-    if plan is None:
-        with torch.no_grad():
-            plan = plan_layouts(
-                model,
-                watched,
-                example,
-                layouts=layouts,
-                strides=strides,
-                run=lambda batch: _recorded(model, watched, batch, output_key, hint),
-                output_key=output_key,
-            )
-        if len(plans) >= _PLANS_PER_MODEL:
-            plans.pop(next(iter(plans)))
-        plans[key] = plan
-    return plan
-
-
-def _check_finite(model: nn.Module, output: Any, count: int, first: int, shifts: Sequence[tuple[float, float]]) -> None:
-    """Refuse a model whose output holds NaN or infinity: every comparison with it would be meaningless.
-
-    ``output`` is the model's for a pass of ``count`` images (numbered from ``first``) under each of
-    ``shifts``, the first unshifted. (The border pass of the zero and crop modes, which feeds NaN on
-    purpose, does not come here.)
-    """
-    if not isinstance(output, torch.Tensor) or not output.is_floating_point() or bool(torch.isfinite(output).all()):
-        return
-    where = ""
-    if output.ndim >= 1 and output.shape[0] == len(shifts) * count:  # one output per input: name the first
-        finite = torch.isfinite(output.reshape(len(shifts), count, -1)).all(dim=-1)
-        variant, image = (int(value) for value in torch.nonzero(~finite)[0])
-        dy, dx = shifts[variant]
-        where = f" for input image {first + image} ({'unshifted' if variant == 0 else f'shifted by ({dy:g}, {dx:g})'})"
-    fail(
-        f"model {type(model).__name__}",
-        f"outputs NaN or infinity{where}: no equivariance can be measured from that (check the model and its weights)",
-    )
-
-
-def _rejected(model: nn.Module, batch: torch.Tensor, error: BaseException, hint: str = "") -> NoReturn:
-    fail(
-        f"model {type(model).__name__}",
-        f"rejected an input of shape {tuple(batch.shape)}: {type(error).__name__}: {first_line(error)}{hint}",
-    )
-
-
-def _crop_hint(pairs: Sequence[Shift], reason: str) -> str:
-    """What to do when a model rejects the crop windows: they are the input less the largest shift on each side."""
-    margin_y, margin_x = crop_margin(pairs)
-    chosen = " (chosen by mode auto)" if reason.startswith("auto") else ""
-    return (
-        f"; crop shifts{chosen} show the model the input less the largest shift on each side ({margin_y} rows, "
-        f"{margin_x} columns): a model that takes one input size needs images that much larger on each side, or "
-        "another mode"
-    )
-
-
-def _recorded(
-    model: nn.Module,
-    watched: Sequence[tuple[str, nn.Module]],
-    batch: torch.Tensor,
-    output_key: str | None = None,
-    hint: str = "",
-) -> list[Any]:
-    """:func:`shiftlab.layouts.record_outputs`, a model's failure reported as bad input."""
-    try:
-        return record_outputs(model, watched, batch, output_key)
-    except ShiftlabError:
-        raise
-    except Exception as error:
-        _rejected(model, batch, error, hint)
 
 
 COLUMNS = (

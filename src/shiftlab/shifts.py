@@ -36,7 +36,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,12 +60,98 @@ __all__ = [
     "shift_with_mask",
 ]
 
-ShiftMode = Literal["circular", "zero", "crop", "fourier"]
+#: The four shift modes (see the module docstring); the one tuple of them (the dataset metrics' grids take these too).
 SHIFT_MODES: tuple[str, ...] = ("circular", "zero", "crop", "fourier")
 Shift = tuple[float, float]
 
 
-def check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
+@dataclass(frozen=True)
+class ShiftMode:
+    """A shift mode, validated once where it enters: how inputs are shifted and how outputs are moved back.
+
+    Public functions take the mode as a string and turn it into a ``ShiftMode`` once (:meth:`of`; ``auto``
+    through :func:`shiftlab.borders.choose_mode`); from there on the value travels, and every question about the
+    mode is asked of it rather than of the string.
+
+    Attributes:
+        mode: ``"circular"``, ``"zero"``, ``"crop"`` or ``"fourier"``.
+        reason: ``"given"``, or ``"auto: ..."`` with what decided it (see :mod:`shiftlab.borders`).
+
+    Example:
+        >>> crop = ShiftMode.of("crop")
+        >>> crop.wraps, crop.needs_core, crop.move
+        (False, True, 'zero')
+        >>> ShiftMode.of(crop) is crop  # a ShiftMode passes through, not validated again
+        True
+        >>> x = torch.arange(5.0)[None]  # one row of five pixels
+        >>> reference, margin = crop.reference(x, [(0, 1), (0, -1)])  # the centre window, 1 pixel in on each side
+        >>> reference.tolist(), margin
+        ([[1.0, 2.0, 3.0]], (0, 1))
+        >>> crop.shifted(x, 0, 1, margin).tolist()  # the content moves right: the window reads 1 pixel further left
+        [[0.0, 1.0, 2.0]]
+        >>> ShiftMode.of("wrap")
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: mode: must be one of circular, zero, crop, fourier, got 'wrap'
+    """
+
+    mode: str
+    reason: str = "given"
+
+    def __post_init__(self) -> None:
+        check_choice(self.mode, "mode", SHIFT_MODES)
+
+    @classmethod
+    def of(cls, mode: ShiftMode | str) -> ShiftMode:
+        """``mode`` as a ``ShiftMode``: a string is validated, a ``ShiftMode`` passes through."""
+        return mode if isinstance(mode, ShiftMode) else cls(mode)
+
+    @property
+    def wraps(self) -> bool:
+        """Content that leaves one side enters the other (``circular``, ``fourier``): every pixel is compared."""
+        return self.mode in ("circular", "fourier")
+
+    @property
+    def needs_core(self) -> bool:
+        """Pixels whose receptive field reaches the border are left out (``zero``, ``crop``): a border pass finds
+        the core of every map."""
+        return not self.wraps
+
+    @property
+    def subpixel(self) -> bool:
+        """Shifts may be fractions of a pixel (``fourier``)."""
+        return self.mode == "fourier"
+
+    @property
+    def move(self) -> str:
+        """How an output is moved back to be compared: ``"circular"`` around the torus, else ``"zero"`` (a zero
+        fill, left out of the comparison)."""
+        return "circular" if self.wraps else "zero"
+
+    @property
+    def chosen_by_auto(self) -> bool:
+        """Whether ``auto`` chose this mode (its reason says why)."""
+        return self.reason.startswith("auto")
+
+    def reference(self, x: torch.Tensor, shifts: Sequence[Shift]) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """The unshifted input that every shift is compared with, and the crop margin (``crop`` only: the reference
+        is then the centre window, smaller than ``x`` by the largest shift on each side).
+
+        Raises:
+            ShiftlabError: shifts that mean nothing for ``x``'s size (:func:`check_shifts_fit`).
+        """
+        check_shifts_fit(shifts, self, x.shape[-2], x.shape[-1])
+        if self.mode == "crop":
+            largest = crop_margin(shifts)
+            return shift(x, 0, 0, mode=self, margin=largest), largest
+        return x, None
+
+    def shifted(self, x: torch.Tensor, dy: float, dx: float, margin: tuple[int, int] | None) -> torch.Tensor:
+        """``x`` shifted by ``(dy, dx)``, shaped like the :meth:`reference` (``margin`` from it)."""
+        return shift(x, dy, dx, mode=self, margin=margin if self.mode == "crop" else None)
+
+
+def check_shifts(shifts: Iterable[Any], mode: ShiftMode | str) -> list[Shift]:
     """Validate a list of ``(dy, dx)`` shifts for ``mode``: Python or numpy numbers, whole outside ``fourier``.
 
     Returns them as ``(int, int)`` pairs (``(float, float)`` in ``fourier`` mode).
@@ -78,7 +165,7 @@ def check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
         ...
         shiftlab.errors.ShiftlabError: shifts: (0, 0.5) is not a whole number of pixels; sub-pixel shifts need ...
     """
-    check_choice(mode, "mode", SHIFT_MODES)
+    subpixel = ShiftMode.of(mode).subpixel
     pairs: list[Shift] = []
     for item in shifts:
         try:
@@ -86,7 +173,7 @@ def check_shifts(shifts: Iterable[Any], mode: str) -> list[Shift]:
         except (TypeError, ValueError):
             fail("shifts", f"expected (dy, dx) pairs, got {item!r}")
         dy, dx = check_real(dy, "shift dy"), check_real(dx, "shift dx")
-        if mode == "fourier":
+        if subpixel:
             pairs.append((dy, dx))
             continue
         check(
@@ -150,7 +237,7 @@ def shift_with_mask(
         array([[ True,  True, False],
                [ True,  True, False]])
     """
-    check_choice(mode, "mode", SHIFT_MODES)
+    mode = ShiftMode.of(mode).mode
     tensor, from_numpy = as_float_tensor(x, "x")
     height, width = require_spatial(tensor, "x")
     if mode == "fourier":
@@ -208,7 +295,7 @@ def crop_margin(shifts: Iterable[tuple[float, float]]) -> tuple[int, int]:
     return (max((abs(int(dy)) for dy, _ in pairs), default=0), max((abs(int(dx)) for _, dx in pairs), default=0))
 
 
-def check_shifts_fit(shifts: Sequence[tuple[float, float]], mode: str, height: int, width: int) -> None:
+def check_shifts_fit(shifts: Sequence[tuple[float, float]], mode: ShiftMode | str, height: int, width: int) -> None:
     """Refuse shifts that mean nothing for a ``height x width`` input in ``mode``, naming the first such shift.
 
     * ``circular`` and ``fourier`` shifts repeat with the input's size: a shift by the size or more is a smaller
@@ -224,6 +311,7 @@ def check_shifts_fit(shifts: Sequence[tuple[float, float]], mode: str, height: i
         shiftlab.errors.ShiftlabError: shifts: (-1, 40) is not smaller than the 32x32 image: circular shifts repeat \
 with its size, so it is (-1, 8) again
     """
+    mode = ShiftMode.of(mode).mode
     if mode == "crop":
         largest = crop_margin(shifts)
         check(

@@ -23,17 +23,9 @@ import torch
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor
-from shiftlab.borders import AUTO, ModeChoice, choose_mode
-from shiftlab.equivariance import (
-    EquivarianceResult,
-    ShiftError,
-    call_fn,
-    equivariance_error,
-    reference_input,
-    shifted_input,
-    shifted_inputs,
-)
-from shiftlab.shifts import check_shifts, shift_with_mask
+from shiftlab.borders import AUTO, choose_mode
+from shiftlab.equivariance import EquivarianceResult, ShiftError, call_fn, equivariance_error, shifted_inputs
+from shiftlab.shifts import ShiftMode, check_shifts, shift_with_mask
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
 
@@ -95,10 +87,9 @@ def assert_shift_equivariant(
         ...
         AssertionError: not shift-equivariant under mode='circular': shift (0, 1) gives max abs error ...
     """
-    choice = choose_mode(fn, mode)
-    mode = choice.mode
+    choice = choose_mode(fn, mode)  # the one place the mode is validated
     tensor, _ = as_float_tensor(x, "x")
-    result = equivariance_error(fn, tensor, shifts, mode=mode, stride=stride)
+    result = equivariance_error(fn, tensor, shifts, mode=choice, stride=stride)
     reference_dtype = tensor.dtype
     if isinstance(fn, nn.Module):
         parameters = [p for p in fn.parameters() if p.is_floating_point()]
@@ -110,23 +101,23 @@ def assert_shift_equivariant(
         return result
     worst = max(failures, key=lambda error: error.max_abs)
     message = (
-        f"not shift-equivariant under mode={mode!r}: shift ({worst.dy:g}, {worst.dx:g}) gives max abs error "
+        f"not shift-equivariant under mode={choice.mode!r}: shift ({worst.dy:g}, {worst.dx:g}) gives max abs error "
         f"{worst.max_abs:.3g} "
         f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {result.reference_scale:.3g}); relative "
         f"L2 error {worst.rel_l2:.3g}"
     )
-    message += _position_clause(fn, tensor, result, worst, mode, check_shifts(shifts, mode))
+    message += _position_clause(fn, tensor, result, worst, choice, check_shifts(shifts, choice))
     if not worst.multiple:
         message += f"; the shift is not a multiple of the stride {worst.stride}, so no whole-pixel alignment can match"
     message += f"; {len(failures)} of {len(result.errors)} shifts fail"
     if isinstance(fn, nn.Module) and tensor.ndim == 4:
-        message += _layer_clause(fn, tensor, [(worst.dy, worst.dx)], mode, rtol)
+        message += _layer_clause(fn, tensor, [(worst.dy, worst.dx)], choice, rtol)
     raise AssertionError(message + _auto_clause(choice))
 
 
-def _auto_clause(choice: ModeChoice) -> str:
+def _auto_clause(choice: ShiftMode) -> str:
     """Which mode ``auto`` chose, and why (nothing for a mode given by the caller)."""
-    return f"; mode {choice.mode!r} chosen by {choice.reason}" if choice.reason.startswith(AUTO) else ""
+    return f"; mode {choice.mode!r} chosen by {choice.reason}" if choice.chosen_by_auto else ""
 
 
 def _position_clause(
@@ -134,20 +125,17 @@ def _position_clause(
     tensor: torch.Tensor,
     result: EquivarianceResult,
     worst: ShiftError,
-    mode: str,
+    mode: ShiftMode,
     shifts: list[tuple[float, float]],
 ) -> str:
     """Where the worst difference is, recomputed for the worst shift only (in ``crop`` mode in the window that all the
     ``shifts`` share, as the result was measured)."""
     if worst.stride is None:
         return ""
-    unshifted, margin = reference_input(tensor, shifts, mode)
-    moved = shifted_input(tensor, worst.dy, worst.dx, mode, margin)
+    unshifted, margin = mode.reference(tensor, shifts)
+    moved = mode.shifted(tensor, worst.dy, worst.dx, margin)
     reference, output = call_fn(fn, unshifted), call_fn(fn, moved)
-    circular = mode in ("circular", "fourier")
-    aligned, valid = shift_with_mask(
-        reference, worst.aligned_dy, worst.aligned_dx, mode="circular" if circular else "zero"
-    )
+    aligned, valid = shift_with_mask(reference, worst.aligned_dy, worst.aligned_dx, mode=mode.move)
     if result.core is not None and bool(result.core.any()):
         core = result.core.to(valid.device)
         moved_core = shift_with_mask(core.float(), worst.aligned_dy, worst.aligned_dx, mode="zero")[0] > 0.5
@@ -159,7 +147,7 @@ def _position_clause(
 
 
 def _layer_clause(
-    model: nn.Module, tensor: torch.Tensor, shifts: list[tuple[float, float]], mode: str, rtol: float
+    model: nn.Module, tensor: torch.Tensor, shifts: list[tuple[float, float]], mode: ShiftMode, rtol: float
 ) -> str:
     from shiftlab.probe import probe
 
@@ -202,11 +190,10 @@ def assert_shift_invariant(
         ...
         AssertionError: not shift-invariant under mode='circular': shift (0, 1) changes the output by up to 3 ...
     """
-    choice = choose_mode(fn, mode)
-    mode = choice.mode
+    choice = choose_mode(fn, mode)  # the one place the mode is validated
     tensor, _ = as_float_tensor(x, "x")
-    pairs = check_shifts(shifts, mode)
-    reference_input, moved = shifted_inputs(tensor, pairs, mode)
+    pairs = check_shifts(shifts, choice)
+    reference_input, moved = shifted_inputs(tensor, pairs, choice)
     reference = call_fn(fn, reference_input)
     atol, rtol = _tolerances(reference.dtype, atol, rtol)
     scale = float(reference.abs().max()) if reference.numel() else 0.0
@@ -231,7 +218,7 @@ def assert_shift_invariant(
     largest, pair, difference = worst
     position = _worst_position(difference)
     raise AssertionError(
-        f"not shift-invariant under mode={mode!r}: shift ({pair[0]:g}, {pair[1]:g}) changes the output by up to "
+        f"not shift-invariant under mode={choice.mode!r}: shift ({pair[0]:g}, {pair[1]:g}) changes the output by up to "
         f"{largest:.4g} "
         f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {scale:.3g}), at output index {position}; "
         f"{failing} of {len(pairs)} shifts fail{_auto_clause(choice)}"

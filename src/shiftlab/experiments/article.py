@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftlab.explore import ExplorerData, explorer_data
+from shiftlab.explore import ExplorerData, Screen, explorer_data
 from shiftlab.figures import show_convergence, show_feature_map, show_pyramid, show_shift_table
 from shiftlab.images import SCENE_SHIFT, sample_image, single_pixel_image
 from shiftlab.kernels import KernelSpec
@@ -503,7 +503,7 @@ def article_explorers(kernel: KernelSpec = ARTICLE_KERNEL) -> dict[str, Explorer
             shift_grid("0:6"),
             mode="circular",
             layers=["pool1", "pool2", "pool3"],
-            names=["pixel_a"],
+            screen=Screen(names=["pixel_a"]),
         ),
         "translation": explorer_data(
             article_network(PHOTO_POOLINGS, kernel=kernel),
@@ -511,7 +511,7 @@ def article_explorers(kernel: KernelSpec = ARTICLE_KERNEL) -> dict[str, Explorer
             [(0, step) for step in SCENE_STEPS],
             mode="circular",
             layers=["edges", *(f"pool{level}" for level in range(1, PHOTO_POOLINGS + 1))],
-            names=["chelsea_left"],
+            screen=Screen(names=["chelsea_left"]),
         ),
         "stride": explorer_data(
             article_network(5, kernel=kernel),
@@ -519,7 +519,7 @@ def article_explorers(kernel: KernelSpec = ARTICLE_KERNEL) -> dict[str, Explorer
             [(0, step) for step in PHOTO_STEPS],
             mode="crop",
             layers=["edges", *(f"pool{level}" for level in range(1, 6))],
-            names=["chelsea"],
+            screen=Screen(names=["chelsea"]),
         ),
     }
 

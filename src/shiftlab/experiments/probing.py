@@ -19,9 +19,9 @@ from shiftlab._format import name_bytes, printable
 from shiftlab.borders import ModeChoice, choose_mode
 from shiftlab.data import Preprocess
 from shiftlab.errors import check
-from shiftlab.explore import ExplorerData, explorer_data, representative_layers
+from shiftlab.explore import ExplorerData, Screen, explorer_data, representative_layers
 from shiftlab.models import ModelInfo, describe_preprocessing, load_model, resolve_device, resolve_dtype
-from shiftlab.probe import ProbeResult, probe
+from shiftlab.probe import ProbeOptions, ProbeResult, probe
 from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_stride
 from shiftlab.shifts import check_shifts, crop_margin
 
@@ -199,12 +199,14 @@ def run_probe(
             inputs,
             shifts,
             mode=choice,
+            layers=layers,
             show=explore.show,
             channels=explore.channels,
-            normalization=(prepare.mean, prepare.std) if prepare.mean and prepare.std else None,
-            names=[str(source) for source in images],
-            **watched,
-            **run,
+            options=ProbeOptions(layouts, strides, options.batch_size, options.output, progress),
+            screen=Screen(
+                normalization=(prepare.mean, prepare.std) if prepare.mean and prepare.std else None,
+                names=[str(source) for source in images],
+            ),
         )
         result = data.result
     result.protocol.update(_protocol(spec, info, images, prepare, record))
