@@ -14,10 +14,6 @@ MOST_PARAMETERS = 10
 
 #: Public functions above the limit, each with why it may stay for now.
 EXEMPT = {
-    # explore.py belongs to the engine refactor of issue 17 (another change reduces it); the integrator removes this
-    "shiftlab.explore.explorer_data",
-    # eleven: about ten; invariance.py's metrics are being renamed in another change of issue 17 (its options could
-    # become one object there)
     # 22: its preprocessing (resize, crop, normalize, mean, std) should become a Preprocess and its run options
     # (views, workers, device, checkpoint, ...) an object, as evaluate's did: left for a follow-up, not done here
     "shiftlab.finetune.finetune",
