@@ -18,9 +18,6 @@ EXEMPT = {
     "shiftlab.explore.explorer_data",
     # eleven: about ten; invariance.py's metrics are being renamed in another change of issue 17 (its options could
     # become one object there)
-    # 22: its preprocessing (resize, crop, normalize, mean, std) should become a Preprocess and its run options
-    # (views, workers, device, checkpoint, ...) an object, as evaluate's did: left for a follow-up, not done here
-    "shiftlab.finetune.finetune",
 }
 
 
