@@ -31,12 +31,12 @@ from torch import nn
 
 from shiftlab import cli
 from shiftlab._io import safetensors_bytes
+from shiftlab.data import Preprocess
 from shiftlab.datasets import open_images
 from shiftlab.digits import load_digits
 from shiftlab.errors import ShiftlabError
-from shiftlab.experiments.variants import FINETUNED_VARIANTS, finetune_record, training_record
-from shiftlab.data import Preprocess
 from shiftlab.evaluate import PreprocessChoices
+from shiftlab.experiments.variants import FINETUNED_VARIANTS, finetune_record, training_record
 from shiftlab.finetune import (
     DistillationLoss,
     FinetuneOptions,
