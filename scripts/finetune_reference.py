@@ -41,7 +41,7 @@ from typing import Any
 from torch import nn
 
 from shiftlab.errors import check_choice
-from shiftlab.finetune import STAGES, FinetuneResult, FinetuneSettings, finetune
+from shiftlab.finetune import STAGES, FinetuneOptions, FinetuneResult, FinetuneSettings, finetune
 from shiftlab.layers.spec import split_model_spec
 from shiftlab.models import DIGITS_CNN_VARIANTS, DIGITS_CNN_WEIGHTS, load_model
 
@@ -93,7 +93,9 @@ def run(
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with _train_reference().deterministic(threads):
         teacher, student = build(variant)
-        result = finetune(teacher, student, "digits", settings, holdout=holdout, max_steps=max_steps)
+        result = finetune(
+            teacher, student, "digits", settings, holdout=holdout, options=FinetuneOptions(max_steps=max_steps)
+        )
     record = {
         "variant": variant,
         "spec": f"digits_cnn{VARIANTS[variant]}",

@@ -31,12 +31,15 @@ from torch import nn
 
 from shiftlab import cli
 from shiftlab._io import safetensors_bytes
+from shiftlab.data import Preprocess
 from shiftlab.datasets import open_images
 from shiftlab.digits import load_digits
 from shiftlab.errors import ShiftlabError
+from shiftlab.evaluate import PreprocessChoices
 from shiftlab.experiments.variants import FINETUNED_VARIANTS, finetune_record, training_record
 from shiftlab.finetune import (
     DistillationLoss,
+    FinetuneOptions,
     FinetuneSettings,
     conversion_shift_mode,
     distillation_loss,
@@ -288,7 +291,7 @@ class TestFinetune:
         images = values[:, None, None, None].expand(count, 1, 16, 16).contiguous()
         teacher, converted = _pair(method="aps", padding="circular")
         student = Recorder(converted)
-        result = finetune(teacher, student, images, QUICK, holdout_fraction=0.2)
+        result = finetune(teacher, student, images, QUICK, options=FinetuneOptions(holdout_fraction=0.2))
         held_out = {float(values[index]) for index in holdout_split(open_images(images), 0.2)[1]}
         assert held_out and result.protocol["holdout"]["images"] == len(held_out)
         assert not (student.seen_training - {0.0}) & held_out
@@ -313,7 +316,9 @@ class TestFinetune:
     def test_labels_are_used_or_ignored(self):
         images, labels = _images(24)
         used = finetune(*_pair(), (images, labels), QUICK, holdout=_images(9, seed=1))
-        ignored = finetune(*_pair(), (images, labels), QUICK, holdout=_images(9, seed=1), labels="ignore")
+        ignored = finetune(
+            *_pair(), (images, labels), QUICK, holdout=_images(9, seed=1), options=FinetuneOptions(labels="ignore")
+        )
         assert used.steps[0]["cross_entropy"] > 0 and ignored.steps[0]["cross_entropy"] is None
         assert used.steps[0]["loss"] == pytest.approx(
             used.steps[0]["distillation"] + 0.5 * used.steps[0]["cross_entropy"]
@@ -326,8 +331,12 @@ class TestFinetune:
 
     def test_teacher_outputs_kept_or_recomputed(self):
         images, labels = _images(24)
-        kept = finetune(*_pair(), (images, labels), QUICK, holdout=_images(9, seed=1), cache_teacher=True)
-        recomputed = finetune(*_pair(), (images, labels), QUICK, holdout=_images(9, seed=1), cache_teacher=False)
+        kept = finetune(
+            *_pair(), (images, labels), QUICK, holdout=_images(9, seed=1), options=FinetuneOptions(cache_teacher=True)
+        )
+        recomputed = finetune(
+            *_pair(), (images, labels), QUICK, holdout=_images(9, seed=1), options=FinetuneOptions(cache_teacher=False)
+        )
         assert kept.protocol["teacher_outputs"] == "computed once, kept"
         assert recomputed.protocol["teacher_outputs"] == "computed on every batch"
         for key, value in kept.student.state_dict().items():
@@ -343,7 +352,11 @@ class TestFinetune:
 
     def test_progress_bar_with_remaining_time(self, capsys):
         finetune(
-            *_pair(), _images(24), FinetuneSettings(epochs=1, batch_size=8), holdout=_images(9, seed=1), progress=True
+            *_pair(),
+            _images(24),
+            FinetuneSettings(epochs=1, batch_size=8),
+            holdout=_images(9, seed=1),
+            options=FinetuneOptions(progress=True),
         )
         err = capsys.readouterr().err
         assert "fine-tune" in err and "step" in err and "<" in err  # tqdm's elapsed<remaining
@@ -372,9 +385,61 @@ class TestFinetune:
     def test_bad_input(self, kwargs, message):
         teacher, student = _pair()
         arguments = {"data": _images(8), "holdout": _images(4, seed=1), **kwargs}
+        preprocess = {key: arguments.pop(key) for key in ("resize", "crop") if key in arguments}
         with pytest.raises(ShiftlabError) as info:
-            finetune(teacher, student, **arguments)
+            options = {key: arguments.pop(key) for key in ("labels", "views", "resume") if key in arguments}
+            finetune(
+                teacher,
+                student,
+                **arguments,
+                preprocess=PreprocessChoices(**preprocess),
+                options=FinetuneOptions(**options),
+            )
         assert str(info.value).startswith(message)
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            ({"preprocess": {"crop": 12}}, "preprocess: expected a Preprocess or PreprocessChoices, got {'crop': 12}"),
+            ({"options": {"views": 4}}, "options: expected FinetuneOptions, got {'views': 4}"),
+            (
+                {"preprocess": PreprocessChoices(resize=20, interpolation="bicubic")},
+                "interpolation: fine-tuning resizes bilinearly (antialiased), got 'bicubic'",
+            ),
+            (
+                {"preprocess": Preprocess.make(channels=1, resize=20, squash=True)},
+                "preprocess: fine-tuning resizes the shorter side with antialiasing: give a Preprocess without "
+                "squash, antialiased",
+            ),
+            (
+                {"preprocess": Preprocess.make(channels=3, normalize="imagenet")},
+                "normalize: 'imagenet' has 3 channels, but the model takes 1",
+            ),
+        ],
+    )
+    def test_bad_groups(self, kwargs, message):
+        with pytest.raises(ShiftlabError) as info:
+            finetune(*_pair(), _images(8), QUICK, holdout=_images(4, seed=1), **kwargs)
+        assert str(info.value) == message
+
+    def test_old_keywords_are_gone(self):
+        """The README never showed them: they are refused, not silently ignored."""
+        with pytest.raises(TypeError, match="views"):
+            finetune(*_pair(), _images(8), QUICK, holdout=_images(4, seed=1), views=4)  # type: ignore[call-arg]
+
+    def test_a_preprocess_is_its_choices(self):
+        """A whole ``Preprocess`` trains as the same choices given one by one."""
+        images, labels = _images(24, size=20)
+        runs = [
+            finetune(*_pair(), (images, labels), QUICK, holdout=_images(9, seed=1, size=20), preprocess=preprocess)
+            for preprocess in (
+                Preprocess.make(channels=1, resize=18, crop=16, mean=[0.5], std=[0.25]),
+                PreprocessChoices(resize=18, crop=16, mean=[0.5], std=[0.25]),
+            )
+        ]
+        assert states_equal(runs[0].student.state_dict(), runs[1].student.state_dict())
+        assert runs[0].protocol["preparation"] == runs[1].protocol["preparation"]
+        assert runs[0].protocol["preparation"]["model_input"] == "16x16 (centre 16x16 window)"
 
     def test_models_that_do_not_fit(self):
         teacher, student = _pair()
@@ -403,7 +468,11 @@ class TestFinetune:
             "that every image gives one size"
         )
         result = finetune(
-            *_pair(), tmp_path, FinetuneSettings(epochs=1, batch_size=2), holdout=_images(4, seed=1), crop=12
+            *_pair(),
+            tmp_path,
+            FinetuneSettings(epochs=1, batch_size=2),
+            holdout=_images(4, seed=1),
+            preprocess=PreprocessChoices(crop=12),
         )
         assert (
             result.protocol["data"]["usable"] == 4

@@ -401,7 +401,8 @@ def _finetune_converted(args: argparse.Namespace, model, converted, info, settin
     import os
 
     from shiftlab.errors import check
-    from shiftlab.finetune import finetune
+    from shiftlab.evaluate import PreprocessChoices
+    from shiftlab.finetune import FinetuneOptions, finetune
 
     out = Path(args.out)
     check(not out.exists() or out.is_dir(), f"output folder '{out}'", "exists and is not a folder")
@@ -416,19 +417,23 @@ def _finetune_converted(args: argparse.Namespace, model, converted, info, settin
         args.finetune,
         settings,
         holdout=args.holdout,
-        holdout_fraction=0.1 if args.holdout_fraction is None else args.holdout_fraction,
-        labels=args.labels,
-        classes=args.classes,
-        resize=args.resize,
-        crop=args.crop,
-        normalize=info.normalize if args.normalize in (None, "auto") else args.normalize,
-        views=4 if args.views is None else args.views,
-        workers=0 if args.workers is None else args.workers,
-        device=args.device or "cpu",
-        checkpoint=out / "checkpoint.pt",
-        checkpoint_every=50 if args.checkpoint_every is None else args.checkpoint_every,
-        resume=bool(args.resume),
-        progress=None,
+        preprocess=PreprocessChoices(
+            resize=args.resize,
+            crop=args.crop,
+            normalize=info.normalize if args.normalize in (None, "auto") else args.normalize,
+        ),
+        options=FinetuneOptions(
+            holdout_fraction=0.1 if args.holdout_fraction is None else args.holdout_fraction,
+            labels=args.labels,
+            classes=args.classes,
+            views=4 if args.views is None else args.views,
+            workers=0 if args.workers is None else args.workers,
+            device=args.device or "cpu",
+            checkpoint=out / "checkpoint.pt",
+            checkpoint_every=50 if args.checkpoint_every is None else args.checkpoint_every,
+            resume=bool(args.resume),
+            progress=None,
+        ),
     )
     return result if int(os.environ.get("RANK", "0")) == 0 else None
 

@@ -101,6 +101,7 @@ __all__ = [
     "LABELS",
     "STAGES",
     "DistillationLoss",
+    "FinetuneOptions",
     "FinetuneResult",
     "FinetuneSettings",
     "conversion_shift_mode",
@@ -592,17 +593,98 @@ class FinetuneResult:
 
 
 @dataclass(frozen=True)
-class _Options:
-    """How the run is carried out (none of it changes what is learnt, except ``max_steps`` and ``cache_teacher``)."""
+class FinetuneOptions:
+    """How :func:`finetune` runs: which images and labels it uses, where and how it computes, what it writes.
 
-    views: int
-    workers: int
-    cache_teacher: bool | None
-    checkpoint: Path | None
-    checkpoint_every: int
-    resume: bool
-    progress: bool | None
-    max_steps: int | None
+    None of it changes what is learnt, except ``max_steps``, and ``cache_teacher`` to float rounding.
+
+    Attributes:
+        holdout_fraction: the share of ``data`` held out when no ``holdout`` is given (:func:`holdout_split`).
+        labels: ``"use"`` (a cross-entropy term; the data must have labels), ``"ignore"``, or ``None``: use them
+            when the data has them.
+        classes: class names in index order (folders and list files; see :func:`shiftlab.datasets.open_images`).
+        views: views per image of the held-out consistency metrics.
+        workers: image-decoding processes (0: in this process).
+        device: where the models run (under ``torchrun`` with CUDA: one GPU per process).
+        cache_teacher: keep the teacher's outputs on the unshifted images after one pass (they never change);
+            ``None``: when they take at most :data:`TEACHER_CACHE_BYTES`, else the teacher runs on every batch.
+        checkpoint: file for the run's state, written every ``checkpoint_every`` steps and after every epoch.
+        resume: continue from ``checkpoint`` (refused if it was made with other settings).
+        progress: progress bars on stderr (``None``: only on a terminal).
+        max_steps: stop after this many steps, the learning-rate schedule still the full run's (for quick
+            checks: the first steps of a run, exactly).
+
+    Example:
+        >>> FinetuneOptions(views=8, device="cuda").checkpoint_every
+        50
+        >>> FinetuneOptions(views=1)
+        Traceback (most recent call last):
+        ...
+        shiftlab.errors.ShiftlabError: views: must be an integer >= 2, got 1
+    """
+
+    holdout_fraction: float = 0.1
+    labels: str | None = None
+    classes: str | Sequence[str] | None = None
+    views: int = 4
+    workers: int = 0
+    device: str = "cpu"
+    cache_teacher: bool | None = None
+    checkpoint: str | Path | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
+    progress: bool | None = False
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        values = {
+            "labels": None if self.labels is None else check_choice(self.labels, "labels", LABELS),
+            "views": check_int(self.views, "views", minimum=2),
+            "workers": check_int(self.workers, "workers", minimum=0),
+            "checkpoint": None if self.checkpoint is None else Path(self.checkpoint),
+            "checkpoint_every": check_int(self.checkpoint_every, "checkpoint every", minimum=1),
+            "max_steps": None if self.max_steps is None else check_int(self.max_steps, "max steps", minimum=1),
+        }
+        check(
+            not self.resume or self.checkpoint is not None, "resume", "needs the checkpoint file of the run to continue"
+        )
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+def _preprocess_choices(preprocess: Preprocess | PreprocessChoices | None) -> PreprocessChoices:
+    """``preprocess`` as the choices :func:`finetune` applies; a whole :class:`Preprocess` taken apart.
+
+    Fine-tuning resizes the shorter side, bilinear and antialiased: another resize is refused, not ignored.
+    """
+    if preprocess is None:
+        return PreprocessChoices()
+    if isinstance(preprocess, Preprocess):
+        check(
+            preprocess.resize is None or (preprocess.antialias and not preprocess.squash),
+            "preprocess",
+            "fine-tuning resizes the shorter side with antialiasing: give a Preprocess without squash, antialiased",
+        )
+        custom = preprocess.mean is not None and preprocess.normalize == "custom"
+        preprocess = PreprocessChoices(
+            resize=preprocess.resize,
+            crop=preprocess.crop,
+            interpolation=preprocess.interpolation,
+            normalize="none" if custom else preprocess.normalize,
+            mean=preprocess.mean if custom else None,
+            std=preprocess.std if custom else None,
+        )
+    check(
+        isinstance(preprocess, PreprocessChoices),
+        "preprocess",
+        f"expected a Preprocess or PreprocessChoices, got {describe(preprocess)}",
+    )
+    check(
+        preprocess.resize is None or preprocess.interpolation in (None, "bilinear"),
+        "interpolation",
+        f"fine-tuning resizes bilinearly (antialiased), got {preprocess.interpolation!r}",
+    )
+    return preprocess
 
 
 @dataclass
@@ -634,7 +716,7 @@ class _Run:
     mode: str
     use_labels: bool
     processes: Processes
-    options: _Options
+    options: FinetuneOptions
     trained: nn.Module | None = None  # the student, wrapped for DDP under torchrun
     limit: int = 0  # R: shifts in [-R, R)
     teacher_outputs: torch.Tensor | None = None  # (training images, classes), or None: computed per step
@@ -652,23 +734,8 @@ def finetune(
     settings: FinetuneSettings | None = None,
     *,
     holdout: Any = None,
-    holdout_fraction: float = 0.1,
-    labels: str | None = None,
-    classes: str | Sequence[str] | None = None,
-    resize: int | None = None,
-    crop: int | None = None,
-    normalize: str = "none",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    views: int = 4,
-    workers: int = 0,
-    device: str = "cpu",
-    cache_teacher: bool | None = None,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: int = 50,
-    resume: bool = False,
-    progress: bool | None = False,
-    max_steps: int | None = None,
+    preprocess: Preprocess | PreprocessChoices | None = None,
+    options: FinetuneOptions | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``student`` (a converted copy of ``teacher``) to give ``teacher``'s answers under shifts.
 
@@ -680,27 +747,17 @@ def finetune(
             trained in place and returned in the result.
         data: the training images: anything :func:`shiftlab.evaluate` accepts (a folder, a list file, tensors
             ``(N, C, H, W)`` in ``[0, 1]``, a pair ``(images, labels)``), or ``"digits"`` (see the module docstring).
-        settings: a :class:`FinetuneSettings` (``None``: the defaults).
-        holdout: held-out images (as ``data``); by default ``holdout_fraction`` of ``data`` (:func:`holdout_split`),
-            or for ``"digits"`` the 1,000 test digits.
-        holdout_fraction: see ``holdout``.
-        labels: ``"use"`` (a cross-entropy term; the data must have labels), ``"ignore"``, or ``None``: use them
-            when the data has them.
-        classes: class names in index order (folders and list files; see :func:`shiftlab.datasets.open_images`).
-        resize: the shorter side of every image before the window is cut (e.g. 256).
-        crop: the model input: the centre ``crop x crop`` window (e.g. 224); default the whole image, which must
-            then have one size for all images.
-        normalize, mean, std: the model's input normalisation (``"none"``, ``"imagenet"``, or ``mean`` and ``std``).
-        views: views per image of the held-out consistency metrics.
-        workers: image-decoding processes (0: in this process).
-        device: where the models run (under ``torchrun`` with CUDA: one GPU per process).
-        cache_teacher: keep the teacher's outputs on the unshifted images after one pass (they never change);
-            ``None``: when they take at most :data:`TEACHER_CACHE_BYTES`, else the teacher runs on every batch.
-        checkpoint: file for the run's state, written every ``checkpoint_every`` steps and after every epoch.
-        resume: continue from ``checkpoint`` (refused if it was made with other settings).
-        progress: progress bars on stderr (``None``: only on a terminal).
-        max_steps: stop after this many steps, the learning-rate schedule still the full run's (for quick
-            checks: the first steps of a run, exactly).
+        settings: how the student is trained (:class:`FinetuneSettings`; ``None``: the defaults).
+        holdout: held-out images (as ``data``); by default ``options.holdout_fraction`` of ``data``
+            (:func:`holdout_split`), or for ``"digits"`` the 1,000 test digits.
+        preprocess: how images become model inputs, a :class:`~shiftlab.evaluate.PreprocessChoices` or a
+            :class:`~shiftlab.data.Preprocess` (its channels are the models'): ``resize``, the shorter side of every
+            image before the window is cut (bilinear, antialiased; e.g. 256); ``crop``, the model input, the centre
+            ``crop x crop`` window (e.g. 224; default the whole image, which must then have one size for all
+            images); ``normalize`` (``"none"``, ``"imagenet"``, ...) or ``mean`` and ``std``, the model's input
+            normalisation. ``None`` (and ``normalize="auto"``): no resize, no crop, no normalisation.
+        options: how the run goes (:class:`FinetuneOptions`: the held-out fraction, labels, classes, views, loader
+            workers, device, teacher cache, checkpoint, resume, progress bars, a step limit); ``None``: the defaults.
 
     Returns:
         A :class:`FinetuneResult`; in every process of a torchrun group, the same.
@@ -718,49 +775,39 @@ def finetune(
         "student",
         "has no trainable parameters",
     )
-    labels_choice = None if labels is None else check_choice(labels, "labels", LABELS)
-    views = check_int(views, "views", minimum=2)
-    workers = check_int(workers, "workers", minimum=0)
-    checkpoint_every = check_int(checkpoint_every, "checkpoint every", minimum=1)
-    max_steps = None if max_steps is None else check_int(max_steps, "max steps", minimum=1)
-    check(not resume or checkpoint is not None, "resume", "needs the checkpoint file of the run to continue")
-    target = resolve_device(device)
+    options = FinetuneOptions() if options is None else options
+    check(isinstance(options, FinetuneOptions), "options", f"expected FinetuneOptions, got {describe(options)}")
+    choices = _preprocess_choices(preprocess)
+    target = resolve_device(options.device)
     mode = conversion_shift_mode(student) if settings.shift_mode == "auto" else settings.shift_mode
 
     def margin_for(side: int) -> int:
         return settings.max_shift if settings.max_shift is not None else max(1, math.ceil(side / 8))
 
-    chosen = _resolve_data(data, holdout, holdout_fraction, classes, resize, crop, margin_for)
+    chosen = _resolve_data(
+        data, holdout, options.holdout_fraction, options.classes, choices.resize, choices.crop, margin_for
+    )
     channels = _first_conv_channels(student)
     check(
         channels == _first_conv_channels(teacher),
         "student",
         f"takes {channels} input channels, the teacher {_first_conv_channels(teacher)}",
     )
-    preprocess = Preprocess.make(channels=channels, normalize=normalize, mean=mean, std=std)
+    normalize = "none" if choices.normalize == "auto" else choices.normalize
+    prepare = Preprocess.make(channels=channels, normalize=normalize, mean=choices.mean, std=choices.std)
     has_labels = chosen.training.labels is not None
-    if labels_choice == "use":
+    if options.labels == "use":
         check(
             has_labels, "labels", f"use was asked for, but the training data has none ({chosen.training.description})"
         )
-    use_labels = has_labels and labels_choice != "ignore"
+    use_labels = has_labels and options.labels != "ignore"
     dataset = EvaluationDataset(chosen.training, channels=channels, resize=chosen.resize)
     student_flags = [(module, module.training) for module in student.modules()]
     teacher_flags = [(module, module.training) for module in teacher.modules()]
     gradients = [(parameter, parameter.requires_grad) for parameter in teacher.parameters()]
-    options = _Options(
-        views,
-        workers,
-        cache_teacher,
-        Path(checkpoint) if checkpoint is not None else None,
-        checkpoint_every,
-        resume,
-        progress,
-        max_steps,
-    )
     try:
         with process_group(target) as processes:
-            run = _Run(teacher, student, chosen, dataset, preprocess, settings, mode, use_labels, processes, options)
+            run = _Run(teacher, student, chosen, dataset, prepare, settings, mode, use_labels, processes, options)
             return _finetune(run, margin_for)
     except BaseException:
         for module, training in student_flags:  # a failed run leaves the caller's flags as they were
@@ -1269,7 +1316,7 @@ def _save_checkpoint(
 ) -> None:
     if not run.processes.main or run.options.checkpoint is None:
         return
-    path = run.options.checkpoint
+    path = Path(run.options.checkpoint)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "settings": json.dumps(protocol, sort_keys=True),
@@ -1288,8 +1335,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(run: _Run, protocol: dict[str, Any], optimizer: torch.optim.Optimizer, log: _Log) -> int:
-    path = run.options.checkpoint
-    assert path is not None
+    assert run.options.checkpoint is not None
+    path = Path(run.options.checkpoint)
     subject = "--resume"
     check(path.is_file(), subject, f"'{path}' holds no checkpoint: there is no run to continue")
     try:
