@@ -52,10 +52,10 @@ from PIL import Image
 from torch import nn
 
 from shiftlab.data import Preprocess
-from shiftlab.datasets import EvaluationDataset, make_loader, open_images
-from shiftlab.evaluate import EvaluateOptions, evaluate
-from shiftlab.invariance import Consistency
-from shiftlab.views import Geometry, build_view
+from shiftlab.invariance.datasets import EvaluationDataset, make_loader, open_images
+from shiftlab.invariance.evaluate import EvaluateOptions, evaluate
+from shiftlab.invariance.protocols import Consistency
+from shiftlab.invariance.views import Geometry, build_view
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

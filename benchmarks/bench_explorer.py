@@ -29,10 +29,10 @@ import torch
 import torchvision
 
 from shiftlab.data import NORMALIZATIONS, prepare_images
-from shiftlab.explore import Screen, explorer_data
-from shiftlab.frames import explorer_payload
-from shiftlab.report import write_report
-from shiftlab.sections import Section
+from shiftlab.probing.explore import Screen, explorer_data
+from shiftlab.probing.frames import explorer_payload
+from shiftlab.report.html import write_report
+from shiftlab.report.sections import Section
 from shiftlab.shifts import shift_grid
 
 BUDGET = 5_000_000

@@ -8,7 +8,7 @@ resnet18 at 224x224, random weights, horizontal shifts 1..8, circular mode):
 * shiftlab.probe: hooks on every layer of --layers (default "all": convolutions,
   pooling, normalisation, activations, linear layers, residual blocks) computing
   every metric inside the hooks; timed as later calls on a kept engine
-  (shiftlab.probe.probe_engine + probe_with: the layout plan already made) and,
+  (shiftlab.probing.layerwise.probe_engine + probe_with: the layout plan already made) and,
   apart, as a call of shiftlab.probe() (which plans the layouts on every call:
   one more single-image forward pass at another size);
 * read once: the same hooks, each only reading its layer's output once, a floor
@@ -53,9 +53,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab._compare import alignment_candidates
-from shiftlab.equivariance import feature_stride, shifted_inputs
-from shiftlab.probe import ProbeOptions, probe, probe_engine, probe_with, select_layers
+from shiftlab.probing._compare import alignment_candidates
+from shiftlab.probing.equivariance import feature_stride, shifted_inputs
+from shiftlab.probing.layerwise import ProbeOptions, probe, probe_engine, probe_with, select_layers
 
 
 def build(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[tuple[int, int]]]:

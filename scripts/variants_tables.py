@@ -13,7 +13,7 @@ trained from scratch. The README's "BlurPool and APS, trained" and "Keeping the 
 from __future__ import annotations
 
 from shiftlab.experiments.variants import FINETUNE_COLUMNS, run_variants, variants_section
-from shiftlab.sections import Table
+from shiftlab.report.sections import Table
 
 
 def markdown(table: Table) -> str:

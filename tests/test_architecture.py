@@ -1,12 +1,17 @@
-"""The layout follows the data flow, and imports point one way: data -> measurement -> figures/report -> CLI.
+"""The folder tree is the map, and imports point one way: core -> layers -> probing, invariance -> report -> CLI.
 
-Every module of ``src/shiftlab`` has a layer; a module may import only from its own layer or below. The check reads
-every import statement, also those inside functions and under ``if TYPE_CHECKING:``, so a lazy import cannot hide a
-dependency that points upstream.
+``src/shiftlab`` is laid out by subsystem: the core at the top level (errors, images, shifts, operators, models),
+``layers/``, ``probing/`` (the shifted forward pass, layer by layer), ``invariance/`` (data-set metrics, the
+evaluation), ``report/`` (figures, sections, the HTML page), ``experiments/`` and ``cli``.
 
-And no module imports itself through others: modules of one layer may import each other, and :data:`ALLOWED` lets a
-few imports point up, but no chain of imports may come back to where it started (see :func:`runtime_imports` for
-which imports that check counts).
+Every module has a layer, by its dotted path (``probing.engine``; ``layers`` and ``experiments`` count as one module
+each); a module may import only from its own layer or below. The check reads every import statement, also those inside
+functions and under ``if TYPE_CHECKING:``, so a lazy import cannot hide a dependency that points upstream. Besides:
+
+- ``probing/`` and ``invariance/`` are independent subsystems: neither imports the other;
+- inside shiftlab, nobody imports a package facade (``shiftlab.probing``'s ``__init__``), only the defining module;
+- no module imports itself through others: modules of one layer may import each other, and :data:`ALLOWED` lets a
+  few imports point up, but no chain of imports may come back to where it started (see :func:`runtime_imports`).
 """
 
 from __future__ import annotations
@@ -22,97 +27,71 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "shiftlab"
 LAYERS: list[set[str]] = [
     {"errors", "_format", "_command"},  # vocabulary; is this process the command
     # plumbing; optional pandas; torchrun's group; figures as data: URIs
-    {"_tensors", "_io", "_pandas", "accumulate", "distributed", "_embed"},
-    {"images", "kernels", "shifts", "metrics", "digits", "weights"},  # inputs and formulas; digits; weights files
-    {"data", "ops", "_compare", "datasets", "views", "outputs"},  # inputs, operators, comparisons; model outputs
+    {"_tensors", "_io", "_pandas", "accumulate", "distributed", "report._embed"},
+    {"images", "kernels", "shifts", "distances", "digits", "weights"},  # inputs and formulas; digits; weights files
+    # inputs, operators, comparisons; data sets and shifted views; model outputs
+    {"data", "ops", "probing._compare", "invariance.datasets", "invariance.views", "outputs"},
     {"layers"},  # shift-invariant layers (BlurPool, APS) and model conversion
-    # maps; networks; zoos; axes; metrics; dense metrics; how layers treat the border (mode auto)
-    # the shifted forward pass (ShiftMode's runner: batching, hooks, train flags, layout plans, border cores)
-    {"equivariance", "engine", "models", "zoo", "layouts", "invariance", "dense", "borders"},
-    # the metrics by name; measuring models (layer by layer; predictions; frames under shifts)
-    {"catalog", "probe", "testing", "evaluate", "explore"},
+    # the shifted forward pass; maps; networks; zoos; axes; protocols; dense metrics; how layers treat the border
+    {
+        "probing.engine",
+        "probing.equivariance",
+        "models",
+        "zoo",
+        "probing.layouts",
+        "invariance.protocols",
+        "invariance.dense",
+        "probing.borders",
+    },
+    # measuring models (layer by layer; assertions; predictions; frames under shifts)
+    {"invariance.catalog", "probing.layerwise", "testing", "invariance.evaluate", "probing.explore"},
     {"finetune"},  # training a converted model by self-distillation, judged by the evaluation
-    {"figures", "sections", "invariance_figures", "frames"},  # presentation: figures, report sections, packed frames
-    {"report", "experiments", "notebook"},  # the HTML report; experiments made of all the above; Jupyter display
+    # presentation: figures, report sections, packed frames
+    {"report.figures", "report.sections", "report.invariance_figures", "probing.frames"},
+    # the HTML report; experiments made of all the above; Jupyter display; the packages' facades (for users)
+    {"report.html", "experiments", "report.notebook", "probing", "invariance", "report"},
     {"cli", "__main__"},  # the command line, on top
 ]
 
 #: Deliberate exceptions: (importer, imported, why).
 ALLOWED = {
-    ("probe", "figures"): "ProbeResult.plot_depth/plot_heatmap: thin shortcuts, imported when called",
-    ("evaluate", "invariance_figures"): "EvaluationResult.plot_*: thin shortcuts, imported when called",
-    ("probe", "notebook"): "ProbeResult._repr_html_: Jupyter's display hook, imported when called",
-    ("evaluate", "notebook"): "EvaluationResult._repr_html_: Jupyter's display hook, imported when called",
-    ("finetune", "figures"): "FinetuneResult.plot_curve: a thin shortcut, imported when called",
+    ("probing.layerwise", "report.figures"): (
+        "ProbeResult.plot_depth/plot_heatmap: thin shortcuts, imported when called"
+    ),
+    ("invariance.evaluate", "report.invariance_figures"): (
+        "EvaluationResult.plot_*: thin shortcuts, imported when called"
+    ),
+    ("probing.layerwise", "report.notebook"): "ProbeResult._repr_html_: Jupyter's display hook, imported when called",
+    ("invariance.evaluate", "report.notebook"): (
+        "EvaluationResult._repr_html_: Jupyter's display hook, imported when called"
+    ),
+    ("finetune", "report.figures"): "FinetuneResult.plot_curve: a thin shortcut, imported when called",
 }
-
 
 #: Subpackages that count as one module.
 PACKAGES = ("experiments", "layers")
+#: Subpackages whose ``__init__`` re-exports a module of the same name from before the layout: for users only.
+FACADES = ("probing", "invariance", "report")
+#: Subsystems that do not import each other.
+INDEPENDENT = ("probing", "invariance")
 
 
-def module_name(path: Path) -> str:
-    relative = path.relative_to(SOURCE).with_suffix("")
-    parts = relative.parts
-    return parts[0] if parts[0] in PACKAGES else ".".join(parts)
+def dotted_name(path: Path) -> str:
+    """``probing.engine``, ``layers.blurpool``; a subpackage's ``__init__.py`` is the subpackage itself (``layers``)."""
+    parts = path.relative_to(SOURCE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit(name: str) -> str:
+    """The module as layered: ``layers.aps`` -> ``layers`` (a package counted as one), else the dotted name."""
+    return name.split(".")[0] if name.split(".")[0] in PACKAGES else name
 
 
 def layer_of(name: str) -> int:
     for index, members in enumerate(LAYERS):
-        if name in members:
+        if unit(name) in members:
             return index
     raise AssertionError(f"module shiftlab.{name} has no layer in tests/test_architecture.py: give it one")
-
-
-def is_module(name: str) -> bool:
-    return (SOURCE / f"{name}.py").exists() or (SOURCE / name / "__init__.py").exists()
-
-
-def imported_modules(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names: list[str] = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-            if node.module == "shiftlab":  # from shiftlab import x: x may be a module (or __version__, a name)
-                names = [f"shiftlab.{alias.name}" for alias in node.names if is_module(alias.name)]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "shiftlab" and len(parts) > 1:
-                found.add("experiments" if parts[1] == "experiments" else parts[1])
-    return found
-
-
-MODULES = sorted(path for path in SOURCE.rglob("*.py") if path.name != "__init__.py" or path.parent != SOURCE)
-
-
-@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(SOURCE)))
-def test_imports_point_one_way(path):
-    importer = module_name(path)
-    if importer.endswith("__init__"):
-        importer = importer.split(".")[0]
-    level = layer_of(importer)
-    upstream = [
-        name for name in sorted(imported_modules(path)) if layer_of(name) > level and (importer, name) not in ALLOWED
-    ]
-    assert not upstream, f"shiftlab.{importer} (layer {level}) imports from a later layer: {upstream}"
-
-
-def test_every_exception_is_still_needed():
-    for (importer, imported), why in ALLOWED.items():
-        path = SOURCE / f"{importer}.py"
-        assert imported in imported_modules(path), f"{importer} -> {imported} is allowed ({why}) but no longer used"
-
-
-# --------------------------------------------------------------------------- no import cycles
-
-
-def dotted_name(path: Path) -> str:
-    """``probe``, ``layers.blurpool``; a subpackage's ``__init__.py`` is the subpackage itself (``layers``)."""
-    parts = path.relative_to(SOURCE).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def is_dotted_module(name: str) -> bool:
@@ -127,31 +106,32 @@ def _type_checking_only(node: ast.If) -> bool:
     )
 
 
-def runtime_imports(path: Path, text: str | None = None) -> set[str]:
-    """The shiftlab modules that ``path`` (or ``text`` read as that file) imports when it runs, by dotted name.
+def imported_modules(path: Path, text: str | None = None, *, type_checking: bool = True) -> set[str]:
+    """The shiftlab modules that ``path`` (or ``text`` read as that file) imports, by dotted name.
 
     Counted: every ``import`` and ``from ... import`` statement anywhere in the file, at module level and inside
-    functions and methods (a function-level import closes a cycle as soon as the function runs), absolute or relative.
-    ``from shiftlab.a import b`` counts ``shiftlab.a.b`` when ``b`` is a module, else ``shiftlab.a``. Not counted:
-    imports under ``if TYPE_CHECKING:`` (they never run), and ``shiftlab`` itself, the package's ``__init__.py``
-    that re-exports the public API (``from shiftlab import __version__`` inside a function).
+    functions and methods, absolute or relative; with ``type_checking=False``, not those under
+    ``if TYPE_CHECKING:`` (they never run). ``from shiftlab.a import b`` counts ``a.b`` when ``b`` is a module, else
+    ``a``. Not counted: ``shiftlab`` itself, the package's ``__init__.py`` that re-exports the public API
+    (``from shiftlab import __version__`` inside a function).
     """
     package = dotted_name(path).split(".") if path.name == "__init__.py" else dotted_name(path).split(".")[:-1]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking_only(node):
+        if not type_checking and isinstance(node, ast.If) and _type_checking_only(node):
             for child in node.orelse:
                 visit(child)
             return
         targets: list[str] = []
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names if alias.name.startswith("shiftlab.")]
-            targets = [name.removeprefix("shiftlab.") for name in targets]
+            targets = [
+                alias.name.removeprefix("shiftlab.") for alias in node.names if alias.name.startswith("shiftlab.")
+            ]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from the importer's package, one level up per extra dot
                 base = package[: len(package) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
+                module: str | None = ".".join(base + ([node.module] if node.module else []))
             elif node.module == "shiftlab" or (node.module or "").startswith("shiftlab."):
                 module = (node.module or "").removeprefix("shiftlab").removeprefix(".")
             else:
@@ -167,6 +147,57 @@ def runtime_imports(path: Path, text: str | None = None) -> set[str]:
     visit(ast.parse(path.read_text() if text is None else text, str(path)))
     found.discard(dotted_name(path))
     return found
+
+
+def runtime_imports(path: Path, text: str | None = None) -> set[str]:
+    """What ``path`` imports when it runs: :func:`imported_modules` without ``if TYPE_CHECKING:`` blocks."""
+    return imported_modules(path, text, type_checking=False)
+
+
+MODULES = sorted(path for path in SOURCE.rglob("*.py") if path.name != "__init__.py" or path.parent != SOURCE)
+
+
+def test_every_module_has_a_layer():
+    unplaced = []
+    for path in MODULES:
+        try:
+            layer_of(dotted_name(path))
+        except AssertionError:
+            unplaced.append(dotted_name(path))
+    assert not unplaced, f"modules without a layer in tests/test_architecture.py: {unplaced}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(SOURCE)))
+def test_imports_point_one_way(path):
+    importer = dotted_name(path)
+    level = layer_of(importer)
+    upstream = [
+        name
+        for name in sorted(imported_modules(path))
+        if layer_of(name) > level and (importer, name) not in ALLOWED and unit(name) != unit(importer)
+    ]
+    assert not upstream, f"shiftlab.{importer} (layer {level}) imports from a later layer: {upstream}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(SOURCE)))
+def test_subsystems_stay_apart(path):
+    importer = dotted_name(path)
+    top = importer.split(".")[0]
+    others = [package for package in INDEPENDENT if package != top] if top in INDEPENDENT else []
+    across = [name for name in sorted(imported_modules(path)) if name.split(".")[0] in others]
+    assert not across, f"shiftlab.{importer} imports across subsystems: {across}"
+    if importer not in FACADES:
+        facades = [name for name in imported_modules(path) if name in FACADES]
+        assert not facades, f"shiftlab.{importer} imports a package facade {facades}: import the defining module"
+
+
+def test_every_exception_is_still_needed():
+    for (importer, imported), why in ALLOWED.items():
+        path = SOURCE / Path(*importer.split(".")).with_suffix(".py")
+        assert imported in imported_modules(path), f"{importer} -> {imported} is allowed ({why}) but no longer used"
+
+
+# --------------------------------------------------------------------------- no import cycles
 
 
 def import_groups(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -241,30 +272,42 @@ def test_cycle_check_can_fail():
     assert import_cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_direction_check_can_fail():
+    """An upward import, a lazy one, one across subsystems and one of a facade are all seen."""
+    text = "def f():\n    from shiftlab.report.html import write_report\n"
+    found = imported_modules(SOURCE / "probing" / "engine.py", text)
+    assert found == {"report.html"} and layer_of("report.html") > layer_of("probing.engine")
+    across = imported_modules(SOURCE / "probing" / "engine.py", "import shiftlab.invariance.views\n")
+    assert across == {"invariance.views"}
+    assert imported_modules(SOURCE / "cli.py", "from shiftlab.probing import ProbeResult\n") == {"probing"}
+
+
 def test_import_reading():
-    """Function-level and relative imports count; ``TYPE_CHECKING`` imports and the package facade do not."""
+    """Function-level and relative imports count; ``TYPE_CHECKING`` imports count for the direction only; the
+    package's own ``__init__`` (``from shiftlab import __version__``) does not."""
     text = (
         "from typing import TYPE_CHECKING\n"
-        "import shiftlab.probe\n"
+        "import shiftlab.probing.layerwise\n"
         "from shiftlab import __version__, report\n"
         "from shiftlab.layers import blurpool, make_shift_invariant\n"
         "from .recipes import RECIPES\n"
         "from . import spec\n"
         "if TYPE_CHECKING:\n"
-        "    from shiftlab.explore import ExplorerData\n"
+        "    from shiftlab.probing.explore import ExplorerData\n"
         "else:\n"
-        "    from shiftlab import frames\n"
+        "    from shiftlab.probing import frames\n"
         "def f():\n"
-        "    from shiftlab.notebook import probe_html\n"
+        "    from shiftlab.report.notebook import probe_html\n"
     )
     found = runtime_imports(SOURCE / "layers" / "convert.py", text)  # read as if it were layers/convert.py
     assert found == {
-        "probe",
+        "probing.layerwise",
         "report",
         "layers",
         "layers.blurpool",
         "layers.recipes",
         "layers.spec",
-        "frames",
-        "notebook",
+        "probing.frames",
+        "report.notebook",
     }
+    assert imported_modules(SOURCE / "layers" / "convert.py", text) == found | {"probing.explore"}

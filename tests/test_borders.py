@@ -1,4 +1,5 @@
-"""Tests for shiftlab.borders: which layers treat the border as an edge, and the mode ``auto`` chooses from them.
+"""Tests for shiftlab.probing.borders: which layers treat the border as an edge, and the mode ``auto`` chooses from
+them.
 
 Known answers: a layer is periodic (commutes with circular shifts of multiples of its stride) exactly when it pads
 circularly, or not at all with windows no wider than its stride; the tests check the rule against that property
@@ -11,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from shiftlab.borders import CUT, CUT_OR_OWN, PROBE_MODES, EdgeLayer, ModeChoice, choose_mode, edge_layers
 from shiftlab.errors import ShiftlabError
 from shiftlab.layers import BlurPool2d, MaxBlurPool2d, make_circular, make_shift_invariant
 from shiftlab.models import load_model
 from shiftlab.ops import Convolve
+from shiftlab.probing.borders import CUT, CUT_OR_OWN, PROBE_MODES, EdgeLayer, ModeChoice, choose_mode, edge_layers
 
 
 def hows(model: nn.Module) -> list[tuple[str, str]]:

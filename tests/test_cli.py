@@ -489,7 +489,7 @@ class TestEntryPoint:
         def broken(*args, **kwargs):
             raise IndexError("list index out of range")
 
-        monkeypatch.setattr("shiftlab.equivariance.pair_sums", broken)
+        monkeypatch.setattr("shiftlab.probing.equivariance.pair_sums", broken)
         status, _, err = run(capsys, "probe", "--model", "circular_cnn", "--images", "pixel_a", "--out", "never")
         assert status == 1
         assert "Traceback (most recent call last)" in err and "IndexError: list index out of range" in err

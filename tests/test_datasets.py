@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from shiftlab.datasets import EvaluationDataset, make_loader, open_images, parse_classes
 from shiftlab.errors import ShiftlabError
+from shiftlab.invariance.datasets import EvaluationDataset, make_loader, open_images, parse_classes
 
 
 def write_image(path: Path, size: tuple[int, int] = (12, 16), gray: bool = False, value: int = 128) -> Path:
@@ -223,7 +223,7 @@ def test_loader_with_spawned_workers_yields_the_same_batches(tmp_path):
 
 
 def test_choose_workers_rules(monkeypatch):
-    from shiftlab.datasets import MIN_IMAGES_FOR_WORKERS, ImageSet, choose_workers
+    from shiftlab.invariance.datasets import MIN_IMAGES_FOR_WORKERS, ImageSet, choose_workers
 
     folder = ImageSet(tuple(f"{index}.png" for index in range(1000)), None, None, "a folder")
     cpu, gpu = torch.device("cpu"), torch.device("cuda")

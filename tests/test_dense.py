@@ -15,19 +15,19 @@ from evaluation_nets import CircularSegmenter, PixelClassifier, ZeroPaddedSegmen
 from PIL import Image
 
 from shiftlab import cli, evaluate
-from shiftlab.catalog import make_metric
-from shiftlab.dense import (
+from shiftlab.errors import ShiftlabError
+from shiftlab.invariance.catalog import make_protocol
+from shiftlab.invariance.dense import (
     POSITION_BINS,
     DenseConsistency,
-    DenseConsistencyState,
+    DenseConsistencyMetric,
     align_predictions,
     map_stride,
     predicted_classes,
 )
-from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
-from shiftlab.invariance import FIXED_POINT_SCALE, Consistency, sample_seed
-from shiftlab.views import Geometry
+from shiftlab.invariance.evaluate import EvaluateOptions, PreprocessChoices
+from shiftlab.invariance.protocols import FIXED_POINT_SCALE, Consistency, sample_seed
+from shiftlab.invariance.views import Geometry
 
 # --------------------------------------------------------------------------- the pieces
 
@@ -126,7 +126,7 @@ def test_counts_match_a_brute_force_reference(mode, stride):
     scores[:, 1] = scores[:, 0]  # one view unchanged: not every pair disagrees somewhere
     geometry = Geometry.of(size + 20, size + 20, size)
     infos = torch.stack([metric.views(geometry, torch.Generator().manual_seed(index))[1] for index in range(6)])
-    state = metric.state(classes_count)
+    state = metric.metric(classes_count)
     state.update(scores, torch.full((6,), -1), infos)
     expected = _reference_counts(
         predicted_classes(scores).numpy(), infos.numpy(), mode, classes_count, metric.max_distance() + 1
@@ -157,7 +157,7 @@ def test_merged_states_equal_one_state():
     scores = torch.randn(5, 4, 3, 12, 12, generator=generator)
     geometry = Geometry.of(24, 24, 12)
     infos = torch.stack([metric.views(geometry, torch.Generator().manual_seed(index))[1] for index in range(5)])
-    whole, first, second = metric.state(3), metric.state(3), metric.state(3)
+    whole, first, second = metric.metric(3), metric.metric(3), metric.metric(3)
     whole.update(scores, torch.full((5,), -1), infos)
     first.update(scores[:2], torch.full((2,), -1), infos[:2])
     second.update(scores[2:], torch.full((3,), -1), infos[2:])
@@ -399,9 +399,9 @@ def test_a_model_returning_no_tensor():
 
 
 def test_make_metric_builds_it_from_the_cli_options():
-    metric = make_metric("dense-consistency", views=6, max_shift=16, dense_mode="zero", dense_step=4)
+    metric = make_protocol("dense-consistency", views=6, max_shift=16, dense_mode="zero", dense_step=4)
     assert metric == DenseConsistency("zero", views=6, max_shift=16, step=4)
-    assert isinstance(metric.state(1), DenseConsistencyState) and metric.state(1).classes == 2
+    assert isinstance(metric.metric(1), DenseConsistencyMetric) and metric.metric(1).classes == 2
     assert list(itertools.islice(metric.describe(), 2)) == ["shifts", "mode"]
 
 

@@ -15,7 +15,7 @@ from helpers import free_port
 
 from shiftlab.distributed import Processes, gather_objects, peer_failures, process_group, shard
 from shiftlab.errors import ShiftlabError
-from shiftlab.invariance import Consistency, ConsistencyState
+from shiftlab.invariance.protocols import Consistency, ConsistencyMetric
 
 CPU = torch.device("cpu")
 PEER_MESSAGE = (
@@ -95,8 +95,8 @@ def agreement_outputs() -> torch.Tensor:
     return F.one_hot(top1, 5).double()
 
 
-def consistency_state(images: list[int]) -> ConsistencyState:
-    state = ConsistencyState(Consistency("circular", views=3, max_shift=2))
+def consistency_state(images: list[int]) -> ConsistencyMetric:
+    state = ConsistencyMetric(Consistency("circular", views=3, max_shift=2))
     infos = torch.tensor([[0, 0, 8, 8], [0, 1, 8, 8], [1, 0, 8, 8]]).expand(len(images), 3, 4)
     if images:
         state.update(agreement_outputs()[images], torch.full((len(images),), -1), infos)

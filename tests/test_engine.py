@@ -1,4 +1,5 @@
-"""Tests for shiftlab.engine and shiftlab.shifts.ShiftMode: the one shifted forward pass and the one shift mode value.
+"""Tests for shiftlab.probing.engine and shiftlab.shifts.ShiftMode: the one shifted forward pass and the one shift mode
+value.
 
 ShiftMode answers every question about a mode (does it wrap, does it need a border core, how inputs are built, how
 outputs are moved back) as the shift functions do, and a mode given as a string is validated once on its way
@@ -14,11 +15,11 @@ from nets import pooled_net
 from torch import nn
 
 import shiftlab.shifts
-from shiftlab.borders import ModeChoice, choose_mode
-from shiftlab.engine import Seen, ShiftedForward, eval_mode
-from shiftlab.equivariance import equivariance_error
 from shiftlab.errors import InternalError, ShiftlabError
-from shiftlab.probe import probe
+from shiftlab.probing.borders import ModeChoice, choose_mode
+from shiftlab.probing.engine import Seen, ShiftedForward, eval_mode
+from shiftlab.probing.equivariance import equivariance_error
+from shiftlab.probing.layerwise import probe
 from shiftlab.shifts import SHIFT_MODES, ShiftMode, shift, shift_with_mask
 
 

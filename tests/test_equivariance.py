@@ -1,9 +1,10 @@
-"""Tests for shiftlab.equivariance (equivariance_error, feature_stride) and its hot path, shiftlab._compare.
+"""Tests for shiftlab.probing.equivariance (equivariance_error, feature_stride) and its hot path,
+shiftlab.probing._compare.
 
 Known answers: circularly padded stride-1 convolutions commute with every
 circular shift; stride-2 max pooling commutes with even shifts only; a zero
 padded network of total stride s commutes with multiples of s away from the
-border. The sums of :mod:`shiftlab._compare` are checked against a slow,
+border. The sums of :mod:`shiftlab.probing._compare` are checked against a slow,
 obvious numpy reference (``np.roll`` or a pixel-by-pixel zero fill, masked).
 """
 
@@ -19,8 +20,10 @@ from nets import fcn_stride_four
 from torch import nn
 
 from shiftlab import convolve, max_pool
-from shiftlab._compare import Scratch, alignment_candidates, comparison_pairs, pair_sums, whole_sums
-from shiftlab.equivariance import (
+from shiftlab.distances import map_error
+from shiftlab.errors import ShiftlabError
+from shiftlab.probing._compare import Scratch, alignment_candidates, comparison_pairs, pair_sums, whole_sums
+from shiftlab.probing.equivariance import (
     NOTE_GLOBAL,
     NOTE_NOT_MULTIPLE,
     NOTE_WHOLE_MAP,
@@ -29,8 +32,6 @@ from shiftlab.equivariance import (
     equivariance_error,
     feature_stride,
 )
-from shiftlab.errors import ShiftlabError
-from shiftlab.metrics import map_error
 
 EXACT = 1e-6
 
@@ -294,7 +295,7 @@ class TestCompareShifts:
         reference = torch.randn(2, 6, 10, generator=generator)
         shifted = torch.randn(5, 2, 6, 10, generator=generator)
         shifts = [(0, 1), (0, 2), (1, 0), (0, 2), (0, 3)]
-        monkeypatch.setattr("shiftlab._compare.SCRATCH_ELEMENTS", 2 * reference.numel())
+        monkeypatch.setattr("shiftlab.probing._compare.SCRATCH_ELEMENTS", 2 * reference.numel())
         run_compare(reference, shifted, shifts, (1, 2), circular=circular)
 
     @pytest.mark.parametrize("circular", [True, False])

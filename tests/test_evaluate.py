@@ -1,4 +1,4 @@
-"""shiftlab.evaluate end to end: known answers, exactness across batch sizes and resumption, bad input."""
+"""shiftlab.invariance.evaluate end to end: known answers, exactness across batch sizes and resumption, bad input."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from PIL import Image
 
 from shiftlab import evaluate
 from shiftlab.data import Preprocess
-from shiftlab.dense import DenseConsistency
 from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import COLUMNS, EvaluateOptions, EvaluationResult, PreprocessChoices, _checksum
-from shiftlab.invariance import (
+from shiftlab.invariance.dense import DenseConsistency
+from shiftlab.invariance.evaluate import COLUMNS, EvaluateOptions, EvaluationResult, PreprocessChoices, _checksum
+from shiftlab.invariance.protocols import (
     Consistency,
     DiagonalShift,
     FeatureSimilarity,

@@ -577,7 +577,7 @@ def test_too_many_workers_warn_once(monkeypatch):
     it starts: shown once. (One CPU, as torch sees it, and two workers.)"""
     import warnings
 
-    from shiftlab.datasets import EvaluationDataset, load_batches, open_images
+    from shiftlab.invariance.datasets import EvaluationDataset, load_batches, open_images
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)

@@ -13,8 +13,8 @@ from test_layouts import ChannelsLastNet, TokenNet
 from torch import nn
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.explore import ExplorerData, Screen, explorer_data, move_map, representative_layers
-from shiftlab.probe import PREFIX, ProbeOptions, probe
+from shiftlab.probing.explore import ExplorerData, Screen, explorer_data, move_map, representative_layers
+from shiftlab.probing.layerwise import PREFIX, ProbeOptions, probe
 from shiftlab.shifts import ShiftMode, shift
 
 EXACT = 1e-5
@@ -359,7 +359,7 @@ class TestBadInput:
 
     def test_too_many_frame_values_refused_before_any_frame_is_kept(self, monkeypatch):
         """The budget is known from the probe's rows: the capture never runs (no memory spent on frames)."""
-        import shiftlab.explore as explore
+        import shiftlab.probing.explore as explore
 
         monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 5119)
         captured = []
@@ -374,7 +374,7 @@ class TestBadInput:
     def test_budget_is_checked_before_the_probe_runs(self, monkeypatch):
         """Refused from a preview of the rows (one pass of one image), before any pass of the probe itself: those
         run an image with its shifted copies, a batch of more than one input."""
-        import shiftlab.explore as explore
+        import shiftlab.probing.explore as explore
 
         monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 5119)
         net = Recording()
@@ -385,7 +385,7 @@ class TestBadInput:
 
     @pytest.mark.parametrize("mode", ["crop", "zero"])
     def test_budget_refused_before_the_probe_in_border_modes(self, monkeypatch, mode):
-        import shiftlab.explore as explore
+        import shiftlab.probing.explore as explore
 
         monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 100)
         net = Recording()
@@ -416,7 +416,7 @@ class TestBadInput:
 
     def test_budget_estimate_is_the_frames_size(self, monkeypatch):
         """Just under the budget passes, and the frames kept are exactly as many values as estimated."""
-        import shiftlab.explore as explore
+        import shiftlab.probing.explore as explore
 
         monkeypatch.setattr(explore, "MAX_FRAME_VALUES", 5120)
         data = explorer_data(pooled_net(), images(), [(0, dx) for dx in range(4)], show=["0"], channels=4)

@@ -11,9 +11,9 @@ import torch
 from nets import pooled_net
 
 from shiftlab._format import format_error
-from shiftlab.explore import Screen, explorer_data
-from shiftlab.report import write_report
-from shiftlab.sections import Section
+from shiftlab.probing.explore import Screen, explorer_data
+from shiftlab.report.html import write_report
+from shiftlab.report.sections import Section
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -1,5 +1,5 @@
-"""shiftlab.figures on known inputs: the data drawn (images, lines, cell texts) read back from the matplotlib artists
-equals what was given or a numpy computation of it, and user text arrives escaped (``$`` is no mathtext)."""
+"""shiftlab.report.figures on known inputs: the data drawn (images, lines, cell texts) read back from the matplotlib
+artists equals what was given or a numpy computation of it, and user text arrives escaped (``$`` is no mathtext)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.figures import (
+from shiftlab.report.figures import (
     show_convergence,
     show_error_vs_depth,
     show_feature_map,
@@ -173,7 +173,7 @@ def test_shift_heatmaps_put_each_error_at_its_shift_and_leave_the_others_blank()
 def test_training_curve_plots_the_losses_their_running_mean_and_the_accuracy_per_epoch():
     from types import SimpleNamespace
 
-    from shiftlab.figures import show_training_curve
+    from shiftlab.report.figures import show_training_curve
 
     epoch = [4.0, 2.0, 3.0, 1.0, 0.5, 0.25, 2.0, 1.0, 0.5, 0.125, 1.0, 0.5, 0.25, 0.5, 1.0, 2.0, 1.0, 0.5, 0.25, 0.125]
     losses = epoch + [value / 2 for value in epoch]  # two epochs of 20 steps

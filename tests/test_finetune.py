@@ -32,10 +32,8 @@ from torch import nn
 from shiftlab import cli
 from shiftlab._io import safetensors_bytes
 from shiftlab.data import Preprocess
-from shiftlab.datasets import open_images
 from shiftlab.digits import load_digits
 from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import PreprocessChoices
 from shiftlab.experiments.variants import FINETUNED_VARIANTS, finetune_record, training_record
 from shiftlab.finetune import (
     DistillationLoss,
@@ -46,6 +44,8 @@ from shiftlab.finetune import (
     finetune,
     holdout_split,
 )
+from shiftlab.invariance.datasets import open_images
+from shiftlab.invariance.evaluate import PreprocessChoices
 from shiftlab.layers import make_shift_invariant
 from shiftlab.models import load_model
 

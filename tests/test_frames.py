@@ -14,8 +14,8 @@ import torch
 from nets import fcn_stride_four
 from torch import nn
 
-from shiftlab.explore import explorer_data
-from shiftlab.frames import colormap_tables, explorer_payload, predict_plane, quantise
+from shiftlab.probing.explore import explorer_data
+from shiftlab.probing.frames import colormap_tables, explorer_payload, predict_plane, quantise
 
 
 def images(count: int = 1, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -23,7 +23,7 @@ def images(count: int = 1, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 
 def decode_frames(payload: dict[str, Any], layer: int, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 8-bit frames of one layer and kept channel, decoded as the explorer script (``templates/explorer.js``)
+    """The 8-bit frames of one layer and kept channel, decoded as the explorer script (``report/templates/explorer.js``)
     decodes them, written from the format's description, not from shiftlab's code: ``(original (h, w), shifted
     (S, h, w))``."""
     blob = np.frombuffer(zlib.decompress(base64.b64decode(payload["data"])), dtype=np.uint8)

@@ -19,11 +19,11 @@ from PIL import Image
 from torch import nn
 
 from shiftlab import cli, evaluate
-from shiftlab.catalog import make_metric
 from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
-from shiftlab.invariance import TranslationSequence
-from shiftlab.views import Geometry, build_view, round_to_8bit
+from shiftlab.invariance.catalog import make_protocol
+from shiftlab.invariance.evaluate import EvaluateOptions, PreprocessChoices
+from shiftlab.invariance.protocols import TranslationSequence
+from shiftlab.invariance.views import Geometry, build_view, round_to_8bit
 
 NETS = Path(__file__).parent / "evaluation_nets.py"
 THRESHOLD = 100.3 / 255  # between two levels: a value in (100.3, 100.5) / 255 is above it, its 8-bit level is not
@@ -143,7 +143,7 @@ def test_protocol_says_which_frames():
     exact, rounded = TranslationSequence().describe(), TranslationSequence(eight_bit=True).describe()
     assert not exact["eight_bit"] and rounded["eight_bit"]
     assert "rounded to 8-bit levels" in rounded["frames"] and "rounded" not in exact["frames"]
-    assert make_metric("imagenet-p", sequence_8bit=True) == TranslationSequence(eight_bit=True)
+    assert make_protocol("imagenet-p", sequence_8bit=True) == TranslationSequence(eight_bit=True)
 
 
 def test_bad_eight_bit():

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from shiftlab.catalog import make_metric
 from shiftlab.errors import ShiftlabError
-from shiftlab.invariance import (
+from shiftlab.invariance.catalog import make_protocol
+from shiftlab.invariance.protocols import (
     FIXED_POINT_SCALE,
     Consistency,
     DiagonalShift,
@@ -23,7 +23,7 @@ from shiftlab.invariance import (
     sample_seed,
     top_k_distance,
 )
-from shiftlab.views import IDENTITY, Geometry, view_key
+from shiftlab.invariance.views import IDENTITY, Geometry, view_key
 
 
 def one_hot_logits(classes_per_view: list[list[int]], classes: int = 4) -> torch.Tensor:
@@ -50,7 +50,7 @@ def test_sample_seed_depends_on_seed_stream_and_index_only():
 
 def test_consistency_hand_computed_case():
     metric = Consistency("circular", views=3, max_shift=4)
-    state = metric.state(4)
+    state = metric.metric(4)
     # image 0: classes 0, 0, 1 -> pairs (0,1) agree, (0,2) and (1,2) do not: 1 of 3; image 1: all agree: 3 of 3
     offsets = torch.tensor([[[0, 0], [0, 3], [4, 0]], [[1, 1], [1, 1], [-2, -2]]])
     state.update(one_hot_logits([[0, 0, 1], [2, 2, 2]]), torch.full((2,), -1), offsets)
@@ -68,7 +68,7 @@ def test_consistency_hand_computed_case():
 
 
 def test_consistency_interval_is_undefined_for_one_image_and_collapses_when_all_agree():
-    state = Consistency(views=2).state(3)
+    state = Consistency(views=2).metric(3)
     state.update(one_hot_logits([[1, 1]], 3), torch.full((1,), -1), torch.zeros(1, 2, 2, dtype=torch.int64))
     assert state.compute()["ci95"] == [None, None]
     state.update(one_hot_logits([[0, 0]], 3), torch.full((1,), -1), torch.zeros(1, 2, 2, dtype=torch.int64))
@@ -79,9 +79,9 @@ def test_consistency_counts_do_not_depend_on_how_images_are_split(generator):
     metric = Consistency("crop", views=5, max_shift=6)
     logits = torch.randn(12, 5, 7, generator=generator)
     offsets = torch.randint(0, 6, (12, 5, 2), generator=generator)
-    whole = metric.state(7)
+    whole = metric.metric(7)
     whole.update(logits, torch.full((12,), -1), offsets)
-    parts = [metric.state(7) for _ in range(3)]
+    parts = [metric.metric(7) for _ in range(3)]
     for part, (start, stop) in zip(parts, [(0, 1), (1, 8), (8, 12)]):
         part.update(logits[start:stop], torch.full((stop - start,), -1), offsets[start:stop])
     merged = parts[0].merge(parts[1]).merge(parts[2])
@@ -144,7 +144,7 @@ def test_crop_windows_are_zhangs_centre_crop_then_offsets():
 
 def test_shift_accuracy_counts_per_shift_and_worst_case():
     metric = ShiftAccuracy([(0, 1), (1, 0)])
-    state = metric.state(3)
+    state = metric.metric(3)
     # views: unshifted, (0, 1), (1, 0). labels 2, 0, 1
     logits = one_hot_logits([[2, 2, 2], [0, 1, 0], [0, 1, 1]], 3)
     state.update(logits, torch.tensor([2, 0, 1]), None)
@@ -177,7 +177,7 @@ def test_fractional_shifts_only_in_fourier_mode():
 
 def test_subpixel_counts_unchanged_top1():
     metric = SubpixelConsistency([(0, 0.5), (0.5, 0.5)])
-    state = metric.state(3)
+    state = metric.metric(3)
     state.update(one_hot_logits([[1, 1, 1], [0, 0, 2]], 3), torch.full((2,), -1), None)
     result = state.compute()
     assert [item["consistency"] for item in result["per_shift"]] == [1.0, 0.5]
@@ -213,7 +213,7 @@ def test_imagenet_p_matches_the_published_loops(difficulty, generator):
     metric = TranslationSequence(max_shift=4, difficulties=(difficulty,))
     # few distinct values: many ties, which the ordinal ranking must break by class index
     logits = torch.randint(0, 4, (6, metric.frames, 9), generator=generator).float()
-    state = metric.state(9)
+    state = metric.metric(9)
     state.update(logits, torch.full((6,), -1), None)
     result = state.compute()["per_difficulty"][0]
     flips, distance = imagenet_p_reference(logits.numpy(), difficulty)
@@ -246,7 +246,7 @@ def test_imagenet_p_frames_are_horizontal_black_filled_windows():
 
 def test_imagenet_p_flips_by_step_and_from_centre():
     metric = TranslationSequence(max_shift=2, difficulties=(1, 2))
-    state = metric.state(2)
+    state = metric.metric(2)
     state.update(one_hot_logits([[0, 0, 1, 0, 0]], 2), torch.full((1,), -1), None)
     result = state.compute()
     assert [item["flip_rate"] for item in result["flip_rate_by_step"]] == [0.0, 1.0, 1.0, 0.0]
@@ -260,7 +260,7 @@ def test_imagenet_p_flips_by_step_and_from_centre():
 
 
 def test_diagonal_change_and_mac_hand_computed():
-    state = DiagonalShift().state(2)
+    state = DiagonalShift().metric(2)
     logits = torch.tensor([[[0.0, 0.0], [0.0, 1.0]], [[2.0, 0.0], [2.0, 0.0]]])
     state.update(logits, torch.full((2,), -1), None)
     result = state.compute()
@@ -280,7 +280,7 @@ def test_diagonal_views():
 
 
 def test_cosine_similarity_known_vectors():
-    state = FeatureSimilarity([(0, 1), (1, 0)]).state(0)
+    state = FeatureSimilarity([(0, 1), (1, 0)]).metric(0)
     outputs = torch.tensor(
         [
             [[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]],  # 1/sqrt(2), -1
@@ -298,7 +298,7 @@ def test_cosine_similarity_known_vectors():
 
 def test_fixed_point_sums_do_not_depend_on_the_order(generator):
     outputs = torch.randn(40, 3, 16, generator=generator)
-    forward, backward = FeatureSimilarity([(0, 1), (1, 1)]).state(0), FeatureSimilarity([(0, 1), (1, 1)]).state(0)
+    forward, backward = FeatureSimilarity([(0, 1), (1, 1)]).metric(0), FeatureSimilarity([(0, 1), (1, 1)]).metric(0)
     for index in range(40):
         forward.update(outputs[index : index + 1], torch.full((1,), -1), None)
         backward.update(outputs[39 - index : 40 - index], torch.full((1,), -1), None)
@@ -309,10 +309,10 @@ def test_fixed_point_sums_do_not_depend_on_the_order(generator):
 
 
 def test_make_metric_and_bad_options():
-    assert make_metric("consistency").describe()["pairs_per_image"] == 28
-    assert make_metric("crop-consistency", views=2, max_shift=4).name == "crop-consistency"
+    assert make_protocol("consistency").describe()["pairs_per_image"] == 28
+    assert make_protocol("crop-consistency", views=2, max_shift=4).name == "crop-consistency"
     with pytest.raises(ShiftlabError, match=r"^metric: must be one of consistency, crop-consistency"):
-        make_metric("accuracy")
+        make_protocol("accuracy")
     with pytest.raises(ShiftlabError, match=r"^consistency views: must be an integer >= 2, got 1$"):
         Consistency(views=1)
     with pytest.raises(ShiftlabError, match=r"^imagenet-p difficulty: must be an integer >= 1 and <= 4, got 5$"):
@@ -321,10 +321,10 @@ def test_make_metric_and_bad_options():
 
 def test_consistency_distances_are_taken_around_the_torus():
     # Rolls of 0 and 8 on an 8-pixel input are the same view (distance 0); 0 and 5 are 3 apart around the torus.
-    from shiftlab.invariance import Consistency
+    from shiftlab.invariance.protocols import Consistency
 
     metric = Consistency("circular", views=3, max_shift=8)
-    state = metric.state(classes=2)
+    state = metric.metric(classes=2)
     offsets = torch.tensor([[[0, 0, 8, 8], [8, 0, 8, 8], [5, 0, 8, 8]]])
     outputs = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # views 0 and 1 agree, view 2 does not
     state.update(outputs, torch.tensor([0]), offsets)

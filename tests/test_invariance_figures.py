@@ -1,4 +1,4 @@
-"""shiftlab.invariance_figures on a hand-made EvaluationResult: the lines, bars and heat maps drawn carry exactly
+"""shiftlab.report.invariance_figures on a hand-made EvaluationResult: the lines, bars and heat maps drawn carry exactly
 the numbers of the result (in percent), model names arrive escaped, and a result without the metric is refused."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import EvaluationResult
-from shiftlab.invariance_figures import (
+from shiftlab.invariance.evaluate import EvaluationResult
+from shiftlab.report.invariance_figures import (
     show_consistency_by_distance,
     show_dense_positions,
     show_sequence_flips,

@@ -1,8 +1,8 @@
 """Every invariance metric of ``evaluate`` against an independent brute-force reference on tiny data.
 
 The references are written from the published definitions (see ../shared/ANCHORS.md and the module docstrings of
-shiftlab.invariance and shiftlab.dense) with plain numpy/torch loops: the shifted views are cut by hand with
-slicing, ``np.roll`` or an FFT, the per-image shifts come from the documented derivation (SplitMix64 over the
+shiftlab.invariance.protocols and shiftlab.invariance.dense) with plain numpy/torch loops: the shifted views are cut by
+hand with slicing, ``np.roll`` or an FFT, the per-image shifts come from the documented derivation (SplitMix64 over the
 seed, the CRC-32 of the metric's name and the image index, re-implemented here), and the statistics are counted
 pair by pair. No shiftlab helper is used for the part under test: only ``evaluate`` itself is called, through
 :func:`run_evaluate`, the one place that knows its signature.
@@ -24,11 +24,11 @@ from scipy import stats
 from torch import nn
 
 from shiftlab import evaluate
-from shiftlab.dense import DenseConsistency
-from shiftlab.evaluate import EvaluateOptions, PreprocessChoices
-from shiftlab.invariance import (
+from shiftlab.invariance.dense import DenseConsistency
+from shiftlab.invariance.evaluate import EvaluateOptions, PreprocessChoices
+from shiftlab.invariance.protocols import (
     Consistency,
-    ConsistencyState,
+    ConsistencyMetric,
     DiagonalShift,
     FeatureSimilarity,
     ShiftAccuracy,
@@ -239,7 +239,7 @@ def test_the_interval_is_the_normal_interval_of_the_per_image_shares_by_hand():
     n, z = len(shares), stats.norm.ppf(0.975)
     half = z * shares.std(ddof=1) / math.sqrt(n)
     assert half == pytest.approx(1.959963984540054 * math.sqrt(((shares - shares.mean()) ** 2).sum() / (n - 1) / n))
-    state = ConsistencyState(Consistency("circular", views=3, max_shift=2))
+    state = ConsistencyMetric(Consistency("circular", views=3, max_shift=2))
     # outputs (n, 3 views, classes): view classes per image giving 1, 3, 1 and 0 agreeing pairs of 3
     top1 = torch.tensor([[0, 0, 1], [2, 2, 2], [1, 0, 0], [0, 1, 2]])
     outputs = F.one_hot(top1, CLASSES).double()

@@ -1,4 +1,4 @@
-"""Tests for shiftlab.layouts and the probe's layouts: known answers on channels-last and token networks.
+"""Tests for shiftlab.probing.layouts and the probe's layouts: known answers on channels-last and token networks.
 
 Theory for the hand-built networks below (circular padding, circular shifts):
 
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.layouts import Layout, parse_layout, resolve_overrides
-from shiftlab.probe import PREFIX, probe
+from shiftlab.probing.layerwise import PREFIX, probe
+from shiftlab.probing.layouts import Layout, parse_layout, resolve_overrides
 
 EXACT = 1e-5
 

@@ -20,10 +20,10 @@ from nets import pooled_net
 
 from shiftlab import probe
 from shiftlab.errors import ShiftlabError
-from shiftlab.evaluate import COLUMNS as EVALUATION_COLUMNS
-from shiftlab.evaluate import EvaluationResult
-from shiftlab.notebook import MAX_ROWS, table_html
-from shiftlab.probe import COLUMNS
+from shiftlab.invariance.evaluate import COLUMNS as EVALUATION_COLUMNS
+from shiftlab.invariance.evaluate import EvaluationResult
+from shiftlab.probing.layerwise import COLUMNS
+from shiftlab.report.notebook import MAX_ROWS, table_html
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "measuring_a_model.ipynb"
 

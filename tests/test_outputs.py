@@ -203,7 +203,7 @@ class TestProbeWatchesEveryTensor:
         )
 
     def test_explorer_shows_another_tensor_of_the_output(self):
-        from shiftlab.explore import explorer_data
+        from shiftlab.probing.explore import explorer_data
 
         x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
         data = explorer_data(Segmenter().eval(), x, self.SHIFTS, show=["output", "output.aux"], channels=2)
@@ -229,7 +229,7 @@ class TestEvaluateReadsStructuredOutputs:
         return torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
 
     def test_logits_of_a_dict_as_of_the_tensor_alone(self):
-        from shiftlab.evaluate import EvaluateOptions, evaluate
+        from shiftlab.invariance.evaluate import EvaluateOptions, evaluate
 
         class Plain(Classifier):
             def forward(self, x):

@@ -36,9 +36,9 @@ def test_every_public_name_loads_and_is_its_modules_own():
     assert set(shiftlab.__all__) <= set(dir(shiftlab))
 
 
-def test_probe_and_evaluate_stay_functions_when_their_modules_are_imported_first():
+def test_probe_and_evaluate_stay_functions_when_their_subsystems_are_imported_first():
     code = (
-        "import shiftlab.probe, shiftlab.evaluate, inspect\n"
+        "import shiftlab.probing.layerwise, shiftlab.invariance.evaluate, inspect\n"
         "from shiftlab import probe, evaluate\n"
         "print(inspect.isfunction(probe), inspect.isfunction(evaluate), inspect.isfunction(shiftlab.probe))"
     )

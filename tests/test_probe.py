@@ -24,11 +24,11 @@ import torch
 from nets import fcn_stride_four, pooled_net
 from torch import nn
 
-from shiftlab.equivariance import NOTE_GLOBAL, NOTE_NOT_MULTIPLE
 from shiftlab.errors import InternalError, ShiftlabError
 from shiftlab.models import SimpleCNN, load_model
 from shiftlab.ops import Convolve, MaxPool
-from shiftlab.probe import COLUMNS, ProbeResult, probe, select_layers
+from shiftlab.probing.equivariance import NOTE_GLOBAL, NOTE_NOT_MULTIPLE
+from shiftlab.probing.layerwise import COLUMNS, ProbeResult, probe, select_layers
 
 EXACT = 1e-6
 LAYOUT_IMAGES = 1  # the layouts are planned on one image at another size
@@ -339,7 +339,7 @@ class TestModelIsLeftUnchanged:
         def broken(*args, **kwargs):
             raise IndexError("list index out of range")
 
-        monkeypatch.setattr("shiftlab.equivariance.pair_sums", broken)
+        monkeypatch.setattr("shiftlab.probing.equivariance.pair_sums", broken)
         model = pooled_net()
         with pytest.raises(InternalError) as info:
             probe(model, images(), shifts=[(0, 1)], mode=mode)

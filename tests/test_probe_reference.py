@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from shiftlab.models import load_model
-from shiftlab.probe import ProbeResult, probe, select_layers
+from shiftlab.probing.layerwise import ProbeResult, probe, select_layers
 from shiftlab.shifts import shift
 
 slow = pytest.mark.slow

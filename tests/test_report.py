@@ -1,4 +1,4 @@
-"""shiftlab.report on known sections: the HTML holds the given text, tables, findings and figures, escaped, and is
+"""shiftlab.report.html on known sections: the HTML holds the given text, tables, findings and figures, escaped, and is
 self-contained (no request of any kind); the JSON twin holds the same sections and time stamp."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from matplotlib.figure import Figure
 from nets import pooled_net
 
-from shiftlab._embed import FIGURE_DPI, figure_data_uri
-from shiftlab.explore import explorer_data
-from shiftlab.report import environment, render_report, script_json, write_report
-from shiftlab.sections import Finding, Section, Table
+from shiftlab.probing.explore import explorer_data
+from shiftlab.report._embed import FIGURE_DPI, figure_data_uri
+from shiftlab.report.html import environment, render_report, script_json, write_report
+from shiftlab.report.sections import Finding, Section, Table
 
 ENV = {"shiftlab": "9.9", "python": "3.x", "torch": "t", "numpy": "n", "platform": "p", "created": "2026-01-02"}
 

@@ -10,8 +10,8 @@ from nets import pooled_net
 from torch import nn
 
 from shiftlab import convolve, max_pool
-from shiftlab.equivariance import EquivarianceResult
 from shiftlab.errors import ShiftlabError
+from shiftlab.probing.equivariance import EquivarianceResult
 from shiftlab.testing import DEFAULT_TOLERANCES, assert_shift_equivariant, assert_shift_invariant
 
 

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from shiftlab.probe import PREFIX, probe
+from shiftlab.probing.layerwise import PREFIX, probe
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.slow  # end to end: each test builds and probes a real network (seconds each)

@@ -8,8 +8,8 @@ import torch
 import torchvision.transforms.functional as TF
 
 from shiftlab.errors import ShiftlabError
+from shiftlab.invariance.views import IDENTITY, Geometry, build_view, view_key
 from shiftlab.shifts import shift
-from shiftlab.views import IDENTITY, Geometry, build_view, view_key
 
 
 @pytest.fixture

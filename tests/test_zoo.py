@@ -583,7 +583,7 @@ class TestEvaluateUsesTheModelsPreprocessing:
         assert record["mean"] == [0.5, 0.5, 0.5] and record["preprocessing"]["overridden"] == []
 
     def test_models_whose_own_preprocessing_differs(self, zoo, photos):
-        from shiftlab.evaluate import PreprocessChoices, evaluate
+        from shiftlab.invariance.evaluate import PreprocessChoices, evaluate
 
         with pytest.raises(ShiftlabError) as caught:
             evaluate(["timm:test_resnet", "timm:test_vit"], str(photos), metrics="consistency")

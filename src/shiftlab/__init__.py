@@ -10,8 +10,6 @@ import X`` works as before.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -20,21 +18,21 @@ __version__ = "0.1.0"
 _ORIGINS: dict[str, str] = {
     "Preprocess": "shiftlab.data",
     "prepare_images": "shiftlab.data",
-    "EquivarianceResult": "shiftlab.equivariance",
-    "ShiftComparison": "shiftlab.equivariance",
-    "ShiftError": "shiftlab.equivariance",
-    "equivariance_error": "shiftlab.equivariance",
-    "feature_stride": "shiftlab.equivariance",
+    "EquivarianceResult": "shiftlab.probing.equivariance",
+    "ShiftComparison": "shiftlab.probing.equivariance",
+    "ShiftError": "shiftlab.probing.equivariance",
+    "equivariance_error": "shiftlab.probing.equivariance",
+    "feature_stride": "shiftlab.probing.equivariance",
     "InternalError": "shiftlab.errors",
     "ShiftlabError": "shiftlab.errors",
-    "EvaluationResult": "shiftlab.evaluate",
-    "evaluate": "shiftlab.evaluate",
-    "show_convergence": "shiftlab.figures",
-    "show_error_vs_depth": "shiftlab.figures",
-    "show_feature_map": "shiftlab.figures",
-    "show_pyramid": "shiftlab.figures",
-    "show_shift_heatmaps": "shiftlab.figures",
-    "show_shift_table": "shiftlab.figures",
+    "EvaluationResult": "shiftlab.invariance.evaluate",
+    "evaluate": "shiftlab.invariance.evaluate",
+    "show_convergence": "shiftlab.report.figures",
+    "show_error_vs_depth": "shiftlab.report.figures",
+    "show_feature_map": "shiftlab.report.figures",
+    "show_pyramid": "shiftlab.report.figures",
+    "show_shift_heatmaps": "shiftlab.report.figures",
+    "show_shift_table": "shiftlab.report.figures",
     "SAMPLES": "shiftlab.images",
     "load_image": "shiftlab.images",
     "sample_image": "shiftlab.images",
@@ -45,8 +43,8 @@ _ORIGINS: dict[str, str] = {
     "gaussian_kernel": "shiftlab.kernels",
     "get_kernel": "shiftlab.kernels",
     "make_shift_invariant": "shiftlab.layers",
-    "MapError": "shiftlab.metrics",
-    "compare_maps": "shiftlab.metrics",
+    "MapError": "shiftlab.distances",
+    "compare_maps": "shiftlab.distances",
     "load_model": "shiftlab.models",
     "load_weights": "shiftlab.models",
     "Convolve": "shiftlab.ops",
@@ -56,9 +54,9 @@ _ORIGINS: dict[str, str] = {
     "max_pyramid_depth": "shiftlab.ops",
     "pool_pyramid": "shiftlab.ops",
     "main_output": "shiftlab.outputs",
-    "ProbeResult": "shiftlab.probe",
-    "probe": "shiftlab.probe",
-    "select_layers": "shiftlab.probe",
+    "ProbeResult": "shiftlab.probing.layerwise",
+    "probe": "shiftlab.probing.layerwise",
+    "select_layers": "shiftlab.probing.layerwise",
     "SHIFT_MODES": "shiftlab.shifts",
     "parse_shifts": "shiftlab.shifts",
     "shift": "shiftlab.shifts",
@@ -130,9 +128,7 @@ def __getattr__(name: str) -> Any:
 
     with interrupted_imports():  # Ctrl-C while the command imports torch: one line, status 130
         value = getattr(importlib.import_module(origin), name)
-    # ``shiftlab.probe`` is both a function and a submodule: importing the submodule set the attribute to the
-    # module, so the public name is written after the import, and wins
-    globals()[name] = value
+    globals()[name] = value  # found once: later lookups are plain attribute reads
     return value
 
 
@@ -140,34 +136,26 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-class _Package(types.ModuleType):
-    """The package's module object: ``probe`` and ``evaluate`` name both a function and the submodule defining it.
-
-    Importing a submodule binds it on its package; for these two the public function keeps the name, as it did when
-    ``__init__`` imported everything (``from shiftlab import probe`` is the function, whatever was imported first).
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _ORIGINS.get(name) == value.__name__:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
     from shiftlab.data import Preprocess, prepare_images
-    from shiftlab.equivariance import (
+    from shiftlab.distances import MapError, compare_maps
+    from shiftlab.errors import InternalError, ShiftlabError
+    from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
+    from shiftlab.invariance.evaluate import EvaluationResult, evaluate
+    from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
+    from shiftlab.layers import make_shift_invariant
+    from shiftlab.models import load_model, load_weights
+    from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
+    from shiftlab.outputs import main_output
+    from shiftlab.probing.equivariance import (
         EquivarianceResult,
         ShiftComparison,
         ShiftError,
         equivariance_error,
         feature_stride,
     )
-    from shiftlab.errors import InternalError, ShiftlabError
-    from shiftlab.evaluate import EvaluationResult, evaluate
-    from shiftlab.figures import (
+    from shiftlab.probing.layerwise import ProbeResult, probe, select_layers
+    from shiftlab.report.figures import (
         show_convergence,
         show_error_vs_depth,
         show_feature_map,
@@ -175,12 +163,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
         show_shift_heatmaps,
         show_shift_table,
     )
-    from shiftlab.images import SAMPLES, load_image, sample_image, single_pixel_image
-    from shiftlab.kernels import KERNEL_NAMES, binomial_kernel, box_kernel, gaussian_kernel, get_kernel
-    from shiftlab.layers import make_shift_invariant
-    from shiftlab.metrics import MapError, compare_maps
-    from shiftlab.models import load_model, load_weights
-    from shiftlab.ops import Convolve, MaxPool, convolve, max_pool, max_pyramid_depth, pool_pyramid
-    from shiftlab.outputs import main_output
-    from shiftlab.probe import ProbeResult, probe, select_layers
     from shiftlab.shifts import SHIFT_MODES, parse_shifts, shift, shift_grid, shift_range, shift_with_mask

@@ -67,9 +67,9 @@ def run_edges(args: argparse.Namespace) -> int:
     import numpy as np
 
     from shiftlab._io import staged_directory
-    from shiftlab.figures import show_feature_map
     from shiftlab.images import load_image
     from shiftlab.ops import convolve
+    from shiftlab.report.figures import show_feature_map
 
     image = load_image(args.image)
     edges = convolve(image, args.kernel, padding=args.padding, relu=not args.no_relu)
@@ -95,9 +95,9 @@ def run_pool(args: argparse.Namespace) -> int:
     import numpy as np
 
     from shiftlab._io import staged_directory
-    from shiftlab.figures import show_pyramid
     from shiftlab.images import load_image
     from shiftlab.ops import convolve, pool_pyramid
+    from shiftlab.report.figures import show_pyramid
 
     image = load_image(args.image)
     if args.edges:
@@ -124,7 +124,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from shiftlab.experiments.evaluation import demo_evaluation_sections
     from shiftlab.experiments.probing import demo_probe_sections
     from shiftlab.experiments.variants import demo_variants_sections
-    from shiftlab.report import write_report
+    from shiftlab.report.html import write_report
 
     with _progress(6, "demo") as bar:
         bar.set_postfix_str("article experiments")
@@ -173,7 +173,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from shiftlab._io import staged_directory
     from shiftlab.experiments.probing import ExploreOptions, ModelOptions, probe_section
     from shiftlab.experiments.probing import run_probe as probe_model
-    from shiftlab.report import write_report
+    from shiftlab.report.html import write_report
     from shiftlab.shifts import parse_shifts
 
     for option, value in (("--explore-layers", args.explore_layers), ("--explore-channels", args.explore_channels)):
@@ -401,8 +401,8 @@ def _finetune_converted(args: argparse.Namespace, model, converted, info, settin
     import os
 
     from shiftlab.errors import check
-    from shiftlab.evaluate import PreprocessChoices
     from shiftlab.finetune import FinetuneOptions, finetune
+    from shiftlab.invariance.evaluate import PreprocessChoices
 
     out = Path(args.out)
     check(not out.exists() or out.is_dir(), f"output folder '{out}'", "exists and is not a folder")
@@ -440,7 +440,7 @@ def _finetune_converted(args: argparse.Namespace, model, converted, info, settin
 
 def _write_finetune(result, staging: Path, spec: str) -> None:
     from shiftlab.experiments.finetuning import finetune_protocol, finetune_sections
-    from shiftlab.report import write_report
+    from shiftlab.report.html import write_report
 
     result.save_weights(staging / "weights.safetensors")
     result.to_json(staging / "finetune.json")
@@ -542,12 +542,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from shiftlab._io import staged_directory
-    from shiftlab.catalog import METRIC_NAMES, MetricOptions, make_metric
-    from shiftlab.datasets import open_images
     from shiftlab.errors import fail
-    from shiftlab.evaluate import EvaluateOptions, PreprocessChoices, evaluate
     from shiftlab.experiments.evaluation import evaluation_protocol, evaluation_sections
-    from shiftlab.report import write_report
+    from shiftlab.invariance.catalog import METRIC_NAMES, ProtocolOptions, make_protocol
+    from shiftlab.invariance.datasets import open_images
+    from shiftlab.invariance.evaluate import EvaluateOptions, PreprocessChoices, evaluate
+    from shiftlab.report.html import write_report
     from shiftlab.shifts import parse_shifts
 
     out = Path(args.out)
@@ -562,7 +562,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name in names:
         if name not in METRIC_NAMES:
             fail("--metrics", f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)} (or auto)")
-    options = MetricOptions(
+    options = ProtocolOptions(
         views=args.views,
         max_shift=args.max_shift,
         shifts=parse_shifts(args.shifts),
@@ -574,7 +574,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dense_mode=args.dense_mode,
         dense_step=args.dense_step,
     )
-    metrics = [make_metric(name, options) for name in names]
+    metrics = [make_protocol(name, options) for name in names]
     main_process = _main_process()
     if main_process and images.labels is not None and not any(metric.needs_labels for metric in metrics):
         kinds = f"{len(images.classes)} classes" if images.classes else "class indices"
@@ -676,7 +676,7 @@ EVALUATE_SUMMARY = (
 
 
 def _print_evaluation(result) -> None:
-    from shiftlab.sections import format_error, format_number
+    from shiftlab.report.sections import format_error, format_number
 
     rows = result.summary()
     width = max(len(row["model"]) for row in rows)
@@ -1164,7 +1164,7 @@ def _add_evaluate(add_parser: AddParser) -> None:
 
 
 def _add_metric_options(parser: argparse.ArgumentParser) -> None:
-    """evaluate's metrics and their protocols (:func:`shiftlab.catalog.make_metric`)."""
+    """evaluate's metrics and their protocols (:func:`shiftlab.invariance.catalog.make_protocol`)."""
     parser.add_argument(
         "--metrics",
         default="auto",
@@ -1233,7 +1233,7 @@ def _add_metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    """evaluate's preprocessing choices (:class:`shiftlab.evaluate.PreprocessChoices`)."""
+    """evaluate's preprocessing choices (:class:`shiftlab.invariance.evaluate.PreprocessChoices`)."""
     parser.add_argument(
         "--resize",
         type=int,
@@ -1254,7 +1254,7 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """evaluate's run options (:class:`shiftlab.evaluate.EvaluateOptions`)."""
+    """evaluate's run options (:class:`shiftlab.invariance.evaluate.EvaluateOptions`)."""
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random shifts and of random initialisation (default: 0)"
     )

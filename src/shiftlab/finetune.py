@@ -44,8 +44,8 @@ Reproducible
     ``sample_seed(seed, crc32("finetune order"), e)``, the shift of training image ``i`` in epoch ``e`` from one
     seeded with ``sample_seed(seed, crc32("finetune shifts"), e * 2^32 + i)``, dropout (if the model has any) in
     step ``k`` of process ``r`` from one seeded with ``sample_seed(seed, crc32("finetune dropout"),
-    k * 2^16 + r)`` (:func:`shiftlab.invariance.sample_seed`; no global random state is read or changed). On one
-    process and the CPU the same inputs and settings give the same weights, bit for bit, for a given number of
+    k * 2^16 + r)`` (:func:`shiftlab.invariance.protocols.sample_seed`; no global random state is read or changed). On
+    one process and the CPU the same inputs and settings give the same weights, bit for bit, for a given number of
     intra-op threads; on a GPU as far as its kernels are deterministic.
 
 Checkpoints
@@ -86,15 +86,21 @@ from torch import nn
 
 from shiftlab._io import atomic_write_bytes, atomic_write_text, json_text, safetensors_bytes, to_jsonable
 from shiftlab.data import Preprocess
-from shiftlab.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loader, open_images
 from shiftlab.digits import DIGITS_CLASSES, load_digits
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, check, check_choice, check_int, check_real, describe, fail, first_line
-from shiftlab.evaluate import EvaluateOptions, EvaluationResult, PreprocessChoices, _first_difference, evaluate
-from shiftlab.invariance import Consistency, ShiftAccuracy, sample_seed
+from shiftlab.invariance.datasets import EvaluationDataset, ImageSet, LoadedImage, make_loader, open_images
+from shiftlab.invariance.evaluate import (
+    EvaluateOptions,
+    EvaluationResult,
+    PreprocessChoices,
+    _first_difference,
+    evaluate,
+)
+from shiftlab.invariance.protocols import Consistency, ShiftAccuracy, sample_seed
+from shiftlab.invariance.views import IDENTITY, Geometry, ViewKey, build_view
 from shiftlab.layers.aps import APSPool2d
 from shiftlab.models import _first_conv_channels, resolve_device
-from shiftlab.views import IDENTITY, Geometry, ViewKey, build_view
 
 __all__ = [
     "FINETUNE_SHIFT_MODES",
@@ -584,7 +590,7 @@ class FinetuneResult:
 
     def plot_curve(self, **kwargs: Any):
         """The training curve: the loss per step, and the held-out accuracy after every epoch."""
-        from shiftlab.figures import show_training_curve
+        from shiftlab.report.figures import show_training_curve
 
         return show_training_curve(self, **kwargs)
 
@@ -602,8 +608,8 @@ class FinetuneOptions:
         holdout_fraction: the share of ``data`` held out when no ``holdout`` is given (:func:`holdout_split`).
         labels: ``"use"`` (a cross-entropy term; the data must have labels), ``"ignore"``, or ``None``: use them
             when the data has them.
-        classes: class names in index order (folders and list files; see :func:`shiftlab.datasets.open_images`).
-        views: views per image of the held-out consistency metrics.
+        classes: class names in index order (folders and list files; see
+        :func:`shiftlab.invariance.datasets.open_images`). views: views per image of the held-out consistency metrics.
         workers: image-decoding processes (0: in this process).
         device: where the models run (under ``torchrun`` with CUDA: one GPU per process).
         cache_teacher: keep the teacher's outputs on the unshifted images after one pass (they never change);
@@ -750,7 +756,7 @@ def finetune(
         settings: how the student is trained (:class:`FinetuneSettings`; ``None``: the defaults).
         holdout: held-out images (as ``data``); by default ``options.holdout_fraction`` of ``data``
             (:func:`holdout_split`), or for ``"digits"`` the 1,000 test digits.
-        preprocess: how images become model inputs, a :class:`~shiftlab.evaluate.PreprocessChoices` or a
+        preprocess: how images become model inputs, a :class:`~shiftlab.invariance.evaluate.PreprocessChoices` or a
             :class:`~shiftlab.data.Preprocess` (its channels are the models'): ``resize``, the shorter side of every
             image before the window is cut (bilinear, antialiased; e.g. 256); ``crop``, the model input, the centre
             ``crop x crop`` window (e.g. 224; default the whole image, which must then have one size for all

@@ -37,12 +37,13 @@ Weights files are read by :mod:`shiftlab.weights`: a ``state_dict`` saved with `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,7 @@ from shiftlab.weights import fits, load_state, load_weights, read_state_dict
 
 __all__ = [
     "BUNDLED_MODELS",
+    "eval_mode",
     "ArticleNet",
     "DIGITS_CNN_VARIANTS",
     "DigitsCNN",
@@ -614,3 +616,26 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         fail("device", "MPS was asked for, but it is not available here")
     return device
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """The ``models`` in eval mode for the ``with`` block; every module's own train/eval flag restored on the way
+    out, also when the block raises (a model may hold modules in both states, as a partly frozen one does).
+
+    Example:
+        >>> net = nn.Sequential(nn.Dropout(), nn.Dropout().eval())
+        >>> with eval_mode(net):
+        ...     [module.training for module in net.modules()]
+        [False, False, False]
+        >>> [module.training for module in net.modules()]
+        [True, True, False]
+    """
+    flags = {module: module.training for model in models for module in model.modules()}
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for module, training in flags.items():
+            module.training = training

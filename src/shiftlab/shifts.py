@@ -70,12 +70,12 @@ class ShiftMode:
     """A shift mode, validated once where it enters: how inputs are shifted and how outputs are moved back.
 
     Public functions take the mode as a string and turn it into a ``ShiftMode`` once (:meth:`of`; ``auto``
-    through :func:`shiftlab.borders.choose_mode`); from there on the value travels, and every question about the
+    through :func:`shiftlab.probing.borders.choose_mode`); from there on the value travels, and every question about the
     mode is asked of it rather than of the string.
 
     Attributes:
         mode: ``"circular"``, ``"zero"``, ``"crop"`` or ``"fourier"``.
-        reason: ``"given"``, or ``"auto: ..."`` with what decided it (see :mod:`shiftlab.borders`).
+        reason: ``"given"``, or ``"auto: ..."`` with what decided it (see :mod:`shiftlab.probing.borders`).
 
     Example:
         >>> crop = ShiftMode.of("crop")

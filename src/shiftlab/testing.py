@@ -10,8 +10,8 @@ position of the worst difference, and, for an ``nn.Module`` that is not
 equivariant, the first layer where equivariance breaks.
 
 The shift mode is ``auto`` by default, as for :func:`shiftlab.probe`: for an ``nn.Module``, ``circular`` when every
-padding in it is circular or there is none, ``crop`` otherwise (:mod:`shiftlab.borders`); for any other callable,
-whose padding cannot be seen, ``circular``. A failure message says which mode ``auto`` chose, and why.
+padding in it is circular or there is none, ``crop`` otherwise (:mod:`shiftlab.probing.borders`); for any other
+callable, whose padding cannot be seen, ``circular``. A failure message says which mode ``auto`` chose, and why.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor
-from shiftlab.borders import AUTO, choose_mode
-from shiftlab.equivariance import EquivarianceResult, ShiftError, call_fn, equivariance_error, shifted_inputs
+from shiftlab.probing.borders import AUTO, choose_mode
+from shiftlab.probing.equivariance import EquivarianceResult, ShiftError, call_fn, equivariance_error, shifted_inputs
 from shiftlab.shifts import ShiftMode, check_shifts, shift_with_mask
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
@@ -73,7 +73,7 @@ def assert_shift_equivariant(
         atol, rtol: tolerances; defaults from :data:`DEFAULT_TOLERANCES`.
 
     Returns:
-        The :class:`~shiftlab.equivariance.EquivarianceResult`, when it passes.
+        The :class:`~shiftlab.probing.equivariance.EquivarianceResult`, when it passes.
 
     Raises:
         AssertionError: naming the worst shift, position and (for modules) layer.
@@ -149,7 +149,7 @@ def _position_clause(
 def _layer_clause(
     model: nn.Module, tensor: torch.Tensor, shifts: list[tuple[float, float]], mode: ShiftMode, rtol: float
 ) -> str:
-    from shiftlab.probe import probe
+    from shiftlab.probing.layerwise import probe
 
     try:
         summary = probe(model, tensor, shifts=shifts, mode=mode).summary()

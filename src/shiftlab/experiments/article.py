@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftlab.explore import ExplorerData, Screen, explorer_data
-from shiftlab.figures import show_convergence, show_feature_map, show_pyramid, show_shift_table
+from shiftlab.distances import compare_maps, peak_position
 from shiftlab.images import SCENE_SHIFT, sample_image, single_pixel_image
 from shiftlab.kernels import KernelSpec
-from shiftlab.metrics import compare_maps, peak_position
 from shiftlab.ops import Convolve, MaxPool, convolve, max_pyramid_depth, pool_pyramid
-from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_number
+from shiftlab.probing.explore import ExplorerData, Screen, explorer_data
+from shiftlab.report.figures import show_convergence, show_feature_map, show_pyramid, show_shift_table
+from shiftlab.report.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_number
 from shiftlab.shifts import shift_grid, shift_with_mask
 
 __all__ = [

@@ -1,13 +1,13 @@
-"""Report sections for an :class:`~shiftlab.evaluate.EvaluationResult`: a table per metric, models side by side,
-with figures and findings; used by ``shiftlab evaluate`` and by the demo.
+"""Report sections for an :class:`~shiftlab.invariance.evaluate.EvaluationResult`: a table per metric, models side by
+side, with figures and findings; used by ``shiftlab evaluate`` and by the demo.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shiftlab.evaluate import EvaluationResult
-from shiftlab.sections import Finding, Section, Table, format_error, format_number
+from shiftlab.invariance.evaluate import EvaluationResult
+from shiftlab.report.sections import Finding, Section, Table, format_error, format_number
 
 __all__ = ["DEMO_DIGITS", "demo_evaluation_sections", "evaluation_protocol", "evaluation_sections"]
 
@@ -426,8 +426,8 @@ DEMO_DIGITS = 200
 def demo_evaluation_sections() -> list[Section]:
     """The demo's evaluation: the bundled digit classifier on the first 200 held-out digits, three protocols."""
     from shiftlab.digits import DIGITS_CLASSES, load_digits
-    from shiftlab.evaluate import EvaluateOptions, evaluate
-    from shiftlab.invariance import Consistency, DiagonalShift, TranslationSequence
+    from shiftlab.invariance.evaluate import EvaluateOptions, evaluate
+    from shiftlab.invariance.protocols import Consistency, DiagonalShift, TranslationSequence
 
     images, labels = load_digits("test")
     result = evaluate(

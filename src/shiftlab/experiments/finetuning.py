@@ -11,7 +11,7 @@ from typing import Any
 
 from shiftlab.experiments.evaluation import _percent, evaluation_sections
 from shiftlab.finetune import STAGES, FinetuneResult
-from shiftlab.sections import Finding, Section, Table
+from shiftlab.report.sections import Finding, Section, Table
 
 __all__ = ["finetune_protocol", "finetune_sections"]
 

@@ -16,13 +16,13 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from shiftlab._format import name_bytes, printable
-from shiftlab.borders import ModeChoice, choose_mode
 from shiftlab.data import Preprocess
 from shiftlab.errors import check
-from shiftlab.explore import ExplorerData, Screen, explorer_data, representative_layers
 from shiftlab.models import ModelInfo, describe_preprocessing, load_model, resolve_device, resolve_dtype
-from shiftlab.probe import ProbeOptions, ProbeResult, probe
-from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_stride
+from shiftlab.probing.borders import ModeChoice, choose_mode
+from shiftlab.probing.explore import ExplorerData, Screen, explorer_data, representative_layers
+from shiftlab.probing.layerwise import ProbeOptions, ProbeResult, probe
+from shiftlab.report.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_stride
 from shiftlab.shifts import check_shifts, crop_margin
 
 __all__ = [
@@ -174,13 +174,13 @@ def run_probe(
     progress: Callable[[int, int | None], None] | None = None,
 ) -> tuple[ProbeResult, ModelInfo, ExplorerData | None]:
     """Load a model from its spec, prepare the images for it, and probe it; with ``explore``, also an explorer's
-    frames of the first image (:func:`shiftlab.explore.explorer_data`).
+    frames of the first image (:func:`shiftlab.probing.explore.explorer_data`).
 
     The images are prepared as the model expects them (its own preprocessing: see
     :meth:`shiftlab.models.ModelInfo.preprocessing`); ``options.size``, ``options.interpolation`` and a
     ``options.normalize`` other than ``"auto"`` override it. The protocol records the preprocessing and where it came
     from. ``mode="auto"`` shifts circularly when every padding in the model is circular or there is none, and takes
-    crop windows otherwise (see :mod:`shiftlab.borders`).
+    crop windows otherwise (see :mod:`shiftlab.probing.borders`).
 
     Returns:
         The probe's result, the model's info, and the explorer's data (``None`` without ``explore``; its

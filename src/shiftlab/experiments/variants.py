@@ -17,12 +17,14 @@ Everything is measured with shiftlab's own tools on the first ``digits`` held-ou
 numbers of each class), the same digits and the same shifts for every variant:
 
 * accuracy: top-1 on the digits as they are (and, from each variant's training record, on all 1,000);
-* circular consistency (:class:`~shiftlab.invariance.Consistency`, the APS protocol): ``views`` circular rolls of
+* circular consistency (:class:`~shiftlab.invariance.protocols.Consistency`, the APS protocol): ``views`` circular rolls
+of
   each digit, shifts uniform in ``[-4, 4)`` per axis, the share of view pairs whose top-1 class agrees;
 * crop consistency (the Zhang protocol): it needs room around the model's 28x28 input, so each digit is put in
   the middle of a 36x36 black canvas (MNIST's background is exactly 0: the canvas only adds more of it) and
   ``views`` 28x28 windows are cut at offsets uniform in ``[0, 8)``, shifts of -4..3 pixels with real content;
-* worst-case shift accuracy (:class:`~shiftlab.invariance.ShiftAccuracy`, Michaeli et al. 2023): a digit counts
+* worst-case shift accuracy (:class:`~shiftlab.invariance.protocols.ShiftAccuracy`, Michaeli et al. 2023): a digit
+counts
   as correct only if it is classified correctly under every circular shift ``(dy, dx)`` in ``0..3`` (16 shifts:
   every phase of the network's stride 4 once; a circular shift by 4 more moves the phase back);
 * the per-layer profile (:func:`shiftlab.probe`): the same 16 circular shifts on ``probe_digits`` digits, the
@@ -57,12 +59,12 @@ from matplotlib.figure import Figure
 from shiftlab._format import format_stride
 from shiftlab.digits import DIGITS_CLASSES, DIGITS_SIZES, load_digits
 from shiftlab.errors import check, check_int
-from shiftlab.evaluate import EvaluateOptions, EvaluationResult, PreprocessChoices, evaluate
-from shiftlab.figures import shade_stride_bands
-from shiftlab.invariance import Consistency, ShiftAccuracy
+from shiftlab.invariance.evaluate import EvaluateOptions, EvaluationResult, PreprocessChoices, evaluate
+from shiftlab.invariance.protocols import Consistency, ShiftAccuracy
 from shiftlab.models import DIGITS_CNN_VARIANTS, DIGITS_CNN_WEIGHTS, load_model
-from shiftlab.probe import ProbeResult, probe
-from shiftlab.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_number
+from shiftlab.probing.layerwise import ProbeResult, probe
+from shiftlab.report.figures import shade_stride_bands
+from shiftlab.report.sections import ROUNDING_LEVEL, Finding, Section, Table, format_error, format_number
 
 __all__ = [
     "CANVAS_MARGIN",

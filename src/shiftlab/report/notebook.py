@@ -11,8 +11,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from shiftlab._embed import figure_data_uri
 from shiftlab._format import format_number
+from shiftlab.report._embed import figure_data_uri
 
 __all__ = ["MAX_ROWS", "evaluation_html", "probe_html", "table_html"]
 

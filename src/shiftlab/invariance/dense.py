@@ -57,22 +57,22 @@ from typing import Any
 import torch
 
 from shiftlab.errors import check, check_choice, check_int, describe, fail
-from shiftlab.invariance import (
+from shiftlab.invariance.protocols import (
     FIXED_POINT_SCALE,
+    InvarianceProtocol,
     Metric,
-    MetricState,
     _ratio,
     _row,
     _zeros,
     shifted_key,
 )
-from shiftlab.views import IDENTITY, Geometry, ViewKey
+from shiftlab.invariance.views import IDENTITY, Geometry, ViewKey
 
 __all__ = [
     "DENSE_MODES",
     "POSITION_BINS",
     "DenseConsistency",
-    "DenseConsistencyState",
+    "DenseConsistencyMetric",
     "align_predictions",
     "map_stride",
     "predicted_classes",
@@ -158,7 +158,7 @@ def _overlap(rows: int, cols: int, dy: int, dx: int) -> tuple[int, int, int, int
 
 
 @dataclass(frozen=True)
-class DenseConsistency(Metric):
+class DenseConsistency(InvarianceProtocol):
     """Per-pixel class agreement and mIoU between the prediction for the unshifted input and each shift's, aligned.
 
     See the module docstring for the protocol and the definitions.
@@ -262,8 +262,8 @@ class DenseConsistency(Metric):
     def max_distance(self) -> int:
         return int(math.floor(self.reach * math.sqrt(2.0) + 0.5))
 
-    def state(self, classes: int) -> DenseConsistencyState:
-        return DenseConsistencyState(self, classes)
+    def metric(self, classes: int) -> DenseConsistencyMetric:
+        return DenseConsistencyMetric(self, classes)
 
     def describe(self) -> dict[str, Any]:
         moves = {
@@ -291,7 +291,7 @@ def _stride_text(stride: tuple[int, int]) -> str:
     return str(stride[0]) if stride[0] == stride[1] else f"{stride[0]}x{stride[1]}"
 
 
-class DenseConsistencyState(MetricState):
+class DenseConsistencyMetric(Metric):
     """Counts for :class:`DenseConsistency`: pixels compared and unchanged, per-class intersections and unions.
 
     ``update(outputs, labels, infos)`` takes ``outputs`` ``(n, K, C, h, w)`` (the reference first),

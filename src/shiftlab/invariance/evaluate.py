@@ -1,11 +1,11 @@
 """Invariance of predictions over a whole data set: :func:`evaluate` -> :class:`EvaluationResult`.
 
-One pass over the data measures every requested metric (:mod:`shiftlab.invariance`)
+One pass over the data measures every requested metric (:mod:`shiftlab.invariance.protocols`)
 for every model, on the same shifted views:
 
-1. Images are loaded (decoded and resized: :class:`~shiftlab.datasets.EvaluationDataset`)
+1. Images are loaded (decoded and resized: :class:`~shiftlab.invariance.datasets.EvaluationDataset`)
    by a streaming loader, optionally in worker processes.
-2. For each image, every metric lists the views it needs (:mod:`shiftlab.views`);
+2. For each image, every metric lists the views it needs (:mod:`shiftlab.invariance.views`);
    views that several metrics share (the unshifted input above all) are cut once.
 3. The views of a *pack* of images go through each model together: ``K`` views per
    image cost ``K`` forward passes' worth of inputs, whatever the number of pairs.
@@ -59,9 +59,11 @@ from shiftlab._io import (
 )
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
-from shiftlab.catalog import METRIC_NAMES, make_metric
 from shiftlab.data import Preprocess, Resize
-from shiftlab.datasets import (
+from shiftlab.distributed import Processes, gather_objects, process_group, shard
+from shiftlab.errors import ShiftlabError, add_note, check, check_int, describe, fail, first_line
+from shiftlab.invariance.catalog import METRIC_NAMES, make_protocol
+from shiftlab.invariance.datasets import (
     TOO_SMALL,
     UNREADABLE,
     EvaluationDataset,
@@ -71,13 +73,10 @@ from shiftlab.datasets import (
     load_batches,
     open_images,
 )
-from shiftlab.distributed import Processes, gather_objects, process_group, shard
-from shiftlab.engine import eval_mode
-from shiftlab.errors import ShiftlabError, add_note, check, check_int, describe, fail, first_line
-from shiftlab.invariance import Metric, MetricState, sample_seed
-from shiftlab.models import ModelInfo, _first_conv_channels, load_model, resolve_device, resolve_dtype
+from shiftlab.invariance.protocols import InvarianceProtocol, Metric, sample_seed
+from shiftlab.invariance.views import Geometry, ViewKey, build_view, view_key
+from shiftlab.models import ModelInfo, _first_conv_channels, eval_mode, load_model, resolve_device, resolve_dtype
 from shiftlab.outputs import describe_output, main_output, named_tensors
-from shiftlab.views import Geometry, ViewKey, build_view, view_key
 
 __all__ = ["COLUMNS", "EvaluateOptions", "EvaluationResult", "PreprocessChoices", "evaluate"]
 
@@ -121,7 +120,7 @@ class EvaluateOptions:
         seed: seeds the random shifts (and the random initialisation of model specs without weights).
         batch_size: most inputs per forward pass; fixes which images share a pass.
         workers: loader processes that decode images (0: decode in this process), or ``"auto"``: chosen from
-            the CPU cores, the device and the number of images (:func:`shiftlab.datasets.choose_workers`;
+            the CPU cores, the device and the number of images (:func:`shiftlab.invariance.datasets.choose_workers`;
             the command line's default). The result's ``protocol["loader"]`` says how many decoded and why.
         device, dtype: where and in which precision the models run.
         checkpoint: file for partial results, written every ``checkpoint_every`` steps.
@@ -349,7 +348,7 @@ def _model_inputs(views: torch.Tensor, model: _Model, dtype: torch.dtype) -> tor
     return views.to(dtype).contiguous()
 
 
-def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[Metric]) -> torch.Tensor:
+def _forward(model: _Model, inputs: torch.Tensor, metrics: Sequence[InvarianceProtocol]) -> torch.Tensor:
     """The main tensor of the model's output (:func:`shiftlab.outputs.main_output`), checked against every metric."""
     try:
         with torch.inference_mode():
@@ -481,32 +480,32 @@ class EvaluationResult:
         return data_frame(self.rows, COLUMNS, "EvaluationResult.to_pandas()")
 
     def _repr_html_(self) -> str:
-        """The headline rows as an HTML table, for Jupyter (see :mod:`shiftlab.notebook`)."""
-        from shiftlab.notebook import evaluation_html
+        """The headline rows as an HTML table, for Jupyter (see :mod:`shiftlab.report.notebook`)."""
+        from shiftlab.report.notebook import evaluation_html
 
         return evaluation_html(self)
 
     def plot_consistency(self, metric: str | None = None, **kwargs: Any):
         """Consistency against the distance between the two views' shifts (dense: the shift's length), per model."""
-        from shiftlab.invariance_figures import show_consistency_by_distance
+        from shiftlab.report.invariance_figures import show_consistency_by_distance
 
         return show_consistency_by_distance(self, metric=metric, **kwargs)
 
     def plot_dense_positions(self, **kwargs: Any):
         """Where dense-consistency's predicted classes change, by position in the map, one panel per model."""
-        from shiftlab.invariance_figures import show_dense_positions
+        from shiftlab.report.invariance_figures import show_dense_positions
 
         return show_dense_positions(self, **kwargs)
 
     def plot_sequence(self, **kwargs: Any):
         """Prediction flips along ImageNet-P's translation sequence, one line per model."""
-        from shiftlab.invariance_figures import show_sequence_flips
+        from shiftlab.report.invariance_figures import show_sequence_flips
 
         return show_sequence_flips(self, **kwargs)
 
     def plot_shift_accuracy(self, **kwargs: Any):
         """Accuracy for every shift of the grid, one heat map per model."""
-        from shiftlab.invariance_figures import show_shift_accuracy
+        from shiftlab.report.invariance_figures import show_shift_accuracy
 
         return show_shift_accuracy(self, **kwargs)
 
@@ -514,13 +513,15 @@ class EvaluationResult:
 # --------------------------------------------------------------------------- evaluate
 
 
-def _resolve_metrics(metrics: Any) -> list[Metric]:
-    if isinstance(metrics, (str, Metric)):
+def _resolve_metrics(metrics: Any) -> list[InvarianceProtocol]:
+    if isinstance(metrics, (str, InvarianceProtocol)):
         metrics = [metrics]
-    resolved = [make_metric(item) if isinstance(item, str) else item for item in metrics]
+    resolved = [make_protocol(item) if isinstance(item, str) else item for item in metrics]
     for item in resolved:
         check(
-            isinstance(item, Metric), "metrics", f"expected metric names ({', '.join(METRIC_NAMES)}) or Metric objects"
+            isinstance(item, InvarianceProtocol),
+            "metrics",
+            f"expected metric names ({', '.join(METRIC_NAMES)}) or InvarianceProtocol objects",
         )
     check(resolved, "metrics", f"give at least one of {', '.join(METRIC_NAMES)}")
     names = [item.name for item in resolved]
@@ -555,7 +556,7 @@ class _Run:
     """Everything one process needs while it runs."""
 
     images: ImageSet
-    metrics: list[Metric]
+    metrics: list[InvarianceProtocol]
     models: list[_Model]
     crop: int | None
     seed: int
@@ -563,7 +564,7 @@ class _Run:
     dtype: torch.dtype
     processes: Processes
     run: RunState
-    states: dict[tuple[str, str], MetricState]
+    states: dict[tuple[str, str], Metric]
     reasons: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (kind, reason)
     saved: bool = False  # whether the checkpoint holds this run's counts (written, or resumed from)
 
@@ -587,10 +588,10 @@ def evaluate(
         models: an ``nn.Module`` or a model spec (see :func:`shiftlab.load_model`), a list of them,
             or a dict ``{label: model}``.
         data: a folder, a list file, a bundled data set's name, a tensor ``(N, C, H, W)`` in ``[0, 1]``,
-            a pair ``(images, labels)``, or an :class:`~shiftlab.datasets.ImageSet`
-            (see :func:`shiftlab.datasets.open_images`).
-        metrics: names from :data:`shiftlab.invariance.METRIC_NAMES` or
-            :class:`~shiftlab.invariance.Metric` objects (for their options).
+            a pair ``(images, labels)``, or an :class:`~shiftlab.invariance.datasets.ImageSet`
+            (see :func:`shiftlab.invariance.datasets.open_images`).
+        metrics: names from :data:`shiftlab.invariance.protocols.METRIC_NAMES` or
+            :class:`~shiftlab.invariance.protocols.InvarianceProtocol` objects (for their options).
         preprocess: how images become model inputs. ``None``: each model's own (a pretrained model's
             preprocessing, ImageNet's normalisation for a torchvision architecture, else the images as they are;
             see :meth:`shiftlab.models.ModelInfo.preprocessing`). A :class:`~shiftlab.data.Preprocess`
@@ -694,7 +695,7 @@ def _evaluate(
     entries: list[_Model],
     image_set: ImageSet,
     dataset: EvaluationDataset,
-    metrics: list[Metric],
+    metrics: list[InvarianceProtocol],
     settings: _Settings,
     processes: Processes,
     on_skip: Callable[[str, str], None] | None,
@@ -707,7 +708,7 @@ def _evaluate(
     packs = _pack_ranges(len(image_set), per_pack)
     protocol = _protocol(image_set, entries, metrics, settings, per_pack, processes)
     states = {
-        (entry.label, metric.name): metric.state(classes_out[entry.label]) for entry in entries for metric in metrics
+        (entry.label, metric.name): metric.metric(classes_out[entry.label]) for entry in entries for metric in metrics
     }
     run = RunState(len(packs), len(image_set))
     checkpoint = Path(settings.checkpoint) if settings.checkpoint is not None else None
@@ -775,7 +776,7 @@ def _evaluate(
 def _check_models(
     entries: list[_Model],
     dataset: EvaluationDataset,
-    metrics: list[Metric],
+    metrics: list[InvarianceProtocol],
     crop: int | None,
     device: torch.device,
     dtype: torch.dtype,
@@ -825,7 +826,7 @@ def _check_models(
 def _protocol(
     images: ImageSet,
     entries: list[_Model],
-    metrics: list[Metric],
+    metrics: list[InvarianceProtocol],
     settings: _Settings,
     per_pack: int,
     processes: Processes,
@@ -1002,7 +1003,7 @@ def _partial_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".partial.json")
 
 
-def _clone_reduced(context: _Run) -> tuple[RunState, dict[tuple[str, str], MetricState]]:
+def _clone_reduced(context: _Run) -> tuple[RunState, dict[tuple[str, str], Metric]]:
     """Copies of the states combined over every process (a collective: every process calls it)."""
     run = context.run.clone().all_reduce()
     states = {key: state.clone().all_reduce() for key, state in context.states.items()}
@@ -1039,7 +1040,7 @@ def _checksum(settings: str, run: Mapping[str, torch.Tensor], states: Mapping[st
 
 
 def _write_checkpoint(
-    path: Path, protocol: dict[str, Any], run: RunState, states: Mapping[tuple[str, str], MetricState]
+    path: Path, protocol: dict[str, Any], run: RunState, states: Mapping[tuple[str, str], Metric]
 ) -> None:
     settings = json.dumps(protocol, sort_keys=True)
     run_state = run.state_dict()
@@ -1061,7 +1062,7 @@ def _load_checkpoint(
     path: Path,
     protocol: dict[str, Any],
     run: RunState,
-    states: Mapping[tuple[str, str], MetricState],
+    states: Mapping[tuple[str, str], Metric],
     processes: Processes,
     packs: Sequence[tuple[int, int]],
 ) -> None:

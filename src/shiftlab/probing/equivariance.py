@@ -23,7 +23,7 @@ map escapes the border (a global pooling, the logits), the whole map is
 compared and ``note`` says so.
 
 Metrics, on the compared pixels: relative L2 error ``||a - b|| / ||b||``, max
-absolute error and cosine similarity (see :mod:`shiftlab.metrics`). Over
+absolute error and cosine similarity (see :mod:`shiftlab.distances`). Over
 several images they come from sums over all of them, so the best alignment is
 chosen once per shift, for all images together; :class:`ShiftComparison`
 keeps those sums, batch after batch, and can be merged and all-reduced, so a
@@ -39,13 +39,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from shiftlab._compare import Pair, PairSums, Scratch, comparison_pairs, pair_sums, whole_sums
 from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.accumulate import Accumulator
-from shiftlab.engine import border_core
+from shiftlab.distances import MapError, map_error
 from shiftlab.errors import ShiftlabError, check, check_pair, describe, fail, first_line
-from shiftlab.layouts import feature_stride
-from shiftlab.metrics import MapError, map_error
+from shiftlab.probing._compare import Pair, PairSums, Scratch, comparison_pairs, pair_sums, whole_sums
+from shiftlab.probing.engine import border_core
+from shiftlab.probing.layouts import feature_stride
 from shiftlab.shifts import Shift, ShiftMode, check_shifts, crop_margin
 
 __all__ = [
@@ -256,7 +256,7 @@ class ShiftComparison(Accumulator):
 
     def error_at(self, index: int, aligned: tuple[int, int]) -> MapError:
         """The metrics of shift ``index`` at the whole-pixel alignment ``aligned`` (``(0, 0)`` for an output compared
-        as a whole), over everything added: a :func:`shiftlab.metrics.map_error` result.
+        as a whole), over everything added: a :func:`shiftlab.distances.map_error` result.
 
         Raises:
             ValueError: ``aligned`` is not one of the shift's candidate alignments.

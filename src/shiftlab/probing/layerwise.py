@@ -3,9 +3,9 @@
 :func:`probe` registers forward hooks on the layers it watches (found by name
 or type, torchcam style), runs each image together with its shifted copies in
 one batch, and inside each hook compares the shifted copies' maps with the
-moved map of the original (see :mod:`shiftlab.equivariance` for the
+moved map of the original (see :mod:`shiftlab.probing.equivariance` for the
 definition). Only running sums are kept, in one
-:class:`~shiftlab.equivariance.ShiftComparison` per layer, never the
+:class:`~shiftlab.probing.equivariance.ShiftComparison` per layer, never the
 activations; inputs are read as a stream (a tensor, a list, a generator, a
 ``DataLoader``), so memory does not grow with the number of images.
 
@@ -25,7 +25,7 @@ compared, and listed, as ``(C, H, W)``. The model's final output is the row
 the share of images whose top-1 class is unchanged by the shift.
 
 The passes themselves (batching, hooks, train/eval flags, layout plans, border cores) are
-:class:`shiftlab.engine.ShiftedForward`'s; the probe is a callback on it. Each call of :func:`probe` plans the
+:class:`shiftlab.probing.engine.ShiftedForward`'s; the probe is a callback on it. Each call of :func:`probe` plans the
 layouts anew (one single-image pass at another size); to probe the same model again at the same size without that
 pass, keep its engine: ``engine = probe_engine(model, layers)``, then ``probe_with(engine, inputs, shifts)``.
 """
@@ -43,16 +43,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from shiftlab._compare import Scratch
 from shiftlab._format import ROUNDING_LEVEL, format_error, format_stride
 from shiftlab._io import atomic_write_text, csv_text, json_text
 from shiftlab._pandas import data_frame
-from shiftlab.borders import AUTO, choose_mode
-from shiftlab.engine import OUTPUT, Pass, RunInfo, Seen, ShiftedForward
-from shiftlab.equivariance import Measured, ShiftComparison
 from shiftlab.errors import check, check_int, fail
-from shiftlab.layouts import FOLDED, Layout, resolve_overrides
 from shiftlab.ops import Convolve, MaxPool
+from shiftlab.probing._compare import Scratch
+from shiftlab.probing.borders import AUTO, choose_mode
+from shiftlab.probing.engine import OUTPUT, Pass, RunInfo, Seen, ShiftedForward
+from shiftlab.probing.equivariance import Measured, ShiftComparison
+from shiftlab.probing.layouts import FOLDED, Layout, resolve_overrides
 from shiftlab.shifts import Shift, ShiftMode, check_shifts
 
 __all__ = [
@@ -193,8 +193,8 @@ class _Layer:
 
 
 class _Measurement:
-    """The probe's callback on a :class:`~shiftlab.engine.ShiftedForward` run: one
-    :class:`~shiftlab.equivariance.ShiftComparison` per watched output (and per token map's prefix tokens), fed
+    """The probe's callback on a :class:`~shiftlab.probing.engine.ShiftedForward` run: one
+    :class:`~shiftlab.probing.equivariance.ShiftComparison` per watched output (and per token map's prefix tokens), fed
     from every pass, and the rows of outputs whose layout is unknown.
 
     Args:
@@ -309,7 +309,7 @@ class _Measurement:
 @dataclass(frozen=True)
 class ProbeOptions:
     """How a probe runs, beyond the model, the inputs, the shifts and the mode: the arguments of :func:`probe` of the
-    same names, bundled for the functions that run a probe for you (:func:`shiftlab.explore.explorer_data`)."""
+    same names, bundled for the functions that run a probe for you (:func:`shiftlab.probing.explore.explorer_data`)."""
 
     layouts: Any = None
     strides: Any = None
@@ -319,7 +319,7 @@ class ProbeOptions:
 
 
 def probe_engine(model: nn.Module, layers: LayerSpec = None, options: ProbeOptions | None = None) -> ShiftedForward:
-    """The :class:`~shiftlab.engine.ShiftedForward` that :func:`probe` runs for ``model``, its ``layers`` and
+    """The :class:`~shiftlab.probing.engine.ShiftedForward` that :func:`probe` runs for ``model``, its ``layers`` and
     ``options``: keep it to probe the same model again at the same input size without planning layouts again
     (:func:`probe_with`)."""
     check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -391,7 +391,7 @@ def probe(
         shifts: ``(dy, dx)`` pairs in input pixels; see :func:`shiftlab.shift_range`,
             :func:`shiftlab.shift_grid`, :func:`shiftlab.parse_shifts`.
         mode: how the input is shifted: ``auto`` (default: ``circular`` when every padding in the model is
-            circular or there is none, ``crop`` otherwise; see :mod:`shiftlab.borders`), ``circular``, ``zero``,
+            circular or there is none, ``crop`` otherwise; see :mod:`shiftlab.probing.borders`), ``circular``, ``zero``,
             ``crop`` or ``fourier`` (see :mod:`shiftlab.shifts`). The protocol says which mode was used
             (``protocol["mode"]``) and why (``protocol["mode_reason"]``).
         layers: which layers to watch (see :func:`select_layers`). Under the default, a module whose output folds
@@ -400,7 +400,7 @@ def probe(
             its layout is unknown.
         layouts: overrides of the layout of outputs, by layer name or glob pattern:
             ``{"features.*": "NHWC", "encoder.*": "tokens"}`` (or ``["PATTERN=LAYOUT", ...]``).
-            Layouts are otherwise found as :mod:`shiftlab.layouts` describes.
+            Layouts are otherwise found as :mod:`shiftlab.probing.layouts` describes.
         strides: overrides of the cumulative stride, ``{"pattern": (sy, sx)}`` (or ``["PATTERN=SY,SX"]``).
         batch_size: the most inputs in one forward pass; an image and its
             shifted copies always share a pass (the shifts are split when
@@ -637,20 +637,20 @@ class ProbeResult:
         return data_frame(self.rows, COLUMNS, "ProbeResult.to_pandas()")
 
     def _repr_html_(self) -> str:
-        """The summary as an HTML table with the depth plot, for Jupyter (see :mod:`shiftlab.notebook`)."""
-        from shiftlab.notebook import probe_html
+        """The summary as an HTML table with the depth plot, for Jupyter (see :mod:`shiftlab.report.notebook`)."""
+        from shiftlab.report.notebook import probe_html
 
         return probe_html(self)
 
     def plot_depth(self, metric: str = "rel_l2", **kwargs: Any):
-        """Error versus depth (see :func:`shiftlab.figures.show_error_vs_depth`)."""
-        from shiftlab.figures import show_error_vs_depth
+        """Error versus depth (see :func:`shiftlab.report.figures.show_error_vs_depth`)."""
+        from shiftlab.report.figures import show_error_vs_depth
 
         return show_error_vs_depth(self.rows, metric=metric, **kwargs)
 
     def plot_heatmap(self, layers: str | Sequence[str], metric: str = "rel_l2", **kwargs: Any):
-        """Error over the (dy, dx) grid for chosen layers (see :func:`shiftlab.figures.show_shift_heatmaps`)."""
-        from shiftlab.figures import show_shift_heatmaps
+        """Error over the (dy, dx) grid for chosen layers (see :func:`shiftlab.report.figures.show_shift_heatmaps`)."""
+        from shiftlab.report.figures import show_shift_heatmaps
 
         names = [layers] if isinstance(layers, str) else list(layers)
         return show_shift_heatmaps({name: self.layer_rows(name) for name in names}, metric=metric, **kwargs)

@@ -1,7 +1,8 @@
 """The dataset metrics by name: what ``--metrics consistency,imagenet-p`` builds, and the options that concern each.
 
-The metrics themselves live in :mod:`shiftlab.invariance` (classification) and :mod:`shiftlab.dense`
-(segmentation maps); this module sits above both, so that neither imports the other's users.
+The metrics themselves live in :mod:`shiftlab.invariance.protocols` (classification) and
+:mod:`shiftlab.invariance.dense` (segmentation maps); this module sits above both, so that neither imports the other's
+users.
 """
 
 from __future__ import annotations
@@ -10,20 +11,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from shiftlab.dense import DenseConsistency
 from shiftlab.errors import check, check_choice
-from shiftlab.invariance import (
+from shiftlab.invariance.dense import DenseConsistency
+from shiftlab.invariance.protocols import (
     DEFAULT_GRID,
     Consistency,
     DiagonalShift,
     FeatureSimilarity,
-    Metric,
+    InvarianceProtocol,
     ShiftAccuracy,
     SubpixelConsistency,
     TranslationSequence,
 )
 
-__all__ = ["METRIC_NAMES", "MetricOptions", "make_metric"]
+__all__ = ["METRIC_NAMES", "ProtocolOptions", "make_protocol"]
 
 #: The metrics by CLI name, in the order a report shows them.
 METRIC_NAMES: tuple[str, ...] = (
@@ -39,7 +40,7 @@ METRIC_NAMES: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class MetricOptions:
+class ProtocolOptions:
     """The command line's metric options; each metric takes the ones that concern it.
 
     ``views`` and ``max_shift`` set ``consistency``'s and ``crop-consistency``'s views and reach, and also
@@ -59,22 +60,22 @@ class MetricOptions:
     dense_step: int = 1
 
 
-_OPTION_NAMES = tuple(item.name for item in fields(MetricOptions))
+_OPTION_NAMES = tuple(item.name for item in fields(ProtocolOptions))
 
 
-def make_metric(name: str, options: MetricOptions | None = None, **changes: Any) -> Metric:
-    """A metric from its CLI name (:data:`METRIC_NAMES`) and :class:`MetricOptions` (``changes``: single options).
+def make_protocol(name: str, options: ProtocolOptions | None = None, **changes: Any) -> InvarianceProtocol:
+    """A metric from its CLI name (:data:`METRIC_NAMES`) and :class:`ProtocolOptions` (``changes``: single options).
 
     Example:
-        >>> make_metric("crop-consistency", views=4).describe()["pairs_per_image"]
+        >>> make_protocol("crop-consistency", views=4).describe()["pairs_per_image"]
         6
-        >>> make_metric("consistency", MetricOptions(views=3)).describe()["pairs_per_image"]
+        >>> make_protocol("consistency", ProtocolOptions(views=3)).describe()["pairs_per_image"]
         3
     """
     name = check_choice(name, "metric", METRIC_NAMES)
     unknown = sorted(set(changes) - set(_OPTION_NAMES))
     check(not unknown, "metric options", f"unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTION_NAMES)}")
-    chosen = replace(options or MetricOptions(), **changes)
+    chosen = replace(options or ProtocolOptions(), **changes)
     if name in ("consistency", "crop-consistency"):
         mode = "circular" if name == "consistency" else "crop"
         return Consistency(mode, views=chosen.views, max_shift=chosen.max_shift)

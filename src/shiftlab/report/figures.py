@@ -16,8 +16,8 @@ import torch
 from matplotlib.figure import Figure
 
 from shiftlab._format import figure_text, format_stride
+from shiftlab.distances import peak_position
 from shiftlab.errors import check, check_choice, describe
-from shiftlab.metrics import peak_position
 
 if TYPE_CHECKING:
     from shiftlab.finetune import FinetuneResult
@@ -288,7 +288,8 @@ def _finite_reduce(values: np.ndarray, reduce: Any) -> float:
     return float(reduce(finite)) if finite.size else float("nan")
 
 
-#: A probe row of a token map's prefix tokens has its layer's name with this suffix (see shiftlab.probe.PREFIX).
+#: A probe row of a token map's prefix tokens has its layer's name with this suffix (see
+# shiftlab.probing.layerwise.PREFIX).
 _PREFIX = "[prefix]"
 #: Beyond this many layers, only the outermost ones (blocks, and layers outside blocks) get a name on the x axis.
 _NAMED_LAYERS = 60
@@ -372,7 +373,7 @@ def show_error_vs_depth(
     named on the x axis.
 
     Args:
-        rows: :attr:`shiftlab.probe.ProbeResult.rows` (or any rows with the same keys).
+        rows: :attr:`shiftlab.probing.layerwise.ProbeResult.rows` (or any rows with the same keys).
         metric: ``"rel_l2"`` (default), ``"max_abs"`` or ``"cosine"``.
         title: optional title.
     """
@@ -459,7 +460,7 @@ def show_shift_heatmaps(
     Cells are annotated when the grid is small; white means the shift was not probed.
 
     Args:
-        rows_by_layer: layer name -> its rows (:meth:`shiftlab.probe.ProbeResult.layer_rows`).
+        rows_by_layer: layer name -> its rows (:meth:`shiftlab.probing.layerwise.ProbeResult.layer_rows`).
         metric: the value shown.
     """
     check(len(rows_by_layer) > 0, "layers", "give at least one layer")

@@ -1,7 +1,7 @@
 """An explorer's frames, packed for the browser: 8-bit, predicted from the moved original, deflated, base64.
 
-:func:`explorer_payload` turns :class:`shiftlab.explore.ExplorerData` into one JSON-able dict that the report's
-explorer script draws (``templates/explorer.js``); nothing in it is fetched from anywhere.
+:func:`explorer_payload` turns :class:`shiftlab.probing.explore.ExplorerData` into one JSON-able dict that the report's
+explorer script draws (``report/templates/explorer.js``); nothing in it is fetched from anywhere.
 
 The packing, per shown layer and kept channel:
 
@@ -33,7 +33,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from shiftlab._io import to_jsonable
-from shiftlab.explore import ExplorerData, ExplorerLayer, move_map
+from shiftlab.probing.explore import ExplorerData, ExplorerLayer, move_map
 
 __all__ = [
     "COLORMAPS",
@@ -190,7 +190,7 @@ def explorer_payload(data: ExplorerData, *, title: str = "", key: str = "explore
     """Everything the explorer script needs, as JSON-able data (frames packed as the module docstring says).
 
     Args:
-        data: from :func:`shiftlab.explore.explorer_data`.
+        data: from :func:`shiftlab.probing.explore.explorer_data`.
         title: a heading for the explorer.
         key: a name unique in the page (element ids start with it).
     """

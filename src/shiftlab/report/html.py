@@ -1,10 +1,10 @@
-"""The self-contained HTML report (and its JSON twin) built from :class:`shiftlab.sections.Section` objects.
+"""The self-contained HTML report (and its JSON twin) built from :class:`shiftlab.report.sections.Section` objects.
 
 Self-contained means one file: the CSS is inline and every figure is an
 embedded PNG (``data:`` URI), so the report opens offline, can be mailed, and
-fetches nothing from anywhere. A section's explorers (:mod:`shiftlab.explore`) travel the same way: their frames
-packed into the page (:mod:`shiftlab.frames`), drawn by one inline script (``templates/explorer.js``) that makes
-no request of any kind.
+fetches nothing from anywhere. A section's explorers (:mod:`shiftlab.probing.explore`) travel the same way: their frames
+packed into the page (:mod:`shiftlab.probing.frames`), drawn by one inline script (``report/templates/explorer.js``)
+that makes no request of any kind.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from markupsafe import Markup
 
-from shiftlab._embed import figure_data_uri  # re-exported: it was defined here
 from shiftlab._format import format_stride
 from shiftlab._io import atomic_write_text, json_text, to_jsonable
-from shiftlab.explore import ExplorerData
-from shiftlab.frames import colormap_tables, explorer_payload
-from shiftlab.sections import Section
+from shiftlab.probing.explore import ExplorerData
+from shiftlab.probing.frames import colormap_tables, explorer_payload
+from shiftlab.report._embed import figure_data_uri  # re-exported: it was defined here
+from shiftlab.report.sections import Section
 
 __all__ = [
     "environment",
@@ -55,7 +55,7 @@ def environment() -> dict[str, str]:
 
 
 def _template(name: str) -> str:
-    return (resources.files("shiftlab") / "templates" / name).read_text(encoding="utf-8")
+    return (resources.files("shiftlab.report") / "templates" / name).read_text(encoding="utf-8")
 
 
 def _jinja() -> jinja2.Environment:

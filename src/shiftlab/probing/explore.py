@@ -3,15 +3,15 @@
 :func:`explorer_data` gives what an interactive explorer shows, as data:
 
 * the **numbers** are :func:`shiftlab.probe`'s: it runs the probe on all the images and keeps its
-  :class:`~shiftlab.probe.ProbeResult` (``.result``); each shown layer carries the probe's rows for it, one per
-  shift, unchanged (``rel_l2`` is over *all* images, with the alignment the probe chose for all of them);
+  :class:`~shiftlab.probing.layerwise.ProbeResult` (``.result``); each shown layer carries the probe's rows for it, one
+  per shift, unchanged (``rel_l2`` is over *all* images, with the alignment the probe chose for all of them);
 * the **frames** are one image's: the chosen layers' outputs for the original input and for every shifted input,
-  kept by a callback on the probe's own passes (:func:`shiftlab.probe.probe_with` on a
-  :class:`~shiftlab.engine.ShiftedForward`: the same hooks, labels and layout plan, ``layer1.0.relu:2`` the second
-  call, ``LAYER[prefix]`` a token map's prefix tokens; no pass runs twice), split into ``(C, h, w)`` maps by
-  :meth:`shiftlab.layouts.Layout.split`, a few channels kept;
+  kept by a callback on the probe's own passes (:func:`shiftlab.probing.layerwise.probe_with` on a
+  :class:`~shiftlab.probing.engine.ShiftedForward`: the same hooks, labels and layout plan, ``layer1.0.relu:2`` the
+  second call, ``LAYER[prefix]`` a token map's prefix tokens; no pass runs twice), split into ``(C, h, w)`` maps by
+  :meth:`shiftlab.probing.layouts.Layout.split`, a few channels kept;
 * the **per-image error** of the shown image, computed the probe's way (a
-  :class:`~shiftlab.equivariance.ShiftComparison` of that image alone: the same sums, the same border core, the
+  :class:`~shiftlab.probing.equivariance.ShiftComparison` of that image alone: the same sums, the same border core, the
   same moves) at the alignment the probe chose for all images: the error of the maps on screen. With one image it
   is the probe's number.
 
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from shiftlab.borders import AUTO, choose_mode
-from shiftlab.engine import Seen, ShiftedForward
-from shiftlab.equivariance import ShiftComparison
 from shiftlab.errors import InternalError, check, check_int, describe, fail
-from shiftlab.probe import (
+from shiftlab.probing.borders import AUTO, choose_mode
+from shiftlab.probing.engine import Seen, ShiftedForward
+from shiftlab.probing.equivariance import ShiftComparison
+from shiftlab.probing.layerwise import (
     OUTPUT,
     PREFIX,
     LayerSpec,
@@ -183,8 +183,8 @@ class ExplorerData:
     """What an explorer shows: the probe's result, one image's input and frames of a few layers, under every shift.
 
     Attributes:
-        result: the probe's :class:`~shiftlab.probe.ProbeResult` over all the images (its rows are the numbers shown).
-        shifts: the ``(dy, dx)`` input shifts, in order.
+        result: the probe's :class:`~shiftlab.probing.layerwise.ProbeResult` over all the images (its rows are the
+        numbers shown). shifts: the ``(dy, dx)`` input shifts, in order.
         mode: the shift mode.
         image: the index of the shown image among the inputs.
         image_count: how many images the probe measured.
@@ -249,7 +249,7 @@ def representative_layers(result: ProbeResult, count: int = 4) -> list[str]:
     """A few layers worth a look: the first, the first with a stride, one in the middle, and the output.
 
     Example:
-        >>> from shiftlab.probe import probe
+        >>> from shiftlab.probing.layerwise import probe
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1))
         >>> representative_layers(probe(net, torch.rand(1, 1, 8, 8), shifts=[(0, 1)]))
         ['0', '1', '2', 'output']
@@ -477,7 +477,7 @@ def explorer_data(
         channels: how many channels to keep per map (the strongest in the original output), or which ones.
         image: which image to draw (its index among ``images``).
         options: the probe's other options (layouts, strides, batch size, output, progress; see
-            :class:`~shiftlab.probe.ProbeOptions`).
+            :class:`~shiftlab.probing.layerwise.ProbeOptions`).
         screen: the normalisation to undo for the screen and the images' names (:class:`Screen`).
 
     Returns:

@@ -9,7 +9,8 @@ outputs. :class:`ShiftedForward` does the running, once for all its users:
 * the **train/eval flags** of every module saved and restored (:func:`eval_mode`), also when the model raises;
 * the forward **hooks** on the watched layers (:class:`Hooks`), removed on exit (torchcam style); a failure of the
   model is bad input, a failure inside a hook is shiftlab's own;
-* the **layout plan** of the watched outputs (:mod:`shiftlab.layouts`), one per input size, held by the engine: keep
+* the **layout plan** of the watched outputs (:mod:`shiftlab.probing.layouts`), one per input size, held by the engine:
+keep
   the engine to probe the same model again without planning again (no module-level cache);
 * the **border core** (``zero`` and ``crop`` modes): which pixels of each map stay clear of the border, found by one
   pass of an input whose border band is NaN (:func:`border_core`), once per input size.
@@ -20,7 +21,6 @@ it belongs to, and its border core. What is compared, and how it is kept, is the
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from shiftlab.errors import InternalError, ShiftlabError, check, describe, fail, first_line
-from shiftlab.layouts import Layout, LayoutPlan, plan_layouts, record_outputs
+from shiftlab.models import eval_mode  # re-exported: the engine runs every model under it
 from shiftlab.outputs import describe_output, output_parts
+from shiftlab.probing.layouts import Layout, LayoutPlan, plan_layouts, record_outputs
 from shiftlab.shifts import Shift, ShiftMode, check_shifts_fit, crop_margin
 
 __all__ = [
@@ -48,29 +49,6 @@ __all__ = [
 
 #: The row of the model's final output (always watched; "output:2" if the model calls itself again).
 OUTPUT = "output"
-
-
-@contextlib.contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    """The ``models`` in eval mode for the ``with`` block; every module's own train/eval flag restored on the way
-    out, also when the block raises (a model may hold modules in both states, as a partly frozen one does).
-
-    Example:
-        >>> net = nn.Sequential(nn.Dropout(), nn.Dropout().eval())
-        >>> with eval_mode(net):
-        ...     [module.training for module in net.modules()]
-        [False, False, False]
-        >>> [module.training for module in net.modules()]
-        [True, True, False]
-    """
-    flags = {module: module.training for model in models for module in model.modules()}
-    try:
-        for model in models:
-            model.eval()
-        yield
-    finally:
-        for module, training in flags.items():
-            module.training = training
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -310,7 +288,7 @@ def _recorded(
     output_key: str | None = None,
     hint: str = "",
 ) -> list[Any]:
-    """:func:`shiftlab.layouts.record_outputs`, a model's failure reported as bad input."""
+    """:func:`shiftlab.probing.layouts.record_outputs`, a model's failure reported as bad input."""
     try:
         return record_outputs(model, watched, batch, output_key)
     except ShiftlabError:
@@ -349,7 +327,8 @@ class Seen:
         output: the raw output, ``(variants * images * folded, ...)``.
         folded: outputs per input (MobileViT folds 4 patches into the batch axis).
         layout: its layout, from the engine's plan.
-        spatial: the ``(N, C, h, w)`` map :meth:`~shiftlab.layouts.Layout.split` reads from it (the whole output for
+        spatial: the ``(N, C, h, w)`` map :meth:`~shiftlab.probing.layouts.Layout.split` reads from it (the whole output
+        for
             a global layout), None when the layout does not read it.
         prefix: the prefix tokens of a token map, else None.
         step: the pass it belongs to (None in the border pass).
@@ -395,7 +374,7 @@ class ShiftedForward:
         model: any ``nn.Module`` taking ``(N, C, H, W)`` images.
         watched: the ``(name, module)`` pairs whose outputs are handed to the callbacks (the model's own output
             always is, as ``output``).
-        layouts, strides: resolved overrides (:func:`shiftlab.layouts.resolve_overrides`).
+        layouts, strides: resolved overrides (:func:`shiftlab.probing.layouts.resolve_overrides`).
         output_key: the main tensor of a structured model output (see :mod:`shiftlab.outputs`).
 
     The engine keeps its layout plans (one per input size): a second run at the same size plans nothing.
@@ -430,8 +409,8 @@ class ShiftedForward:
     def plan(self, example: torch.Tensor, hint: str = "") -> LayoutPlan:
         """The layout plan for inputs like ``example`` (one image, as it will be run), made once per size.
 
-        Planning costs one single-image forward pass (:func:`shiftlab.layouts.plan_layouts`). The key holds every
-        module's name, identity and type, so a module replaced since is a new plan.
+        Planning costs one single-image forward pass (:func:`shiftlab.probing.layouts.plan_layouts`). The key holds
+        every module's name, identity and type, so a module replaced since is a new plan.
         """
         structure = tuple((name, id(module), type(module)) for name, module in self.model.named_modules())
         key = (tuple(example.shape[1:]), structure)

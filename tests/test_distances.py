@@ -1,4 +1,4 @@
-"""Tests for shiftlab.metrics: compare_maps and ErrorSums against the numpy formulas."""
+"""Tests for shiftlab.distances: compare_maps and ErrorSums against the numpy formulas."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from shiftlab.distances import MapError, compare_maps, map_error
 from shiftlab.errors import ShiftlabError
-from shiftlab.metrics import MapError, compare_maps, map_error
 
 
 def numpy_metrics(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float, float, float]:

@@ -1,6 +1,6 @@
 """Plain data that experiments produce and the report renders: sections, tables, findings.
 
-Experiments build :class:`Section` objects; :mod:`shiftlab.report` turns them
+Experiments build :class:`Section` objects; :mod:`shiftlab.report.html` turns them
 into HTML and JSON. Neither side knows about the other.
 """
 
@@ -19,7 +19,7 @@ from shiftlab._format import (  # re-exported: tables are written with them
 )
 
 if TYPE_CHECKING:  # plain data: the type of an explorer, without importing the module that computes it
-    from shiftlab.explore import ExplorerData
+    from shiftlab.probing.explore import ExplorerData
 
 __all__ = ["ROUNDING_LEVEL", "Finding", "Section", "Table", "format_error", "format_number", "format_stride"]
 
@@ -57,7 +57,7 @@ class Section:
     """A part of a report: prose, figures, explorers, tables and findings, plus its raw numbers as ``data``.
 
     ``intro`` is plain text; blank lines separate paragraphs. ``explorers`` are ``(title, data)`` pairs: interactive
-    views of a layer's maps under every shift (:mod:`shiftlab.explore`); their numbers go into the JSON too.
+    views of a layer's maps under every shift (:mod:`shiftlab.probing.explore`); their numbers go into the JSON too.
     """
 
     key: str

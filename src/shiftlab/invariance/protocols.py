@@ -1,7 +1,7 @@
 """How much a model's *predictions* change under translation: the published protocols, one documented definition each.
 
 Each metric is a protocol (which shifted views of an image it needs; see
-:mod:`shiftlab.views`) and an :class:`~shiftlab.accumulate.Accumulator` that
+:mod:`shiftlab.invariance.views`) and an :class:`~shiftlab.accumulate.Accumulator` that
 turns the model's outputs for those views into counts. Every state is an
 integer, so results are exact under any split of the data (batches, loader
 workers, processes, a resumed run). The two averages of real numbers (MAC,
@@ -31,7 +31,7 @@ The metrics (CLI names):
     exactly that size holds every window, its corner at ``(0, 0)``.
     Zhang draws one pair per image and pass; ``K`` views give ``K (K - 1) / 2`` pairs
     of the same distribution for ``K`` forward passes.
-    Both report a 95% confidence interval over images (see :class:`ConsistencyState`)
+    Both report a 95% confidence interval over images (see :class:`ConsistencyMetric`)
     and the share of images on which all ``K`` views agree.
 ``shift-accuracy``
     Michaeli et al. (2023): top-1 accuracy under each shift of a grid, and the
@@ -62,7 +62,7 @@ The metrics (CLI names):
 ``dense-consistency``
     for segmentation models (per-pixel class maps): the share of pixels whose class
     is unchanged when the input is shifted and the prediction shifted back, and the
-    mIoU between the two (Rojas-Gomez et al. 2022); see :mod:`shiftlab.dense`.
+    mIoU between the two (Rojas-Gomez et al. 2022); see :mod:`shiftlab.invariance.dense`.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ import torch
 
 from shiftlab.accumulate import Accumulator
 from shiftlab.errors import check, check_choice, check_int, check_real, describe
+from shiftlab.invariance.views import IDENTITY, Geometry, ViewKey
 from shiftlab.shifts import SHIFT_MODES
-from shiftlab.views import IDENTITY, Geometry, ViewKey
 
 __all__ = [
     "DEFAULT_GRID",
@@ -87,7 +87,7 @@ __all__ = [
     "Consistency",
     "DiagonalShift",
     "FeatureSimilarity",
-    "Metric",
+    "InvarianceProtocol",
     "ShiftAccuracy",
     "SubpixelConsistency",
     "TranslationSequence",
@@ -181,7 +181,7 @@ def _format_shift(dy: float, dx: float) -> str:
 # --------------------------------------------------------------------------- the metric interface
 
 
-class Metric:
+class InvarianceProtocol:
     """A protocol: the views of one image it needs, and how their outputs become counts.
 
     Subclasses set ``name`` (the CLI name, also the key in results), ``title``,
@@ -193,7 +193,7 @@ class Metric:
     needs_labels: bool = False
     #: What the metric reads from a model's (main) output, checked by :meth:`output_problem`:
     #: ``"logits"`` (class scores ``(N, classes)``), ``"map"`` (per-pixel class scores
-    #: ``(N, classes, h, w)``, see :mod:`shiftlab.dense`) or ``"any"`` tensor.
+    #: ``(N, classes, h, w)``, see :mod:`shiftlab.invariance.dense`) or ``"any"`` tensor.
     output_kind: str = "logits"
 
     @property
@@ -232,7 +232,7 @@ class Metric:
         """The views of one image, and what the state needs to know about them (e.g. the drawn offsets)."""
         raise NotImplementedError
 
-    def state(self, classes: int) -> MetricState:
+    def metric(self, classes: int) -> Metric:
         """A fresh accumulator for a model with ``classes`` outputs."""
         raise NotImplementedError
 
@@ -241,7 +241,7 @@ class Metric:
         raise NotImplementedError
 
 
-class MetricState(Accumulator):
+class Metric(Accumulator):
     """An accumulator of one metric for one model: ``update(outputs, labels, infos)``, ``compute() -> dict``."""
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
@@ -275,7 +275,7 @@ def _zeros(*shape: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Consistency(Metric):
+class Consistency(InvarianceProtocol):
     """Top-1 agreement between shifted views of an image: APS's circular protocol or Zhang's crop protocol.
 
     Args:
@@ -356,8 +356,8 @@ class Consistency(Metric):
         span = 2 * self.max_shift - 1 if self.mode == "circular" else self.max_shift - 1  # (fewer on a small torus)
         return int(math.floor(span * math.sqrt(2.0) + 0.5))
 
-    def state(self, classes: int) -> ConsistencyState:
-        return ConsistencyState(self)
+    def metric(self, classes: int) -> ConsistencyMetric:
+        return ConsistencyMetric(self)
 
     def describe(self) -> dict[str, Any]:
         if self.mode == "circular":
@@ -380,7 +380,7 @@ class Consistency(Metric):
         }
 
 
-class ConsistencyState(MetricState):
+class ConsistencyMetric(Metric):
     """Counts for :class:`Consistency`: agreeing pairs (and their squares per image), per shift distance.
 
     The 95% interval treats images, not pairs, as the independent units: with
@@ -468,7 +468,7 @@ class ConsistencyState(MetricState):
 
 
 @dataclass(frozen=True)
-class _GridMetric(Metric):
+class _GridProtocol(InvarianceProtocol):
     """A metric over a grid of shifts of one mode: the unshifted input, then each shift of the grid."""
 
     shifts: tuple[tuple[float, float], ...] = field(default=((0, 0),))
@@ -495,7 +495,7 @@ class _GridMetric(Metric):
 
 
 @dataclass(frozen=True, init=False)
-class ShiftAccuracy(_GridMetric):
+class ShiftAccuracy(_GridProtocol):
     """Top-1 accuracy under each shift of a grid, and the worst case over the grid (Michaeli et al. 2023).
 
     Args:
@@ -512,8 +512,8 @@ class ShiftAccuracy(_GridMetric):
     title = "Accuracy under shift, and the worst case over the grid"
     needs_labels = True
 
-    def state(self, classes: int) -> ShiftAccuracyState:
-        return ShiftAccuracyState(self)
+    def metric(self, classes: int) -> ShiftAccuracyMetric:
+        return ShiftAccuracyMetric(self)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -532,7 +532,7 @@ def _crop_problem(shifts: Sequence[tuple[float, float]], geometry: Geometry) -> 
     )
 
 
-class ShiftAccuracyState(MetricState):
+class ShiftAccuracyMetric(Metric):
     """Counts for :class:`ShiftAccuracy`: correct images unshifted, per shift, under every shift; unchanged top-1."""
 
     def __init__(self, metric: ShiftAccuracy) -> None:
@@ -593,7 +593,7 @@ class ShiftAccuracyState(MetricState):
 
 
 @dataclass(frozen=True)
-class SubpixelConsistency(Metric):
+class SubpixelConsistency(InvarianceProtocol):
     """The share of images whose top-1 class survives each band-limited fractional shift, and all of them.
 
     Args:
@@ -618,8 +618,8 @@ class SubpixelConsistency(Metric):
     def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
         return [IDENTITY] + [("fourier", dy, dx) for dy, dx in self.shifts], None
 
-    def state(self, classes: int) -> SubpixelState:
-        return SubpixelState(self)
+    def metric(self, classes: int) -> SubpixelMetric:
+        return SubpixelMetric(self)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -629,7 +629,7 @@ class SubpixelConsistency(Metric):
         }
 
 
-class SubpixelState(MetricState):
+class SubpixelMetric(Metric):
     """Counts for :class:`SubpixelConsistency`."""
 
     def __init__(self, metric: SubpixelConsistency) -> None:
@@ -691,12 +691,12 @@ def top_k_distance(first: torch.Tensor, second: torch.Tensor, k: int = 5) -> tor
 
 
 @dataclass(frozen=True)
-class TranslationSequence(Metric):
+class TranslationSequence(InvarianceProtocol):
     """ImageNet-P's translation sequences: flip probability and top-5 distance per difficulty.
 
     ImageNet-P's published frames were made from a picture resized to 8-bit pixels (PIL), saved as PNG and
     compressed as video (H.264). By default shiftlab cuts its frames from the resized picture as it is, in floating
-    point; ``eight_bit=True`` rounds it to 8-bit levels first (:func:`shiftlab.views.round_to_8bit`), as the
+    point; ``eight_bit=True`` rounds it to 8-bit levels first (:func:`shiftlab.invariance.views.round_to_8bit`), as the
     published frames were. The video compression is not reproduced.
 
     Args:
@@ -743,8 +743,8 @@ class TranslationSequence(Metric):
         keys = [shifted_key("zero", 0, dx, geometry) for dx in range(-self.max_shift, self.max_shift + 1)]
         return ([("zero8", *key[1:]) for key in keys] if self.eight_bit else keys), None
 
-    def state(self, classes: int) -> SequenceState:
-        return SequenceState(self, classes)
+    def metric(self, classes: int) -> SequenceMetric:
+        return SequenceMetric(self, classes)
 
     def describe(self) -> dict[str, Any]:
         rounded = ", rounded to 8-bit levels (round(255 v) / 255, halves up) before the frames are cut"
@@ -770,7 +770,7 @@ class TranslationSequence(Metric):
         }
 
 
-class SequenceState(MetricState):
+class SequenceMetric(Metric):
     """Counts for :class:`TranslationSequence`: flips and top-k distances per difficulty, flips per frame step."""
 
     def __init__(self, metric: TranslationSequence, classes: int) -> None:
@@ -840,7 +840,7 @@ class SequenceState(MetricState):
 
 
 @dataclass(frozen=True)
-class DiagonalShift(Metric):
+class DiagonalShift(InvarianceProtocol):
     """P(top-1 change) and MAC between the windows at ``(c, c)`` and ``(c + 1, c + 1)`` (Azulay & Weiss 2019).
 
     Args:
@@ -878,8 +878,8 @@ class DiagonalShift(Metric):
     def views(self, geometry: Geometry, generator: torch.Generator) -> tuple[list[ViewKey], None]:
         return [IDENTITY, shifted_key(self.mode, -1, -1, geometry)], None
 
-    def state(self, classes: int) -> DiagonalState:
-        return DiagonalState(self)
+    def metric(self, classes: int) -> DiagonalMetric:
+        return DiagonalMetric(self)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -893,7 +893,7 @@ class DiagonalShift(Metric):
         }
 
 
-class DiagonalState(MetricState):
+class DiagonalMetric(Metric):
     """Counts for :class:`DiagonalShift`; MAC summed in fixed point (see the module docstring)."""
 
     def __init__(self, metric: DiagonalShift) -> None:
@@ -930,7 +930,7 @@ class DiagonalState(MetricState):
 
 
 @dataclass(frozen=True, init=False)
-class FeatureSimilarity(_GridMetric):
+class FeatureSimilarity(_GridProtocol):
     """Cosine similarity of a model's flattened output for the unshifted input and for each shift of a grid.
 
     For models without classes (embeddings, feature extractors). Two zero vectors
@@ -945,8 +945,8 @@ class FeatureSimilarity(_GridMetric):
     title = "Cosine similarity of the output under shift"
     output_kind = "any"
 
-    def state(self, classes: int) -> CosineState:
-        return CosineState(self)
+    def metric(self, classes: int) -> CosineMetric:
+        return CosineMetric(self)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -957,7 +957,7 @@ class FeatureSimilarity(_GridMetric):
         }
 
 
-class CosineState(MetricState):
+class CosineMetric(Metric):
     """Fixed-point sums and minima of the cosine similarity per shift."""
 
     def __init__(self, metric: FeatureSimilarity) -> None:

@@ -56,7 +56,7 @@ Strides, per axis, in input pixels: an override (``strides={"pattern": (sy, sx)}
 PATTERN=SY,SX``) first; with two input sizes, ``64 / (h' - h)`` (exact for every stride that divides 64, and
 within a pixel for the others); with one size, the stride of the chain whose grid the map is, else (or for an axis
 whose length does not follow the input: adaptive pooling to a fixed size) the ratio of the sizes
-(:func:`shiftlab.equivariance.feature_stride`).
+(:func:`shiftlab.probing.equivariance.feature_stride`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 // shiftlab's shift explorer: move the input, watch a layer's output follow it (or not).
-// Everything it draws is in the page (see shiftlab/frames.py for the packing): it fetches nothing.
+// Everything it draws is in the page (see shiftlab/probing/frames.py for the packing): it fetches nothing.
 (function () {
   "use strict";
 
@@ -7,7 +7,7 @@
   var MASKED = [217, 222, 231]; // pixels the probe does not compare: the report's line colour
   var PADDING = [245, 247, 251]; // cells of a whole output's grid that hold no value
 
-  // The numbers as shiftlab.sections.format_number writes them (Python's "{:.4g}"), so that the page and the
+  // The numbers as shiftlab.report.sections.format_number writes them (Python's "{:.4g}"), so that the page and the
   // report's tables agree digit for digit.
   function formatNumber(value, digits) {
     digits = digits || 4;
@@ -61,7 +61,7 @@
     return new Response(stream).arrayBuffer().then(function (buffer) { return new Uint8Array(buffer); });
   }
 
-  // Undo the median edge detector's prediction (shiftlab/frames.py: predict_plane), pixel by pixel.
+  // Undo the median edge detector's prediction (shiftlab/probing/frames.py: predict_plane), pixel by pixel.
   function restorePlane(residual, height, width) {
     var plane = new Uint8Array(height * width);
     for (var y = 0; y < height; y++) {
@@ -79,7 +79,7 @@
   }
 
   // A frame moved by (oy, ox) whole pixels, down and right: around the torus, or with a zero fill
-  // (shiftlab.explore.move_map). `fill` marks where nothing moved in.
+  // (shiftlab.probing.explore.move_map). `fill` marks where nothing moved in.
   function moveFrame(frame, height, width, oy, ox, circular, fill) {
     var out = new Int16Array(height * width);
     for (var y = 0; y < height; y++) {

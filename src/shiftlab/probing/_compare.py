@@ -4,7 +4,7 @@ For every shift ``t`` and every whole-pixel alignment ``o`` worth trying (the
 floor and ceiling of ``t / stride`` on each axis), :func:`pair_sums` returns
 the squared difference, the squared norms of the moved reference and of the
 shifted map, the largest absolute difference and the number of pixels
-compared. :class:`shiftlab.equivariance.ShiftComparison` adds them up.
+compared. :class:`shiftlab.probing.equivariance.ShiftComparison` adds them up.
 
 This runs inside every forward hook, so it does little work and only with
 torch's own operations, on the CPU and on GPUs alike:

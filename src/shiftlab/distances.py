@@ -9,7 +9,7 @@ experiments, :func:`shiftlab.equivariance_error`, :func:`shiftlab.probe`):
 
 They are computed from sums (:func:`map_error`), so that they can be
 accumulated over images and batches without keeping the maps (see
-:class:`shiftlab.equivariance.ShiftComparison`).
+:class:`shiftlab.probing.equivariance.ShiftComparison`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Figures of an :class:`~shiftlab.evaluate.EvaluationResult`: consistency against shift distance, flips along a
-translation sequence, accuracy over a shift grid, where segmentation maps change. Each function returns a
+"""Figures of an :class:`~shiftlab.invariance.evaluate.EvaluationResult`: consistency against shift distance, flips
+along a translation sequence, accuracy over a shift grid, where segmentation maps change. Each function returns a
 :class:`matplotlib.figure.Figure`.
 """
 
@@ -45,7 +45,7 @@ def show_consistency_by_distance(result: Any, *, metric: str | None = None, dpi:
     Bottom panel: how many pairs each distance has (few pairs: a noisy point).
 
     Args:
-        result: an :class:`~shiftlab.evaluate.EvaluationResult`.
+        result: an :class:`~shiftlab.invariance.evaluate.EvaluationResult`.
         metric: ``"consistency"``, ``"crop-consistency"`` (top-1 agreement of two views) or
             ``"dense-consistency"`` (unchanged pixels, against the length of the shift; default: the first measured).
     """
