@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from shiftlab.errors import ShiftlabError
-from shiftlab.probing.layerwise import PREFIX, probe
+from shiftlab.probing.layerwise import PREFIX, probe, probe_engine, probe_with
 from shiftlab.probing.layouts import Layout, parse_layout, resolve_overrides
 
 EXACT = 1e-5
@@ -576,7 +576,10 @@ def test_every_torchvision_classifier(name):
     assert result.layer_rows("output")[0]["shape"] == [1000]
 
 
-class TestPlansAreRemembered:
+class TestPlansAreHeldByTheEngine:
+    """Layout plans live in the engine that made them (issue 17: no module-level cache keyed by ``id(model)``):
+    ``probe()`` plans on every call, a kept engine (``probe_engine`` + ``probe_with``) plans once per input size."""
+
     class Counting(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -589,15 +592,23 @@ class TestPlansAreRemembered:
             self.images_seen += x.shape[0]
             return self.act(self.conv(x))
 
-    def test_a_second_probe_of_the_same_model_and_size_does_not_plan_again(self):
+    def test_probe_plans_on_every_call(self):
         model = self.Counting()
         first = probe(model, images(count=1), shifts=[(0, 1)])
-        planned = model.images_seen - 2  # one image and its shifted copy, then one image for the plan
-        assert planned == 1
+        assert model.images_seen == 3  # one image for the plan, then the image and its shifted copy
         model.images_seen = 0
         second = probe(model, images(count=1), shifts=[(0, 1)])
-        assert model.images_seen == 2 and second.rows == first.rows
-        probe(model, images(count=1, size=12), shifts=[(0, 1)])  # another size: planned again
+        assert model.images_seen == 3 and second.rows == first.rows  # nothing remembered between calls
+
+    def test_a_kept_engine_plans_once_per_input_size(self):
+        model = self.Counting()
+        engine = probe_engine(model)
+        first = probe_with(engine, images(count=1), [(0, 1)])
+        assert model.images_seen == 3
+        model.images_seen = 0
+        second = probe_with(engine, images(count=1), [(0, 1)])
+        assert model.images_seen == 2 and second.rows == first.rows  # the same size: the plan is reused
+        probe_with(engine, images(count=1, size=12), [(0, 1)])  # another size: planned again
         assert model.images_seen == 2 + 3
 
     def test_a_replaced_module_is_planned_again(self):
