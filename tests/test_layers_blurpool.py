@@ -155,7 +155,7 @@ class TestKnownAnswers:
                 ours = max_blur_pool2d(maps, kernel, 2, pool, "zeros")
                 assert ours.shape == expected.shape, (size, pool)
                 torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
-                module = MaxBlurPool2d(kernel, 2, pool, "zero", dtype=torch.float64)
+                module = MaxBlurPool2d(kernel, 2, pool, "zeros", dtype=torch.float64)
                 torch.testing.assert_close(module(maps), expected, rtol=1e-12, atol=1e-12)
                 torch.testing.assert_close(
                     kornia.filters.MaxBlurPool2D(kernel, 2, pool)(maps), ours, rtol=1e-12, atol=1e-12
@@ -189,7 +189,7 @@ class TestMaxBlurPool:
 
     def test_module_applies_its_registered_filter(self, generator):
         """The blur is the layer's buffer, not a filter rebuilt per call: a filter written into the buffer is used."""
-        layer = MaxBlurPool2d(3, 2, 2, "zero")
+        layer = MaxBlurPool2d(3, 2, 2, "zeros")
         assert [name for name, _ in layer.named_buffers()] == ["blur.filter"]
         weights = torch.rand(3, 3, generator=generator, dtype=torch.float64)
         layer.blur.filter.copy_(weights)  # float32 buffer: the filter the layer must apply
@@ -199,7 +199,7 @@ class TestMaxBlurPool:
             F.pad(pooled, (1, 1, 1, 1)), weights.float().double().expand(3, 1, 3, 3), stride=2, groups=3
         )
         torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
-        assert not torch.allclose(layer(x), max_blur_pool2d(x, 3, 2, 2, "zero"))
+        assert not torch.allclose(layer(x), max_blur_pool2d(x, 3, 2, 2, "zeros"))
 
     def test_buffers_created_where_and_as_asked(self, generator):
         layer = MaxBlurPool2d(4, 2, dtype=torch.float64)
@@ -375,11 +375,12 @@ class TestDeprecatedZero:
             lambda: blur_pool2d(x, padding="zero"),
             lambda: max_blur_pool2d(x, padding="zero"),
             lambda: BlurPool2d(padding="zero"),
+            lambda: MaxBlurPool2d(padding="zero"),
         ]
         for call in calls:
             with pytest.warns(DeprecationWarning) as record:
                 call()
-            assert record[0].filename == __file__
+            assert len(record) == 1 and record[0].filename == __file__
 
     def test_other_layers_that_take_a_padding(self, generator):
         x = torch.rand(2, 3, 8, 8, generator=generator)

@@ -316,6 +316,7 @@ class MaxBlurPool2d(nn.Module):
     ) -> None:
         super().__init__()
         self.max_pool_size = check_pair(max_pool_size, "max_pool_size", minimum=1)
+        padding = check_padding(padding)  # here, so that a warning for the former "zero" points at the caller
         self.blur = BlurPool2d(kernel_size, stride, padding, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
