@@ -629,6 +629,20 @@ class TestCommandLine:
         status, _, err = run(capsys, *_convert(folders, "--resume"), "--out", str(out))
         assert status == 2 and f"--resume: '{out / 'checkpoint.pt'}' is not a readable checkpoint" in err
 
+    def test_resume_refuses_a_malicious_checkpoint_without_torchs_advice(self, capsys, folders, tmp_path):
+        class Payload:
+            def __reduce__(self):
+                return (print, ("this must never run",))
+
+        out = tmp_path / "out"
+        out.mkdir()
+        torch.save({"format": "x", "evil": Payload()}, out / "checkpoint.pt")
+        status, _, err = run(capsys, *_convert(folders, "--resume"), "--out", str(out))
+        assert status == 2 and err.strip().splitlines()[-1] == (
+            f"shiftlab: error: --resume: '{out / 'checkpoint.pt'}' is not a readable checkpoint (it references print)"
+        )
+        assert "weights_only=False" not in err and "this must never run" not in capsys.readouterr().out
+
 
 # --------------------------------------------------------------------------- processes
 

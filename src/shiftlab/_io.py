@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from shiftlab._format import printable
-from shiftlab.errors import InternalError, fail, first_line
+from shiftlab.errors import InternalError, check, fail, first_line
 
 __all__ = [
     "atomic_write_bytes",
@@ -39,6 +39,7 @@ __all__ = [
     "csv_text",
     "json_text",
     "claim_output_folder",
+    "read_checkpoint",
     "remove_stale",
     "safetensors_bytes",
     "staged_directory",
@@ -317,6 +318,25 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
             }
         )
     return buffer.getvalue()
+
+
+def read_checkpoint(path: Path, checkpoint_format: str, foreign: str) -> dict[str, Any]:
+    """The payload of the checkpoint ``--resume`` continues from, read with ``torch.load(weights_only=True)``.
+
+    Refused in one line (subject ``--resume``) when the file is missing, unreadable (torch's reason, without its
+    advice to load unsafely: :func:`torch_load_problem`) or not a dict of ``checkpoint_format``; ``foreign``
+    completes "'PATH' ..." in that last case.
+    """
+    import torch
+
+    subject = "--resume"
+    check(path.is_file(), subject, f"'{path}' holds no checkpoint: there is no run to continue")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file makes the unpickler raise almost anything
+        fail(subject, f"'{path}' is not a readable checkpoint ({torch_load_problem(error)})")
+    check(isinstance(payload, dict) and payload.get("format") == checkpoint_format, subject, f"'{path}' {foreign}")
+    return payload
 
 
 def torch_load_problem(error: BaseException) -> str:

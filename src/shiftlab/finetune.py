@@ -84,7 +84,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftlab._io import atomic_write_bytes, atomic_write_text, json_text, safetensors_bytes, to_jsonable
+from shiftlab._io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    json_text,
+    read_checkpoint,
+    safetensors_bytes,
+    to_jsonable,
+)
 from shiftlab.data import Preprocess
 from shiftlab.digits import DIGITS_CLASSES, load_digits
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
@@ -1344,16 +1351,7 @@ def _load_checkpoint(run: _Run, protocol: dict[str, Any], optimizer: torch.optim
     assert run.options.checkpoint is not None
     path = Path(run.options.checkpoint)
     subject = "--resume"
-    check(path.is_file(), subject, f"'{path}' holds no checkpoint: there is no run to continue")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged file makes the unpickler raise almost anything
-        fail(subject, f"'{path}' is not a readable checkpoint ({first_line(error)})")
-    check(
-        isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT,
-        subject,
-        f"'{path}' is not a shiftlab fine-tuning checkpoint",
-    )
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT, "is not a shiftlab fine-tuning checkpoint")
     difference = _first_difference(json.loads(payload["settings"]), json.loads(json.dumps(protocol)))
     check(difference is None, subject, f"'{path}' was made with other settings ({difference}); start a new run instead")
     run.student.load_state_dict(payload["student"])

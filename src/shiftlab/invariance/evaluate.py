@@ -54,8 +54,8 @@ from shiftlab._io import (
     atomic_write_text,
     csv_text,
     json_text,
+    read_checkpoint,
     to_jsonable,
-    torch_load_problem,
 )
 from shiftlab._pandas import data_frame
 from shiftlab.accumulate import Accumulator
@@ -1069,16 +1069,8 @@ def _load_checkpoint(
     """Continue from ``path``: refused unless it is intact (checksum), made with these settings, and consistent
     (the images of the packs it marks done, less those it skipped, are exactly what every count covers)."""
     subject = "--resume"
-    check(path.is_file(), subject, f"'{path}' holds no checkpoint: there is no run to continue")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged file makes the unpickler raise almost anything
-        fail(subject, f"'{path}' is not a readable checkpoint ({torch_load_problem(error)})")
-    check(
-        isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT,
-        subject,
-        f"'{path}' is not a shiftlab evaluate checkpoint of this version ({CHECKPOINT_FORMAT}); start a new run",
-    )
+    foreign = f"is not a shiftlab evaluate checkpoint of this version ({CHECKPOINT_FORMAT}); start a new run"
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT, foreign)
     damaged = f"'{path}' is damaged: its contents do not match their checksum; start a new run instead"
     try:
         settings, run_state, metric_states = payload["settings"], payload["run"], payload["states"]
