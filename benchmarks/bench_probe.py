@@ -54,8 +54,9 @@ import torch
 from torch import nn
 
 from shiftlab.probing._compare import alignment_candidates
-from shiftlab.probing.equivariance import feature_stride, shifted_inputs
+from shiftlab.probing.equivariance import feature_stride
 from shiftlab.probing.layerwise import ProbeOptions, probe, probe_engine, probe_with, select_layers
+from shiftlab.shifts import ShiftMode
 
 
 def build(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[tuple[int, int]]]:
@@ -70,6 +71,13 @@ def build(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, list[tuple
         (0, dx) for dx in range(1, args.shifts + 1)
     ]  # no zero shift: probe would skip its pass, the bare batch would not
     return model, image, shifts
+
+
+def shifted_inputs(image: torch.Tensor, shifts: list[tuple[int, int]], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference input and the stack of its shifted copies, ``(len(shifts), *reference.shape)``."""
+    shift_mode = ShiftMode.of(mode)
+    reference, margin = shift_mode.reference(image, shifts)
+    return reference, torch.stack([shift_mode.shifted(image, dy, dx, margin) for dy, dx in shifts])
 
 
 def probe_batch(image: torch.Tensor, shifts: list[tuple[int, int]], mode: str) -> torch.Tensor:

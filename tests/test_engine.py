@@ -216,3 +216,62 @@ class TestEngine:
             assert not any(module.training for module in model.modules())
             raise RuntimeError("inside")
         assert [module.training for module in model.modules()] == [True, True, False, False]
+
+
+class TestFunctionsThroughTheEngine:
+    """equivariance_error and the assertions of shiftlab.testing are users of the engine, as the probe is."""
+
+    class Recording(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1, padding_mode="circular", dtype=torch.float64)
+            self.drop = nn.Dropout(0.5)
+            self.calls: list[tuple[tuple[int, ...], bool, torch.dtype]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls.append((tuple(x.shape), self.training, x.dtype))
+            return self.drop(self.conv(x))
+
+    @pytest.mark.parametrize("mode, border_passes", [("circular", 0), ("zero", 1), ("crop", 1)])
+    def test_one_call_per_input_and_none_for_the_zero_shift(self, mode, border_passes):
+        calls = []
+
+        def fn(tensor):
+            calls.append(tuple(tensor.shape))
+            return tensor * 2.0
+
+        x = torch.rand(2, 3, 12, 12)
+        equivariance_error(fn, x, [(0, 0), (0, 1), (2, 0)], mode=mode)
+        window = (2, 3, 8, 10) if mode == "crop" else (2, 3, 12, 12)  # crop: less the largest shift, on each side
+        assert calls == [window] * (border_passes + 1 + 2)  # (border pass), reference, the two non-zero shifts
+
+    def test_a_module_runs_in_eval_mode_on_its_dtype_and_is_restored(self):
+        from shiftlab.testing import assert_shift_equivariant, assert_shift_invariant
+
+        model = self.Recording().train()
+        x = torch.rand(1, 3, 12, 12)  # float32: moved to the module's float64, as the probe does
+        result = equivariance_error(model, x, [(0, 1), (3, 2)])
+        assert result.max_rel_l2 < 1e-12  # dropout off: a circular convolution is exactly equivariant
+        assert {(training, dtype) for _, training, dtype in model.calls} == {(False, torch.float64)}
+        assert model.training and model.drop.training
+        model.calls.clear()
+        assert_shift_equivariant(model, x, [(0, 1)])
+        with pytest.raises(AssertionError):
+            assert_shift_invariant(model, x, [(0, 1)])
+        assert {(training, dtype) for _, training, dtype in model.calls} == {(False, torch.float64)}
+        assert model.training
+
+    def test_nan_outputs_are_refused_naming_fn(self):
+        def poisoned(tensor):
+            out = tensor.clone()
+            if bool(tensor[..., 0, 0].eq(0.5).any()):  # only the copy shifted by (0, 1) sees the 0.5
+                out[..., 0, 0] = float("nan")
+            return out
+
+        x = torch.zeros(1, 6, 6)
+        x[0, 0, 5] = 0.5
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(poisoned, x, [(1, 0), (0, 1)])
+        assert str(info.value).startswith(
+            "fn: outputs NaN or infinity for input image 0 (shifted by (0, 1)): no equivariance can be measured"
+        )

@@ -719,12 +719,15 @@ class TestEquivarianceErrors:
         with pytest.raises(ShiftlabError, match=r"^fn: failed on an input of shape \(1, 8, 8\): "):
             equivariance_error(nn.Conv2d(3, 4, 3), torch.zeros(1, 8, 8), [(0, 1)])
 
-    def test_fn_raising_other_errors_propagate(self):
+    def test_fn_raising_any_other_error(self):
+        # fn is the user's: whatever it raises on the input is its answer, named with its type, the original chained
         def broken(tensor):
-            raise KeyError("not an input problem")
+            raise KeyError("no such key")
 
-        with pytest.raises(KeyError):
+        with pytest.raises(ShiftlabError) as info:
             equivariance_error(broken, torch.zeros(1, 8, 8), [(0, 1)])
+        assert str(info.value) == "fn: failed on an input of shape (1, 8, 8): KeyError: 'no such key'"
+        assert isinstance(info.value.__cause__, KeyError)
 
     def test_fn_changing_the_shape(self):
         calls = []

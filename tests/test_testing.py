@@ -265,15 +265,28 @@ class TestAssertShiftInvariant:
             assert_shift_invariant(nn.MaxPool2d(2), images(), [(0, 1)])
 
     def test_shape_change(self):
+        def corner_decides(tensor):  # a row when the corner pixel is lit, else one value
+            return tensor.mean(dim=-1) if bool(tensor[..., 0, 0].any()) else tensor.mean(dim=(-2, -1))
+
+        x = torch.zeros(1, 4, 4)
+        x[0, 0, 0] = 1.0
+        with pytest.raises(AssertionError) as info:
+            assert_shift_invariant(corner_decides, x, [(0, 0), (0, 1), (1, 0)], mode="circular")
+        assert str(info.value) == "not shift-invariant: shift (0, 1) changes the output shape from (1, 4) to (1,)"
+
+    def test_shape_change_of_a_function_that_changes_by_itself(self):
         calls = []
 
-        def unstable(tensor):
+        def unstable(tensor):  # not a function of its input: another shape on every call after the first
             calls.append(1)
             return tensor.mean(dim=-1) if len(calls) == 1 else tensor.mean(dim=(-2, -1))
 
         with pytest.raises(AssertionError) as info:
-            assert_shift_invariant(unstable, torch.zeros(1, 4, 4), [(0, 1)])
-        assert str(info.value) == "not shift-invariant: shift (0, 1) changes the output shape from (1, 4) to (1,)"
+            assert_shift_invariant(unstable, torch.zeros(1, 4, 4), [(0, 1)], mode="circular")
+        assert str(info.value) == (
+            "not shift-invariant: the output's size changed from 4 to 1 values under a shift (fn does not give the "
+            "same shape again for the same input)"
+        )
 
     def test_tolerances(self):
         x = torch.zeros(1, 8, 8, dtype=torch.float64)

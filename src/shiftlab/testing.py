@@ -24,7 +24,8 @@ from torch import nn
 
 from shiftlab._tensors import as_float_tensor
 from shiftlab.probing.borders import AUTO, choose_mode
-from shiftlab.probing.equivariance import EquivarianceResult, ShiftError, call_fn, equivariance_error, shifted_inputs
+from shiftlab.probing.engine import eval_mode, model_device_dtype
+from shiftlab.probing.equivariance import EquivarianceResult, ShapeChanged, ShiftError, call_fn, equivariance_error
 from shiftlab.shifts import ShiftMode, check_shifts, shift_with_mask
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_shift_equivariant", "assert_shift_invariant"]
@@ -88,13 +89,10 @@ def assert_shift_equivariant(
         AssertionError: not shift-equivariant under mode='circular': shift (0, 1) gives max abs error ...
     """
     choice = choose_mode(fn, mode)  # the one place the mode is validated
-    tensor, _ = as_float_tensor(x, "x")
-    result = equivariance_error(fn, tensor, shifts, mode=choice, stride=stride)
-    reference_dtype = tensor.dtype
-    if isinstance(fn, nn.Module):
-        parameters = [p for p in fn.parameters() if p.is_floating_point()]
-        reference_dtype = parameters[0].dtype if parameters else tensor.dtype
-    atol, rtol = _tolerances(reference_dtype, atol, rtol)
+    tensor = _as_input(fn, x)
+    pairs = check_shifts(shifts, choice)  # read once: ``shifts`` may be a generator
+    result = equivariance_error(fn, tensor, pairs, mode=choice, stride=stride)
+    atol, rtol = _tolerances(tensor.dtype, atol, rtol)  # (a module's own dtype: the input was moved to it)
     limit = atol + rtol * result.reference_scale
     failures = [error for error in result.errors if not error.max_abs <= limit]
     if not failures:
@@ -106,13 +104,28 @@ def assert_shift_equivariant(
         f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {result.reference_scale:.3g}); relative "
         f"L2 error {worst.rel_l2:.3g}"
     )
-    message += _position_clause(fn, tensor, result, worst, choice, check_shifts(shifts, choice))
+    message += _position_clause(fn, tensor, result, worst, choice, pairs)
     if not worst.multiple:
         message += f"; the shift is not a multiple of the stride {worst.stride}, so no whole-pixel alignment can match"
     message += f"; {len(failures)} of {len(result.errors)} shifts fail"
     if isinstance(fn, nn.Module) and tensor.ndim == 4:
         message += _layer_clause(fn, tensor, [(worst.dy, worst.dx)], choice, rtol)
     raise AssertionError(message + _auto_clause(choice))
+
+
+def _as_input(fn: Callable[[Any], Any], x: Any) -> torch.Tensor:
+    """``x`` as a tensor on a module's device and dtype, as the engine runs it (the failure messages run it again)."""
+    tensor, _ = as_float_tensor(x, "x")
+    device, dtype = model_device_dtype(fn) if isinstance(fn, nn.Module) else (None, None)
+    return tensor.to(device=device or tensor.device, dtype=dtype or tensor.dtype)
+
+
+def _again(fn: Callable[[Any], Any], tensor: torch.Tensor) -> torch.Tensor:
+    """``fn(tensor)`` once more, as the engine ran it (a module in eval mode), for a failure message."""
+    if not isinstance(fn, nn.Module):
+        return call_fn(fn, tensor)
+    with eval_mode(fn):
+        return call_fn(fn, tensor)
 
 
 def _auto_clause(choice: ShiftMode) -> str:
@@ -134,7 +147,7 @@ def _position_clause(
         return ""
     unshifted, margin = mode.reference(tensor, shifts)
     moved = mode.shifted(tensor, worst.dy, worst.dx, margin)
-    reference, output = call_fn(fn, unshifted), call_fn(fn, moved)
+    reference, output = _again(fn, unshifted), _again(fn, moved)
     aligned, valid = shift_with_mask(reference, worst.aligned_dy, worst.aligned_dx, mode=mode.move)
     if result.core is not None and bool(result.core.any()):
         core = result.core.to(valid.device)
@@ -191,35 +204,59 @@ def assert_shift_invariant(
         AssertionError: not shift-invariant under mode='circular': shift (0, 1) changes the output by up to 3 ...
     """
     choice = choose_mode(fn, mode)  # the one place the mode is validated
-    tensor, _ = as_float_tensor(x, "x")
+    tensor = _as_input(fn, x)
     pairs = check_shifts(shifts, choice)
-    reference_input, moved = shifted_inputs(tensor, pairs, choice)
-    reference = call_fn(fn, reference_input)
-    atol, rtol = _tolerances(reference.dtype, atol, rtol)
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    limit = atol + rtol * scale
-    worst: tuple[float, tuple[float, float], torch.Tensor] | None = None
-    failing = 0
-    for pair, moved_input in zip(pairs, moved):
-        output = call_fn(fn, moved_input)
-        if output.shape != reference.shape:
-            raise AssertionError(
-                f"not shift-invariant: shift {pair} changes the output shape from {tuple(reference.shape)} to "
-                f"{tuple(output.shape)}"
-            )
-        difference = output.float() - reference.float()
-        largest = float(difference.abs().max()) if difference.numel() else 0.0
-        if not largest <= limit:
-            failing += 1
-            if worst is None or largest > worst[0]:
-                worst = (largest, pair, difference)
-    if worst is None:
+    try:  # flattened, the output is compared as a whole: no alignment, no border core
+        result = equivariance_error(_Flattened(fn), tensor, pairs, mode=choice)
+    except ShapeChanged as changed:
+        raise AssertionError(_shape_change(fn, tensor, pairs, choice, changed) + _auto_clause(choice)) from None
+    assert result.output_dtype is not None
+    atol, rtol = _tolerances(result.output_dtype, atol, rtol)
+    limit = atol + rtol * result.reference_scale
+    failures = [error for error in result.errors if not error.max_abs <= limit]
+    if not failures:
         return
-    largest, pair, difference = worst
-    position = _worst_position(difference)
+    worst = max(failures, key=lambda error: error.max_abs)
+    reference_input, margin = choice.reference(tensor, pairs)
+    reference = _again(fn, reference_input)
+    output = _again(fn, choice.shifted(tensor, worst.dy, worst.dx, margin))
+    position = _worst_position(output.double() - reference.double())
     raise AssertionError(
-        f"not shift-invariant under mode={choice.mode!r}: shift ({pair[0]:g}, {pair[1]:g}) changes the output by up to "
-        f"{largest:.4g} "
-        f"> tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| {scale:.3g}), at output index {position}; "
-        f"{failing} of {len(pairs)} shifts fail{_auto_clause(choice)}"
+        f"not shift-invariant under mode={choice.mode!r}: shift ({worst.dy:g}, {worst.dx:g}) changes the output by up "
+        f"to {worst.max_abs:.4g} > tolerance {limit:.3g} (atol {atol:g} + rtol {rtol:g} x max|f(x)| "
+        f"{result.reference_scale:.3g}), at output index {position}; {len(failures)} of {len(pairs)} shifts fail"
+        f"{_auto_clause(choice)}"
+    )
+
+
+class _Flattened(nn.Module):
+    """``fn`` with its output flattened, so that it is compared as a whole; a module holding ``fn``, so that the
+    engine runs an ``nn.Module`` in eval mode on its device, as it runs ``fn`` itself for the equivariance test."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return call_fn(self.fn, tensor).reshape(-1)
+
+
+def _shape_change(
+    fn: Callable[[Any], Any],
+    tensor: torch.Tensor,
+    shifts: list[tuple[float, float]],
+    mode: ShiftMode,
+    changed: ShapeChanged,
+) -> str:
+    """Which shift changes the output's shape, found again shift by shift (the failure path only)."""
+    reference_input, margin = mode.reference(tensor, shifts)
+    reference = tuple(_again(fn, reference_input).shape)
+    for dy, dx in shifts:
+        shape = tuple(_again(fn, mode.shifted(tensor, dy, dx, margin)).shape)
+        if shape != reference:
+            return f"not shift-invariant: shift ({dy:g}, {dx:g}) changes the output shape from {reference} to {shape}"
+    # fn gave another shape on another call for the same input: only the sizes seen the first time can be named
+    return (
+        f"not shift-invariant: the output's size changed from {changed.reference_shape[0]} to {changed.shape[0]} "
+        "values under a shift (fn does not give the same shape again for the same input)"
     )

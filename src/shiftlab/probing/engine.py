@@ -242,7 +242,7 @@ def _count_passes(shapes: list[tuple[int, ...]] | None, images_per_pass: int, ch
     return total
 
 
-def _check_finite(model: nn.Module, output: Any, count: int, first: int, shifts: Sequence[tuple[float, float]]) -> None:
+def _check_finite(subject: str, output: Any, count: int, first: int, shifts: Sequence[tuple[float, float]]) -> None:
     """Refuse a model whose output holds NaN or infinity: every comparison with it would be meaningless.
 
     ``output`` is the model's for a pass of ``count`` images (numbered from ``first``) under each of
@@ -258,7 +258,7 @@ def _check_finite(model: nn.Module, output: Any, count: int, first: int, shifts:
         dy, dx = shifts[variant]
         where = f" for input image {first + image} ({'unshifted' if variant == 0 else f'shifted by ({dy:g}, {dx:g})'})"
     fail(
-        f"model {type(model).__name__}",
+        subject,
         f"outputs NaN or infinity{where}: no equivariance can be measured from that (check the model and its weights)",
     )
 
@@ -376,6 +376,7 @@ class ShiftedForward:
             always is, as ``output``).
         layouts, strides: resolved overrides (:func:`shiftlab.probing.layouts.resolve_overrides`).
         output_key: the main tensor of a structured model output (see :mod:`shiftlab.outputs`).
+        subject: what a message about the model's output names (default ``model NAME``, its class name).
 
     The engine keeps its layout plans (one per input size): a second run at the same size plans nothing.
 
@@ -397,9 +398,11 @@ class ShiftedForward:
         layouts: Sequence[tuple[str, str]] = (),
         strides: Sequence[tuple[str, tuple[int, int]]] = (),
         output_key: str | None = None,
+        subject: str | None = None,
     ) -> None:
         check(isinstance(model, nn.Module), "model", f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.subject = subject or f"model {type(model).__name__}"
         self.watched = list(watched)
         self.layouts = tuple(layouts)
         self.strides = tuple(strides)
@@ -518,7 +521,7 @@ class ShiftedForward:
                         state.step = Pass(group.shape[0], info.images, indices, identity if position == 0 else ())
                         output = hooks.run(batch.flatten(0, 1))
                         ran = [(0.0, 0.0)] + [pairs[index] for index in indices]
-                        _check_finite(model, output, group.shape[0], info.images, ran)
+                        _check_finite(self.subject, output, group.shape[0], info.images, ran)
                         info.passes += 1
                         if progress is not None:
                             progress(info.passes, total)

@@ -38,28 +38,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
 from shiftlab._tensors import as_float_tensor, require_spatial
 from shiftlab.accumulate import Accumulator
 from shiftlab.distances import MapError, map_error
-from shiftlab.errors import ShiftlabError, check, check_pair, describe, fail, first_line
+from shiftlab.errors import ShiftlabError, check, check_pair, describe, first_line
 from shiftlab.probing._compare import Pair, PairSums, Scratch, comparison_pairs, pair_sums, whole_sums
-from shiftlab.probing.engine import border_core
-from shiftlab.probing.layouts import feature_stride
-from shiftlab.shifts import Shift, ShiftMode, check_shifts, crop_margin
+from shiftlab.probing.engine import OUTPUT, Pass, Seen, ShiftedForward
+from shiftlab.probing.layouts import LayoutPlan, feature_stride
+from shiftlab.shifts import Shift, ShiftMode, check_shifts
 
 __all__ = [
     "EquivarianceResult",
+    "FunctionModule",
     "Measured",
+    "ShapeChanged",
     "ShiftComparison",
     "ShiftError",
-    "border_core",
     "call_fn",
     "equivariance_error",
     "feature_stride",
-    "reference_input",
-    "shifted_input",
-    "shifted_inputs",
 ]
 
 NOTE_NOT_MULTIPLE = "shift is not a multiple of the stride: error after the best whole-pixel alignment"
@@ -238,6 +237,29 @@ class ShiftComparison(Accumulator):
         """
         self.add(self.measure(maps, indices, core=core, whole_map=whole_map, scratch=scratch))
 
+    def measure_pass(
+        self,
+        outputs: torch.Tensor,
+        step: Pass,
+        *,
+        core: torch.Tensor | None = None,
+        whole_map: bool = False,
+        scratch: Scratch | None = None,
+    ) -> list[Measured]:
+        """Compare the outputs of one :class:`~shiftlab.probing.engine.Pass` of the engine, without adding them.
+
+        ``outputs`` is ``(variants * images, ...)``: the references, then the copies for each shift of
+        ``step.indices``. The pass's zero shifts (``step.identity``) compare the reference with itself.
+        """
+        grouped = outputs.reshape(step.variants, step.images, *outputs.shape[1:])
+        measured = []
+        if step.indices:
+            measured.append(self.measure(grouped, step.indices, core=core, whole_map=whole_map, scratch=scratch))
+        if step.identity:  # f(x) against itself: the reference stands in for the shifted copies
+            reference = grouped[0][None].expand(1 + len(step.identity), *grouped.shape[1:])
+            measured.append(self.measure(reference, step.identity, core=core, whole_map=whole_map, scratch=scratch))
+        return measured
+
     def compute(self) -> list[ShiftError | None]:
         """One :class:`ShiftError` per shift (None for a shift never measured), read back from the device once."""
         squares, largest = self.squares.tolist(), self.largest.tolist()
@@ -301,37 +323,6 @@ def _rank(rel_l2: float) -> float:
     return math.inf if math.isnan(rel_l2) else rel_l2
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def reference_input(
-    x: torch.Tensor, shifts: Sequence[Shift], mode: ShiftMode | str
-) -> tuple[torch.Tensor, tuple[int, int] | None]:
-    """The unshifted input that every shift is compared with, and the crop margin (:meth:`ShiftMode.reference
-    <shiftlab.shifts.ShiftMode.reference>`).
-
-    Raises:
-        ShiftlabError: shifts that mean nothing for ``x``'s size (:func:`shiftlab.shifts.check_shifts_fit`).
-    """
-    return ShiftMode.of(mode).reference(x, shifts)
-
-
-def shifted_input(
-    x: torch.Tensor, dy: float, dx: float, mode: ShiftMode | str, margin: tuple[int, int] | None
-) -> torch.Tensor:
-    """``x`` shifted by ``(dy, dx)``, shaped like the :func:`reference_input` (``margin`` from it)."""
-    return ShiftMode.of(mode).shifted(x, dy, dx, margin)
-
-
-def shifted_inputs(
-    x: torch.Tensor, shifts: Sequence[Shift], mode: ShiftMode | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference input and the stack of shifted inputs, shape ``(len(shifts), *reference.shape)``."""
-    mode = ShiftMode.of(mode)
-    reference, margin = mode.reference(x, shifts)
-    return reference, torch.stack([mode.shifted(x, dy, dx, margin) for dy, dx in shifts])
-
-
 @dataclass
 class EquivarianceResult:
     """Per-shift errors of one map, with the protocol they were measured under."""
@@ -342,6 +333,7 @@ class EquivarianceResult:
     output_shape: tuple[int, ...]
     reference_scale: float = math.nan  # max |f(x)|, the scale that tolerances are relative to
     core: torch.Tensor | None = field(default=None, repr=False)  # pixels far enough from the border (zero/crop)
+    output_dtype: torch.dtype | None = None  # the dtype of f(x)
 
     @property
     def stride(self) -> tuple[int, int] | None:
@@ -371,6 +363,12 @@ def equivariance_error(
 ) -> EquivarianceResult:
     """How far ``fn`` is from commuting with each shift: ``fn(T_t x)`` against ``T_{t/s} fn(x)``.
 
+    The inputs go through the engine of the probe (:class:`~shiftlab.probing.engine.ShiftedForward`): one pass
+    holds ``x`` and its shifted copies, and the border core of the ``zero`` and ``crop`` modes comes from its border
+    pass. ``fn`` is called once per input, on a tensor shaped as ``x`` (a crop window for ``crop``); the zero shift
+    costs no call (it compares ``fn(x)`` with itself). An ``nn.Module`` runs as in :func:`~shiftlab.probe`: in eval
+    mode (every flag restored afterwards), under ``torch.no_grad``, with ``x`` moved to its device and dtype.
+
     Args:
         fn: maps a ``(..., H, W)`` tensor to a ``(..., h, w)`` tensor (an
             ``nn.Module``, a shiftlab operator, any function of torch tensors).
@@ -385,7 +383,8 @@ def equivariance_error(
         An :class:`EquivarianceResult` with one :class:`ShiftError` per shift.
 
     Raises:
-        ShiftlabError: bad shifts or mode, input too small for the shifts, or ``fn`` failing on the input.
+        ShiftlabError: bad shifts or mode, input too small for the shifts, ``fn`` failing on the input, changing the
+            output's shape with the shift, or giving NaN or infinity.
 
     Example:
         >>> import torch
@@ -399,37 +398,104 @@ def equivariance_error(
         [(False, True), (True, False)]
     """
     tensor, _ = as_float_tensor(x, "x")
-    require_spatial(tensor, "x")
+    height, width = require_spatial(tensor, "x")
     mode = ShiftMode.of(mode)  # validated here, once
     pairs = check_shifts(shifts, mode)
-    reference_input, moved = shifted_inputs(tensor, pairs, mode)
-    reference = call_fn(fn, reference_input)
-    spatial = (
-        reference.ndim == reference_input.ndim and reference.ndim >= 2 and reference.shape[-2] * reference.shape[-1] > 1
-    )
     given = None if stride is None else check_pair(stride, "stride", minimum=1)
-    core = None
-    if spatial and mode.needs_core:
-        band = crop_margin(pairs)
-        outputs: list[torch.Tensor] = []
-        border_core(reference_input, band, lambda tainted: outputs.append(call_fn(fn, tainted[0])))
-        core = torch.isfinite(outputs[0]).reshape(-1, *reference.shape[-2:]).all(dim=0)
-    outputs = []
-    for moved_input in moved:
-        output = call_fn(fn, moved_input)
-        check(
-            output.shape == reference.shape,
-            "fn",
-            f"gave shape {tuple(output.shape)} for a shifted input but {tuple(reference.shape)} for the reference",
-        )
-        outputs.append(output)
-    map_stride = (given or feature_stride(reference_input.shape, reference.shape)) if spatial else None
-    comparison = ShiftComparison(pairs, stride=map_stride, circular=mode.wraps, device=reference.device)
-    whole_map = core is not None and not bool(core.any())
-    comparison.update(torch.stack([reference, *outputs]), core=core, whole_map=whole_map)
+    function = FunctionModule(fn, tuple(tensor.shape[:-2]))
+    engine = _FunctionForward(function, [], strides=[(OUTPUT, given)] if given else [], subject="fn")
+    measurement = _OutputMeasurement(pairs, mode)
+    engine.run(tensor.reshape(1, -1, height, width), pairs, mode, measurement)
+    comparison = measurement.comparison
+    assert comparison is not None and function.input_shape is not None and function.output_shape is not None
     errors = [error for error in comparison.compute() if error is not None]
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    return EquivarianceResult(errors, mode.mode, tuple(reference_input.shape), tuple(reference.shape), scale, core)
+    core = measurement.core
+    return EquivarianceResult(
+        errors,
+        mode.mode,
+        function.input_shape,
+        function.output_shape,
+        measurement.scale,
+        None if core is None else core[0],
+        function.output_dtype,
+    )
+
+
+class ShapeChanged(ShiftlabError):
+    """``fn`` gave an output of another shape for a shifted input than for the reference."""
+
+    def __init__(self, reference_shape: tuple[int, ...], shape: tuple[int, ...]) -> None:
+        super().__init__(f"fn: gave shape {shape} for a shifted input but {reference_shape} for the reference")
+        self.reference_shape = reference_shape
+        self.shape = shape
+
+
+class FunctionModule(nn.Module):
+    """Any function of ``(..., H, W)`` tensors as a module of ``(N, P, H, W)`` batches, for the engine.
+
+    Each of the ``N`` inputs is handed to ``fn`` shaped as the caller's own input (``leading`` axes, then the map),
+    one call per input; the outputs come back as ``(N, -1, h, w)`` when they are maps of the input's rank (the last
+    two axes spatial), else as ``(N, -1, 1, 1)``, compared as a whole. The first output's shape is the reference
+    that every other must match.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], leading: tuple[int, ...]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.leading = leading
+        self.input_shape: tuple[int, ...] | None = None
+        self.output_shape: tuple[int, ...] | None = None
+        self.output_dtype: torch.dtype | None = None
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for item in batch:
+            shaped = item.reshape(*self.leading, *item.shape[-2:])
+            output = call_fn(self.fn, shaped)
+            shape = tuple(output.shape)
+            if self.output_shape is None:
+                check(output.numel() > 0, "fn", f"returned an empty output, {describe(output)}: nothing to compare")
+                self.input_shape, self.output_shape, self.output_dtype = tuple(shaped.shape), shape, output.dtype
+            elif shape != self.output_shape:
+                raise ShapeChanged(self.output_shape, shape)
+            outputs.append(output)
+        stacked = torch.stack(outputs)
+        spatial = len(self.output_shape) == len(self.leading) + 2 and shape[-2] * shape[-1] > 1  # type: ignore[arg-type]
+        map_size = shape[-2:] if spatial else (1, 1)
+        return stacked.reshape(len(outputs), -1, *map_size)
+
+
+class _FunctionForward(ShiftedForward):
+    """The engine for a :class:`FunctionModule`, whose output layout is known: the last two axes are the map."""
+
+    def plan(self, example: torch.Tensor, hint: str = "") -> LayoutPlan:
+        layouts = ((OUTPUT, "NCHW"),)  # a 1x1 map is compared as a whole (LayoutPlan's own rule)
+        size = (example.shape[-2], example.shape[-1])
+        return LayoutPlan(size, None, {}, {}, (layouts, self.strides), "the last two axes of the function's output")
+
+
+class _OutputMeasurement:
+    """The engine's callback for :func:`equivariance_error`: one comparison of the output, its scale and core."""
+
+    def __init__(self, shifts: Sequence[Shift], mode: ShiftMode) -> None:
+        self.shifts = shifts
+        self.mode = mode
+        self.comparison: ShiftComparison | None = None
+        self.scale = 0.0  # max |f(x)|
+        self.core: tuple[torch.Tensor, bool] | None = None
+
+    def __call__(self, seen: Seen) -> None:
+        assert seen.spatial is not None
+        if self.comparison is None:
+            stride = seen.layout.stride if seen.layout.spatial else None
+            self.comparison = ShiftComparison(
+                self.shifts, stride=stride, circular=self.mode.wraps, device=seen.output.device
+            )
+        self.scale = max(self.scale, float(seen.spatial[: seen.step.images].abs().max()))
+        core, whole_map = seen.core if seen.core is not None and seen.layout.spatial else (None, False)
+        self.core = seen.core if seen.layout.spatial else None
+        for measured in self.comparison.measure_pass(seen.spatial, seen.step, core=core, whole_map=whole_map):
+            self.comparison.add(measured)
 
 
 def call_fn(fn: Callable[[Any], Any], tensor: torch.Tensor) -> torch.Tensor:
@@ -439,9 +505,15 @@ def call_fn(fn: Callable[[Any], Any], tensor: torch.Tensor) -> torch.Tensor:
             output = fn(tensor)
         except ShiftlabError:
             raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            fail("fn", f"failed on an input of shape {tuple(tensor.shape)}: {first_line(error)}")
+        except Exception as error:  # whatever fn raises on this input is its answer to the input
+            raise ShiftlabError(f"fn: failed on an input of shape {tuple(tensor.shape)}: {_reason(error)}") from error
     if not isinstance(output, torch.Tensor):
         output, _ = as_float_tensor(output, "output of fn")
     check(output.is_floating_point(), "fn", f"must return floating-point values, got {describe(output)}")
     return output
+
+
+def _reason(error: Exception) -> str:
+    """The first line of an error; with its type where the text alone would not say what went wrong."""
+    plain = isinstance(error, (RuntimeError, ValueError, TypeError, IndexError))
+    return first_line(error) if plain else f"{type(error).__name__}: {first_line(error)}"

@@ -264,19 +264,8 @@ class _Measurement:
         """Compare one part of an output (its map, its prefix tokens, or the whole of it) for this pass."""
         comparison = layer.comparison
         assert comparison is not None
-        grouped = tensor.reshape(step.variants, step.images, *tensor.shape[1:])
         core, whole_map = found if found is not None and layer.part == "map" else (None, False)
-        measured = []
-        if step.indices:
-            measured.append(
-                comparison.measure(grouped, step.indices, core=core, whole_map=whole_map, scratch=self.scratch)
-            )
-        if step.identity:  # f(x) against itself: the reference stands in for the shifted copies
-            reference = grouped[0][None].expand(1 + len(step.identity), *grouped.shape[1:])
-            measured.append(
-                comparison.measure(reference, step.identity, core=core, whole_map=whole_map, scratch=self.scratch)
-            )
-        return measured
+        return comparison.measure_pass(tensor, step, core=core, whole_map=whole_map, scratch=self.scratch)
 
     def result(self, info: RunInfo, batch_size: int) -> ProbeResult:
         """The :class:`ProbeResult` of the run that fed this measurement, with its protocol."""
