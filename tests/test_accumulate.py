@@ -221,8 +221,9 @@ def test_to_casts_floating_states_and_their_defaults_only():
 def test_to_moves_states_defaults_and_later_states():
     stats = Stats()
     stats.update(VALUES)
+    assert stats.device.type == "cpu"
     assert stats.to("meta") is stats
-    assert {getattr(stats, name).device.type for name in stats.state_names} == {"meta"}
+    assert {getattr(stats, name).device.type for name in stats.state_names} == {"meta"} == {stats.device.type}
     stats.reset()  # the defaults moved too
     assert {getattr(stats, name).device.type for name in stats.state_names} == {"meta"}
     assert stats.largest.dtype == torch.float64 and stats.count.dtype == torch.int64

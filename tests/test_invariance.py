@@ -331,3 +331,54 @@ def test_consistency_distances_are_taken_around_the_torus():
     by_distance = {item["distance"]: item for item in state.compute()["by_distance"] if item["pairs"]}
     assert by_distance[0]["pairs"] == 1 and by_distance[0]["agreeing"] == 1
     assert by_distance[3]["pairs"] == 2 and by_distance[3]["agreeing"] == 0
+
+
+# --------------------------------------------------------------------------- where the sums are taken
+
+
+def _batches_for(name: str):
+    """A metric and two batches of (outputs, labels, infos) it can take: random logits (or maps, or features)."""
+    from shiftlab.invariance.dense import DenseConsistency
+
+    generator = torch.Generator().manual_seed(7)
+    n, classes = 6, 5
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    if name == "consistency":
+        metric = Consistency(views=4, max_shift=3).metric(classes)
+        infos = torch.randint(-3, 4, (n, 4, 2), generator=generator).float()
+        return metric, [(torch.randn(n, 4, classes, generator=generator), labels, infos) for _ in range(2)]
+    if name == "dense":
+        metric = DenseConsistency(views=3, max_shift=2).metric(classes)
+        shifts = torch.randint(-2, 3, (n, 2, 2), generator=generator)
+        infos = torch.cat([shifts, torch.full((n, 2, 2), 8)], dim=-1)
+        return metric, [(torch.randn(n, 3, classes, 8, 8, generator=generator), labels, infos) for _ in range(2)]
+    protocol, views = {
+        "shift-accuracy": (ShiftAccuracy([(0, 0), (0, 1), (2, 2)]), 4),
+        "subpixel": (SubpixelConsistency(), 4),
+        "imagenet-p": (TranslationSequence(max_shift=3), 7),
+        "diagonal": (DiagonalShift(), 2),
+        "cosine": (FeatureSimilarity([(0, 1), (1, 1)]), 3),
+    }[name]
+    metric = protocol.metric(classes)
+    return metric, [(torch.randn(n, views, classes, generator=generator), labels, None) for _ in range(2)]
+
+
+METRICS = ["consistency", "dense", "shift-accuracy", "subpixel", "imagenet-p", "diagonal", "cosine"]
+TARGETS = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", METRICS)
+def test_sums_follow_the_states_device_whatever_the_outputs_device(name, target):
+    """States moved with .to() take updates there, from outputs on either device, and agree with the CPU's counts."""
+    reference, batches = _batches_for(name)
+    for outputs, labels, infos in batches:
+        reference.update(outputs, labels, infos)
+    for states_on, outputs_on in [(target, target), ("cpu", target), (target, "cpu")]:
+        metric, _ = _batches_for(name)
+        metric.to(states_on)
+        for outputs, labels, infos in batches:
+            moved = None if infos is None else infos.to(outputs_on)
+            metric.update(outputs.to(outputs_on), labels.to(outputs_on), moved)
+        assert {state.device.type for state in metric.state_dict().values()} == {torch.device(states_on).type}
+        assert metric.compute() == reference.compute(), (states_on, outputs_on)

@@ -143,6 +143,13 @@ class Accumulator:
         self._states = {name: self._placed(value) for name, value in self._states.items()}
         return self
 
+    @property
+    def device(self) -> torch.device:
+        """Where the states are (and where an ``update`` adds to them): the CPU unless :meth:`to` moved them."""
+        for value in self._states.values():
+            return value.device
+        return self._device or torch.device("cpu")
+
     def _placed(self, value: torch.Tensor) -> torch.Tensor:
         dtype = self._dtype if self._dtype is not None and value.is_floating_point() else None
         return value.to(device=self._device, dtype=dtype)

@@ -316,11 +316,11 @@ class DenseConsistencyMetric(Metric):
         self.add_state("agreeing_by_distance", _zeros(bins))
         self.add_state("pixels_by_position", _zeros(POSITION_BINS, POSITION_BINS))
         self.add_state("agreeing_by_position", _zeros(POSITION_BINS, POSITION_BINS))
-        self._cells: dict[tuple[int, int], torch.Tensor] = {}
+        self._cells: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         assert infos is not None and outputs.ndim == 5, "outputs (n, views, C, h, w) and the views' shifts"
-        classes = predicted_classes(outputs).cpu()
+        classes = predicted_classes(outputs).to(self.device)
         check(
             outputs.shape[2] == 1 or outputs.shape[2] == self.classes,
             "dense-consistency",
@@ -370,11 +370,12 @@ class DenseConsistencyMetric(Metric):
 
     def _position_cells(self, rows: int, cols: int) -> torch.Tensor:
         """For every pixel of a ``rows x cols`` reference map, its cell of the position grid (row-major index)."""
-        if (rows, cols) not in self._cells:
-            row_cells = torch.arange(rows) * POSITION_BINS // rows
-            col_cells = torch.arange(cols) * POSITION_BINS // cols
-            self._cells[(rows, cols)] = row_cells[:, None] * POSITION_BINS + col_cells[None, :]
-        return self._cells[(rows, cols)]
+        key = (rows, cols, self.device)
+        if key not in self._cells:
+            row_cells = torch.arange(rows, device=self.device) * POSITION_BINS // rows
+            col_cells = torch.arange(cols, device=self.device) * POSITION_BINS // cols
+            self._cells[key] = row_cells[:, None] * POSITION_BINS + col_cells[None, :]
+        return self._cells[key]
 
     def _count_positions(self, cells: torch.Tensor, same: torch.Tensor) -> None:
         size = POSITION_BINS * POSITION_BINS

@@ -133,8 +133,8 @@ def _stream(name: str) -> int:
 
 
 def _fixed_point(values: torch.Tensor) -> torch.Tensor:
-    """float64 values as int64 multiples of 1 / FIXED_POINT_SCALE (rounded to nearest)."""
-    return torch.round(values.double().cpu() * FIXED_POINT_SCALE).to(torch.int64)
+    """float64 values as int64 multiples of 1 / FIXED_POINT_SCALE (rounded to nearest), where the values are."""
+    return torch.round(values.double() * FIXED_POINT_SCALE).to(torch.int64)
 
 
 def _ratio(numerator: int | float, denominator: int | float) -> float | None:
@@ -242,7 +242,11 @@ class InvarianceProtocol:
 
 
 class Metric(Accumulator):
-    """An accumulator of one metric for one model: ``update(outputs, labels, infos)``, ``compute() -> dict``."""
+    """An accumulator of one metric for one model: ``update(outputs, labels, infos)``, ``compute() -> dict``.
+
+    The outputs are reduced where they are (a GPU's logits are not copied whole); what is added to the states is
+    moved to the states' :attr:`~shiftlab.accumulate.Accumulator.device` (the CPU unless :meth:`to` moved them).
+    """
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         """Add ``n`` images: ``outputs`` ``(n, views, ...)`` in view order, ``labels`` ``(n,)`` (-1: none)."""
@@ -262,9 +266,9 @@ def _row(statistic: str, value: float | None, count: int, at: str = "", ci: tupl
     return {"statistic": statistic, "at": at, "value": value, "count": count, "ci_low": ci[0], "ci_high": ci[1]}
 
 
-def _top1(outputs: torch.Tensor) -> torch.Tensor:
-    """Top-1 class per view; ties go to the lowest class index (as ``torch.argmax``)."""
-    return outputs.argmax(dim=-1).cpu()
+def _top1(outputs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Top-1 class per view, on ``device``; ties go to the lowest class index (as ``torch.argmax``)."""
+    return outputs.argmax(dim=-1).to(device)
 
 
 def _zeros(*shape: int) -> torch.Tensor:
@@ -407,7 +411,7 @@ class ConsistencyMetric(Metric):
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
         assert infos is not None
-        top1 = _top1(outputs)
+        top1, infos = _top1(outputs, self.device), infos.to(self.device)
         agree = top1[:, self._first] == top1[:, self._second]
         per_image = agree.sum(dim=1, dtype=torch.int64)
         self.images += top1.shape[0]
@@ -546,8 +550,8 @@ class ShiftAccuracyMetric(Metric):
         self.add_state("unchanged_by_shift", _zeros(count))
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
-        top1 = _top1(outputs)
-        correct = top1 == labels.cpu()[:, None]
+        top1 = _top1(outputs, self.device)
+        correct = top1 == labels.to(self.device)[:, None]
         self.images += top1.shape[0]
         self.correct_unshifted += correct[:, 0].sum()
         self.correct_by_shift += correct[:, 1:].sum(dim=0)
@@ -640,7 +644,7 @@ class SubpixelMetric(Metric):
         self.add_state("unchanged_under_every_shift", _zeros())
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
-        top1 = _top1(outputs)
+        top1 = _top1(outputs, self.device)
         unchanged = top1[:, 1:] == top1[:, :1]
         self.images += top1.shape[0]
         self.unchanged_by_shift += unchanged.sum(dim=0)
@@ -788,12 +792,12 @@ class SequenceMetric(Metric):
         return int(self.sequences)
 
     def update(self, outputs: torch.Tensor, labels: torch.Tensor, infos: torch.Tensor | None) -> None:
-        top1 = _top1(outputs)
+        top1 = _top1(outputs, self.device)
         self.sequences += top1.shape[0]
         for position, step in enumerate(self.metric.difficulties):
             self.flips[position] += (top1[:, :-step] != top1[:, step:]).sum()
             distances = top_k_distance(outputs[:, :-step], outputs[:, step:], self.k)
-            self.top_k_distance[position] += distances.sum().cpu()
+            self.top_k_distance[position] += distances.sum().to(self.device)
         self.flips_by_step += (top1[:, :-1] != top1[:, 1:]).sum(dim=0)
         centre = self.metric.max_shift
         self.differs_from_centre += (top1 != top1[:, centre : centre + 1]).sum(dim=0)
@@ -910,8 +914,8 @@ class DiagonalMetric(Metric):
         before = probabilities[:, 0].gather(-1, chosen)[:, 0]
         after = probabilities[:, 1].gather(-1, chosen)[:, 0]
         self.images += top1.shape[0]
-        self.changed += (top1[:, 0] != top1[:, 1]).sum().cpu()
-        self.absolute_change_fixed += _fixed_point((before - after).abs()).sum()
+        self.changed += (top1[:, 0] != top1[:, 1]).sum().to(self.device)
+        self.absolute_change_fixed += _fixed_point((before - after).abs()).sum().to(self.device)
 
     def compute(self) -> dict[str, Any]:
         images = int(self.images)
@@ -976,7 +980,7 @@ class CosineMetric(Metric):
         both_zero = (reference.norm(dim=-1) == 0) & (shifted.norm(dim=-1) == 0)
         cosine = torch.where(norms > 0, dot / norms.clamp_min(1e-300), torch.zeros_like(dot))
         cosine = torch.where(both_zero, torch.ones_like(cosine), cosine).clamp(-1.0, 1.0)
-        fixed = _fixed_point(cosine)
+        fixed = _fixed_point(cosine).to(self.device)
         self.images += fixed.shape[0]
         self.cosine_fixed += fixed.sum(dim=0)
         torch.minimum(self.minimum_fixed, fixed.min(dim=0).values, out=self.minimum_fixed)
