@@ -835,3 +835,27 @@ class TestExits:
             f" arbitrary objects: save model.state_dict() instead (it references {os.system.__module__}.system)\n"
         )
         assert status == 2
+
+
+def test_the_command_lines_choices_are_the_librarys_names():
+    """The parser spells its choices out (importing the modules that own them would load torch for --help); this
+    keeps each equal to the tuple the library validates against."""
+    import typing
+
+    from shiftlab.cli import build_parser
+    from shiftlab.invariance.dense import DENSE_MODES
+    from shiftlab.invariance.protocols import GRID_MODES
+    from shiftlab.ops import Padding
+    from shiftlab.probing.borders import AUTO, PROBE_MODES
+
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
+
+    def choices(command: str, option: str) -> set[str]:
+        action = next(action for action in commands[command]._actions if option in action.option_strings)
+        return set(action.choices)
+
+    assert choices("probe", "--mode") == set(PROBE_MODES)
+    assert choices("evaluate", "--shift-mode") == set(GRID_MODES)
+    assert choices("evaluate", "--diagonal-mode") == {AUTO, *GRID_MODES}
+    assert choices("evaluate", "--dense-mode") == set(DENSE_MODES)
+    assert choices("edges", "--padding") == set(typing.get_args(Padding))

@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -264,13 +265,17 @@ def to_jsonable(value: Any) -> Any:
     Example:
         >>> to_jsonable({"a": (1, np.float32(0.5)), "b": float("nan"), "c": "\\udcff.png"})
         {'a': [1, 0.5], 'b': None, 'c': '\\\\xff.png'}
+        >>> import torch
+        >>> to_jsonable({"tensor": torch.tensor([1.5, float("inf")]), "count": torch.tensor(3)})
+        {'tensor': [1.5, None], 'count': 3}
     """
     if isinstance(value, dict):
         return {to_jsonable(str(key)): to_jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported (this module does not need it)
+    if isinstance(value, (np.ndarray, np.generic)) or (torch is not None and isinstance(value, torch.Tensor)):
+        return to_jsonable(value.tolist())  # their numbers, not their repr
     if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, (np.integer, int)):

@@ -1004,7 +1004,7 @@ def _add_probe_inputs(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mode",
-        choices=("auto", "circular", "zero", "crop", "fourier"),  # borders.PROBE_MODES, without importing torch
+        choices=("auto", "circular", "zero", "crop", "fourier"),  # borders.PROBE_MODES (a test keeps them equal)
         default="auto",
         help="how images are shifted: auto (default) takes circular when every padding in the model is circular or "
         "there is none, crop otherwise (the summary says which, and why); circular, zero, crop or fourier",

@@ -131,10 +131,10 @@ def peer_failures() -> Iterator[None]:
     except RuntimeError:  # torch.distributed's errors (DistError and the backends' own) are RuntimeErrors
         import torch.distributed as dist
 
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else "?"
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else "?"
+        if not (dist.is_available() and dist.is_initialized()):
+            raise  # no group, no peers: not another process's failure (and so not one to name here)
         fail(
             "torchrun",
-            f"process {rank} of {world} stops: another process of the group failed or was killed (see its own"
+            f"process {dist.get_rank()} of {dist.get_world_size()} stops: another process of the group failed or was killed (see its own"
             " message), and the connection to it broke",
         )
