@@ -135,6 +135,6 @@ def peer_failures() -> Iterator[None]:
             raise  # no group, no peers: not another process's failure (and so not one to name here)
         fail(
             "torchrun",
-            f"process {dist.get_rank()} of {dist.get_world_size()} stops: another process of the group failed or was killed (see its own"
-            " message), and the connection to it broke",
+            f"process {dist.get_rank()} of {dist.get_world_size()} stops: another process of the group failed or was "
+            "killed (see its own message), and the connection to it broke",
         )
