@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -57,3 +59,16 @@ def run_group(command: list[str], timeout: float, **options) -> subprocess.Compl
         stdout, stderr = process.communicate()
         pytest.fail(f"{command[:6]} ran past {timeout} s: {stderr[-2000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def kill_when(command: list[str], env: dict[str, str], partial: Path, key: str, at_least: int, timeout: float) -> dict:
+    """Start ``command``; once its checkpoint ``partial`` records ``key >= at_least``, kill it with SIGKILL (as a
+    machine that goes down would). Returns what the checkpoint recorded last."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (partial.exists() and json.loads(partial.read_text())[key] >= at_least):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return json.loads(partial.read_text())

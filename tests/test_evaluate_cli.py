@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, run_group
+from helpers import free_port, kill_when, run_group
 from PIL import Image
 
 from shiftlab import cli
@@ -227,17 +225,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_numbers(capsys, folder, tmp_p
     arguments += ["--metrics", "consistency,imagenet-p,diagonal", "--checkpoint-every", "1"]
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     command = [sys.executable, "-m", "shiftlab", *arguments, "--out", str(interrupted)]
-    process = subprocess.Popen(
-        command, env=_environment(SHIFTLAB_TEST_SLEEP="0.25"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     partial = interrupted / "checkpoint.partial.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (partial.exists() and json.loads(partial.read_text())["packs_done"] >= 3):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    done = json.loads(partial.read_text())
+    done = kill_when(command, _environment(SHIFTLAB_TEST_SLEEP="0.25"), partial, "packs_done", 3, timeout=120)
     assert 3 <= done["packs_done"] < done["packs"]
     assert not (interrupted / "evaluation.json").exists() and not (interrupted / "report.html").exists()
     resumed = run_group(command + ["--resume"], 240, env=_environment())

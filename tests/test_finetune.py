@@ -13,10 +13,7 @@ import json
 import math
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from finetune_nets import small_cnn
-from helpers import ACCURACY_TOLERANCE, free_port, load_script, run_group, states_equal
+from helpers import ACCURACY_TOLERANCE, free_port, kill_when, load_script, run_group, states_equal
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
@@ -658,17 +655,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(folders, tmp_path):
     arguments[arguments.index(f"{NETS}:small_cnn")] = f"{NETS}:slow_cnn"
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     command = [sys.executable, *arguments, "--out", str(interrupted)]
-    process = subprocess.Popen(
-        command, env=_environment(SHIFTLAB_TEST_SLEEP="0.3"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     partial = interrupted / "checkpoint.partial.json"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (partial.exists() and json.loads(partial.read_text())["steps_done"] >= 2):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    done = json.loads(partial.read_text())
+    done = kill_when(command, _environment(SHIFTLAB_TEST_SLEEP="0.3"), partial, "steps_done", 2, timeout=180)
     assert 2 <= done["steps_done"] < done["steps"] == 6
     assert not (interrupted / "weights.safetensors").exists()
     resumed = run_group(command + ["--resume"], 240, env=_environment())
