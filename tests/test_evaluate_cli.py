@@ -15,6 +15,7 @@ from helpers import free_port, kill_when, run_group
 from PIL import Image
 
 from shiftlab import cli
+from shiftlab.errors import ShiftlabError
 
 TESTS = Path(__file__).parent
 SOURCE = TESTS.parent / "src"
@@ -605,10 +606,22 @@ def test_under_torchrun_a_failed_or_killed_process_is_named_as_such_by_the_other
 
 
 def test_auto_metrics_take_crop_consistency_when_the_images_hold_its_windows():
-    """--metrics auto: crop-consistency once --resize holds crop + R - 1 pixels (224 + 31 = 255)."""
-    import argparse
+    """metrics auto: crop-consistency once the resize holds crop + R - 1 pixels (224 + 31 = 255); diagonal mode auto:
+    crop windows once the resize leaves any room around the crop."""
+    from shiftlab.invariance.catalog import MetricChoice, ProtocolOptions
 
-    def auto(resize: int) -> list[str]:
-        return cli._auto_metrics(argparse.Namespace(resize=resize, crop=224, max_shift=32), labelled=False)
+    choice = MetricChoice("auto", ProtocolOptions(max_shift=32, diagonal_mode="auto"))
+
+    def auto(resize: int | None, crop: int | None = 224) -> dict[str, str]:
+        return {metric.name: getattr(metric, "mode", "") for metric in choice.protocols(resize, crop, labelled=False)}
 
     assert "crop-consistency" in auto(255) and "crop-consistency" not in auto(254)
+    assert auto(225)["diagonal"] == "crop" and auto(224)["diagonal"] == "circular"
+    assert auto(None, None) == {"consistency": "circular", "subpixel": "", "imagenet-p": "", "diagonal": "circular"}
+    assert list(MetricChoice(["cosine"], ProtocolOptions(diagonal_mode="auto")).protocols(None, None, True)) != []
+    with pytest.raises(ShiftlabError) as error:
+        MetricChoice(["consistency", "colour"])
+    assert str(error.value) == (
+        "metrics: unknown metric 'colour'; choose from consistency, crop-consistency, shift-accuracy, subpixel, "
+        "imagenet-p, diagonal, cosine, dense-consistency (or auto)"
+    )

@@ -45,3 +45,33 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert result.protocol["mode_reason"].startswith("auto: 17 layers pad with zeros (conv1, ")
     assert result.summary()[0]["exact_shifts"] == 3
     assert (tmp_path / "probe.csv").exists()
+
+
+def test_every_import_and_dotted_name_in_the_readme_resolves():
+    """The README names modules and objects for the reader to import: each must exist where it says (a layout change
+    that moves one must move the text)."""
+    import importlib
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    missing = []
+    for match in re.finditer(r"^\s*from (shiftlab[\w.]*) import ([\w, ]+)", text, re.MULTILINE):
+        try:
+            module = importlib.import_module(match.group(1))
+            missing += [f"{match.group(1)}.{name.strip()}" for name in match.group(2).split(",")
+                        if not hasattr(module, name.strip())]  # fmt: skip
+        except ImportError:
+            missing.append(match.group(0).strip())
+    for dotted in sorted(set(re.findall(r"`(shiftlab(?:\.\w+)+)", text))):
+        parts = dotted.split(".")
+        for split in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                found: object = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            for part in parts[split:]:
+                found = getattr(found, part, None)
+            if found is None:
+                missing.append(dotted)
+            break
+    assert not missing, missing

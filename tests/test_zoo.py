@@ -697,6 +697,25 @@ class TestCommands:
             (row,) = [row for row in table["summary"] if row["layer"] == "conv1"]
             assert row["shape"] == conv1 and row["exact_shifts"] == 3  # every even shift, as the stride is 2
 
+    def test_evaluate_auto_reads_the_models_own_resize_and_crop(self, zoo, photos, tmp_path, capsys):
+        # test_vit's own preprocessing resizes to 168 and cuts 160: room for crop-consistency's windows up to 8
+        # pixels apart (160 + 7 <= 168) and for the diagonal shift's crop windows, without --resize or --crop
+        out = tmp_path / "auto"
+        status, stdout, err = run(
+            capsys, "evaluate", "--model", "timm:test_vit", "--data", str(photos), "--views", "2", "--max-shift", "8",
+            "--sequence-shift", "2", "--subpixel-shifts", "0,0.5", "--workers", "0", "--out", str(out),
+        )  # fmt: skip
+        assert status == 0, err
+        protocol = json.loads((out / "evaluation.json").read_text())["protocol"]
+        assert list(protocol["metrics"]) == ["consistency", "crop-consistency", "subpixel", "imagenet-p", "diagonal"]
+        assert protocol["metrics"]["diagonal"]["mode"] == "crop"
+        assert protocol["chosen_by_auto"] == [
+            "metrics auto: with crop-consistency (resize 168 and crop 160; its windows, up to 8 pixels apart, need a "
+            "resize of at least crop + 7)",
+            "diagonal mode auto: crop (resize 168 and crop 160; crop windows need room around the crop)",
+        ]
+        assert "diagonal mode auto: crop (resize 168 and crop 160" in stdout
+
     def test_evaluate_hugging_face_classifier(self, zoo, photos, tmp_path, capsys):
         out = tmp_path / "eval"
         status, stdout, err = run(

@@ -527,24 +527,13 @@ def _workers(text: str) -> int | str:
         fail("--workers", f"expected a number of processes or auto, got {text!r}")
 
 
-def _auto_metrics(args: argparse.Namespace, labelled: bool) -> list[str]:
-    """``--metrics auto``: every classification metric the data and the preparation allow."""
-    names = ["consistency"]
-    if args.crop is not None and args.resize is not None and args.resize >= args.crop + args.max_shift - 1:
-        names.append("crop-consistency")
-    if labelled:
-        names.append("shift-accuracy")
-    names += ["subpixel", "imagenet-p", "diagonal"]
-    return names
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from shiftlab._io import staged_directory
     from shiftlab.errors import fail
     from shiftlab.experiments.evaluation import evaluation_protocol, evaluation_sections
-    from shiftlab.invariance.catalog import METRIC_NAMES, ProtocolOptions, make_protocol
+    from shiftlab.invariance.catalog import AUTO, METRIC_NAMES, MetricChoice, ProtocolOptions
     from shiftlab.invariance.datasets import open_images
     from shiftlab.invariance.evaluate import EvaluateOptions, PreprocessChoices, evaluate
     from shiftlab.report.html import write_report
@@ -553,13 +542,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     images = open_images(args.data, classes=args.classes)
     names = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    if names == ["auto"]:
-        names = _auto_metrics(args, images.labels is not None)
-    diagonal_mode = args.diagonal_mode
-    if diagonal_mode == "auto":
-        margin = args.resize is not None and args.crop is not None and args.resize > args.crop
-        diagonal_mode = "crop" if margin else "circular"
-    for name in names:
+    for name in names if names != [AUTO] else []:
         if name not in METRIC_NAMES:
             fail("--metrics", f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)} (or auto)")
     options = ProtocolOptions(
@@ -570,11 +553,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         subpixel_shifts=_subpixel_shifts(args.subpixel_shifts),
         sequence_shift=args.sequence_shift,
         sequence_8bit=args.imagenet_p_8bit,
-        diagonal_mode=diagonal_mode,
+        diagonal_mode=args.diagonal_mode,
         dense_mode=args.dense_mode,
         dense_step=args.dense_step,
     )
-    metrics = [make_protocol(name, options) for name in names]
+    # made by evaluate once the resize and crop are known: "auto" reads a pretrained model's own
+    choice = MetricChoice(AUTO if names == [AUTO] else names, options)
+    metrics = choice.protocols(args.resize, args.crop, labelled=images.labels is not None)  # (for the note below)
     main_process = _main_process()
     if main_process and images.labels is not None and not any(metric.needs_labels for metric in metrics):
         kinds = f"{len(images.classes)} classes" if images.classes else "class indices"
@@ -618,7 +603,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.model,
         images,
-        metrics=metrics,
+        metrics=choice,
         preprocess=preprocess,
         options=run_options,
         weights=None if args.weights is None else [None if item == "-" else item for item in args.weights],
@@ -685,6 +670,8 @@ def _print_evaluation(result) -> None:
     for label, record in result.protocol["models"].items():
         print(f"{label}: {printable(record['description'])}")
         print(f"  preprocessing: {printable(describe_preprocessing(record['preprocessing']))}")
+    for reason in result.protocol.get("chosen_by_auto", []):
+        print(reason)
     metric_width = max(16, *(len(row["metric"]) for row in rows))
     print(
         f"{result.images['evaluated']} of {result.images['total']} images evaluated, {result.images['skipped']} skipped"
@@ -1170,7 +1157,8 @@ def _add_metric_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help=(
             "comma-separated: consistency, crop-consistency, shift-accuracy, subpixel, imagenet-p, diagonal, cosine, "
-            "dense-consistency (segmentation maps) (default: auto = every classification metric the data allows)"
+            "dense-consistency (segmentation maps) (default: auto = every classification metric the data and the "
+            "resize and crop allow, the model's own when --resize and --crop are not given)"
         ),
     )
     parser.add_argument(
@@ -1214,7 +1202,8 @@ def _add_metric_options(parser: argparse.ArgumentParser) -> None:
         "--diagonal-mode",
         choices=("auto", "crop", "circular", "zero", "fourier"),
         default="auto",
-        help="diagonal: crop windows when --resize leaves room around --crop, else circular (default: auto)",
+        help="diagonal: crop windows when the resize leaves room around the crop (--resize and --crop, or the model's "
+        "own), else circular (default: auto)",
     )
     parser.add_argument(
         "--dense-mode",

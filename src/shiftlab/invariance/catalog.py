@@ -15,6 +15,7 @@ from shiftlab.errors import check, check_choice
 from shiftlab.invariance.dense import DenseConsistency
 from shiftlab.invariance.protocols import (
     DEFAULT_GRID,
+    GRID_MODES,
     Consistency,
     DiagonalShift,
     FeatureSimilarity,
@@ -24,7 +25,10 @@ from shiftlab.invariance.protocols import (
     TranslationSequence,
 )
 
-__all__ = ["METRIC_NAMES", "ProtocolOptions", "make_protocol"]
+__all__ = ["AUTO", "METRIC_NAMES", "MetricChoice", "ProtocolOptions", "make_protocol"]
+
+#: ``metrics="auto"`` and ``diagonal_mode="auto"``: chosen from the run's resize and crop (see :class:`MetricChoice`).
+AUTO = "auto"
 
 #: The metrics by CLI name, in the order a report shows them.
 METRIC_NAMES: tuple[str, ...] = (
@@ -43,6 +47,7 @@ METRIC_NAMES: tuple[str, ...] = (
 class ProtocolOptions:
     """The command line's metric options; each metric takes the ones that concern it.
 
+    ``diagonal_mode`` may be ``"auto"`` where the resize and crop are known (:class:`MetricChoice`).
     ``views`` and ``max_shift`` set ``consistency``'s and ``crop-consistency``'s views and reach, and also
     ``dense-consistency``'s (the unshifted input and ``views - 1`` shifts); ``shifts`` and ``shift_mode`` are the grid
     of ``shift-accuracy`` and ``cosine``; ``sequence_shift`` and ``sequence_8bit`` make ImageNet-P's chains.
@@ -90,3 +95,79 @@ def make_protocol(name: str, options: ProtocolOptions | None = None, **changes: 
     if name == "cosine":
         return FeatureSimilarity(chosen.shifts, mode=chosen.shift_mode)
     return DenseConsistency(chosen.dense_mode, views=chosen.views, max_shift=chosen.max_shift, step=chosen.dense_step)
+
+
+@dataclass(frozen=True)
+class MetricChoice:
+    """Metrics made once a run knows its resize and crop, which may be the models' own (a pretrained model's).
+
+    ``names``: metric names (:data:`METRIC_NAMES`), or ``"auto"``: every classification metric that the data and the
+    preparation allow: ``consistency``; ``crop-consistency`` when the resized image leaves room for the crop windows
+    (``resize >= crop + max_shift - 1``); ``shift-accuracy`` with labels; ``subpixel``, ``imagenet-p`` and
+    ``diagonal``. ``options.diagonal_mode="auto"``: Azulay and Weiss's crop windows when the resize leaves room
+    around the crop, else circular rolls.
+
+    Example:
+        >>> choice = MetricChoice("auto", ProtocolOptions(max_shift=16, diagonal_mode="auto"))
+        >>> [metric.name for metric in choice.protocols(resize=256, crop=224, labelled=False)]
+        ['consistency', 'crop-consistency', 'subpixel', 'imagenet-p', 'diagonal']
+        >>> choice.protocols(resize=None, crop=None, labelled=False)[-1].mode
+        'circular'
+        >>> choice.reasons(resize=256, crop=224)[1]
+        'diagonal mode auto: crop (resize 256 and crop 224; crop windows need room around the crop)'
+    """
+
+    names: str | Sequence[str] = AUTO
+    options: ProtocolOptions = ProtocolOptions()
+
+    def __post_init__(self) -> None:
+        names = self.names if isinstance(self.names, str) and self.names == AUTO else list(self.names)
+        if not isinstance(names, str):
+            check(names, "metrics", f"give at least one of {', '.join(METRIC_NAMES)} (or auto)")
+            for name in names:
+                check(
+                    name in METRIC_NAMES,
+                    "metrics",
+                    f"unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)} (or auto)",
+                )
+        check_choice(self.options.diagonal_mode, "diagonal mode", (AUTO, *GRID_MODES))
+        object.__setattr__(self, "names", names)
+
+    def protocols(self, resize: int | None, crop: int | None, labelled: bool) -> list[InvarianceProtocol]:
+        """The metrics for a run whose images are resized to ``resize`` (shorter side) and cut to a centre ``crop``
+        (None: not resized, not cut), with or without labels."""
+        names = self.names if not isinstance(self.names, str) else self._auto_names(resize, crop, labelled)
+        options = self.options
+        if options.diagonal_mode == AUTO:
+            options = replace(options, diagonal_mode="crop" if self._room_around(resize, crop) else "circular")
+        return [make_protocol(name, options) for name in names]
+
+    def reasons(self, resize: int | None, crop: int | None) -> list[str]:
+        """What ``auto`` chose, and why, in words (nothing where no choice was left to it)."""
+        geometry = f"resize {resize} and crop {crop}" if resize and crop else "no resize with a smaller crop"
+        said = []
+        if isinstance(self.names, str):
+            verdict = "with" if self._room_for_windows(resize, crop) else "without"
+            said.append(
+                f"metrics auto: {verdict} crop-consistency ({geometry}; its windows, up to "
+                f"{self.options.max_shift} pixels apart, need a resize of at least crop + {self.options.max_shift - 1})"
+            )
+        if self.options.diagonal_mode == AUTO:
+            mode = "crop" if self._room_around(resize, crop) else "circular"
+            said.append(f"diagonal mode auto: {mode} ({geometry}; crop windows need room around the crop)")
+        return said
+
+    def _auto_names(self, resize: int | None, crop: int | None, labelled: bool) -> list[str]:
+        names = ["consistency"]
+        if self._room_for_windows(resize, crop):
+            names.append("crop-consistency")
+        if labelled:
+            names.append("shift-accuracy")
+        return names + ["subpixel", "imagenet-p", "diagonal"]
+
+    def _room_for_windows(self, resize: int | None, crop: int | None) -> bool:
+        return resize is not None and crop is not None and resize >= crop + self.options.max_shift - 1
+
+    @staticmethod
+    def _room_around(resize: int | None, crop: int | None) -> bool:
+        return resize is not None and crop is not None and resize > crop

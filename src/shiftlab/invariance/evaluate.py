@@ -62,7 +62,7 @@ from shiftlab.accumulate import Accumulator
 from shiftlab.data import Preprocess, Resize
 from shiftlab.distributed import Processes, gather_objects, process_group, shard
 from shiftlab.errors import ShiftlabError, add_note, check, check_int, describe, fail, first_line
-from shiftlab.invariance.catalog import METRIC_NAMES, make_protocol
+from shiftlab.invariance.catalog import AUTO, METRIC_NAMES, MetricChoice, make_protocol
 from shiftlab.invariance.datasets import (
     TOO_SMALL,
     UNREADABLE,
@@ -513,7 +513,12 @@ class EvaluationResult:
 # --------------------------------------------------------------------------- evaluate
 
 
-def _resolve_metrics(metrics: Any) -> list[InvarianceProtocol]:
+def _resolve_metrics(metrics: Any) -> list[InvarianceProtocol] | MetricChoice:
+    """The metrics, made; or a :class:`MetricChoice` (``"auto"`` is one), made once the resize and crop are known."""
+    if isinstance(metrics, str) and metrics == AUTO:
+        metrics = MetricChoice(AUTO)
+    if isinstance(metrics, MetricChoice):
+        return metrics
     if isinstance(metrics, (str, InvarianceProtocol)):
         metrics = [metrics]
     resolved = [make_protocol(item) if isinstance(item, str) else item for item in metrics]
@@ -591,7 +596,9 @@ def evaluate(
             a pair ``(images, labels)``, or an :class:`~shiftlab.invariance.datasets.ImageSet`
             (see :func:`shiftlab.invariance.datasets.open_images`).
         metrics: names from :data:`shiftlab.invariance.protocols.METRIC_NAMES` or
-            :class:`~shiftlab.invariance.protocols.InvarianceProtocol` objects (for their options).
+            :class:`~shiftlab.invariance.protocols.InvarianceProtocol` objects (for their options); or ``"auto"``
+            or a :class:`~shiftlab.invariance.catalog.MetricChoice`, made once the run's resize and crop (the
+            models' own, by default) are known: ``protocol["chosen_by_auto"]`` says what was chosen and why.
         preprocess: how images become model inputs. ``None``: each model's own (a pretrained model's
             preprocessing, ImageNet's normalisation for a torchvision architecture, else the images as they are;
             see :meth:`shiftlab.models.ModelInfo.preprocessing`). A :class:`~shiftlab.data.Preprocess`
@@ -643,11 +650,17 @@ def evaluate(
         "needs the checkpoint file of the run to continue",
     )
     target, precision = resolve_device(options.device), resolve_dtype(options.dtype)
-    metric_list = _resolve_metrics(metrics)
+    chosen = _resolve_metrics(metrics)
     image_set = data if isinstance(data, ImageSet) else open_images(data, classes=classes)
     entries = _resolve_models(models, weights=weights, seed=seed, preprocess=preprocess, output=output)
     resizing, crop = _shared_geometry(entries)
     resize = resizing.size if resizing is not None else None
+    reasons: list[str] = []
+    if isinstance(chosen, MetricChoice):  # made now: an auto choice reads the models' own resize and crop
+        metric_list = chosen.protocols(resize, crop, labelled=image_set.labels is not None)
+        reasons = chosen.reasons(resize, crop)
+    else:
+        metric_list = chosen
     for entry in entries:  # a model without a resize or crop of its own gets the shared ones: its record says so
         if (entry.preprocess.resizing, entry.preprocess.crop) != (resizing, crop):
             entry.record["preprocessing"].update(
@@ -677,7 +690,9 @@ def evaluate(
 
     validated = {"seed": seed, "batch_size": batch_size, "workers": workers, "checkpoint_every": checkpoint_every}
     given = {item.name: getattr(options, item.name) for item in fields(options)}
-    settings = _Settings(**{**given, **validated}, resize=resizing, crop=crop, precision=precision)
+    settings = _Settings(
+        **{**given, **validated}, resize=resizing, crop=crop, precision=precision, chosen_by_auto=tuple(reasons)
+    )
     with eval_mode(*(entry.module for entry in entries)), process_group(target) as processes:
         return _evaluate(entries, image_set, dataset, metric_list, settings, processes, on_skip)  # flags restored
 
@@ -689,6 +704,7 @@ class _Settings(EvaluateOptions):
     resize: Resize | None = None
     crop: int | None = None
     precision: torch.dtype = torch.float32
+    chosen_by_auto: tuple[str, ...] = ()  # what metrics="auto" and diagonal mode auto chose, and why
 
 
 def _evaluate(
@@ -848,6 +864,7 @@ def _protocol(
                 "loaded_channels": 3 if any(entry.channels == 3 for entry in entries) else 1,
             },
             "metrics": {metric.name: metric.describe() for metric in metrics},
+            **({"chosen_by_auto": list(settings.chosen_by_auto)} if settings.chosen_by_auto else {}),
             "seed": settings.seed,
             "seeding": (
                 "each image's shifts from torch.Generator seeded with"
