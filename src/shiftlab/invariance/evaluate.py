@@ -595,7 +595,7 @@ def evaluate(
         data: a folder, a list file, a bundled data set's name, a tensor ``(N, C, H, W)`` in ``[0, 1]``,
             a pair ``(images, labels)``, or an :class:`~shiftlab.invariance.datasets.ImageSet`
             (see :func:`shiftlab.invariance.datasets.open_images`).
-        metrics: names from :data:`shiftlab.invariance.protocols.METRIC_NAMES` or
+        metrics: names from :data:`shiftlab.invariance.catalog.METRIC_NAMES` or
             :class:`~shiftlab.invariance.protocols.InvarianceProtocol` objects (for their options); or ``"auto"``
             or a :class:`~shiftlab.invariance.catalog.MetricChoice`, made once the run's resize and crop (the
             models' own, by default) are known: ``protocol["chosen_by_auto"]`` says what was chosen and why.
