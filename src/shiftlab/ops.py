@@ -40,7 +40,7 @@ _PADDINGS = ("valid", "same", "circular")
 _BLOCK_ELEMENTS = 1 << 20
 # Above this many taps a direct convolution beats shift-and-add.
 _MAX_SHIFT_ADD_TAPS = 81
-_Taps = list[tuple[int, float]]
+_Taps = list[tuple[int, int, float]]
 
 
 def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu: bool = True) -> Any:
@@ -107,102 +107,98 @@ def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu
 def _shift_and_add(maps: torch.Tensor, weight: torch.Tensor, relu: bool) -> torch.Tensor:
     """Valid cross-correlation of ``(B, H, W)`` maps with a small kernel, as sums of shifted views.
 
-    A rank-1 kernel ``outer(column, row)`` takes a row pass into an
-    intermediate, then a column pass: the Sobel kernel costs 1 + 2 passes this
-    way (see :func:`_weighted_sum`) instead of 6. The work goes by blocks of
-    about ``_BLOCK_ELEMENTS`` input elements (whole maps where they fit, else
-    rows of one map), so that a block's input and intermediate are still in
-    cache when the next pass reads them; the intermediate's memory is
-    allocated once per call and reused by every block.
+    The kernel's passes come from :func:`_plan`. The work goes by blocks (see
+    :func:`_blocks`), so that a block's input and the row pass's intermediate
+    are still in cache when the next pass reads them; the intermediate's
+    memory is allocated once per call and reused by every block.
     """
-    batch, height, width = maps.shape
-    kernel_height, kernel_width = weight.shape
-    out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
-    out = maps.new_empty((batch, out_height, out_width))
-    values = tuple(map(tuple, weight.tolist()))
-    factors = _separable_factors(values, weight.dtype)
-    taps = [(a, b, value) for a, row in enumerate(values) for b, value in enumerate(row) if value != 0.0]
-    if not taps:  # zero taps add nothing to finite input
+    (batch, height, width), (kernel_height, kernel_width) = maps.shape, weight.shape
+    passes = _plan(tuple(map(tuple, weight.tolist())), weight.dtype)
+    out = maps.new_empty((batch, height - kernel_height + 1, width - kernel_width + 1))
+    if not passes:  # a kernel of zeros adds nothing to finite input
         return out.zero_()
-    maps_per_block = max(1, _BLOCK_ELEMENTS // (height * width))
-    rows_per_block = max(1, _BLOCK_ELEMENTS // (maps_per_block * width))
-    if factors is not None:
-        block_rows = min(rows_per_block, out_height) + kernel_height - 1
-        scratch = maps.new_empty(min(maps_per_block, batch) * block_rows * out_width)
-    for start in range(0, batch, maps_per_block):
-        for top in range(0, out_height, rows_per_block):
-            block = out[start : start + maps_per_block, top : top + rows_per_block]
-            count, rows = block.shape[:2]
-            inputs = maps[start : start + count, top : top + rows + kernel_height - 1]
-            if factors is None:
-                terms = [(inputs[:, a : a + rows, b : b + out_width], value) for a, b, value in taps]
-            else:
-                column, row = factors
-                intermediate = scratch[: inputs.shape[0] * inputs.shape[1] * out_width].view(*inputs.shape[:2], -1)
-                _weighted_sum([(inputs[..., b : b + out_width], value) for b, value in row], intermediate)
-                terms = [(intermediate[:, a : a + rows], value) for a, value in column]
-            _weighted_sum(terms, block)
-            if relu:
-                block.clamp_(min=0)
+    blocks = _blocks(maps, out)
+    scratch = maps.new_empty((*blocks[0][0].shape[:2], out.shape[-1])) if len(passes) == 2 else None
+    for source, block in blocks:
+        if scratch is not None:  # the row pass
+            intermediate = scratch[: source.shape[0], : source.shape[1]]
+            _weighted_sum(source, passes[0], intermediate)
+            source = intermediate
+        _weighted_sum(source, passes[-1], block)
+        if relu:
+            block.relu_()
     return out
 
 
-def _weighted_sum(terms: list[tuple[torch.Tensor, float]], out: torch.Tensor) -> None:
-    """``out = sum(w * term)``, writing ``out`` once per term, and one pass fewer where a weight is 1.
+def _blocks(maps: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(input, output)`` blocks of about ``_BLOCK_ELEMENTS`` input elements: whole maps where they fit, else rows."""
+    if maps.numel() <= _BLOCK_ELEMENTS:
+        return [(maps, out)]  # one block: no views to take
+    batch, height, width = maps.shape
+    count = max(1, _BLOCK_ELEMENTS // (height * width))  # maps per block
+    rows = max(1, _BLOCK_ELEMENTS // (count * width))  # output rows per block
+    margin = height - out.shape[1]  # the input rows a block reads beyond its output rows
+    starts = [(n, top) for n in range(0, batch, count) for top in range(0, out.shape[1], rows)]
+    return [(maps[n : n + count, top : top + rows + margin], out[n : n + count, top : top + rows]) for n, top in starts]
 
-    The first term is written, not added to a zero-filled ``out``. A term of
-    weight exactly 1 opens the sum and takes a second term along in the same
-    call, ``out = term + w * other``. Every element goes through the same
-    operations in the same order, so no result depends on an element's
-    position (circular convolution stays exactly equivariant to circular
-    shifts).
+
+def _weighted_sum(source: torch.Tensor, taps: _Taps, out: torch.Tensor) -> None:
+    """``out = sum(weight * source[:, a:, b:])`` over the taps ``(a, b, weight)``, writing ``out`` once per tap.
+
+    The first tap is written, not added to a zero-filled ``out``; where its
+    weight is exactly 1 (the plan puts such a tap first) it takes the second
+    along in the same call, ``out = view + weight * other``. Every element goes
+    through the same operations in the same order, so no result depends on an
+    element's position (circular convolution stays exactly equivariant to
+    circular shifts).
     """
-    terms = sorted(terms, key=lambda term: term[1] != 1.0)  # a weight-1 term first, the order otherwise kept
-    (first, weight), rest = terms[0], terms[1:]
+    rows, cols = out.shape[-2:]
+    (first, weight), *rest = [(source[:, a : a + rows, b : b + cols], weight) for a, b, weight in taps]
     if weight == 1.0 and rest:
-        (second, weight), rest = rest[0], rest[1:]
+        (second, weight), *rest = rest
         torch.add(first, second, alpha=weight, out=out)
     else:
         torch.mul(first, weight, out=out)
-    for term, weight in rest:
-        out.add_(term, alpha=weight)
+    for view, weight in rest:
+        out.add_(view, alpha=weight)
 
 
 @functools.lru_cache(maxsize=256)  # a convolution layer asks for the same kernel on every call
-def _separable_factors(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_Taps, _Taps] | None:
-    """The non-zero taps ``(column taps, row taps)`` of a rank-1 kernel given as rows of floats, or None.
+def _plan(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_Taps, ...]:
+    """The passes that apply a kernel given as rows of floats, each a list of non-zero taps ``(a, b, weight)``.
+
+    A rank-1 kernel ``outer(column, row)`` takes a row pass into an
+    intermediate, then a column pass: the Sobel kernel costs 1 + 2 torch calls
+    this way instead of 6. Any other kernel takes one pass of all its taps, a
+    kernel of zeros none. A tap of weight 1 comes first in its pass (see
+    :func:`_weighted_sum`).
 
     No SVD: the factors are the column and the row through a pivot entry,
     ``column = K[:, j] / K[i, j]`` and ``row = K[i, :]``. The pivot is an entry
     equal to 1 where there is one (Sobel: then the factors are copies of kernel
-    entries and each pass saves a call, see :func:`_weighted_sum`), else the
-    largest entry. The factors, rounded to ``dtype``, must reproduce every
-    entry to within ``8 * eps * max|K|`` of ``dtype``: Sobel, box, binomial and
-    Gaussian kernels pass (a float32 Gaussian is rank 1 only to its own
-    rounding), a Laplacian does not, nor does a rank-1 kernel plus a larger
-    perturbation. Kernels with fewer than two non-zero taps along an axis, or
-    no fewer taps factored than in all (a 2x2), are not worth factoring.
+    entries and each pass saves a call), else the largest entry. The factors,
+    rounded to ``dtype``, must reproduce every entry to within
+    ``8 * eps * max|K|`` of ``dtype``: Sobel, box, binomial and Gaussian
+    kernels pass (a float32 Gaussian is rank 1 only to its own rounding), a
+    Laplacian does not, nor does a rank-1 kernel plus a larger perturbation.
+    Only float32 and float64 kernels are factored, and only where that leaves
+    fewer taps (not a 2x2, a single row or a single column).
     """
-    magnitudes = [abs(value) for row in values for value in row]
-    if dtype not in (torch.float32, torch.float64) or max(magnitudes) == 0.0:
-        return None
-    working = np.float32 if dtype == torch.float32 else np.float64
-    pivots = [(i, j) for i, row in enumerate(values) for j, value in enumerate(row) if value == 1.0][:1]
-    pivots.append(divmod(magnitudes.index(max(magnitudes)), len(values[0])))
-    tolerance = 8 * float(np.finfo(working).eps) * max(magnitudes)
+    kernel = np.array(values)
+    taps = [(a, b, weight) for (a, b), weight in np.ndenumerate(kernel) if weight]
+    passes = [taps] if taps else []
+    working = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    ones = np.argwhere(kernel == 1.0)[:1]
+    pivots = [*ones, np.unravel_index(np.abs(kernel).argmax(), kernel.shape)] if working and taps else []
     for i, j in pivots:
-        column = np.array([row[j] / values[i][j] for row in values], dtype=working).tolist()
-        row = np.array(values[i], dtype=working).tolist()
-        if all(abs(c * r - k) <= tolerance for c, kernel_row in zip(column, values) for r, k in zip(row, kernel_row)):
+        column = (kernel[:, j] / kernel[i, j]).astype(working).astype(np.float64)
+        if np.all(np.abs(np.outer(column, kernel[i]) - kernel) <= 8 * torch.finfo(dtype).eps * np.abs(kernel).max()):
+            column_taps = [(a, 0, weight) for a, weight in enumerate(column.tolist()) if weight]
+            row_taps = [(0, b, weight) for b, weight in enumerate(kernel[i].tolist()) if weight]
+            if len(column_taps) * len(row_taps) > len(column_taps) + len(row_taps):
+                passes = [row_taps, column_taps]
             break
-    else:
-        return None
-    column_taps = [(a, value) for a, value in enumerate(column) if value != 0.0]
-    row_taps = [(b, value) for b, value in enumerate(row) if value != 0.0]
-    passes, taps = len(column_taps) + len(row_taps), len(column_taps) * len(row_taps)
-    if len(column_taps) < 2 or len(row_taps) < 2 or taps <= passes:
-        return None
-    return column_taps, row_taps
+    return tuple(sorted(taps, key=lambda tap: tap[2] != 1.0) for taps in passes)
 
 
 def pool_output_size(size: int, kernel_size: int, stride: int) -> int:
