@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor, like_input, require_spatial
-from shiftlab.errors import check, check_choice, fail
+from shiftlab.errors import check, check_choice, check_int, fail
 from shiftlab.kernels import KernelSpec, get_kernel
 
-__all__ = ["Convolve", "MaxPool", "convolve", "max_pool", "max_pyramid_depth", "pool_output_size", "pool_pyramid"]
+__all__ = ["Convolve", "MaxPool", "convolve", "max_pool", "max_pyramid_depth", "pool_pyramid"]
 
 Padding = Literal["valid", "same", "circular"]
 _PADDINGS = ("valid", "same", "circular")
@@ -201,16 +201,6 @@ def _plan(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_T
     return tuple(sorted(taps, key=lambda tap: tap[2] != 1.0) for taps in passes)
 
 
-def pool_output_size(size: int, kernel_size: int, stride: int) -> int:
-    """Length of a max-pooled axis: ``(size - kernel_size) // stride + 1`` (no padding, trailing pixels dropped).
-
-    Example:
-        >>> pool_output_size(9, 2, 2)
-        4
-    """
-    return (size - kernel_size) // stride + 1
-
-
 def max_pool(image: Any, kernel_size: int = 2, stride: int | None = None) -> Any:
     """Max over ``kernel_size x kernel_size`` windows every ``stride`` pixels, on the last two axes.
 
@@ -241,8 +231,8 @@ def max_pool(image: Any, kernel_size: int = 2, stride: int | None = None) -> Any
     """
     tensor, from_numpy = as_float_tensor(image, "image")
     height, width = require_spatial(tensor, "image")
-    kernel_size = _check_window(kernel_size, "kernel_size")
-    stride = kernel_size if stride is None else _check_window(stride, "stride")
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+    stride = kernel_size if stride is None else check_int(stride, "stride", minimum=1)
     check(
         kernel_size <= height and kernel_size <= width,
         "image",
@@ -258,28 +248,10 @@ def _pool(tensor: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
 
 def _running_max(tensor: torch.Tensor, kernel_size: int, stride: int, dim: int) -> torch.Tensor:
     """Max over windows along one axis, as a running maximum of ``kernel_size`` strided views."""
-    count = pool_output_size(tensor.shape[dim], kernel_size, stride)
-    span = (count - 1) * stride + 1
-
-    def view(offset: int) -> torch.Tensor:
-        window = tensor.narrow(dim, offset, span)
-        return window[..., ::stride] if dim == -1 else window[..., ::stride, :]
-
-    if kernel_size == 1:
-        return view(0).clone()
-    result = torch.maximum(view(0), view(1))
-    for offset in range(2, kernel_size):
-        result = torch.maximum(result, view(offset))
-    return result
-
-
-def _check_window(value: Any, name: str) -> int:
-    check(
-        isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
-        name,
-        f"must be a positive integer, got {value!r}",
-    )
-    return int(value)
+    span = (tensor.shape[dim] - kernel_size) // stride * stride + 1  # from the first window's start to the last's
+    every_stride = (..., slice(None, None, stride)) + (slice(None),) * (-1 - dim)
+    views = [tensor.narrow(dim, offset, span)[every_stride] for offset in range(kernel_size)]
+    return functools.reduce(torch.maximum, views) if kernel_size > 1 else views[0].clone()
 
 
 def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]:
@@ -306,12 +278,8 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
         >>> [level.shape for level in pool_pyramid(np.zeros((10, 10)), 3)]
         [(10, 10), (5, 5), (2, 2), (1, 1)]
     """
-    check(
-        isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool) and iterations >= 0,
-        "iterations",
-        f"must be a non-negative integer, got {iterations!r}",
-    )
-    iterations, kernel_size = int(iterations), _check_window(kernel_size, "kernel_size")
+    iterations = check_int(iterations, "iterations", minimum=0)
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
     tensor, from_numpy = as_float_tensor(image, "image")
     height, width = require_spatial(tensor, "image")
     possible = max_pyramid_depth(height, width, kernel_size) if kernel_size > 1 else iterations
@@ -339,7 +307,7 @@ def max_pyramid_depth(height: int, width: int, kernel_size: int = 2) -> int:
         >>> max_pyramid_depth(10, 10)
         3
     """
-    _check_window(kernel_size, "kernel_size")
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
     check(kernel_size > 1, "kernel_size", "a 1x1 pooling never shrinks a map: its depth is unbounded")
     depth = 0
     while height >= kernel_size and width >= kernel_size:
@@ -394,8 +362,8 @@ class MaxPool(nn.Module):
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None) -> None:
         super().__init__()
-        self.kernel_size = _check_window(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _check_window(stride, "stride")
+        self.kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else check_int(stride, "stride", minimum=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return max_pool(x, self.kernel_size, self.stride)
