@@ -1,18 +1,14 @@
 """The reference article's operations, vectorised: ``convolve``, ``max_pool``, ``pool_pyramid``.
 
-All three act on the last two axes of ``(..., H, W)`` input; every leading axis
-(batch, channel) is treated independently. Numpy in gives numpy out, torch in
-gives torch out on the same device, with the same floating dtype (integers and
-booleans become float32). Gradients flow through the torch path.
+All three act on the last two axes of ``(..., H, W)`` input, every leading axis
+(batch, channel) independently. Numpy in gives numpy out, torch in gives torch
+out on the same device and floating dtype (integers and booleans become
+float32). Gradients flow through the torch path.
 
-How they are fast on the CPU, in short: a small kernel is applied by
-multiply-adding shifted views of the input (a rank-1 kernel such as Sobel,
-box, binomial or Gaussian as a row pass then a column pass), over blocks of
-rows that stay in cache. Max pooling is a running maximum of strided views,
-row pass then column pass. On one channel both are several times faster than
-``torch.nn.functional.conv2d`` and ``max_pool2d``, which are not tuned for it.
-``benchmarks/bench_ops.py`` measures them against those, scipy.ndimage, OpenCV
-and the article's loops; ``benchmarks/RESULTS.md`` ("Operators") has the figures.
+On the CPU, convolution multiply-adds shifted views of the input (a rank-1
+kernel such as Sobel or Gaussian as a row pass, then a column pass) and max
+pooling is a running maximum of strided views: on one channel several times
+faster than ``F.conv2d`` and ``F.max_pool2d`` (``benchmarks/bench_ops.py``).
 """
 
 from __future__ import annotations
@@ -95,7 +91,7 @@ def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu
         pads = (kernel_width // 2, (kernel_width - 1) // 2, kernel_height // 2, (kernel_height - 1) // 2)
         maps = F.pad(maps.unsqueeze(1), pads, mode="constant" if padding == "same" else "circular").squeeze(1)
     needs_grad = torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad)
-    if maps.device.type == "cpu" and not needs_grad and weight.numel() <= _MAX_SHIFT_ADD_TAPS:
+    if not needs_grad and maps.device.type == "cpu" and weight.numel() <= _MAX_SHIFT_ADD_TAPS:
         result = _shift_and_add(maps, weight, relu)
     else:  # autograd, GPUs, large kernels
         result = F.conv2d(maps.unsqueeze(1), weight[None, None]).squeeze(1)
@@ -107,10 +103,9 @@ def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu
 def _shift_and_add(maps: torch.Tensor, weight: torch.Tensor, relu: bool) -> torch.Tensor:
     """Valid cross-correlation of ``(B, H, W)`` maps with a small kernel, as sums of shifted views.
 
-    The kernel's passes come from :func:`_plan`. The work goes by blocks (see
-    :func:`_blocks`), so that a block's input and the row pass's intermediate
-    are still in cache when the next pass reads them; the intermediate's
-    memory is allocated once per call and reused by every block.
+    Each block (see :func:`_blocks`) goes through every pass of the kernel's
+    :func:`_plan` while its input and the row pass's intermediate are still in
+    cache. The intermediate is allocated once per call, for the largest block.
     """
     (batch, height, width), (kernel_height, kernel_width) = maps.shape, weight.shape
     passes = _plan(tuple(map(tuple, weight.tolist())), weight.dtype)
@@ -145,12 +140,10 @@ def _blocks(maps: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, t
 def _weighted_sum(source: torch.Tensor, taps: _Taps, out: torch.Tensor) -> None:
     """``out = sum(weight * source[:, a:, b:])`` over the taps ``(a, b, weight)``, writing ``out`` once per tap.
 
-    The first tap is written, not added to a zero-filled ``out``; where its
-    weight is exactly 1 (the plan puts such a tap first) it takes the second
-    along in the same call, ``out = view + weight * other``. Every element goes
-    through the same operations in the same order, so no result depends on an
-    element's position (circular convolution stays exactly equivariant to
-    circular shifts).
+    The first tap is written, not added to zeros; a first tap of weight 1 takes
+    the second along, ``out = view + weight * other``. Every element goes through
+    the same operations in the same order: circular convolution stays exactly
+    equivariant to circular shifts.
     """
     rows, cols = out.shape[-2:]
     (first, weight), *rest = [(source[:, a : a + rows, b : b + cols], weight) for a, b, weight in taps]
@@ -167,25 +160,22 @@ def _weighted_sum(source: torch.Tensor, taps: _Taps, out: torch.Tensor) -> None:
 def _plan(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_Taps, ...]:
     """The passes that apply a kernel given as rows of floats, each a list of non-zero taps ``(a, b, weight)``.
 
-    A rank-1 kernel ``outer(column, row)`` takes a row pass into an
-    intermediate, then a column pass: the Sobel kernel costs 1 + 2 torch calls
-    this way instead of 6. Any other kernel takes one pass of all its taps, a
-    kernel of zeros none. A tap of weight 1 comes first in its pass (see
-    :func:`_weighted_sum`).
+    A rank-1 kernel ``outer(column, row)`` takes a row pass, then a column pass
+    (Sobel: 1 + 2 torch calls instead of 6), any other kernel one pass of all
+    its taps, a kernel of zeros none. A tap of weight 1 comes first in its pass.
 
     No SVD: the factors are the column and the row through a pivot entry,
     ``column = K[:, j] / K[i, j]`` and ``row = K[i, :]``. The pivot is an entry
-    equal to 1 where there is one (Sobel: then the factors are copies of kernel
-    entries and each pass saves a call), else the largest entry. The factors,
-    rounded to ``dtype``, must reproduce every entry to within
-    ``8 * eps * max|K|`` of ``dtype``: Sobel, box, binomial and Gaussian
-    kernels pass (a float32 Gaussian is rank 1 only to its own rounding), a
-    Laplacian does not, nor does a rank-1 kernel plus a larger perturbation.
-    Only float32 and float64 kernels are factored, and only where that leaves
-    fewer taps (not a 2x2, a single row or a single column).
+    equal to 1 where there is one (Sobel: the factors are then copies of kernel
+    entries, and each pass saves a call), else the largest entry. The factors,
+    rounded to ``dtype``, must reproduce every entry to within ``8 * eps *
+    max|K|``: Sobel, box, binomial and Gaussian kernels pass (a float32 Gaussian
+    is rank 1 only to its own rounding), a Laplacian does not, nor does a rank-1
+    kernel plus a larger perturbation. Only float32 and float64 kernels are
+    factored, and only where that leaves fewer taps (not a 2x2, a row or a column).
     """
     kernel = np.array(values)
-    taps = [(a, b, weight) for (a, b), weight in np.ndenumerate(kernel) if weight]
+    taps = [(a, b, weight) for a, row in enumerate(values) for b, weight in enumerate(row) if weight]
     passes = [taps] if taps else []
     working = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
     ones = np.argwhere(kernel == 1.0)[:1]
@@ -233,25 +223,19 @@ def max_pool(image: Any, kernel_size: int = 2, stride: int | None = None) -> Any
     height, width = require_spatial(tensor, "image")
     kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
     stride = kernel_size if stride is None else check_int(stride, "stride", minimum=1)
-    check(
-        kernel_size <= height and kernel_size <= width,
-        "image",
-        f"map of size {height}x{width} is smaller than the {kernel_size}x{kernel_size} pooling window",
-    )
+    if kernel_size > height or kernel_size > width:
+        fail("image", f"map of size {height}x{width} is smaller than the {kernel_size}x{kernel_size} pooling window")
     return like_input(_pool(tensor, kernel_size, stride), from_numpy)
 
 
 def _pool(tensor: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
-    """Max pooling of a validated tensor: a row pass, then a column pass."""
-    return _running_max(_running_max(tensor, kernel_size, stride, dim=-2), kernel_size, stride, dim=-1)
-
-
-def _running_max(tensor: torch.Tensor, kernel_size: int, stride: int, dim: int) -> torch.Tensor:
-    """Max over windows along one axis, as a running maximum of ``kernel_size`` strided views."""
-    span = (tensor.shape[dim] - kernel_size) // stride * stride + 1  # from the first window's start to the last's
-    every_stride = (..., slice(None, None, stride)) + (slice(None),) * (-1 - dim)
-    views = [tensor.narrow(dim, offset, span)[every_stride] for offset in range(kernel_size)]
-    return functools.reduce(torch.maximum, views) if kernel_size > 1 else views[0].clone()
+    """Max pooling of a validated tensor: along the rows, then the columns, a running maximum of strided views."""
+    for dim in (-2, -1):
+        span = (tensor.shape[dim] - kernel_size) // stride * stride + 1  # from the first window's start to the last's
+        windows = [tensor.narrow(dim, offset, span) for offset in range(kernel_size)]
+        views = [window[..., ::stride, :] if dim == -2 else window[..., ::stride] for window in windows]
+        tensor = functools.reduce(torch.maximum, views) if kernel_size > 1 else views[0].clone()
+    return tensor
 
 
 def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]:
@@ -270,8 +254,7 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
         has been pooled ``i`` times.
 
     Raises:
-        ShiftlabError: when a level would be smaller than the window; the
-            message says how many poolings the input allows.
+        ShiftlabError: more poolings than the map allows (the message says how many do), or a bad size.
 
     Example:
         >>> import numpy as np
@@ -284,18 +267,14 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
     height, width = require_spatial(tensor, "image")
     possible = max_pyramid_depth(height, width, kernel_size) if kernel_size > 1 else iterations
     if iterations > possible:
-        fail(
-            "iterations",
-            f"{iterations} poolings with a {kernel_size}x{kernel_size} window do not fit a "
-            f"{height}x{width} map: at most {possible} do",
-        )
+        problem = f"{iterations} poolings with a {kernel_size}x{kernel_size} window do not fit a {height}x{width} map"
+        fail("iterations", f"{problem}: at most {possible} do")
     levels = [tensor]
     for _ in range(iterations):  # sizes were checked above: skip max_pool's checks on every level
         levels.append(_pool(levels[-1], kernel_size, kernel_size))
     result = [like_input(level, from_numpy) for level in levels]
     if from_numpy:
-        # Level 0 is the caller's own data (no copy: it would cost a third of the pyramid on
-        # a 512x512 image); read-only, so that writing to it cannot change their array.
+        # Level 0 is the caller's own data (a copy would cost a third of the pyramid on 512x512), read-only.
         result[0].flags.writeable = False
     return result
 
