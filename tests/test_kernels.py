@@ -495,6 +495,14 @@ class TestArraysAndTensors:
         ):
             get_kernel(torch.tensor([[1.0, bad], [0.0, 0.0]], dtype=torch.float64))
 
+    def test_infinities_of_both_signs_and_nan_together(self):
+        # The check reads the kernel's extremes: every mix of non-finite values must still be caught.
+        for values in ([[np.inf, -np.inf]], [[np.nan, np.inf]], [[-np.inf, 0.0, np.nan]]):
+            with pytest.raises(ShiftlabError, match="^kernel: holds NaN or Inf$"):
+                get_kernel(np.array(values))
+            with pytest.raises(ShiftlabError, match=r"holds NaN or Inf$"):
+                get_kernel(torch.tensor(values, requires_grad=True))
+
     def test_value_overflowing_float32_is_refused(self):
         # Finite in float64, infinite once cast to the float32 default.
         with pytest.raises(ShiftlabError, match="^kernel: holds NaN or Inf$"):

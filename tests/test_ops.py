@@ -25,7 +25,6 @@ from shiftlab.ops import (
     convolve,
     max_pool,
     max_pyramid_depth,
-    pool_output_size,
     pool_pyramid,
 )
 
@@ -960,17 +959,43 @@ class TestMaxPoolErrors:
             == f"image: map of size {size} is smaller than the {kernel_size}x{kernel_size} pooling window"
         )
 
-    @pytest.mark.parametrize("kernel_size", [0, -1, 2.0, True, "2", None])
-    def test_bad_kernel_size(self, kernel_size):
+    @pytest.mark.parametrize(
+        ("kernel_size", "problem"),
+        [
+            (0, "must be an integer >= 1, got 0"),
+            (-1, "must be an integer >= 1, got -1"),
+            (2.5, "must be an integer, got 2.5"),
+            (True, "must be an integer, got True"),
+            ("2", "must be an integer, got '2'"),
+            (None, "must be an integer, got None"),
+        ],
+    )
+    def test_bad_kernel_size(self, kernel_size, problem):
         with pytest.raises(ShiftlabError) as info:
             max_pool(np.zeros((4, 4)), kernel_size)
-        assert str(info.value) == f"kernel_size: must be a positive integer, got {kernel_size!r}"
+        assert str(info.value) == f"kernel_size: {problem}"
 
-    @pytest.mark.parametrize("stride", [0, -2, 1.5, False, "1"])
-    def test_bad_stride(self, stride):
+    @pytest.mark.parametrize(
+        ("stride", "problem"),
+        [
+            (0, "must be an integer >= 1, got 0"),
+            (-2, "must be an integer >= 1, got -2"),
+            (1.5, "must be an integer, got 1.5"),
+            (False, "must be an integer, got False"),
+            ("1", "must be an integer, got '1'"),
+        ],
+    )
+    def test_bad_stride(self, stride, problem):
         with pytest.raises(ShiftlabError) as info:
             max_pool(np.zeros((4, 4)), 2, stride)
-        assert str(info.value) == f"stride: must be a positive integer, got {stride!r}"
+        assert str(info.value) == f"stride: {problem}"
+
+    def test_whole_numbers_of_any_type(self, rng):
+        # The project's integer vocabulary (errors.check_int): numpy integers and integral floats are sizes too.
+        image = rng.normal(size=(6, 7))
+        expected = max_pool(image, 3, 2)
+        for kernel_size, stride in ((np.int64(3), np.int32(2)), (3.0, 2.0), (torch.tensor(3), torch.tensor(2))):
+            np.testing.assert_array_equal(max_pool(image, kernel_size, stride), expected)
 
     def test_bad_image(self):
         with pytest.raises(ShiftlabError, match=r"^image: expected an image or feature map of shape \(\.\.\., H, W\)"):
@@ -999,9 +1024,9 @@ class TestMaxPoolModule:
     @pytest.mark.parametrize(
         ("args", "message"),
         [
-            ((0,), "kernel_size: must be a positive integer, got 0"),
-            ((2, 0), "stride: must be a positive integer, got 0"),
-            ((2.5,), "kernel_size: must be a positive integer, got 2.5"),
+            ((0,), "kernel_size: must be an integer >= 1, got 0"),
+            ((2, 0), "stride: must be an integer >= 1, got 0"),
+            ((2.5,), "kernel_size: must be an integer, got 2.5"),
         ],
     )
     def test_bad_arguments_at_construction(self, args, message):
@@ -1173,17 +1198,33 @@ class TestPoolPyramid:
             pool_pyramid(np.zeros((1, 5)), 1)
         assert str(info.value) == "iterations: 1 poolings with a 2x2 window do not fit a 1x5 map: at most 0 do"
 
-    @pytest.mark.parametrize("iterations", [-1, 1.0, True, "2", None])
-    def test_bad_iterations(self, iterations):
+    @pytest.mark.parametrize(
+        ("iterations", "problem"),
+        [
+            (-1, "must be an integer >= 0, got -1"),
+            (1.5, "must be an integer, got 1.5"),
+            (True, "must be an integer, got True"),
+            ("2", "must be an integer, got '2'"),
+            (None, "must be an integer, got None"),
+        ],
+    )
+    def test_bad_iterations(self, iterations, problem):
         with pytest.raises(ShiftlabError) as info:
             pool_pyramid(np.zeros((4, 4)), iterations)
-        assert str(info.value) == f"iterations: must be a non-negative integer, got {iterations!r}"
+        assert str(info.value) == f"iterations: {problem}"
 
-    @pytest.mark.parametrize("kernel_size", [0, -2, 1.5])
-    def test_bad_kernel_size(self, kernel_size):
+    @pytest.mark.parametrize(
+        ("kernel_size", "problem"),
+        [
+            (0, "must be an integer >= 1, got 0"),
+            (-2, "must be an integer >= 1, got -2"),
+            (1.5, "must be an integer, got 1.5"),
+        ],
+    )
+    def test_bad_kernel_size(self, kernel_size, problem):
         with pytest.raises(ShiftlabError) as info:
             pool_pyramid(np.zeros((4, 4)), 1, kernel_size)
-        assert str(info.value) == f"kernel_size: must be a positive integer, got {kernel_size!r}"
+        assert str(info.value) == f"kernel_size: {problem}"
 
     def test_bad_image(self):
         with pytest.raises(ShiftlabError, match=r"^image: expected an image or feature map"):
@@ -1216,13 +1257,23 @@ class TestDepthAndSizes:
             max_pyramid_depth(10, 10, 1)
         assert str(info.value) == "kernel_size: a 1x1 pooling never shrinks a map: its depth is unbounded"
 
+    @pytest.mark.parametrize("kernel_size", [0, 2.5])
+    def test_depth_bad_kernel_size(self, kernel_size):
+        with pytest.raises(ShiftlabError) as info:
+            max_pyramid_depth(10, 10, kernel_size)
+        problem = "must be an integer >= 1, got 0" if kernel_size == 0 else "must be an integer, got 2.5"
+        assert str(info.value) == f"kernel_size: {problem}"
+
     @pytest.mark.parametrize(
         ("size", "kernel_size", "stride", "expected"),
-        [(9, 2, 2, 4), (10, 2, 2, 5), (10, 3, 1, 8), (10, 3, 2, 4), (7, 7, 3, 1), (12, 3, 5, 2)],
+        [(9, 2, 2, 4), (10, 2, 2, 5), (10, 3, 1, 8), (10, 3, 2, 4), (7, 7, 3, 1), (12, 3, 5, 2), (11, 4, 3, 3)],
     )
-    def test_pool_output_size(self, size, kernel_size, stride, expected):
-        assert pool_output_size(size, kernel_size, stride) == expected
-        assert max_pool(np.zeros((size, size)), kernel_size, stride).shape == (expected, expected)
+    def test_output_size(self, size, kernel_size, stride, expected):
+        # (size - kernel_size) // stride + 1 along each axis, as torch's max_pool2d without padding.
+        image = np.zeros((size, size + 1))
+        expected_shape = F.max_pool2d(torch.from_numpy(image)[None], kernel_size, stride).shape[1:]
+        assert max_pool(image, kernel_size, stride).shape == expected_shape
+        assert expected_shape[0] == expected
 
 
 # --------------------------------------------------------------------------- CUDA

@@ -1,18 +1,14 @@
 """The reference article's operations, vectorised: ``convolve``, ``max_pool``, ``pool_pyramid``.
 
-All three act on the last two axes of ``(..., H, W)`` input; every leading axis
-(batch, channel) is treated independently. Numpy in gives numpy out, torch in
-gives torch out on the same device, with the same floating dtype (integers and
-booleans become float32). Gradients flow through the torch path.
+All three act on the last two axes of ``(..., H, W)`` input, every leading axis
+(batch, channel) independently. Numpy in gives numpy out, torch in gives torch
+out on the same device and floating dtype (integers and booleans become
+float32). Gradients flow through the torch path.
 
-How they are fast on the CPU, in short: a small kernel is applied by
-multiply-adding shifted views of the input (a rank-1 kernel such as Sobel,
-box, binomial or Gaussian as a row pass then a column pass), over blocks of
-rows that stay in cache. Max pooling is a running maximum of strided views,
-row pass then column pass. On one channel both are several times faster than
-``torch.nn.functional.conv2d`` and ``max_pool2d``, which are not tuned for it.
-``benchmarks/bench_ops.py`` measures them against those, scipy.ndimage, OpenCV
-and the article's loops; ``benchmarks/RESULTS.md`` ("Operators") has the figures.
+On the CPU, convolution multiply-adds shifted views of the input (a rank-1
+kernel such as Sobel or Gaussian as a row pass, then a column pass) and max
+pooling is a running maximum of strided views: on one channel several times
+faster than ``F.conv2d`` and ``F.max_pool2d`` (``benchmarks/bench_ops.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftlab._tensors import as_float_tensor, like_input, require_spatial
-from shiftlab.errors import check, check_choice, fail
+from shiftlab.errors import check, check_choice, check_int, fail
 from shiftlab.kernels import KernelSpec, get_kernel
 
-__all__ = ["Convolve", "MaxPool", "convolve", "max_pool", "max_pyramid_depth", "pool_output_size", "pool_pyramid"]
+__all__ = ["Convolve", "MaxPool", "convolve", "max_pool", "max_pyramid_depth", "pool_pyramid"]
 
 Padding = Literal["valid", "same", "circular"]
 _PADDINGS = ("valid", "same", "circular")
@@ -40,7 +36,7 @@ _PADDINGS = ("valid", "same", "circular")
 _BLOCK_ELEMENTS = 1 << 20
 # Above this many taps a direct convolution beats shift-and-add.
 _MAX_SHIFT_ADD_TAPS = 81
-_Taps = list[tuple[int, float]]
+_Taps = list[tuple[int, int, float]]
 
 
 def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu: bool = True) -> Any:
@@ -95,7 +91,7 @@ def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu
         pads = (kernel_width // 2, (kernel_width - 1) // 2, kernel_height // 2, (kernel_height - 1) // 2)
         maps = F.pad(maps.unsqueeze(1), pads, mode="constant" if padding == "same" else "circular").squeeze(1)
     needs_grad = torch.is_grad_enabled() and (maps.requires_grad or weight.requires_grad)
-    if maps.device.type == "cpu" and not needs_grad and weight.numel() <= _MAX_SHIFT_ADD_TAPS:
+    if not needs_grad and maps.device.type == "cpu" and weight.numel() <= _MAX_SHIFT_ADD_TAPS:
         result = _shift_and_add(maps, weight, relu)
     else:  # autograd, GPUs, large kernels
         result = F.conv2d(maps.unsqueeze(1), weight[None, None]).squeeze(1)
@@ -107,112 +103,92 @@ def convolve(image: Any, kernel: KernelSpec, *, padding: Padding = "valid", relu
 def _shift_and_add(maps: torch.Tensor, weight: torch.Tensor, relu: bool) -> torch.Tensor:
     """Valid cross-correlation of ``(B, H, W)`` maps with a small kernel, as sums of shifted views.
 
-    A rank-1 kernel ``outer(column, row)`` takes a row pass into an
-    intermediate, then a column pass: the Sobel kernel costs 1 + 2 passes this
-    way (see :func:`_weighted_sum`) instead of 6. The work goes by blocks of
-    about ``_BLOCK_ELEMENTS`` input elements (whole maps where they fit, else
-    rows of one map), so that a block's input and intermediate are still in
-    cache when the next pass reads them; the intermediate's memory is
-    allocated once per call and reused by every block.
+    Each block (see :func:`_blocks`) goes through every pass of the kernel's
+    :func:`_plan` while its input and the row pass's intermediate are still in
+    cache. The intermediate is allocated once per call, for the largest block.
     """
-    batch, height, width = maps.shape
-    kernel_height, kernel_width = weight.shape
-    out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
-    out = maps.new_empty((batch, out_height, out_width))
-    values = tuple(map(tuple, weight.tolist()))
-    factors = _separable_factors(values, weight.dtype)
-    taps = [(a, b, value) for a, row in enumerate(values) for b, value in enumerate(row) if value != 0.0]
-    if not taps:  # zero taps add nothing to finite input
+    (batch, height, width), (kernel_height, kernel_width) = maps.shape, weight.shape
+    passes = _plan(tuple(map(tuple, weight.tolist())), weight.dtype)
+    out = maps.new_empty((batch, height - kernel_height + 1, width - kernel_width + 1))
+    if not passes:  # a kernel of zeros adds nothing to finite input
         return out.zero_()
-    maps_per_block = max(1, _BLOCK_ELEMENTS // (height * width))
-    rows_per_block = max(1, _BLOCK_ELEMENTS // (maps_per_block * width))
-    if factors is not None:
-        block_rows = min(rows_per_block, out_height) + kernel_height - 1
-        scratch = maps.new_empty(min(maps_per_block, batch) * block_rows * out_width)
-    for start in range(0, batch, maps_per_block):
-        for top in range(0, out_height, rows_per_block):
-            block = out[start : start + maps_per_block, top : top + rows_per_block]
-            count, rows = block.shape[:2]
-            inputs = maps[start : start + count, top : top + rows + kernel_height - 1]
-            if factors is None:
-                terms = [(inputs[:, a : a + rows, b : b + out_width], value) for a, b, value in taps]
-            else:
-                column, row = factors
-                intermediate = scratch[: inputs.shape[0] * inputs.shape[1] * out_width].view(*inputs.shape[:2], -1)
-                _weighted_sum([(inputs[..., b : b + out_width], value) for b, value in row], intermediate)
-                terms = [(intermediate[:, a : a + rows], value) for a, value in column]
-            _weighted_sum(terms, block)
-            if relu:
-                block.clamp_(min=0)
+    blocks = _blocks(maps, out)
+    scratch = maps.new_empty((*blocks[0][0].shape[:2], out.shape[-1])) if len(passes) == 2 else None
+    for source, block in blocks:
+        if scratch is not None:  # the row pass
+            intermediate = scratch[: source.shape[0], : source.shape[1]]
+            _weighted_sum(source, passes[0], intermediate)
+            source = intermediate
+        _weighted_sum(source, passes[-1], block)
+        if relu:
+            block.relu_()
     return out
 
 
-def _weighted_sum(terms: list[tuple[torch.Tensor, float]], out: torch.Tensor) -> None:
-    """``out = sum(w * term)``, writing ``out`` once per term, and one pass fewer where a weight is 1.
+def _blocks(maps: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(input, output)`` blocks of about ``_BLOCK_ELEMENTS`` input elements: whole maps where they fit, else rows."""
+    if maps.numel() <= _BLOCK_ELEMENTS:
+        return [(maps, out)]  # one block: no views to take
+    batch, height, width = maps.shape
+    count = max(1, _BLOCK_ELEMENTS // (height * width))  # maps per block
+    rows = max(1, _BLOCK_ELEMENTS // (count * width))  # output rows per block
+    margin = height - out.shape[1]  # the input rows a block reads beyond its output rows
+    starts = [(n, top) for n in range(0, batch, count) for top in range(0, out.shape[1], rows)]
+    return [(maps[n : n + count, top : top + rows + margin], out[n : n + count, top : top + rows]) for n, top in starts]
 
-    The first term is written, not added to a zero-filled ``out``. A term of
-    weight exactly 1 opens the sum and takes a second term along in the same
-    call, ``out = term + w * other``. Every element goes through the same
-    operations in the same order, so no result depends on an element's
-    position (circular convolution stays exactly equivariant to circular
-    shifts).
+
+def _weighted_sum(source: torch.Tensor, taps: _Taps, out: torch.Tensor) -> None:
+    """``out = sum(weight * source[:, a:, b:])`` over the taps ``(a, b, weight)``, writing ``out`` once per tap.
+
+    The first tap is written, not added to zeros; a first tap of weight 1 takes
+    the second along, ``out = view + weight * other``. Every element goes through
+    the same operations in the same order: circular convolution stays exactly
+    equivariant to circular shifts.
     """
-    terms = sorted(terms, key=lambda term: term[1] != 1.0)  # a weight-1 term first, the order otherwise kept
-    (first, weight), rest = terms[0], terms[1:]
+    rows, cols = out.shape[-2:]
+    (first, weight), *rest = [(source[:, a : a + rows, b : b + cols], weight) for a, b, weight in taps]
     if weight == 1.0 and rest:
-        (second, weight), rest = rest[0], rest[1:]
+        (second, weight), *rest = rest
         torch.add(first, second, alpha=weight, out=out)
     else:
         torch.mul(first, weight, out=out)
-    for term, weight in rest:
-        out.add_(term, alpha=weight)
+    for view, weight in rest:
+        out.add_(view, alpha=weight)
 
 
 @functools.lru_cache(maxsize=256)  # a convolution layer asks for the same kernel on every call
-def _separable_factors(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_Taps, _Taps] | None:
-    """The non-zero taps ``(column taps, row taps)`` of a rank-1 kernel given as rows of floats, or None.
+def _plan(values: tuple[tuple[float, ...], ...], dtype: torch.dtype) -> tuple[_Taps, ...]:
+    """The passes that apply a kernel given as rows of floats, each a list of non-zero taps ``(a, b, weight)``.
+
+    A rank-1 kernel ``outer(column, row)`` takes a row pass, then a column pass
+    (Sobel: 1 + 2 torch calls instead of 6), any other kernel one pass of all
+    its taps, a kernel of zeros none. A tap of weight 1 comes first in its pass.
 
     No SVD: the factors are the column and the row through a pivot entry,
     ``column = K[:, j] / K[i, j]`` and ``row = K[i, :]``. The pivot is an entry
-    equal to 1 where there is one (Sobel: then the factors are copies of kernel
-    entries and each pass saves a call, see :func:`_weighted_sum`), else the
-    largest entry. The factors, rounded to ``dtype``, must reproduce every
-    entry to within ``8 * eps * max|K|`` of ``dtype``: Sobel, box, binomial and
-    Gaussian kernels pass (a float32 Gaussian is rank 1 only to its own
-    rounding), a Laplacian does not, nor does a rank-1 kernel plus a larger
-    perturbation. Kernels with fewer than two non-zero taps along an axis, or
-    no fewer taps factored than in all (a 2x2), are not worth factoring.
+    equal to 1 where there is one (Sobel: the factors are then copies of kernel
+    entries, and each pass saves a call), else the largest entry. The factors,
+    rounded to ``dtype``, must reproduce every entry to within ``8 * eps *
+    max|K|``: Sobel, box, binomial and Gaussian kernels pass (a float32 Gaussian
+    is rank 1 only to its own rounding), a Laplacian does not, nor does a rank-1
+    kernel plus a larger perturbation. Only float32 and float64 kernels are
+    factored, and only where that leaves fewer taps (not a 2x2, a row or a column).
     """
-    magnitudes = [abs(value) for row in values for value in row]
-    if dtype not in (torch.float32, torch.float64) or max(magnitudes) == 0.0:
-        return None
-    working = np.float32 if dtype == torch.float32 else np.float64
-    pivots = [(i, j) for i, row in enumerate(values) for j, value in enumerate(row) if value == 1.0][:1]
-    pivots.append(divmod(magnitudes.index(max(magnitudes)), len(values[0])))
-    tolerance = 8 * float(np.finfo(working).eps) * max(magnitudes)
+    kernel = np.array(values)
+    taps = [(a, b, weight) for a, row in enumerate(values) for b, weight in enumerate(row) if weight]
+    passes = [taps] if taps else []
+    working = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    ones = np.argwhere(kernel == 1.0)[:1]
+    pivots = [*ones, np.unravel_index(np.abs(kernel).argmax(), kernel.shape)] if working and taps else []
     for i, j in pivots:
-        column = np.array([row[j] / values[i][j] for row in values], dtype=working).tolist()
-        row = np.array(values[i], dtype=working).tolist()
-        if all(abs(c * r - k) <= tolerance for c, kernel_row in zip(column, values) for r, k in zip(row, kernel_row)):
+        column = (kernel[:, j] / kernel[i, j]).astype(working).astype(np.float64)
+        if np.all(np.abs(np.outer(column, kernel[i]) - kernel) <= 8 * torch.finfo(dtype).eps * np.abs(kernel).max()):
+            column_taps = [(a, 0, weight) for a, weight in enumerate(column.tolist()) if weight]
+            row_taps = [(0, b, weight) for b, weight in enumerate(kernel[i].tolist()) if weight]
+            if len(column_taps) * len(row_taps) > len(column_taps) + len(row_taps):
+                passes = [row_taps, column_taps]
             break
-    else:
-        return None
-    column_taps = [(a, value) for a, value in enumerate(column) if value != 0.0]
-    row_taps = [(b, value) for b, value in enumerate(row) if value != 0.0]
-    passes, taps = len(column_taps) + len(row_taps), len(column_taps) * len(row_taps)
-    if len(column_taps) < 2 or len(row_taps) < 2 or taps <= passes:
-        return None
-    return column_taps, row_taps
-
-
-def pool_output_size(size: int, kernel_size: int, stride: int) -> int:
-    """Length of a max-pooled axis: ``(size - kernel_size) // stride + 1`` (no padding, trailing pixels dropped).
-
-    Example:
-        >>> pool_output_size(9, 2, 2)
-        4
-    """
-    return (size - kernel_size) // stride + 1
+    return tuple(sorted(taps, key=lambda tap: tap[2] != 1.0) for taps in passes)
 
 
 def max_pool(image: Any, kernel_size: int = 2, stride: int | None = None) -> Any:
@@ -245,45 +221,21 @@ def max_pool(image: Any, kernel_size: int = 2, stride: int | None = None) -> Any
     """
     tensor, from_numpy = as_float_tensor(image, "image")
     height, width = require_spatial(tensor, "image")
-    kernel_size = _check_window(kernel_size, "kernel_size")
-    stride = kernel_size if stride is None else _check_window(stride, "stride")
-    check(
-        kernel_size <= height and kernel_size <= width,
-        "image",
-        f"map of size {height}x{width} is smaller than the {kernel_size}x{kernel_size} pooling window",
-    )
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+    stride = kernel_size if stride is None else check_int(stride, "stride", minimum=1)
+    if kernel_size > height or kernel_size > width:
+        fail("image", f"map of size {height}x{width} is smaller than the {kernel_size}x{kernel_size} pooling window")
     return like_input(_pool(tensor, kernel_size, stride), from_numpy)
 
 
 def _pool(tensor: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
-    """Max pooling of a validated tensor: a row pass, then a column pass."""
-    return _running_max(_running_max(tensor, kernel_size, stride, dim=-2), kernel_size, stride, dim=-1)
-
-
-def _running_max(tensor: torch.Tensor, kernel_size: int, stride: int, dim: int) -> torch.Tensor:
-    """Max over windows along one axis, as a running maximum of ``kernel_size`` strided views."""
-    count = pool_output_size(tensor.shape[dim], kernel_size, stride)
-    span = (count - 1) * stride + 1
-
-    def view(offset: int) -> torch.Tensor:
-        window = tensor.narrow(dim, offset, span)
-        return window[..., ::stride] if dim == -1 else window[..., ::stride, :]
-
-    if kernel_size == 1:
-        return view(0).clone()
-    result = torch.maximum(view(0), view(1))
-    for offset in range(2, kernel_size):
-        result = torch.maximum(result, view(offset))
-    return result
-
-
-def _check_window(value: Any, name: str) -> int:
-    check(
-        isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
-        name,
-        f"must be a positive integer, got {value!r}",
-    )
-    return int(value)
+    """Max pooling of a validated tensor: along the rows, then the columns, a running maximum of strided views."""
+    for dim in (-2, -1):
+        span = (tensor.shape[dim] - kernel_size) // stride * stride + 1  # from the first window's start to the last's
+        windows = [tensor.narrow(dim, offset, span) for offset in range(kernel_size)]
+        views = [window[..., ::stride, :] if dim == -2 else window[..., ::stride] for window in windows]
+        tensor = functools.reduce(torch.maximum, views) if kernel_size > 1 else views[0].clone()
+    return tensor
 
 
 def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]:
@@ -302,36 +254,27 @@ def pool_pyramid(image: Any, iterations: int, kernel_size: int = 2) -> list[Any]
         has been pooled ``i`` times.
 
     Raises:
-        ShiftlabError: when a level would be smaller than the window; the
-            message says how many poolings the input allows.
+        ShiftlabError: more poolings than the map allows (the message says how many do), or a bad size.
 
     Example:
         >>> import numpy as np
         >>> [level.shape for level in pool_pyramid(np.zeros((10, 10)), 3)]
         [(10, 10), (5, 5), (2, 2), (1, 1)]
     """
-    check(
-        isinstance(iterations, (int, np.integer)) and not isinstance(iterations, bool) and iterations >= 0,
-        "iterations",
-        f"must be a non-negative integer, got {iterations!r}",
-    )
-    iterations, kernel_size = int(iterations), _check_window(kernel_size, "kernel_size")
+    iterations = check_int(iterations, "iterations", minimum=0)
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
     tensor, from_numpy = as_float_tensor(image, "image")
     height, width = require_spatial(tensor, "image")
     possible = max_pyramid_depth(height, width, kernel_size) if kernel_size > 1 else iterations
     if iterations > possible:
-        fail(
-            "iterations",
-            f"{iterations} poolings with a {kernel_size}x{kernel_size} window do not fit a "
-            f"{height}x{width} map: at most {possible} do",
-        )
+        problem = f"{iterations} poolings with a {kernel_size}x{kernel_size} window do not fit a {height}x{width} map"
+        fail("iterations", f"{problem}: at most {possible} do")
     levels = [tensor]
     for _ in range(iterations):  # sizes were checked above: skip max_pool's checks on every level
         levels.append(_pool(levels[-1], kernel_size, kernel_size))
     result = [like_input(level, from_numpy) for level in levels]
     if from_numpy:
-        # Level 0 is the caller's own data (no copy: it would cost a third of the pyramid on
-        # a 512x512 image); read-only, so that writing to it cannot change their array.
+        # Level 0 is the caller's own data (a copy would cost a third of the pyramid on 512x512), read-only.
         result[0].flags.writeable = False
     return result
 
@@ -343,7 +286,7 @@ def max_pyramid_depth(height: int, width: int, kernel_size: int = 2) -> int:
         >>> max_pyramid_depth(10, 10)
         3
     """
-    _check_window(kernel_size, "kernel_size")
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
     check(kernel_size > 1, "kernel_size", "a 1x1 pooling never shrinks a map: its depth is unbounded")
     depth = 0
     while height >= kernel_size and width >= kernel_size:
@@ -398,8 +341,8 @@ class MaxPool(nn.Module):
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None) -> None:
         super().__init__()
-        self.kernel_size = _check_window(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _check_window(stride, "stride")
+        self.kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else check_int(stride, "stride", minimum=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return max_pool(x, self.kernel_size, self.stride)
