@@ -740,6 +740,13 @@ class TestEquivarianceErrors:
             equivariance_error(unstable, torch.zeros(1, 8, 8), [(0, 1)])
         assert str(info.value) == "fn: gave shape (1, 8, 7) for a shifted input but (1, 8, 8) for the reference"
 
+    def test_fn_returning_nothing_to_compare(self):
+        with pytest.raises(ShiftlabError) as info:
+            equivariance_error(lambda t: t[..., :0], torch.zeros(1, 8, 8), [(0, 1)])
+        assert str(info.value) == (
+            "fn: returned an empty output, tensor of shape (1, 8, 0) and dtype float32: nothing to compare"
+        )
+
     def test_fn_returning_booleans(self):
         with pytest.raises(ShiftlabError) as info:
             equivariance_error(lambda t: t > 0.5, torch.zeros(1, 8, 8), [(0, 1)])

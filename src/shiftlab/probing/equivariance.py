@@ -459,10 +459,10 @@ class FunctionModule(nn.Module):
             elif shape != self.output_shape:
                 raise ShapeChanged(self.output_shape, shape)
             outputs.append(output)
-        stacked = torch.stack(outputs)
-        spatial = len(self.output_shape) == len(self.leading) + 2 and shape[-2] * shape[-1] > 1  # type: ignore[arg-type]
-        map_size = shape[-2:] if spatial else (1, 1)
-        return stacked.reshape(len(outputs), -1, *map_size)
+        reference = self.output_shape
+        assert reference is not None
+        spatial = len(reference) == len(self.leading) + 2 and reference[-2] * reference[-1] > 1  # a map of x's rank
+        return torch.stack(outputs).reshape(len(outputs), -1, *(reference[-2:] if spatial else (1, 1)))
 
 
 class _FunctionForward(ShiftedForward):
