@@ -715,6 +715,8 @@ class TestCommands:
             "diagonal mode auto: crop (resize 168 and crop 160; crop windows need room around the crop)",
         ]
         assert "diagonal mode auto: crop (resize 168 and crop 160" in stdout
+        report = (out / "report.html").read_text()
+        assert "chosen by auto" in report and "metrics auto: with crop-consistency (resize 168 and crop 160" in report
 
     def test_evaluate_hugging_face_classifier(self, zoo, photos, tmp_path, capsys):
         out = tmp_path / "eval"

@@ -42,6 +42,8 @@ def evaluation_protocol(result: EvaluationResult) -> dict[str, Any]:
     if "loader" in protocol:
         loader = protocol["loader"]
         details["decoding processes"] = f"{loader['workers']} ({loader['chosen']}; the numbers do not depend on it)"
+    if protocol.get("chosen_by_auto"):
+        details["chosen by auto"] = "; ".join(protocol["chosen_by_auto"])
     for name, description in protocol["metrics"].items():
         details[f"metric {name}"] = "; ".join(f"{key}: {value}" for key, value in description.items())
     return details
