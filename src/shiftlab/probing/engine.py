@@ -259,7 +259,8 @@ def _check_finite(subject: str, output: Any, count: int, first: int, shifts: Seq
         where = f" for input image {first + image} ({'unshifted' if variant == 0 else f'shifted by ({dy:g}, {dx:g})'})"
     fail(
         subject,
-        f"outputs NaN or infinity{where}: no equivariance can be measured from that (check the model and its weights)",
+        f"outputs NaN or infinity{where}: no equivariance can be measured from that "
+        f"(check {'the model and its weights' if subject.startswith('model ') else subject})",
     )
 
 
