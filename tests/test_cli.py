@@ -762,6 +762,22 @@ class TestExits:
             assert (status, stdout) == (2, "")
         assert not (tmp_path / "o").exists()
 
+    def test_ctrl_c_is_held_back_until_the_block_ends(self):
+        """interrupts_held: Ctrl-C inside torch's import (C++ running Python code) would abort the process; held, it
+        comes as a KeyboardInterrupt once the block is done, and the previous handler is back."""
+        from shiftlab._command import interrupts_held
+
+        previous = signal.getsignal(signal.SIGINT)
+        finished = []
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the signal is delivered here, and held
+                finished.append(True)
+        assert finished == [True] and signal.getsignal(signal.SIGINT) is previous
+        with interrupts_held():  # no Ctrl-C: nothing raised
+            pass
+
     def test_ctrl_c_while_the_command_starts(self, tmp_path):
         """Ctrl-C during the imports (a second or more): one line and status 130, no traceback."""
         script = tmp_path / "shiftlab"  # what the installed console script does

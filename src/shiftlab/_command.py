@@ -6,16 +6,20 @@ before ``main`` can catch anything: :mod:`shiftlab.cli`'s own, and a public name
 (``shiftlab/__init__.py``). When this process is the command (the ``shiftlab`` script, ``python -m shiftlab``,
 ``torchrun -m shiftlab``), Ctrl-C there ends it with one line and status 130 instead of a long traceback;
 anywhere else (a library user's ``from shiftlab import probe``), the ``KeyboardInterrupt`` goes on unchanged.
+:func:`interrupts_held` holds Ctrl-C back during ``import torch`` and ``import torchvision``, whose C++ would
+otherwise abort the process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["EXIT_INTERRUPTED", "interrupted_imports", "is_command"]
+__all__ = ["EXIT_INTERRUPTED", "interrupted_imports", "interrupts_held", "is_command"]
 
 #: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -54,3 +58,25 @@ def interrupted_imports() -> Iterator[None]:
             raise
         print("shiftlab: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, then raise it (``KeyboardInterrupt``) as the block's last act.
+
+    For ``import torch``: torch's import runs Python code from C++ (pybind11), where a ``KeyboardInterrupt``
+    does not propagate but ends the process (``std::terminate``: "terminate called after throwing an instance of
+    'pybind11::error_already_set'", status -6); held back, Ctrl-C waits the second or two the import takes. Outside
+    the main thread (where no signal handler can be set) the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shiftlab._command import EXIT_INTERRUPTED, interrupted_imports
+from shiftlab._command import EXIT_INTERRUPTED, interrupted_imports, interrupts_held
 
 with interrupted_imports():  # Ctrl-C while the command starts: one line, status 130
     from shiftlab import __version__
@@ -1284,12 +1284,21 @@ def _add_listings(add_parser: AddParser) -> None:
     kernels.set_defaults(handler=run_kernels)
 
 
+#: The commands that answer without torch (``--help`` too): a fraction of a second (benchmarks/bench_cli.py).
+LIGHT_COMMANDS = ("samples", "kernels")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shiftlab`` command; returns the exit status."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         handler: Callable[[argparse.Namespace], int] = args.handler
+        if args.command not in LIGHT_COMMANDS:
+            # Ctrl-C inside these imports would abort the process (their C++ runs Python code): after them, one line
+            with interrupts_held():
+                import torch  # noqa: F401
+                import torchvision  # noqa: F401
         with _output_folder(args):
             return handler(args)
     except ShiftlabError as error:
