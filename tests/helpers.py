@@ -40,6 +40,26 @@ def load_script(name: str) -> ModuleType:
     return sys.modules[module_name]
 
 
+def loopback_works(timeout: float = 2.0) -> bool:
+    """Whether TCP connections to 127.0.0.1 get through (torchrun's rendezvous and gloo need them): a bare
+    ``unshare -n`` leaves the loopback interface down, and then they would wait minutes for their timeouts."""
+    try:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            with socket.create_connection(server.getsockname(), timeout=timeout):
+                return True
+    except OSError:
+        return False
+
+
+needs_loopback = pytest.mark.skipif(
+    not loopback_works(),
+    reason="needs TCP on 127.0.0.1 (torchrun, gloo), and the loopback interface is down (a bare `unshare -n`: "
+    "`ip link set lo up` inside it brings it up)",
+)
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now, for a torchrun group's rendezvous."""
     with socket.socket() as probe:

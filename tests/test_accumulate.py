@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port, needs_loopback
 
 from shiftlab.accumulate import Accumulator
 from shiftlab.errors import ShiftlabError
@@ -98,12 +98,6 @@ def test_all_reduce_is_a_no_op_without_a_process_group():
     assert stats.all_reduce().compute() == (float(VALUES.sum()), 12, 1.75, -1.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -124,12 +118,13 @@ def _worker(rank: int, world: int, port: int, results: dict) -> None:
 
 
 @pytest.mark.slow
+@needs_loopback
 def test_all_reduce_across_two_gloo_processes_equals_one_process():
     whole = Stats()
     whole.update(VALUES)
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn")
+        mp.start_processes(_worker, args=(2, free_port(), results), nprocs=2, start_method="spawn")
         results = dict(results)
     assert results[0] == results[1] == whole.compute()
     assert results["error0"] == results["error1"]

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import free_port
+from helpers import free_port, needs_loopback
 
 from shiftlab.distributed import Processes, gather_objects, peer_failures, process_group, shard
 from shiftlab.errors import ShiftlabError
@@ -72,6 +72,7 @@ def test_without_a_group_no_error_is_blamed_on_peers():
         raise KeyError("x")
 
 
+@needs_loopback
 def test_an_existing_group_is_used_as_it_is_and_left_open():
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
@@ -122,6 +123,7 @@ def _member(rank: int, world: int, port: int, results: dict) -> None:
 
 
 @pytest.mark.slow
+@needs_loopback
 def test_two_gloo_processes_rank_gather_reduce_and_name_a_peer_that_left():
     with mp.Manager() as manager:
         results = manager.dict()

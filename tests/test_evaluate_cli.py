@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, kill_when, run_group
+from helpers import free_port, kill_when, needs_loopback, run_group
 from PIL import Image
 
 from shiftlab import cli
@@ -198,6 +198,7 @@ def _environment(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@needs_loopback
 def test_two_processes_under_torchrun_give_the_single_process_numbers(capsys, folder, tmp_path):
     arguments = ["--model", f"{NETS}:small_classifier", "--data", str(folder), *COMMON, "--batch-size", "8"]
     arguments += ["--metrics", "consistency,imagenet-p,diagonal", "--checkpoint-every", "1"]
@@ -581,6 +582,7 @@ def test_too_many_workers_warn_once(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["fail", "kill"])
+@needs_loopback
 def test_under_torchrun_a_failed_or_killed_process_is_named_as_such_by_the_other(folder, tmp_path, how):
     """Process 1 fails (its own one line) or is killed: process 0 says it lost its peer, in one line, never
     'internal error'."""

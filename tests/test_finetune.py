@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from finetune_nets import small_cnn
-from helpers import ACCURACY_TOLERANCE, free_port, kill_when, load_script, run_group, states_equal
+from helpers import ACCURACY_TOLERANCE, free_port, kill_when, load_script, needs_loopback, run_group, states_equal
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
@@ -671,6 +671,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(folders, tmp_path):
 
 
 @pytest.mark.slow
+@needs_loopback
 def test_two_processes_under_torchrun(capsys, folders, tmp_path):
     """Without batch normalisation, two processes sharing each batch give one process's weights (to rounding)."""
     port = free_port()
@@ -702,6 +703,7 @@ def test_two_processes_under_torchrun(capsys, folders, tmp_path):
 
 
 @pytest.mark.slow
+@needs_loopback
 def test_every_process_ends_with_the_same_student(tmp_path):
     """With batch normalisation each process normalises with its own images; DDP keeps the parameters equal, and at
     the end process 0's running statistics become everyone's: the same student, bit for bit, in every process."""
