@@ -41,7 +41,7 @@ def load_script(name: str) -> ModuleType:
 
 
 def loopback_works(timeout: float = 2.0) -> bool:
-    """Whether TCP connections to 127.0.0.1 get through (torchrun's rendezvous and gloo need them): a bare
+    """Whether TCP connections to 127.0.0.1 get through (torchrun's rendezvous, gloo and Jupyter need them): a bare
     ``unshare -n`` leaves the loopback interface down, and then they would wait minutes for their timeouts."""
     try:
         with socket.socket() as server:
@@ -55,8 +55,8 @@ def loopback_works(timeout: float = 2.0) -> bool:
 
 needs_loopback = pytest.mark.skipif(
     not loopback_works(),
-    reason="needs TCP on 127.0.0.1 (torchrun, gloo), and the loopback interface is down (a bare `unshare -n`: "
-    "`ip link set lo up` inside it brings it up)",
+    reason="needs TCP on 127.0.0.1 (torchrun, gloo, a Jupyter kernel), and the loopback interface is down (a bare "
+    "`unshare -n`: `ip link set lo up` inside it brings it up)",
 )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import needs_loopback
 from nets import pooled_net
 
 from shiftlab import probe
@@ -122,6 +123,7 @@ def test_notebook_cells_in_process(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@needs_loopback  # the kernel talks over ZMQ on 127.0.0.1
 def test_notebook_in_a_kernel(tmp_path, monkeypatch):
     missing = [name for name in ("nbclient", "nbformat", "ipykernel") if not _importable(name)]
     if missing:
