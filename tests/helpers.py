@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from types import ModuleType
 
@@ -92,3 +93,21 @@ def kill_when(command: list[str], env: dict[str, str], partial: Path, key: str, 
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
     return json.loads(partial.read_text())
+
+
+def splitmix64(state: int) -> int:
+    """SplitMix64's output for ``state`` (Steele, Lea & Flood 2014; Vigna's reference ``splitmix64.c``), written out
+    from its published constants."""
+    mask = (1 << 64) - 1
+    z = (state + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def documented_generator(seed: int, metric_name: str, index: int) -> torch.Generator:
+    """Image ``index``'s generator, from the documented protocol alone: seeded with
+    ``splitmix64(splitmix64(splitmix64(seed) ^ crc32(metric name)) ^ index)`` kept to 63 bits."""
+    stream = zlib.crc32(metric_name.encode("ascii"))
+    mixed = splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ index)
+    return torch.Generator().manual_seed(mixed & ((1 << 63) - 1))

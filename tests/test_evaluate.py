@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from evaluation_nets import ChannelMax, FeatureMap, InfWhenBright, NaNLogits, PerSample, PixelProbe, small_classifier
+from helpers import documented_generator, splitmix64
 from PIL import Image
 
 from shiftlab import evaluate
@@ -85,22 +86,11 @@ def test_pixel_model_known_answers():
     assert {item["distance"]: [item["pairs"], item["agreeing"]] for item in consistency["by_distance"]} == by_distance
 
 
-def splitmix64(state: int) -> int:
-    """SplitMix64's output for ``state`` (Steele, Lea & Flood 2014; Vigna's reference ``splitmix64.c``)."""
-    mask = (1 << 64) - 1
-    z = (state + 0x9E3779B97F4A7C15) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return z ^ (z >> 31)
-
-
 def documented_rolls(seed: int, metric: str, index: int, views: int, max_shift: int) -> list[tuple[int, int]]:
     """The circular rolls of image ``index``, written out from the documented protocol alone: the image's
-    generator is seeded with ``splitmix64(splitmix64(splitmix64(seed) ^ crc32(metric)) ^ index)`` kept to 63
-    bits, and draws ``views`` ``(dy, dx)`` pairs uniform in ``[-max_shift, max_shift)``."""
-    mixed = splitmix64(splitmix64(splitmix64(seed) ^ zlib.crc32(metric.encode())) ^ index) & ((1 << 63) - 1)
-    generator = torch.Generator().manual_seed(mixed)
-    drawn = torch.randint(-max_shift, max_shift, (views, 2), generator=generator)
+    generator (:func:`helpers.documented_generator`) draws ``views`` ``(dy, dx)`` pairs uniform in
+    ``[-max_shift, max_shift)``."""
+    drawn = torch.randint(-max_shift, max_shift, (views, 2), generator=documented_generator(seed, metric, index))
     return [(int(dy), int(dx)) for dy, dx in drawn.tolist()]
 
 

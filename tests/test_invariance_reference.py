@@ -14,12 +14,12 @@ point (2^-32 per image) from float64 model outputs, so they are compared at 1e-9
 from __future__ import annotations
 
 import math
-import zlib
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import documented_generator
 from scipy import stats
 from torch import nn
 
@@ -97,22 +97,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the documented shift derivation
 
 
-def splitmix64(value: int) -> int:
-    """SplitMix64's finaliser (Steele et al. 2014), written out from its published constants."""
-    mask = (1 << 64) - 1
-    value = (value + 0x9E3779B97F4A7C15) & mask
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & mask
-    return value ^ (value >> 31)
-
-
-def image_generator(seed: int, metric_name: str, index: int) -> torch.Generator:
-    """Image ``index``'s generator: seeded by splitmix(splitmix(splitmix(seed) ^ crc32(name)) ^ index), 63 bits."""
-    stream = zlib.crc32(metric_name.encode("ascii"))
-    mixed = splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ index)
-    return torch.Generator().manual_seed(mixed & ((1 << 63) - 1))
-
-
 def centre_corner(height: int, width: int, crop: int) -> tuple[int, int]:
     """torchvision's CenterCrop placement of a crop x crop window."""
     return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
@@ -181,7 +165,7 @@ def test_circular_consistency_matches_a_brute_force_reference(data):
     per_view, distances = [], {}
     for index, image in enumerate(images.numpy()):
         centre = image[:, top : top + 12, left : left + 12]
-        offsets = torch.randint(-reach, reach, (views, 2), generator=image_generator(SEED, "consistency", index))
+        offsets = torch.randint(-reach, reach, (views, 2), generator=documented_generator(SEED, "consistency", index))
         offsets_list = offsets.tolist()
         classes = [int(np.argmax(scores(model, np.roll(centre, (dy, dx), axis=(1, 2))))) for dy, dx in offsets_list]
         per_view.append(classes)
@@ -215,7 +199,7 @@ def test_crop_consistency_matches_windows_cut_by_hand(data):
     corner = centre_corner(20, 20, crop + reach)  # (2, 2): the centre 16x16 square of the 20x20 image
     per_view = []
     for index, image in enumerate(images.numpy()):
-        generator = image_generator(SEED, "crop-consistency", index)
+        generator = documented_generator(SEED, "crop-consistency", index)
         offsets = torch.randint(0, reach, (views, 2), generator=generator).tolist()
         windows = [
             image[:, corner[0] + dy : corner[0] + dy + crop, corner[1] + dx : corner[1] + dx + crop]
@@ -455,7 +439,7 @@ def test_dense_consistency_matches_per_pixel_counts_and_miou_by_hand(mode):
     for index, image in enumerate(images.numpy()):
         centre = image[:, top : top + crop, left : left + crop]
         reference = scores(model, centre).argmax(axis=0)
-        generator = image_generator(SEED, "dense-consistency", index)
+        generator = documented_generator(SEED, "dense-consistency", index)
         for dy, dx in torch.randint(-reach, reach + 1, (views - 1, 2), generator=generator).tolist():
             if mode == "circular":
                 view = np.roll(centre, (dy, dx), axis=(1, 2))
@@ -512,8 +496,8 @@ def test_another_seed_draws_other_shifts_and_the_reference_follows(data):
         per_view = []
         for index, image in enumerate(images.numpy()):
             centre = image[:, top : top + 12, left : left + 12]
-            offsets = torch.randint(-4, 4, (4, 2), generator=image_generator(seed, "consistency", index)).tolist()
+            offsets = torch.randint(-4, 4, (4, 2), generator=documented_generator(seed, "consistency", index)).tolist()
             per_view.append([int(np.argmax(scores(model, np.roll(centre, off, axis=(1, 2))))) for off in offsets])
         assert results["consistency"]["agreeing_pairs"] == consistency_reference(per_view)["agreeing_pairs"]
-        counts[seed] = [image_generator(seed, "consistency", index).initial_seed() for index in range(7)]
+        counts[seed] = [documented_generator(seed, "consistency", index).initial_seed() for index in range(7)]
     assert counts[SEED] != counts[SEED + 1]
